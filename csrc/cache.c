@@ -1,0 +1,323 @@
+/* cache.c - decompressed frames under a hard byte budget.
+ *
+ * 16 shards, each a hash table plus an LRU list behind its own mutex.  The
+ * byte count is one atomic for the whole cache: a buffer's bytes are reserved
+ * before it is allocated, so the budget holds at every instant, counting every
+ * allocated buffer (including frames unlinked while a reader still pins them).
+ * Making room evicts least-recently-used unpinned frames, shard by shard, and
+ * hands an evicted buffer of a fitting size straight to the new frame, so
+ * steady-state misses cost no malloc/free (and no page faults). */
+#include "internal.h"
+
+#include <stdlib.h>
+
+#define SHARDS 16
+#define INITIAL_BUCKETS 64
+
+typedef struct {
+    pthread_mutex_t lock;
+    ll__entry **buckets;
+    size_t nbuckets;
+    size_t count;
+    ll__entry *head, *tail; /* LRU: head is most recently used */
+} shard;
+
+struct ll_cache {
+    shard shards[SHARDS];
+    _Atomic uint64_t budget;
+    _Atomic uint64_t bytes;
+    _Atomic uint64_t peak;
+    _Atomic uint64_t entries;
+    _Atomic uint64_t hits, misses, inserts, evictions, bypasses;
+    _Atomic uint64_t next_source;
+    _Atomic unsigned evict_cursor;
+};
+
+static uint64_t mix(uint64_t source, uint32_t frame) {
+    uint64_t h = source * 0x9E3779B97F4A7C15ull ^ ((uint64_t)frame + 0x632BE59BD9B4E019ull);
+    h ^= h >> 31;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 29;
+    return h;
+}
+
+static shard *shard_of(ll_cache *c, uint64_t h) { return &c->shards[h & (SHARDS - 1)]; }
+
+int ll_cache_create(uint64_t budget_bytes, ll_cache **out) {
+    if (!out) return LL_ERR_ARG;
+    ll_cache *c = calloc(1, sizeof *c);
+    if (!c) return LL_ERR_NOMEM;
+    for (int i = 0; i < SHARDS; i++) {
+        shard *s = &c->shards[i];
+        s->buckets = calloc(INITIAL_BUCKETS, sizeof *s->buckets);
+        if (!s->buckets) {
+            for (int j = 0; j < i; j++) {
+                free(c->shards[j].buckets);
+                pthread_mutex_destroy(&c->shards[j].lock);
+            }
+            free(c);
+            return LL_ERR_NOMEM;
+        }
+        s->nbuckets = INITIAL_BUCKETS;
+        pthread_mutex_init(&s->lock, NULL);
+    }
+    atomic_init(&c->budget, budget_bytes);
+    atomic_init(&c->next_source, 1);
+    *out = c;
+    return LL_OK;
+}
+
+static void unreserve(ll_cache *c, uint32_t cap) { atomic_fetch_sub(&c->bytes, (uint64_t)cap); }
+
+static void entry_destroy(ll_cache *c, ll__entry *e) {
+    unreserve(c, e->cap);
+    free(e->data);
+    free(e);
+}
+
+/* ---- per-shard structure, caller holds s->lock */
+
+static ll__entry **find_slot(shard *s, uint64_t h, uint64_t source, uint32_t frame) {
+    ll__entry **p = &s->buckets[(h >> 4) & (s->nbuckets - 1)];
+    while (*p && !((*p)->source == source && (*p)->frame == frame)) p = &(*p)->hnext;
+    return p;
+}
+
+static void lru_unlink(shard *s, ll__entry *e) {
+    if (e->lprev) e->lprev->lnext = e->lnext; else s->head = e->lnext;
+    if (e->lnext) e->lnext->lprev = e->lprev; else s->tail = e->lprev;
+    e->lprev = e->lnext = NULL;
+}
+
+static void lru_push_front(shard *s, ll__entry *e) {
+    e->lprev = NULL;
+    e->lnext = s->head;
+    if (s->head) s->head->lprev = e; else s->tail = e;
+    s->head = e;
+}
+
+static void grow(shard *s) {
+    size_t nb = s->nbuckets * 2;
+    ll__entry **b = calloc(nb, sizeof *b);
+    if (!b) return; /* keep the old table: longer chains, still correct */
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        ll__entry *e = s->buckets[i];
+        while (e) {
+            ll__entry *next = e->hnext;
+            size_t k = (mix(e->source, e->frame) >> 4) & (nb - 1);
+            e->hnext = b[k];
+            b[k] = e;
+            e = next;
+        }
+    }
+    free(s->buckets);
+    s->buckets = b;
+    s->nbuckets = nb;
+}
+
+/* Remove e from hash and LRU; the caller frees it if unpinned. */
+static void unlink_entry(ll_cache *c, shard *s, ll__entry *e) {
+    ll__entry **p = find_slot(s, mix(e->source, e->frame), e->source, e->frame);
+    if (*p == e) *p = e->hnext;
+    lru_unlink(s, e);
+    e->linked = 0;
+    s->count--;
+    atomic_fetch_sub(&c->entries, 1);
+}
+
+/* Evict one unpinned frame from any shard and return it unlinked (or NULL). */
+static ll__entry *evict_one(ll_cache *c) {
+    unsigned start = atomic_fetch_add(&c->evict_cursor, 1);
+    for (unsigned k = 0; k < SHARDS; k++) {
+        shard *s = &c->shards[(start + k) & (SHARDS - 1)];
+        pthread_mutex_lock(&s->lock);
+        for (ll__entry *e = s->tail; e; e = e->lprev) {
+            if (e->pins == 0) {
+                unlink_entry(c, s, e);
+                pthread_mutex_unlock(&s->lock);
+                atomic_fetch_add(&c->evictions, 1);
+                return e;
+            }
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    return NULL;
+}
+
+static void note_peak(ll_cache *c, uint64_t now) {
+    uint64_t p = atomic_load(&c->peak);
+    while (now > p && !atomic_compare_exchange_weak(&c->peak, &p, now)) {}
+}
+
+uint8_t *ll__cache_alloc(ll_cache *c, uint32_t size, uint32_t *cap) {
+    if (size == 0) size = 1;
+    for (;;) {
+        uint64_t budget = atomic_load(&c->budget);
+        if (size > budget) return NULL;
+        uint64_t cur = atomic_load(&c->bytes);
+        if (cur + size <= budget) {
+            if (!atomic_compare_exchange_weak(&c->bytes, &cur, cur + size)) continue;
+            note_peak(c, cur + size);
+            uint8_t *p = malloc(size);
+            if (!p) { unreserve(c, size); return NULL; }
+            *cap = size;
+            return p;
+        }
+        ll__entry *v = evict_one(c);
+        if (!v) return NULL;
+        if (v->cap >= size && v->cap / 2 <= size) {
+            /* Recycle: its bytes stay reserved, now for the new frame. */
+            uint8_t *p = v->data;
+            *cap = v->cap;
+            free(v);
+            return p;
+        }
+        entry_destroy(c, v);
+    }
+}
+
+void ll__cache_discard(ll_cache *c, uint8_t *data, uint32_t cap) {
+    free(data);
+    unreserve(c, cap);
+}
+
+ll__entry *ll__cache_get(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need) {
+    uint64_t h = mix(source, frame);
+    shard *s = shard_of(c, h);
+    pthread_mutex_lock(&s->lock);
+    ll__entry *e = *find_slot(s, h, source, frame);
+    if (e && e->valid >= need) {
+        e->pins++;
+        if (s->head != e) {
+            lru_unlink(s, e);
+            lru_push_front(s, e);
+        }
+        pthread_mutex_unlock(&s->lock);
+        atomic_fetch_add_explicit(&c->hits, 1, memory_order_relaxed);
+        return e;
+    }
+    pthread_mutex_unlock(&s->lock);
+    atomic_fetch_add_explicit(&c->misses, 1, memory_order_relaxed);
+    return NULL;
+}
+
+ll__entry *ll__cache_put(ll_cache *c, uint64_t source, uint32_t frame, uint8_t *data,
+                         uint32_t cap, uint32_t valid, int full) {
+    ll__entry *n = malloc(sizeof *n);
+    if (!n) {
+        ll__cache_discard(c, data, cap);
+        return NULL;
+    }
+    uint64_t h = mix(source, frame);
+    shard *s = shard_of(c, h);
+    ll__entry *stale = NULL;
+    pthread_mutex_lock(&s->lock);
+    ll__entry **slot = find_slot(s, h, source, frame);
+    ll__entry *old = *slot;
+    if (old && old->valid >= valid) {
+        /* Another thread decoded it first (or further): serve theirs. */
+        old->pins++;
+        pthread_mutex_unlock(&s->lock);
+        free(n);
+        ll__cache_discard(c, data, cap);
+        return old;
+    }
+    if (old) {
+        unlink_entry(c, s, old);
+        if (old->pins == 0) stale = old;
+        slot = find_slot(s, h, source, frame);
+    }
+    *n = (ll__entry){.source = source, .frame = frame, .valid = valid, .cap = cap, .full = full,
+                     .linked = 1, .pins = 1, .data = data};
+    n->hnext = *slot;
+    *slot = n;
+    lru_push_front(s, n);
+    s->count++;
+    if (s->count > s->nbuckets * 2) grow(s);
+    pthread_mutex_unlock(&s->lock);
+    atomic_fetch_add(&c->entries, 1);
+    atomic_fetch_add_explicit(&c->inserts, 1, memory_order_relaxed);
+    if (stale) entry_destroy(c, stale);
+    return n;
+}
+
+void ll__cache_release(ll_cache *c, ll__entry *e) {
+    shard *s = shard_of(c, mix(e->source, e->frame));
+    pthread_mutex_lock(&s->lock);
+    int dead = --e->pins == 0 && !e->linked;
+    pthread_mutex_unlock(&s->lock);
+    if (dead) entry_destroy(c, e);
+}
+
+uint64_t ll__cache_new_source(ll_cache *c) {
+    /* Keys from here have the top bit set, so they never meet a caller's key
+     * unless the caller asks for that range on purpose. */
+    return atomic_fetch_add(&c->next_source, 1) | (1ull << 63);
+}
+
+void ll__cache_count_bypass(ll_cache *c) {
+    atomic_fetch_add_explicit(&c->bypasses, 1, memory_order_relaxed);
+}
+
+void ll_cache_get_stats(ll_cache *c, ll_cache_stats *out) {
+    out->hits = atomic_load(&c->hits);
+    out->misses = atomic_load(&c->misses);
+    out->inserts = atomic_load(&c->inserts);
+    out->evictions = atomic_load(&c->evictions);
+    out->bypasses = atomic_load(&c->bypasses);
+    out->bytes = atomic_load(&c->bytes);
+    out->peak_bytes = atomic_load(&c->peak);
+    out->entries = atomic_load(&c->entries);
+    out->budget = atomic_load(&c->budget);
+}
+
+void ll_cache_set_budget(ll_cache *c, uint64_t budget_bytes) {
+    atomic_store(&c->budget, budget_bytes);
+    while (atomic_load(&c->bytes) > budget_bytes) {
+        ll__entry *v = evict_one(c);
+        if (!v) break; /* the rest is pinned; it goes when released */
+        entry_destroy(c, v);
+    }
+}
+
+void ll_cache_clear(ll_cache *c) {
+    for (int i = 0; i < SHARDS; i++) {
+        shard *s = &c->shards[i];
+        ll__entry *dead = NULL;
+        pthread_mutex_lock(&s->lock);
+        ll__entry *e = s->tail;
+        while (e) {
+            ll__entry *prev = e->lprev;
+            if (e->pins == 0) {
+                unlink_entry(c, s, e);
+                e->hnext = dead;
+                dead = e;
+            }
+            e = prev;
+        }
+        pthread_mutex_unlock(&s->lock);
+        while (dead) {
+            ll__entry *next = dead->hnext;
+            atomic_fetch_add(&c->evictions, 1);
+            entry_destroy(c, dead);
+            dead = next;
+        }
+    }
+}
+
+void ll_cache_free(ll_cache *c) {
+    if (!c) return;
+    for (int i = 0; i < SHARDS; i++) {
+        shard *s = &c->shards[i];
+        ll__entry *e = s->head;
+        while (e) {
+            ll__entry *next = e->lnext;
+            free(e->data);
+            free(e);
+            e = next;
+        }
+        free(s->buckets);
+        pthread_mutex_destroy(&s->lock);
+    }
+    free(c);
+}

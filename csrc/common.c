@@ -1,0 +1,58 @@
+/* common.c - status messages, version, checksums and the ready-made read callbacks. */
+#include "internal.h"
+
+#include <errno.h>
+#include <unistd.h>
+
+#define XXH_INLINE_ALL /* header-only xxHash from libxxhash-dev: no runtime dependency */
+#include <xxhash.h>
+
+const char *ll_strerror(int code) {
+    switch (code) {
+    case LL_OK: return "success";
+    case LL_ERR_ARG: return "invalid argument";
+    case LL_ERR_NOMEM: return "out of memory";
+    case LL_ERR_SEEKTABLE: return "missing or malformed zstd seek table";
+    case LL_ERR_LIMIT: return "seek table exceeds a format or configured limit";
+    case LL_ERR_FRAME: return "corrupt zstd frame, or its size disagrees with the seek table";
+    case LL_ERR_CHECKSUM: return "frame checksum mismatch: the data is corrupt";
+    case LL_ERR_IO: return "the read or write callback failed";
+    case LL_ERR_NEED_MORE: return "more tail bytes are needed to parse the seek table";
+    case LL_ERR_STATE: return "object used after it finished or failed";
+    case LL_ERR_THREAD: return "could not start a worker thread";
+    case LL_ERR_COMPRESS: return "zstd compression failed";
+    default: return "unknown error";
+    }
+}
+
+int ll_version(void) {
+    return LL_VERSION_MAJOR * 10000 + LL_VERSION_MINOR * 100 + LL_VERSION_PATCH;
+}
+
+uint32_t ll__frame_checksum(const void *data, size_t size) {
+    return (uint32_t)XXH64(data, size, 0);
+}
+
+int ll_fd_read(void *opaque, uint64_t offset, size_t size, void *dst) {
+    int fd = *(const int *)opaque;
+    uint8_t *p = dst;
+    while (size > 0) {
+        ssize_t n = pread(fd, p, size, (off_t)offset);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (n == 0) return -1; /* short file */
+        p += n;
+        size -= (size_t)n;
+        offset += (uint64_t)n;
+    }
+    return 0;
+}
+
+int ll_mem_read(void *opaque, uint64_t offset, size_t size, void *dst) {
+    const ll_mem_source *m = opaque;
+    if (offset > m->size || size > m->size - offset) return -1;
+    memcpy(dst, (const uint8_t *)m->data + offset, size);
+    return 0;
+}

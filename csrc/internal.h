@@ -1,0 +1,80 @@
+/* internal.h - declarations shared between the library's source files.  Not installed. */
+#ifndef LL_INTERNAL_H
+#define LL_INTERNAL_H
+
+#include "lazylayer.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LL_HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- little-endian helpers (the format is little-endian on every host) */
+static inline uint32_t ll__le32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline void ll__put_le32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+
+/* ---- seek table */
+struct ll_seektable {
+    uint32_t n;            /* frames */
+    int has_checksums;
+    uint32_t max_d_size;
+    uint64_t *c_off;       /* n + 1 entries: c_off[n] = compressed size of all frames */
+    uint64_t *d_off;       /* n + 1 entries: d_off[n] = uncompressed size */
+    uint32_t *checksum;    /* n entries, or NULL */
+};
+
+/* ---- checksum of a frame's data as the seek table stores it */
+LL_HIDDEN uint32_t ll__frame_checksum(const void *data, size_t size);
+
+/* ---- block cache (cache.c).  Entries are pinned while a reader holds them. */
+typedef struct ll__entry ll__entry;
+struct ll__entry {
+    uint64_t source;
+    uint32_t frame;
+    uint32_t valid;        /* bytes of the frame decoded, from its start */
+    uint32_t cap;          /* bytes allocated at data */
+    int full;              /* valid == the frame's whole size (checksum verified if any) */
+    int linked;            /* still in the table (0: unlinked, freed at last release) */
+    unsigned pins;
+    uint8_t *data;
+    ll__entry *hnext;      /* hash chain */
+    ll__entry *lprev, *lnext; /* LRU list: head = most recent */
+};
+
+/* Find (source, frame) holding at least `need` decoded bytes; pinned on success. */
+LL_HIDDEN ll__entry *ll__cache_get(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need);
+/* Reserve `size` bytes of budget and return a buffer of at least that capacity
+ * (maybe recycled from an evicted frame).  NULL when the budget cannot be freed
+ * (everything pinned) or memory is short: the caller then decodes uncached. */
+LL_HIDDEN uint8_t *ll__cache_alloc(ll_cache *c, uint32_t size, uint32_t *cap);
+/* Give back a buffer from ll__cache_alloc that will not be inserted. */
+LL_HIDDEN void ll__cache_discard(ll_cache *c, uint8_t *data, uint32_t cap);
+/* Insert a decoded frame (takes ownership of data); returns the pinned entry
+ * that now serves (source, frame): the new one, or an existing better one. */
+LL_HIDDEN ll__entry *ll__cache_put(ll_cache *c, uint64_t source, uint32_t frame, uint8_t *data,
+                                   uint32_t cap, uint32_t valid, int full);
+LL_HIDDEN void ll__cache_release(ll_cache *c, ll__entry *e);
+LL_HIDDEN uint64_t ll__cache_new_source(ll_cache *c);
+LL_HIDDEN void ll__cache_count_bypass(ll_cache *c);
+
+/* ---- worker pool (pool.c) */
+typedef struct ll__worker ll__worker;
+/* Per-thread scratch a task may use: created lazily, kept for the thread's life. */
+LL_HIDDEN void *ll__worker_dctx(ll__worker *w);   /* ZSTD_DCtx*, NULL on OOM */
+LL_HIDDEN void *ll__worker_cctx(ll__worker *w);   /* ZSTD_CCtx*, NULL on OOM */
+typedef void (*ll__task_fn)(void *arg, size_t index, ll__worker *w);
+/* Run fn(arg, i, w) for i in [0, n) on the pool's threads and on the calling
+ * thread (which uses `self` as its worker scratch); returns when all are done.
+ * pool may be NULL: everything runs on the caller. */
+LL_HIDDEN void ll__pool_run(ll_pool *p, ll__worker *self, ll__task_fn fn, void *arg, size_t n);
+/* Worker scratch for threads outside the pool (reader workspaces, writers). */
+LL_HIDDEN ll__worker *ll__worker_new(void);
+LL_HIDDEN void ll__worker_free(ll__worker *w);
+
+#endif

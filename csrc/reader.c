@@ -1,0 +1,334 @@
+/* reader.c - read any byte range of a seekable zstd stream.
+ *
+ * A read finds the frames it touches from the seek table.  Frames already in
+ * the cache are copied out.  For the rest, the compressed bytes of each run of
+ * consecutive frames are requested from the host in one callback, then the
+ * frames are decoded (in parallel on the pool when there are several):
+ * frames the read covers whole go straight into the caller's buffer; a frame
+ * covered in part is decoded into a cache buffer (or a reused scratch buffer
+ * when uncached) and the requested slice copied out.
+ *
+ * Each concurrent call borrows a workspace (zstd context, input and scratch
+ * buffers) from the reader's free list and returns it, so steady-state reads
+ * allocate nothing. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <zstd.h>
+
+typedef struct task {
+    uint32_t frame;
+    const uint8_t *src;  /* compressed bytes */
+    uint8_t *dst;        /* where the whole frame goes */
+    int status;
+} task;
+
+typedef struct workspace {
+    ll__worker *w;
+    uint8_t *in;
+    size_t in_cap;
+    uint8_t *out;
+    size_t out_cap;
+    task *tasks;
+    size_t tasks_cap;
+    struct workspace *next;
+} workspace;
+
+struct ll_reader {
+    ll_seektable *st;
+    ll_read_fn read;
+    void *opaque;
+    ll_cache *cache;
+    ll_pool *pool;
+    uint64_t source;
+    int verify;
+    uint64_t max_fetch;
+    pthread_mutex_t ws_lock;
+    workspace *free_ws;
+};
+
+void ll_reader_options_init(ll_reader_options *opt) {
+    memset(opt, 0, sizeof *opt);
+    opt->verify_checksums = 1;
+    opt->max_frame_size = LL_DEFAULT_MAX_FRAME_SIZE;
+    opt->max_fetch_bytes = 64u << 20;
+}
+
+int ll_reader_create(ll_seektable *st, ll_read_fn read, void *opaque,
+                     const ll_reader_options *opt, ll_reader **out) {
+    if (!st || !read || !out) return LL_ERR_ARG;
+    *out = NULL;
+    ll_reader_options defaults;
+    if (!opt) {
+        ll_reader_options_init(&defaults);
+        opt = &defaults;
+    }
+    if (opt->max_frame_size == 0 || opt->max_frame_size > LL_MAX_FRAME_SIZE) return LL_ERR_ARG;
+    if (st->max_d_size > opt->max_frame_size) return LL_ERR_LIMIT;
+    /* A real frame is never much larger than its data: bounding compressed sizes
+     * bounds the input buffers a hostile table could make us allocate. */
+    uint64_t c_limit = ZSTD_compressBound(opt->max_frame_size) + 4096;
+    for (uint32_t i = 0; i < st->n; i++) {
+        if (st->d_off[i + 1] != st->d_off[i] && st->c_off[i + 1] - st->c_off[i] > c_limit)
+            return LL_ERR_LIMIT;
+    }
+    ll_reader *r = calloc(1, sizeof *r);
+    if (!r) return LL_ERR_NOMEM;
+    r->st = st;
+    r->read = read;
+    r->opaque = opaque;
+    r->cache = opt->cache;
+    r->pool = opt->pool;
+    r->verify = opt->verify_checksums;
+    r->max_fetch = opt->max_fetch_bytes ? opt->max_fetch_bytes : (64u << 20);
+    if (r->cache) r->source = opt->source_key ? opt->source_key : ll__cache_new_source(r->cache);
+    pthread_mutex_init(&r->ws_lock, NULL);
+    *out = r;
+    return LL_OK;
+}
+
+static void ws_free(workspace *ws) {
+    ll__worker_free(ws->w);
+    free(ws->in);
+    free(ws->out);
+    free(ws->tasks);
+    free(ws);
+}
+
+void ll_reader_free(ll_reader *r) {
+    if (!r) return;
+    workspace *ws = r->free_ws;
+    while (ws) {
+        workspace *next = ws->next;
+        ws_free(ws);
+        ws = next;
+    }
+    pthread_mutex_destroy(&r->ws_lock);
+    ll_seektable_free(r->st);
+    free(r);
+}
+
+const ll_seektable *ll_reader_seektable(const ll_reader *r) { return r->st; }
+uint64_t ll_reader_size(const ll_reader *r) { return r->st->d_off[r->st->n]; }
+
+static workspace *ws_get(ll_reader *r) {
+    pthread_mutex_lock(&r->ws_lock);
+    workspace *ws = r->free_ws;
+    if (ws) r->free_ws = ws->next;
+    pthread_mutex_unlock(&r->ws_lock);
+    if (ws) return ws;
+    ws = calloc(1, sizeof *ws);
+    if (!ws) return NULL;
+    ws->w = ll__worker_new();
+    if (!ws->w) {
+        free(ws);
+        return NULL;
+    }
+    return ws;
+}
+
+static void ws_put(ll_reader *r, workspace *ws) {
+    pthread_mutex_lock(&r->ws_lock);
+    ws->next = r->free_ws;
+    r->free_ws = ws;
+    pthread_mutex_unlock(&r->ws_lock);
+}
+
+static int grow(uint8_t **buf, size_t *cap, size_t need) {
+    if (*cap >= need) return LL_OK;
+    uint8_t *p = malloc(need); /* contents need not survive: no realloc copy */
+    if (!p) return LL_ERR_NOMEM;
+    free(*buf);
+    *buf = p;
+    *cap = need;
+    return LL_OK;
+}
+
+static uint32_t c_size(const ll_seektable *st, uint32_t i) { return (uint32_t)(st->c_off[i + 1] - st->c_off[i]); }
+static uint32_t d_size(const ll_seektable *st, uint32_t i) { return (uint32_t)(st->d_off[i + 1] - st->d_off[i]); }
+
+/* Decode the first `len` bytes of frame i from its compressed bytes `src`.
+ * A whole frame is decoded in one shot, checked to fill exactly its table size,
+ * and verified against its checksum; a prefix is decoded by streaming. */
+static int decode(const ll_reader *r, ll__worker *w, uint32_t i, const uint8_t *src,
+                  uint8_t *dst, uint32_t len) {
+    const ll_seektable *st = r->st;
+    uint32_t cs = c_size(st, i), ds = d_size(st, i);
+    ZSTD_DCtx *dctx = ll__worker_dctx(w);
+    if (!dctx) return LL_ERR_NOMEM;
+    if (len == ds) {
+        size_t fs = ZSTD_findFrameCompressedSize(src, cs);
+        if (ZSTD_isError(fs) || fs != cs) return LL_ERR_FRAME;
+        size_t got = ZSTD_decompressDCtx(dctx, dst, ds, src, cs);
+        if (ZSTD_isError(got) || got != ds) return LL_ERR_FRAME;
+        if (r->verify && st->has_checksums && ll__frame_checksum(dst, ds) != st->checksum[i])
+            return LL_ERR_CHECKSUM;
+        return LL_OK;
+    }
+    ZSTD_DCtx_reset(dctx, ZSTD_reset_session_only);
+    ZSTD_inBuffer in = {src, cs, 0};
+    ZSTD_outBuffer out = {dst, len, 0};
+    int rc = LL_OK;
+    while (out.pos < len) {
+        size_t in_before = in.pos, out_before = out.pos;
+        size_t ret = ZSTD_decompressStream(dctx, &out, &in);
+        if (ZSTD_isError(ret)) { rc = LL_ERR_FRAME; break; }
+        if (out.pos < len && (ret == 0 || (in.pos == in_before && out.pos == out_before))) {
+            rc = LL_ERR_FRAME; /* frame ended early, or is truncated */
+            break;
+        }
+    }
+    ZSTD_DCtx_reset(dctx, ZSTD_reset_session_only);
+    return rc;
+}
+
+/* Fetch the compressed bytes of frames [a, b] into ws->in. */
+static int fetch(ll_reader *r, workspace *ws, uint32_t a, uint32_t b) {
+    uint64_t off = r->st->c_off[a], len = r->st->c_off[b + 1] - off;
+    if (len > SIZE_MAX) return LL_ERR_LIMIT;
+    int rc = grow(&ws->in, &ws->in_cap, (size_t)len);
+    if (rc != LL_OK) return rc;
+    return r->read(r->opaque, off, (size_t)len, ws->in) == 0 ? LL_OK : LL_ERR_IO;
+}
+
+/* Bytes [lo, hi) of frame i into dst, through the cache when there is one. */
+static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, uint32_t hi,
+                         uint8_t *dst) {
+    const ll_seektable *st = r->st;
+    uint32_t ds = d_size(st, i);
+    if (r->cache) {
+        ll__entry *e = ll__cache_get(r->cache, r->source, i, hi);
+        if (e) {
+            memcpy(dst, e->data + lo, hi - lo);
+            ll__cache_release(r->cache, e);
+            return LL_OK;
+        }
+    }
+    int rc = fetch(r, ws, i, i);
+    if (rc != LL_OK) return rc;
+    if (lo == 0 && hi == ds) /* whole frame: straight into the caller's buffer */
+        return decode(r, ws->w, i, ws->in, dst, ds);
+    uint32_t need = (r->verify && st->has_checksums) ? ds : hi;
+    if (r->cache) {
+        uint32_t cap;
+        uint8_t *buf = ll__cache_alloc(r->cache, need, &cap);
+        if (buf) {
+            rc = decode(r, ws->w, i, ws->in, buf, need);
+            if (rc != LL_OK) {
+                ll__cache_discard(r->cache, buf, cap);
+                return rc;
+            }
+            ll__entry *e = ll__cache_put(r->cache, r->source, i, buf, cap, need, need == ds);
+            if (!e) return LL_ERR_NOMEM;
+            memcpy(dst, e->data + lo, hi - lo);
+            ll__cache_release(r->cache, e);
+            return LL_OK;
+        }
+        ll__cache_count_bypass(r->cache);
+    }
+    rc = grow(&ws->out, &ws->out_cap, need);
+    if (rc != LL_OK) return rc;
+    rc = decode(r, ws->w, i, ws->in, ws->out, need);
+    if (rc == LL_OK) memcpy(dst, ws->out + lo, hi - lo);
+    return rc;
+}
+
+static void decode_task(void *arg, size_t index, ll__worker *w) {
+    const ll_reader *r = ((void **)arg)[0];
+    task *t = &((task *)((void **)arg)[1])[index];
+    t->status = decode(r, w, t->frame, t->src, t->dst, d_size(r->st, t->frame));
+}
+
+/* Frames [a, b], all covered whole by the read, into out (= frame a's start). */
+static int read_whole_frames(ll_reader *r, workspace *ws, uint32_t a, uint32_t b, uint8_t *out) {
+    const ll_seektable *st = r->st;
+    uint64_t base = st->d_off[a];
+    uint32_t i = a;
+    while (i <= b) {
+        /* One round: cached frames are copied; the misses, up to max_fetch
+         * compressed bytes, are fetched (one callback per run) and decoded. */
+        size_t ntasks = 0;
+        uint64_t round_bytes = 0;
+        for (; i <= b; i++) {
+            uint32_t ds = d_size(st, i);
+            if (ds == 0) continue;
+            if (r->cache) {
+                ll__entry *e = ll__cache_get(r->cache, r->source, i, ds);
+                if (e) {
+                    memcpy(out + (st->d_off[i] - base), e->data, ds);
+                    ll__cache_release(r->cache, e);
+                    continue;
+                }
+            }
+            if (ntasks > 0 && round_bytes + c_size(st, i) > r->max_fetch) break;
+            if (ntasks == ws->tasks_cap) {
+                size_t cap = ws->tasks_cap ? ws->tasks_cap * 2 : 16;
+                task *t = realloc(ws->tasks, cap * sizeof *t);
+                if (!t) return LL_ERR_NOMEM;
+                ws->tasks = t;
+                ws->tasks_cap = cap;
+            }
+            ws->tasks[ntasks++] = (task){.frame = i};
+            round_bytes += c_size(st, i);
+        }
+        if (ntasks == 0) continue;
+        int rc = grow(&ws->in, &ws->in_cap, (size_t)round_bytes);
+        if (rc != LL_OK) return rc;
+        /* Fetch runs of consecutive frames with one callback each, packed in ws->in. */
+        size_t pos = 0;
+        for (size_t k = 0; k < ntasks;) {
+            size_t j = k;
+            while (j + 1 < ntasks && ws->tasks[j + 1].frame == ws->tasks[j].frame + 1) j++;
+            uint64_t off = st->c_off[ws->tasks[k].frame];
+            uint64_t len = st->c_off[ws->tasks[j].frame + 1] - off;
+            if (r->read(r->opaque, off, (size_t)len, ws->in + pos) != 0) return LL_ERR_IO;
+            for (size_t m = k; m <= j; m++) {
+                ws->tasks[m].src = ws->in + pos + (st->c_off[ws->tasks[m].frame] - off);
+                ws->tasks[m].dst = out + (st->d_off[ws->tasks[m].frame] - base);
+            }
+            pos += (size_t)len;
+            k = j + 1;
+        }
+        void *arg[2] = {r, ws->tasks};
+        ll__pool_run(r->pool, ws->w, decode_task, arg, ntasks);
+        for (size_t k = 0; k < ntasks; k++)
+            if (ws->tasks[k].status != LL_OK) return ws->tasks[k].status;
+    }
+    return LL_OK;
+}
+
+int64_t ll_reader_read(ll_reader *r, uint64_t offset, void *dst, size_t size) {
+    if (!r || (!dst && size) || size > INT64_MAX) return LL_ERR_ARG;
+    const ll_seektable *st = r->st;
+    uint64_t total = st->d_off[st->n];
+    if (offset >= total || size == 0) return 0;
+    uint64_t end = total - offset < size ? total : offset + size;
+    uint32_t first = ll_seektable_frame_at(st, offset);
+    uint32_t last = ll_seektable_frame_at(st, end - 1);
+    workspace *ws = ws_get(r);
+    if (!ws) return LL_ERR_NOMEM;
+    uint8_t *out = dst;
+    int rc;
+    if (first == last) {
+        rc = read_in_frame(r, ws, first, (uint32_t)(offset - st->d_off[first]),
+                           (uint32_t)(end - st->d_off[first]), out);
+    } else {
+        /* Head and tail frames may be partial; everything between is whole. */
+        uint32_t a = first, b = last;
+        rc = LL_OK;
+        if (offset != st->d_off[first]) {
+            rc = read_in_frame(r, ws, first, (uint32_t)(offset - st->d_off[first]),
+                               d_size(st, first), out);
+            a = first + 1;
+        }
+        if (rc == LL_OK && end != st->d_off[last + 1]) {
+            rc = read_in_frame(r, ws, last, 0, (uint32_t)(end - st->d_off[last]),
+                               out + (st->d_off[last] - offset));
+            b = last - 1;
+        }
+        if (rc == LL_OK && a <= b)
+            rc = read_whole_frames(r, ws, a, b, out + (st->d_off[a] - offset));
+    }
+    ws_put(r, ws);
+    return rc == LL_OK ? (int64_t)(end - offset) : rc;
+}

@@ -1,0 +1,238 @@
+/* writer.c - write the zstd seekable format: independent frames, then the seek table.
+ *
+ * Data is cut into frames of frame_size bytes (or where the caller ends a frame).
+ * With a pool, frames are collected into a batch of (threads + 1) and compressed
+ * in parallel, then handed to the write callback in order. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <zstd.h>
+
+typedef struct {
+    const uint8_t *src;
+    size_t len;
+    uint8_t *dst;
+    size_t dst_cap;
+    size_t out_len;
+    uint32_t checksum;
+    int status;
+} slot;
+
+struct ll_writer {
+    ll_writer_options opt;
+    ll_write_fn write;
+    void *opaque;
+    ll__worker *self;
+    size_t nslots;       /* frames per batch */
+    slot *slots;
+    uint8_t *in;         /* nslots * frame_size */
+    size_t used;         /* slots filled in this batch (the last may be open) */
+    size_t cur;          /* bytes in the open frame (slot `used`) */
+    /* frame log */
+    uint32_t *log;       /* 3 words per frame: c_size, d_size, checksum */
+    uint32_t nframes, log_cap;
+    uint64_t bytes_in, bytes_out;
+    int state;           /* 0 open, 1 finished, <0 failed with that status */
+};
+
+void ll_writer_options_init(ll_writer_options *opt) {
+    memset(opt, 0, sizeof *opt);
+    opt->level = 3;
+    opt->frame_size = LL_DEFAULT_FRAME_SIZE;
+    opt->checksum = 1;
+}
+
+void ll_writer_free(ll_writer *w) {
+    if (!w) return;
+    if (w->slots)
+        for (size_t i = 0; i < w->nslots; i++) free(w->slots[i].dst);
+    free(w->slots);
+    free(w->in);
+    free(w->log);
+    ll__worker_free(w->self);
+    free(w);
+}
+
+int ll_writer_create(const ll_writer_options *opt, ll_write_fn write, void *opaque,
+                     ll_writer **out) {
+    if (!write || !out) return LL_ERR_ARG;
+    *out = NULL;
+    ll_writer_options defaults;
+    if (!opt) {
+        ll_writer_options_init(&defaults);
+        opt = &defaults;
+    }
+    if (opt->frame_size == 0 || opt->frame_size > LL_MAX_FRAME_SIZE) return LL_ERR_ARG;
+    if (opt->level < ZSTD_minCLevel() || opt->level > ZSTD_maxCLevel()) return LL_ERR_ARG;
+    ll_writer *w = calloc(1, sizeof *w);
+    if (!w) return LL_ERR_NOMEM;
+    w->opt = *opt;
+    w->write = write;
+    w->opaque = opaque;
+    w->nslots = (size_t)ll_pool_threads(opt->pool) + 1;
+    w->self = ll__worker_new();
+    w->slots = calloc(w->nslots, sizeof *w->slots);
+    w->in = malloc(w->nslots * (size_t)opt->frame_size);
+    if (!w->self || !w->slots || !w->in) {
+        ll_writer_free(w);
+        return LL_ERR_NOMEM;
+    }
+    size_t bound = ZSTD_compressBound(opt->frame_size);
+    for (size_t i = 0; i < w->nslots; i++) {
+        w->slots[i].dst = malloc(bound);
+        w->slots[i].dst_cap = bound;
+        if (!w->slots[i].dst) {
+            ll_writer_free(w);
+            return LL_ERR_NOMEM;
+        }
+    }
+    *out = w;
+    return LL_OK;
+}
+
+static int fail(ll_writer *w, int rc) {
+    if (w->state == 0) w->state = rc;
+    return rc;
+}
+
+static int log_frame(ll_writer *w, uint32_t c, uint32_t d, uint32_t sum) {
+    if (w->nframes >= LL_MAX_FRAMES) return LL_ERR_LIMIT;
+    if (w->nframes == w->log_cap) {
+        uint32_t cap = w->log_cap ? w->log_cap * 2 : 256;
+        uint32_t *p = realloc(w->log, (size_t)cap * 3 * sizeof *p);
+        if (!p) return LL_ERR_NOMEM;
+        w->log = p;
+        w->log_cap = cap;
+    }
+    uint32_t *e = &w->log[(size_t)w->nframes * 3];
+    e[0] = c;
+    e[1] = d;
+    e[2] = sum;
+    w->nframes++;
+    return LL_OK;
+}
+
+static void compress_task(void *arg, size_t index, ll__worker *wk) {
+    ll_writer *w = arg;
+    slot *s = &w->slots[index];
+    ZSTD_CCtx *cctx = ll__worker_cctx(wk);
+    if (!cctx) {
+        s->status = LL_ERR_NOMEM;
+        return;
+    }
+    ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, w->opt.level);
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
+    size_t n = ZSTD_compress2(cctx, s->dst, s->dst_cap, s->src, s->len);
+    if (ZSTD_isError(n)) {
+        s->status = LL_ERR_COMPRESS;
+        return;
+    }
+    s->out_len = n;
+    s->checksum = w->opt.checksum ? ll__frame_checksum(s->src, s->len) : 0;
+    s->status = LL_OK;
+}
+
+/* Compress the batch's closed frames and write them in order. */
+static int flush_batch(ll_writer *w) {
+    size_t n = w->used;
+    if (n == 0) return LL_OK;
+    for (size_t i = 0; i < n; i++) w->slots[i].src = w->in + i * (size_t)w->opt.frame_size;
+    ll__pool_run(w->opt.pool, w->self, compress_task, w, n);
+    for (size_t i = 0; i < n; i++) {
+        slot *s = &w->slots[i];
+        if (s->status != LL_OK) return s->status;
+        if (w->write(w->opaque, s->dst, s->out_len) != 0) return LL_ERR_IO;
+        int rc = log_frame(w, (uint32_t)s->out_len, (uint32_t)s->len, s->checksum);
+        if (rc != LL_OK) return rc;
+        w->bytes_out += s->out_len;
+    }
+    w->used = 0;
+    return LL_OK;
+}
+
+static int close_frame(ll_writer *w) {
+    if (w->cur == 0) return LL_OK;
+    w->slots[w->used].len = w->cur;
+    w->used++;
+    w->cur = 0;
+    return w->used == w->nslots ? flush_batch(w) : LL_OK;
+}
+
+int ll_writer_write(ll_writer *w, const void *src, size_t size) {
+    if (!w || (!src && size)) return LL_ERR_ARG;
+    if (w->state != 0) return LL_ERR_STATE;
+    const uint8_t *p = src;
+    while (size > 0) {
+        size_t room = w->opt.frame_size - w->cur;
+        size_t n = size < room ? size : room;
+        memcpy(w->in + w->used * (size_t)w->opt.frame_size + w->cur, p, n);
+        w->cur += n;
+        w->bytes_in += n;
+        p += n;
+        size -= n;
+        if (w->cur == w->opt.frame_size) {
+            int rc = close_frame(w);
+            if (rc != LL_OK) return fail(w, rc);
+        }
+    }
+    return LL_OK;
+}
+
+int ll_writer_end_frame(ll_writer *w) {
+    if (!w) return LL_ERR_ARG;
+    if (w->state != 0) return LL_ERR_STATE;
+    int rc = close_frame(w);
+    return rc == LL_OK ? rc : fail(w, rc);
+}
+
+int ll_writer_add_skippable(ll_writer *w, unsigned variant, const void *data, size_t size) {
+    if (!w || variant > 15 || (!data && size) || size > UINT32_MAX - LL_SKIPPABLE_HEADER_SIZE)
+        return LL_ERR_ARG;
+    if (w->state != 0) return LL_ERR_STATE;
+    int rc = close_frame(w);
+    if (rc == LL_OK) rc = flush_batch(w);
+    if (rc != LL_OK) return fail(w, rc);
+    uint8_t hdr[LL_SKIPPABLE_HEADER_SIZE];
+    ll__put_le32(hdr, 0x184D2A50u + variant);
+    ll__put_le32(hdr + 4, (uint32_t)size);
+    if (w->write(w->opaque, hdr, sizeof hdr) != 0 || (size && w->write(w->opaque, data, size) != 0))
+        return fail(w, LL_ERR_IO);
+    rc = log_frame(w, (uint32_t)(sizeof hdr + size), 0, ll__frame_checksum("", 0));
+    if (rc != LL_OK) return fail(w, rc);
+    w->bytes_out += sizeof hdr + size;
+    return LL_OK;
+}
+
+int ll_writer_finish(ll_writer *w) {
+    if (!w) return LL_ERR_ARG;
+    if (w->state != 0) return LL_ERR_STATE;
+    int rc = close_frame(w);
+    if (rc == LL_OK) rc = flush_batch(w);
+    if (rc != LL_OK) return fail(w, rc);
+    size_t entry = w->opt.checksum ? 12 : 8;
+    size_t total = LL_SKIPPABLE_HEADER_SIZE + (size_t)w->nframes * entry + LL_SEEKTABLE_FOOTER_SIZE;
+    uint8_t *t = malloc(total);
+    if (!t) return fail(w, LL_ERR_NOMEM);
+    ll__put_le32(t, LL_SKIPPABLE_MAGIC);
+    ll__put_le32(t + 4, (uint32_t)(total - LL_SKIPPABLE_HEADER_SIZE));
+    uint8_t *e = t + LL_SKIPPABLE_HEADER_SIZE;
+    for (uint32_t i = 0; i < w->nframes; i++, e += entry) {
+        ll__put_le32(e, w->log[i * 3]);
+        ll__put_le32(e + 4, w->log[i * 3 + 1]);
+        if (w->opt.checksum) ll__put_le32(e + 8, w->log[i * 3 + 2]);
+    }
+    ll__put_le32(e, w->nframes);
+    e[4] = w->opt.checksum ? 0x80 : 0;
+    ll__put_le32(e + 5, LL_SEEKABLE_MAGIC);
+    rc = w->write(w->opaque, t, total) == 0 ? LL_OK : LL_ERR_IO;
+    free(t);
+    if (rc != LL_OK) return fail(w, rc);
+    w->bytes_out += total;
+    w->state = 1;
+    return LL_OK;
+}
+
+uint64_t ll_writer_bytes_in(const ll_writer *w) { return w->bytes_in; }
+uint64_t ll_writer_bytes_out(const ll_writer *w) { return w->bytes_out; }
+uint32_t ll_writer_frames(const ll_writer *w) { return w->nframes; }

@@ -1,0 +1,600 @@
+"""Seekable zstd: read any byte range of a compressed stream, and write the format.
+
+The format is the standard zstd seekable format (facebook/zstd
+``contrib/seekable_format``): independent zstd frames followed by a seek table
+in a skippable frame, so any zstd tool can still decompress the whole stream.
+
+:class:`SeekableReader` reads ranges of the *uncompressed* stream out of a
+blob held in memory, in a local file, or behind a callable that returns
+compressed byte ranges (a network fetch).  The C core does the work with the
+GIL released: it finds the frames a read touches, asks the source for their
+compressed bytes, decodes them (several at once on a :class:`WorkerPool`) and
+keeps decompressed frames in a :class:`BlockCache` with a hard byte budget.
+
+:class:`SeekableWriter` is a binary file object that writes the format.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from typing import Any, Callable, NamedTuple, Union
+
+from . import errors
+from ._lib import check, ffi, lib, raise_status, strerror
+
+__all__ = [
+    "BlockCache",
+    "CacheStats",
+    "FrameInfo",
+    "SeekableReader",
+    "SeekableWriter",
+    "WorkerPool",
+    "default_cache",
+    "default_pool",
+]
+
+DEFAULT_FRAME_SIZE: int = lib.LL_DEFAULT_FRAME_SIZE
+DEFAULT_MAX_FRAME_SIZE: int = lib.LL_DEFAULT_MAX_FRAME_SIZE
+DEFAULT_CACHE_BYTES = 256 << 20
+
+Fetch = Callable[[int, int], bytes]
+"""A source callable: ``fetch(offset, size)`` returns exactly ``size`` bytes of the blob."""
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+
+class CacheStats(NamedTuple):
+    """Counters of a :class:`BlockCache`; bytes are decompressed bytes."""
+
+    hits: int
+    misses: int
+    inserts: int
+    evictions: int
+    bypasses: int
+    bytes: int
+    peak_bytes: int
+    entries: int
+    budget: int
+
+    @property
+    def hit_ratio(self) -> float:
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else 0.0
+
+
+class FrameInfo(NamedTuple):
+    """Where one frame lies in the compressed blob and in the uncompressed stream."""
+
+    compressed_offset: int
+    compressed_size: int
+    offset: int
+    size: int
+    checksum: int | None
+
+
+class BlockCache:
+    """Decompressed frames shared by any number of readers, never above ``budget`` bytes.
+
+    Frames being read are pinned and never freed under a reader; when the whole
+    budget is pinned, reads decode without caching (``stats().bypasses``).
+    """
+
+    def __init__(self, budget: int = DEFAULT_CACHE_BYTES) -> None:
+        if budget < 0:
+            raise ValueError("budget must be >= 0")
+        out = ffi.new("ll_cache **")
+        check(lib.ll_cache_create(budget, out), "creating a block cache")
+        self._ptr = ffi.gc(out[0], lib.ll_cache_free)
+
+    @property
+    def budget(self) -> int:
+        return self.stats().budget
+
+    @budget.setter
+    def budget(self, value: int) -> None:
+        if value < 0:
+            raise ValueError("budget must be >= 0")
+        lib.ll_cache_set_budget(self._ptr, value)
+
+    def stats(self) -> CacheStats:
+        s = ffi.new("ll_cache_stats *")
+        lib.ll_cache_get_stats(self._ptr, s)
+        return CacheStats(s.hits, s.misses, s.inserts, s.evictions, s.bypasses, s.bytes,
+                          s.peak_bytes, s.entries, s.budget)
+
+    def clear(self) -> None:
+        """Drop every frame no reader is using."""
+        lib.ll_cache_clear(self._ptr)
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return f"<BlockCache {s.bytes}/{s.budget} bytes, {s.entries} frames, hit ratio {s.hit_ratio:.2f}>"
+
+
+class WorkerPool:
+    """Threads that decode (or compress) the frames of one call in parallel.
+
+    ``threads`` counts the calling thread, which works too: ``WorkerPool(2)``
+    starts one worker thread.
+    """
+
+    def __init__(self, threads: int) -> None:
+        if threads < 1:
+            raise ValueError("threads must be >= 1")
+        out = ffi.new("ll_pool **")
+        check(lib.ll_pool_create(threads - 1, out), f"starting {threads - 1} worker threads")
+        self._ptr = ffi.gc(out[0], lib.ll_pool_free)
+        self.threads = threads
+
+    def __repr__(self) -> str:
+        return f"<WorkerPool threads={self.threads}>"
+
+
+# Process-wide defaults, made on first use.  A forked child gets new ones: the
+# parent's worker threads do not exist there (the old objects are left alone).
+_defaults_lock = threading.Lock()
+_default_cache: BlockCache | None = None
+_default_pool: WorkerPool | None = None
+
+
+def default_cache() -> BlockCache:
+    """The cache readers share unless told otherwise.
+
+    Its budget is ``LAZYLAYER_MEMORY_CACHE_MB`` MiB (default 256).
+    """
+    global _default_cache
+    with _defaults_lock:
+        if _default_cache is None:
+            mb = os.environ.get("LAZYLAYER_MEMORY_CACHE_MB")
+            _default_cache = BlockCache(int(mb) << 20 if mb else DEFAULT_CACHE_BYTES)
+        return _default_cache
+
+
+def default_pool() -> WorkerPool:
+    """The pool readers and writers share unless told otherwise: one thread per CPU."""
+    global _default_pool
+    with _defaults_lock:
+        if _default_pool is None:
+            _default_pool = WorkerPool(max(1, len(os.sched_getaffinity(0))))
+        return _default_pool
+
+
+def _after_fork_in_child() -> None:
+    global _default_cache, _default_pool, _defaults_lock
+    _defaults_lock = threading.Lock()
+    # Never free the parent's objects here: the pool's threads do not exist in
+    # the child and the cache's locks may have been held at fork time.
+    _leaked.extend(x for x in (_default_pool, _default_cache) if x is not None)
+    _default_cache = None
+    _default_pool = None
+
+
+_leaked: list[Any] = []
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_DEFAULT: Any = object()
+
+
+def _resolve_pool(threads: int | None) -> WorkerPool | None:
+    if threads is None:
+        return default_pool()
+    if threads < 1:
+        raise ValueError("threads must be >= 1 (or None for the shared pool)")
+    return None if threads == 1 else WorkerPool(threads)
+
+
+class _CallbackSource:
+    """Adapts ``fetch(offset, size) -> bytes`` to the C read callback.
+
+    An exception raised by ``fetch`` is kept per thread and re-raised, as the
+    cause of a :class:`~lazylayer.errors.SourceError`, by the call that made C
+    ask for the bytes.
+    """
+
+    def __init__(self, fetch: Fetch) -> None:
+        self.fetch = fetch
+        self.failure = threading.local()
+        self.handle = ffi.new_handle(self)
+
+    def take_failure(self) -> BaseException | None:
+        exc = getattr(self.failure, "exc", None)
+        self.failure.exc = None
+        return exc
+
+
+@ffi.def_extern()
+def _ll_py_read(opaque: Any, offset: int, size: int, dst: Any) -> int:
+    src: _CallbackSource = ffi.from_handle(opaque)
+    try:
+        data = src.fetch(offset, size)
+        if len(data) != size:
+            raise errors.SourceError(
+                f"source returned {len(data)} bytes for a read of {size} at offset {offset}"
+            )
+        ffi.memmove(dst, data, size)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
+        src.failure.exc = exc
+        return -1
+
+
+class SeekableReader:
+    """Random access to the uncompressed data of a seekable zstd blob.
+
+    ``source`` is one of:
+
+    - a bytes-like object holding the whole blob (kept referenced, not copied);
+    - a path to a local file (read with ``pread``, no Python in the loop);
+    - a callable ``fetch(offset, size) -> bytes`` returning compressed ranges,
+      with ``blob_size`` giving the blob's total size.
+
+    ``cache`` is a :class:`BlockCache` (default: the shared one) or ``None``.
+    ``threads`` sets how many threads decode a read that spans several frames:
+    ``None`` uses the shared :func:`default_pool`, ``1`` decodes on the calling
+    thread only.  ``verify`` checks the seek table's per-frame checksums when
+    the blob has them.  ``max_frame_size`` refuses blobs whose frames are larger
+    (a bound on the memory a hostile seek table can make us allocate).
+    ``cache_key`` lets several readers of the *same* blob share cached frames.
+
+    All methods are safe to call from many threads at once; the GIL is released
+    while C works.
+    """
+
+    def __init__(
+        self,
+        source: BytesLike | str | os.PathLike[str] | Fetch,
+        *,
+        blob_size: int | None = None,
+        cache: BlockCache | None = _DEFAULT,
+        threads: int | None = None,
+        verify: bool = True,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        cache_key: int = 0,
+        name: str | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._closing = False
+        self._ptr: Any = None
+        self._fd: int | None = None
+        self._callback: _CallbackSource | None = None
+        self.cache = default_cache() if cache is _DEFAULT else cache
+        self.pool = _resolve_pool(threads)
+
+        table = ffi.new("ll_seektable **")
+        if callable(source):
+            if blob_size is None:
+                raise TypeError("blob_size is required when the source is a callable")
+            self.name = name or getattr(source, "__name__", "callable source")
+            self._callback = _CallbackSource(source)
+            read_fn, opaque = lib._ll_py_read, self._callback.handle
+            self._check(lib.ll_seektable_load(read_fn, opaque, blob_size, table), "reading the seek table")
+        elif isinstance(source, (str, os.PathLike)):
+            self.name = name or os.fspath(source)
+            self._fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            blob_size = os.fstat(self._fd).st_size
+            self._fdbox = ffi.new("int *", self._fd)
+            read_fn, opaque = ffi.addressof(lib, "ll_fd_read"), self._fdbox
+            try:
+                self._check(lib.ll_seektable_load(read_fn, opaque, blob_size, table), "reading the seek table")
+            except BaseException:
+                os.close(self._fd)
+                self._fd = None
+                raise
+        else:
+            view = memoryview(source).cast("B")
+            self.name = name or f"<{len(view)} bytes in memory>"
+            blob_size = len(view)
+            self._buffer = ffi.from_buffer(view)
+            self._mem = ffi.new("ll_mem_source *", {"data": self._buffer, "size": blob_size})
+            read_fn, opaque = ffi.addressof(lib, "ll_mem_read"), self._mem
+            need = ffi.new("uint64_t *")
+            rc = lib.ll_seektable_parse(self._buffer, blob_size, blob_size, table, need)
+            self._check(rc, "parsing the seek table")
+
+        opts = ffi.new("ll_reader_options *")
+        lib.ll_reader_options_init(opts)
+        opts.cache = self.cache._ptr if self.cache is not None else ffi.NULL
+        opts.pool = self.pool._ptr if self.pool is not None else ffi.NULL
+        opts.source_key = cache_key
+        opts.verify_checksums = int(bool(verify))
+        opts.max_frame_size = max_frame_size
+        out = ffi.new("ll_reader **")
+        rc = lib.ll_reader_create(table[0], read_fn, opaque, opts, out)
+        if rc != lib.LL_OK:
+            lib.ll_seektable_free(table[0])
+            self._release_source()
+            if rc == lib.LL_ERR_LIMIT:
+                raise errors.LimitError(
+                    f"{self.name}: a frame exceeds max_frame_size={max_frame_size} bytes "
+                    "(or its compressed size is implausible); raise max_frame_size if the blob is trusted"
+                )
+            raise_status(rc, f"{self.name}: creating the reader")
+        self._ptr = out[0]
+        st = lib.ll_reader_seektable(self._ptr)
+        self.size: int = lib.ll_reader_size(self._ptr)
+        """Size of the uncompressed stream in bytes."""
+        self.frames: int = lib.ll_seektable_num_frames(st)
+        """Number of frames (including skippable ones) in the seek table."""
+        self.blob_size: int = blob_size
+        self.has_checksums: bool = bool(lib.ll_seektable_has_checksums(st))
+
+    # -- errors ---------------------------------------------------------------
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc >= 0:
+            return
+        cause = self._callback.take_failure() if self._callback is not None else None
+        if rc == lib.LL_ERR_IO and cause is None and self._fd is not None:
+            cause = OSError(f"pread failed or the file is shorter than its seek table says")
+        raise_status(rc, f"{self.name}: {what}", cause)
+
+    # -- reading --------------------------------------------------------------
+
+    def _acquire(self) -> Any:
+        with self._lock:
+            if self._ptr is None or self._closing:
+                raise ValueError(f"{self.name}: I/O on a closed reader")
+            self._inflight += 1
+            return self._ptr
+
+    def _release(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+            if self._closing and self._inflight == 0:
+                self._destroy()
+
+    def readinto(self, buffer: Any, offset: int) -> int:
+        """Read ``len(buffer)`` bytes at ``offset`` straight into ``buffer``.
+
+        Returns the number of bytes read: fewer only at the end of the stream.
+        """
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        dst = ffi.from_buffer(buffer, require_writable=True)
+        ptr = self._acquire()
+        try:
+            n = lib.ll_reader_read(ptr, offset, dst, len(dst))
+        finally:
+            self._release()
+        if n < 0:
+            self._check(n, f"reading {len(dst)} bytes at offset {offset}")
+        return n
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Return ``size`` bytes at ``offset`` (fewer at the end of the stream)."""
+        if size < 0 or offset < 0:
+            raise ValueError("size and offset must be >= 0")
+        size = max(0, min(size, self.size - offset))
+        buf = bytearray(size)
+        n = self.readinto(buf, offset)
+        return bytes(buf) if n == size else bytes(buf[:n])
+
+    def frame(self, index: int) -> FrameInfo:
+        """Position and sizes of frame ``index``."""
+        info = ffi.new("ll_frame_info *")
+        ptr = self._acquire()
+        try:
+            rc = lib.ll_seektable_frame(lib.ll_reader_seektable(ptr), index, info)
+        finally:
+            self._release()
+        if rc != lib.LL_OK:
+            raise IndexError(f"frame {index} out of range (0..{self.frames - 1})")
+        return FrameInfo(info.c_offset, info.c_size, info.d_offset, info.d_size,
+                         info.checksum if info.has_checksum else None)
+
+    def cache_stats(self) -> CacheStats | None:
+        """Counters of this reader's cache (shared with other readers), or None."""
+        return self.cache.stats() if self.cache is not None else None
+
+    def open(self, buffer_size: int = io.DEFAULT_BUFFER_SIZE) -> io.BufferedReader:
+        """A seekable binary file object over the uncompressed stream."""
+        return io.BufferedReader(_RawStream(self), buffer_size=buffer_size)
+
+    # -- lifetime -------------------------------------------------------------
+
+    def _release_source(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _destroy(self) -> None:
+        if self._ptr is not None:
+            lib.ll_reader_free(self._ptr)
+            self._ptr = None
+        self._release_source()
+
+    def close(self) -> None:
+        """Free the reader; reads still running finish first, new ones fail."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            if self._inflight == 0:
+                self._destroy()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def __enter__(self) -> SeekableReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<SeekableReader {self.name!r} size={self.size} frames={self.frames}>"
+
+
+class _RawStream(io.RawIOBase):
+    """A file position over a :class:`SeekableReader` (see :meth:`SeekableReader.open`)."""
+
+    def __init__(self, reader: SeekableReader) -> None:
+        self._reader = reader
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._reader.readinto(buffer, self._pos)
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._reader.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+class _Sink:
+    """Adapts a binary file to the C write callback, keeping its exception."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.exc: BaseException | None = None
+        self.handle = ffi.new_handle(self)
+
+
+@ffi.def_extern()
+def _ll_py_write(opaque: Any, src: Any, size: int) -> int:
+    sink: _Sink = ffi.from_handle(opaque)
+    try:
+        view = memoryview(ffi.buffer(src, size))
+        while view:
+            n = sink.file.write(view)
+            if n is None:
+                raise BlockingIOError("the destination file is non-blocking and not ready")
+            view = view[n:]
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - re-raised by the writer method
+        sink.exc = exc
+        return -1
+
+
+class SeekableWriter(io.RawIOBase):
+    """A binary file object that writes the zstd seekable format.
+
+    Data is cut into frames of ``frame_size`` uncompressed bytes, or earlier
+    with :meth:`end_frame`.  ``close()`` writes the seek table; leaving a
+    ``with`` block by an exception does *not*, so a failed write never looks
+    like a complete file.  ``threads`` compresses that many frames at once
+    (``None``: the shared pool, one per CPU).
+    """
+
+    def __init__(
+        self,
+        file: str | os.PathLike[str] | Any,
+        *,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+        level: int = 3,
+        checksum: bool = True,
+        threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 < frame_size <= lib.LL_MAX_FRAME_SIZE:
+            raise ValueError(f"frame_size must be in 1..{lib.LL_MAX_FRAME_SIZE}")
+        self._owns_file = isinstance(file, (str, os.PathLike))
+        target = open(file, "wb") if self._owns_file else file
+        self._sink = _Sink(target)
+        self._pool = _resolve_pool(threads)
+        opts = ffi.new("ll_writer_options *")
+        lib.ll_writer_options_init(opts)
+        opts.level = level
+        opts.frame_size = frame_size
+        opts.checksum = int(bool(checksum))
+        opts.pool = self._pool._ptr if self._pool is not None else ffi.NULL
+        out = ffi.new("ll_writer **")
+        rc = lib.ll_writer_create(opts, lib._ll_py_write, self._sink.handle, out)
+        if rc != lib.LL_OK:
+            if self._owns_file:
+                target.close()
+            raise ValueError(f"invalid writer options (level={level}, frame_size={frame_size}): {strerror(rc)}")
+        self._ptr = ffi.gc(out[0], lib.ll_writer_free)
+        self._finished = False
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc == lib.LL_OK:
+            return
+        if rc == lib.LL_ERR_IO and self._sink.exc is not None:
+            exc, self._sink.exc = self._sink.exc, None
+            raise exc
+        raise_status(rc, what)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError("write to a closed SeekableWriter")
+        src = ffi.from_buffer(data)
+        self._check(lib.ll_writer_write(self._ptr, src, len(src)), "compressing")
+        return len(src)
+
+    def end_frame(self) -> None:
+        """Start a new frame at this point (nothing happens if the frame is empty)."""
+        self._check(lib.ll_writer_end_frame(self._ptr), "ending a frame")
+
+    def add_skippable(self, data: bytes, variant: int = 0) -> None:
+        """Insert a zstd skippable frame (magic 0x184D2A50 + variant) holding ``data``."""
+        src = ffi.from_buffer(data)
+        self._check(lib.ll_writer_add_skippable(self._ptr, variant, src, len(src)), "writing a skippable frame")
+
+    def tell(self) -> int:
+        """Uncompressed bytes written so far."""
+        return lib.ll_writer_bytes_in(self._ptr)
+
+    @property
+    def compressed_size(self) -> int:
+        return lib.ll_writer_bytes_out(self._ptr)
+
+    @property
+    def frames(self) -> int:
+        return lib.ll_writer_frames(self._ptr)
+
+    def close(self) -> None:
+        """Write the last frame and the seek table, then close (and the file, if we opened it)."""
+        if self.closed:
+            return
+        try:
+            if not self._finished:
+                self._finished = True
+                self._check(lib.ll_writer_finish(self._ptr), "writing the seek table")
+                flush = getattr(self._sink.file, "flush", None)
+                if flush is not None:
+                    flush()
+        finally:
+            self._close_file()
+
+    def abort(self) -> None:
+        """Close without writing the seek table: the output is not a valid seekable blob."""
+        self._finished = True
+        self._close_file()
+
+    def _close_file(self) -> None:
+        try:
+            if self._owns_file:
+                self._sink.file.close()
+        finally:
+            super().close()
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
