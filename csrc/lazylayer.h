@@ -111,8 +111,9 @@ typedef struct {
 } ll_frame_info;
 
 /* How many bytes at the end of the blob the seek table occupies (its whole
- * skippable frame).  `tail` holds the last `tail_len` (>= 9) bytes of a blob of
- * `blob_size` bytes.  Checks the magic numbers, the descriptor and the sizes.
+ * skippable frame).  `tail` holds the last `tail_len` bytes of a blob of
+ * `blob_size` bytes; with fewer than 9 it returns LL_ERR_NEED_MORE and sets
+ * *table_bytes to 9.  Checks the magic number, the descriptor and the sizes.
  * Any thread. */
 LL_API int ll_seektable_tail_size(const void *tail, size_t tail_len, uint64_t blob_size,
                                   uint64_t *table_bytes);

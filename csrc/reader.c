@@ -156,6 +156,11 @@ static int decode(const ll_reader *r, ll__worker *w, uint32_t i, const uint8_t *
     uint32_t cs = c_size(st, i), ds = d_size(st, i);
     ZSTD_DCtx *dctx = ll__worker_dctx(w);
     if (!dctx) return LL_ERR_NOMEM;
+    /* A size in the frame header must agree with the table (a prefix decode
+     * would not see the frame end to check it otherwise). */
+    unsigned long long fcs = ZSTD_getFrameContentSize(src, cs);
+    if (fcs == ZSTD_CONTENTSIZE_ERROR || (fcs != ZSTD_CONTENTSIZE_UNKNOWN && fcs != ds))
+        return LL_ERR_FRAME;
     if (len == ds) {
         size_t fs = ZSTD_findFrameCompressedSize(src, cs);
         if (ZSTD_isError(fs) || fs != cs) return LL_ERR_FRAME;

@@ -14,8 +14,12 @@
 /* Check the footer (last 9 bytes of tail) and compute the table's total size. */
 int ll_seektable_tail_size(const void *tail, size_t tail_len, uint64_t blob_size,
                            uint64_t *table_bytes) {
-    if (!tail || !table_bytes || tail_len < LL_SEEKTABLE_FOOTER_SIZE || tail_len > blob_size)
-        return LL_ERR_ARG;
+    if ((!tail && tail_len) || !table_bytes || tail_len > blob_size) return LL_ERR_ARG;
+    if (blob_size < LL_SKIPPABLE_HEADER_SIZE + LL_SEEKTABLE_FOOTER_SIZE) return LL_ERR_SEEKTABLE;
+    if (tail_len < LL_SEEKTABLE_FOOTER_SIZE) {
+        *table_bytes = LL_SEEKTABLE_FOOTER_SIZE; /* at least the footer, to learn more */
+        return LL_ERR_NEED_MORE;
+    }
     const uint8_t *f = (const uint8_t *)tail + tail_len - LL_SEEKTABLE_FOOTER_SIZE;
     if (ll__le32(f + 5) != LL_SEEKABLE_MAGIC) return LL_ERR_SEEKTABLE;
     uint8_t desc = f[4];
@@ -43,6 +47,7 @@ int ll_seektable_parse(const void *tail, size_t tail_len, uint64_t blob_size,
     *out = NULL;
     uint64_t total;
     int rc = ll_seektable_tail_size(tail, tail_len, blob_size, &total);
+    if (rc == LL_ERR_NEED_MORE && need) *need = total;
     if (rc != LL_OK) return rc;
     if (tail_len < total) {
         if (need) *need = total;

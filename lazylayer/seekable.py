@@ -353,7 +353,10 @@ class SeekableReader:
         """
         if offset < 0:
             raise ValueError("offset must be >= 0")
-        dst = ffi.from_buffer(buffer, require_writable=True)
+        try:
+            dst = ffi.from_buffer(buffer, require_writable=True)
+        except BufferError:
+            raise TypeError("readinto() needs a writable bytes-like object") from None
         ptr = self._acquire()
         try:
             n = lib.ll_reader_read(ptr, offset, dst, len(dst))

@@ -1,0 +1,248 @@
+"""SeekableReader / SeekableWriter: interoperability, edges, and every frame boundary."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+
+import pytest
+import pyzstd
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lazylayer
+from lazylayer import BlockCache, SeekableReader, SeekableWriter
+
+import seekfmt
+
+
+def write_pyzstd(path, data: bytes, frame_size: int) -> None:
+    with pyzstd.SeekableZstdFile(path, "w", max_frame_content_size=frame_size) as f:
+        f.write(data)
+
+
+def write_ours(data: bytes, **kw) -> bytes:
+    out = io.BytesIO()
+    with SeekableWriter(out, **kw) as w:
+        w.write(data)
+    return out.getvalue()
+
+
+SOURCE_KINDS = ["bytes", "path", "callable"]
+
+
+def make_reader(blob: bytes, kind: str, tmp_path, **kw) -> SeekableReader:
+    if kind == "bytes":
+        return SeekableReader(blob, **kw)
+    if kind == "path":
+        p = tmp_path / "blob.zst"
+        p.write_bytes(blob)
+        return SeekableReader(p, **kw)
+    return SeekableReader(lambda off, size: blob[off:off + size], blob_size=len(blob), **kw)
+
+
+@pytest.mark.parametrize("frame_size", [4096, 100_000, 1 << 20])
+@pytest.mark.parametrize("kind", SOURCE_KINDS)
+def test_reads_pyzstd_files(tmp_path, corpus, frame_size, kind):
+    path = tmp_path / "py.zst"
+    write_pyzstd(path, corpus, frame_size)
+    with make_reader(path.read_bytes(), kind, tmp_path) as r:
+        assert r.size == len(corpus)
+        assert not r.has_checksums  # pyzstd writes none
+        assert r.pread(len(corpus) + 10, 0) == corpus
+        rng = random.Random(frame_size)
+        for _ in range(200):
+            off = rng.randrange(len(corpus))
+            n = rng.choice([1, 100, 4096, 65536, 3 * frame_size + 7])
+            assert r.pread(n, off) == corpus[off:off + n]
+
+
+@pytest.mark.parametrize("checksum", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pyzstd_reads_our_files(corpus, checksum, threads):
+    blob = write_ours(corpus, frame_size=123_457, checksum=checksum, threads=threads)
+    with pyzstd.SeekableZstdFile(io.BytesIO(blob)) as f:
+        assert f.read() == corpus
+        f.seek(1_000_001)
+        assert f.read(77_777) == corpus[1_000_001:1_077_778]
+    # and it is one ordinary zstd stream for tools that know nothing of seeking
+    assert pyzstd.decompress(blob) == corpus
+
+
+def test_zstd_cli_decompresses_our_files(tmp_path, corpus):
+    path = tmp_path / "ours.zst"
+    with SeekableWriter(path, frame_size=65536) as w:
+        w.write(corpus[:1_000_000])
+        w.end_frame()
+        w.add_skippable(b"not data")
+        w.write(corpus[1_000_000:])
+    out = subprocess.run(["zstd", "-d", "-c", str(path)], check=True, capture_output=True).stdout
+    assert out == corpus
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("cache", ["none", "small", "big"])
+def test_every_frame_boundary(corpus, verify, cache):
+    parts, pos, rng = [], 0, random.Random(7)
+    data = corpus[:800_000]
+    while pos < len(data):
+        n = rng.choice([1, 2, 17, 4096, 30_000, 65_536])
+        parts.append(data[pos:pos + n])
+        pos += n
+        if rng.random() < 0.1:
+            parts.append(b"")  # empty frame: decompressed size 0
+        if rng.random() < 0.05:
+            parts.append(("skip", b"hello"))
+    blob = seekfmt.build(parts, checksums=True)
+    caches = {"none": None, "small": BlockCache(100_000), "big": BlockCache(64 << 20)}
+    with SeekableReader(blob, cache=caches[cache], verify=verify, threads=2) as r:
+        assert r.size == len(data)
+        bounds, off = [], 0
+        for p in parts:
+            if isinstance(p, bytes):
+                off += len(p)
+                bounds.append(off)
+        for b in bounds[:-1]:
+            for lo in (b - 2, b - 1, b):
+                for n in (1, 2, 3, 70_000):
+                    if 0 <= lo:
+                        assert r.pread(n, lo) == data[lo:lo + n], (lo, n)
+        assert r.pread(10, len(data)) == b""
+        assert r.pread(10, len(data) + 5) == b""
+        assert r.pread(len(data), 0) == data
+
+
+def test_empty_stream_and_frames_only_empty():
+    for parts in ([], [b""], [b"", ("skip", b"x"), b""]):
+        blob = seekfmt.build(parts)
+        with SeekableReader(blob) as r:
+            assert r.size == 0
+            assert r.pread(10, 0) == b""
+    blob = write_ours(b"")
+    with SeekableReader(blob) as r:
+        assert r.size == 0 and r.frames == 0
+
+
+def test_frame_info_and_file_object(corpus):
+    data = corpus[:300_000]
+    blob = write_ours(data, frame_size=100_000)
+    with SeekableReader(blob) as r:
+        assert r.frames == 3 and r.has_checksums
+        f1 = r.frame(1)
+        assert (f1.offset, f1.size) == (100_000, 100_000)
+        assert f1.checksum == seekfmt.xxh64_low32(data[100_000:200_000])
+        with pytest.raises(IndexError):
+            r.frame(3)
+        f = r.open()
+        f.seek(150_000)
+        assert f.read(10) == data[150_000:150_010]
+        assert f.seek(-5, io.SEEK_END) == len(data) - 5
+        assert f.read() == data[-5:]
+
+
+def test_readinto_no_extra_copy(corpus):
+    blob = write_ours(corpus[:500_000], frame_size=65536)
+    with SeekableReader(blob) as r:
+        buf = bytearray(200_000)
+        view = memoryview(buf)[50_000:150_000]
+        assert r.readinto(view, 123_456) == 100_000
+        assert bytes(buf[50_000:150_000]) == corpus[123_456:223_456]
+        assert buf[:50_000] == bytes(50_000)
+        with pytest.raises(TypeError):
+            r.readinto(b"immutable", 0)
+
+
+def test_writer_frame_cuts(corpus):
+    out = io.BytesIO()
+    with SeekableWriter(out, frame_size=1000, checksum=False) as w:
+        w.write(corpus[:2500])   # frames 1000, 1000, then 500 open
+        w.end_frame()            # cut: 500
+        w.end_frame()            # no-op
+        w.write(corpus[2500:2600])
+        assert w.tell() == 2600
+    with SeekableReader(out.getvalue()) as r:
+        sizes = [r.frame(i).size for i in range(r.frames)]
+        assert sizes == [1000, 1000, 500, 100]
+        assert r.pread(3000, 0) == corpus[:2600]
+
+
+def test_writer_abort_leaves_no_seek_table(tmp_path, corpus):
+    path = tmp_path / "partial.zst"
+    with pytest.raises(RuntimeError):
+        with SeekableWriter(path) as w:
+            w.write(corpus[:100_000])
+            raise RuntimeError("boom")
+    with pytest.raises(lazylayer.FormatError):
+        SeekableReader(path)
+
+
+def test_writer_propagates_sink_errors():
+    class Full(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, b):
+            raise OSError(28, "No space left on device")
+
+    w = SeekableWriter(Full(), frame_size=1000, threads=1)
+    with pytest.raises(OSError, match="No space"):
+        w.write(b"x" * 5000)
+    with pytest.raises(lazylayer.LazyLayerError):
+        w.write(b"more")  # the writer is now failed, not silently continuing
+    w.abort()
+
+
+def test_writer_rejects_bad_options():
+    with pytest.raises(ValueError):
+        SeekableWriter(io.BytesIO(), frame_size=0)
+    with pytest.raises(ValueError):
+        SeekableWriter(io.BytesIO(), level=1000)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.binary(min_size=0, max_size=20_000),
+    frame_size=st.integers(1, 5000),
+    cuts=st.lists(st.integers(0, 20_000), max_size=8),
+    reads=st.lists(st.tuples(st.integers(0, 21_000), st.integers(0, 21_000)), max_size=20),
+    checksum=st.booleans(),
+    budget=st.sampled_from([0, 3000, 1 << 20]),
+)
+def test_random_roundtrip(data, frame_size, cuts, reads, checksum, budget):
+    out = io.BytesIO()
+    with SeekableWriter(out, frame_size=frame_size, checksum=checksum, threads=2) as w:
+        pos = 0
+        for c in sorted(set(cuts)):
+            c = min(c, len(data))
+            w.write(data[pos:c])
+            w.end_frame()
+            pos = c
+        w.write(data[pos:])
+    with SeekableReader(out.getvalue(), cache=BlockCache(budget), threads=2) as r:
+        assert r.size == len(data)
+        for off, n in reads:
+            assert r.pread(n, off) == data[off:off + n]
+        s = r.cache_stats()
+        assert s.peak_bytes <= budget
+
+
+def test_closed_reader_refuses_io(corpus):
+    r = SeekableReader(write_ours(corpus[:10_000]))
+    r.close()
+    r.close()
+    assert r.closed
+    with pytest.raises(ValueError, match="closed"):
+        r.pread(1, 0)
+
+
+def test_path_reader_closes_its_file(tmp_path, corpus):
+    p = tmp_path / "f.zst"
+    p.write_bytes(write_ours(corpus[:10_000]))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with SeekableReader(p) as r:
+            r.pread(10, 0)
+    assert len(os.listdir("/proc/self/fd")) == before
