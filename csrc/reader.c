@@ -14,6 +14,7 @@
 #include "internal.h"
 
 #include <stdlib.h>
+#define ZSTD_STATIC_LINKING_ONLY /* buffer-less streaming: see decode() */
 #include <zstd.h>
 
 typedef struct task {
@@ -147,11 +148,19 @@ static int grow(uint8_t **buf, size_t *cap, size_t need) {
 static uint32_t c_size(const ll_seektable *st, uint32_t i) { return (uint32_t)(st->c_off[i + 1] - st->c_off[i]); }
 static uint32_t d_size(const ll_seektable *st, uint32_t i) { return (uint32_t)(st->d_off[i + 1] - st->d_off[i]); }
 
-/* Decode the first `len` bytes of frame i from its compressed bytes `src`.
- * A whole frame is decoded in one shot, checked to fill exactly its table size,
- * and verified against its checksum; a prefix is decoded by streaming. */
+/* Room a prefix decode of `len` bytes of a `ds`-byte frame may fill: zstd
+ * decodes whole blocks, so up to one block past `len`. */
+static uint32_t prefix_room(uint32_t len, uint32_t ds) {
+    return ds - len < ZSTD_BLOCKSIZE_MAX ? ds : len + ZSTD_BLOCKSIZE_MAX;
+}
+
+/* Decode frame i from its compressed bytes `src` into dst.
+ * len == the frame's size: decoded in one shot, checked to fill exactly its
+ * table size, and verified against its checksum.  Otherwise a prefix: blocks
+ * are decoded straight into dst (room for prefix_room(len, ds) bytes) until at
+ * least `len` bytes are out; *produced says how many. */
 static int decode(const ll_reader *r, ll__worker *w, uint32_t i, const uint8_t *src,
-                  uint8_t *dst, uint32_t len) {
+                  uint8_t *dst, uint32_t len, uint32_t *produced) {
     const ll_seektable *st = r->st;
     uint32_t cs = c_size(st, i), ds = d_size(st, i);
     ZSTD_DCtx *dctx = ll__worker_dctx(w);
@@ -168,23 +177,24 @@ static int decode(const ll_reader *r, ll__worker *w, uint32_t i, const uint8_t *
         if (ZSTD_isError(got) || got != ds) return LL_ERR_FRAME;
         if (r->verify && st->has_checksums && ll__frame_checksum(dst, ds) != st->checksum[i])
             return LL_ERR_CHECKSUM;
+        *produced = ds;
         return LL_OK;
     }
-    ZSTD_DCtx_reset(dctx, ZSTD_reset_session_only);
-    ZSTD_inBuffer in = {src, cs, 0};
-    ZSTD_outBuffer out = {dst, len, 0};
-    int rc = LL_OK;
-    while (out.pos < len) {
-        size_t in_before = in.pos, out_before = out.pos;
-        size_t ret = ZSTD_decompressStream(dctx, &out, &in);
-        if (ZSTD_isError(ret)) { rc = LL_ERR_FRAME; break; }
-        if (out.pos < len && (ret == 0 || (in.pos == in_before && out.pos == out_before))) {
-            rc = LL_ERR_FRAME; /* frame ended early, or is truncated */
-            break;
-        }
+    /* zstd's buffer-less streaming API: each step decodes one block directly
+     * after the previous output, so nothing is copied through a window buffer
+     * and decoding stops one block past what the read needs. */
+    size_t room = prefix_room(len, ds), out = 0, in = 0;
+    if (ZSTD_isError(ZSTD_decompressBegin(dctx))) return LL_ERR_FRAME;
+    while (out < len) {
+        size_t step = ZSTD_nextSrcSizeToDecompress(dctx);
+        if (step == 0 || step > cs - in) return LL_ERR_FRAME; /* ended early, or truncated */
+        size_t got = ZSTD_decompressContinue(dctx, dst + out, room - out, src + in, step);
+        if (ZSTD_isError(got)) return LL_ERR_FRAME;
+        in += step;
+        out += got;
     }
-    ZSTD_DCtx_reset(dctx, ZSTD_reset_session_only);
-    return rc;
+    *produced = (uint32_t)(out < ds ? out : ds);
+    return LL_OK;
 }
 
 /* Fetch the compressed bytes of frames [a, b] into ws->in. */
@@ -211,19 +221,21 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
     }
     int rc = fetch(r, ws, i, i);
     if (rc != LL_OK) return rc;
+    uint32_t produced;
     if (lo == 0 && hi == ds) /* whole frame: straight into the caller's buffer */
-        return decode(r, ws->w, i, ws->in, dst, ds);
+        return decode(r, ws->w, i, ws->in, dst, ds, &produced);
     uint32_t need = (r->verify && st->has_checksums) ? ds : hi;
+    uint32_t room = need == ds ? ds : prefix_room(need, ds);
     if (r->cache) {
         uint32_t cap;
-        uint8_t *buf = ll__cache_alloc(r->cache, need, &cap);
+        uint8_t *buf = ll__cache_alloc(r->cache, room, &cap);
         if (buf) {
-            rc = decode(r, ws->w, i, ws->in, buf, need);
+            rc = decode(r, ws->w, i, ws->in, buf, need, &produced);
             if (rc != LL_OK) {
                 ll__cache_discard(r->cache, buf, cap);
                 return rc;
             }
-            ll__entry *e = ll__cache_put(r->cache, r->source, i, buf, cap, need, need == ds);
+            ll__entry *e = ll__cache_put(r->cache, r->source, i, buf, cap, produced, need == ds);
             if (!e) return LL_ERR_NOMEM;
             memcpy(dst, e->data + lo, hi - lo);
             ll__cache_release(r->cache, e);
@@ -231,9 +243,9 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
         }
         ll__cache_count_bypass(r->cache);
     }
-    rc = grow(&ws->out, &ws->out_cap, need);
+    rc = grow(&ws->out, &ws->out_cap, room);
     if (rc != LL_OK) return rc;
-    rc = decode(r, ws->w, i, ws->in, ws->out, need);
+    rc = decode(r, ws->w, i, ws->in, ws->out, need, &produced);
     if (rc == LL_OK) memcpy(dst, ws->out + lo, hi - lo);
     return rc;
 }
@@ -241,7 +253,8 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
 static void decode_task(void *arg, size_t index, ll__worker *w) {
     const ll_reader *r = ((void **)arg)[0];
     task *t = &((task *)((void **)arg)[1])[index];
-    t->status = decode(r, w, t->frame, t->src, t->dst, d_size(r->st, t->frame));
+    uint32_t produced;
+    t->status = decode(r, w, t->frame, t->src, t->dst, d_size(r->st, t->frame), &produced);
 }
 
 /* Frames [a, b], all covered whole by the read, into out (= frame a's start). */
