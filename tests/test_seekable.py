@@ -246,3 +246,20 @@ def test_path_reader_closes_its_file(tmp_path, corpus):
         with SeekableReader(p) as r:
             r.pread(10, 0)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_worked_example_in_docs_is_true():
+    """docs/format-seekable.md shows these exact table bytes."""
+    out = io.BytesIO()
+    with SeekableWriter(out, frame_size=4) as w:
+        w.write(b"hello world")
+    blob = out.getvalue()
+    assert len(blob) == 91
+    assert blob[-53:].hex() == (
+        "5e2a4d18" "2d000000"
+        "0d000000" "04000000" "2c33540d"
+        "0d000000" "04000000" "c5230782"
+        "0c000000" "03000000" "6355af4d"
+        "03000000" "80" "b1ea928f"
+    )
+    assert seekfmt.xxh64_low32(b"hell") == 0x0D54332C

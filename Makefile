@@ -1,0 +1,18 @@
+# The two commands of the README.  Both set up a fresh machine first
+# (scripts/setup.sh: system packages, .venv, lazylayer built from source).
+.PHONY: setup demo test bench lib
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/lazylayer demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+bench: setup
+	.venv/bin/python benchmarks/decompress.py
+
+lib:
+	$(MAKE) -C csrc
