@@ -181,12 +181,13 @@ void ll__cache_discard(ll_cache *c, uint8_t *data, uint32_t cap) {
     unreserve(c, cap);
 }
 
-ll__entry *ll__cache_get(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need) {
+ll__entry *ll__cache_get(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need,
+                         int need_verified) {
     uint64_t h = mix(source, frame);
     shard *s = shard_of(c, h);
     pthread_mutex_lock(&s->lock);
     ll__entry *e = *find_slot(s, h, source, frame);
-    if (e && e->valid >= need) {
+    if (e && e->valid >= need && (e->verified || !need_verified)) {
         e->pins++;
         if (s->head != e) {
             lru_unlink(s, e);
@@ -202,7 +203,7 @@ ll__entry *ll__cache_get(ll_cache *c, uint64_t source, uint32_t frame, uint32_t 
 }
 
 ll__entry *ll__cache_put(ll_cache *c, uint64_t source, uint32_t frame, uint8_t *data,
-                         uint32_t cap, uint32_t valid, int full) {
+                         uint32_t cap, uint32_t valid, int verified) {
     ll__entry *n = malloc(sizeof *n);
     if (!n) {
         ll__cache_discard(c, data, cap);
@@ -214,8 +215,8 @@ ll__entry *ll__cache_put(ll_cache *c, uint64_t source, uint32_t frame, uint8_t *
     pthread_mutex_lock(&s->lock);
     ll__entry **slot = find_slot(s, h, source, frame);
     ll__entry *old = *slot;
-    if (old && old->valid >= valid) {
-        /* Another thread decoded it first (or further): serve theirs. */
+    if (old && (old->verified || (!verified && old->valid >= valid))) {
+        /* Another thread decoded it first (or further, or verified): serve theirs. */
         old->pins++;
         pthread_mutex_unlock(&s->lock);
         free(n);
@@ -227,7 +228,7 @@ ll__entry *ll__cache_put(ll_cache *c, uint64_t source, uint32_t frame, uint8_t *
         if (old->pins == 0) stale = old;
         slot = find_slot(s, h, source, frame);
     }
-    *n = (ll__entry){.source = source, .frame = frame, .valid = valid, .cap = cap, .full = full,
+    *n = (ll__entry){.source = source, .frame = frame, .valid = valid, .cap = cap, .verified = verified,
                      .linked = 1, .pins = 1, .data = data};
     n->hnext = *slot;
     *slot = n;

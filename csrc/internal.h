@@ -39,7 +39,7 @@ struct ll__entry {
     uint32_t frame;
     uint32_t valid;        /* bytes of the frame decoded, from its start */
     uint32_t cap;          /* bytes allocated at data */
-    int full;              /* valid == the frame's whole size (checksum verified if any) */
+    int verified;          /* decoded whole and its seek-table checksum checked */
     int linked;            /* still in the table (0: unlinked, freed at last release) */
     unsigned pins;
     uint8_t *data;
@@ -47,8 +47,10 @@ struct ll__entry {
     ll__entry *lprev, *lnext; /* LRU list: head = most recent */
 };
 
-/* Find (source, frame) holding at least `need` decoded bytes; pinned on success. */
-LL_HIDDEN ll__entry *ll__cache_get(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need);
+/* Find (source, frame) holding at least `need` decoded bytes (and verified,
+ * if `need_verified`); pinned on success. */
+LL_HIDDEN ll__entry *ll__cache_get(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need,
+                                   int need_verified);
 /* Reserve `size` bytes of budget and return a buffer of at least that capacity
  * (maybe recycled from an evicted frame).  NULL when the budget cannot be freed
  * (everything pinned) or memory is short: the caller then decodes uncached. */
@@ -56,9 +58,11 @@ LL_HIDDEN uint8_t *ll__cache_alloc(ll_cache *c, uint32_t size, uint32_t *cap);
 /* Give back a buffer from ll__cache_alloc that will not be inserted. */
 LL_HIDDEN void ll__cache_discard(ll_cache *c, uint8_t *data, uint32_t cap);
 /* Insert a decoded frame (takes ownership of data); returns the pinned entry
- * that now serves (source, frame): the new one, or an existing better one. */
+ * that now serves (source, frame): the new one, or an existing one at least as
+ * good (as long and as verified).  A verified entry is never replaced by an
+ * unverified one, so readers that do not verify cannot poison readers that do. */
 LL_HIDDEN ll__entry *ll__cache_put(ll_cache *c, uint64_t source, uint32_t frame, uint8_t *data,
-                                   uint32_t cap, uint32_t valid, int full);
+                                   uint32_t cap, uint32_t valid, int verified);
 LL_HIDDEN void ll__cache_release(ll_cache *c, ll__entry *e);
 LL_HIDDEN uint64_t ll__cache_new_source(ll_cache *c);
 LL_HIDDEN void ll__cache_count_bypass(ll_cache *c);

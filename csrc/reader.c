@@ -145,6 +145,9 @@ static int grow(uint8_t **buf, size_t *cap, size_t need) {
     return LL_OK;
 }
 
+/* Frames must be decoded whole and checked before use. */
+static int must_verify(const ll_reader *r) { return r->verify && r->st->has_checksums; }
+
 static uint32_t c_size(const ll_seektable *st, uint32_t i) { return (uint32_t)(st->c_off[i + 1] - st->c_off[i]); }
 static uint32_t d_size(const ll_seektable *st, uint32_t i) { return (uint32_t)(st->d_off[i + 1] - st->d_off[i]); }
 
@@ -212,7 +215,7 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
     const ll_seektable *st = r->st;
     uint32_t ds = d_size(st, i);
     if (r->cache) {
-        ll__entry *e = ll__cache_get(r->cache, r->source, i, hi);
+        ll__entry *e = ll__cache_get(r->cache, r->source, i, hi, must_verify(r));
         if (e) {
             memcpy(dst, e->data + lo, hi - lo);
             ll__cache_release(r->cache, e);
@@ -224,7 +227,7 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
     uint32_t produced;
     if (lo == 0 && hi == ds) /* whole frame: straight into the caller's buffer */
         return decode(r, ws->w, i, ws->in, dst, ds, &produced);
-    uint32_t need = (r->verify && st->has_checksums) ? ds : hi;
+    uint32_t need = must_verify(r) ? ds : hi;
     uint32_t room = need == ds ? ds : prefix_room(need, ds);
     if (r->cache) {
         uint32_t cap;
@@ -235,7 +238,7 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
                 ll__cache_discard(r->cache, buf, cap);
                 return rc;
             }
-            ll__entry *e = ll__cache_put(r->cache, r->source, i, buf, cap, produced, need == ds);
+            ll__entry *e = ll__cache_put(r->cache, r->source, i, buf, cap, produced, must_verify(r));
             if (!e) return LL_ERR_NOMEM;
             memcpy(dst, e->data + lo, hi - lo);
             ll__cache_release(r->cache, e);
@@ -271,7 +274,7 @@ static int read_whole_frames(ll_reader *r, workspace *ws, uint32_t a, uint32_t b
             uint32_t ds = d_size(st, i);
             if (ds == 0) continue;
             if (r->cache) {
-                ll__entry *e = ll__cache_get(r->cache, r->source, i, ds);
+                ll__entry *e = ll__cache_get(r->cache, r->source, i, ds, must_verify(r));
                 if (e) {
                     memcpy(out + (st->d_off[i] - base), e->data, ds);
                     ll__cache_release(r->cache, e);

@@ -220,6 +220,24 @@ def _ll_py_read(opaque: Any, offset: int, size: int, dst: Any) -> int:
         return -1
 
 
+_SCRATCH_SIZE = 256 << 10
+_scratch = threading.local()  # per-thread buffer for small pread() calls
+_UNSET: Any = object()
+
+
+def _reader_destructor(fd: int | None, keep: object) -> Callable[[Any], None]:
+    """Frees a C reader, then closes its file; `keep` holds what C reads through."""
+
+    def destroy(ptr: Any) -> None:
+        lib.ll_reader_free(ptr)
+        if fd is not None:
+            os.close(fd)
+        del keep_alive[:]
+
+    keep_alive = [keep]
+    return destroy
+
+
 class SeekableReader:
     """Random access to the uncompressed data of a seekable zstd blob.
 
@@ -254,9 +272,6 @@ class SeekableReader:
         cache_key: int = 0,
         name: str | None = None,
     ) -> None:
-        self._lock = threading.Lock()
-        self._inflight = 0
-        self._closing = False
         self._ptr: Any = None
         self._fd: int | None = None
         self._callback: _CallbackSource | None = None
@@ -305,14 +320,19 @@ class SeekableReader:
         rc = lib.ll_reader_create(table[0], read_fn, opaque, opts, out)
         if rc != lib.LL_OK:
             lib.ll_seektable_free(table[0])
-            self._release_source()
+            if self._fd is not None:
+                os.close(self._fd)
             if rc == lib.LL_ERR_LIMIT:
                 raise errors.LimitError(
                     f"{self.name}: a frame exceeds max_frame_size={max_frame_size} bytes "
                     "(or its compressed size is implausible); raise max_frame_size if the blob is trusted"
                 )
             raise_status(rc, f"{self.name}: creating the reader")
-        self._ptr = out[0]
+        # The C reader, and everything it reads through, lives as long as this
+        # cdata: a read in progress holds a reference to it, so close() (which
+        # drops ours) frees it at once when idle, or when the last read returns.
+        keep = (opaque, self._callback, getattr(self, "_buffer", None), self.cache, self.pool)
+        self._ptr = ffi.gc(out[0], _reader_destructor(self._fd, keep))
         st = lib.ll_reader_seektable(self._ptr)
         self.size: int = lib.ll_reader_size(self._ptr)
         """Size of the uncompressed stream in bytes."""
@@ -333,57 +353,61 @@ class SeekableReader:
 
     # -- reading --------------------------------------------------------------
 
-    def _acquire(self) -> Any:
-        with self._lock:
-            if self._ptr is None or self._closing:
-                raise ValueError(f"{self.name}: I/O on a closed reader")
-            self._inflight += 1
-            return self._ptr
-
-    def _release(self) -> None:
-        with self._lock:
-            self._inflight -= 1
-            if self._closing and self._inflight == 0:
-                self._destroy()
+    def _closed(self) -> ValueError:
+        return ValueError(f"{self.name}: I/O on a closed reader")
 
     def readinto(self, buffer: Any, offset: int) -> int:
         """Read ``len(buffer)`` bytes at ``offset`` straight into ``buffer``.
 
         Returns the number of bytes read: fewer only at the end of the stream.
         """
+        ptr = self._ptr
+        if ptr is None:
+            raise self._closed()
         if offset < 0:
             raise ValueError("offset must be >= 0")
         try:
             dst = ffi.from_buffer(buffer, require_writable=True)
         except BufferError:
             raise TypeError("readinto() needs a writable bytes-like object") from None
-        ptr = self._acquire()
-        try:
-            n = lib.ll_reader_read(ptr, offset, dst, len(dst))
-        finally:
-            self._release()
+        n = lib.ll_reader_read(ptr, offset, dst, len(dst))
         if n < 0:
             self._check(n, f"reading {len(dst)} bytes at offset {offset}")
         return n
 
     def pread(self, size: int, offset: int) -> bytes:
         """Return ``size`` bytes at ``offset`` (fewer at the end of the stream)."""
+        ptr = self._ptr
+        if ptr is None:
+            raise self._closed()
         if size < 0 or offset < 0:
             raise ValueError("size and offset must be >= 0")
-        size = max(0, min(size, self.size - offset))
-        buf = bytearray(size)
-        n = self.readinto(buf, offset)
-        return bytes(buf) if n == size else bytes(buf[:n])
+        # Small reads decode into this thread's scratch buffer and are copied once
+        # into the bytes returned.  The buffer is taken while in use, so a source
+        # callback that itself reads through lazylayer allocates its own.
+        scratch = None
+        if size <= _SCRATCH_SIZE:
+            scratch = getattr(_scratch, "buf", _UNSET)
+            if scratch is _UNSET:
+                scratch = ffi.new("char[]", _SCRATCH_SIZE)
+            _scratch.buf = None
+        buf = scratch if scratch is not None else ffi.new("char[]", max(0, min(size, self.size - offset)))
+        try:
+            n = lib.ll_reader_read(ptr, offset, buf, size)
+            if n < 0:
+                self._check(n, f"reading {size} bytes at offset {offset}")
+            return ffi.unpack(buf, n)
+        finally:
+            if scratch is not None:
+                _scratch.buf = scratch
 
     def frame(self, index: int) -> FrameInfo:
         """Position and sizes of frame ``index``."""
+        ptr = self._ptr
+        if ptr is None:
+            raise self._closed()
         info = ffi.new("ll_frame_info *")
-        ptr = self._acquire()
-        try:
-            rc = lib.ll_seektable_frame(lib.ll_reader_seektable(ptr), index, info)
-        finally:
-            self._release()
-        if rc != lib.LL_OK:
+        if lib.ll_seektable_frame(lib.ll_reader_seektable(ptr), index, info) != lib.LL_OK:
             raise IndexError(f"frame {index} out of range (0..{self.frames - 1})")
         return FrameInfo(info.c_offset, info.c_size, info.d_offset, info.d_size,
                          info.checksum if info.has_checksum else None)
@@ -398,39 +422,20 @@ class SeekableReader:
 
     # -- lifetime -------------------------------------------------------------
 
-    def _release_source(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _destroy(self) -> None:
-        if self._ptr is not None:
-            lib.ll_reader_free(self._ptr)
-            self._ptr = None
-        self._release_source()
-
     def close(self) -> None:
-        """Free the reader; reads still running finish first, new ones fail."""
-        with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-            if self._inflight == 0:
-                self._destroy()
+        """Release the reader (and its file).  Reads in progress finish first;
+        later ones raise ``ValueError``."""
+        self._ptr = None
 
     @property
     def closed(self) -> bool:
-        return self._closing
+        return self._ptr is None
 
     def __enter__(self) -> SeekableReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_lock", None) is not None:
-            self.close()
 
     def __repr__(self) -> str:
         return f"<SeekableReader {self.name!r} size={self.size} frames={self.frames}>"

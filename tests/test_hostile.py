@@ -185,3 +185,23 @@ def test_random_tables_never_crash(tail, count, desc, frame_size, mode):
             assert len(got) == r.size
     except (lazylayer.FormatError, lazylayer.CorruptFrameError):
         pass
+
+
+def test_unverifying_reader_cannot_poison_a_verifying_one():
+    """Two readers share cached frames (same cache_key); the one that does not
+    verify caches a corrupt frame first.  The verifying one must still refuse it."""
+    out = io.BytesIO()
+    with SeekableWriter(out, frame_size=len(FRAME), checksum=True) as w:
+        w.write(FRAME * 2)
+    bad = bytearray(out.getvalue())
+    bad[30] ^= 0x01  # inside frame 0's compressed data
+    cache = BlockCache(1 << 20)
+    loose = SeekableReader(bytes(bad), cache=cache, verify=False, cache_key=7)
+    strict = SeekableReader(bytes(bad), cache=cache, verify=True, cache_key=7)
+    try:
+        loose.pread(100, 10)  # may decode to wrong bytes: that reader opted out
+    except lazylayer.IntegrityError:
+        pass
+    with pytest.raises(lazylayer.IntegrityError):
+        strict.pread(100, 10)
+    assert strict.pread(100, len(FRAME)) == FRAME[:100]  # the good frame still reads
