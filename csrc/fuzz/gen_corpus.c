@@ -1,0 +1,372 @@
+/* gen_corpus.c - seed corpora for the lazylayer fuzzers.
+ *
+ *   gen_corpus OUTDIR     writes OUTDIR/seektable/ and OUTDIR/roundtrip/
+ *
+ * seektable seeds: small valid blobs made by the library's own writer (with and
+ * without checksums, skippable frames, empty data, several frame sizes) and
+ * hand-made hostile blobs: huge frame counts, reserved descriptor bits, a
+ * Frame_Size that disagrees, compressed sizes that overflow 32 bits when summed,
+ * a compressed size of 0, decompressed sizes over 1 GiB, sizes that disagree
+ * with the frames, a wrong checksum, a skippable frame claiming data, a frame
+ * with a 128 MiB window and no content size, RLE frames that expand a lot.
+ * roundtrip seeds: the 32-byte parameter header (see fuzz_roundtrip.c) plus data. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../lazylayer.h"
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+static const char *g_dir;
+static int g_count;
+
+static void save(const char *sub, const char *name, const void *p, size_t n) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", g_dir, sub);
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) { perror(path); exit(1); }
+    snprintf(path, sizeof path, "%s/%s/%s", g_dir, sub, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || (n && fwrite(p, 1, n, f) != n) || fclose(f) != 0) { perror(path); exit(1); }
+    g_count++;
+}
+
+/* ---- a growable byte buffer */
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+} buf;
+
+static void put(buf *b, const void *src, size_t n) {
+    if (n == 0) return;
+    if (b->len + n > b->cap) {
+        b->cap = (b->len + n) * 2 + 64;
+        b->p = realloc(b->p, b->cap);
+        if (!b->p) abort();
+    }
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+}
+static void put32(buf *b, uint32_t v) {
+    uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    put(b, x, 4);
+}
+static void put8(buf *b, uint8_t v) { put(b, &v, 1); }
+static int sink(void *opaque, const void *src, size_t n) {
+    put(opaque, src, n);
+    return 0;
+}
+
+/* ---- sample data */
+static uint8_t *text(size_t n, unsigned seed) {
+    static const char *words[] = {"layer", "zstd", "seek", "frame", "table", "cache", "pool", "tar",
+                                  "\n", "usr/lib/", "0000644", "lazylayer ", "\0\0\0\0"};
+    uint8_t *p = malloc(n ? n : 1);
+    size_t i = 0;
+    uint32_t s = seed * 2654435761u + 1;
+    while (i < n) {
+        s = s * 1103515245u + 12345u;
+        const char *w = words[(s >> 16) % 13];
+        size_t wl = w[0] ? strlen(w) : 4;
+        for (size_t k = 0; k < wl && i < n; k++) p[i++] = (uint8_t)w[k];
+        if ((s >> 8) % 7 == 0 && i < n) p[i++] = (uint8_t)(s >> 24); /* some noise */
+    }
+    return p;
+}
+
+/* ---- valid blobs from the library's writer */
+typedef struct {
+    uint32_t frame_size;
+    int checksum;
+    size_t len;
+    size_t cut;      /* ll_writer_end_frame at this offset, if non-zero */
+    size_t skip_at;  /* ll_writer_add_skippable at this offset, if non-zero (+1) */
+    int pool;
+} wspec;
+
+static buf write_blob(const wspec *s, const uint8_t *data) {
+    buf b = {0};
+    ll_pool *pool = NULL;
+    if (s->pool && ll_pool_create(1, &pool) != LL_OK) abort();
+    ll_writer_options o;
+    ll_writer_options_init(&o);
+    o.frame_size = s->frame_size;
+    o.checksum = s->checksum;
+    o.pool = pool;
+    ll_writer *w;
+    if (ll_writer_create(&o, sink, &b, &w) != LL_OK) abort();
+    size_t pos = 0;
+    if (s->cut && s->cut <= s->len) {
+        if (ll_writer_write(w, data, s->cut) || ll_writer_end_frame(w)) abort();
+        pos = s->cut;
+    }
+    if (s->skip_at && s->skip_at - 1 >= pos && s->skip_at - 1 <= s->len) {
+        if (ll_writer_write(w, data + pos, s->skip_at - 1 - pos)) abort();
+        if (ll_writer_add_skippable(w, 3, "skippable payload", 17)) abort();
+        pos = s->skip_at - 1;
+    }
+    if (ll_writer_write(w, data + pos, s->len - pos) || ll_writer_finish(w)) abort();
+    ll_writer_free(w);
+    ll_pool_free(pool);
+    return b;
+}
+
+/* ---- hand-made seek tables */
+typedef struct {
+    uint32_t c, d, sum;
+} entry;
+
+/* Append a seek table; count/desc/frame_size < 0 mean "the right value". */
+static void table(buf *b, const entry *e, size_t n, int checks, int64_t count, int desc, int64_t frame_size) {
+    size_t esz = checks ? 12 : 8;
+    uint32_t fs = (uint32_t)(n * esz + 9);
+    put32(b, LL_SKIPPABLE_MAGIC);
+    put32(b, frame_size >= 0 ? (uint32_t)frame_size : fs);
+    for (size_t i = 0; i < n; i++) {
+        put32(b, e[i].c);
+        put32(b, e[i].d);
+        if (checks) put32(b, e[i].sum);
+    }
+    put32(b, count >= 0 ? (uint32_t)count : (uint32_t)n);
+    put8(b, desc >= 0 ? (uint8_t)desc : (checks ? 0x80 : 0));
+    put32(b, LL_SEEKABLE_MAGIC);
+}
+
+/* A zstd frame of raw blocks: magic, header, blocks.  window_log 0: single
+ * segment with the content size; else no content size and that window. */
+static void zframe_raw(buf *b, const uint8_t *data, size_t n, int window_log) {
+    put32(b, 0xFD2FB528u);
+    if (window_log) {
+        put8(b, 0x00);                                     /* no FCS, not single segment */
+        put8(b, (uint8_t)((window_log - 10) << 3));         /* window descriptor */
+    } else {
+        put8(b, 0xA0);                                     /* single segment, 4-byte FCS */
+        put32(b, (uint32_t)n);
+    }
+    size_t pos = 0;
+    do {
+        size_t k = n - pos < 65536 ? n - pos : 65536;
+        uint32_t hdr = (uint32_t)((k << 3) | (pos + k == n ? 1 : 0)); /* raw block */
+        put8(b, (uint8_t)hdr);
+        put8(b, (uint8_t)(hdr >> 8));
+        put8(b, (uint8_t)(hdr >> 16));
+        put(b, data + pos, k);
+        pos += k;
+    } while (pos < n);
+}
+
+/* A zstd frame of `n` copies of byte `v` in RLE blocks (128 KiB each). */
+static void zframe_rle(buf *b, uint8_t v, uint32_t n, int with_fcs) {
+    put32(b, 0xFD2FB528u);
+    if (with_fcs) {
+        put8(b, 0x80);       /* 4-byte FCS, not single segment */
+        put8(b, (20 - 10) << 3); /* 1 MiB window */
+        put32(b, n);
+    } else {
+        put8(b, 0x00);
+        put8(b, (20 - 10) << 3);
+    }
+    uint32_t pos = 0;
+    do {
+        uint32_t k = n - pos < 131072 ? n - pos : 131072;
+        uint32_t hdr = (k << 3) | (1u << 1) | (pos + k == n ? 1u : 0u); /* RLE block */
+        put8(b, (uint8_t)hdr);
+        put8(b, (uint8_t)(hdr >> 8));
+        put8(b, (uint8_t)(hdr >> 16));
+        put8(b, v);
+        pos += k;
+    } while (pos < n);
+}
+
+static void seektable_seeds(void) {
+    char name[64];
+    int k = 0;
+    /* valid, from the writer */
+    static const wspec specs[] = {
+        {1024, 1, 0, 0, 0, 0},      {1024, 0, 0, 0, 0, 0},     {1, 1, 1, 0, 0, 0},
+        {100, 1, 1000, 0, 0, 0},    {100, 0, 1000, 0, 0, 0},   {1024, 0, 5000, 0, 0, 1},
+        {4096, 1, 3000, 700, 0, 0}, {512, 1, 2000, 0, 1001, 0}, {512, 0, 2000, 300, 301, 1},
+        {65536, 1, 20000, 0, 0, 0}, {7, 1, 200, 50, 101, 0},   {2048, 1, 8192, 0, 1, 0},
+    };
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        uint8_t *d = text(specs[i].len, (unsigned)i);
+        buf b = write_blob(&specs[i], d);
+        snprintf(name, sizeof name, "valid-%02d", k++);
+        save("seektable", name, b.p, b.len);
+        free(b.p);
+        free(d);
+    }
+
+    /* hostile */
+    uint8_t payload[64];
+    for (int i = 0; i < 64; i++) payload[i] = (uint8_t)(i * 7);
+    buf f = {0}; /* one real 64-byte raw frame */
+    zframe_raw(&f, payload, 64, 0);
+    uint32_t fsz = (uint32_t)f.len, sum = (uint32_t)XXH64(payload, 64, 0);
+    entry good = {fsz, 64, sum};
+#define HOSTILE(label, ...)                                                 \
+    do {                                                                    \
+        buf b = {0};                                                        \
+        __VA_ARGS__;                                                        \
+        save("seektable", "hostile-" label, b.p, b.len);                    \
+        free(b.p);                                                          \
+    } while (0)
+
+    HOSTILE("empty-table", table(&b, NULL, 0, 1, -1, -1, -1));
+    HOSTILE("one-frame", put(&b, f.p, f.len); table(&b, &good, 1, 1, -1, -1, -1));
+    HOSTILE("count-huge", put(&b, f.p, f.len); table(&b, &good, 1, 1, 0xFFFFFFFF, -1, -1));
+    HOSTILE("count-max", put(&b, f.p, f.len); table(&b, &good, 1, 0, LL_MAX_FRAMES, -1, -1));
+    HOSTILE("count-max+1", put(&b, f.p, f.len); table(&b, &good, 1, 0, LL_MAX_FRAMES + 1, -1, -1));
+    HOSTILE("count-off-by-one", put(&b, f.p, f.len); table(&b, &good, 1, 1, 2, -1, -1));
+    HOSTILE("reserved-bit", put(&b, f.p, f.len); table(&b, &good, 1, 1, -1, 0x84, -1));
+    HOSTILE("reserved-all", put(&b, f.p, f.len); table(&b, &good, 1, 0, -1, 0x7C, -1));
+    HOSTILE("ignored-bits", put(&b, f.p, f.len); table(&b, &good, 1, 1, -1, 0x83, -1));
+    HOSTILE("frame-size-minus1", put(&b, f.p, f.len); table(&b, &good, 1, 1, -1, -1, 20));
+    HOSTILE("frame-size-huge", put(&b, f.p, f.len); table(&b, &good, 1, 1, -1, -1, 0xFFFFFFFF));
+    HOSTILE("bad-skippable-magic", put(&b, f.p, f.len); table(&b, &good, 1, 1, -1, -1, -1); b.p[f.len] ^= 1);
+    {
+        /* c sizes 0xFFFFFFF0 + 0x20 wrap to 0x10 in 32 bits: 16 bytes of "frames" */
+        entry e[2] = {{0xFFFFFFF0u, 10, 0}, {0x20, 10, 0}};
+        HOSTILE("csum-wraps-32", put(&b, payload, 16); table(&b, e, 2, 0, -1, -1, -1));
+        entry e3[3] = {{0x80000000u, 1, 0}, {0x80000000u, 1, 0}, {fsz, 64, sum}};
+        HOSTILE("csum-wraps-32b", put(&b, f.p, f.len); table(&b, e3, 3, 1, -1, -1, -1));
+    }
+    {
+        /* d sizes that sum past 4 GiB with a valid layout: five frames of 1 GiB */
+        buf fr = {0};
+        entry e[5];
+        for (int i = 0; i < 5; i++) {
+            size_t before = fr.len;
+            zframe_rle(&fr, (uint8_t)i, 1, 0);
+            e[i] = (entry){(uint32_t)(fr.len - before), 0x40000000u, 0};
+        }
+        HOSTILE("dsum-over-4g", put(&b, fr.p, fr.len); table(&b, e, 5, 0, -1, -1, -1));
+        for (int i = 0; i < 5; i++) e[i].d = 0x3FFFFFFF;
+        HOSTILE("dsum-over-4g-b", put(&b, fr.p, fr.len); table(&b, e, 5, 0, -1, -1, -1));
+        free(fr.p);
+    }
+    {
+        entry e0 = {0, 64, sum}, e1 = {fsz, 0x40000001u, sum}, e2 = {fsz, 0xFFFFFFFFu, sum};
+        entry e3 = {fsz, LL_MAX_FRAME_SIZE, sum}, e4 = {fsz, (1u << 20) + 1, sum};
+        entry z[2] = {{0, 0, 0}, good};
+        HOSTILE("csize-zero", put(&b, f.p, f.len); table(&b, &e0, 1, 1, -1, -1, -1));
+        HOSTILE("csize-zero-b", put(&b, f.p, f.len); table(&b, z, 2, 1, -1, -1, -1));
+        HOSTILE("dsize-over-1g", put(&b, f.p, f.len); table(&b, &e1, 1, 1, -1, -1, -1));
+        HOSTILE("dsize-u32max", put(&b, f.p, f.len); table(&b, &e2, 1, 1, -1, -1, -1));
+        HOSTILE("dsize-1g", put(&b, f.p, f.len); table(&b, &e3, 1, 1, -1, -1, -1));
+        HOSTILE("dsize-1m+1", put(&b, f.p, f.len); table(&b, &e4, 1, 1, -1, -1, -1));
+    }
+    {
+        entry small = {fsz, 63, sum}, big = {fsz, 65, sum}, badsum = {fsz, 64, sum ^ 1};
+        HOSTILE("dsize-short", put(&b, f.p, f.len); table(&b, &small, 1, 0, -1, -1, -1));
+        HOSTILE("dsize-long", put(&b, f.p, f.len); table(&b, &big, 1, 0, -1, -1, -1));
+        HOSTILE("bad-checksum", put(&b, f.p, f.len); table(&b, &badsum, 1, 1, -1, -1, -1));
+        entry two = {2 * fsz, 128, 0};
+        HOSTILE("two-frames-one-entry", put(&b, f.p, f.len); put(&b, f.p, f.len); table(&b, &two, 1, 0, -1, -1, -1));
+        entry split[2] = {{fsz - 10, 30, 0}, {10, 34, 0}};
+        HOSTILE("frame-split", put(&b, f.p, f.len); table(&b, split, 2, 0, -1, -1, -1));
+    }
+    {
+        /* a skippable frame listed with data, and one listed properly between frames */
+        buf s = {0};
+        put32(&s, 0x184D2A53u);
+        put32(&s, 8);
+        put(&s, payload, 8);
+        entry e1 = {(uint32_t)s.len, 16, 0};
+        HOSTILE("skippable-with-data", put(&b, s.p, s.len); table(&b, &e1, 1, 0, -1, -1, -1));
+        entry e3[3] = {good, {(uint32_t)s.len, 0, 0}, good};
+        HOSTILE("skippable-middle", put(&b, f.p, f.len); put(&b, s.p, s.len); put(&b, f.p, f.len);
+                table(&b, e3, 3, 1, -1, -1, -1));
+        entry e4[3] = {good, {fsz, 0, 0}, good};
+        HOSTILE("empty-real-frame", put(&b, f.p, f.len); put(&b, f.p, f.len); put(&b, f.p, f.len);
+                table(&b, e4, 3, 0, -1, -1, -1));
+        free(s.p);
+    }
+    {
+        /* no content size, 128 MiB window: a streaming (partial) decode sizes its buffer from it */
+        buf w = {0};
+        zframe_raw(&w, payload, 64, 27);
+        entry e = {(uint32_t)w.len, 64, sum};
+        HOSTILE("window-128m-no-fcs", put(&b, w.p, w.len); table(&b, &e, 1, 0, -1, -1, -1));
+        HOSTILE("window-128m-no-fcs-ck", put(&b, w.p, w.len); table(&b, &e, 1, 1, -1, -1, -1));
+        free(w.p);
+        w = (buf){0};
+        zframe_raw(&w, payload, 64, 31);
+        e.c = (uint32_t)w.len;
+        HOSTILE("window-2g-no-fcs", put(&b, w.p, w.len); table(&b, &e, 1, 0, -1, -1, -1));
+        free(w.p);
+    }
+    {
+        /* RLE frames that expand to 1 MiB each from a few bytes */
+        buf r = {0};
+        entry e[3];
+        for (int i = 0; i < 3; i++) {
+            size_t before = r.len;
+            zframe_rle(&r, (uint8_t)('a' + i), 1u << 20, i != 1);
+            e[i] = (entry){(uint32_t)(r.len - before), 1u << 20, 0};
+        }
+        HOSTILE("rle-3x1m", put(&b, r.p, r.len); table(&b, e, 3, 0, -1, -1, -1));
+        e[1].d = 1000;
+        HOSTILE("rle-size-lies", put(&b, r.p, r.len); table(&b, e, 3, 0, -1, -1, -1));
+        free(r.p);
+    }
+    HOSTILE("footer-only", put32(&b, 0); put8(&b, 0); put32(&b, LL_SEEKABLE_MAGIC));
+    HOSTILE("tiny", put8(&b, 0xB1));
+    free(f.p);
+#undef HOSTILE
+}
+
+/* header for fuzz_roundtrip (see its layout comment) */
+static void rt_seed(const char *name, uint16_t fs_raw, uint8_t flags, uint8_t ops, uint16_t p0, uint16_t p1,
+                    uint16_t p2, uint8_t skip, uint32_t flip, uint8_t xr, const uint8_t *data, size_t n) {
+    buf b = {0};
+    put8(&b, (uint8_t)fs_raw);
+    put8(&b, (uint8_t)(fs_raw >> 8));
+    put8(&b, flags);
+    put8(&b, ops);
+    uint16_t pos[3] = {p0, p1, p2};
+    for (int i = 0; i < 3; i++) { put8(&b, (uint8_t)pos[i]); put8(&b, (uint8_t)(pos[i] >> 8)); }
+    put8(&b, skip);
+    put32(&b, flip);
+    put8(&b, xr);
+    uint16_t r[8] = {10, 100, 0, 4000, 999, 3, 1500, 2500};
+    for (int i = 0; i < 8; i++) { put8(&b, (uint8_t)r[i]); put8(&b, (uint8_t)(r[i] >> 8)); }
+    put(&b, data, n);
+    save("roundtrip", name, b.p, b.len);
+    free(b.p);
+}
+
+static void roundtrip_seeds(void) {
+    uint8_t *d = text(16384, 99);
+    rt_seed("empty", 1023, 0x01, 0, 0, 0, 0, 0, 0, 0, NULL, 0);
+    rt_seed("one-byte", 0, 0x01, 0, 0, 0, 0, 0, 5, 0xFF, d, 1);
+    rt_seed("ck-1k-frames", 1023, 0x01, 0, 0, 0, 0, 0, 100, 0x40, d, 4000);
+    rt_seed("nock-1k-frames", 1023, 0x00, 0, 0, 0, 0, 0, 100, 0x40, d, 4000);
+    rt_seed("ck-small-frames", 99, 0x09, 0, 0, 0, 0, 0, 2000, 0x01, d, 3000);
+    rt_seed("cuts", 511, 0x11, 0x03 | (0 << 2) | (2 << 4) | (3 << 6), 100, 1700, 2500, 0x53, 300, 0x10, d, 3000);
+    rt_seed("skippables", 255, 0x1B, 0x02 | (2 << 2) | (2 << 4), 0, 2000, 0, 0xF7, 9999, 0x80, d, 2500);
+    rt_seed("pool-writer", 700, 0x03 | 0x18, 0, 0, 0, 0, 0, 77, 0x02, d, 8000);
+    rt_seed("failing-sink", 700, 0x05, 0x01, 3000, 0, 0, 0, 1234, 0x02, d, 6000);
+    rt_seed("small-fetch", 300, 0x81 | 0x08, 0, 0, 0, 0, 0, 50, 0x20, d, 5000);
+    rt_seed("level-neg", 2047, 0x41, 0, 0, 0, 0, 0, 3000, 0x08, d, 12000);
+    rt_seed("big-frame-16k", 16383, 0x61 | 0x18, 0x01, 8000, 0, 0, 0, 7, 0x01, d, 16384);
+    rt_seed("table-flip", 1023, 0x01, 0, 0, 0, 0, 0, 0xFFFFFFF0u, 0x01, d, 3000);
+    free(d);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
+        return 2;
+    }
+    g_dir = argv[1];
+    if (mkdir(g_dir, 0755) != 0 && errno != EEXIST) { perror(g_dir); return 1; }
+    seektable_seeds();
+    roundtrip_seeds();
+    fprintf(stderr, "gen_corpus: %d seeds in %s\n", g_count, g_dir);
+    return 0;
+}
