@@ -239,13 +239,18 @@ typedef struct {
 
 LL_API void ll_writer_options_init(ll_writer_options *opt);
 
-/* A writer.  Output goes to `write` in order.  One thread at a time per writer. */
+/* A writer.  Output goes to `write` in order, and each frame (data or
+ * skippable), then the seek table, reaches it in exactly one call, so the host
+ * can hash or index frames as they pass.  One thread at a time per writer. */
 LL_API int ll_writer_create(const ll_writer_options *opt, ll_write_fn write, void *opaque,
                             ll_writer **out);
 /* Append data; frames are cut every frame_size bytes. */
 LL_API int ll_writer_write(ll_writer *w, const void *src, size_t size);
-/* Cut a frame boundary here (nothing happens if the current frame is empty). */
+/* Cut a frame boundary here (nothing happens if the current frame is empty).
+ * With a pool, the frame may be compressed and written later, with its batch. */
 LL_API int ll_writer_end_frame(ll_writer *w);
+/* End the current frame and compress and write every pending frame now. */
+LL_API int ll_writer_flush(ll_writer *w);
 /* Insert a skippable frame (magic 0x184D2A50 + `variant`, 0..15) holding `data`;
  * it is listed in the seek table with decompressed size 0.  Ends the current frame. */
 LL_API int ll_writer_add_skippable(ll_writer *w, unsigned variant, const void *data, size_t size);
@@ -255,6 +260,8 @@ LL_API int ll_writer_finish(ll_writer *w);
 LL_API uint64_t ll_writer_bytes_in(const ll_writer *w);
 LL_API uint64_t ll_writer_bytes_out(const ll_writer *w);
 LL_API uint32_t ll_writer_frames(const ll_writer *w);
+/* Sizes of frame i written so far (i < ll_writer_frames); LL_ERR_ARG otherwise. */
+LL_API int ll_writer_frame(const ll_writer *w, uint32_t i, uint32_t *c_size, uint32_t *d_size);
 LL_API void ll_writer_free(ll_writer *w);
 
 /* cffi-end */

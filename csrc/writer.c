@@ -186,30 +186,38 @@ int ll_writer_end_frame(ll_writer *w) {
     return rc == LL_OK ? rc : fail(w, rc);
 }
 
-int ll_writer_add_skippable(ll_writer *w, unsigned variant, const void *data, size_t size) {
-    if (!w || variant > 15 || (!data && size) || size > UINT32_MAX - LL_SKIPPABLE_HEADER_SIZE)
-        return LL_ERR_ARG;
+int ll_writer_flush(ll_writer *w) {
+    if (!w) return LL_ERR_ARG;
     if (w->state != 0) return LL_ERR_STATE;
     int rc = close_frame(w);
     if (rc == LL_OK) rc = flush_batch(w);
+    return rc == LL_OK ? rc : fail(w, rc);
+}
+
+int ll_writer_add_skippable(ll_writer *w, unsigned variant, const void *data, size_t size) {
+    if (!w || variant > 15 || (!data && size) || size > UINT32_MAX - LL_SKIPPABLE_HEADER_SIZE)
+        return LL_ERR_ARG;
+    int rc = ll_writer_flush(w);
+    if (rc != LL_OK) return rc;
+    /* Header and payload in one write call: every frame reaches the callback whole. */
+    uint8_t *frame = malloc(LL_SKIPPABLE_HEADER_SIZE + size);
+    if (!frame) return fail(w, LL_ERR_NOMEM);
+    ll__put_le32(frame, 0x184D2A50u + variant);
+    ll__put_le32(frame + 4, (uint32_t)size);
+    if (size) memcpy(frame + LL_SKIPPABLE_HEADER_SIZE, data, size);
+    rc = w->write(w->opaque, frame, LL_SKIPPABLE_HEADER_SIZE + size) == 0 ? LL_OK : LL_ERR_IO;
+    free(frame);
     if (rc != LL_OK) return fail(w, rc);
-    uint8_t hdr[LL_SKIPPABLE_HEADER_SIZE];
-    ll__put_le32(hdr, 0x184D2A50u + variant);
-    ll__put_le32(hdr + 4, (uint32_t)size);
-    if (w->write(w->opaque, hdr, sizeof hdr) != 0 || (size && w->write(w->opaque, data, size) != 0))
-        return fail(w, LL_ERR_IO);
-    rc = log_frame(w, (uint32_t)(sizeof hdr + size), 0, ll__frame_checksum("", 0));
+    rc = log_frame(w, (uint32_t)(LL_SKIPPABLE_HEADER_SIZE + size), 0, ll__frame_checksum("", 0));
     if (rc != LL_OK) return fail(w, rc);
-    w->bytes_out += sizeof hdr + size;
+    w->bytes_out += LL_SKIPPABLE_HEADER_SIZE + size;
     return LL_OK;
 }
 
 int ll_writer_finish(ll_writer *w) {
     if (!w) return LL_ERR_ARG;
-    if (w->state != 0) return LL_ERR_STATE;
-    int rc = close_frame(w);
-    if (rc == LL_OK) rc = flush_batch(w);
-    if (rc != LL_OK) return fail(w, rc);
+    int rc = ll_writer_flush(w);
+    if (rc != LL_OK) return rc;
     size_t entry = w->opt.checksum ? 12 : 8;
     size_t total = LL_SKIPPABLE_HEADER_SIZE + (size_t)w->nframes * entry + LL_SEEKTABLE_FOOTER_SIZE;
     uint8_t *t = malloc(total);
@@ -236,3 +244,10 @@ int ll_writer_finish(ll_writer *w) {
 uint64_t ll_writer_bytes_in(const ll_writer *w) { return w->bytes_in; }
 uint64_t ll_writer_bytes_out(const ll_writer *w) { return w->bytes_out; }
 uint32_t ll_writer_frames(const ll_writer *w) { return w->nframes; }
+
+int ll_writer_frame(const ll_writer *w, uint32_t i, uint32_t *c_size, uint32_t *d_size) {
+    if (!w || i >= w->nframes) return LL_ERR_ARG;
+    if (c_size) *c_size = w->log[(size_t)i * 3];
+    if (d_size) *d_size = w->log[(size_t)i * 3 + 1];
+    return LL_OK;
+}

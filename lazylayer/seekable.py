@@ -33,6 +33,8 @@ __all__ = [
     "WorkerPool",
     "default_cache",
     "default_pool",
+    "parse_seek_table",
+    "seek_table_size",
 ]
 
 DEFAULT_FRAME_SIZE: int = lib.LL_DEFAULT_FRAME_SIZE
@@ -185,6 +187,40 @@ def _resolve_pool(threads: int | None) -> WorkerPool | None:
     return None if threads == 1 else WorkerPool(threads)
 
 
+def seek_table_size(tail: BytesLike, blob_size: int) -> int:
+    """Bytes the seek table takes at the end of a ``blob_size``-byte blob, from its last bytes.
+
+    ``tail`` is the end of the blob (at least 9 bytes for a definite answer).
+    """
+    buf = ffi.from_buffer(tail)
+    out = ffi.new("uint64_t *")
+    rc = lib.ll_seektable_tail_size(buf, len(buf), blob_size, out)
+    if rc not in (lib.LL_OK, lib.LL_ERR_NEED_MORE):
+        raise_status(rc, "reading the seek table footer")
+    return out[0]
+
+
+def parse_seek_table(tail: BytesLike, blob_size: int) -> list[FrameInfo]:
+    """Every frame listed by the seek table at the end of ``tail`` (the end of the blob)."""
+    buf = ffi.from_buffer(tail)
+    table = ffi.new("ll_seektable **")
+    need = ffi.new("uint64_t *")
+    rc = lib.ll_seektable_parse(buf, len(buf), blob_size, table, need)
+    if rc == lib.LL_ERR_NEED_MORE:
+        raise errors.FormatError(f"the seek table needs the last {need[0]} bytes, got {len(buf)}")
+    check(rc, "parsing the seek table")
+    try:
+        info = ffi.new("ll_frame_info *")
+        frames = []
+        for i in range(lib.ll_seektable_num_frames(table[0])):
+            lib.ll_seektable_frame(table[0], i, info)
+            frames.append(FrameInfo(info.c_offset, info.c_size, info.d_offset, info.d_size,
+                                    info.checksum if info.has_checksum else None))
+        return frames
+    finally:
+        lib.ll_seektable_free(table[0])
+
+
 class _CallbackSource:
     """Adapts ``fetch(offset, size) -> bytes`` to the C read callback.
 
@@ -246,7 +282,8 @@ class SeekableReader:
     - a bytes-like object holding the whole blob (kept referenced, not copied);
     - a path to a local file (read with ``pread``, no Python in the loop);
     - a callable ``fetch(offset, size) -> bytes`` returning compressed ranges,
-      with ``blob_size`` giving the blob's total size.
+      with ``blob_size`` giving the blob's total size, and optionally ``tail``,
+      the blob's last bytes (at least its seek table), to save two fetches.
 
     ``cache`` is a :class:`BlockCache` (default: the shared one) or ``None``.
     ``threads`` sets how many threads decode a read that spans several frames:
@@ -271,6 +308,7 @@ class SeekableReader:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         cache_key: int = 0,
         name: str | None = None,
+        tail: BytesLike | None = None,
     ) -> None:
         self._ptr: Any = None
         self._fd: int | None = None
@@ -285,7 +323,13 @@ class SeekableReader:
             self.name = name or getattr(source, "__name__", "callable source")
             self._callback = _CallbackSource(source)
             read_fn, opaque = lib._ll_py_read, self._callback.handle
-            self._check(lib.ll_seektable_load(read_fn, opaque, blob_size, table), "reading the seek table")
+            if tail is not None:  # the caller already has the blob's last bytes
+                buf = ffi.from_buffer(tail)
+                rc = lib.ll_seektable_parse(buf, len(buf), blob_size, table, ffi.NULL)
+                self._check(rc, "parsing the seek table")
+            else:
+                rc = lib.ll_seektable_load(read_fn, opaque, blob_size, table)
+                self._check(rc, "reading the seek table")
         elif isinstance(source, (str, os.PathLike)):
             self.name = name or os.fspath(source)
             self._fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -558,6 +602,11 @@ class SeekableWriter(io.RawIOBase):
         """Start a new frame at this point (nothing happens if the frame is empty)."""
         self._check(lib.ll_writer_end_frame(self._ptr), "ending a frame")
 
+    def flush(self) -> None:
+        """End the current frame and write every pending frame to the file now."""
+        if not self.closed and not self._finished:  # IOBase.close() calls flush() too
+            self._check(lib.ll_writer_flush(self._ptr), "flushing")
+
     def add_skippable(self, data: bytes, variant: int = 0) -> None:
         """Insert a zstd skippable frame (magic 0x184D2A50 + variant) holding ``data``."""
         src = ffi.from_buffer(data)
@@ -574,6 +623,15 @@ class SeekableWriter(io.RawIOBase):
     @property
     def frames(self) -> int:
         return lib.ll_writer_frames(self._ptr)
+
+    def frame_sizes(self) -> list[int]:
+        """Decompressed size of each frame written so far (0 for skippable frames)."""
+        d = ffi.new("uint32_t *")
+        sizes = []
+        for i in range(lib.ll_writer_frames(self._ptr)):
+            lib.ll_writer_frame(self._ptr, i, ffi.NULL, d)
+            sizes.append(d[0])
+        return sizes
 
     def close(self) -> None:
         """Write the last frame and the seek table, then close (and the file, if we opened it)."""

@@ -1,0 +1,353 @@
+"""The lazy layer format: a tar+zstd layer any runtime can unpack, built for random access.
+
+A lazy layer blob is (see docs/format.md for the byte-level specification):
+
+    data frames      independent zstd frames; together they decompress to the
+                     layer's tar, byte for byte (so its diff_id is unchanged).
+                     A regular file's content starts a frame unless the whole
+                     file fits in the frame already open; big files are split
+                     every ``frame_size`` bytes.
+    TOC frame        a zstd skippable frame: TOC_MAGIC + a zstd-compressed JSON
+                     table of contents (every tar entry, where its content lies,
+                     every frame with its sha256, room for a prefetch plan).
+    seek table       the standard zstd seekable-format table (it lists the TOC
+                     frame too, with decompressed size 0).
+
+The layer descriptor's annotations name the TOC frame's sha256 and position,
+so the manifest digest vouches for the TOC and the TOC for every frame.
+
+This module writes such blobs (:class:`LayerWriter`) and reads their TOC back
+(:func:`read_toc`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Iterable
+
+import zstandard
+
+from . import errors
+from .seekable import DEFAULT_FRAME_SIZE, FrameInfo, SeekableWriter, parse_seek_table, seek_table_size
+from .tarstream import TarMember, TarScanner
+
+FORMAT_VERSION = 1
+TOC_MAGIC = b"LZLYTOC1"
+TOC_SKIPPABLE_VARIANT = 0xA  # the TOC frame's magic is 0x184D2A5A
+MAX_TOC_BYTES = 512 << 20  # uncompressed JSON; bounds memory on hostile input
+
+MEDIA_TYPE_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+ANNOTATION_VERSION = "io.lazylayer.version"
+ANNOTATION_TOC_DIGEST = "io.lazylayer.toc.digest"
+ANNOTATION_TOC_POSITION = "io.lazylayer.toc.position"  # "<offset>:<length>" of the TOC frame
+ANNOTATION_UNCOMPRESSED_SIZE = "io.lazylayer.uncompressed-size"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A data frame: where it is in the blob and in the tar, and its sha256 (of the compressed bytes)."""
+
+    compressed_offset: int
+    compressed_size: int
+    offset: int
+    size: int
+    sha256: str
+
+
+@dataclass
+class Toc:
+    """A layer's table of contents.
+
+    ``entries`` are dicts in tar order with keys ``name``, ``type`` (reg, dir,
+    symlink, hardlink, char, block, fifo), ``mode``, ``uid``, ``gid``,
+    ``uname``, ``gname``, ``mtime``, ``size``, ``offset`` (of the content in the
+    tar), ``linkname``, ``devmajor``, ``devminor``, ``xattrs`` (name -> base64),
+    ``nlink`` (for files with hardlinks); zero and empty values are omitted.
+    """
+
+    frames: list[Frame]
+    entries: list[dict[str, Any]]
+    frame_size: int = DEFAULT_FRAME_SIZE
+    tar_size: int = 0
+    prefetch: list[list[int]] = field(default_factory=list)  # [offset, length] ranges of the tar, in order
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> bytes:
+        doc = {
+            "version": self.version,
+            "frame_size": self.frame_size,
+            "tar_size": self.tar_size,
+            "frames": [[f.compressed_offset, f.compressed_size, f.offset, f.size, f.sha256] for f in self.frames],
+            "entries": self.entries,
+            "prefetch": self.prefetch,
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8", "surrogateescape")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Toc:
+        try:
+            doc = json.loads(data)
+            if doc.get("version") != FORMAT_VERSION:
+                raise errors.FormatError(f"TOC version {doc.get('version')!r} is not supported "
+                                         f"(this lazylayer reads version {FORMAT_VERSION})")
+            frames = [Frame(int(a), int(b), int(c), int(d), str(e)) for a, b, c, d, e in doc["frames"]]
+            entries = doc["entries"]
+            if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
+                                                        for e in entries):
+                raise errors.FormatError("TOC entries are malformed")
+            return cls(frames=frames, entries=entries, frame_size=int(doc["frame_size"]),
+                       tar_size=int(doc["tar_size"]), prefetch=list(doc.get("prefetch", [])))
+        except errors.FormatError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise errors.FormatError(f"malformed TOC: {exc}") from None
+
+    def frame_payload(self, level: int = 9) -> bytes:
+        """The TOC skippable frame's payload: magic + compressed JSON."""
+        return TOC_MAGIC + zstandard.ZstdCompressor(level=level).compress(self.to_json())
+
+    @classmethod
+    def from_frame(cls, frame: bytes) -> Toc:
+        """Parse a whole TOC skippable frame (header included)."""
+        if len(frame) < 8 + len(TOC_MAGIC):
+            raise errors.FormatError("TOC frame too short")
+        magic, size = struct.unpack_from("<II", frame)
+        if magic != 0x184D2A50 + TOC_SKIPPABLE_VARIANT or size != len(frame) - 8:
+            raise errors.FormatError("not a lazylayer TOC frame (wrong skippable magic or size)")
+        if frame[8:8 + len(TOC_MAGIC)] != TOC_MAGIC:
+            raise errors.FormatError("not a lazylayer TOC frame (wrong TOC magic)")
+        try:
+            dctx = zstandard.ZstdDecompressor()
+            reader = dctx.stream_reader(frame[8 + len(TOC_MAGIC):])
+            data = reader.read(MAX_TOC_BYTES + 1)
+        except zstandard.ZstdError as exc:
+            raise errors.CorruptFrameError(f"TOC does not decompress: {exc}") from None
+        if len(data) > MAX_TOC_BYTES:
+            raise errors.LimitError(f"TOC larger than {MAX_TOC_BYTES} bytes")
+        return cls.from_json(data)
+
+
+def toc_entry(m: TarMember) -> dict[str, Any]:
+    """A TOC entry for a tar member, omitting zero and empty values."""
+    e: dict[str, Any] = {"name": m.name, "type": m.type, "mode": m.mode}
+    for key in ("uid", "gid", "uname", "gname", "mtime", "linkname", "devmajor", "devminor"):
+        v = getattr(m, key)
+        if v:
+            e[key] = v
+    if m.type == "reg":
+        e["size"] = m.size
+        e["offset"] = m.offset
+    if m.xattrs:
+        e["xattrs"] = {k: base64.b64encode(v).decode() for k, v in sorted(m.xattrs.items())}
+    return e
+
+
+@dataclass
+class LayerInfo:
+    """What writing a layer produced: everything its descriptor and checks need."""
+
+    digest: str  # sha256:... of the blob
+    size: int
+    diff_id: str  # sha256:... of the tar
+    tar_size: int
+    toc_digest: str
+    toc_offset: int
+    toc_length: int
+    frames: int
+    entries: int
+
+    def annotations(self) -> dict[str, str]:
+        return {
+            ANNOTATION_VERSION: str(FORMAT_VERSION),
+            ANNOTATION_TOC_DIGEST: self.toc_digest,
+            ANNOTATION_TOC_POSITION: f"{self.toc_offset}:{self.toc_length}",
+            ANNOTATION_UNCOMPRESSED_SIZE: str(self.tar_size),
+        }
+
+
+class _FrameSink:
+    """The writer's destination: passes bytes on and records each frame's place and sha256.
+
+    The C writer hands every frame to ``write`` in exactly one call.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.blob = hashlib.sha256()
+        self.pos = 0
+        self.records: list[tuple[int, int, str]] = []  # (offset, size, sha256 hex) per write
+
+    def write(self, data: Any) -> int:
+        mv = memoryview(data)
+        self.records.append((self.pos, len(mv), hashlib.sha256(mv).hexdigest()))
+        self.blob.update(mv)
+        self.out.write(mv)
+        self.pos += len(mv)
+        return len(mv)
+
+
+class LayerWriter:
+    """Writes one lazy layer blob from a tar stream.
+
+    ``frame_size``: uncompressed bytes per frame (see docs/format.md for why
+    the default); ``threads``: compression threads (None: one per CPU).
+    """
+
+    def __init__(self, frame_size: int = DEFAULT_FRAME_SIZE, level: int = 3,
+                 threads: int | None = None, toc_level: int = 9,
+                 max_members: int = 10_000_000) -> None:
+        self.frame_size = frame_size
+        self.level = level
+        self.threads = threads
+        self.toc_level = toc_level
+        self.max_members = max_members
+
+    def write(self, read: Callable[[int], bytes], out: BinaryIO,
+              progress: Callable[[int], object] | None = None,
+              prefetch: Iterable[tuple[int, int]] = ()) -> LayerInfo:
+        """Read a tar through ``read(n)``, write the blob to ``out``; return its description."""
+        sink = _FrameSink(out)
+        tar_hash = hashlib.sha256()
+        writer = SeekableWriter(sink, frame_size=self.frame_size, level=self.level,
+                                checksum=True, threads=self.threads)
+        state = {"cut": 0}  # uncompressed offset where the open frame began (mod frame_size)
+        entries: list[dict[str, Any]] = []
+
+        def feed(data: bytes) -> None:
+            tar_hash.update(data)
+            writer.write(data)
+            if progress is not None:
+                progress(len(data))
+
+        def before_content(m: TarMember) -> None:
+            fill = (m.offset - state["cut"]) % self.frame_size
+            if fill and fill + m.size > self.frame_size:
+                writer.end_frame()
+                state["cut"] = m.offset
+
+        try:
+            scanner = TarScanner(read, feed, before_content, max_members=self.max_members)
+            for member in scanner.members():
+                entries.append(toc_entry(member))
+            tar_size = scanner.pos
+            writer.flush()
+            _count_hardlinks(entries)
+            seek = _seek_records(sink, writer)
+            toc = Toc(frames=seek, entries=entries, frame_size=self.frame_size, tar_size=tar_size,
+                      prefetch=[[int(o), int(n)] for o, n in prefetch])
+            writer.add_skippable(toc.frame_payload(self.toc_level), variant=TOC_SKIPPABLE_VARIANT)
+            toc_offset, toc_length, toc_sha = sink.records[-1]
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        return LayerInfo(
+            digest="sha256:" + sink.blob.hexdigest(), size=sink.pos,
+            diff_id="sha256:" + tar_hash.hexdigest(), tar_size=tar_size,
+            toc_digest="sha256:" + toc_sha, toc_offset=toc_offset, toc_length=toc_length,
+            frames=len(seek), entries=len(entries),
+        )
+
+
+def _seek_records(sink: _FrameSink, writer: SeekableWriter) -> list[Frame]:
+    """The data frames written so far, from the sink's per-write records and the writer's frame sizes."""
+    sizes = writer.frame_sizes()
+    if len(sizes) != len(sink.records):
+        raise AssertionError("writer and sink disagree on the number of frames")
+    frames, d = [], 0
+    for (off, size, sha), dsize in zip(sink.records, sizes):
+        frames.append(Frame(off, size, d, dsize, sha))
+        d += dsize
+    return frames
+
+
+def _count_hardlinks(entries: list[dict[str, Any]]) -> None:
+    """Give each regular file that hardlinks point to its link count (``nlink``)."""
+    last: dict[str, dict[str, Any]] = {}
+    links: dict[str, int] = {}
+    for e in entries:
+        if e["type"] == "hardlink":
+            target = e.get("linkname", "")
+            links[target] = links.get(target, 1) + 1
+        else:
+            last[e["name"]] = e
+    for target, n in links.items():
+        if target in last and last[target]["type"] == "reg":
+            last[target]["nlink"] = n
+
+
+# --------------------------------------------------------------------- reading
+
+
+@dataclass
+class LayerIndex:
+    """A layer's TOC plus the seek table bytes, as read from the blob's tail."""
+
+    toc: Toc
+    seek_table: bytes  # the whole seek-table frame, for SeekableReader(tail=...)
+    verified: bool  # the TOC matched a digest from the manifest
+
+
+def read_toc(fetch: Callable[[int, int], bytes], blob_size: int,
+             annotations: dict[str, str] | None = None, tail_guess: int = 256 << 10) -> LayerIndex:
+    """Read and check a lazy layer's TOC with as few range requests as possible.
+
+    With the descriptor's annotations: one request, from the TOC frame to the
+    end of the blob, and the TOC's sha256 must match the annotation.  Without
+    them: the tail (``tail_guess`` bytes, more only if the table is larger),
+    and the TOC is unverified.  Either way the seek table must list exactly the
+    TOC's frames followed by the TOC frame.
+    """
+    ann = annotations or {}
+    if ANNOTATION_TOC_POSITION in ann and ANNOTATION_TOC_DIGEST in ann:
+        try:
+            off_s, len_s = ann[ANNOTATION_TOC_POSITION].split(":")
+            toc_off, toc_len = int(off_s), int(len_s)
+        except ValueError:
+            raise errors.FormatError(f"bad {ANNOTATION_TOC_POSITION} annotation "
+                                     f"{ann[ANNOTATION_TOC_POSITION]!r}") from None
+        if not (0 <= toc_off and toc_len > 0 and toc_off + toc_len <= blob_size):
+            raise errors.FormatError(f"TOC position {toc_off}:{toc_len} is outside the blob ({blob_size} bytes)")
+        tail = fetch(toc_off, blob_size - toc_off)
+        frame = tail[:toc_len]
+        want = ann[ANNOTATION_TOC_DIGEST]
+        if "sha256:" + hashlib.sha256(frame).hexdigest() != want:
+            raise errors.IntegrityError(f"TOC digest mismatch: the blob's TOC is not the one {want} names")
+        verified = True
+        table = tail[toc_len:]
+    else:
+        n = min(blob_size, tail_guess)
+        tail = fetch(blob_size - n, n)
+        need = seek_table_size(tail, blob_size)
+        if need > len(tail):
+            tail = fetch(blob_size - need, need)
+        table = tail[len(tail) - need:]
+        frames = parse_seek_table(table, blob_size)
+        if not frames or frames[-1].size != 0:
+            raise errors.FormatError("no lazylayer TOC frame before the seek table")
+        last = frames[-1]
+        start = last.compressed_offset - (blob_size - len(tail))
+        frame = tail[start:start + last.compressed_size] if start >= 0 else \
+            fetch(last.compressed_offset, last.compressed_size)
+        toc_off, toc_len, verified = last.compressed_offset, last.compressed_size, False
+    toc = Toc.from_frame(frame)
+    listed = parse_seek_table(table, blob_size)
+    _check_frames(toc, listed, toc_off, toc_len)
+    return LayerIndex(toc=toc, seek_table=table, verified=verified)
+
+
+def _check_frames(toc: Toc, listed: list[FrameInfo], toc_off: int, toc_len: int) -> None:
+    if len(listed) != len(toc.frames) + 1:
+        raise errors.FormatError(f"seek table lists {len(listed)} frames, the TOC {len(toc.frames)} (+1 for itself)")
+    for i, (f, s) in enumerate(zip(toc.frames, listed)):
+        if (f.compressed_offset, f.compressed_size, f.offset, f.size) != \
+                (s.compressed_offset, s.compressed_size, s.offset, s.size):
+            raise errors.FormatError(f"frame {i}: the seek table and the TOC disagree")
+    last = listed[-1]
+    if (last.compressed_offset, last.compressed_size, last.size) != (toc_off, toc_len, 0):
+        raise errors.FormatError("the seek table's last frame is not the TOC")

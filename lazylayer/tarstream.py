@@ -1,0 +1,268 @@
+"""Walk a tar stream header by header, keeping every byte exactly as it is.
+
+The converter must keep a layer's tar byte for byte (its sha256 is the
+layer's diff_id), yet know where each member's content starts so a frame can
+start there.  :class:`TarScanner` reads the stream once, hands every byte on to
+a sink unchanged, and reports each member with the offsets of its headers and
+its content.  Header blocks are decoded by :meth:`tarfile.TarInfo.frombuf`
+(checksums, octal and base-256 numbers, ustar prefixes, GNU headers); PAX
+extended headers and GNU long names, which :mod:`tarfile` only handles with a
+seekable file, are decoded here.
+"""
+
+from __future__ import annotations
+
+import base64
+import tarfile
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterator
+from urllib.parse import unquote
+
+from .errors import FormatError
+
+BLOCK = 512
+
+# typeflag -> TOC type name.  Types tarfile treats as having no data blocks.
+_TYPES = {
+    tarfile.REGTYPE: "reg",
+    tarfile.AREGTYPE: "reg",
+    tarfile.CONTTYPE: "reg",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.DIRTYPE: "dir",
+    tarfile.FIFOTYPE: "fifo",
+}
+_NO_DATA = {tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.DIRTYPE,
+            tarfile.FIFOTYPE}
+_XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
+
+
+@dataclass
+class TarMember:
+    """One tar entry: what the TOC records, plus where its bytes lie in the stream."""
+
+    name: str
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    uname: str
+    gname: str
+    mtime: float
+    size: int
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    header_offset: int = 0  # first header block (including PAX / long-name headers)
+    offset: int = 0  # first content byte
+
+
+def normalize_name(raw: str, what: str = "path") -> str:
+    """The path as the TOC keeps it: relative, no '.', '' or trailing '/'; '.' is the root.
+
+    A leading '/' or './' is dropped (as container runtimes do when unpacking);
+    a '..' component is refused: a layer may not write outside its root.
+    """
+    parts = []
+    for part in raw.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            raise FormatError(f"tar member {raw!r}: {what} has a '..' component; refusing a layer "
+                              "that would write outside its root")
+        parts.append(part)
+    return "/".join(parts) if parts else "."
+
+
+def _pax_records(data: bytes, where: int) -> dict[str, bytes]:
+    """Parse PAX extended-header records: b'<len> <key>=<value>\\n' each."""
+    out: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:  # NUL padding after the last record
+            break
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise FormatError(f"malformed PAX header at offset {where}") from None
+        record = data[space + 1: pos + length]
+        if length <= 0 or pos + length > len(data) or not record.endswith(b"\n") or b"=" not in record:
+            raise FormatError(f"malformed PAX record at offset {where}")
+        key, value = record[:-1].split(b"=", 1)
+        out[key.decode("utf-8", "surrogateescape")] = value
+        pos += length
+    return out
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+class TarScanner:
+    """Reads a tar stream and yields its members, passing every byte to ``sink``.
+
+    ``read(n)`` returns up to n bytes (b"" at the end).  ``sink(data)`` gets the
+    stream in order and in full.  Before a member's content reaches the sink,
+    ``before_content(member)`` is called, so the caller can start a frame there.
+    Everything after the end-of-archive blocks (padding to the record size) is
+    passed through too.  A stream that ends mid-member is an error.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], sink: Callable[[bytes], object],
+                 before_content: Callable[[TarMember], object] | None = None,
+                 max_members: int = 10_000_000) -> None:
+        self._read = read
+        self._sink = sink
+        self._before = before_content
+        self._max = max_members
+        self.pos = 0
+
+    def _take(self, n: int) -> bytes:
+        buf = self._read(n)
+        while len(buf) < n:
+            more = self._read(n - len(buf))
+            if not more:
+                raise FormatError(f"tar stream truncated at offset {self.pos + len(buf)} "
+                                  f"(needed {n - len(buf)} more bytes)")
+            buf += more
+        self._sink(buf)
+        self.pos += n
+        return buf
+
+    def _copy(self, n: int) -> None:
+        """Pass n content bytes through without holding them."""
+        while n > 0:
+            chunk = self._read(min(n, 4 << 20))
+            if not chunk:
+                raise FormatError(f"tar stream truncated at offset {self.pos} inside a member")
+            self._sink(chunk)
+            self.pos += len(chunk)
+            n -= len(chunk)
+
+    def members(self) -> Iterator[TarMember]:
+        global_pax: dict[str, bytes] = {}
+        pax: dict[str, bytes] = {}
+        longname: bytes | None = None
+        longlink: bytes | None = None
+        header_offset = None
+        count = 0
+        while True:
+            start = self.pos
+            first = self._read(BLOCK)
+            if not first:
+                # No end-of-archive blocks: accepted (some writers omit them) at a member boundary.
+                if header_offset is not None:
+                    raise FormatError(f"tar stream ends after an extended header at offset {start}")
+                return
+            while len(first) < BLOCK:
+                more = self._read(BLOCK - len(first))
+                if not more:
+                    raise FormatError(f"tar stream truncated inside a header at offset {start}")
+                first += more
+            self._sink(first)
+            self.pos += BLOCK
+            if first.count(0) == BLOCK:
+                self._drain()  # end of archive: keep the rest as it is
+                return
+            try:
+                info = tarfile.TarInfo.frombuf(first, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as exc:
+                raise FormatError(f"bad tar header at offset {start}: {exc}") from None
+            if header_offset is None:
+                header_offset = start
+            size = info.size
+            t = info.type
+            if t in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                     tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+                if size > 64 << 20:
+                    raise FormatError(f"extended header of {size} bytes at offset {start} is too large")
+                data = self._take(_padded(size))[:size]
+                if t == tarfile.XGLTYPE:
+                    global_pax.update(_pax_records(data, start))
+                elif t in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+                    pax.update(_pax_records(data, start))
+                elif t == tarfile.GNUTYPE_LONGNAME:
+                    longname = data.rstrip(b"\0")
+                else:
+                    longlink = data.rstrip(b"\0")
+                continue
+            if t in (tarfile.GNUTYPE_SPARSE,) or any(k.startswith("GNU.sparse.") for k in pax):
+                raise FormatError(f"tar member {info.name!r} at offset {start} is a GNU sparse file; "
+                                  "sparse files are not supported")
+            fields = {**global_pax, **pax}
+            member = self._member(info, fields, longname, longlink, header_offset)
+            pax, longname, longlink, header_offset = {}, None, None, None
+            count += 1
+            if count > self._max:
+                raise FormatError(f"more than {self._max} tar members; refusing (raise max_members)")
+            size = member.size if t not in _NO_DATA else 0
+            member.offset = self.pos
+            if size and self._before is not None:
+                self._before(member)
+            self._copy(size)
+            if size % BLOCK:
+                self._take(_padded(size) - size)
+            yield member
+
+    def _member(self, info: tarfile.TarInfo, pax: dict[str, bytes], longname: bytes | None,
+                longlink: bytes | None, header_offset: int) -> TarMember:
+        name = _text(pax["path"]) if "path" in pax else (_text(longname) if longname else info.name)
+        link = _text(pax["linkpath"]) if "linkpath" in pax else (_text(longlink) if longlink else info.linkname)
+        kind = _TYPES.get(info.type, "reg")  # unknown types carry data like regular files
+        size = info.size
+        if "size" in pax:
+            try:
+                size = int(pax["size"])
+            except ValueError:
+                raise FormatError(f"tar member {name!r}: bad PAX size {pax['size']!r}") from None
+        mtime: float = info.mtime
+        if "mtime" in pax:
+            try:
+                mtime = float(pax["mtime"])
+                mtime = int(mtime) if mtime.is_integer() else mtime
+            except ValueError:
+                raise FormatError(f"tar member {name!r}: bad PAX mtime") from None
+        ints = {}
+        for key in ("uid", "gid"):
+            try:
+                ints[key] = int(pax[key]) if key in pax else getattr(info, key)
+            except ValueError:
+                raise FormatError(f"tar member {name!r}: bad PAX {key}") from None
+        xattrs = {}
+        for key, value in pax.items():
+            for prefix in _XATTR_PREFIXES:
+                if key.startswith(prefix):
+                    xname = key[len(prefix):]
+                    if prefix.startswith("LIBARCHIVE"):  # name URL-encoded, value base64
+                        xname, value = unquote(xname), base64.b64decode(value)
+                    xattrs[xname] = value
+        norm = normalize_name(name)
+        if kind == "hardlink":
+            link = normalize_name(link, "hardlink target")
+        return TarMember(
+            name=norm, type=kind, mode=info.mode, uid=ints["uid"], gid=ints["gid"],
+            uname=_text(pax["uname"]) if "uname" in pax else info.uname,
+            gname=_text(pax["gname"]) if "gname" in pax else info.gname,
+            mtime=mtime, size=size if kind == "reg" else 0, linkname=link,
+            devmajor=info.devmajor, devminor=info.devminor, xattrs=xattrs,
+            header_offset=header_offset,
+        )
+
+    def _drain(self) -> None:
+        while chunk := self._read(1 << 20):
+            self._sink(chunk)
+            self.pos += len(chunk)
+
+
+def _padded(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK * BLOCK
+
+
+def scan(stream: BinaryIO) -> list[TarMember]:
+    """All members of a tar stream (a convenience for tests and tools)."""
+    return list(TarScanner(stream.read, lambda b: None).members())
+
