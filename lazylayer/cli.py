@@ -6,6 +6,7 @@ Subcommands (each has ``--help``):
   machine with Python has (its standard library) into a seekable zstd blob,
   then reads files out of it through a source that counts every compressed
   byte it is asked for, as a network fetch would, and checks each byte.
+- ``convert SRC DST``: convert an image to lazy layers (docs/format.md).
 - ``compress IN OUT``: write a file (or stdin) in the zstd seekable format.
 - ``info FILE``: the seek table of a seekable blob (``--json`` for scripts).
 - ``cat FILE``: write a range of a seekable blob's uncompressed data to stdout.
@@ -48,6 +49,37 @@ def _size(text: str) -> int:
         return int(t[:-1] if mult > 1 else t) * mult
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+# --------------------------------------------------------------------- convert
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import Converter
+    from .oci import INDEX_TYPES
+
+    conv = Converter(frame_size=args.frame_size, level=args.level, threads=args.threads,
+                     progress=False if args.quiet else None)
+    result = conv.convert(args.source, args.destination)
+    summary = {
+        "destination": args.destination,
+        "digest": result.root["digest"],
+        "media_type": result.root["mediaType"],
+        "layers_converted": len(result.layers),
+        "layers_copied": result.copied_layers,
+        "layers": [{"digest": i.digest, "size": i.size, "diff_id": i.diff_id, "tar_size": i.tar_size,
+                    "frames": i.frames, "entries": i.entries, "toc_digest": i.toc_digest} for i in result.layers],
+    }
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        for i in result.layers:
+            print(f"layer {i.digest[:19]}: {_human(i.tar_size)} tar -> {_human(i.size)} "
+                  f"({i.size / max(i.tar_size, 1):.1%}), {i.frames} frames, {i.entries} entries")
+        kind = "index" if result.root["mediaType"] in INDEX_TYPES else "manifest"
+        print(f"{args.destination}: {kind} {result.root['digest']}")
+    return 0
 
 
 # --------------------------------------------------------------------- compress
@@ -223,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--frame-size", type=_size, default=DEFAULT_FRAME_SIZE, help="frame size (default 1M)")
     d.add_argument("--seed", type=int, default=1)
     d.set_defaults(func=cmd_demo)
+
+    v = sub.add_parser("convert", help="convert an image to lazy layers",
+                       description="Convert an image to lazy layers. SRC: oci:DIR[:TAG] or docker-archive:FILE[:REPO:TAG]; "
+                                   "DST: oci:DIR[:TAG]. Every platform of a multi-platform index is converted.")
+    v.add_argument("source", metavar="SRC")
+    v.add_argument("destination", metavar="DST")
+    v.add_argument("--frame-size", type=_size, default=DEFAULT_FRAME_SIZE, help="uncompressed bytes per frame (default 1M)")
+    v.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
+    v.add_argument("--threads", type=int, default=None, help="compression threads (default: one per CPU)")
+    v.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    v.add_argument("-q", "--quiet", action="store_true")
+    v.set_defaults(func=cmd_convert)
 
     c = sub.add_parser("compress", help="write a file in the zstd seekable format")
     c.add_argument("input", help="file to compress, or - for stdin")

@@ -1,0 +1,234 @@
+"""The lazy layer format: tar scanning, frame cuts, the TOC, and reading it back."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import tarfile
+
+import pytest
+import pyzstd
+
+import lazylayer
+from lazylayer import errors
+from lazylayer.format import (ANNOTATION_TOC_DIGEST, ANNOTATION_TOC_POSITION, LayerWriter, Toc,
+                              read_toc)
+from lazylayer.tarstream import TarScanner, normalize_name
+
+
+def make_tar(members, fmt=tarfile.PAX_FORMAT) -> bytes:
+    """members: (TarInfo kwargs, data or None)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
+        for kw, data in members:
+            ti = tarfile.TarInfo(kw.pop("name"))
+            for k, v in kw.items():
+                setattr(ti, k, v)
+            if data is not None:
+                ti.size = len(data)
+                t.addfile(ti, io.BytesIO(data))
+            else:
+                t.addfile(ti)
+    return buf.getvalue()
+
+
+def convert(tar: bytes, **kw):
+    out = io.BytesIO()
+    info = LayerWriter(**kw).write(io.BytesIO(tar).read, out)
+    return info, out.getvalue()
+
+
+def fetcher(blob: bytes):
+    calls = []
+
+    def fetch(off: int, n: int) -> bytes:
+        calls.append((off, n))
+        return blob[off:off + n]
+    return fetch, calls
+
+
+def test_worked_example_in_docs_is_true():
+    tar = make_tar([({"name": "hello.txt", "mtime": 1700000000, "mode": 0o644}, b"hello world\n")],
+                   fmt=tarfile.USTAR_FORMAT)
+    info, blob = convert(tar, threads=1)
+    assert len(blob) == 353 and (info.toc_offset, info.toc_length) == (99, 213)
+    assert info.toc_digest == "sha256:3cafff21b60efe9ceaa428237bcac7c78a7793dee50d62620abc703e6e19dfa0"
+    assert blob[0x138:].hex() == ("5e2a4d1821000000" "6300000000280000848f0781"
+                                  "d50000000000000099e9d851" "0200000080b1ea928f")
+    toc = Toc.from_frame(blob[99:99 + 213])
+    assert toc.to_json() == (
+        b'{"entries":[{"mode":420,"mtime":1700000000,"name":"hello.txt","offset":512,"size":12,"type":"reg"}],'
+        b'"frame_size":1048576,"frames":[[0,99,0,10240,"97ad0339b97dfb2da0b4bdafe49edbadf2556e48b053c3df58a713eeebfbe8de"]],'
+        b'"prefetch":[],"tar_size":10240,"version":1}')
+
+
+def test_every_kind_of_member_and_exact_bytes():
+    rng = random.Random(5)
+    big = rng.randbytes(300_000)
+    members = [
+        ({"name": "./", "type": tarfile.DIRTYPE, "mode": 0o755}, None),
+        ({"name": "./etc/", "type": tarfile.DIRTYPE, "mode": 0o755}, None),
+        ({"name": "/etc/passwd", "mode": 0o644, "uid": 1000, "gid": 1001, "uname": "u", "gname": "g"}, b"root:x:0:0\n"),
+        ({"name": "etc/empty"}, b""),
+        ({"name": "etc/big.bin", "mode": 0o4755}, big),
+        ({"name": "etc/link", "type": tarfile.SYMTYPE, "linkname": "../etc/passwd"}, None),
+        ({"name": "etc/hard", "type": tarfile.LNKTYPE, "linkname": "./etc/big.bin"}, None),
+        ({"name": "etc/hard2", "type": tarfile.LNKTYPE, "linkname": "etc/big.bin"}, None),
+        ({"name": "dev/null", "type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}, None),
+        ({"name": "dev/sda", "type": tarfile.BLKTYPE, "devmajor": 8, "devminor": 0}, None),
+        ({"name": "run/fifo", "type": tarfile.FIFOTYPE}, None),
+        ({"name": "d/" + "x" * 200 + "/long-name.txt",
+          "pax_headers": {"SCHILY.xattr.user.comment": "hi", "SCHILY.xattr.security.capability": "\x01\x02"}},
+         b"long"),
+        ({"name": "etc/.wh.removed"}, b""),
+        ({"name": "etc/passwd", "mtime": 1.5}, b"second copy\n"),
+    ]
+    tar = make_tar(members)
+    info, blob = convert(tar, frame_size=65536, threads=2)
+    assert pyzstd.decompress(blob) == tar
+    assert info.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
+    toc = read_toc(fetcher(blob)[0], len(blob), info.annotations()).toc
+    by = {}
+    for e in toc.entries:
+        by.setdefault(e["name"], []).append(e)
+    assert [e["name"] for e in toc.entries][:3] == [".", "etc", "etc/passwd"]
+    first, second = by["etc/passwd"]
+    assert (first["uid"], first["gid"], first["uname"], first["size"]) == (1000, 1001, "u", 11)
+    assert tar[first["offset"]:first["offset"] + 11] == b"root:x:0:0\n"
+    assert tar[second["offset"]:second["offset"] + 12] == b"second copy\n" and second["mtime"] == 1.5
+    b = by["etc/big.bin"][0]
+    assert b["mode"] == 0o4755 and b["nlink"] == 3 and tar[b["offset"]:b["offset"] + len(big)] == big
+    assert by["etc/hard"][0] == {"name": "etc/hard", "type": "hardlink", "mode": 0o644, "linkname": "etc/big.bin"}
+    assert by["etc/link"][0]["linkname"] == "../etc/passwd"  # symlink targets stay as written
+    assert (by["dev/null"][0]["devmajor"], by["dev/null"][0]["devminor"]) == (1, 3)
+    assert by["dev/sda"][0]["type"] == "block" and by["run/fifo"][0]["type"] == "fifo"
+    long = by["d/" + "x" * 200 + "/long-name.txt"][0]
+    assert long["xattrs"] == {"security.capability": "AQI=", "user.comment": "aGk="}
+    assert "etc/.wh.removed" in by
+    # the big file starts a frame and is split every frame_size bytes
+    starts = {f.offset for f in toc.frames}
+    assert b["offset"] in starts
+    assert all(b["offset"] + k * 65536 in starts for k in range(len(big) // 65536))
+    # every frame's sha256 is of its compressed bytes
+    for f in toc.frames:
+        assert hashlib.sha256(blob[f.compressed_offset:f.compressed_offset + f.compressed_size]).hexdigest() == f.sha256
+
+
+def test_small_files_share_frames_and_files_never_straddle_an_earlier_frame():
+    rng = random.Random(9)
+    members = [({"name": f"f{i:05d}"}, rng.randbytes(rng.choice([0, 10, 3000, 70_000, 200_000])))
+               for i in range(400)]
+    tar = make_tar(members)
+    info, blob = convert(tar, frame_size=128 * 1024)
+    toc = read_toc(fetcher(blob)[0], len(blob), info.annotations()).toc
+    starts = sorted(f.offset for f in toc.frames)
+    import bisect
+    for e in toc.entries:
+        if e["type"] == "reg" and e["size"]:
+            i = bisect.bisect_right(starts, e["offset"]) - 1
+            frame_end = starts[i + 1] if i + 1 < len(starts) else toc.tar_size
+            # either the file starts its frame, or it ends inside the frame it starts in
+            assert starts[i] == e["offset"] or e["offset"] + e["size"] <= frame_end, e
+    assert len(toc.frames) < 400  # tiny files shared frames
+
+
+def test_read_toc_one_request_with_annotations_and_fallback_without():
+    tar = make_tar([({"name": f"f{i}"}, bytes([i]) * 5000) for i in range(50)])
+    info, blob = convert(tar, frame_size=16384)
+    fetch, calls = fetcher(blob)
+    idx = read_toc(fetch, len(blob), info.annotations())
+    assert idx.verified and len(calls) == 1 and calls[0] == (info.toc_offset, len(blob) - info.toc_offset)
+    idx2 = read_toc(fetcher(blob)[0], len(blob))
+    assert not idx2.verified and idx2.toc == idx.toc
+    with lazylayer.SeekableReader(fetch, blob_size=len(blob), tail=idx.seek_table) as r:
+        e = idx.toc.entries[7]
+        assert r.pread(e["size"], e["offset"]) == bytes([7]) * 5000
+
+
+def test_tampered_toc_or_annotations_are_refused():
+    tar = make_tar([({"name": "a"}, b"x" * 100_000)])
+    info, blob = convert(tar)
+    ann = info.annotations()
+    bad = bytearray(blob)
+    bad[info.toc_offset + 20] ^= 1
+    with pytest.raises(errors.IntegrityError, match="TOC digest"):
+        read_toc(fetcher(bytes(bad))[0], len(blob), ann)
+    with pytest.raises(errors.IntegrityError):  # wrong place: its bytes do not hash to the digest
+        read_toc(fetcher(blob)[0], len(blob), {**ann, ANNOTATION_TOC_POSITION: "5:10"})
+    with pytest.raises(errors.FormatError):
+        read_toc(fetcher(blob)[0], len(blob), {**ann, ANNOTATION_TOC_POSITION: f"{len(blob)}:10"})
+    with pytest.raises(errors.IntegrityError):
+        read_toc(fetcher(blob)[0], len(blob), {**ann, ANNOTATION_TOC_DIGEST: "sha256:" + "0" * 64})
+    with pytest.raises(errors.FormatError):  # a plain seekable blob has no TOC
+        out = io.BytesIO()
+        with lazylayer.SeekableWriter(out) as w:
+            w.write(tar)
+        read_toc(fetcher(out.getvalue())[0], len(out.getvalue()))
+
+
+def test_converting_is_deterministic():
+    tar = make_tar([({"name": f"f{i}"}, random.Random(i).randbytes(40_000)) for i in range(60)])
+    a = convert(tar, frame_size=65536, threads=1)
+    b = convert(tar, frame_size=65536, threads=2)
+    assert a[1] == b[1] and a[0] == b[0]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/../../b", "a/.."])
+def test_dotdot_is_refused(name):
+    with pytest.raises(errors.FormatError, match=r"'\.\.'"):
+        convert(make_tar([({"name": name}, b"x")]))
+
+
+def test_hardlink_outside_root_is_refused():
+    with pytest.raises(errors.FormatError, match="hardlink"):
+        convert(make_tar([({"name": "a", "type": tarfile.LNKTYPE, "linkname": "../../etc/shadow"}, None)]))
+
+
+def test_truncated_and_corrupt_tars():
+    tar = make_tar([({"name": "a"}, b"x" * 5000), ({"name": "b"}, b"y" * 5000)])
+    for cut in (100, 512 + 100, 512 + 4000, 6000):
+        with pytest.raises(errors.FormatError, match="truncated"):
+            convert(tar[:cut])
+    bad = bytearray(tar)
+    second = tarfile.open(fileobj=io.BytesIO(tar)).getmembers()[1].offset
+    bad[second + 10] ^= 0xFF  # in the second header's name: its checksum no longer matches
+    with pytest.raises(errors.FormatError, match="bad tar header"):
+        convert(bytes(bad))
+
+
+def test_gnu_sparse_is_refused():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        ti = tarfile.TarInfo("s")
+        ti.type = tarfile.GNUTYPE_SPARSE
+        t.addfile(ti)
+    with pytest.raises(errors.FormatError, match="sparse"):
+        convert(buf.getvalue())
+
+
+def test_gnu_long_names_and_trailing_data_kept():
+    tar = make_tar([({"name": "n" * 150}, b"data"), ({"name": "l", "type": tarfile.SYMTYPE,
+                                                       "linkname": "t" * 150}, None)], fmt=tarfile.GNU_FORMAT)
+    tar += b"\0" * 4096  # extra padding after the end-of-archive blocks stays
+    info, blob = convert(tar)
+    assert pyzstd.decompress(blob) == tar
+    toc = read_toc(fetcher(blob)[0], len(blob), info.annotations()).toc
+    assert [e["name"] for e in toc.entries] == ["n" * 150, "l"]
+    assert toc.entries[1]["linkname"] == "t" * 150
+
+
+def test_scanner_reports_offsets_like_tarfile():
+    tar = make_tar([({"name": f"dir/f{i}"}, b"z" * (i * 700)) for i in range(30)])
+    seen = []
+    out = bytearray()
+    for m in TarScanner(io.BytesIO(tar).read, out.extend).members():
+        seen.append((m.name, m.offset, m.size))
+    ref = [(normalize_name(t.name), t.offset_data, t.size) for t in tarfile.open(fileobj=io.BytesIO(tar))]
+    assert seen == ref and bytes(out) == tar
+
+
+def test_normalize_name():
+    assert normalize_name("./a//b/") == "a/b"
+    assert normalize_name("/") == "."
+    assert normalize_name("/abs/path") == "abs/path"
