@@ -225,12 +225,16 @@ class Converter:
             manifests = []
             try:
                 for img in images:
+                    if not any(oci.is_tar_layer(layer) for layer in img.manifest["layers"]):
+                        # An artifact (e.g. a BuildKit attestation): nothing to convert.
+                        manifests.append(self._copy_manifest(source, dest, img, bar))
+                        continue
                     new_layers = []
                     diff_ids = _diff_ids(img)
                     for i, layer in enumerate(img.manifest["layers"]):
                         key = layer.get("digest") or f"{id(img)}:{i}"
                         if key not in done:
-                            if _is_lazy(layer):
+                            if _is_lazy(layer) or not oci.is_tar_layer(layer):
                                 done[key] = self._copy_layer(source, dest, layer, bar)
                                 copied += 1
                             else:
@@ -259,24 +263,42 @@ class Converter:
         raw = oci.HashingReader(source.open_blob(layer))
         pipe = _Pipe(decompressed_chunks(_Counted(raw, bar)))
         try:
-            with dest.blob_writer() as out:
-                info = self.writer.write(pipe.read, out.file)
-                pipe.finish()
-                if layer.get("digest") and raw.digest() != layer["digest"]:
-                    raise errors.IntegrityError(f"layer {what}: the source blob's digest is {raw.digest()}")
-                if info.diff_id != diff_id:
-                    raise errors.IntegrityError(
-                        f"layer {what}: its tar's sha256 is {info.diff_id} but the config's diff_id is {diff_id}"
-                    )
-                out.commit(info.digest)
+            return self._write_layer(dest, layer, diff_id, raw, pipe, what)
+        except errors.LazyLayerError as exc:
+            if str(what) in str(exc):
+                raise
+            raise type(exc)(f"layer {what}: {exc}") from exc  # say which layer
         finally:
             pipe.close()
             raw.raw.close()
+
+    def _write_layer(self, dest: oci.OciLayout, layer: oci.Descriptor, diff_id: str,
+                     raw: oci.HashingReader, pipe: _Pipe, what: object) -> tuple[oci.Descriptor, LayerInfo]:
+        with dest.blob_writer() as out:
+            info = self.writer.write(pipe.read, out.file)
+            pipe.finish()
+            if layer.get("digest") and raw.digest() != layer["digest"]:
+                raise errors.IntegrityError(f"layer {what}: the source blob's digest is {raw.digest()}")
+            if info.diff_id != diff_id:
+                raise errors.IntegrityError(
+                    f"layer {what}: its tar's sha256 is {info.diff_id} but the config's diff_id is {diff_id}"
+                )
+            out.commit(info.digest)
         annotations = {k: v for k, v in (layer.get("annotations") or {}).items() if k != _ARCHIVE_MEMBER}
         annotations.update(info.annotations())
         desc = {"mediaType": oci.OCI_LAYER_ZSTD, "digest": info.digest, "size": info.size,
                 "annotations": annotations}
         return desc, info
+
+    def _copy_manifest(self, source: oci.ImageSource, dest: oci.OciLayout, img: oci.SourceImage,
+                       bar: Progress) -> oci.Descriptor:
+        """Copy a manifest that has no filesystem layers, byte for byte, with its blobs."""
+        for layer in img.manifest["layers"]:
+            self._copy_layer(source, dest, layer, bar)
+        dest.write_blob(img.config, img.manifest["config"].get("mediaType", oci.OCI_CONFIG))
+        data = source.read_blob(img.manifest_descriptor)
+        dest.write_blob(data, img.manifest_descriptor.get("mediaType", oci.OCI_MANIFEST))
+        return dict(img.manifest_descriptor)
 
     def _copy_layer(self, source: oci.ImageSource, dest: oci.OciLayout, layer: oci.Descriptor,
                     bar: Progress) -> oci.Descriptor:
@@ -301,7 +323,9 @@ class Converter:
         annotations = dict(img.manifest.get("annotations") or {})
         annotations[ANNOTATION_SOURCE] = img.manifest_descriptor["digest"]
         manifest["annotations"] = annotations
-        extra = {"platform": img.platform} if img.platform else {}
+        extra: dict[str, Any] = {"platform": img.platform} if img.platform else {}
+        if img.manifest_descriptor.get("annotations") and img.platform:  # an index entry's own annotations
+            extra["annotations"] = img.manifest_descriptor["annotations"]
         return dest.write_blob(oci.canonical_json(manifest), oci.OCI_MANIFEST, **extra)
 
 

@@ -85,8 +85,10 @@ class Toc:
             "entries": self.entries,
             "prefetch": self.prefetch,
         }
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode("utf-8", "surrogateescape")
+        # ASCII with \u escapes: names that are not UTF-8 (kept as lone surrogates
+        # by the tar scanner) survive the round trip exactly.
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                          allow_nan=False).encode("ascii")
 
     @classmethod
     def from_json(cls, data: bytes) -> Toc:

@@ -255,6 +255,16 @@ def _image(source: ImageSource, desc: Descriptor, data: bytes | None = None) -> 
                        platform=desc.get("platform"))
 
 
+TAR_LAYER_TYPES = (OCI_LAYER_TAR, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, DOCKER_LAYER_GZIP,
+                   "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip")
+
+
+def is_tar_layer(desc: Descriptor) -> bool:
+    """A filesystem layer (as opposed to an attestation, signature or other artifact blob)."""
+    media = desc.get("mediaType")
+    return media is None or media in TAR_LAYER_TYPES
+
+
 # ------------------------------------------------------------------ OCI layout
 
 
@@ -414,7 +424,8 @@ class DockerArchive:
         if not isinstance(entries, list) or not entries:
             raise errors.FormatError(f"{path}: manifest.json lists no image")
         if ref is not None:
-            entries = [e for e in entries if ref in (e.get("RepoTags") or [])]
+            want = _same_name(ref)
+            entries = [e for e in entries if any(_same_name(t) == want for t in (e.get("RepoTags") or []))]
             if not entries:
                 raise ReferenceError(f"{path}: no image tagged {ref!r}")
         self.entry = entries[0]
@@ -458,6 +469,15 @@ class DockerArchive:
 
     def close(self) -> None:
         self.tar.close()
+
+
+def _same_name(name: str) -> tuple[str, str, str] | str:
+    """A repo:tag in canonical form (docker.io/library/... defaults applied), for comparison."""
+    try:
+        r = parse_registry_reference(name)
+    except ReferenceError:
+        return name
+    return (r.registry, r.repository, r.tag or "latest")
 
 
 def open_source(ref: str | ImageRef) -> ImageSource:
