@@ -62,7 +62,7 @@ def _gunzip(read: Callable[[int], bytes]) -> Iterator[bytes]:
         started = True
         try:
             out = d.decompress(pending, 4 * _CHUNK)
-        except isal_zlib.error as exc:
+        except isal_zlib.error as exc:  # type: ignore[misc]  # isal's stubs miss it
             raise errors.CorruptFrameError(f"gzip layer is corrupt: {exc}") from None
         pending = d.unconsumed_tail or (d.unused_data if d.eof else b"")
         if out:

@@ -262,7 +262,7 @@ def _seek_records(sink: _FrameSink, writer: SeekableWriter) -> list[Frame]:
     if len(sizes) != len(sink.records):
         raise AssertionError("writer and sink disagree on the number of frames")
     frames, d = [], 0
-    for (off, size, sha), dsize in zip(sink.records, sizes):
+    for (off, size, sha), dsize in zip(sink.records, sizes, strict=True):
         frames.append(Frame(off, size, d, dsize, sha))
         d += dsize
     return frames
@@ -346,7 +346,7 @@ def read_toc(fetch: Callable[[int, int], bytes], blob_size: int,
 def _check_frames(toc: Toc, listed: list[FrameInfo], toc_off: int, toc_len: int) -> None:
     if len(listed) != len(toc.frames) + 1:
         raise errors.FormatError(f"seek table lists {len(listed)} frames, the TOC {len(toc.frames)} (+1 for itself)")
-    for i, (f, s) in enumerate(zip(toc.frames, listed)):
+    for i, (f, s) in enumerate(zip(toc.frames, listed[:-1], strict=True)):
         if (f.compressed_offset, f.compressed_size, f.offset, f.size) != \
                 (s.compressed_offset, s.compressed_size, s.offset, s.size):
             raise errors.FormatError(f"frame {i}: the seek table and the TOC disagree")

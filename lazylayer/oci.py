@@ -212,7 +212,9 @@ class SourceImage:
 
 
 class ImageSource(Protocol):
-    ref: ImageRef
+    @property
+    def ref(self) -> ImageRef:
+        """Where the image comes from."""
 
     def root(self) -> tuple[Descriptor, bytes]:
         """The reference's top descriptor (an index or a manifest) and its verified bytes."""

@@ -392,7 +392,7 @@ class SeekableReader:
             return
         cause = self._callback.take_failure() if self._callback is not None else None
         if rc == lib.LL_ERR_IO and cause is None and self._fd is not None:
-            cause = OSError(f"pread failed or the file is shorter than its seek table says")
+            cause = OSError("pread failed or the file is shorter than its seek table says")
         raise_status(rc, f"{self.name}: {what}", cause)
 
     # -- reading --------------------------------------------------------------
@@ -562,7 +562,7 @@ class SeekableWriter(io.RawIOBase):
         if not 0 < frame_size <= lib.LL_MAX_FRAME_SIZE:
             raise ValueError(f"frame_size must be in 1..{lib.LL_MAX_FRAME_SIZE}")
         self._owns_file = isinstance(file, (str, os.PathLike))
-        target = open(file, "wb") if self._owns_file else file
+        target: Any = open(file, "wb") if isinstance(file, (str, os.PathLike)) else file
         self._sink = _Sink(target)
         self._pool = _resolve_pool(threads)
         opts = ffi.new("ll_writer_options *")
