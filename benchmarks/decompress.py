@@ -31,7 +31,14 @@ Why this way
 
     Before any timing, every reader's output for a sample of the random reads
     is compared with the uncompressed file, so a fast but wrong reader cannot
-    slip through.
+    slip through.  glibc malloc is put in its long-running state first (see
+    ``settle_allocator``), which matters for the peers that return a fresh
+    1 MiB ``bytes`` per read.  The report records how much CPU other processes
+    used during the run: on 2 cores any other work distorts the numbers.
+
+    Extra rows that explain rather than compete: lazylayer with
+    ``verify=False`` (the cost of checking seek-table checksums) and a raw cffi
+    call of ``ll_reader_read`` on a warm cache (what the Python wrapper costs).
 
 Usage
     python benchmarks/decompress.py [--workdir DIR] [--size-mb N] [--reads N]
@@ -49,6 +56,7 @@ import gc
 import os
 import platform
 import random
+import resource
 import shlex
 import statistics
 import struct
@@ -71,6 +79,8 @@ FRAME_SIZE = 1 * MiB
 LEVEL = 3
 SEEKABLE_MAGIC = 0x8F92EAB1
 SKIPPABLE_MAGIC = 0x184D2A5E
+DISTURBED = 0.1  # flag rows measured while other processes used this many cores...
+MIN_DISTURBANCE = 0.05  # ...and at least this many CPU-s (/proc/stat counts 10 ms ticks)
 
 
 # ----------------------------------------------------------------- test data
@@ -178,6 +188,20 @@ def prepare_data(workdir: Path, size: int, rebuild: bool) -> Data:
     return data
 
 
+def settle_allocator() -> None:
+    """Put glibc malloc in its steady state before timing anything.
+
+    glibc serves blocks above a dynamic threshold (128 KiB at start) with
+    mmap/munmap, and raises the threshold to the size of any such block freed,
+    up to 32 MiB.  A fresh process therefore pays page faults on every 1 MiB
+    `bytes` a peer returns, a long-running one does not: the difference was
+    20-60% for python-zstandard and pyzstd here.  Freeing one 16 MiB block
+    gives every reader the long-running state, whatever ran before.
+    """
+    block = bytearray(16 * MiB)
+    del block
+
+
 # ----------------------------------------------------------------- readers
 #
 # A random-read "opener" returns (read(offset, size) -> bytes, close()).  It is
@@ -233,13 +257,31 @@ def open_lazylayer(reader) -> Opener:
 
 
 def open_lazylayer_readinto(reader, size: int) -> Opener:
+    """`readinto` a reused buffer; returns the buffer itself, no copy."""
     def opener():
-        buf = bytearray(size)
-        view = memoryview(buf)
+        view = memoryview(bytearray(size))
+        readinto = reader.readinto
 
         def read(off, n):
-            got = reader.readinto(view[:n], off)
-            return bytes(view[:got])  # only for the correctness check; timing ignores it
+            got = readinto(view, off)
+            return view if got == n else view[:got]
+        return read, (lambda: None)
+    return opener
+
+
+def open_lazylayer_raw(reader, size: int) -> Opener:
+    """Diagnostic only: the C call through cffi without the Python wrapper
+    (private attributes), to show how much of a warm read the wrapper costs."""
+    from lazylayer._native import ffi, lib
+
+    def opener():
+        buf = bytearray(size)
+        dst, ptr, c_read = ffi.from_buffer(buf), reader._ptr, lib.ll_reader_read
+
+        def read(off, n):
+            if c_read(ptr, off, dst, n) != n:
+                raise RuntimeError("short read")
+            return buf
         return read, (lambda: None)
     return opener
 
@@ -253,6 +295,12 @@ class Result:
     unit: str
     values: list[float]
     note: str = ""
+    other: tuple[float, float] = (0.0, 1.0)  # (CPU-s other processes used, wall s) while measured
+
+    @property
+    def disturbed(self) -> bool:
+        cpu, wall = self.other
+        return cpu >= DISTURBED * wall and cpu >= MIN_DISTURBANCE
 
     @property
     def median(self) -> float:
@@ -387,8 +435,8 @@ def seq_zstd_cli(path: Path, total: int) -> float:
 # ----------------------------------------------------------------- lazylayer helpers
 
 
-def ll_reader(path: Path, *, threads: int = 1, cache=None):
-    return lazylayer.SeekableReader(str(path), cache=cache, threads=threads)
+def ll_reader(path: Path, *, threads: int = 1, cache=None, verify: bool = True):
+    return lazylayer.SeekableReader(str(path), cache=cache, threads=threads, verify=verify)
 
 
 def warm_cache(reader, frames: list[Frame]) -> None:
@@ -405,6 +453,35 @@ def cache_delta(before, after) -> str:
 
 
 # ----------------------------------------------------------------- the run
+
+
+class OtherLoad:
+    """CPU time other processes used while the benchmark ran (from /proc/stat,
+    minus our own and our children's), so a disturbed run shows in the report."""
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+        own = sum(getattr(resource.getrusage(who), k) for who in
+                  (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for k in ("ru_utime", "ru_stime"))
+        return busy, own, time.perf_counter()
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+        self.load_start = os.getloadavg()[0]
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(CPU-s other processes used, wall seconds) since this object was made."""
+        (b0, o0, t0), (b1, o1, t1) = self.start, self._sample()
+        return max(0.0, (b1 - b0) - (o1 - o0)), t1 - t0
+
+    def summary(self) -> str:
+        other, wall = self.cpu_seconds()
+        return (f"run took {wall:.0f} s; other processes used {other:.1f} CPU-s "
+                f"({other / wall:.2f} cores on average); 1-min load average "
+                f"{self.load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end")
 
 
 def log(msg: str) -> None:
@@ -429,9 +506,12 @@ def bench_sequential(d: Data, reps: int) -> list[Result]:
     total = d.size
     frames = d.frames[d.chk]
 
-    def add(name, fn, note=""):
+    def add(name, fn):
         log(f"  seq: {name}")
-        out.append(Result(name, "MB/s", repeat(reps, fn), note))
+        probe = OtherLoad()
+        vals = repeat(reps, fn)
+        out.append(Result(name, "MB/s", vals, other=probe.cpu_seconds()))
+        log(f"    other processes: {out[-1].other[0]:.2f} CPU-s in {out[-1].other[1]:.1f} s")
 
     add("`zstd -d -c FILE > /dev/null` (CLI)", lambda: seq_zstd_cli(d.chk, total))
     add("`os.pread` 1 MiB, uncompressed tar", lambda: seq_pread(d.tar, total, MiB))
@@ -450,6 +530,10 @@ def bench_sequential(d: Data, reps: int) -> list[Result]:
     r = ll_reader(d.chk, threads=1)
     add("lazylayer `pread` 1 MiB, threads=1, cold",
         lambda: seq_lazylayer(r, total, MiB, readinto=False))
+    r.close()
+    r = ll_reader(d.chk, threads=1, verify=False)
+    add("lazylayer `readinto` 1 MiB, threads=1, cold, `verify=False`",
+        lambda: seq_lazylayer(r, total, MiB, readinto=True))
     r.close()
 
     cache = lazylayer.BlockCache(total + 16 * MiB)
@@ -473,13 +557,15 @@ def bench_random(d: Data, path: Path, label: str, size: int, offsets: list[int],
     frames = d.frames[path]
     sample = offsets[:50]
 
-    def add(name, opener, nthreads=1, note=""):
+    def add(name, opener, nthreads=1):
         log(f"  random {size // 1024} KiB, {label}: {name}")
         check_reader(name, opener, d.tar, sample, size)
         _, passes = timed_random(opener, offsets, size, nthreads, min_time)
+        probe = OtherLoad()
         vals = [timed_random(opener, offsets, size, nthreads, min_time, passes)[0]
                 for _ in range(reps)]
-        out.append(Result(name, "reads/s", vals, note))
+        out.append(Result(name, "reads/s", vals, other=probe.cpu_seconds()))
+        log(f"    other processes: {out[-1].other[0]:.2f} CPU-s in {out[-1].other[1]:.1f} s")
 
     pyz = open_seek_read(lambda: pyzstd.SeekableZstdFile(str(path)))
     idz = open_seek_read(lambda: indexed_zstd.IndexedZstdFile(str(path)))
@@ -503,6 +589,7 @@ def bench_random(d: Data, path: Path, label: str, size: int, offsets: list[int],
         for name, opener, nthreads in (
                 ("lazylayer `pread`, warm", open_lazylayer(r), 1),
                 ("lazylayer `readinto`, warm", open_lazylayer_readinto(r, size), 1),
+                ("(diagnostic) raw cffi `ll_reader_read`, warm", open_lazylayer_raw(r, size), 1),
                 ("lazylayer `pread`, warm, 2 Python threads", open_lazylayer(r), 2)):
             before = cache.stats()
             add(name, opener, nthreads)
@@ -522,6 +609,10 @@ def fmt_num(x: float) -> str:
 
 def fmt_range(vals: list[float]) -> str:
     return f"{fmt_num(min(vals))}–{fmt_num(max(vals))}" if len(vals) > 1 else "—"
+
+
+def label_of(r: Result) -> str:
+    return r.name + (" †" if r.disturbed else "")
 
 
 def find(results: list[Result], name: str) -> Result:
@@ -574,11 +665,11 @@ def environment() -> list[str]:
         f"{'.'.join(map(str, zstandard.ZSTD_VERSION))}",
         f"- pyzstd {ver('pyzstd')} (backports.zstd {ver('backports.zstd')}), libzstd {pyzstd.zstd_version}",
         f"- indexed_zstd {ver('indexed_zstd')}, bundled {idz_zstd}",
-        f"- zstd CLI: {sh('zstd', '--version')}",
+        f"- zstd CLI: {sh('zstd', '--version').strip('* ')}",
     ]
 
 
-def render(args, d: Data, seq: list[Result], rnd: dict, cmd: str, reps: int) -> str:
+def render(args, d: Data, seq: list[Result], rnd: dict, cmd: str, reps: int, load: str) -> str:
     L: list[str] = []
     chk_c, nochk_c = d.chk.stat().st_size, d.nochk.stat().st_size
     L += [f"Command: `{cmd}`", ""]
@@ -589,13 +680,14 @@ def render(args, d: Data, seq: list[Result], rnd: dict, cmd: str, reps: int) -> 
           f"({d.size / nochk_c:.2f}x), {len(d.frames[d.chk]):,} frames",
           f"- Median of {reps} runs (min–max shown); random reads: {args.reads:,} "
           f"uniform offsets, seed {args.seed}, same offsets for every reader; "
-          f"fast cases loop over them for at least {args.min_time} s per run.", ""]
+          f"fast cases loop over them for at least {args.min_time} s per run.",
+          f"- Quietness: {load}", ""]
 
     zcli = find(seq, "`zstd -d -c FILE > /dev/null` (CLI)").median
     L += ["### Sequential read (checksummed file), MB/s of uncompressed data", "",
           "| Reader | MB/s | min–max | vs `zstd -d` |", "|---|---:|---:|---:|"]
     for r in seq:
-        L.append(f"| {r.name} | {fmt_num(r.median)} | {fmt_range(r.values)} | "
+        L.append(f"| {label_of(r)} | {fmt_num(r.median)} | {fmt_range(r.values)} | "
                  f"{r.median / zcli:.2f}x |")
     notes = [f"{r.name}: {r.note}" for r in seq if r.note]
 
@@ -608,6 +700,7 @@ def render(args, d: Data, seq: list[Result], rnd: dict, cmd: str, reps: int) -> 
         sizes = (4096, 65536)
         names = [r.name for r in rnd[(label, 4096)]]
         for name in names:
+            flag = any(find(rnd[(label, size)], name).disturbed for size in sizes)
             cells = []
             for size in sizes:
                 res = rnd[(label, size)]
@@ -619,7 +712,12 @@ def render(args, d: Data, seq: list[Result], rnd: dict, cmd: str, reps: int) -> 
                           f"{r.median / pr:.3f}x", f"{r.median / peer:.2f}x"]
                 if r.note:
                     notes.append(f"{size // 1024} KiB, {label}, {name}: {r.note}")
-            L.append(f"| {name} | " + " | ".join(cells) + " |")
+            L.append(f"| {name}{' †' if flag else ''} | " + " | ".join(cells) + " |")
+    all_rows = seq + [r for res in rnd.values() for r in res]
+    if any(r.disturbed for r in all_rows):
+        L += ["", f"† Other processes used at least {DISTURBED} of a core on average while "
+              "this row was measured (for a random-read row: at either read size); treat its "
+              "numbers, above all the two-thread ones, as suspect."]
     L += ["", "\"best peer\" = the faster of pyzstd `SeekableZstdFile` and indexed_zstd "
           "(one Python thread) on the same file and read size."]
     if notes:
@@ -627,38 +725,44 @@ def render(args, d: Data, seq: list[Result], rnd: dict, cmd: str, reps: int) -> 
         L += [f"- {n}" for n in notes]
 
     L += ["", "### Targets", "", "| Target | Measured | Met? |", "|---|---|---|"]
-    for t in targets(seq, rnd):
-        L.append(f"| {t[0]} | {t[1]} | {'met' if t[2] else '**not met**'} |")
+    for name, measured, met, disturbed in targets(seq, rnd):
+        verdict = "met" if met else "**not met**"
+        L.append(f"| {name} | {measured} | {verdict}{' (†: measured while disturbed)' if disturbed else ''} |")
     return "\n".join(L) + "\n"
 
 
 def targets(seq, rnd):
-    zcli = find(seq, "`zstd -d -c FILE > /dev/null` (CLI)").median
-    t1 = {c: find(seq, f"lazylayer `readinto` {c} MiB, threads=1, cold").median for c in (1, 8)}
-    t2 = {c: find(seq, f"lazylayer `readinto` {c} MiB, threads=2, cold").median for c in (1, 8)}
-    best1 = max(t1.values())
+    """(target, measured, met?, any row involved measured while disturbed?)"""
+    zcli = find(seq, "`zstd -d -c FILE > /dev/null` (CLI)")
+    t1 = {c: find(seq, f"lazylayer `readinto` {c} MiB, threads=1, cold") for c in (1, 8)}
+    t2 = {c: find(seq, f"lazylayer `readinto` {c} MiB, threads=2, cold") for c in (1, 8)}
+    best1 = max(t1.values(), key=lambda r: r.median)
+    z = zcli.median
     out = [("Sequential, threads=1 >= 1.0x `zstd -d`",
-            f"{fmt_num(best1)} vs {fmt_num(zcli)} MB/s = {best1 / zcli:.2f}x "
-            f"(1 MiB reads {t1[1] / zcli:.2f}x, 8 MiB reads {t1[8] / zcli:.2f}x)",
-            best1 >= zcli),
+            f"{fmt_num(best1.median)} vs {fmt_num(z)} MB/s = {best1.median / z:.2f}x "
+            f"(1 MiB reads {t1[1].median / z:.2f}x, 8 MiB reads {t1[8].median / z:.2f}x)",
+            best1.median >= z, any(r.disturbed for r in (zcli, t1[1], t1[8]))),
            ("Sequential, threads=2 >= 1.7x threads=1 (8 MiB reads)",
-            f"{fmt_num(t2[8])} vs {fmt_num(t1[8])} MB/s = {t2[8] / t1[8]:.2f}x",
-            t2[8] >= 1.7 * t1[8])]
+            f"{fmt_num(t2[8].median)} vs {fmt_num(t1[8].median)} MB/s = "
+            f"{t2[8].median / t1[8].median:.2f}x",
+            t2[8].median >= 1.7 * t1[8].median, t2[8].disturbed or t1[8].disturbed)]
     res = rnd[("checksummed", 4096)]
-    warm = find(res, "lazylayer `pread`, warm").median
-    pr = find(res, "`os.pread`, uncompressed tar (page cache)").median
+    warm = find(res, "lazylayer `pread`, warm")
+    pr = find(res, "`os.pread`, uncompressed tar (page cache)")
     out.append(("Random 4 KiB, warm cache, Python API (`pread`) >= 0.5x `os.pread`",
-                f"{fmt_num(warm)} vs {fmt_num(pr)} reads/s = {warm / pr:.2f}x",
-                warm >= 0.5 * pr))
+                f"{fmt_num(warm.median)} vs {fmt_num(pr.median)} reads/s = "
+                f"{warm.median / pr.median:.2f}x",
+                warm.median >= 0.5 * pr.median, warm.disturbed or pr.disturbed))
     for label in ("checksummed", "checksum=False"):
         res = rnd[(label, 65536)]
-        cold = find(res, "lazylayer `pread`, cold, threads=1").median
-        pyz = find(res, "pyzstd `SeekableZstdFile` seek+read").median
-        idz = find(res, "indexed_zstd seek+read").median
+        cold = find(res, "lazylayer `pread`, cold, threads=1")
+        peers = [find(res, "pyzstd `SeekableZstdFile` seek+read"), find(res, "indexed_zstd seek+read")]
+        best = max(peers, key=lambda r: r.median)
         out.append((f"Random 64 KiB, cold, {label} file >= 1.2x best of pyzstd/indexed_zstd",
-                    f"{fmt_num(cold)} vs {fmt_num(max(pyz, idz))} reads/s "
-                    f"({'pyzstd' if pyz >= idz else 'indexed_zstd'}) = {cold / max(pyz, idz):.2f}x",
-                    cold >= 1.2 * max(pyz, idz)))
+                    f"{fmt_num(cold.median)} vs {fmt_num(best.median)} reads/s "
+                    f"({best.name.split()[0]}) = {cold.median / best.median:.2f}x",
+                    cold.median >= 1.2 * best.median,
+                    cold.disturbed or any(r.disturbed for r in peers)))
     return out
 
 
@@ -687,11 +791,14 @@ def main(argv=None) -> None:
     args.min_time = args.min_time if args.min_time is not None else (0.05 if q else 0.2)
     cmd = " ".join(["python", "benchmarks/decompress.py"] + [shlex.quote(a) for a in sys.argv[1:]])
 
-    t_start = time.perf_counter()
+    if os.getloadavg()[0] > 0.5:
+        log(f"warning: load average {os.getloadavg()[0]:.2f}; other work will distort the numbers")
     d = prepare_data(args.workdir, args.size_mb * MiB, args.rebuild)
     log(f"data: {d.tar} {d.size:,} B; {d.chk.name} {d.chk.stat().st_size:,} B; "
         f"{d.nochk.name} {d.nochk.stat().st_size:,} B")
 
+    settle_allocator()
+    load = OtherLoad()
     seq = bench_sequential(d, args.repeat)
     rng = random.Random(args.seed)
     rnd = {}
@@ -700,8 +807,9 @@ def main(argv=None) -> None:
         for label, path, full in (("checksummed", d.chk, True), ("checksum=False", d.nochk, False)):
             rnd[(label, size)] = bench_random(d, path, label, size, offsets, args.repeat,
                                               args.min_time, full)
-    report = render(args, d, seq, rnd, cmd, args.repeat)
-    log(f"total {time.perf_counter() - t_start:.0f} s")
+    quiet = load.summary()
+    log(quiet)
+    report = render(args, d, seq, rnd, cmd, args.repeat, quiet)
     print(report)
     if args.out:
         args.out.write_text(report)
