@@ -73,10 +73,24 @@ typedef struct ll__worker ll__worker;
 LL_HIDDEN void *ll__worker_dctx(ll__worker *w);   /* ZSTD_DCtx*, NULL on OOM */
 LL_HIDDEN void *ll__worker_cctx(ll__worker *w);   /* ZSTD_CCtx*, NULL on OOM */
 typedef void (*ll__task_fn)(void *arg, size_t index, ll__worker *w);
+/* A set of n tasks fn(arg, i, worker) handed to a pool.  Callers embed it. */
+typedef struct ll__batch {
+    ll__task_fn fn;
+    void *arg;
+    size_t n;
+    _Atomic size_t next;     /* next task index to hand out */
+    size_t done;             /* tasks finished, under the pool lock */
+    struct ll__batch *qnext;
+} ll__batch;
 /* Run fn(arg, i, w) for i in [0, n) on the pool's threads and on the calling
  * thread (which uses `self` as its worker scratch); returns when all are done.
  * pool may be NULL: everything runs on the caller. */
 LL_HIDDEN void ll__pool_run(ll_pool *p, ll__worker *self, ll__task_fn fn, void *arg, size_t n);
+/* The same in two halves: submit starts the pool's workers on the batch and
+ * returns at once; wait makes the caller work on what is left, then waits for
+ * the rest.  Every submit must be followed by a wait on the same batch. */
+LL_HIDDEN void ll__pool_submit(ll_pool *p, ll__batch *b, ll__task_fn fn, void *arg, size_t n);
+LL_HIDDEN void ll__pool_wait(ll_pool *p, ll__batch *b, ll__worker *self);
 /* Worker scratch for threads outside the pool (reader workspaces, writers). */
 LL_HIDDEN ll__worker *ll__worker_new(void);
 LL_HIDDEN void ll__worker_free(ll__worker *w);

@@ -14,14 +14,7 @@ struct ll__worker {
     ZSTD_CCtx *cctx;
 };
 
-typedef struct batch {
-    ll__task_fn fn;
-    void *arg;
-    size_t n;
-    _Atomic size_t next; /* next task index to hand out */
-    size_t done;         /* tasks finished, under the pool lock */
-    struct batch *qnext;
-} batch;
+typedef ll__batch batch;
 
 struct ll_pool {
     pthread_mutex_t lock;
@@ -157,25 +150,38 @@ void ll_pool_free(ll_pool *p) {
 
 unsigned ll_pool_threads(const ll_pool *p) { return p ? p->n : 0; }
 
+void ll__pool_submit(ll_pool *p, ll__batch *b, ll__task_fn fn, void *arg, size_t n) {
+    *b = (ll__batch){.fn = fn, .arg = arg, .n = n, .done = 0, .qnext = NULL};
+    atomic_init(&b->next, 0);
+    if (!p || p->n == 0 || n == 0) return; /* the caller does it all in wait */
+    pthread_mutex_lock(&p->lock);
+    if (p->tail) p->tail->qnext = b; else p->head = b;
+    p->tail = b;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->lock);
+}
+
+void ll__pool_wait(ll_pool *p, ll__batch *b, ll__worker *self) {
+    if (!p || p->n == 0) {
+        for (size_t i; (i = atomic_fetch_add(&b->next, 1)) < b->n;) b->fn(b->arg, i, self);
+        return;
+    }
+    for (size_t i; (i = atomic_fetch_add(&b->next, 1)) < b->n;) {
+        b->fn(b->arg, i, self);
+        finish_task(p, b);
+    }
+    pthread_mutex_lock(&p->lock);
+    queue_remove(p, b);
+    while (b->done < b->n) pthread_cond_wait(&p->done, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+}
+
 void ll__pool_run(ll_pool *p, ll__worker *self, ll__task_fn fn, void *arg, size_t n) {
-    if (n == 0) return;
-    if (!p || p->n == 0 || n == 1) {
+    if (n == 1 || !p || p->n == 0) {
         for (size_t i = 0; i < n; i++) fn(arg, i, self);
         return;
     }
-    batch b = {.fn = fn, .arg = arg, .n = n, .done = 0, .qnext = NULL};
-    atomic_init(&b.next, 0);
-    pthread_mutex_lock(&p->lock);
-    if (p->tail) p->tail->qnext = &b; else p->head = &b;
-    p->tail = &b;
-    pthread_cond_broadcast(&p->work);
-    pthread_mutex_unlock(&p->lock);
-    for (size_t i; (i = atomic_fetch_add(&b.next, 1)) < n;) {
-        fn(arg, i, self);
-        finish_task(p, &b);
-    }
-    pthread_mutex_lock(&p->lock);
-    queue_remove(p, &b);
-    while (b.done < n) pthread_cond_wait(&p->done, &p->lock);
-    pthread_mutex_unlock(&p->lock);
+    batch b;
+    ll__pool_submit(p, &b, fn, arg, n);
+    ll__pool_wait(p, &b, self);
 }

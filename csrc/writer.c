@@ -1,14 +1,16 @@
 /* writer.c - write the zstd seekable format: independent frames, then the seek table.
  *
  * Data is cut into frames of frame_size bytes (or where the caller ends a frame).
- * With a pool, frames are collected into a batch of (threads + 1) and compressed
- * in parallel, then handed to the write callback in order. */
+ * With a pool, frames are collected into batches of (threads + 1), double
+ * buffered: while the pool compresses one batch, the caller fills the other,
+ * and a batch's frames are handed to the write callback in order once done. */
 #include "internal.h"
 
 #include <stdlib.h>
 #include <zstd.h>
 
 typedef struct {
+    const ll_writer_options *opt;
     const uint8_t *src;
     size_t len;
     uint8_t *dst;
@@ -24,10 +26,13 @@ struct ll_writer {
     void *opaque;
     ll__worker *self;
     size_t nslots;       /* frames per batch */
-    slot *slots;
-    uint8_t *in;         /* nslots * frame_size */
-    size_t used;         /* slots filled in this batch (the last may be open) */
+    slot *slots;         /* 2 * nslots: two batches */
+    uint8_t *in;         /* 2 * nslots * frame_size */
+    int fill;            /* the batch being filled (0 or 1) */
+    size_t used;         /* slots filled in it (the last may be open) */
     size_t cur;          /* bytes in the open frame (slot `used`) */
+    ll__batch pending;   /* the other batch, being compressed by the pool */
+    size_t pending_n;    /* its frames; 0 when nothing is pending */
     /* frame log */
     uint32_t *log;       /* 3 words per frame: c_size, d_size, checksum */
     uint32_t nframes, log_cap;
@@ -42,10 +47,14 @@ void ll_writer_options_init(ll_writer_options *opt) {
     opt->checksum = 1;
 }
 
+static slot *batch_slots(ll_writer *w, int k) { return w->slots + (size_t)k * w->nslots; }
+static uint8_t *batch_in(ll_writer *w, int k) { return w->in + (size_t)k * w->nslots * w->opt.frame_size; }
+
 void ll_writer_free(ll_writer *w) {
     if (!w) return;
+    if (w->pending_n) ll__pool_wait(w->opt.pool, &w->pending, w->self); /* workers use its buffers */
     if (w->slots)
-        for (size_t i = 0; i < w->nslots; i++) free(w->slots[i].dst);
+        for (size_t i = 0; i < 2 * w->nslots; i++) free(w->slots[i].dst);
     free(w->slots);
     free(w->in);
     free(w->log);
@@ -71,14 +80,15 @@ int ll_writer_create(const ll_writer_options *opt, ll_write_fn write, void *opaq
     w->opaque = opaque;
     w->nslots = (size_t)ll_pool_threads(opt->pool) + 1;
     w->self = ll__worker_new();
-    w->slots = calloc(w->nslots, sizeof *w->slots);
-    w->in = malloc(w->nslots * (size_t)opt->frame_size);
+    w->slots = calloc(2 * w->nslots, sizeof *w->slots);
+    w->in = malloc(2 * w->nslots * (size_t)opt->frame_size);
     if (!w->self || !w->slots || !w->in) {
         ll_writer_free(w);
         return LL_ERR_NOMEM;
     }
     size_t bound = ZSTD_compressBound(opt->frame_size);
-    for (size_t i = 0; i < w->nslots; i++) {
+    for (size_t i = 0; i < 2 * w->nslots; i++) {
+        w->slots[i].opt = &w->opt;
         w->slots[i].dst = malloc(bound);
         w->slots[i].dst_cap = bound;
         if (!w->slots[i].dst) {
@@ -113,15 +123,15 @@ static int log_frame(ll_writer *w, uint32_t c, uint32_t d, uint32_t sum) {
 }
 
 static void compress_task(void *arg, size_t index, ll__worker *wk) {
-    ll_writer *w = arg;
-    slot *s = &w->slots[index];
+    slot *s = &((slot *)arg)[index];
+    const ll_writer_options *opt = s->opt;
     ZSTD_CCtx *cctx = ll__worker_cctx(wk);
     if (!cctx) {
         s->status = LL_ERR_NOMEM;
         return;
     }
     ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
-    ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, w->opt.level);
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, opt->level);
     ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, 1);
     size_t n = ZSTD_compress2(cctx, s->dst, s->dst_cap, s->src, s->len);
     if (ZSTD_isError(n)) {
@@ -129,31 +139,49 @@ static void compress_task(void *arg, size_t index, ll__worker *wk) {
         return;
     }
     s->out_len = n;
-    s->checksum = w->opt.checksum ? ll__frame_checksum(s->src, s->len) : 0;
+    s->checksum = opt->checksum ? ll__frame_checksum(s->src, s->len) : 0;
     s->status = LL_OK;
 }
 
-/* Compress the batch's closed frames and write them in order. */
-static int flush_batch(ll_writer *w) {
-    size_t n = w->used;
+/* Wait for the pending batch and write its frames in order. */
+static int complete_pending(ll_writer *w) {
+    size_t n = w->pending_n;
     if (n == 0) return LL_OK;
-    for (size_t i = 0; i < n; i++) w->slots[i].src = w->in + i * (size_t)w->opt.frame_size;
-    ll__pool_run(w->opt.pool, w->self, compress_task, w, n);
+    ll__pool_wait(w->opt.pool, &w->pending, w->self);
+    w->pending_n = 0;
+    slot *slots = batch_slots(w, w->fill ^ 1);
     for (size_t i = 0; i < n; i++) {
-        slot *s = &w->slots[i];
+        slot *s = &slots[i];
         if (s->status != LL_OK) return s->status;
         if (w->write(w->opaque, s->dst, s->out_len) != 0) return LL_ERR_IO;
         int rc = log_frame(w, (uint32_t)s->out_len, (uint32_t)s->len, s->checksum);
         if (rc != LL_OK) return rc;
         w->bytes_out += s->out_len;
     }
+    return LL_OK;
+}
+
+/* Hand the batch being filled to the pool and switch to the other one (after
+ * writing out the batch that was pending there).  Without a pool worker the
+ * batch is compressed and written right away. */
+static int flush_batch(ll_writer *w) {
+    size_t n = w->used;
+    if (n == 0) return LL_OK;
+    slot *slots = batch_slots(w, w->fill);
+    for (size_t i = 0; i < n; i++) slots[i].src = batch_in(w, w->fill) + i * (size_t)w->opt.frame_size;
+    int rc = complete_pending(w);
+    if (rc != LL_OK) return rc;
+    ll__pool_submit(w->opt.pool, &w->pending, compress_task, slots, n);
+    w->pending_n = n;
+    w->fill ^= 1;
     w->used = 0;
+    if (ll_pool_threads(w->opt.pool) == 0) return complete_pending(w);
     return LL_OK;
 }
 
 static int close_frame(ll_writer *w) {
     if (w->cur == 0) return LL_OK;
-    w->slots[w->used].len = w->cur;
+    batch_slots(w, w->fill)[w->used].len = w->cur;
     w->used++;
     w->cur = 0;
     return w->used == w->nslots ? flush_batch(w) : LL_OK;
@@ -166,7 +194,7 @@ int ll_writer_write(ll_writer *w, const void *src, size_t size) {
     while (size > 0) {
         size_t room = w->opt.frame_size - w->cur;
         size_t n = size < room ? size : room;
-        memcpy(w->in + w->used * (size_t)w->opt.frame_size + w->cur, p, n);
+        memcpy(batch_in(w, w->fill) + w->used * (size_t)w->opt.frame_size + w->cur, p, n);
         w->cur += n;
         w->bytes_in += n;
         p += n;
@@ -191,6 +219,7 @@ int ll_writer_flush(ll_writer *w) {
     if (w->state != 0) return LL_ERR_STATE;
     int rc = close_frame(w);
     if (rc == LL_OK) rc = flush_batch(w);
+    if (rc == LL_OK) rc = complete_pending(w);
     return rc == LL_OK ? rc : fail(w, rc);
 }
 

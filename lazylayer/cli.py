@@ -29,6 +29,7 @@ import time
 from typing import BinaryIO, Callable, Sequence
 
 from . import errors
+from .format import LAYER_FRAME_SIZE
 from .progress import Progress
 from .seekable import DEFAULT_FRAME_SIZE, BlockCache, SeekableReader, SeekableWriter
 
@@ -261,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DST: oci:DIR[:TAG]. Every platform of a multi-platform index is converted.")
     v.add_argument("source", metavar="SRC")
     v.add_argument("destination", metavar="DST")
-    v.add_argument("--frame-size", type=_size, default=DEFAULT_FRAME_SIZE, help="uncompressed bytes per frame (default 1M)")
+    v.add_argument("--frame-size", type=_size, default=LAYER_FRAME_SIZE, help="uncompressed bytes per frame (default 2M)")
     v.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
     v.add_argument("--threads", type=int, default=None, help="compression threads (default: one per CPU)")
     v.add_argument("--json", action="store_true", help="print a machine-readable summary")

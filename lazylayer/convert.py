@@ -26,9 +26,8 @@ import zstandard
 from isal import isal_zlib  # ISA-L inflate: ~1.6x zlib's speed on the same gzip layer
 
 from . import errors, oci
-from .format import ANNOTATION_TOC_DIGEST, LayerInfo, LayerWriter
+from .format import ANNOTATION_TOC_DIGEST, LAYER_FRAME_SIZE, LayerInfo, LayerWriter
 from .progress import Progress
-from .seekable import DEFAULT_FRAME_SIZE
 
 ANNOTATION_SOURCE = "io.lazylayer.source-manifest"
 _ARCHIVE_MEMBER = "io.lazylayer.docker-archive.member"
@@ -207,7 +206,7 @@ class Converter:
     ``progress``: draw a bar on stderr (default: when stderr is a terminal).
     """
 
-    def __init__(self, frame_size: int = DEFAULT_FRAME_SIZE, level: int = 3,
+    def __init__(self, frame_size: int = LAYER_FRAME_SIZE, level: int = 3,
                  threads: int | None = None, progress: bool | None = None) -> None:
         self.writer = LayerWriter(frame_size=frame_size, level=level, threads=threads)
         self.progress = progress

@@ -32,13 +32,14 @@ from typing import Any, BinaryIO, Callable, Iterable
 import zstandard
 
 from . import errors
-from .seekable import DEFAULT_FRAME_SIZE, FrameInfo, SeekableWriter, parse_seek_table, seek_table_size
+from .seekable import FrameInfo, SeekableWriter, parse_seek_table, seek_table_size
 from .tarstream import TarMember, TarScanner
 
 FORMAT_VERSION = 1
 TOC_MAGIC = b"LZLYTOC1"
 TOC_SKIPPABLE_VARIANT = 0xA  # the TOC frame's magic is 0x184D2A5A
 MAX_TOC_BYTES = 512 << 20  # uncompressed JSON; bounds memory on hostile input
+LAYER_FRAME_SIZE = 2 << 20  # default frame size of lazy layers: see docs/format.md for the measurements
 
 MEDIA_TYPE_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 ANNOTATION_VERSION = "io.lazylayer.version"
@@ -71,7 +72,7 @@ class Toc:
 
     frames: list[Frame]
     entries: list[dict[str, Any]]
-    frame_size: int = DEFAULT_FRAME_SIZE
+    frame_size: int = LAYER_FRAME_SIZE
     tar_size: int = 0
     prefetch: list[list[int]] = field(default_factory=list)  # [offset, length] ranges of the tar, in order
     version: int = FORMAT_VERSION
@@ -200,7 +201,7 @@ class LayerWriter:
     the default); ``threads``: compression threads (None: one per CPU).
     """
 
-    def __init__(self, frame_size: int = DEFAULT_FRAME_SIZE, level: int = 3,
+    def __init__(self, frame_size: int = LAYER_FRAME_SIZE, level: int = 3,
                  threads: int | None = None, toc_level: int = 9,
                  max_members: int = 10_000_000) -> None:
         self.frame_size = frame_size

@@ -52,14 +52,14 @@ def test_worked_example_in_docs_is_true():
     tar = make_tar([({"name": "hello.txt", "mtime": 1700000000, "mode": 0o644}, b"hello world\n")],
                    fmt=tarfile.USTAR_FORMAT)
     info, blob = convert(tar, threads=1)
-    assert len(blob) == 353 and (info.toc_offset, info.toc_length) == (99, 213)
-    assert info.toc_digest == "sha256:3cafff21b60efe9ceaa428237bcac7c78a7793dee50d62620abc703e6e19dfa0"
-    assert blob[0x138:].hex() == ("5e2a4d1821000000" "6300000000280000848f0781"
-                                  "d50000000000000099e9d851" "0200000080b1ea928f")
-    toc = Toc.from_frame(blob[99:99 + 213])
+    assert len(blob) == 352 and (info.toc_offset, info.toc_length) == (99, 212)
+    assert info.toc_digest == "sha256:6682de7fad887c9ce61d01950cb9c6365717a866be281043833f0ef1359c1f98"
+    assert blob[0x137:].hex() == ("5e2a4d1821000000" "6300000000280000848f0781"
+                                  "d40000000000000099e9d851" "0200000080b1ea928f")
+    toc = Toc.from_frame(blob[99:99 + 212])
     assert toc.to_json() == (
         b'{"entries":[{"mode":420,"mtime":1700000000,"name":"hello.txt","offset":512,"size":12,"type":"reg"}],'
-        b'"frame_size":1048576,"frames":[[0,99,0,10240,"97ad0339b97dfb2da0b4bdafe49edbadf2556e48b053c3df58a713eeebfbe8de"]],'
+        b'"frame_size":2097152,"frames":[[0,99,0,10240,"97ad0339b97dfb2da0b4bdafe49edbadf2556e48b053c3df58a713eeebfbe8de"]],'
         b'"prefetch":[],"tar_size":10240,"version":1}')
 
 
