@@ -245,6 +245,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- main
 
 
+def _compression_options(p: argparse.ArgumentParser, frame_size: int) -> None:
+    p.add_argument("--frame-size", type=_size, default=frame_size,
+                   help=f"uncompressed bytes per frame (default {frame_size >> 20}M)")
+    p.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="compression threads (default: one per CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lazylayer", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -262,9 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DST: oci:DIR[:TAG]. Every platform of a multi-platform index is converted.")
     v.add_argument("source", metavar="SRC")
     v.add_argument("destination", metavar="DST")
-    v.add_argument("--frame-size", type=_size, default=LAYER_FRAME_SIZE, help="uncompressed bytes per frame (default 2M)")
-    v.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
-    v.add_argument("--threads", type=int, default=None, help="compression threads (default: one per CPU)")
+    _compression_options(v, LAYER_FRAME_SIZE)
     v.add_argument("--json", action="store_true", help="print a machine-readable summary")
     v.add_argument("-q", "--quiet", action="store_true")
     v.set_defaults(func=cmd_convert)
@@ -272,9 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="write a file in the zstd seekable format")
     c.add_argument("input", help="file to compress, or - for stdin")
     c.add_argument("output")
-    c.add_argument("--frame-size", type=_size, default=DEFAULT_FRAME_SIZE, help="uncompressed bytes per frame (default 1M)")
-    c.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
-    c.add_argument("--threads", type=int, default=None, help="compression threads (default: one per CPU)")
+    _compression_options(c, DEFAULT_FRAME_SIZE)
     c.add_argument("--no-checksum", action="store_true", help="omit per-frame checksums from the seek table")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=cmd_compress)
