@@ -262,15 +262,14 @@ _UNSET: Any = object()
 
 
 def _reader_destructor(fd: int | None, keep: object) -> Callable[[Any], None]:
-    """Frees a C reader, then closes its file; `keep` holds what C reads through."""
+    """Frees a C reader, then closes its file; `keep` holds what C reads through
+    (referenced by the destructor, so it lives exactly as long as the reader)."""
 
-    def destroy(ptr: Any) -> None:
+    def destroy(ptr: Any, keep: object = keep) -> None:
         lib.ll_reader_free(ptr)
         if fd is not None:
             os.close(fd)
-        del keep_alive[:]
 
-    keep_alive = [keep]
     return destroy
 
 

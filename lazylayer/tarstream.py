@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import tarfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable, Iterator
 from urllib.parse import unquote
 
 from .errors import FormatError
@@ -260,9 +260,4 @@ class TarScanner:
 
 def _padded(size: int) -> int:
     return (size + BLOCK - 1) // BLOCK * BLOCK
-
-
-def scan(stream: BinaryIO) -> list[TarMember]:
-    """All members of a tar stream (a convenience for tests and tools)."""
-    return list(TarScanner(stream.read, lambda b: None).members())
 
