@@ -6,10 +6,14 @@ Subcommands (each has ``--help``):
   machine with Python has (its standard library) into a seekable zstd blob,
   then reads files out of it through a source that counts every compressed
   byte it is asked for, as a network fetch would, and checks each byte.
-- ``convert SRC DST``: convert an image to lazy layers (docs/format.md).
+- ``convert SRC DST``: convert an image to lazy layers (docs/format.md); SRC and
+  DST may be registries (``docker://HOST/REPO:TAG``).
+- ``inspect REF``: an image's manifest for one platform, its layers and
+  whether they are lazy (``--raw`` prints the manifest itself).
 - ``compress IN OUT``: write a file (or stdin) in the zstd seekable format.
 - ``info FILE``: the seek table of a seekable blob (``--json`` for scripts).
-- ``cat FILE``: write a range of a seekable blob's uncompressed data to stdout.
+- ``cat FILE``: write a range of a seekable blob's uncompressed data to stdout
+  (FILE may be any URL: ``https://``, ``s3://``...).
 
 Exit codes: 0 success, 1 a lazylayer error (bad data, failed source), 2 usage.
 """
@@ -60,7 +64,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .oci import INDEX_TYPES
 
     conv = Converter(frame_size=args.frame_size, level=args.level, threads=args.threads,
-                     progress=False if args.quiet else None)
+                     progress=False if args.quiet else None,
+                     source_registry=_registry_config(args, args.src_creds or args.creds),
+                     dest_registry=_registry_config(args, args.dest_creds or args.creds))
     result = conv.convert(args.source, args.destination)
     summary = {
         "destination": args.destination,
@@ -81,6 +87,83 @@ def cmd_convert(args: argparse.Namespace) -> int:
         kind = "index" if result.root["mediaType"] in INDEX_TYPES else "manifest"
         print(f"{args.destination}: {kind} {result.root['digest']}")
     return 0
+
+
+# --------------------------------------------------------------------- inspect
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from . import oci
+    from .format import ANNOTATION_TOC_DIGEST
+
+    source = oci.open_source(args.reference, _registry_config(args, args.creds))
+    try:
+        root, root_data = source.root()
+        if args.raw and not args.platform:
+            sys.stdout.write(root_data.decode() + "\n")
+            return 0
+        img = oci.select_image(source, args.platform)
+    finally:
+        source.close()
+    if args.raw:
+        sys.stdout.write(json.dumps(img.manifest, indent=2) + "\n")
+        return 0
+    config = oci.parse_json(img.config, "image config")
+    layers = [{"digest": layer.get("digest"), "size": layer.get("size"), "media_type": layer.get("mediaType"),
+               "lazy": ANNOTATION_TOC_DIGEST in (layer.get("annotations") or {})} for layer in img.manifest["layers"]]
+    info = {"reference": args.reference, "digest": img.manifest_descriptor["digest"],
+            "index": root["digest"] if root["digest"] != img.manifest_descriptor["digest"] else None,
+            "platform": f"{config.get('os', '?')}/{config.get('architecture', '?')}"
+                        + (f"/{config['variant']}" if config.get("variant") else ""),
+            "size": sum(int(x["size"] or 0) for x in layers), "layers": layers}
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{info['reference']}: manifest {info['digest']} ({info['platform']})")
+    if info["index"]:
+        print(f"  from index {info['index']}")
+    for x in layers:
+        print(f"  layer {x['digest']}  {_human(int(x['size'] or 0)):>10}  {'lazy' if x['lazy'] else x['media_type']}")
+    return 0
+
+
+def _registry_options(p: argparse.ArgumentParser, directions: bool = False) -> None:
+    """skopeo's spelling of the registry options."""
+    g = p.add_argument_group("registry options (docker:// references)")
+    g.add_argument("--creds", metavar="USER[:PASSWORD]", help="credentials (asks for the password if omitted)")
+    if directions:
+        g.add_argument("--src-creds", metavar="USER[:PASSWORD]", help="credentials for SRC only")
+        g.add_argument("--dest-creds", metavar="USER[:PASSWORD]", help="credentials for DST only")
+    g.add_argument("--authfile", action="append", help="auth file to use instead of docker's and podman's")
+    g.add_argument("--tls-verify", type=_boolean, default=True, metavar="BOOL",
+                   help="verify TLS certificates; false also allows plain HTTP (default true; "
+                        "loopback registries use HTTP anyway)")
+    g.add_argument("--mirror", action="append", default=[], metavar="URL",
+                   help="a mirror (pull-through cache) to try before the registry; repeatable, tried in order")
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _registry_config(args: argparse.Namespace, creds: str | None) -> object:
+    from .auth import Credentials
+    from .registry import RegistryConfig
+
+    credentials = None
+    if creds:
+        credentials = Credentials.parse(creds)
+        if ":" not in creds:
+            import getpass
+
+            credentials = Credentials(credentials.username, getpass.getpass(f"password for {credentials.username}: "))
+    return RegistryConfig(credentials=credentials, auth_files=args.authfile, tls_verify=args.tls_verify,
+                          mirrors=tuple(args.mirror))
 
 
 # --------------------------------------------------------------------- compress
@@ -150,7 +233,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_cat(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
-    with SeekableReader(args.file, threads=args.threads) as r:
+    source: object = args.file
+    size = None
+    if "://" in args.file:
+        from .remote import open_blob
+
+        blob = open_blob(args.file)
+        source, size = blob, blob.size
+    with SeekableReader(source, blob_size=size, threads=args.threads) as r:
         end = r.size if args.length is None else min(r.size, args.offset + args.length)
         pos = args.offset
         buf = bytearray(8 << 20)
@@ -265,14 +355,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("convert", help="convert an image to lazy layers",
-                       description="Convert an image to lazy layers. SRC: oci:DIR[:TAG] or docker-archive:FILE[:REPO:TAG]; "
-                                   "DST: oci:DIR[:TAG]. Every platform of a multi-platform index is converted.")
+                       description="Convert an image to lazy layers. SRC: oci:DIR[:TAG], docker-archive:FILE[:REPO:TAG] "
+                                   "or docker://HOST/REPO[:TAG|@DIGEST]; DST: oci:DIR[:TAG] or docker://HOST/REPO[:TAG]. "
+                                   "Every platform of a multi-platform index is converted.")
     v.add_argument("source", metavar="SRC")
     v.add_argument("destination", metavar="DST")
     _compression_options(v, LAYER_FRAME_SIZE)
     v.add_argument("--json", action="store_true", help="print a machine-readable summary")
     v.add_argument("-q", "--quiet", action="store_true")
+    _registry_options(v, directions=True)
     v.set_defaults(func=cmd_convert)
+
+    n = sub.add_parser("inspect", help="show an image's manifest and layers",
+                       description="Show the manifest an image reference means on one platform. "
+                                   "REF: docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE.")
+    n.add_argument("reference", metavar="REF")
+    n.add_argument("--platform", help="OS/ARCH[/VARIANT] (default: this machine's)")
+    n.add_argument("--raw", action="store_true", help="print the manifest (or, without --platform, the index) as stored")
+    n.add_argument("--json", action="store_true", help="machine-readable output")
+    _registry_options(n)
+    n.set_defaults(func=cmd_inspect)
 
     c = sub.add_parser("compress", help="write a file in the zstd seekable format")
     c.add_argument("input", help="file to compress, or - for stdin")

@@ -204,17 +204,22 @@ class Converter:
 
     ``frame_size``, ``level`` and ``threads`` go to :class:`LayerWriter`.
     ``progress``: draw a bar on stderr (default: when stderr is a terminal).
+    ``source_registry`` / ``dest_registry``: :class:`lazylayer.registry.RegistryConfig`
+    for ``docker://`` references (credentials, TLS, mirrors).
     """
 
     def __init__(self, frame_size: int = LAYER_FRAME_SIZE, level: int = 3,
-                 threads: int | None = None, progress: bool | None = None) -> None:
+                 threads: int | None = None, progress: bool | None = None,
+                 source_registry: Any = None, dest_registry: Any = None) -> None:
         self.writer = LayerWriter(frame_size=frame_size, level=level, threads=threads)
         self.progress = progress
+        self.source_registry = source_registry
+        self.dest_registry = dest_registry
 
     def convert(self, src: str | oci.ImageRef, dst: str | oci.ImageRef) -> ConvertResult:
-        source = oci.open_source(src)
+        source = oci.open_source(src, self.source_registry)
         try:
-            dest = oci.open_destination(dst)
+            dest = oci.open_destination(dst, self.dest_registry)
             root_desc, index, images = oci.images(source)
             total = sum(int(layer.get("size") or 0) for img in images for layer in img.manifest["layers"])
             bar = Progress(total, "convert", self.progress)
@@ -256,7 +261,7 @@ class Converter:
         finally:
             source.close()
 
-    def _convert_layer(self, source: oci.ImageSource, dest: oci.OciLayout, layer: oci.Descriptor,
+    def _convert_layer(self, source: oci.ImageSource, dest: oci.ImageDestination, layer: oci.Descriptor,
                        diff_id: str, bar: Progress) -> tuple[oci.Descriptor, LayerInfo]:
         what = layer.get("digest") or layer.get("annotations", {}).get(_ARCHIVE_MEMBER)
         raw = oci.HashingReader(source.open_blob(layer))
@@ -271,7 +276,7 @@ class Converter:
             pipe.close()
             raw.raw.close()
 
-    def _write_layer(self, dest: oci.OciLayout, layer: oci.Descriptor, diff_id: str,
+    def _write_layer(self, dest: oci.ImageDestination, layer: oci.Descriptor, diff_id: str,
                      raw: oci.HashingReader, pipe: _Pipe, what: object) -> tuple[oci.Descriptor, LayerInfo]:
         with dest.blob_writer() as out:
             info = self.writer.write(pipe.read, out.file)
@@ -289,7 +294,7 @@ class Converter:
                 "annotations": annotations}
         return desc, info
 
-    def _copy_manifest(self, source: oci.ImageSource, dest: oci.OciLayout, img: oci.SourceImage,
+    def _copy_manifest(self, source: oci.ImageSource, dest: oci.ImageDestination, img: oci.SourceImage,
                        bar: Progress) -> oci.Descriptor:
         """Copy a manifest that has no filesystem layers, byte for byte, with its blobs."""
         for layer in img.manifest["layers"]:
@@ -299,8 +304,11 @@ class Converter:
         dest.write_blob(data, img.manifest_descriptor.get("mediaType", oci.OCI_MANIFEST))
         return dict(img.manifest_descriptor)
 
-    def _copy_layer(self, source: oci.ImageSource, dest: oci.OciLayout, layer: oci.Descriptor,
+    def _copy_layer(self, source: oci.ImageSource, dest: oci.ImageDestination, layer: oci.Descriptor,
                     bar: Progress) -> oci.Descriptor:
+        if dest.reuse_blob(layer, source):  # already there, or mounted from the source repository
+            bar.update(int(layer.get("size") or 0))
+            return dict(layer)
         raw = oci.HashingReader(source.open_blob(layer))
         try:
             with dest.blob_writer() as out:
@@ -314,7 +322,7 @@ class Converter:
             raw.raw.close()
         return dict(layer)
 
-    def _write_manifest(self, dest: oci.OciLayout, img: oci.SourceImage,
+    def _write_manifest(self, dest: oci.ImageDestination, img: oci.SourceImage,
                         layers: list[oci.Descriptor]) -> oci.Descriptor:
         config_desc = dest.write_blob(img.config, oci.OCI_CONFIG)
         manifest: dict[str, Any] = {"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST,

@@ -39,3 +39,29 @@ class SourceError(LazyLayerError, OSError):
 
 class NativeError(LazyLayerError):
     """The C library reported an error that has no more specific class."""
+
+
+class RemoteError(SourceError):
+    """A remote source (registry, HTTP server, object store) failed or refused.
+
+    ``status`` is the HTTP status when there was one; ``url`` is the address
+    without its query string (which may carry a signature).  Messages never
+    contain credentials or tokens.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+class AuthError(RemoteError):
+    """The registry refused the credentials (or their absence): 401 or 403 after a fresh token."""
+
+
+class NotFoundError(RemoteError):
+    """The manifest, tag, repository or blob does not exist (404)."""
+
+
+class RemoteTimeoutError(RemoteError, TimeoutError):
+    """A remote read did not complete before its deadline (stalls, endless retries)."""

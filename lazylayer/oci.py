@@ -4,10 +4,10 @@ References use skopeo's transport syntax:
 
 - ``oci:DIR[:TAG]`` — an OCI image layout directory;
 - ``docker-archive:FILE[:REPO:TAG]`` — a ``docker save`` tarball (read only);
-- ``docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`` — a registry (see lazylayer.remote).
+- ``docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`` — a registry (see lazylayer.registry).
 
 :func:`open_source` gives an :class:`ImageSource` for any of them and
-:func:`open_destination` an :class:`OciLayout` to write to, so the converter
+:func:`open_destination` somewhere to write to, so the converter
 works on descriptors and blobs without knowing where they live.  Every blob
 read whole is checked against its digest; blobs are written under a temporary
 name and renamed into place, and ``index.json`` is replaced atomically last, so
@@ -227,6 +227,24 @@ class ImageSource(Protocol):
     def close(self) -> None: ...
 
 
+class ImageDestination(Protocol):
+    """Where the converter writes: an :class:`OciLayout` or a registry repository."""
+
+    tag: Any
+
+    def write_blob(self, data: bytes, media_type: str, **extra: Any) -> Descriptor:
+        """Store a small blob (a manifest or index goes where the store keeps those)."""
+
+    def blob_writer(self) -> Any:
+        """A context manager with ``.file`` to stream into and ``commit(digest)``."""
+
+    def reuse_blob(self, desc: Descriptor, source: object = None) -> bool:
+        """True if the blob is there already (or was mounted from ``source``): no copy needed."""
+
+    def set_tag(self, tag: str | None, desc: Descriptor) -> None:
+        """Point ``tag`` at ``desc``: the last step of a write."""
+
+
 def images(source: ImageSource) -> tuple[Descriptor, dict[str, Any] | None, list[SourceImage]]:
     """Every platform image of a source: (root descriptor, index or None, images)."""
     desc, data = source.root()
@@ -360,6 +378,10 @@ class OciLayout:
     def blob_writer(self) -> BlobWriter:
         return BlobWriter(self)
 
+    def reuse_blob(self, desc: Descriptor, source: object = None) -> bool:
+        """True if the layout has the blob already (blobs are only ever written verified)."""
+        return os.path.exists(self.blob_path(desc["digest"]))
+
     def set_tag(self, tag: str | None, desc: Descriptor) -> None:
         """Point ``tag`` at ``desc`` in index.json (written last, atomically)."""
         index = self.index()
@@ -481,18 +503,94 @@ def _same_name(name: str) -> tuple[str, str, str] | str:
     return (r.registry, r.repository, r.tag or "latest")
 
 
-def open_source(ref: str | ImageRef) -> ImageSource:
+def open_source(ref: str | ImageRef, registry: Any = None) -> ImageSource:
+    """An image to read.  ``registry``: a :class:`lazylayer.registry.RegistryConfig` for ``docker://``."""
     r = parse_reference(ref) if isinstance(ref, str) else ref
     if isinstance(r, OciLayoutRef):
         return OciLayout(r.path, r.tag)
     if isinstance(r, DockerArchiveRef):
         return DockerArchive(r.path, r.ref)
-    raise ReferenceError(f"{r}: the registry transport is not available yet (it comes with lazylayer.remote)")
+    from .registry import Registry, RegistrySource
+
+    return RegistrySource(r, Registry(r.registry, registry))
 
 
-def open_destination(ref: str | ImageRef) -> OciLayout:
+def open_destination(ref: str | ImageRef, registry: Any = None) -> ImageDestination:
+    """Where to write an image: an :class:`OciLayout` or a registry (``docker://``)."""
     r = parse_reference(ref) if isinstance(ref, str) else ref
     if isinstance(r, OciLayoutRef):
         return OciLayout(r.path, r.tag, create=True)
-    raise ReferenceError(f"{r}: lazylayer writes converted images to oci:DIR[:TAG] "
-                         "(docker:// comes with lazylayer.remote; docker-archive is read only)")
+    if isinstance(r, RegistryRef):
+        from .registry import Registry, RegistryDestination
+
+        return RegistryDestination(r, Registry(r.registry, registry))
+    raise ReferenceError(f"{r}: lazylayer writes images to oci:DIR[:TAG] or docker://HOST/REPO[:TAG] "
+                         "(docker-archive is read only)")
+
+
+# ------------------------------------------------------------------ platforms
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
+         "armv6l": "arm", "i386": "386", "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x",
+         "riscv64": "riscv64"}
+
+
+def host_platform() -> str:
+    """This machine as an OCI platform string: ``linux/amd64``, ``linux/arm64``, ``linux/arm/v7``..."""
+    import platform as _platform
+
+    machine = _platform.machine().lower()
+    arch = _ARCH.get(machine, machine)
+    if arch == "arm":
+        return f"linux/arm/v{machine[4]}" if machine.startswith("armv") else "linux/arm"
+    return f"linux/{arch}"
+
+
+def parse_platform(text: str) -> dict[str, str]:
+    """``OS/ARCH[/VARIANT]`` into an OCI platform object."""
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ReferenceError(f"invalid platform {text!r} (expected OS/ARCH[/VARIANT], e.g. linux/arm64)")
+    out = {"os": parts[0], "architecture": _ARCH.get(parts[1], parts[1])}
+    if len(parts) == 3:
+        out["variant"] = parts[2]
+    return out
+
+
+def _platform_text(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "?"
+    return "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+
+
+def select_manifest(index: dict[str, Any], platform: str | None = None) -> Descriptor:
+    """The index entry for ``platform`` (default: this machine's).
+
+    An exact variant wins; without a requested variant, an entry without one
+    (or arm64's default ``v8``) is preferred.  Attestations (``unknown/unknown``)
+    never match.
+    """
+    want = parse_platform(platform or host_platform())
+    entries = [m for m in index.get("manifests", []) if isinstance(m, dict)
+               and m.get("mediaType", OCI_MANIFEST) in MANIFEST_TYPES]
+    same = [m for m in entries if (m.get("platform") or {}).get("os") == want["os"]
+            and (m.get("platform") or {}).get("architecture") == want["architecture"]]
+    if "variant" in want:
+        exact = [m for m in same if m["platform"].get("variant") == want["variant"]]
+        same = exact or [m for m in same if not m["platform"].get("variant")]
+    else:
+        plain = [m for m in same if m["platform"].get("variant") in (None, "", "v8")]
+        same = plain or same
+    if not same:
+        have = sorted({_platform_text(m.get("platform")) for m in entries if m.get("platform")} - {"unknown/unknown"})
+        raise ReferenceError(f"no image for {_platform_text(want)} in the index; it has: {', '.join(have) or 'none'}")
+    return same[0]
+
+
+def select_image(source: ImageSource, platform: str | None = None) -> SourceImage:
+    """The image a source's reference means on ``platform`` (default: this machine)."""
+    desc, data = source.root()
+    media = desc.get("mediaType") or parse_json(data, "manifest").get("mediaType")
+    if media in INDEX_TYPES:
+        return _image(source, select_manifest(parse_json(data, f"index {desc['digest']}"), platform))
+    return _image(source, desc, data)

@@ -1,0 +1,816 @@
+"""Byte ranges of remote blobs: HTTP(S) with our own engine, anything else through fsspec.
+
+The engine (:class:`Transport`) owns one event loop, on its own thread, and one
+pooled aiohttp session.  Everything above it is written once, as coroutines,
+and offered twice: ``await blob.aread_ranges(...)`` from any event loop and
+``blob.read_ranges(...)`` for callers without one (the C reader's callbacks,
+FUSE threads, plain scripts).
+
+What a read does, in order:
+
+1. **Plan** (:func:`plan_requests`): ranges closer than ``coalesce_gap`` are
+   merged into one request (one range per request: some registries reject
+   multi-range), and anything longer than ``part_size`` is split into parts
+   fetched in parallel, so a large sequential read fills the link instead of
+   waiting on one stream's round trips.
+2. **Send**, at most ``max_connections`` at once: redirects to blob storage are
+   followed (and remembered for ``redirect_ttl`` seconds, without our
+   credentials: presigned URLs carry their own), authentication challenges
+   are answered once per request by the caller's :class:`Authorizer`.
+3. **Check** every answer: ``206`` with exactly the ``Content-Range`` asked
+   for and exactly that many bytes (a ``200`` — a server that ignores Range —
+   is streamed and sliced, never buffered whole).  Short bodies resume where
+   they stopped; resets, stalls (no byte for ``read_timeout``), 408/429/5xx are
+   retried with exponential backoff and jitter; each logical read gives up at
+   ``deadline`` with :class:`~lazylayer.errors.RemoteTimeoutError`.
+4. **Verify**: when the caller knows a range's digest (a lazy layer's frames,
+   a whole blob), the bytes are checked before they are returned and fetched
+   again if they do not match; a persistent mismatch is an
+   :class:`~lazylayer.errors.IntegrityError`.  Without a digest, transport
+   corruption that keeps the length cannot be detected here: that is what
+   digests are for.
+
+``urls`` may list mirrors before the origin: each logical read tries them in
+order, falls through on 404, refusals and exhausted retries, and a mirror that
+failed is skipped for ``mirror_cooldown`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import concurrent.futures
+import hashlib
+import io
+import logging
+import os
+import random
+import re
+import ssl
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol, Sequence, TypeVar
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import aiohttp
+from cachetools import TTLCache
+
+from . import errors
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Range = tuple[int, int]  # (offset, size)
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """How remote reads behave.  The defaults suit a registry across a WAN."""
+
+    max_connections: int = 16       #: requests in flight at once, per transport
+    part_size: int = 4 << 20        #: longer reads are split into parts of this size, fetched in parallel
+    coalesce_gap: int = 256 << 10   #: ranges closer than this are fetched by one request
+    readahead: int = 64 << 20       #: most a sequential file object fetches ahead of its reader
+    connect_timeout: float = 10.0   #: seconds to open a connection
+    read_timeout: float = 30.0      #: seconds without a byte (before or during a body) before retrying
+    deadline: float = 300.0         #: seconds a logical read may take, retries included
+    retries: int = 5                #: further attempts per endpoint after a retryable failure
+    backoff: float = 0.1            #: first backoff (seconds); doubles per attempt, with jitter
+    max_backoff: float = 5.0
+    tls_verify: bool = True         #: verify HTTPS certificates (False: like skopeo --tls-verify=false)
+    redirect_ttl: float = 60.0      #: seconds a blob's redirect target is reused
+    mirror_cooldown: float = 30.0   #: seconds a failed mirror is skipped
+    user_agent: str = "lazylayer"
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.part_size < 1 or self.coalesce_gap < 0:
+            raise ValueError("max_connections and part_size must be >= 1, coalesce_gap >= 0")
+
+
+@dataclass
+class TransportStats:
+    """Counters, for tests and benchmarks (updated on the transport's loop thread)."""
+
+    requests: int = 0
+    retries: int = 0
+    bytes: int = 0
+    redirects: int = 0
+    digest_mismatches: int = 0
+
+
+class Authorizer(Protocol):
+    """Adds credentials to requests and answers challenges (see lazylayer.registry.RegistryAuth)."""
+
+    def apply(self, url: str, headers: dict[str, str]) -> None:
+        """Add ``Authorization`` for ``url`` if there is anything to add."""
+
+    async def challenge(self, transport: Transport, url: str, status: int, header: str | None) -> bool:
+        """React to a 401/403 from ``url``; True if the request should be sent again."""
+
+
+def clean_url(url: str) -> str:
+    """``url`` without query, fragment or userinfo: safe to put in messages."""
+    p = urlsplit(url)
+    host = p.hostname or ""
+    if p.port:
+        host = f"{host}:{p.port}"
+    return urlunsplit((p.scheme, host, p.path, "", ""))
+
+
+class _Retry(Exception):
+    """A failure worth another attempt (internal)."""
+
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+# ------------------------------------------------------------------ planning
+
+
+def plan_requests(ranges: Sequence[Range], gap: int, part_size: int) -> list[Range]:
+    """The requests that fetch ``ranges``: nearby ones merged, long ones split into parts.
+
+    Two ranges are merged when the hole between them is at most ``gap`` bytes
+    and the merged request stays within ``part_size``; a longer range is split
+    into equal parts of at most ``part_size``.  The result is sorted.
+    """
+    spans = sorted((o, o + n) for o, n in ranges if n > 0)
+    merged: list[list[int]] = []
+    for s, e in spans:
+        if merged and s - merged[-1][1] <= gap and max(e, merged[-1][1]) - merged[-1][0] <= part_size:
+            merged[-1][1] = max(e, merged[-1][1])
+        elif merged and s < merged[-1][1]:  # overlaps but too long to merge: extend, split below
+            merged[-1][1] = max(e, merged[-1][1])
+        else:
+            merged.append([s, e])
+    out: list[Range] = []
+    for s, e in merged:
+        count = -(-(e - s) // part_size)
+        step = -(-(e - s) // count)
+        for o in range(s, e, step):
+            out.append((o, min(step, e - o)))
+    return out
+
+
+def _assemble(ranges: Sequence[Range], requests: list[Range], bodies: list[bytes]) -> list[bytes]:
+    starts = [o for o, _ in requests]
+    out = []
+    for off, size in ranges:
+        if size <= 0:
+            out.append(b"")
+            continue
+        i = bisect.bisect_right(starts, off) - 1
+        pieces, pos, end = [], off, off + size
+        while pos < end:
+            ro, rn = requests[i]
+            if not ro <= pos < ro + rn:
+                i += 1
+                continue
+            take = min(end, ro + rn) - pos
+            pieces.append(memoryview(bodies[i])[pos - ro:pos - ro + take])
+            pos += take
+            i += 1
+        out.append(bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces))
+    return out
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------ transport
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_REDIRECT_STATUS = {301, 302, 303, 307, 308}
+
+
+class Transport:
+    """One event-loop thread and one pooled aiohttp session, shared by many blobs.
+
+    Thread safe: any thread may call :meth:`run` (except the loop's own
+    thread, where coroutines must be awaited instead).  :func:`default_transport`
+    is shared by everything that is not given its own.
+    """
+
+    def __init__(self, options: RemoteOptions | None = None) -> None:
+        self.options = options or RemoteOptions()
+        self.stats = TransportStats()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="lazylayer-http", daemon=True)
+        self._thread.start()
+        self._session: aiohttp.ClientSession | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._redirects: TTLCache = TTLCache(maxsize=4096, ttl=self.options.redirect_ttl)
+        self._down: dict[str, float] = {}
+        self._insecure: set[str] = set()
+        self._closed = False
+        self._insecure_ssl = ssl.create_default_context()
+        self._insecure_ssl.check_hostname = False
+        self._insecure_ssl.verify_mode = ssl.CERT_NONE
+
+    # -- running coroutines
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the transport's loop and wait for its result (the synchronous facade)."""
+        return self.submit(coro).result()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self._closed:
+            coro.close()
+            raise ValueError("the transport is closed")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("Transport.run() called on the transport's own loop: await the coroutine")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    async def call_soon(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` from any event loop (it runs on the transport's)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            return await coro
+        return await asyncio.wrap_future(self.submit(coro))
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            o = self.options
+            connector = aiohttp.TCPConnector(limit=o.max_connections * 2, limit_per_host=0, ttl_dns_cache=300,
+                                             enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(
+                connector=connector, read_bufsize=1 << 20, auto_decompress=False,
+                headers={"User-Agent": o.user_agent},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=o.connect_timeout, sock_read=o.read_timeout))
+            self._slots = asyncio.Semaphore(o.max_connections)
+        return self._session
+
+    def close(self) -> None:
+        """Close the session and stop the loop thread (idempotent)."""
+        if self._closed:
+            return
+        if self._session is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result(timeout=10)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one HTTP exchange
+
+    def skip_tls_verify(self, netloc: str) -> None:
+        """Do not verify the certificate of ``host[:port]`` (a registry opened with tls_verify=False)."""
+        self._insecure.add(netloc)
+
+    def _ssl(self, url: str) -> Any:
+        if not url.startswith("https:"):
+            return None
+        if not self.options.tls_verify or urlsplit(url).netloc in self._insecure:
+            return self._insecure_ssl
+        return None
+
+    @asynccontextmanager
+    async def open(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+                   data: Any = None, auth: Authorizer | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request: redirects followed, one auth challenge answered.  Yields the response.
+
+        Network failures and retryable statuses raise the internal ``_Retry``;
+        :meth:`call` turns them into retries.  Other statuses are left to the caller.
+        """
+        session = await self.session()
+        origin = urlsplit(url).netloc
+        cached = self._redirects.get(url) if method in ("GET", "HEAD") else None
+        target = cached or url
+        answered = False
+        for _hop in range(8):
+            h = dict(headers or {})
+            if auth is not None and urlsplit(target).netloc == origin:
+                auth.apply(target, h)  # never send our credentials to another host
+            try:
+                self.stats.requests += 1
+                resp = await session.request(method, target, headers=h, data=data, allow_redirects=False,
+                                             ssl=self._ssl(target))
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise errors.RemoteError(f"{clean_url(target)}: TLS certificate not trusted ({exc.certificate_error}); "
+                                         "use tls_verify=False / --tls-verify=false to skip the check",
+                                         url=clean_url(target)) from None
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                if cached and target == cached:
+                    self._redirects.pop(url, None)
+                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+            status = resp.status
+            if status in _REDIRECT_STATUS and "Location" in resp.headers:
+                resp.release()
+                target = urljoin(target, resp.headers["Location"])
+                self.stats.redirects += 1
+                if method in ("GET", "HEAD"):
+                    self._redirects[url] = target
+                continue
+            if cached and target == cached and status in (400, 401, 403, 404, 410):
+                # An expired presigned URL: forget it and ask the origin again.
+                resp.release()
+                self._redirects.pop(url, None)
+                cached, target = None, url
+                continue
+            if status in (401, 403) and auth is not None and not answered and urlsplit(target).netloc == origin:
+                header = resp.headers.get("WWW-Authenticate")
+                resp.release()
+                answered = True
+                if await auth.challenge(self, target, status, header):
+                    continue
+                raise errors.AuthError(f"{clean_url(target)}: {status} {_reason(status)} (the credentials, or "
+                                       "their absence, are not accepted)", status=status, url=clean_url(target))
+            try:
+                yield resp
+            finally:
+                resp.release()
+            return
+        raise errors.RemoteError(f"{clean_url(url)}: too many redirects", url=clean_url(url))
+
+    async def call(self, urls: Sequence[str], attempt: Callable[[str], Awaitable[T]], what: str) -> T:
+        """Run ``attempt(url)`` until it succeeds: endpoints in order, retries with backoff, one deadline.
+
+        ``attempt`` raises ``_Retry`` for transient failures.  A mirror (any
+        URL but the last) is left for the next on 404, on a refusal and when its
+        retries run out.
+        """
+        o = self.options
+        await self.session()
+        assert self._slots is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + o.deadline
+        last: str = "no endpoint"
+        for i, url in enumerate(urls):
+            mirror = i < len(urls) - 1
+            base = _base(url)
+            if mirror and self._down.get(base, 0) > time.monotonic():
+                continue
+            n = 0
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise errors.RemoteTimeoutError(f"{what}: no answer within the {o.deadline:g} s deadline "
+                                                    f"(last error: {last})", url=clean_url(url))
+                try:
+                    async with self._slots:
+                        return await asyncio.wait_for(attempt(url), remaining)
+                except _Retry as exc:
+                    last = str(exc)
+                    if n == o.retries:
+                        break
+                    n += 1
+                    self.stats.retries += 1
+                    delay = min(o.max_backoff, o.backoff * (2 ** n)) * (0.5 + random.random() / 2)
+                    if exc.delay is not None:
+                        delay = min(max(delay, exc.delay), o.max_backoff * 4)
+                    log.debug("%s: retry %d after %.2fs: %s", what, n, delay, last)
+                    await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+                except asyncio.TimeoutError:
+                    raise errors.RemoteTimeoutError(f"{what}: no answer within the {o.deadline:g} s deadline "
+                                                    f"(last error: {last})", url=clean_url(url)) from None
+                except errors.RemoteError as exc:
+                    if not mirror:
+                        raise
+                    # A refusal or a 404: the mirror works, it just cannot serve this.
+                    log.info("%s: mirror %s: %s; trying the next endpoint", what, base, exc)
+                    last = str(exc)
+                    n = -1
+                    break
+            if not mirror:
+                raise errors.RemoteError(f"{what}: gave up after {n + 1} attempts: {last}", url=clean_url(url))
+            if n >= 0:  # retries exhausted: the mirror is unwell, skip it for a while
+                self._down[base] = time.monotonic() + o.mirror_cooldown
+                log.info("%s: mirror %s failed (%s); skipping it for %g s", what, base, last, o.mirror_cooldown)
+        raise errors.RemoteError(f"{what}: every endpoint failed: {last}")
+
+    # -- building blocks for callers
+
+    def check_status(self, resp: aiohttp.ClientResponse, what: str, ok: Sequence[int] = (200,)) -> None:
+        """Raise the right error for an unexpected status (``_Retry`` for transient ones)."""
+        status = resp.status
+        if status in ok:
+            return
+        url = clean_url(str(resp.url))
+        if status in _RETRY_STATUS:
+            raise _Retry(f"{status} {_reason(status)} from {url}", _retry_after(resp.headers.get("Retry-After")))
+        if status == 404:
+            raise errors.NotFoundError(f"{what}: not found ({url})", status=status, url=url)
+        if status in (401, 403):
+            raise errors.AuthError(f"{what}: {status} {_reason(status)} from {url}", status=status, url=url)
+        raise errors.RemoteError(f"{what}: unexpected {status} {_reason(status)} from {url}", status=status, url=url)
+
+    async def fetch_range(self, urls: Sequence[str], offset: int, size: int, *, auth: Authorizer | None = None,
+                          digest: str | None = None, what: str = "range") -> bytes:
+        """Exactly ``size`` bytes at ``offset``, checked against ``digest`` when given."""
+        buf = bytearray()
+        mismatches = 0
+
+        async def attempt(url: str) -> bytes:
+            nonlocal buf, mismatches
+            pos, want = offset + len(buf), size - len(buf)
+            if want > 0:
+                await self._read_range(url, pos, want, buf, auth, what)
+            data = bytes(buf)
+            if digest is not None and sha256_of(data) != digest:
+                buf = bytearray()
+                mismatches += 1
+                self.stats.digest_mismatches += 1
+                if mismatches > 2:
+                    raise errors.IntegrityError(f"{what}: bytes {offset}-{offset + size - 1} do not match "
+                                                f"their digest {digest} ({mismatches} attempts)")
+                raise _Retry(f"bytes {offset}-{offset + size - 1} do not match their digest")
+            return data
+
+        return await self.call(urls, attempt, f"{what} [{offset}, +{size}]")
+
+    async def _read_range(self, url: str, pos: int, want: int, buf: bytearray, auth: Authorizer | None,
+                          what: str) -> None:
+        """Append the bytes [pos, pos+want) to ``buf``; a short body raises ``_Retry`` with what came kept."""
+        headers = {"Range": f"bytes={pos}-{pos + want - 1}", "Accept-Encoding": "identity"}
+        try:
+            async with self.open("GET", url, headers=headers, auth=auth) as resp:
+                if resp.status == 416:
+                    raise errors.RemoteError(f"{what}: bytes {pos}-{pos + want - 1} are past the end of "
+                                             f"{clean_url(url)} ({resp.headers.get('Content-Range', '?')})",
+                                             status=416, url=clean_url(url))
+                self.check_status(resp, what, ok=(200, 206))
+                skip = 0
+                if resp.status == 206:
+                    _check_content_range(resp.headers.get("Content-Range"), pos, want, url)
+                    length = resp.headers.get("Content-Length")
+                    if length is not None and length.isdigit() and int(length) != want:
+                        raise _Retry(f"Content-Length {length} for a range of {want} bytes")
+                else:  # 200: the server ignored Range; stream to the bytes we want
+                    skip = pos
+                goal = len(buf) + want
+                async for chunk in resp.content.iter_any():
+                    self.stats.bytes += len(chunk)
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk, skip = chunk[skip:], 0
+                    room = goal - len(buf)
+                    if len(chunk) >= room:
+                        buf += chunk[:room]
+                        if resp.status == 206 and len(chunk) > room:
+                            del buf[goal - want:]
+                            raise _Retry(f"more than the {want} bytes asked for")
+                        if resp.status == 200:
+                            return  # the rest of the body is not needed; release() drops the connection
+                        continue
+                    buf += chunk
+                if len(buf) < goal:
+                    raise _Retry(f"short body: {want - (goal - len(buf))} of {want} bytes")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+
+    async def head_size(self, urls: Sequence[str], *, auth: Authorizer | None = None, what: str = "blob") -> int:
+        """A blob's size, from ``HEAD`` (or a one-byte range GET if HEAD gives no length)."""
+
+        async def attempt(url: str) -> int:
+            try:
+                async with self.open("HEAD", url, auth=auth) as resp:
+                    self.check_status(resp, what)
+                    length = resp.headers.get("Content-Length")
+                    if length is not None and length.isdigit():
+                        return int(length)
+                async with self.open("GET", url, headers={"Range": "bytes=0-0"}, auth=auth) as resp:
+                    self.check_status(resp, what, ok=(200, 206))
+                    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                    if m and m.group(3) != "*":
+                        return int(m.group(3))
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+            raise errors.RemoteError(f"{what}: {clean_url(url)} does not say its size")
+
+        return await self.call(urls, attempt, what)
+
+
+def _base(url: str) -> str:
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.netloc}"
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    return None
+
+
+def _check_content_range(header: str | None, pos: int, want: int, url: str) -> None:
+    m = _CONTENT_RANGE.match(header or "")
+    if not m or int(m.group(1)) != pos or int(m.group(2)) != pos + want - 1:
+        raise _Retry(f"{clean_url(url)} answered Content-Range {header!r} for bytes {pos}-{pos + want - 1}")
+
+
+_default: Transport | None = None
+_default_lock = threading.Lock()
+
+
+def default_transport() -> Transport:
+    """The transport shared by blobs and registries that are not given one."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = Transport()
+        return _default
+
+
+def _after_fork_in_child() -> None:
+    global _default, _default_lock
+    _default_lock = threading.Lock()
+    _default = None  # the parent's loop thread does not exist here; never touch its objects
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ------------------------------------------------------------------ blobs
+
+
+class Blob(Protocol):
+    """What lazylayer reads blobs through: sizes, ranges, whole reads and streams."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, size: int) -> bytes: ...
+
+    def read_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]: ...
+
+    def read_all(self) -> bytes: ...
+
+    def open(self) -> io.BufferedIOBase: ...
+
+
+def _check_ranges(ranges: Sequence[Range], size: int | None, what: str) -> None:
+    for off, n in ranges:
+        if off < 0 or n < 0 or (size is not None and off + n > size):
+            raise ValueError(f"{what}: range [{off}, +{n}] is outside the blob ({size} bytes)")
+
+
+@dataclass
+class HttpBlob:
+    """A blob behind one or more HTTP(S) URLs (mirrors first), read by byte ranges.
+
+    ``digest`` (``sha256:...``), when known, is checked by :meth:`read_all`.
+    ``auth`` adds credentials (a registry's).  A blob is also a
+    ``fetch(offset, size)`` callable, so it can be a
+    :class:`~lazylayer.SeekableReader`'s source directly.
+    """
+
+    urls: Sequence[str]
+    transport: Transport = field(default_factory=default_transport)
+    digest: str | None = None
+    auth: Authorizer | None = None
+    name: str = ""
+    _size: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.urls, str):
+            self.urls = [self.urls]
+        if not self.urls:
+            raise ValueError("a blob needs at least one URL")
+        self.name = self.name or clean_url(self.urls[-1])
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            self._size = self.transport.run(self.asize())
+        return self._size
+
+    async def asize(self) -> int:
+        if self._size is None:
+            self._size = await self.transport.call_soon(
+                self.transport.head_size(self.urls, auth=self.auth, what=self.name))
+        return self._size
+
+    async def _fetch_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None) -> list[bytes]:
+        t, o = self.transport, self.transport.options
+        _check_ranges(ranges, self._size, self.name)
+        if digests is not None:
+            if len(digests) != len(ranges):
+                raise ValueError("digests must have one entry per range")
+        requests = plan_requests(ranges, o.coalesce_gap, o.part_size)
+        bodies = await asyncio.gather(*(t.fetch_range(self.urls, off, n, auth=self.auth, what=self.name)
+                                        for off, n in requests))
+        out = _assemble(ranges, requests, list(bodies))
+        if digests is not None:
+            for i, (data, want) in enumerate(zip(out, digests)):
+                if want is not None and sha256_of(data) != want:
+                    # Corrupted in transit, or a coalesced request went wrong: fetch this range alone.
+                    t.stats.digest_mismatches += 1
+                    off, n = ranges[i]
+                    out[i] = await t.fetch_range(self.urls, off, n, auth=self.auth, digest=want, what=self.name)
+        return out
+
+    async def aread_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]:
+        """The bytes of each ``(offset, size)`` range, from any event loop.
+
+        With ``digests`` (one ``sha256:...`` or None per range), every range is
+        verified before it is returned.
+        """
+        return await self.transport.call_soon(self._fetch_ranges(list(ranges), digests))
+
+    def read_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]:
+        """Synchronous :meth:`aread_ranges`."""
+        return self.transport.run(self._fetch_ranges(list(ranges), digests))
+
+    def read(self, offset: int, size: int, digest: str | None = None) -> bytes:
+        """``size`` bytes at ``offset`` (split into parallel parts when large)."""
+        return self.read_ranges([(offset, size)], None if digest is None else [digest])[0]
+
+    def __call__(self, offset: int, size: int) -> bytes:
+        return self.read(offset, size)
+
+    def read_all(self) -> bytes:
+        """The whole blob, verified against ``digest`` when it is known."""
+        return self.read_ranges([(0, self.size)], None if self.digest is None else [self.digest])[0]
+
+    def open(self, readahead: int | None = None) -> io.BufferedReader:
+        """A seekable binary file that fetches ahead of a sequential reader, in parallel parts."""
+        return io.BufferedReader(_BlobStream(self, readahead), buffer_size=1 << 20)
+
+    def __repr__(self) -> str:
+        return f"HttpBlob({self.name!r}, size={self._size}, mirrors={len(self.urls) - 1})"
+
+
+class _BlobStream(io.RawIOBase):
+    """Sequential reads of an :class:`HttpBlob` with a growing window of parts in flight.
+
+    The window starts at two parts and doubles while reads stay sequential, up
+    to ``readahead`` bytes; a seek elsewhere cancels what is in flight.  Memory
+    is bounded by the window.
+    """
+
+    def __init__(self, blob: HttpBlob, readahead: int | None) -> None:
+        super().__init__()
+        self.blob = blob
+        o = blob.transport.options
+        self.part = o.part_size
+        self.max_window = max(1, (readahead if readahead is not None else o.readahead) // self.part)
+        self.window = min(2, self.max_window)
+        self.pos = 0
+        self.last = -1
+        self.parts: dict[int, concurrent.futures.Future[bytes]] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.blob.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self.pos = base + offset
+        return self.pos
+
+    def _schedule(self, idx: int, size: int) -> None:
+        t = self.blob.transport
+        for j in range(idx, min(idx + self.window, -(-size // self.part))):
+            if j not in self.parts:
+                off = j * self.part
+                n = min(self.part, size - off)
+                self.parts[j] = t.submit(t.fetch_range(self.blob.urls, off, n, auth=self.blob.auth,
+                                                       what=self.blob.name))
+
+    def readinto(self, b: Any) -> int:
+        size = self.blob.size
+        if self.pos >= size or len(b) == 0:
+            return 0
+        idx = self.pos // self.part
+        if idx == self.last + 1:
+            self.window = min(self.max_window, self.window * 2)
+        elif idx != self.last:
+            self._cancel()
+            self.window = min(2, self.max_window)
+        self._schedule(idx, size)
+        data = self.parts[idx].result()
+        for j in [j for j in self.parts if j < idx]:
+            self.parts.pop(j).cancel()
+        self.last = idx
+        start = self.pos - idx * self.part
+        n = min(len(b), len(data) - start)
+        b[:n] = data[start:start + n]
+        self.pos += n
+        if start + n == len(data):
+            self.parts.pop(idx, None)
+        return n
+
+    def _cancel(self) -> None:
+        for fut in self.parts.values():
+            fut.cancel()
+        self.parts.clear()
+
+    def close(self) -> None:
+        self._cancel()
+        super().close()
+
+
+class FsspecBlob:
+    """A blob at any fsspec URL (``file://``, ``s3://``, ``gs://``, ...), read through fsspec itself.
+
+    fsspec's filesystems do their own connection pooling and retries; errors
+    are mapped to lazylayer's (:class:`~lazylayer.errors.NotFoundError`,
+    :class:`~lazylayer.errors.RemoteError`).
+    """
+
+    def __init__(self, url: str, *, digest: str | None = None, size: int | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        import fsspec
+
+        self.fs, self.path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.url = url
+        self.digest = digest
+        self._size = size
+
+    def _wrap(self, exc: Exception) -> errors.RemoteError:
+        if isinstance(exc, FileNotFoundError):
+            return errors.NotFoundError(f"{self.url}: not found", url=self.url)
+        return errors.RemoteError(f"{self.url}: {type(exc).__name__}: {exc}", url=self.url)
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            try:
+                self._size = int(self.fs.size(self.path))
+            except Exception as exc:  # noqa: BLE001 - fsspec backends raise anything
+                raise self._wrap(exc) from None
+        return self._size
+
+    def read_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]:
+        ranges = list(ranges)
+        _check_ranges(ranges, self.size, self.url)
+        try:
+            out = self.fs.cat_ranges([self.path] * len(ranges), [o for o, _ in ranges],
+                                     [o + n for o, n in ranges], on_error="raise")
+        except Exception as exc:  # noqa: BLE001
+            raise self._wrap(exc) from None
+        for (off, n), data, want in zip(ranges, out, digests or [None] * len(ranges)):
+            if len(data) != n:
+                raise errors.RemoteError(f"{self.url}: {len(data)} bytes for a read of {n} at {off}", url=self.url)
+            if want is not None and sha256_of(data) != want:
+                raise errors.IntegrityError(f"{self.url}: bytes {off}-{off + n - 1} do not match {want}")
+        return list(out)
+
+    def read(self, offset: int, size: int, digest: str | None = None) -> bytes:
+        return self.read_ranges([(offset, size)], None if digest is None else [digest])[0]
+
+    def __call__(self, offset: int, size: int) -> bytes:
+        return self.read(offset, size)
+
+    def read_all(self) -> bytes:
+        return self.read(0, self.size, self.digest)
+
+    def open(self) -> io.BufferedIOBase:
+        try:
+            return self.fs.open(self.path, "rb")
+        except Exception as exc:  # noqa: BLE001
+            raise self._wrap(exc) from None
+
+    def __repr__(self) -> str:
+        return f"FsspecBlob({self.url!r})"
+
+
+def open_blob(url: str, *, transport: Transport | None = None, digest: str | None = None,
+              size: int | None = None, mirrors: Sequence[str] = (),
+              storage_options: dict[str, Any] | None = None) -> HttpBlob | FsspecBlob:
+    """A blob at ``url``: ``http(s)://`` through lazylayer's engine, any other scheme through fsspec.
+
+    ``mirrors`` are full URLs of the same blob, tried before ``url``.  A plain
+    path is a local file.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        return HttpBlob([*mirrors, url], transport or default_transport(), digest=digest, _size=size)
+    if mirrors:
+        raise ValueError("mirrors are supported for http(s) URLs only")
+    return FsspecBlob(url, digest=digest, size=size, storage_options=storage_options)
