@@ -1,0 +1,219 @@
+"""The parts of lazylayer.remote/.auth/.oci that need no server: planning, parsing, credentials."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lazylayer import auth, errors, oci, remote
+from lazylayer.registry import is_loopback
+
+
+# ------------------------------------------------------------------ range planning
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 700)), max_size=30),
+       st.integers(0, 300), st.integers(1, 1000))
+def test_plan_covers_every_range_with_bounded_requests(ranges, gap, part):
+    requests = remote.plan_requests(ranges, gap, part)
+    assert all(0 < n <= part for _, n in requests)
+    assert requests == sorted(requests)
+    for (a, n), (b, _) in zip(requests, requests[1:]):
+        assert a + n <= b  # no byte is fetched twice
+    covered = set()
+    for off, n in requests:
+        covered.update(range(off, off + n))
+    for off, n in ranges:
+        assert set(range(off, off + n)) <= covered
+    # Assembling from bodies that encode their own offsets gives back each range exactly.
+    blob = bytes(i % 251 for i in range(6000))
+    bodies = [blob[o:o + n] for o, n in requests]
+    assert remote._assemble(ranges, requests, bodies) == [blob[o:o + n] for o, n in ranges]
+
+
+def test_plan_merges_near_ranges_and_splits_long_ones():
+    assert remote.plan_requests([(0, 10), (20, 10), (1000, 5)], gap=15, part_size=100) == [(0, 30), (1000, 5)]
+    assert remote.plan_requests([(0, 10), (30, 10)], gap=15, part_size=100) == [(0, 10), (30, 10)]
+    assert remote.plan_requests([(0, 250)], gap=0, part_size=100) == [(0, 84), (84, 84), (168, 82)]
+    # Merging stops at the part size: the gap is not worth an oversized request.
+    assert remote.plan_requests([(0, 60), (70, 60)], gap=20, part_size=100) == [(0, 60), (70, 60)]
+
+
+def test_clean_url_drops_secrets():
+    assert remote.clean_url("https://user:pw@host:8443/v2/x/blobs/sha256:ab?X-Amz-Signature=s3cr3t#f") == \
+        "https://host:8443/v2/x/blobs/sha256:ab"
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError):
+        remote.RemoteOptions(max_connections=0)
+
+
+# ------------------------------------------------------------------ challenges and tokens
+
+
+def test_parse_challenges():
+    (c,) = auth.parse_challenges('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+                                 'scope="repository:library/alpine:pull,push"')
+    assert c.scheme == "bearer"
+    assert c.params == {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
+                        "scope": "repository:library/alpine:pull,push"}
+    basic, bearer = auth.parse_challenges('Basic realm="x y", Bearer realm=http://t/token')
+    assert (basic.scheme, basic.params) == ("basic", {"realm": "x y"})
+    assert bearer.params["realm"] == "http://t/token"
+    assert auth.parse_challenges("") == []
+    assert auth.parse_challenges("garbage !!!")[0].scheme == "garbage"
+
+
+def test_token_response_and_cache_expiry():
+    tok = auth.parse_token_response(json.dumps({"access_token": "abc", "expires_in": 2}).encode(), now=100.0)
+    assert tok.value == "abc" and 100.0 < tok.expires < 102.0
+    for bad in (b"not json", b"[]", b"{}", json.dumps({"token": ""}).encode()):
+        with pytest.raises(errors.AuthError):
+            auth.parse_token_response(bad)
+    cache = auth.TokenCache()
+    cache.put(("k",), auth.Token("v", time.monotonic() + 0.2))
+    assert cache.get(("k",)).value == "v"
+    time.sleep(0.3)
+    assert cache.get(("k",)) is None and len(cache) == 0
+    cache.put(("k",), auth.Token("v", time.monotonic() + 60))
+    cache.drop(("k",))
+    assert cache.get(("k",)) is None
+
+
+def test_tokens_never_show_in_repr():
+    tok = auth.Token("sekrit-token", 1.0)
+    creds = auth.Credentials("alice", "hunter2", "idtok")
+    for text in (repr(tok), repr(creds), str(creds)):
+        assert "sekrit" not in text and "hunter2" not in text and "idtok" not in text
+    assert "alice" in repr(creds)
+
+
+# ------------------------------------------------------------------ credentials from auth files
+
+
+def _write_json(path, doc):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return str(path)
+
+
+def test_find_credentials_in_docker_and_podman_files(tmp_path):
+    b64 = base64.b64encode(b"bob:pa:ss").decode()
+    docker = _write_json(tmp_path / "docker" / "config.json", {"auths": {
+        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hubuser:hubpw").decode()},
+        "registry.example.com:5000": {"auth": b64},
+        "https://quay.io": {"username": "q", "password": "qp"},
+        "tok.example": {"identitytoken": "refresh-me"},
+    }})
+    podman = _write_json(tmp_path / "podman" / "auth.json", {"auths": {"registry.example.com:5000": {
+        "auth": base64.b64encode(b"first:wins").decode()}}})
+    assert auth.find_credentials("docker.io", [docker]) == auth.Credentials("hubuser", "hubpw")
+    assert auth.find_credentials("registry.example.com:5000", [docker]) == auth.Credentials("bob", "pa:ss")
+    assert auth.find_credentials("registry.example.com:5000", [podman, docker]).username == "first"
+    assert auth.find_credentials("quay.io", [docker]) == auth.Credentials("q", "qp")
+    assert auth.find_credentials("tok.example", [docker]).identity_token == "refresh-me"
+    assert auth.find_credentials("elsewhere.example", [docker]) is None
+    assert auth.find_credentials("docker.io", [str(tmp_path / "missing.json")]) is None
+
+
+def test_auth_file_environment_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "a.json"))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dockercfg"))
+    files = auth.auth_files()
+    assert files[0] == str(tmp_path / "a.json")
+    assert files[-1] == str(tmp_path / "dockercfg" / "config.json")
+
+
+def test_bad_auth_file_is_a_typed_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(errors.FormatError, match="not valid JSON"):
+        auth.find_credentials("x.example", [str(bad)])
+    notb64 = _write_json(tmp_path / "c.json", {"auths": {"x.example": {"auth": "%%%"}}})
+    with pytest.raises(errors.FormatError, match="base64"):
+        auth.find_credentials("x.example", [notb64])
+
+
+def test_credential_helper_program(tmp_path, monkeypatch):
+    """A real docker-credential-* program on PATH, speaking the helper protocol on stdin/stdout."""
+    helper = tmp_path / "bin" / "docker-credential-lltest"
+    helper.parent.mkdir()
+    helper.write_text('#!/bin/sh\nread server\n[ "$1" = get ] || exit 3\n'
+                      'case "$server" in helped.example) printf \'{"Username":"hu","Secret":"hs"}\';; '
+                      '*) echo "credentials not found" >&2; exit 1;; esac\n')
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
+    cfg = _write_json(tmp_path / "config.json", {"credHelpers": {"helped.example": "lltest"}})
+    assert auth.find_credentials("helped.example", [cfg]) == auth.Credentials("hu", "hs")
+    store = _write_json(tmp_path / "store.json", {"credsStore": "lltest"})
+    assert auth.find_credentials("other.example", [store]) is None
+
+
+def test_credentials_parse():
+    assert auth.Credentials.parse("u:p:q") == auth.Credentials("u", "p:q")
+    with pytest.raises(ValueError):
+        auth.Credentials.parse(":nouser")
+
+
+# ------------------------------------------------------------------ hosts and platforms
+
+
+@pytest.mark.parametrize("host,expected", [
+    ("localhost:5000", True), ("127.0.0.1", True), ("127.1.2.3:80", True), ("[::1]:5000", True), ("::1", True),
+    ("registry.example.com", False), ("10.0.0.1:5000", False), ("localhost.example.com", False),
+])
+def test_is_loopback(host, expected):
+    assert is_loopback(host) is expected
+
+
+INDEX = {"manifests": [
+    {"mediaType": oci.OCI_MANIFEST, "digest": "sha256:" + "1" * 64, "platform": {"os": "linux", "architecture": "amd64"}},
+    {"mediaType": oci.OCI_MANIFEST, "digest": "sha256:" + "2" * 64,
+     "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+    {"mediaType": oci.OCI_MANIFEST, "digest": "sha256:" + "3" * 64,
+     "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+    {"mediaType": oci.OCI_MANIFEST, "digest": "sha256:" + "4" * 64,
+     "platform": {"os": "unknown", "architecture": "unknown"}},
+]}
+
+
+def test_select_manifest():
+    assert oci.select_manifest(INDEX, "linux/amd64")["digest"].endswith("1" * 64)
+    assert oci.select_manifest(INDEX, "linux/arm64")["digest"].endswith("2" * 64)
+    assert oci.select_manifest(INDEX, "linux/aarch64")["digest"].endswith("2" * 64)
+    assert oci.select_manifest(INDEX, "linux/arm/v7")["digest"].endswith("3" * 64)
+    with pytest.raises(oci.ReferenceError, match="linux/amd64, linux/arm/v7, linux/arm64/v8"):
+        oci.select_manifest(INDEX, "linux/s390x")
+    with pytest.raises(oci.ReferenceError, match="invalid platform"):
+        oci.select_manifest(INDEX, "amd64")
+    assert oci.host_platform().startswith("linux/")
+    oci.parse_platform(oci.host_platform())
+
+
+def test_open_blob_routes_by_scheme(tmp_path):
+    p = tmp_path / "blob"
+    p.write_bytes(b"0123456789")
+    blob = remote.open_blob(f"file://{p}")
+    assert isinstance(blob, remote.FsspecBlob)
+    assert blob.size == 10 and blob.read(2, 3) == b"234"
+    assert blob.read_ranges([(0, 2), (8, 2)]) == [b"01", b"89"]
+    with pytest.raises(ValueError, match="outside the blob"):
+        blob.read(8, 5)
+    with pytest.raises(errors.NotFoundError):
+        remote.open_blob(f"file://{tmp_path}/nope").size
+    digest = remote.sha256_of(b"0123456789")
+    assert remote.open_blob(f"file://{p}", digest=digest).read_all() == b"0123456789"
+    with pytest.raises(errors.IntegrityError):
+        remote.open_blob(f"file://{p}", digest="sha256:" + "0" * 64).read_all()
+    with pytest.raises(errors.IntegrityError):
+        blob.read(0, 2, digest="sha256:" + "0" * 64)
