@@ -279,7 +279,7 @@ class Registry:
                     content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
                     header_digest = resp.headers.get("Docker-Content-Digest", "")
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+                raise _Retry.network(exc) from None
             digest = sha256_of(body)
             if reference.startswith("sha256:") and digest != reference:
                 raise mismatch(f"the body's digest is {digest}, not {reference}")
@@ -321,7 +321,7 @@ class Registry:
                     t.check_status(resp, f"blob {digest}")
                     return True
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+                raise _Retry.network(exc) from None
 
         return await t.call(self.urls(repository, "blobs", digest, mirrors=False), attempt, f"HEAD blob {digest}")
 
@@ -338,7 +338,7 @@ class Registry:
                         raise errors.RemoteError(f"{what}: the registry gave no upload location")
                     return resp.status, urljoin(url, location or "")
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+                raise _Retry.network(exc) from None
 
         return await t.call([f"{self.base}/v2/{repository}/blobs/uploads/{query}"], attempt, what)
 
@@ -391,7 +391,7 @@ class Registry:
                         raise errors.IntegrityError(f"{what}: the registry stored {got}, we sent {digest}")
                     return digest
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+                raise _Retry.network(exc) from None
 
         return await t.call(self.urls(repository, "manifests", reference, mirrors=False), attempt, what)
 
@@ -455,7 +455,7 @@ class _Upload:
                         t.check_status(resp, self.what, ok=(202, 204))
                         self.location = urljoin(self.location or "", resp.headers.get("Location", ""))
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+                raise _Retry.network(exc) from None
             failed = False
 
         await t.call([await self._location()], attempt, self.what)
@@ -482,7 +482,7 @@ class _Upload:
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
                 if not self.offset:
                     self.location = None  # a monolithic PUT can start over
-                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+                raise _Retry.network(exc) from None
 
         await t.call([self.registry.base], attempt, self.what)
 

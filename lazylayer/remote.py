@@ -119,11 +119,17 @@ def clean_url(url: str) -> str:
 
 
 class _Retry(Exception):
-    """A failure worth another attempt (internal)."""
+    """A failure worth another attempt (internal).  ``timeout``: it was a stall."""
 
-    def __init__(self, message: str, delay: float | None = None) -> None:
+    def __init__(self, message: str, delay: float | None = None, timeout: bool = False) -> None:
         super().__init__(message)
         self.delay = delay
+        self.timeout = timeout
+
+    @classmethod
+    def network(cls, exc: BaseException) -> _Retry:
+        """A connection-level failure (reset, refused, stalled, malformed response)."""
+        return cls(f"{type(exc).__name__}: {exc}", timeout=isinstance(exc, (asyncio.TimeoutError, TimeoutError)))
 
 
 # ------------------------------------------------------------------ planning
@@ -310,7 +316,7 @@ class Transport:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 if cached and target == cached:
                     self._redirects.pop(url, None)
-                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+                raise _Retry.network(exc) from None
             status = resp.status
             if status in _REDIRECT_STATUS and "Location" in resp.headers:
                 resp.release()
@@ -353,6 +359,7 @@ class Transport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + o.deadline
         last: str = "no endpoint"
+        stalled = False
         for i, url in enumerate(urls):
             mirror = i < len(urls) - 1
             base = _base(url)
@@ -368,7 +375,7 @@ class Transport:
                     async with self._slots:
                         return await asyncio.wait_for(attempt(url), remaining)
                 except _Retry as exc:
-                    last = str(exc)
+                    last, stalled = str(exc), exc.timeout
                     if n == o.retries:
                         break
                     n += 1
@@ -390,7 +397,8 @@ class Transport:
                     n = -1
                     break
             if not mirror:
-                raise errors.RemoteError(f"{what}: gave up after {n + 1} attempts: {last}", url=clean_url(url))
+                kind = errors.RemoteTimeoutError if stalled else errors.RemoteError
+                raise kind(f"{what}: gave up after {n + 1} attempts: {last}", url=clean_url(url))
             if n >= 0:  # retries exhausted: the mirror is unwell, skip it for a while
                 self._down[base] = time.monotonic() + o.mirror_cooldown
                 log.info("%s: mirror %s failed (%s); skipping it for %g s", what, base, last, o.mirror_cooldown)
@@ -476,7 +484,7 @@ class Transport:
                 if len(buf) < goal:
                     raise _Retry(f"short body: {want - (goal - len(buf))} of {want} bytes")
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+            raise _Retry.network(exc) from None
 
     async def head_size(self, urls: Sequence[str], *, auth: Authorizer | None = None, what: str = "blob") -> int:
         """A blob's size, from ``HEAD`` (or a one-byte range GET if HEAD gives no length)."""
@@ -494,7 +502,7 @@ class Transport:
                     if m and m.group(3) != "*":
                         return int(m.group(3))
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+                raise _Retry.network(exc) from None
             raise errors.RemoteError(f"{what}: {clean_url(url)} does not say its size")
 
         return await self.call(urls, attempt, what)
