@@ -724,10 +724,13 @@ def test_bad_references(tmp_path, src_tars, dest) -> None:
 
 
 def test_tampered_lazy_layer_is_not_copied(tmp_path, converted, dest) -> None:
-    """An already-lazy layer whose blob no longer matches its digest is refused, not copied."""
+    """An already-lazy layer whose blob no longer matches its digest is refused, not copied.
+
+    (Layer 2 is in ``dest`` already, so it would not be read at all: tamper with layer 1.)
+    """
     src = str(tmp_path / "src")
     shutil.copytree(converted[0], src)
-    layer = images.image(src, TAG).layers[2]
+    layer = images.image(src, TAG).layers[1]
     path = images.blob_path(src, layer["digest"])
     data = open(path, "rb").read()
     with open(path, "wb") as f:
