@@ -38,6 +38,7 @@ failed is skipped for ``mirror_cooldown`` seconds.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import bisect
 import concurrent.futures
 import hashlib
@@ -545,6 +546,14 @@ def default_transport() -> Transport:
         if _default is None or _default._closed:
             _default = Transport()
         return _default
+
+
+def _close_default() -> None:
+    if _default is not None:
+        _default.close()
+
+
+atexit.register(_close_default)
 
 
 def _after_fork_in_child() -> None:
