@@ -326,3 +326,21 @@ def test_redirect_to_blob_storage_without_credentials(basic_registry, fault_prox
     assert blob.read_ranges([(0, 100), (200_000, 5000)]) == [want[:100], want[200_000:205_000]]
     assert blob.read_all() == want
     assert transport.stats.redirects >= 1
+
+
+def test_token_refreshed_on_403(token_registry, fault_proxy, tmp_path, transport):
+    """A 403 without a challenge (a registry that wants a token with more scope) drops the token and fetches one."""
+    ts = token_registry.token_server
+    user, password = token_registry.credentials
+    repo, digest, _, _ = _pushed(token_registry, tmp_path, prefix="private")
+    proxy = fault_proxy(token_registry.url)
+    reg = Registry(proxy.url.split("://", 1)[1], RegistryConfig(Credentials(user, password), transport=transport))
+    assert reg.get_manifest(repo, "v1")[0]["digest"] == digest
+    ts.requests.clear()
+    proxy.add_fault("status", path="/manifests/", status=403, times=1)
+    assert reg.get_manifest(repo, digest)[0]["digest"] == digest
+    assert len(ts.requests) == 1
+    proxy.add_fault("status", path="/manifests/", status=403)
+    with pytest.raises(errors.AuthError) as info:
+        reg.get_manifest(repo, digest)
+    assert info.value.status == 403 and len(ts.requests) == 2
