@@ -236,8 +236,7 @@ class Registry:
             async with session.get(self.base + "/v2/", ssl=self.transport._ssl(self.base),
                                    allow_redirects=False) as resp:
                 await resp.release()
-        except (aiohttp.ClientSSLError, aiohttp.ClientConnectorSSLError, aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError):
+        except (aiohttp.ClientError, OSError):  # no TLS there (or nothing there: HTTP will say so)
             self.base = "http://" + self.api_host
         self._checked_scheme = True
 

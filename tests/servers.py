@@ -204,6 +204,9 @@ class RegistryServer(_Closeable):
       in any distribution mirror.
 
     ``config`` is merged (recursively) into the generated configuration.
+    ``address`` is the IP to listen on (another of this machine's addresses
+    makes a registry that is not on loopback); ``tls`` = ``(cert.pem, key.pem)``
+    serves HTTPS.
 
     Attributes: ``host`` ("127.0.0.1:PORT"), ``url`` ("http://127.0.0.1:PORT"),
     ``root`` (storage directory), ``log_path``, ``mode``, ``username`` and
@@ -214,7 +217,10 @@ class RegistryServer(_Closeable):
                  username: str = "tester", password: str | None = None,
                  token_server: TokenServer | None = None, realm: str | None = None,
                  remote_url: str | None = None, remote_credentials: tuple[str, str] | None = None,
-                 config: dict[str, Any] | None = None, startup_timeout: float = 30.0) -> None:
+                 config: dict[str, Any] | None = None, startup_timeout: float = 30.0,
+                 address: str = "127.0.0.1", tls: tuple[str, str] | None = None) -> None:
+        self.address = address
+        self.tls = tls
         if mode not in ("plain", "htpasswd", "token", "proxy"):
             raise ValueError(f"unknown registry mode {mode!r}")
         if mode == "proxy" and not remote_url:
@@ -280,8 +286,10 @@ class RegistryServer(_Closeable):
 
     def _start(self, timeout: float) -> None:
         for attempt in range(3):  # a free port can be taken between probing and binding
-            port = _free_port()
-            self._settings["http"]["addr"] = f"127.0.0.1:{port}"
+            port = _free_port(self.address)
+            self._settings["http"]["addr"] = f"{self.address}:{port}"
+            if self.tls:
+                self._settings["http"]["tls"] = {"certificate": self.tls[0], "key": self.tls[1]}
             config_path = os.path.join(self.workdir, "config.yml")
             with open(config_path, "w") as f:
                 json.dump(self._settings, f, indent=1)  # JSON is YAML
@@ -289,8 +297,8 @@ class RegistryServer(_Closeable):
             env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
             self._proc = subprocess.Popen(["docker-registry", "serve", config_path], stdin=subprocess.DEVNULL,
                                           stdout=self._log_file, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
-            self.host = f"127.0.0.1:{port}"
-            self.url = f"http://{self.host}"
+            self.host = f"{self.address}:{port}"
+            self.url = f"{'https' if self.tls else 'http'}://{self.host}"
             try:
                 self._wait_ready(timeout)
                 return
@@ -307,7 +315,7 @@ class RegistryServer(_Closeable):
                 raise RuntimeError(f"docker-registry ({self.mode}) exited with {self._proc.returncode} "
                                    f"during startup; log {self.log_path}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=1):
+                with urllib.request.urlopen(f"{self.url}/v2/", timeout=1, context=_UNVERIFIED):
                     return
             except urllib.error.HTTPError:
                 return  # 401 from an auth mode: it answers
@@ -384,10 +392,58 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
             into[k] = v
 
 
-def _free_port() -> int:
+def _free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return s.getsockname()[1]
+
+
+def _unverified() -> Any:
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+_UNVERIFIED = _unverified()
+
+
+def non_loopback_address() -> str:
+    """An IPv4 address of this machine that is not loopback (the one a default route would use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.254", 9))  # no packet is sent: this only picks the outgoing interface
+        addr = s.getsockname()[0]
+    if addr.startswith("127."):
+        raise MissingTool("this machine has no non-loopback IPv4 address to run a registry on")
+    return addr
+
+
+def self_signed_cert(workdir: str, ip: str) -> tuple[str, str]:
+    """A self-signed certificate for ``ip`` (an IP SAN): ``(cert.pem, key.pem)`` paths."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(workdir, "tls-cert.pem"), os.path.join(workdir, "tls-key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 # ------------------------------------------------------------------ aiohttp servers in their own thread

@@ -344,3 +344,36 @@ def test_token_refreshed_on_403(token_registry, fault_proxy, tmp_path, transport
     with pytest.raises(errors.AuthError) as info:
         reg.get_manifest(repo, digest)
     assert info.value.status == 403 and len(ts.requests) == 2
+
+
+def test_tls_and_plain_http_off_loopback(tmp_path):
+    """Registries on this machine's non-loopback address: HTTPS is the default there, verified.
+
+    A self-signed certificate is refused (naming the way out), accepted with
+    tls_verify=False; a plain-HTTP registry is unreachable by default and
+    reached with tls_verify=False, as with skopeo's --tls-verify=false.
+    """
+    from servers import RegistryServer, non_loopback_address, self_signed_cert, start_or_fail
+
+    ip = non_loopback_address()
+    cert = self_signed_cert(str(tmp_path), ip)
+    src = small_image(tmp_path)
+    t = remote.Transport(remote.RemoteOptions(retries=1, backoff=0.01, deadline=15))
+    with start_or_fail(lambda: RegistryServer("plain", workdir=tmp_path / "tls", address=ip, tls=cert)) as tls_reg, \
+            start_or_fail(lambda: RegistryServer("plain", workdir=tmp_path / "http", address=ip)) as http_reg:
+        try:
+            for reg, scheme in ((tls_reg, "https"), (http_reg, "http")):
+                digest = reg.push(src, "app/x:v1")
+                ref = f"docker://{reg.host}/app/x:v1"
+                with pytest.raises(errors.RemoteError) as info:
+                    oci.open_source(ref, RegistryConfig(transport=t)).root()
+                if scheme == "https":
+                    assert "tls-verify=false" in str(info.value)
+                insecure = oci.open_source(ref, RegistryConfig(transport=t, tls_verify=False))
+                img = oci.select_image(insecure)
+                assert img.manifest_descriptor["digest"] == digest
+                assert insecure.registry.base.startswith(scheme + "://")
+                layer = img.manifest["layers"][0]
+                assert len(insecure.blob(layer).read_all()) == layer["size"]
+        finally:
+            t.close()
