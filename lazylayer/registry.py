@@ -153,6 +153,9 @@ class Registry:
         self._token_locks: dict[tuple[str, ...], asyncio.Lock] = {}
         self._creds: dict[str, Credentials | None] = {}
         self._checked_scheme = self.config.tls_verify or self.base.startswith("http:")
+        # Resolve the origin's credentials now, on the caller's thread: a credential
+        # helper is a subprocess, which must not block the transport's event loop.
+        self._credentials_for(urlsplit(self.base).netloc)
 
     def __repr__(self) -> str:
         return f"Registry({self.host!r}, mirrors={self.mirrors})"
@@ -161,7 +164,7 @@ class Registry:
 
     def _credentials_for(self, netloc: str) -> Credentials | None:
         if netloc not in self._creds:
-            if netloc == urlsplit(self.base).netloc:
+            if netloc == self.api_host:
                 found = self.config.credentials or find_credentials(
                     self.host, list(self.config.auth_files) if self.config.auth_files is not None else None)
             else:  # a mirror: only what the auth files say about it
