@@ -422,33 +422,40 @@ class Transport:
         raise errors.RemoteError(f"{what}: unexpected {status} {_reason(status)} from {url}", status=status, url=url)
 
     async def fetch_range(self, urls: Sequence[str], offset: int, size: int, *, auth: Authorizer | None = None,
-                          digest: str | None = None, what: str = "range") -> bytes:
-        """Exactly ``size`` bytes at ``offset``, checked against ``digest`` when given."""
-        buf = bytearray()
+                          digest: str | None = None, what: str = "range", into: Any = None) -> Any:
+        """Exactly ``size`` bytes at ``offset``, checked against ``digest`` when given.
+
+        The bytes land in ``into`` (a writable buffer of ``size`` bytes) or in a
+        new bytearray; that buffer is returned.  Each chunk is copied once, from
+        the socket's buffer to its place.
+        """
+        fill = _Fill(memoryview(into if into is not None else bytearray(size)).cast("B"))
+        if len(fill.view) != size:
+            raise ValueError(f"the buffer holds {len(fill.view)} bytes, not {size}")
         mismatches = 0
 
-        async def attempt(url: str) -> bytes:
-            nonlocal buf, mismatches
-            pos, want = offset + len(buf), size - len(buf)
-            if want > 0:
-                await self._read_range(url, pos, want, buf, auth, what)
-            data = bytes(buf)
-            if digest is not None and sha256_of(data) != digest:
-                buf = bytearray()
+        async def attempt(url: str) -> Any:
+            nonlocal mismatches
+            if fill.n < size:
+                await self._read_range(url, offset + fill.n, size - fill.n, fill, auth, what)
+            if digest is not None and sha256_of(fill.view) != digest:
+                fill.n = 0
                 mismatches += 1
                 self.stats.digest_mismatches += 1
                 if mismatches > 2:
                     raise errors.IntegrityError(f"{what}: bytes {offset}-{offset + size - 1} do not match "
                                                 f"their digest {digest} ({mismatches} attempts)")
                 raise _Retry(f"bytes {offset}-{offset + size - 1} do not match their digest")
-            return data
+            return fill.view.obj
 
         return await self.call(urls, attempt, f"{what} [{offset}, +{size}]")
 
-    async def _read_range(self, url: str, pos: int, want: int, buf: bytearray, auth: Authorizer | None,
+    async def _read_range(self, url: str, pos: int, want: int, fill: _Fill, auth: Authorizer | None,
                           what: str) -> None:
-        """Append the bytes [pos, pos+want) to ``buf``; a short body raises ``_Retry`` with what came kept."""
+        """Put the bytes [pos, pos+want) in ``fill``; a short body raises ``_Retry`` with what came kept."""
         headers = {"Range": f"bytes={pos}-{pos + want - 1}", "Accept-Encoding": "identity"}
+        start = fill.n
+        goal = start + want
         try:
             async with self.open("GET", url, headers=headers, auth=auth) as resp:
                 if resp.status == 416:
@@ -464,7 +471,7 @@ class Transport:
                         raise _Retry(f"Content-Length {length} for a range of {want} bytes")
                 else:  # 200: the server ignored Range; stream to the bytes we want
                     skip = pos
-                goal = len(buf) + want
+                view = fill.view
                 async for chunk in resp.content.iter_any():
                     self.stats.bytes += len(chunk)
                     if skip:
@@ -472,18 +479,18 @@ class Transport:
                             skip -= len(chunk)
                             continue
                         chunk, skip = chunk[skip:], 0
-                    room = goal - len(buf)
-                    if len(chunk) >= room:
-                        buf += chunk[:room]
-                        if resp.status == 206 and len(chunk) > room:
-                            del buf[goal - want:]
-                            raise _Retry(f"more than the {want} bytes asked for")
-                        if resp.status == 200:
-                            return  # the rest of the body is not needed; release() drops the connection
-                        continue
-                    buf += chunk
-                if len(buf) < goal:
-                    raise _Retry(f"short body: {want - (goal - len(buf))} of {want} bytes")
+                    n = fill.n
+                    room = goal - n
+                    if len(chunk) > room and resp.status == 206:
+                        fill.n = start
+                        raise _Retry(f"more than the {want} bytes asked for")
+                    take = min(len(chunk), room)
+                    view[n:n + take] = chunk[:take] if take < len(chunk) else chunk
+                    fill.n = n + take
+                    if fill.n == goal and resp.status == 200:
+                        return  # the rest of the body is not needed; release() drops the connection
+                if fill.n < goal:
+                    raise _Retry(f"short body: {fill.n - start} of {want} bytes")
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             raise _Retry.network(exc) from None
 
@@ -507,6 +514,16 @@ class Transport:
             raise errors.RemoteError(f"{what}: {clean_url(url)} does not say its size")
 
         return await self.call(urls, attempt, what)
+
+
+class _Fill:
+    """A buffer being filled by a ranged GET (``n`` bytes so far), kept across retries."""
+
+    __slots__ = ("view", "n")
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+        self.n = 0
 
 
 def _base(url: str) -> str:
@@ -659,6 +676,31 @@ class HttpBlob:
     def read(self, offset: int, size: int, digest: str | None = None) -> bytes:
         """``size`` bytes at ``offset`` (split into parallel parts when large)."""
         return self.read_ranges([(offset, size)], None if digest is None else [digest])[0]
+
+    async def _fetch_into(self, buffer: Any, offset: int, digest: str | None) -> int:
+        t, o = self.transport, self.transport.options
+        view = memoryview(buffer).cast("B")
+        size = len(view)
+        _check_ranges([(offset, size)], self._size, self.name)
+        parts = plan_requests([(offset, size)], 0, o.part_size)
+        await asyncio.gather(*(t.fetch_range(self.urls, off, n, auth=self.auth, what=self.name,
+                                             into=view[off - offset:off - offset + n]) for off, n in parts))
+        if digest is not None and sha256_of(view) != digest:
+            t.stats.digest_mismatches += 1
+            await t.fetch_range(self.urls, offset, size, auth=self.auth, digest=digest, what=self.name, into=view)
+        return size
+
+    def readinto(self, buffer: Any, offset: int, digest: str | None = None) -> int:
+        """Fill ``buffer`` (any writable buffer) with the bytes at ``offset``: no copy beyond the socket's.
+
+        Large reads are split into parallel parts, each written straight to its
+        place.  Returns ``len(buffer)``.
+        """
+        return self.transport.run(self._fetch_into(buffer, offset, digest))
+
+    async def areadinto(self, buffer: Any, offset: int, digest: str | None = None) -> int:
+        """:meth:`readinto` from any event loop."""
+        return await self.transport.call_soon(self._fetch_into(buffer, offset, digest))
 
     def __call__(self, offset: int, size: int) -> bytes:
         return self.read(offset, size)

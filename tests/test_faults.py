@@ -72,6 +72,8 @@ def test_transient_faults_are_retried(through_proxy, kind, kw):
     ranges = [(0, 4096), (700_000, 300_000), (BLOB_SIZE - 5000, 5000)]
     assert blob.read_ranges(ranges) == [data[o:o + n] for o, n in ranges]
     assert blob.read(100, 1_500_000) == data[100:1_500_100]  # split into parallel parts
+    buf = bytearray(1_200_000)
+    assert blob.readinto(buf, 7) == len(buf) and buf == data[7:1_200_007]  # parts land in place
 
 
 @pytest.mark.parametrize("kind,kw", [("flip", {"after_bytes": 333}), ("wrong_range", {"shift": 1}),
@@ -85,6 +87,11 @@ def test_wrong_bytes_are_caught_by_the_digest_and_refetched(through_proxy, kind,
     proxy.clear()
     proxy.add_fault(kind, path="/blobs/", times=3, **kw)
     assert blob.read_all() == data  # verified against the blob's digest
+    proxy.clear()
+    proxy.add_fault(kind, path="/blobs/", times=2, **kw)
+    buf = bytearray(BLOB_SIZE)
+    blob.readinto(buf, 0, digest=blob.digest)
+    assert buf == data
 
 
 PERMANENT = [
