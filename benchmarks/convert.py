@@ -70,7 +70,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import statistics
@@ -80,6 +79,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import cpu_children, cpu_self
 
 from lazylayer.convert import Converter, decompressed_chunks
 from lazylayer.format import LAYER_FRAME_SIZE, LayerWriter
@@ -241,16 +242,6 @@ class OtherLoad:
         return (f"the timed part took {t1 - t0:.0f} s; other processes used {other:.1f} CPU-s "
                 f"({other / (t1 - t0):.2f} cores on average); 1-min load average "
                 f"{self.load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end")
-
-
-def cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def cpu_children() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 @dataclass

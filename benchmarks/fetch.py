@@ -93,7 +93,6 @@ import math
 import os
 import platform
 import random
-import resource
 import shlex
 import shutil
 import signal
@@ -109,6 +108,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from common import cpu_children, cpu_self, stop_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netem import ShapedProxy, die_with_parent  # noqa: E402 - netem.py sits next to this file
@@ -223,14 +224,7 @@ http:
 
     def close(self) -> None:
         p, self.proc = self.proc, None
-        if p is None:
-            return
-        p.terminate()
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_process(p)
 
 
 class StaticServer:
@@ -265,15 +259,8 @@ class StaticServer:
 
     def close(self) -> None:
         p, self.proc = self.proc, None
-        if p is None:
-            return
-        p.terminate()
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        if p.stdout is not None:
+        stop_process(p)
+        if p is not None and p.stdout is not None:
             p.stdout.close()
 
 
@@ -336,16 +323,6 @@ def static_server_main(file: str, path: str, parent: int) -> None:
 
 
 # ----------------------------------------------------------------- measuring
-
-
-def cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def cpu_children() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def machine_busy() -> float:
