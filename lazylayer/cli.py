@@ -233,14 +233,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_cat(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
-    source: object = args.file
-    size = None
     if "://" in args.file:
         from .remote import open_blob
 
         blob = open_blob(args.file)
-        source, size = blob, blob.size
-    with SeekableReader(source, blob_size=size, threads=args.threads) as r:
+        reader = SeekableReader(blob, blob_size=blob.size, threads=args.threads, name=args.file)
+    else:
+        reader = SeekableReader(args.file, threads=args.threads)
+    with reader as r:
         end = r.size if args.length is None else min(r.size, args.offset + args.length)
         pos = args.offset
         buf = bytearray(8 << 20)

@@ -230,7 +230,9 @@ class ImageSource(Protocol):
 class ImageDestination(Protocol):
     """Where the converter writes: an :class:`OciLayout` or a registry repository."""
 
-    tag: Any
+    @property
+    def tag(self) -> str | None:
+        """The tag the write ends by pointing at the image (None: untagged)."""
 
     def write_blob(self, data: bytes, media_type: str, **extra: Any) -> Descriptor:
         """Store a small blob (a manifest or index goes where the store keeps those)."""

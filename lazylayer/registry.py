@@ -623,7 +623,7 @@ class RegistryDestination:
     def blob_writer(self) -> RegistryBlobWriter:
         return RegistryBlobWriter(self)
 
-    def reuse_blob(self, desc: oci.Descriptor, source: object) -> bool:
+    def reuse_blob(self, desc: oci.Descriptor, source: object = None) -> bool:
         """True if the registry has ``desc`` already, or mounts it from the source's repository."""
         t, repo, digest = self.registry.transport, self.ref.repository, desc["digest"]
         if t.run(self.registry.ablob_exists(repo, digest)):

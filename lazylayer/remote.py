@@ -183,7 +183,7 @@ def _assemble(ranges: Sequence[Range], requests: list[Range], bodies: list[bytes
     return out
 
 
-def sha256_of(data: bytes) -> str:
+def sha256_of(data: bytes | bytearray | memoryview) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -35,6 +35,8 @@ def test_compress_info_cat_roundtrip(tmp_path, corpus):
 
     res = run("cat", str(dst), "--offset", "1000", "--length", "1M")
     assert res.returncode == 0 and res.stdout == corpus[1000:1000 + (1 << 20)]
+    res = run("cat", f"file://{dst}", "--offset", "2M", "--length", "5000")  # through fsspec
+    assert res.returncode == 0 and res.stdout == corpus[2 << 20:(2 << 20) + 5000]
 
 
 def test_errors_exit_1_with_a_message(tmp_path):

@@ -7,14 +7,16 @@ lazylayer's client and are compared with what skopeo pushed.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import json
 import logging
-import os
 import subprocess
 
 import pytest
 
 import images
+import lazylayer
 from lazylayer import cli, convert, errors, oci, registry, remote
 from lazylayer.auth import Credentials
 from lazylayer.format import ANNOTATION_TOC_DIGEST
@@ -233,7 +235,7 @@ def test_convert_to_and_from_a_registry(registry, tmp_path, fault_proxy, monkeyp
     src = small_image(tmp_path)
     path, tag = _layout(src)
     lazy = unique_repo("lazy")
-    res = convert.convert(src, f"docker://{host}/{lazy}:v1", progress=False)
+    convert.convert(src, f"docker://{host}/{lazy}:v1", progress=False)
     methods = [(s.method, s.path_qs.split("?")[0].rsplit("/", 2)[-2]) for s in proxy.log]
     assert ("PATCH", "uploads") in methods or any(s.method == "PATCH" for s in proxy.log)
     # skopeo reads back what we pushed: same diff_ids, lazy layers
@@ -377,3 +379,21 @@ def test_tls_and_plain_http_off_loopback(tmp_path):
                 assert len(insecure.blob(layer).read_all()) == layer["size"]
         finally:
             t.close()
+
+
+def test_cli_cat_reads_a_registry_blob_by_url(registry, tmp_path, corpus):
+    """`lazylayer cat http://.../blobs/sha256:...` decompresses a range of a seekable blob fetched by range."""
+    seekable = tmp_path / "blob.zst"
+    with lazylayer.SeekableWriter(str(seekable), frame_size=256 << 10) as w:
+        w.write(corpus[:2_000_000])
+    repo = unique_repo()
+    t = remote.Transport()
+    try:
+        digest = t.run(Registry(registry.host, RegistryConfig(transport=t)).aput_blob(repo, seekable.read_bytes()))
+    finally:
+        t.close()
+    url = f"{registry.url}/v2/{repo}/blobs/{digest}"
+    res = subprocess.run([os.path.join(os.path.dirname(sys.executable), "lazylayer"), "cat", url,
+                          "--offset", "700000", "--length", "300000"], capture_output=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == corpus[700_000:1_000_000]
