@@ -28,3 +28,29 @@ def stop_process(p: subprocess.Popen | None, grace: float = 5.0) -> None:
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait()
+
+
+def package_version(dist: str) -> str:
+    """The installed version of distribution ``dist``, or ``?``."""
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "?"
+
+
+def machine_line() -> str:
+    """``- Machine: `nproc` = N, CPU, RAM, kernel, Debian``: the first line of every results block."""
+    import os
+    import platform
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "unknown")
+    mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemTotal")), "0")
+    deb = Path("/etc/debian_version")
+    debian = deb.read_text().strip() if deb.exists() else "n/a"
+    return (f"- Machine: `nproc` = {os.cpu_count()}, {cpu}, {int(mem) / 2**20:.0f} GiB RAM, "
+            f"kernel `{platform.release()}`, Debian {debian}")

@@ -80,7 +80,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import cpu_children, cpu_self
+from common import cpu_children, cpu_self, machine_line, package_version
 
 from lazylayer.convert import Converter, decompressed_chunks
 from lazylayer.format import LAYER_FRAME_SIZE, LayerWriter
@@ -421,22 +421,9 @@ def libzstd_version() -> str:
 
 
 def environment() -> list[str]:
-    import importlib.metadata as md
-
-    def ver(dist: str) -> str:
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            return "?"
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
-    mem = next((line.split()[1] for line in meminfo if line.startswith("MemTotal")), "0")
-    debian = Path("/etc/debian_version")
-    debian_version = debian.read_text().strip() if debian.exists() else "n/a"
+    ver = package_version
     zstd_cli = tool_version("zstd", "--version").split(" v")[-1].split(",")[0]
-    machine = (f"- Machine: `nproc` = {os.cpu_count()}, {cpu}, {int(mem) / 2**20:.0f} GiB RAM, "
-               f"kernel `{platform.release()}`, Debian {debian_version}")
+    machine = machine_line()
     python = (f"- Python {platform.python_version()}; lazylayer {ver('lazylayer')} ({libzstd_version()}), "
               f"isal {ver('isal')}, zstandard {ver('zstandard')}")
     tools = f"- {tool_version('pigz', '--version')}; zstd CLI {zstd_cli}; {tool_version('skopeo', '--version')}"

@@ -68,6 +68,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from common import machine_line
+
 import indexed_zstd
 import pyzstd
 import zstandard
@@ -643,10 +645,6 @@ def environment() -> list[str]:
             return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
         except OSError:
             return "n/a"
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                if l.startswith("model name")), "unknown")
-    mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
-    debian = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "n/a"
     idz_libs = Path(indexed_zstd.__file__).parent / "indexed_zstd.libs"
     idz_zstd = ", ".join(sorted(p.name for p in idz_libs.glob("libzstd*"))) if idz_libs.exists() else "?"
     import importlib.metadata as md
@@ -657,8 +655,7 @@ def environment() -> list[str]:
         except md.PackageNotFoundError:
             return getattr(sys.modules.get(dist), "__version__", "?")
     return [
-        f"- Machine: `nproc` = {sh('nproc')}, {cpu}, {int(mem) / 2**20:.0f} GiB RAM, "
-        f"kernel `{sh('uname', '-r')}`, Debian {debian}",
+        machine_line(),
         f"- Python {platform.python_version()}",
         f"- lazylayer {ver('lazylayer')}, libzstd {libzstd_of(lazylayer)}",
         f"- python-zstandard {ver('zstandard')} ({zstandard.backend}), libzstd "

@@ -109,7 +109,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from common import cpu_children, cpu_self, stop_process
+from common import cpu_children, cpu_self, machine_line, package_version, stop_process
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netem import ShapedProxy, die_with_parent  # noqa: E402 - netem.py sits next to this file
@@ -686,7 +686,7 @@ def lazylayer_cases(b: Bench, ep: Endpoint, remote: Any) -> list[Case]:
              f"remote.open_blob(url, transport=Transport(RemoteOptions(max_connections={c}))).read(0, size)",
              read_whole, ep),
         Case(f"lazylayer `blob.readinto(buf, 0)`, max_connections={c}", "seq", "lazylayer",
-             f"blob.readinto(bytearray(size), 0)", read_into, ep),
+             "blob.readinto(bytearray(size), 0)", read_into, ep),
         Case(f"lazylayer `blob.open()`, 1 MiB reads, max_connections={c}", "seq", "lazylayer",
              "f = blob.open(); f.read(1 << 20) ...", read_open, ep),
         Case(f"lazylayer `blob.read_ranges(list)`, max_connections={c}", "rand", "lazylayer",
@@ -761,22 +761,10 @@ def bound_random(reads: int, conc: int, read_size: int, rtt: float, rate: float)
 
 
 def environment(remote: Any, registry: Registry) -> list[str]:
-    import importlib.metadata as md
-
-    def ver(dist: str) -> str:
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            return "?"
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "unknown")
-    mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal")), "0")
-    deb = Path("/etc/debian_version")
+    ver = package_version
     curl = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
     opts = repr(remote.RemoteOptions()) if remote is not None else "not importable"
-    machine = (f"- Machine: `nproc` = {os.cpu_count()}, {cpu}, {int(mem) / 2**20:.0f} GiB RAM, kernel "
-               f"`{platform.release()}`, Debian {deb.read_text().strip() if deb.exists() else 'n/a'}")
+    machine = machine_line()
     software = (f"- Python {platform.python_version()}; lazylayer {ver('lazylayer')}; fsspec {ver('fsspec')}; "
                 f"aiohttp {ver('aiohttp')}; {' '.join(curl.split()[:2])}; {registry.version()}")
     return [machine, software, f"- lazylayer defaults: `{opts}`"]

@@ -59,6 +59,7 @@ import aiohttp
 from cachetools import TTLCache
 
 from . import errors
+from .seekable import seek_position
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -746,10 +747,7 @@ class _BlobStream(io.RawIOBase):
         return self.pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.blob.size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self.pos = base + offset
+        self.pos = seek_position(self.pos, offset, whence, lambda: self.blob.size)
         return self.pos
 
     def _schedule(self, idx: int, size: int) -> None:

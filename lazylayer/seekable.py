@@ -484,6 +484,21 @@ class SeekableReader:
         return f"<SeekableReader {self.name!r} size={self.size} frames={self.frames}>"
 
 
+def seek_position(pos: int, offset: int, whence: int, size: Callable[[], int]) -> int:
+    """The position ``seek(offset, whence)`` moves a stream at ``pos`` to (``size()`` only for SEEK_END)."""
+    if whence == io.SEEK_SET:
+        base = 0
+    elif whence == io.SEEK_CUR:
+        base = pos
+    elif whence == io.SEEK_END:
+        base = size()
+    else:
+        raise ValueError(f"invalid whence {whence!r}")
+    if base + offset < 0:
+        raise ValueError("negative seek position")
+    return base + offset
+
+
 class _RawStream(io.RawIOBase):
     """A file position over a :class:`SeekableReader` (see :meth:`SeekableReader.open`)."""
 
@@ -503,10 +518,7 @@ class _RawStream(io.RawIOBase):
         return n
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._reader.size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
+        self._pos = seek_position(self._pos, offset, whence, lambda: self._reader.size)
         return self._pos
 
     def tell(self) -> int:
