@@ -1,8 +1,14 @@
 """lazylayer: start containers before their images are downloaded.
 
-This release provides the core engine: random access into seekable zstd
-(:class:`SeekableReader`), the writer (:class:`SeekableWriter`), and the shared,
-bounded decompressed-frame cache (:class:`BlockCache`).  See ``docs/``.
+- :class:`ImageFileSystem` (``lazylayer://``): an fsspec filesystem over a
+  lazily fetched image (:mod:`lazylayer.fs`, docs/filesystem.md), on
+  :class:`Image` (:mod:`lazylayer.image`) and the :class:`DiskCache`;
+- the core engine: random access into seekable zstd (:class:`SeekableReader`),
+  the writer (:class:`SeekableWriter`), and the shared, bounded
+  decompressed-frame cache (:class:`BlockCache`).  See ``docs/``.
+
+``ImageFileSystem``, ``Image`` and ``DiskCache`` are imported on first use, so
+``import lazylayer`` stays light for callers of the core engine only.
 """
 
 from . import errors
@@ -28,10 +34,24 @@ from .seekable import (
 
 __version__ = "0.1.0"
 
+_LAZY = {"ImageFileSystem": "fs", "Image": "image", "DiskCache": "cache"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'lazylayer' has no attribute {name!r}")
+
+
 __all__ = [
     "BlockCache",
     "CacheStats",
     "ChecksumError",
+    "DiskCache",
+    "Image",
+    "ImageFileSystem",
     "CorruptFrameError",
     "FormatError",
     "FrameInfo",

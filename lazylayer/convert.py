@@ -26,7 +26,7 @@ import zstandard
 from isal import isal_zlib  # ISA-L inflate: ~1.6x zlib's speed on the same gzip layer
 
 from . import errors, oci
-from .format import ANNOTATION_TOC_DIGEST, LAYER_FRAME_SIZE, LayerInfo, LayerWriter
+from .format import LAYER_FRAME_SIZE, LayerInfo, LayerWriter, is_lazy_layer
 from .progress import Progress
 
 ANNOTATION_SOURCE = "io.lazylayer.source-manifest"
@@ -234,15 +234,15 @@ class Converter:
                         manifests.append(self._copy_manifest(source, dest, img, bar))
                         continue
                     new_layers = []
-                    diff_ids = _diff_ids(img)
+                    layer_diff_ids = diff_ids(img)
                     for i, layer in enumerate(img.manifest["layers"]):
                         key = layer.get("digest") or f"{id(img)}:{i}"
                         if key not in done:
-                            if _is_lazy(layer) or not oci.is_tar_layer(layer):
+                            if is_lazy_layer(layer) or not oci.is_tar_layer(layer):
                                 done[key] = self._copy_layer(source, dest, layer, bar)
                                 copied += 1
                             else:
-                                desc, info = self._convert_layer(source, dest, layer, diff_ids[i], bar)
+                                desc, info = self._convert_layer(source, dest, layer, layer_diff_ids[i], bar)
                                 done[key] = desc
                                 infos.append(info)
                         new_layers.append(done[key])
@@ -263,30 +263,8 @@ class Converter:
 
     def _convert_layer(self, source: oci.ImageSource, dest: oci.ImageDestination, layer: oci.Descriptor,
                        diff_id: str, bar: Progress) -> tuple[oci.Descriptor, LayerInfo]:
-        what = layer.get("digest") or layer.get("annotations", {}).get(_ARCHIVE_MEMBER)
-        raw = oci.HashingReader(source.open_blob(layer))
-        pipe = _Pipe(decompressed_chunks(_Counted(raw, bar)))
-        try:
-            return self._write_layer(dest, layer, diff_id, raw, pipe, what)
-        except errors.LazyLayerError as exc:
-            if str(what) in str(exc):
-                raise
-            raise type(exc)(f"layer {what}: {exc}") from exc  # say which layer
-        finally:
-            pipe.close()
-            raw.raw.close()
-
-    def _write_layer(self, dest: oci.ImageDestination, layer: oci.Descriptor, diff_id: str,
-                     raw: oci.HashingReader, pipe: _Pipe, what: object) -> tuple[oci.Descriptor, LayerInfo]:
         with dest.blob_writer() as out:
-            info = self.writer.write(pipe.read, out.file)
-            pipe.finish()
-            if layer.get("digest") and raw.digest() != layer["digest"]:
-                raise errors.IntegrityError(f"layer {what}: the source blob's digest is {raw.digest()}")
-            if info.diff_id != diff_id:
-                raise errors.IntegrityError(
-                    f"layer {what}: its tar's sha256 is {info.diff_id} but the config's diff_id is {diff_id}"
-                )
+            info = reencode_layer(source, layer, diff_id, out.file, self.writer, bar)
             out.commit(info.digest)
         annotations = {k: v for k, v in (layer.get("annotations") or {}).items() if k != _ARCHIVE_MEMBER}
         annotations.update(info.annotations())
@@ -336,11 +314,37 @@ class Converter:
         return dest.write_blob(oci.canonical_json(manifest), oci.OCI_MANIFEST, **extra)
 
 
-def _is_lazy(layer: oci.Descriptor) -> bool:
-    return layer.get("mediaType") == oci.OCI_LAYER_ZSTD and ANNOTATION_TOC_DIGEST in (layer.get("annotations") or {})
+def reencode_layer(source: oci.ImageSource, layer: oci.Descriptor, diff_id: str | None, out: Any,
+                   writer: LayerWriter, bar: Progress | None = None) -> LayerInfo:
+    """Stream layer ``layer`` of ``source`` (any compression), written as a lazy layer to ``out``.
+
+    The source blob's digest, and the tar's sha256 against ``diff_id`` (when
+    given), are checked once the stream ends: on a mismatch this raises
+    :class:`~lazylayer.errors.IntegrityError` and the caller must discard ``out``.
+    """
+    what = layer.get("digest") or layer.get("annotations", {}).get(_ARCHIVE_MEMBER)
+    raw = oci.HashingReader(source.open_blob(layer))
+    pipe = _Pipe(decompressed_chunks(_Counted(raw, bar) if bar is not None else raw))
+    try:
+        info = writer.write(pipe.read, out)
+        pipe.finish()
+        if layer.get("digest") and raw.digest() != layer["digest"]:
+            raise errors.IntegrityError(f"layer {what}: the source blob's digest is {raw.digest()}")
+        if diff_id is not None and info.diff_id != diff_id:
+            raise errors.IntegrityError(
+                f"layer {what}: its tar's sha256 is {info.diff_id} but the config's diff_id is {diff_id}"
+            )
+        return info
+    except errors.LazyLayerError as exc:
+        if str(what) in str(exc):
+            raise
+        raise type(exc)(f"layer {what}: {exc}") from exc  # say which layer
+    finally:
+        pipe.close()
+        raw.raw.close()
 
 
-def _diff_ids(img: oci.SourceImage) -> list[str]:
+def diff_ids(img: oci.SourceImage) -> list[str]:
     config = oci.parse_json(img.config, "image config")
     diff_ids = (config.get("rootfs") or {}).get("diff_ids")
     if not isinstance(diff_ids, list) or len(diff_ids) != len(img.manifest["layers"]):

@@ -150,6 +150,13 @@ def toc_entry(m: TarMember) -> dict[str, Any]:
     return e
 
 
+def is_lazy_layer(desc: dict[str, Any]) -> bool:
+    """True if a layer descriptor names a lazy layer (zstd, with the TOC annotations)."""
+    ann = desc.get("annotations") or {}
+    return desc.get("mediaType") == MEDIA_TYPE_LAYER_ZSTD and ANNOTATION_TOC_DIGEST in ann \
+        and ANNOTATION_TOC_POSITION in ann
+
+
 @dataclass
 class LayerInfo:
     """What writing a layer produced: everything its descriptor and checks need."""
@@ -294,6 +301,8 @@ class LayerIndex:
     toc: Toc
     seek_table: bytes  # the whole seek-table frame, for SeekableReader(tail=...)
     verified: bool  # the TOC matched a digest from the manifest
+    frame: bytes = b""  # the TOC frame as stored in the blob (header included)
+    toc_offset: int = 0  # where that frame starts in the blob
 
 
 def read_toc(fetch: Callable[[int, int], bytes], blob_size: int,
@@ -341,7 +350,31 @@ def read_toc(fetch: Callable[[int, int], bytes], blob_size: int,
     toc = Toc.from_frame(frame)
     listed = parse_seek_table(table, blob_size)
     _check_frames(toc, listed, toc_off, toc_len)
-    return LayerIndex(toc=toc, seek_table=table, verified=verified)
+    return LayerIndex(toc=toc, seek_table=table, verified=verified, frame=bytes(frame), toc_offset=toc_off)
+
+
+def check_toc_frames(toc: Toc, toc_offset: int) -> None:
+    """Check that the TOC's frames tile the blob up to its TOC frame and the tar from 0.
+
+    A reader that trusts the TOC for frame positions (and builds its seek table
+    from it) relies on this.
+    """
+    c = d = 0
+    for i, f in enumerate(toc.frames):
+        if f.compressed_offset != c or f.offset != d or f.compressed_size <= 0 or f.size < 0 \
+                or len(f.sha256) != 64:
+            raise errors.FormatError(f"TOC frame {i} is out of place or malformed")
+        c += f.compressed_size
+        d += f.size
+    if c != toc_offset:
+        raise errors.FormatError(f"the TOC's frames end at {c}, but the TOC frame starts at {toc_offset}")
+    for e in toc.entries:
+        if e.get("type", "reg") != "reg":
+            continue
+        off, size = e.get("offset", 0), e.get("size", 0)
+        if not (isinstance(off, int) and isinstance(size, int) and 0 <= off and 0 <= size and off + size <= d):
+            raise errors.FormatError(f"TOC entry {e['name']!r}: content {off!r}+{size!r} is not within "
+                                     f"the layer's {d} bytes")
 
 
 def _check_frames(toc: Toc, listed: list[FrameInfo], toc_off: int, toc_len: int) -> None:

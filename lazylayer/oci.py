@@ -346,6 +346,16 @@ class OciLayout:
                                         "(wrong size or digest)")
         return data
 
+    def blob(self, desc: Descriptor) -> Any:
+        """The layer blob ``desc`` names, for range reads (a :class:`lazylayer.remote.FsspecBlob`)."""
+        from .remote import FsspecBlob
+
+        path = self.blob_path(desc["digest"])
+        if not os.path.exists(path):
+            raise errors.FormatError(f"{self.path}: blob {desc['digest']} is missing")
+        size = desc.get("size")
+        return FsspecBlob(path, digest=desc["digest"], size=size if isinstance(size, int) else None)
+
     def open_blob(self, desc: Descriptor) -> BinaryIO:
         try:
             return open(self.blob_path(desc["digest"]), "rb")

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import threading
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, Iterable, NamedTuple, Union
 
 from . import errors
 from ._lib import check, ffi, lib, raise_status, strerror
@@ -31,6 +32,7 @@ __all__ = [
     "SeekableReader",
     "SeekableWriter",
     "WorkerPool",
+    "build_seek_table",
     "default_cache",
     "default_pool",
     "parse_seek_table",
@@ -164,8 +166,9 @@ def default_pool() -> WorkerPool:
 
 
 def _after_fork_in_child() -> None:
-    global _default_cache, _default_pool, _defaults_lock
+    global _default_cache, _default_pool, _defaults_lock, _live_lock
     _defaults_lock = threading.Lock()
+    _live_lock = threading.Lock()
     # Never free the parent's objects here: the pool's threads do not exist in
     # the child and the cache's locks may have been held at fork time.
     _leaked.extend(x for x in (_default_pool, _default_cache) if x is not None)
@@ -194,10 +197,25 @@ def seek_table_size(tail: BytesLike, blob_size: int) -> int:
     """
     buf = ffi.from_buffer(tail)
     out = ffi.new("uint64_t *")
-    rc = lib.ll_seektable_tail_size(buf, len(buf), blob_size, out)
+    try:
+        rc = lib.ll_seektable_tail_size(buf, len(buf), blob_size, out)
+    finally:
+        ffi.release(buf)  # see SeekableReader.readinto
     if rc not in (lib.LL_OK, lib.LL_ERR_NEED_MORE):
         raise_status(rc, "reading the seek table footer")
     return out[0]
+
+
+def build_seek_table(frames: Iterable[tuple[int, int]]) -> bytes:
+    """A seek table (without checksums) listing ``(compressed_size, size)`` frames, as bytes.
+
+    For a reader that already knows a blob's frames from a verified index: the
+    table it gets needs no fetch and no trust in the blob's own table.
+    """
+    sizes = list(frames)
+    body = b"".join(struct.pack("<II", c, d) for c, d in sizes)
+    footer = struct.pack("<IBI", len(sizes), 0, lib.LL_SEEKABLE_MAGIC)
+    return struct.pack("<II", lib.LL_SKIPPABLE_MAGIC, len(body) + len(footer)) + body + footer
 
 
 def parse_seek_table(tail: BytesLike, blob_size: int) -> list[FrameInfo]:
@@ -205,9 +223,13 @@ def parse_seek_table(tail: BytesLike, blob_size: int) -> list[FrameInfo]:
     buf = ffi.from_buffer(tail)
     table = ffi.new("ll_seektable **")
     need = ffi.new("uint64_t *")
-    rc = lib.ll_seektable_parse(buf, len(buf), blob_size, table, need)
+    size = len(buf)
+    try:
+        rc = lib.ll_seektable_parse(buf, size, blob_size, table, need)
+    finally:
+        ffi.release(buf)  # see SeekableReader.readinto
     if rc == lib.LL_ERR_NEED_MORE:
-        raise errors.FormatError(f"the seek table needs the last {need[0]} bytes, got {len(buf)}")
+        raise errors.FormatError(f"the seek table needs the last {need[0]} bytes, got {size}")
     check(rc, "parsing the seek table")
     try:
         info = ffi.new("ll_frame_info *")
@@ -224,9 +246,10 @@ def parse_seek_table(tail: BytesLike, blob_size: int) -> list[FrameInfo]:
 class _CallbackSource:
     """Adapts ``fetch(offset, size) -> bytes`` to the C read callback.
 
-    An exception raised by ``fetch`` is kept per thread and re-raised, as the
-    cause of a :class:`~lazylayer.errors.SourceError`, by the call that made C
-    ask for the bytes.
+    An exception raised by ``fetch`` is kept per thread and re-raised by the
+    call that made C ask for the bytes: a lazylayer error as it is (so an
+    :class:`~lazylayer.errors.IntegrityError` stays one), anything else as the
+    cause of a :class:`~lazylayer.errors.SourceError`.
     """
 
     def __init__(self, fetch: Fetch) -> None:
@@ -261,16 +284,34 @@ _scratch = threading.local()  # per-thread buffer for small pread() calls
 _UNSET: Any = object()
 
 
-def _reader_destructor(fd: int | None, keep: object) -> Callable[[Any], None]:
-    """Frees a C reader, then closes its file; `keep` holds what C reads through
-    (referenced by the destructor, so it lives exactly as long as the reader)."""
+# What each live C reader or writer works through (its source or sink, cache,
+# pool, file), by the object's address.  A module-level dict, not a closure:
+# the garbage collector, tearing down a cycle that holds a reader, may clear a
+# closure's references in any order, and a cache or pool freed before its
+# reader is a crash.  Entries leave only once the C object is freed.
+_live: dict[int, tuple[Callable[[Any], None], int | None, object]] = {}
+_live_lock = threading.Lock()
 
-    def destroy(ptr: Any, keep: object = keep) -> None:
-        lib.ll_reader_free(ptr)
-        if fd is not None:
-            os.close(fd)
 
-    return destroy
+def _address(ptr: Any) -> int:
+    return int(ffi.cast("uintptr_t", ptr))
+
+
+def _release(ptr: Any) -> None:
+    """Free a C object, then close its file and let go of what it used."""
+    with _live_lock:
+        free, fd, _ = _live.pop(_address(ptr))
+    free(ptr)
+    if fd is not None:
+        os.close(fd)
+
+
+def _owned(ptr: Any, free: Callable[[Any], None], keep: object, fd: int | None = None) -> Any:
+    """``ptr`` as a cdata that frees it (with ``free``) when the last reference goes;
+    ``keep`` and ``fd`` live until then."""
+    with _live_lock:
+        _live[_address(ptr)] = (free, fd, keep)
+    return ffi.gc(ptr, _release)
 
 
 class SeekableReader:
@@ -324,7 +365,10 @@ class SeekableReader:
             read_fn, opaque = lib._ll_py_read, self._callback.handle
             if tail is not None:  # the caller already has the blob's last bytes
                 buf = ffi.from_buffer(tail)
-                rc = lib.ll_seektable_parse(buf, len(buf), blob_size, table, ffi.NULL)
+                try:
+                    rc = lib.ll_seektable_parse(buf, len(buf), blob_size, table, ffi.NULL)
+                finally:
+                    ffi.release(buf)  # see readinto
                 self._check(rc, "parsing the seek table")
             else:
                 rc = lib.ll_seektable_load(read_fn, opaque, blob_size, table)
@@ -375,7 +419,7 @@ class SeekableReader:
         # cdata: a read in progress holds a reference to it, so close() (which
         # drops ours) frees it at once when idle, or when the last read returns.
         keep = (opaque, self._callback, getattr(self, "_buffer", None), self.cache, self.pool)
-        self._ptr = ffi.gc(out[0], _reader_destructor(self._fd, keep))
+        self._ptr = _owned(out[0], lib.ll_reader_free, keep, self._fd)
         st = lib.ll_reader_seektable(self._ptr)
         self.size: int = lib.ll_reader_size(self._ptr)
         """Size of the uncompressed stream in bytes."""
@@ -392,6 +436,8 @@ class SeekableReader:
         cause = self._callback.take_failure() if self._callback is not None else None
         if rc == lib.LL_ERR_IO and cause is None and self._fd is not None:
             cause = OSError("pread failed or the file is shorter than its seek table says")
+        if isinstance(cause, errors.LazyLayerError):
+            raise cause  # already typed (IntegrityError, RemoteError...) and says what failed
         raise_status(rc, f"{self.name}: {what}", cause)
 
     # -- reading --------------------------------------------------------------
@@ -413,9 +459,15 @@ class SeekableReader:
             dst = ffi.from_buffer(buffer, require_writable=True)
         except BufferError:
             raise TypeError("readinto() needs a writable bytes-like object") from None
-        n = lib.ll_reader_read(ptr, offset, dst, len(dst))
+        # Released before any exception leaves: a buffer export held by a
+        # traceback's frame can crash the garbage collector (memoryview exporters).
+        size = len(dst)
+        try:
+            n = lib.ll_reader_read(ptr, offset, dst, size)
+        finally:
+            ffi.release(dst)
         if n < 0:
-            self._check(n, f"reading {len(dst)} bytes at offset {offset}")
+            self._check(n, f"reading {size} bytes at offset {offset}")
         return n
 
     def pread(self, size: int, offset: int) -> bytes:
@@ -588,7 +640,7 @@ class SeekableWriter(io.RawIOBase):
             if self._owns_file:
                 target.close()
             raise ValueError(f"invalid writer options (level={level}, frame_size={frame_size}): {strerror(rc)}")
-        self._ptr = ffi.gc(out[0], lib.ll_writer_free)
+        self._ptr = _owned(out[0], lib.ll_writer_free, (self._sink, self._pool))
         self._finished = False
 
     def _check(self, rc: int, what: str) -> None:
@@ -606,8 +658,13 @@ class SeekableWriter(io.RawIOBase):
         if self.closed:
             raise ValueError("write to a closed SeekableWriter")
         src = ffi.from_buffer(data)
-        self._check(lib.ll_writer_write(self._ptr, src, len(src)), "compressing")
-        return len(src)
+        size = len(src)
+        try:
+            rc = lib.ll_writer_write(self._ptr, src, size)
+        finally:
+            ffi.release(src)  # see SeekableReader.readinto
+        self._check(rc, "compressing")
+        return size
 
     def end_frame(self) -> None:
         """Start a new frame at this point (nothing happens if the frame is empty)."""
@@ -621,7 +678,11 @@ class SeekableWriter(io.RawIOBase):
     def add_skippable(self, data: bytes, variant: int = 0) -> None:
         """Insert a zstd skippable frame (magic 0x184D2A50 + variant) holding ``data``."""
         src = ffi.from_buffer(data)
-        self._check(lib.ll_writer_add_skippable(self._ptr, variant, src, len(src)), "writing a skippable frame")
+        try:
+            rc = lib.ll_writer_add_skippable(self._ptr, variant, src, len(src))
+        finally:
+            ffi.release(src)  # see SeekableReader.readinto
+        self._check(rc, "writing a skippable frame")
 
     def tell(self) -> int:
         """Uncompressed bytes written so far."""

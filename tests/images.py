@@ -418,3 +418,38 @@ def diff_snapshots(a: dict[str, tuple], b: dict[str, tuple]) -> list[str]:
     problems += [f"only in second: {k}" for k in sorted(b.keys() - a.keys())]
     problems += [f"differs: {k}: {a[k]} != {b[k]}" for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
     return problems
+
+
+def build_fs_image(work: str, tag: str = "v1") -> str:
+    """:func:`build_umoci_image` plus a fourth, hand-made layer (added verbatim with
+    ``umoci raw add-layer``): an opaque directory, whiteouts of a symlink and a
+    hardlinked file, a file over several 2 MiB frames with a hardlink to it,
+    symlinks that climb above the root, and a symlink loop.  Returns the layout."""
+    layout = build_umoci_image(work, tag)
+    rng = random.Random(5)
+    large = b"".join(rng.randbytes(4096) + bytes(4096) for _ in range(1200))  # 9.4 MiB, half compressible
+    members = [
+        entry("data", tarfile.DIRTYPE),
+        entry("data/.wh..wh..opq", tarfile.REGTYPE, mode=0o644),  # hides every lower-layer file in data/
+        reg("data/kept-new", b"added beside the opaque marker\n"),
+        entry("etc/.wh.hostname.link", tarfile.REGTYPE, mode=0o644),
+        entry("big", tarfile.DIRTYPE),
+        reg("big/large.bin", large, 0o640),
+        entry("big/large.hard", tarfile.LNKTYPE, linkname="big/large.bin"),
+        entry("big/escape", tarfile.SYMTYPE, linkname="../../../../../etc/passwd"),
+        entry("big/abs-escape", tarfile.SYMTYPE, linkname="/../../etc/hostname"),
+        entry("big/loop1", tarfile.SYMTYPE, linkname="loop2"),
+        entry("big/loop2", tarfile.SYMTYPE, linkname="loop1"),
+        entry("big/dirlink", tarfile.SYMTYPE, linkname="../app/lib"),
+    ]
+    path = os.path.join(work, "layer4.tar")
+    with open(path, "wb") as f:
+        f.write(make_tar(members))
+    run("umoci", "raw", "add-layer", "--image", f"{layout}:{tag}", path)
+    return layout
+
+
+def unpack(layout: str, tag: str, dest: str) -> str:
+    """The image's root filesystem as umoci unpacks it; returns the rootfs path."""
+    run("umoci", "unpack", "--image", f"{layout}:{tag}", dest)
+    return os.path.join(dest, "rootfs")

@@ -1,0 +1,337 @@
+"""An image opened for lazy reading: its layers' TOCs, the merged tree, and verified reads.
+
+:class:`Image` is what :class:`lazylayer.fs.ImageFileSystem` (and the FUSE
+mount) stand on.  Opening an image reads its manifest and, per layer, one
+range request for the TOC (or none, when the disk cache has it).  File content
+is fetched when read, a frame at a time:
+
+- each layer has a :class:`~lazylayer.seekable.SeekableReader` whose seek table
+  is built from the *verified* TOC (the manifest vouches for the TOC through
+  the layer's annotations, the TOC for every frame's sha256);
+- the C reader asks :class:`FrameSource` for the compressed frames a read
+  needs; it takes them from the disk cache (:class:`lazylayer.cache.DiskCache`,
+  keyed by frame digest, so a frame shared by several layers or images is
+  fetched once) or fetches the missing ones in one batch of range requests,
+  every frame checked against its sha256 before the decoder sees it;
+- decoded frames live in the shared memory cache (the C block cache).
+
+Layers that are not lazy layers (plain gzip/zstd/tar) still work: the whole
+blob is fetched once, checked against its digest and re-encoded locally into a
+lazy layer in the disk cache — slow, and a warning says so.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from typing import Any, Sequence
+
+from . import errors, oci
+from .cache import DiskCache
+from .format import (
+    ANNOTATION_TOC_DIGEST,
+    ANNOTATION_TOC_POSITION,
+    Frame,
+    LayerWriter,
+    Toc,
+    check_toc_frames,
+    is_lazy_layer,
+    read_toc,
+)
+from .progress import Progress
+from .seekable import BlockCache, SeekableReader, build_seek_table, default_cache
+from .tree import Node, Tree
+
+__all__ = ["FrameSource", "Image", "Layer", "NotLazyWarning"]
+
+log = logging.getLogger("lazylayer")
+_DEFAULT: Any = object()
+
+
+class NotLazyWarning(UserWarning):
+    """A layer is not in the lazy format: it is fetched whole before any file in it can be read."""
+
+
+class FrameSource:
+    """The compressed bytes a layer's C reader asks for, as verified frames.
+
+    The reader always asks for whole frames (one contiguous run per call).
+    Frames come from the disk cache when it has them; the others are fetched
+    in one :meth:`read_ranges` batch (coalesced, parallel), each checked
+    against the sha256 the TOC gives it.  Counters: ``frames_fetched``,
+    ``bytes_fetched``, ``frames_from_disk``.
+    """
+
+    def __init__(self, blob: Any, frames: Sequence[Frame], disk: DiskCache | None, name: str) -> None:
+        self.blob = blob
+        self.frames = list(frames)
+        self.disk = disk
+        self.__name__ = name
+        self._starts = [f.compressed_offset for f in self.frames]
+        self._lock = threading.Lock()
+        self.frames_fetched = 0
+        self.bytes_fetched = 0
+        self.frames_from_disk = 0
+
+    def span(self, offset: int, size: int) -> list[Frame]:
+        """The frames that exactly cover compressed bytes ``offset .. offset+size``."""
+        i = bisect.bisect_right(self._starts, offset) - 1
+        out: list[Frame] = []
+        end = offset + size
+        if i < 0 or self.frames[i].compressed_offset != offset:
+            raise errors.SourceError(f"{self.__name__}: read at {offset} does not start a frame")
+        while offset < end:
+            if i >= len(self.frames) or self.frames[i].compressed_offset != offset:
+                raise errors.SourceError(f"{self.__name__}: read of {size} bytes does not end on a frame")
+            out.append(self.frames[i])
+            offset += self.frames[i].compressed_size
+            i += 1
+        if offset != end:
+            raise errors.SourceError(f"{self.__name__}: read of {size} bytes does not end on a frame")
+        return out
+
+    def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
+        got = self.blob.read_ranges([(f.compressed_offset, f.compressed_size) for f in frames],
+                                    ["sha256:" + f.sha256 for f in frames])
+        with self._lock:
+            self.frames_fetched += len(frames)
+            self.bytes_fetched += sum(f.compressed_size for f in frames)
+        return got
+
+    def __call__(self, offset: int, size: int) -> bytes:
+        frames = self.span(offset, size)
+        if self.disk is None:
+            parts = self._fetch(frames)
+        else:
+            fetched: list[int] = []
+
+            def fetch(missing: list[int]) -> list[bytes]:
+                fetched.extend(missing)
+                return self._fetch([frames[i] for i in missing])
+
+            parts = self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch)
+            with self._lock:
+                self.frames_from_disk += len(frames) - len(fetched)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class Layer:
+    """One layer of an opened image: its TOC and a reader of its tar."""
+
+    def __init__(self, index: int, descriptor: oci.Descriptor, toc: Toc, reader: SeekableReader,
+                 source: FrameSource, lazy: bool, keep: Any = None) -> None:
+        self.index = index
+        self.descriptor = descriptor
+        self.digest: str = descriptor.get("digest", "")
+        self.toc = toc
+        self.reader = reader
+        self.source = source
+        self.lazy = lazy
+        """False for a layer that was fetched whole and re-encoded locally."""
+        self._keep = keep  # a pin on (or the temporary file of) a locally re-encoded layer
+
+    def close(self) -> None:
+        self.reader.close()
+        if self._keep is not None:
+            self._keep.close()
+            self._keep = None
+
+    def __repr__(self) -> str:
+        return f"<Layer {self.index} {self.digest[:19]} {'lazy' if self.lazy else 'local'}>"
+
+
+def _cache_key(digest: str) -> int:
+    """A non-zero 60-bit key for the C block cache: readers of the same blob share frames."""
+    hexpart = digest.partition(":")[2][:15]
+    try:
+        return int(hexpart, 16) or 1
+    except ValueError:
+        return 0
+
+
+class Image:
+    """A container image whose files are read lazily.
+
+    ``reference``: ``docker://HOST/REPO:TAG`` (or ``@sha256:...``),
+    ``oci:DIR[:TAG]`` or ``docker-archive:FILE``.  ``platform``: ``OS/ARCH[/VARIANT]``
+    for multi-platform images (default: this machine's).  ``registry``: a
+    :class:`lazylayer.registry.RegistryConfig` (credentials, TLS, mirrors).
+    ``cache``: the :class:`~lazylayer.cache.DiskCache` for fetched frames
+    (default: the one at ``LAZYLAYER_CACHE_DIR``); ``None`` keeps nothing on disk.
+    ``memory_cache``: the :class:`~lazylayer.seekable.BlockCache` of decoded
+    frames (default: the process-wide one).  ``threads``: decoding threads per
+    read (None: the shared pool).
+
+    Every method is safe to call from many threads at once.
+    """
+
+    def __init__(self, reference: str | oci.ImageRef, *, platform: str | None = None, registry: Any = None,
+                 cache: DiskCache | None = _DEFAULT, memory_cache: BlockCache | None = _DEFAULT,
+                 threads: int | None = None) -> None:
+        self.reference = str(reference)
+        self.disk = DiskCache() if cache is _DEFAULT else cache
+        self.memory = default_cache() if memory_cache is _DEFAULT else memory_cache
+        self.threads = threads
+        self.layers: list[Layer] = []
+        self._source = oci.open_source(reference, registry)
+        if isinstance(self._source, oci.OciLayout):
+            self.disk = None  # its blobs are local files already: nothing to keep
+        try:
+            self.manifest_image = oci.select_image(self._source, platform)
+            self.manifest: dict[str, Any] = self.manifest_image.manifest
+            self.digest: str = self.manifest_image.manifest_descriptor.get("digest", "")
+            self.config: dict[str, Any] = oci.parse_json(self.manifest_image.config, "image config")
+            descs = [d for d in self.manifest["layers"] if oci.is_tar_layer(d)]
+            from .convert import diff_ids
+
+            ids = diff_ids(self.manifest_image)
+            for i, desc in enumerate(descs):
+                self.layers.append(self._open_layer(i, desc, ids[i]))
+            try:
+                self.tree = Tree([layer.toc for layer in self.layers])
+            except errors.LazyLayerError:
+                raise
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise errors.FormatError(f"{self.reference}: a layer's TOC has a malformed entry: {exc!r}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening layers -------------------------------------------------------
+
+    def _open_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> Layer:
+        digest = desc.get("digest", "")
+        blob = getattr(self._source, "blob", None)
+        if is_lazy_layer(desc) and blob is not None:
+            return self._lazy_layer(i, desc, blob(desc))
+        why = "it is not a lazy layer" if not is_lazy_layer(desc) else "its source has no range reads"
+        warnings.warn(f"{self.reference}: layer {digest} ({desc.get('size', '?')} bytes) is fetched whole "
+                      f"and indexed before any file in it can be read, because {why}; convert the image "
+                      "with `lazylayer convert` to read it lazily", NotLazyWarning, stacklevel=4)
+        return self._local_layer(i, desc, diff_id)
+
+    def _lazy_layer(self, i: int, desc: oci.Descriptor, blob: Any) -> Layer:
+        ann = desc.get("annotations") or {}
+        toc_digest = ann[ANNOTATION_TOC_DIGEST]
+        size = desc.get("size")
+        if not isinstance(size, int) or size <= 0:
+            raise errors.FormatError(f"layer {desc.get('digest')}: bad size {size!r}")
+        frame = self.disk.get(toc_digest) if self.disk is not None else None
+        if frame is not None:
+            try:
+                toc_offset = int(ann[ANNOTATION_TOC_POSITION].split(":")[0])
+            except ValueError:
+                raise errors.FormatError(f"bad {ANNOTATION_TOC_POSITION} annotation") from None
+            toc = Toc.from_frame(frame)
+        else:
+            index = read_toc(blob, size, ann)
+            toc, toc_offset = index.toc, index.toc_offset
+            if self.disk is not None:
+                self.disk.put(toc_digest, index.frame)
+            frame = index.frame
+        return self._layer(i, desc, toc, toc_offset, len(frame), blob, self.disk, lazy=True)
+
+    def _layer(self, i: int, desc: oci.Descriptor, toc: Toc, toc_offset: int, toc_length: int, blob: Any,
+               disk: DiskCache | None, lazy: bool, keep: Any = None) -> Layer:
+        check_toc_frames(toc, toc_offset)
+        table = build_seek_table([(f.compressed_size, f.size) for f in toc.frames] + [(toc_length, 0)])
+        digest = desc.get("digest", "")
+        source = FrameSource(blob, toc.frames, disk, f"layer {digest}")
+        # XXH64 checks are off: every frame is checked against its sha256 before decoding.
+        reader = SeekableReader(source, blob_size=toc_offset + toc_length + len(table), tail=table,
+                                cache=self.memory, threads=self.threads, verify=False,
+                                cache_key=_cache_key(digest) if lazy else 0, name=f"layer {digest}")
+        return Layer(i, desc, toc, reader, source, lazy, keep)
+
+    def _local_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> Layer:
+        from .convert import reencode_layer
+        from .remote import FsspecBlob
+
+        digest = oci.check_digest(desc.get("digest", ""))
+        writer = LayerWriter(threads=self.threads)
+
+        def build(out: Any) -> None:
+            bar = Progress(desc.get("size"), f"fetch {digest[7:19]}")
+            try:
+                reencode_layer(self._source, desc, diff_id, out, writer, bar)
+            finally:
+                bar.close()
+
+        keep: Any
+        if self.disk is not None:
+            path = self.disk.ensure_file(f"sha256-{digest[7:]}.lazy", build)
+            keep = self.disk.pin(path)
+        else:
+            keep = tempfile.NamedTemporaryFile(prefix="lazylayer-", suffix=".lazy")
+            build(keep)
+            keep.flush()
+            path = keep.name
+        try:
+            blob = FsspecBlob(path, size=os.path.getsize(path))
+            index = read_toc(blob, blob.size)
+            return self._layer(i, desc, index.toc, index.toc_offset, len(index.frame), blob, None,
+                               lazy=False, keep=keep)
+        except BaseException:
+            keep.close()
+            raise
+
+    # -- reading --------------------------------------------------------------
+
+    def readinto(self, node: Node, buffer: Any, offset: int) -> int:
+        """Read file ``node``'s content at ``offset`` into ``buffer``; the bytes read (short at the end)."""
+        inode = node.inode
+        if inode.kind != "reg":
+            raise IsADirectoryError(f"{node.path}: not a regular file") if inode.kind == "dir" else \
+                OSError(f"{node.path}: not a regular file")
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), inode.size - offset))
+        if n == 0:
+            return 0
+        got = self.layers[inode.layer].reader.readinto(view[:n], inode.offset + offset)
+        if got != n:
+            raise errors.FormatError(f"{node.path}: layer {inode.layer} ends inside the file")
+        return n
+
+    def pread(self, node: Node, size: int, offset: int) -> bytes:
+        """``size`` bytes of file ``node`` at ``offset`` (fewer at its end)."""
+        inode = node.inode
+        if inode.kind != "reg":
+            raise IsADirectoryError(f"{node.path}: not a regular file") if inode.kind == "dir" else \
+                OSError(f"{node.path}: not a regular file")
+        n = max(0, min(size, inode.size - offset))
+        if n == 0:
+            return b""
+        data = self.layers[inode.layer].reader.pread(n, inode.offset + offset)
+        if len(data) != n:
+            raise errors.FormatError(f"{node.path}: layer {inode.layer} ends inside the file")
+        return data
+
+    # -- information ------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Frames and compressed bytes fetched over the network, and frames found on disk, so far."""
+        out = {"frames_fetched": 0, "bytes_fetched": 0, "frames_from_disk": 0}
+        for layer in self.layers:
+            for k in out:
+                out[k] += getattr(layer.source, k)
+        return out
+
+    def close(self) -> None:
+        """Release the layers' readers, pins and temporary files."""
+        for layer in self.layers:
+            layer.close()
+        self.layers = []
+        self._source.close()
+
+    def __enter__(self) -> Image:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Image {self.reference} {self.digest[:19]} layers={len(self.layers)}>"
