@@ -14,6 +14,8 @@ Subcommands (each has ``--help``):
 - ``info FILE``: the seek table of a seekable blob (``--json`` for scripts).
 - ``cat FILE``: write a range of a seekable blob's uncompressed data to stdout
   (FILE may be any URL: ``https://``, ``s3://``...).
+- ``cache info|trim|clear``: the on-disk frame cache (docs/cache.md): its
+  size and limit, evicting least recently used entries, emptying it.
 
 Exit codes: 0 success, 1 a lazylayer error (bad data, failed source), 2 usage.
 """
@@ -21,6 +23,7 @@ Exit codes: 0 success, 1 a lazylayer error (bad data, failed source), 2 usage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -33,6 +36,7 @@ import time
 from typing import BinaryIO, Callable, Sequence
 
 from . import errors
+from .cache import DiskCache, default_cache_dir
 from .format import LAYER_FRAME_SIZE
 from .progress import Progress
 from .seekable import DEFAULT_FRAME_SIZE, BlockCache, SeekableReader, SeekableWriter
@@ -255,6 +259,44 @@ def cmd_cat(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------ cache
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    try:
+        return _cache_action(args)
+    except ValueError as exc:  # a bad LAZYLAYER_CACHE_MAX or a negative size: usage errors
+        print(f"lazylayer: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cache_action(args: argparse.Namespace) -> int:
+    cache = DiskCache(args.cache_dir)
+    if args.action == "trim":
+        before = cache.usage().bytes
+        freed = cache.trim(args.max_size)
+        after = cache.usage().bytes
+        print(f"freed {_human(freed)} ({freed} bytes): {_human(before)} -> {_human(after)}, "
+              f"limit {_human(cache.max_bytes if args.max_size is None else args.max_size)}")
+    elif args.action == "clear":
+        freed = cache.clear()
+        left = cache.usage()
+        print(f"freed {_human(freed)} ({freed} bytes)"
+              + (f"; {left.entries + left.files} in use, kept ({_human(left.bytes)})" if left.bytes else ""))
+    else:
+        usage = cache.usage()
+        if args.json:
+            json.dump(dataclasses.asdict(usage), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print(f"{'path':8} {usage.path}")
+            print(f"{'used':8} {_human(usage.bytes)} ({usage.bytes} bytes, {usage.bytes / max(usage.max_bytes, 1):.1%})")
+            print(f"{'limit':8} {_human(usage.max_bytes)} ({usage.max_bytes} bytes)")
+            print(f"{'entries':8} {usage.entries}")
+            print(f"{'files':8} {usage.files}")
+    return 0
+
+
 # ------------------------------------------------------------------------- demo
 
 
@@ -396,6 +438,23 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--length", type=_size, default=None)
     k.add_argument("--threads", type=int, default=None)
     k.set_defaults(func=cmd_cat)
+
+    e = sub.add_parser("cache", help="show, trim or clear the on-disk frame cache",
+                       description="The on-disk cache of fetched frames and derived files (docs/cache.md). "
+                                   "Its directory is $LAZYLAYER_CACHE_DIR, else $XDG_CACHE_HOME/lazylayer, "
+                                   "else ~/.cache/lazylayer; its limit $LAZYLAYER_CACHE_MAX (default 10G).")
+    e.add_argument("--cache-dir", metavar="DIR", default=default_cache_dir(),
+                   help="the cache directory (default: %(default)s)")
+    ea = e.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ei = ea.add_parser("info", help="where the cache is, how full, its limit")
+    ei.add_argument("--json", action="store_true", help="machine-readable output")
+    et = ea.add_parser("trim", help="evict least recently used entries down to a size")
+    et.add_argument("--max-size", type=_size, default=None, metavar="SIZE",
+                    help="size to trim to, e.g. 1G (default: the cache's limit)")
+    ec = ea.add_parser("clear", help="remove every entry not in use")
+    for a in (ei, et, ec):  # --cache-dir also after the action
+        a.add_argument("--cache-dir", metavar="DIR", default=argparse.SUPPRESS, help="the cache directory")
+    e.set_defaults(func=cmd_cache)
     return p
 
 

@@ -263,8 +263,8 @@ class Image:
 
         keep: Any
         if self.disk is not None:
-            path = self.disk.ensure_file(f"sha256-{digest[7:]}.lazy", build)
-            keep = self.disk.pin(path)
+            keep = self.disk.ensure_pinned(f"sha256-{digest[7:]}.lazy", build)
+            path = keep.path
         else:
             keep = tempfile.NamedTemporaryFile(prefix="lazylayer-", suffix=".lazy")
             build(keep)

@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 import pyzstd
-import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
