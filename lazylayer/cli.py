@@ -98,7 +98,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from . import oci
-    from .format import ANNOTATION_TOC_DIGEST
+    from .format import is_lazy_layer
 
     source = oci.open_source(args.reference, _registry_config(args, args.creds))
     try:
@@ -114,7 +114,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     config = oci.parse_json(img.config, "image config")
     layers = [{"digest": layer.get("digest"), "size": layer.get("size"), "media_type": layer.get("mediaType"),
-               "lazy": ANNOTATION_TOC_DIGEST in (layer.get("annotations") or {})} for layer in img.manifest["layers"]]
+               "lazy": is_lazy_layer(layer)} for layer in img.manifest["layers"]]
     info = {"reference": args.reference, "digest": img.manifest_descriptor["digest"],
             "index": root["digest"] if root["digest"] != img.manifest_descriptor["digest"] else None,
             "platform": f"{config.get('os', '?')}/{config.get('architecture', '?')}"

@@ -153,6 +153,15 @@ def _cache_key(digest: str) -> int:
         return 0
 
 
+def _regular(node: Node) -> Any:
+    """The inode of ``node``, which must be a regular file."""
+    inode = node.inode
+    if inode.kind != "reg":
+        raise IsADirectoryError(f"{node.path}: not a regular file") if inode.kind == "dir" else \
+            OSError(f"{node.path}: not a regular file")
+    return inode
+
+
 class Image:
     """A container image whose files are read lazily.
 
@@ -283,10 +292,7 @@ class Image:
 
     def readinto(self, node: Node, buffer: Any, offset: int) -> int:
         """Read file ``node``'s content at ``offset`` into ``buffer``; the bytes read (short at the end)."""
-        inode = node.inode
-        if inode.kind != "reg":
-            raise IsADirectoryError(f"{node.path}: not a regular file") if inode.kind == "dir" else \
-                OSError(f"{node.path}: not a regular file")
+        inode = _regular(node)
         view = memoryview(buffer).cast("B")
         n = max(0, min(len(view), inode.size - offset))
         if n == 0:
@@ -298,10 +304,7 @@ class Image:
 
     def pread(self, node: Node, size: int, offset: int) -> bytes:
         """``size`` bytes of file ``node`` at ``offset`` (fewer at its end)."""
-        inode = node.inode
-        if inode.kind != "reg":
-            raise IsADirectoryError(f"{node.path}: not a regular file") if inode.kind == "dir" else \
-                OSError(f"{node.path}: not a regular file")
+        inode = _regular(node)
         n = max(0, min(size, inode.size - offset))
         if n == 0:
             return b""
