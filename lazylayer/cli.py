@@ -8,16 +8,27 @@ Subcommands (each has ``--help``):
   byte it is asked for, as a network fetch would, and checks each byte.
 - ``convert SRC DST``: convert an image to lazy layers (docs/format.md); SRC and
   DST may be registries (``docker://HOST/REPO:TAG``).
-- ``inspect REF``: an image's manifest for one platform, its layers and
+- ``inspect IMAGE``: an image's manifest for one platform, its layers and
   whether they are lazy (``--raw`` prints the manifest itself).
+- ``mount IMAGE MOUNTPOINT``: a read-only FUSE mount of the image's merged
+  root, fetched lazily (docs/mount.md); in the background once it is ready,
+  unless ``--foreground``.  ``umount MOUNTPOINT`` removes it.
+- ``ls IMAGE [PATH]``: list a directory of the image (``-l``, ``-R``, ``--json``).
 - ``compress IN OUT``: write a file (or stdin) in the zstd seekable format.
 - ``info FILE``: the seek table of a seekable blob (``--json`` for scripts).
-- ``cat FILE``: write a range of a seekable blob's uncompressed data to stdout
-  (FILE may be any URL: ``https://``, ``s3://``...).
+- ``cat IMAGE PATH``: write a file of an image to stdout, fetching only its
+  frames.  ``cat FILE`` (one argument): a range of a seekable blob's
+  uncompressed data (FILE may be any URL: ``https://``, ``s3://``...).
 - ``cache info|trim|clear``: the on-disk frame cache (docs/cache.md): its
   size and limit, evicting least recently used entries, emptying it.
 
-Exit codes: 0 success, 1 a lazylayer error (bad data, failed source), 2 usage.
+IMAGE is ``docker://HOST/REPO:TAG`` (or ``@sha256:...``), ``oci:DIR[:TAG]`` or
+``docker-archive:FILE``.  Commands that open an image keep fetched frames in
+the disk cache (``--cache-dir``, default ``$LAZYLAYER_CACHE_DIR`` or
+``~/.cache/lazylayer``).
+
+Exit codes: 0 success, 1 a lazylayer error (bad data, failed source, a path
+that is not in the image), 2 usage.
 """
 
 from __future__ import annotations
@@ -33,13 +44,16 @@ import sysconfig
 import tarfile
 import threading
 import time
-from typing import BinaryIO, Callable, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 
 from . import errors
 from .cache import DiskCache, default_cache_dir
 from .format import LAYER_FRAME_SIZE
 from .progress import Progress
 from .seekable import DEFAULT_FRAME_SIZE, BlockCache, SeekableReader, SeekableWriter
+
+if TYPE_CHECKING:
+    from .image import Image
 
 
 def _human(n: float) -> str:
@@ -236,26 +250,219 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
+    if args.path is not None:
+        return _cat_image_file(args)
     out = sys.stdout.buffer
-    if "://" in args.file:
+    if "://" in args.source:
         from .remote import open_blob
 
-        blob = open_blob(args.file)
-        reader = SeekableReader(blob, blob_size=blob.size, threads=args.threads, name=args.file)
+        blob = open_blob(args.source)
+        reader = SeekableReader(blob, blob_size=blob.size, threads=args.threads, name=args.source)
     else:
-        reader = SeekableReader(args.file, threads=args.threads)
+        reader = SeekableReader(args.source, threads=args.threads)
     with reader as r:
         end = r.size if args.length is None else min(r.size, args.offset + args.length)
-        pos = args.offset
-        buf = bytearray(8 << 20)
-        while pos < end:
-            view = memoryview(buf)[: min(len(buf), end - pos)]
-            n = r.readinto(view, pos)
-            if n == 0:
-                break
-            out.write(view[:n])
-            pos += n
+        _copy_out(r.readinto, args.offset, end, out)
+    return 0
+
+
+def _copy_out(readinto: Callable[[memoryview, int], int], pos: int, end: int, out: BinaryIO) -> None:
+    """Write bytes pos..end, read by ``readinto(view, offset)``, to ``out`` in 8 MiB pieces."""
+    buf = bytearray(min(8 << 20, max(end - pos, 1)))
+    while pos < end:
+        view = memoryview(buf)[: min(len(buf), end - pos)]
+        n = readinto(view, pos)
+        if n == 0:
+            break
+        out.write(view[:n])
+        pos += n
     out.flush()
+
+
+def _cat_image_file(args: argparse.Namespace) -> int:
+    args.image = args.source
+    with _open_image(args) as img:
+        node = img.tree.resolve(args.path)
+        if node.kind != "reg":
+            raise errors.LazyLayerError(f"{args.path}: not a regular file ({node.kind})")
+        size = node.inode.size
+        end = size if args.length is None else min(size, args.offset + args.length)
+        _copy_out(lambda view, off: img.readinto(node, view, off), args.offset, end, sys.stdout.buffer)
+    return 0
+
+
+# --------------------------------------------------------------------------- ls
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    import stat as st
+
+    with _open_image(args) as img:
+        tree = img.tree
+        top = tree.resolve(args.path)
+        groups: list[tuple[str | None, list[Any]]]
+        if top.children is None or args.directory:
+            groups = [(None, [top])]
+        elif args.recursive:
+            groups = [(d.path, kids) for d, kids in tree.walk(top)]
+        else:
+            groups = [(top.path, [top.children[k] for k in sorted(top.children)])]
+        if args.json:
+            out = []
+            for _, nodes in groups:
+                for n in nodes:
+                    info = n.info()
+                    info["name"] = "/" + n.path
+                    if "xattrs" in info:
+                        info["xattrs"] = {k: v.decode("latin-1") for k, v in info["xattrs"].items()}
+                    out.append(info)
+            json.dump(out, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+            return 0
+        for i, (where, nodes) in enumerate(groups):
+            if args.recursive and where is not None:
+                print(("\n" if i else "") + f"/{where}:")
+            for n in nodes:
+                name = "/" + n.path if where is None else n.path.rpartition("/")[2]
+                if not args.long:
+                    print(name)
+                    continue
+                ino = n.inode
+                when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(ino.mtime))
+                size = f"{os.major(ino.rdev)}, {os.minor(ino.rdev)}" if ino.kind in ("char", "block") else \
+                    str(ino.size if ino.kind != "dir" else 0)
+                link = f" -> {ino.linkname}" if ino.kind == "symlink" else ""
+                print(f"{st.filemode(ino.mode)} {ino.nlink:3} {ino.uid:5} {ino.gid:5} {size:>10} {when} {name}{link}")
+    return 0
+
+
+def _image_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that opens an image."""
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] of a multi-platform image (default: this machine's)")
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="disk cache of fetched frames (default $LAZYLAYER_CACHE_DIR or ~/.cache/lazylayer)")
+    p.add_argument("--no-cache", action="store_true", help="keep nothing on disk")
+    _registry_options(p)
+
+
+def _open_image(args: argparse.Namespace) -> Image:
+    from .image import Image
+
+    cache = None if args.no_cache else DiskCache(args.cache_dir)
+    return Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache)
+
+
+# ------------------------------------------------------------------------ mount
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from . import mount
+
+    mnt = args.mountpoint
+    if not os.path.isdir(mnt):
+        print(f"lazylayer: {mnt}: mount point is not a directory", file=sys.stderr)
+        return 2
+    if mount.is_mounted(mnt):
+        raise mount.MountError(f"{mnt}: a lazylayer mount is there already (lazylayer umount {mnt})")
+    if args.foreground:
+        return _serve_mount(args)
+    return _spawn_mount(args)
+
+
+def _spawn_mount(args: argparse.Namespace) -> int:
+    """Start the mount daemon in its own session; return once it is mounted (or has failed)."""
+    import subprocess
+
+    from . import mount
+
+    _, default_log = mount.state_paths(args.mountpoint)
+    logpath = os.path.abspath(args.log or default_log)
+    r, w = os.pipe()
+    argv = [sys.executable, "-m", "lazylayer", *args.argv, "--foreground", "--ready-fd", str(w), "--log", logpath]
+    with open(logpath, "ab") as logf:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,),
+                                 start_new_session=True)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        said = pipe.read().decode(errors="replace").strip()
+    if said.startswith("ready"):
+        if not args.quiet:
+            print(f"lazylayer: mounted {args.image} at {args.mountpoint} (daemon {child.pid}, log {logpath})",
+                  file=sys.stderr)
+        return 0
+    code = child.wait()
+    message = said.removeprefix("error:").strip()
+    if not message:
+        try:
+            with open(logpath, errors="replace") as f:
+                message = "; ".join(f.read().strip().splitlines()[-3:])
+        except OSError:
+            message = ""
+        message = f"the mount daemon exited with {code}" + (f": {message}" if message else "")
+    print(f"lazylayer: {message}", file=sys.stderr)
+    return 1 if code in (0, None) else code
+
+
+def _serve_mount(args: argparse.Namespace) -> int:
+    """Open the image, mount it, serve until unmounted.  Tells ``--ready-fd`` how it went."""
+    import logging
+
+    from . import mount
+
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ready_fd = args.ready_fd
+
+    def tell(text: str) -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, text.encode() + b"\n")
+                os.close(ready_fd)
+            except OSError:
+                pass
+            ready_fd = None
+
+    pidfile, _ = mount.state_paths(args.mountpoint)
+
+    def ready() -> None:
+        with open(pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        if args.read_ahead:
+            mount.set_read_ahead(args.mountpoint, args.read_ahead)
+        logging.getLogger("lazylayer.mount").info("mounted %s at %s", args.image, args.mountpoint)
+        tell("ready")
+
+    try:
+        img = _open_image(args)
+    except (errors.LazyLayerError, OSError) as exc:
+        tell(f"error: {exc}")
+        raise
+    try:
+        ops = mount.serve(img, args.mountpoint, on_ready=ready, threads=not args.single_thread,
+                          allow_other=args.allow_other, debug=args.debug)
+    except errors.LazyLayerError as exc:
+        tell(f"error: {exc}")
+        raise
+    finally:
+        tell("error: the mount ended before it was ready")
+        stats = img.stats()
+        img.close()
+    logging.getLogger("lazylayer.mount").info(
+        "unmounted %s: %d frames fetched (%d bytes), %d from disk, %d EIO", args.mountpoint,
+        stats["frames_fetched"], stats["bytes_fetched"], stats["frames_from_disk"], ops.eio)
+    try:
+        if open(pidfile).read().strip() == str(os.getpid()):
+            os.unlink(pidfile)
+    except OSError:
+        pass
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from . import mount
+
+    mount.unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
     return 0
 
 
@@ -432,12 +639,56 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_info)
 
-    k = sub.add_parser("cat", help="write uncompressed bytes of a seekable zstd file to stdout")
-    k.add_argument("file")
+    k = sub.add_parser("cat", help="write a file of an image (or a range of a seekable zstd file) to stdout",
+                       description="lazylayer cat IMAGE PATH: a file of an image, fetching only its frames. "
+                                   "lazylayer cat FILE: the uncompressed bytes of a seekable zstd file "
+                                   "(a path or any fsspec URL).")
+    k.add_argument("source", metavar="IMAGE|FILE")
+    k.add_argument("path", nargs="?", metavar="PATH", help="a file in the image (symlinks are followed)")
     k.add_argument("--offset", type=_size, default=0)
     k.add_argument("--length", type=_size, default=None)
-    k.add_argument("--threads", type=int, default=None)
+    k.add_argument("--threads", type=int, default=None, help="decoding threads (seekable files)")
+    _image_options(k)
     k.set_defaults(func=cmd_cat)
+
+    ls = sub.add_parser("ls", help="list a directory of an image",
+                        description="List PATH (default: the root) of IMAGE's merged tree; only the TOCs are "
+                                    "fetched.")
+    ls.add_argument("image", metavar="IMAGE")
+    ls.add_argument("path", nargs="?", default="/", metavar="PATH")
+    ls.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size, mtime (UTC), link target")
+    ls.add_argument("-R", "--recursive", action="store_true", help="every directory below PATH too")
+    ls.add_argument("-d", "--directory", action="store_true", help="PATH itself, not its entries")
+    ls.add_argument("--json", action="store_true", help="one info dict per entry (as ImageFileSystem.info)")
+    _image_options(ls)
+    ls.set_defaults(func=cmd_ls)
+
+    m = sub.add_parser("mount", help="mount an image read-only with FUSE, fetched lazily",
+                       description="Mount IMAGE's merged root read-only at MOUNTPOINT. Files are fetched when "
+                                   "read. Returns once the mount is ready, leaving a daemon that serves it "
+                                   "(--foreground: serve in this process, Ctrl-C unmounts).")
+    m.add_argument("image", metavar="IMAGE")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
+    m.add_argument("--log", metavar="FILE", help="the background daemon's log (default: next to its pid file, "
+                                                  "see docs/mount.md)")
+    m.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs root or "
+                                                               "user_allow_other in /etc/fuse.conf)")
+    m.add_argument("--read-ahead", type=_size, default=None, metavar="SIZE",
+                   help="the kernel's read-ahead for this mount (root only; kernel default 128K)")
+    m.add_argument("--single-thread", action="store_true", help="answer one FUSE request at a time")
+    m.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    m.add_argument("-v", "--verbose", action="store_true", help="log mounts, unmounts and counters")
+    m.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse -d)")
+    m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    _image_options(m)
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("umount", help="unmount a lazylayer mount and wait for its daemon to exit")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("-l", "--lazy", action="store_true", help="detach now even if files are in use")
+    u.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the daemon (default 30)")
+    u.set_defaults(func=cmd_umount)
 
     e = sub.add_parser("cache", help="show, trim or clear the on-disk frame cache",
                        description="The on-disk cache of fetched frames and derived files (docs/cache.md). "
@@ -459,7 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

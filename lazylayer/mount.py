@@ -1,0 +1,352 @@
+"""A read-only FUSE mount of an image's merged root, so real processes run from it.
+
+:class:`ImageOperations` answers the kernel's FUSE requests from an opened
+:class:`lazylayer.image.Image`: metadata from the in-memory tree (no network),
+file content through the same verified frame fetches, disk cache and memory
+cache as ``lazylayer://``.  :func:`serve` runs the FUSE loop (libfuse 3 through
+`mfusepy <https://github.com/mxmlnkn/mfusepy>`_; ``docs/mount.md`` says why that
+binding).  The ``lazylayer mount`` and ``lazylayer umount`` commands
+(:mod:`lazylayer.cli`) use :func:`serve`, :func:`unmount` and the state files
+below.
+
+Because an image never changes, the kernel is told to keep what it learns:
+attributes, directory entries and negative lookups for a day, and file pages
+in its page cache across opens (``kernel_cache``).  A process that reads a file
+twice, or two processes that map the same library, cost one fetch.
+
+Errors become errno values: a frame that fails its sha256 (or any data error)
+is ``EIO`` and is logged; so is a network failure after the remote layer's own
+retries.  Writes of any kind are ``EROFS``.
+
+A background mount leaves two state files (see :func:`state_paths`) keyed by
+the mount point: the daemon's pid and its log, so ``lazylayer umount`` can wait
+for the daemon to exit after the unmount.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from . import errors
+from .image import Image
+from .tree import Node
+
+__all__ = ["ImageOperations", "MountError", "serve", "unmount", "is_mounted", "state_paths", "FSNAME_PREFIX"]
+
+log = logging.getLogger("lazylayer.mount")
+
+#: ``/proc/mounts`` shows a lazylayer mount with type ``fuse.lazylayer``.
+SUBTYPE = "lazylayer"
+FSNAME_PREFIX = "lazylayer:"
+#: How long the kernel may keep attributes, entries and negative lookups: the image is immutable.
+CACHE_TIMEOUT = 86400.0
+_BLOCK = 512  # st_blocks unit
+#: libfuse threads at most: requests waiting on fetches overlap (the fetches release the GIL).
+MAX_THREADS = 16
+
+
+class MountError(errors.LazyLayerError):
+    """The mount could not be made, found or removed."""
+
+
+def _fuse() -> Any:
+    """The mfusepy module, bound to libfuse 3 (mfusepy would pick libfuse 2 first if both are installed)."""
+    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+    try:
+        import mfusepy
+    except (ImportError, OSError, EnvironmentError) as exc:  # mfusepy raises EnvironmentError without libfuse
+        raise MountError(f"FUSE is not available: {exc} (Debian: apt-get install fuse3; pip install mfusepy)") \
+            from None
+    return mfusepy
+
+
+class ImageOperations:
+    """The FUSE operations of a read-only image (mfusepy's high-level, path-based interface).
+
+    Paths come from the kernel one component at a time, so they never hold a
+    symlink to follow: each is a key of ``image.tree.paths``.  Open files are
+    handles onto tree nodes.  Every method may be called from several libfuse
+    threads at once.
+    """
+
+    use_ns = True  # timestamps in nanoseconds (mfusepy)
+
+    def __init__(self, image: Image, *, on_ready: Callable[[], None] | None = None) -> None:
+        self.image = image
+        self.tree = image.tree
+        self.on_ready = on_ready
+        self._handles: dict[int, Node] = {}
+        self._next_handle = 1
+        self._lock = threading.Lock()
+        self._fuse = _fuse()
+        self.eio = 0
+        """How many requests failed with EIO (bad data or a failed fetch)."""
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _node(self, path: str) -> Node:
+        node = self.tree.paths.get(path[1:])
+        if node is None:
+            raise self._fuse.FuseOSError(errno.ENOENT)
+        return node
+
+    @staticmethod
+    def stat(node: Node) -> dict[str, Any]:
+        """``struct stat`` of a node, as ``lstat`` on an unpacked image shows it."""
+        i = node.inode
+        mtime = int(i.mtime * 1e9)
+        size = i.size if i.kind != "dir" else 4096
+        return {"st_mode": i.mode, "st_ino": i.ino, "st_nlink": i.nlink, "st_uid": i.uid, "st_gid": i.gid,
+                "st_size": size, "st_blocks": (size + _BLOCK - 1) // _BLOCK if i.kind in ("reg", "dir") else 0,
+                "st_blksize": 4096, "st_rdev": i.rdev, "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime}
+
+    # -- FUSE operations ----------------------------------------------------------
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if config is not None:
+            config.use_ino = 1  # st_ino is ours: hardlinks share one
+            config.kernel_cache = 1  # content never changes: keep pages across opens
+            config.entry_timeout = config.attr_timeout = config.negative_timeout = CACHE_TIMEOUT
+        if self.on_ready is not None:
+            threading.Thread(target=self.on_ready, name="lazylayer-ready", daemon=True).start()
+
+    def destroy(self, path: str) -> None:
+        pass
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        node = self._handles.get(fh) if fh else None
+        return self.stat(node if node is not None else self._node(path))
+
+    def access(self, path: str, amode: int) -> int:
+        self._node(path)
+        if amode & os.W_OK:
+            raise self._fuse.FuseOSError(errno.EROFS)
+        return 0
+
+    def readlink(self, path: str) -> str:
+        node = self._node(path)
+        if node.kind != "symlink":
+            raise self._fuse.FuseOSError(errno.EINVAL)
+        return node.inode.linkname
+
+    def opendir(self, path: str) -> int:
+        if self._node(path).children is None:
+            raise self._fuse.FuseOSError(errno.ENOTDIR)
+        return 0
+
+    def readdir(self, path: str, fh: int) -> Iterable[Any]:
+        node = self._node(path)
+        if node.children is None:
+            raise self._fuse.FuseOSError(errno.ENOTDIR)
+        out: list[Any] = [(".", {"st_mode": node.inode.mode, "st_ino": node.inode.ino}, 0), ".."]
+        for name, child in node.children.items():
+            out.append((name, {"st_mode": child.inode.mode, "st_ino": child.inode.ino}, 0))
+        return out
+
+    def open(self, path: str, flags: int) -> int:
+        node = self._node(path)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise self._fuse.FuseOSError(errno.EROFS)
+        if node.kind == "dir":
+            raise self._fuse.FuseOSError(errno.EISDIR)
+        with self._lock:
+            fh = self._next_handle
+            self._next_handle += 1
+            self._handles[fh] = node
+        return fh
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        node = self._handles.get(fh) or self._node(path)
+        if node.kind != "reg":
+            raise self._fuse.FuseOSError(errno.EINVAL)
+        try:
+            return self.image.pread(node, size, offset)
+        except (errors.LazyLayerError, OSError) as exc:
+            # Bad bytes are never served: the reader refused them (or could not fetch them).
+            self.eio += 1
+            log.error("EIO: read of %d bytes at %d of /%s: %s: %s", size, offset, node.path,
+                      type(exc).__name__, exc)
+            raise self._fuse.FuseOSError(errno.EIO) from None
+
+    def release(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._handles.pop(fh, None)
+        return 0
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        value = self._node(path).inode.xattrs.get(name)
+        if value is None:
+            raise self._fuse.FuseOSError(errno.ENODATA)
+        return value
+
+    def listxattr(self, path: str) -> list[str]:
+        return list(self._node(path).inode.xattrs)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        used = sum((layer.toc.frames[-1].offset + layer.toc.frames[-1].size) if layer.toc.frames else 0
+                   for layer in self.image.layers)
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": (used + 4095) // 4096, "f_bfree": 0,
+                "f_bavail": 0, "f_files": len(self.tree), "f_ffree": 0, "f_favail": 0, "f_namemax": 255}
+
+    # Everything that would change the image: EROFS.
+    def _readonly(self, *args: Any) -> int:
+        raise self._fuse.FuseOSError(errno.EROFS)
+
+    chmod = chown = create = link = mkdir = mknod = rename = rmdir = symlink = truncate = unlink = \
+        utimens = write = setxattr = removexattr = _readonly
+
+
+def serve(image: Image, mountpoint: str, *, on_ready: Callable[[], None] | None = None,
+          threads: bool = True, allow_other: bool = False, debug: bool = False) -> ImageOperations:
+    """Mount ``image`` read-only at ``mountpoint`` and answer requests until it is unmounted.
+
+    Blocks.  ``on_ready`` is called (on its own thread) once the kernel has the
+    mount.  SIGINT, SIGTERM and SIGHUP end the loop and unmount (libfuse's
+    handlers), as does :func:`unmount` from anywhere.  ``threads``: libfuse's
+    multi-threaded loop, so a slow fetch for one process does not hold up the
+    others.  Returns the operations object (its counters) after the unmount.
+    """
+    fuse = _fuse()
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"{mountpoint}: mount point is not a directory")
+    ready = threading.Event()
+
+    def signal_ready() -> None:
+        ready.set()
+        if on_ready is not None:
+            on_ready()
+
+    ops = ImageOperations(image, on_ready=signal_ready)
+    fsname = (FSNAME_PREFIX + image.reference).replace(",", "_").replace(" ", "_")
+    options: dict[str, Any] = {"ro": True, "fsname": fsname, "subtype": SUBTYPE, "default_permissions": True,
+                               "foreground": True, "nothreads": not threads, "debug": debug,
+                               "max_threads": MAX_THREADS}
+    if allow_other:
+        options["allow_other"] = True
+    try:
+        fuse.FUSE(ops, mountpoint, **options)
+    except RuntimeError as exc:
+        # libfuse's fuse_main returns 8 when its loop ends by a signal (SIGINT, SIGTERM, SIGHUP),
+        # after it has unmounted: the normal end of a mount that was up.
+        if ready.is_set() and exc.args == (8,):
+            log.info("%s: the FUSE loop ended on a signal; unmounted", mountpoint)
+            return ops
+        raise MountError(f"{mountpoint}: libfuse could not mount ({exc}); is /dev/fuse there, and "
+                         "fusermount3 installed (Debian: fuse3)?") from None
+    return ops
+
+
+# -- finding and removing mounts ------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    """A path field of /proc/self/mountinfo (spaces and such are octal escapes)."""
+    return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape")
+
+
+def mount_entry(mountpoint: str) -> dict[str, str] | None:
+    """The /proc/self/mountinfo entry of ``mountpoint`` (``fstype``, ``source``, ``devno``), or None."""
+    target = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) >= 5 and len(rfields) >= 2 and _unescape(fields[4]) == target:
+            found = {"devno": fields[2], "fstype": rfields[0], "source": _unescape(rfields[1])}
+    return found  # the last one: what is visible now
+
+
+def is_mounted(mountpoint: str) -> bool:
+    """True if a lazylayer mount is at ``mountpoint``."""
+    entry = mount_entry(mountpoint)
+    return entry is not None and entry["fstype"] == "fuse." + SUBTYPE
+
+
+def state_paths(mountpoint: str) -> tuple[str, str]:
+    """Where the daemon of a background mount at ``mountpoint`` keeps its pid and its log.
+
+    In ``$XDG_RUNTIME_DIR/lazylayer`` (or ``/tmp/lazylayer-UID``), named by a
+    hash of the mount point's real path.
+    """
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/lazylayer-{os.getuid()}"
+    d = os.path.join(base, "lazylayer") if os.environ.get("XDG_RUNTIME_DIR") else base
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    key = hashlib.sha256(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:16]
+    return os.path.join(d, f"mount-{key}.pid"), os.path.join(d, f"mount-{key}.log")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def unmount(mountpoint: str, *, timeout: float = 30.0, lazy: bool = False) -> None:
+    """Unmount a lazylayer mount and wait (up to ``timeout`` s) for its daemon to exit.
+
+    ``lazy``: detach now even if files are open (``umount -l``).  Raises
+    :class:`MountError` if ``mountpoint`` is not a lazylayer mount or the
+    unmount fails (for example, busy).
+    """
+    entry = mount_entry(mountpoint)
+    if entry is None or entry["fstype"] != "fuse." + SUBTYPE:
+        what = "nothing is mounted" if entry is None else f"a {entry['fstype']} filesystem is mounted"
+        raise MountError(f"{mountpoint}: not a lazylayer mount ({what} there)")
+    pidfile, _ = state_paths(mountpoint)
+    try:
+        with open(pidfile) as f:
+            pid: int | None = int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        pid = None
+    tool = shutil.which("fusermount3")
+    cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mountpoint] if tool else \
+        ["umount"] + (["-l"] if lazy else []) + [mountpoint]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise MountError(f"{mountpoint}: unmount failed: {res.stderr.strip() or res.returncode}")
+    if pid is not None:
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise MountError(f"{mountpoint}: unmounted, but daemon {pid} did not exit in {timeout:g} s")
+            time.sleep(0.02)
+    try:
+        os.unlink(pidfile)
+    except OSError:
+        pass
+
+
+def set_read_ahead(mountpoint: str, size: int) -> bool:
+    """Set the kernel's read-ahead for the mount (root only); False if it could not."""
+    entry = mount_entry(mountpoint)
+    if entry is None:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{entry['devno']}/read_ahead_kb", "w") as f:
+            f.write(str(max(4, size // 1024)))
+        return True
+    except OSError as exc:
+        log.info("could not set read-ahead of %s: %s", mountpoint, exc)
+        return False
+

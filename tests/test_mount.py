@@ -1,0 +1,371 @@
+"""``lazylayer mount``: real FUSE mounts of real images, and real programs run from them.
+
+Everything here is real: libfuse 3 through /dev/fuse (the tests run as root),
+images built by umoci or from this machine's own binaries, converted to lazy
+layers and pushed to Debian's ``docker-registry``, mounted by the
+``lazylayer`` command in the background as a user would, and read by the
+kernel on behalf of ordinary processes (``chroot``, ``sha256sum``, ``os.stat``).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from typing import Any, Iterator
+
+import pytest
+
+import images
+from lazylayer import mount
+from lazylayer.convert import Converter
+from lazylayer.image import Image
+from servers import RegistryServer, unique_repo
+
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse on this machine"),
+    pytest.mark.skipif(shutil.which("fusermount3") is None, reason="fusermount3 is not installed (apt install fuse3)"),
+    pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed (apt install umoci)"),
+]
+
+LAZYLAYER = os.path.join(os.path.dirname(sys.executable), "lazylayer")
+
+
+def cli(*args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    res = subprocess.run([LAZYLAYER, *args], capture_output=True, text=True, timeout=120, **kw)
+    if check and res.returncode != 0:
+        raise AssertionError(f"lazylayer {' '.join(args)}: exit {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+class Mounted:
+    """A background ``lazylayer mount``, unmounted at the end whatever happens."""
+
+    def __init__(self, ref: str, where: str, cache_dir: str | None, *extra: str) -> None:
+        self.path = where
+        os.makedirs(where, exist_ok=True)
+        opts = ["--cache-dir", cache_dir] if cache_dir else ["--no-cache"]
+        self.result = cli("mount", ref, where, *opts, "-v", *extra)
+        self.pidfile, self.log = mount.state_paths(where)
+        self.pid = int(open(self.pidfile).read())
+
+    def log_text(self) -> str:
+        with open(self.log) as f:
+            return f.read()
+
+    def close(self) -> None:
+        if mount.is_mounted(self.path):
+            cli("umount", self.path)
+
+
+@pytest.fixture
+def mounted(tmp_path: Any) -> Iterator[Any]:
+    made: list[Mounted] = []
+
+    def make(ref: str, cache_dir: str | None = None, *extra: str) -> Mounted:
+        m = Mounted(ref, str(tmp_path / f"mnt{len(made)}"), cache_dir, *extra)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        try:
+            m.close()
+        finally:
+            if mount.is_mounted(m.path):  # leave nothing behind for the next test
+                subprocess.run(["fusermount3", "-u", "-z", m.path])
+
+
+# ----------------------------------------------------------------- images
+
+
+class Built:
+    """The reference image of test_fs (umoci's three layers and a hand-made fourth), lazy, in a registry."""
+
+    def __init__(self, work: str, registry: RegistryServer) -> None:
+        plain = images.build_fs_image(os.path.join(work, "build"))
+        self.lazy = os.path.join(work, "lazy")
+        Converter(progress=False).convert(f"oci:{plain}:v1", f"oci:{self.lazy}:v1")
+        self.repo = unique_repo("mount")
+        Converter(progress=False).convert(f"oci:{self.lazy}:v1", f"docker://{registry.host}/{self.repo}:v1")
+        self.ref = f"docker://{registry.host}/{self.repo}:v1"
+        self.rootfs = images.unpack(plain, "v1", os.path.join(work, "unpacked"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer) -> Built:
+    return Built(str(tmp_path_factory.mktemp("mountimage")), registry)
+
+
+def _host_paths(path: str, out: dict[str, tarfile.TarInfo | str], seen: set[str]) -> None:
+    """Add ``path`` of this machine to ``out`` (image path -> symlink target or the host file),
+    with every symlink met on the way, as the dynamic loader will follow them."""
+    if path in seen:
+        return
+    seen.add(path)
+    parts = [p for p in path.split("/") if p]
+    cur = ""
+    for i, part in enumerate(parts):
+        cur = f"{cur}/{part}"
+        if os.path.islink(cur):
+            target = os.readlink(cur)
+            info = tarfile.TarInfo(cur[1:])
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            out[cur[1:]] = info
+            rest = "/".join(parts[i + 1:])
+            resolved = os.path.normpath(os.path.join(os.path.dirname(cur), target, rest))
+            _host_paths(resolved, out, seen)
+            return
+    out[cur[1:]] = cur
+
+
+def _tar(entries: dict[str, tarfile.TarInfo | str], extra: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        dirs = sorted({os.path.dirname(p) for p in entries if os.path.dirname(p)})
+        for d in sorted({"/".join(d.split("/")[:i + 1]) for d in dirs for i in range(d.count("/") + 1)}):
+            if d not in entries:
+                info = tarfile.TarInfo(d)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+        for name in sorted(entries):
+            what = entries[name]
+            if isinstance(what, tarfile.TarInfo):
+                tar.addfile(what)
+            else:
+                info = tar.gettarinfo(what, arcname=name)
+                with open(what, "rb") as f:
+                    tar.addfile(info, f)
+        for info, data in extra:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+PROGRAMS = ["/bin/sh", "/usr/bin/cat", "/usr/bin/sha256sum", "/usr/bin/ls", "/usr/bin/wc", "/usr/bin/test"]
+
+
+class Programs:
+    """A two-layer image of this machine's own dash and coreutils (with the libraries ldd names),
+    data files, and a whiteout in the second layer; lazy, in a registry."""
+
+    def __init__(self, work: str, registry: RegistryServer) -> None:
+        entries: dict[str, tarfile.TarInfo | str] = {}
+        seen: set[str] = set()
+        for prog in PROGRAMS:
+            _host_paths(prog, entries, seen)
+            ldd = subprocess.run(["ldd", os.path.realpath(prog)], capture_output=True, text=True).stdout
+            for line in ldd.splitlines():
+                for word in line.split():
+                    if word.startswith("/"):
+                        _host_paths(word, entries, seen)
+        self.data = {f"data/file{i}.bin": os.urandom(1000 * (i + 1) ** 3) for i in range(6)}
+        doomed = images.reg("data/removed-later", b"layer 1 only\n")
+        layer1 = _tar(entries, [images.reg(n, d) for n, d in self.data.items()] + [doomed])
+        layer2 = images.make_tar([images.reg("data/added", b"from layer 2\n"),
+                                  images.entry("data/.wh.removed-later", tarfile.REGTYPE, mode=0o644)])
+        plain = images.build_layout(os.path.join(work, "plain"), [layer1, layer2], tag="v1")
+        self.lazy = os.path.join(work, "lazy")
+        Converter(progress=False).convert(plain, f"oci:{self.lazy}:v1")
+        repo = unique_repo("programs")
+        Converter(progress=False).convert(f"oci:{self.lazy}:v1", f"docker://{registry.host}/{repo}:v1")
+        self.ref = f"docker://{registry.host}/{repo}:v1"
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer) -> Programs:
+    return Programs(str(tmp_path_factory.mktemp("programs")), registry)
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_real_programs_run_from_the_mount(programs: Programs, mounted: Any, tmp_path: Any) -> None:
+    """dash, ls and sha256sum start from the lazily fetched image (chroot), and see its files right."""
+    m = mounted(programs.ref, str(tmp_path / "cache"))
+    script = "cd /data && sha256sum file*.bin && ls && cat added && test ! -e removed-later && echo whiteout-ok"
+    res = subprocess.run(["chroot", m.path, "/bin/sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    expected = "".join(f"{hashlib.sha256(d).hexdigest()}  {n.split('/')[1]}\n" for n, d in sorted(programs.data.items()))
+    names = sorted([n.split("/")[1] for n in programs.data] + ["added"])
+    assert res.stdout == expected + "\n".join(names) + "\nfrom layer 2\nwhiteout-ok\n"
+    # The programs themselves were read through FUSE, lazily: the daemon fetched frames for them.
+    cli("umount", m.path)
+    assert "frames fetched" in m.log_text()
+
+
+def test_the_mount_matches_umoci_unpack(built: Built, mounted: Any, tmp_path: Any) -> None:
+    """Type, mode, owner, size, mtime, content, link targets, devices, xattrs, nlink and hardlink
+    groups of every file, as the kernel reports them, match the image unpacked by umoci."""
+    m = mounted(built.ref, str(tmp_path / "cache"))
+    got, got_links = images.snapshot(m.path)
+    want, want_links = images.snapshot(built.rootfs)
+    assert images.diff_snapshots(got, want) == []
+    assert got_links == want_links
+    # st_blocks as for a file that is all data; directories as ext4 shows them
+    st = os.lstat(os.path.join(m.path, "big/large.bin"))
+    assert st.st_blocks == (st.st_size + 511) // 512 and st.st_nlink == 2
+    assert os.lstat(os.path.join(m.path, "big/large.hard")).st_ino == st.st_ino
+    root = os.lstat(m.path)
+    assert root.st_nlink == 2 + sum(1 for e in os.scandir(m.path) if e.is_dir(follow_symlinks=False))
+
+
+def test_large_and_concurrent_reads(built: Built, mounted: Any, tmp_path: Any) -> None:
+    """Big reads, reads across frames at odd offsets, and 8 processes reading at once."""
+    m = mounted(built.ref, str(tmp_path / "cache"))
+    want = open(os.path.join(built.rootfs, "big/large.bin"), "rb").read()
+    path = os.path.join(m.path, "big/large.bin")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for off, n in [(0, 8 << 20), ((2 << 20) - 7, 3 << 20), (len(want) - 10, 100), (len(want), 10)]:
+            assert os.pread(fd, n, off) == want[off:off + n]
+    finally:
+        os.close(fd)
+    files = [os.path.join(dp, f) for dp, _, fs in os.walk(m.path) for f in fs
+             if os.path.isfile(os.path.join(dp, f)) and not os.path.islink(os.path.join(dp, f))]
+    procs = [subprocess.Popen(["sha256sum", *files[i::8]], stdout=subprocess.PIPE, text=True) for i in range(8)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    got = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for out in outs for line in out.splitlines()}
+    for path_, digest in got.items():
+        rel = os.path.relpath(path_, m.path)
+        assert "sha256:" + digest == images.file_sha256(os.path.join(built.rootfs, rel)), rel
+    assert len(got) == len(files)
+
+
+def test_a_second_mount_uses_the_disk_cache(built: Built, mounted: Any, tmp_path: Any) -> None:
+    cache = str(tmp_path / "cache")
+    first = mounted(built.ref, cache)
+    data = open(os.path.join(first.path, "big/large.bin"), "rb").read()
+    cli("umount", first.path)
+    assert not mount.is_mounted(first.path)
+    second = mounted(built.ref, cache)
+    assert open(os.path.join(second.path, "big/large.bin"), "rb").read() == data
+    cli("umount", second.path)
+    log = second.log_text().splitlines()[-1]
+    assert " 0 frames fetched" in log and " 0 from disk" not in log, log
+
+
+def test_it_is_read_only(built: Built, mounted: Any) -> None:
+    m = mounted(built.ref)
+    for attempt in (lambda: open(os.path.join(m.path, "etc/passwd"), "a"),
+                    lambda: open(os.path.join(m.path, "new-file"), "w"),
+                    lambda: os.mkdir(os.path.join(m.path, "newdir")),
+                    lambda: os.unlink(os.path.join(m.path, "etc/passwd")),
+                    lambda: os.chmod(os.path.join(m.path, "etc/passwd"), 0o777),
+                    lambda: os.symlink("x", os.path.join(m.path, "link"))):
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno == errno.EROFS
+
+
+def test_a_corrupt_frame_is_eio_and_logged(built: Built, mounted: Any, tmp_path: Any) -> None:
+    """Bad bytes never reach a process: the read fails with EIO, the daemon logs why and keeps serving."""
+    layout = str(tmp_path / "bad")
+    shutil.copytree(built.lazy, layout)
+    with Image(f"oci:{layout}:v1", cache=None) as img:
+        inode = img.tree.resolve("big/large.bin").inode
+        layer = img.layers[inode.layer]
+        frame = next(f for f in layer.toc.frames if f.offset <= inode.offset + (3 << 20) < f.offset + f.size)
+        path = images.blob_path(layout, layer.digest)
+    with open(path, "r+b") as f:
+        f.seek(frame.compressed_offset + frame.compressed_size // 2)
+        b = f.read(1)
+        f.seek(-1, io.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0x40]))
+    m = mounted(f"oci:{layout}:v1")
+    fd = os.open(os.path.join(m.path, "big/large.bin"), os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == open(os.path.join(built.rootfs, "big/large.bin"), "rb").read(4096)
+        with pytest.raises(OSError) as info:
+            os.pread(fd, 4096, 3 << 20)
+        assert info.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    assert open(os.path.join(m.path, "etc/passwd"), "rb").read() == \
+        open(os.path.join(built.rootfs, "etc/passwd"), "rb").read()
+    assert "EIO" in m.log_text() and "big/large.bin" in m.log_text()
+
+
+def test_foreground_mount_unmounts_cleanly_on_sigterm_and_sigint(built: Built, tmp_path: Any) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        where = str(tmp_path / f"fg{sig}")
+        os.makedirs(where)
+        proc = subprocess.Popen([LAZYLAYER, "mount", "--foreground", "--no-cache", "-v", built.ref, where],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not mount.is_mounted(where):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.05)
+            assert os.path.exists(os.path.join(where, "etc/passwd"))
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if mount.is_mounted(where):
+                subprocess.run(["fusermount3", "-u", "-z", where])
+        assert proc.returncode == 0, err
+        assert not mount.is_mounted(where)
+        assert "unmounted" in err
+
+
+def test_mount_errors(built: Built, registry: RegistryServer, tmp_path: Any) -> None:
+    where = str(tmp_path / "mnt")
+    os.makedirs(where)
+    res = cli("mount", f"docker://{registry.host}/does-not-exist:v1", where, "--no-cache", check=False)
+    assert res.returncode == 1 and "not found" in res.stderr.lower() and "Traceback" not in res.stderr
+    assert not mount.is_mounted(where)
+    res = cli("mount", built.ref, str(tmp_path / "missing"), check=False)
+    assert res.returncode == 2 and "not a directory" in res.stderr
+    res = cli("umount", where, check=False)
+    assert res.returncode == 1 and "not a lazylayer mount" in res.stderr
+    with open(tmp_path / "file", "w"):
+        pass
+    res = cli("mount", built.ref, str(tmp_path / "file"), check=False)
+    assert res.returncode == 2
+
+
+def test_mounting_twice_is_refused(built: Built, mounted: Any) -> None:
+    m = mounted(built.ref)
+    res = cli("mount", built.ref, m.path, "--no-cache", check=False)
+    assert res.returncode == 1 and "already" in res.stderr
+
+
+# ------------------------------------------------------------------ the other commands
+
+
+def test_ls(built: Built, tmp_path: Any) -> None:
+    cache = str(tmp_path / "cache")
+    res = cli("ls", built.ref, "/", "--cache-dir", cache)
+    assert res.stdout.split() == sorted(os.listdir(built.rootfs))
+    res = cli("ls", "-l", built.ref, "big", "--cache-dir", cache)
+    lines = {line.split()[-1] if "->" not in line else line.split()[-3]: line for line in res.stdout.splitlines()}
+    assert lines["large.bin"].startswith("-rw-r----- ") and " 9830400 " in lines["large.bin"]
+    assert lines["escape"].endswith("escape -> ../../../../../etc/passwd")
+    res = cli("ls", "--json", "-R", built.ref, "/", "--cache-dir", cache)
+    entries = json.loads(res.stdout)
+    want = {os.path.relpath(os.path.join(dp, n), built.rootfs) for dp, ds, fs in os.walk(built.rootfs)
+            for n in ds + fs}
+    assert {e["name"].lstrip("/") for e in entries} == want
+    res = cli("ls", built.ref, "/no/such", "--cache-dir", cache, check=False)
+    assert res.returncode == 1 and "No such file" in res.stderr
+
+
+def test_cat_an_image_file_and_a_blob(built: Built, tmp_path: Any) -> None:
+    want = open(os.path.join(built.rootfs, "big/large.bin"), "rb").read()
+    res = subprocess.run([LAZYLAYER, "cat", built.ref, "/big/large.hard", "--no-cache"], capture_output=True)
+    assert res.returncode == 0 and res.stdout == want
+    res = subprocess.run([LAZYLAYER, "cat", built.ref, "big/dirlink/../../etc/passwd", "--offset", "5",
+                          "--length", "10", "--no-cache"], capture_output=True)
+    assert res.returncode == 0
+    assert res.stdout == open(os.path.join(built.rootfs, "etc/passwd"), "rb").read()[5:15]
+    res = cli("cat", built.ref, "big", "--no-cache", check=False)
+    assert res.returncode == 1 and "not a regular file" in res.stderr
