@@ -370,37 +370,53 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _spawn_mount(args: argparse.Namespace) -> int:
-    """Start the mount daemon in its own session; return once it is mounted (or has failed)."""
-    import subprocess
+    """Fork the mount daemon into its own session; return once it is mounted (or has failed).
 
-    from . import mount
+    Everything the daemon needs is imported before the fork, and no thread has
+    started yet, so the child starts serving without a second interpreter start-up.
+    """
+    from . import image, mount, registry  # noqa: F401  (imported for the child)
 
+    mount.fuse_module()
     _, default_log = mount.state_paths(args.mountpoint)
     logpath = os.path.abspath(args.log or default_log)
+    if threading.active_count() > 1:  # pragma: no cover - nothing above starts threads
+        raise errors.LazyLayerError("internal error: threads running before the mount daemon forks")
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "lazylayer", *args.argv, "--foreground", "--ready-fd", str(w), "--log", logpath]
-    with open(logpath, "ab") as logf:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,),
-                                 start_new_session=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        code = 1
+        try:
+            os.close(r)
+            os.setsid()
+            logfd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            nullfd = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(nullfd, 0)
+            os.dup2(logfd, 1)
+            os.dup2(logfd, 2)
+            os.close(logfd)
+            os.close(nullfd)
+            args.ready_fd = w
+            code = _run(_serve_mount, args)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     os.close(w)
     with os.fdopen(r, "rb") as pipe:
         said = pipe.read().decode(errors="replace").strip()
     if said.startswith("ready"):
         if not args.quiet:
-            print(f"lazylayer: mounted {args.image} at {args.mountpoint} (daemon {child.pid}, log {logpath})",
+            print(f"lazylayer: mounted {args.image} at {args.mountpoint} (daemon {pid}, log {logpath})",
                   file=sys.stderr)
         return 0
-    code = child.wait()
-    message = said.removeprefix("error:").strip()
-    if not message:
-        try:
-            with open(logpath, errors="replace") as f:
-                message = "; ".join(f.read().strip().splitlines()[-3:])
-        except OSError:
-            message = ""
-        message = f"the mount daemon exited with {code}" + (f": {message}" if message else "")
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    message = said.removeprefix("error:").strip() or f"the mount daemon exited with {code}; see {logpath}"
     print(f"lazylayer: {message}", file=sys.stderr)
-    return 1 if code in (0, None) else code
+    return code if code > 0 else 1
 
 
 def _serve_mount(args: argparse.Namespace) -> int:
@@ -411,7 +427,7 @@ def _serve_mount(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    ready_fd = args.ready_fd
+    ready_fd = getattr(args, "ready_fd", None)
 
     def tell(text: str) -> None:
         nonlocal ready_fd
@@ -680,7 +696,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     m.add_argument("-v", "--verbose", action="store_true", help="log mounts, unmounts and counters")
     m.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse -d)")
-    m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     _image_options(m)
     m.set_defaults(func=cmd_mount)
 
@@ -710,10 +725,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv
-    func: Callable[[argparse.Namespace], int] = args.func
+    return _run(args.func, args)
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; errors become a one-line message and an exit code."""
     try:
         return func(args)
     except errors.LazyLayerError as exc:

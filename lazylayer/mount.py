@@ -57,9 +57,21 @@ class MountError(errors.LazyLayerError):
     """The mount could not be made, found or removed."""
 
 
-def _fuse() -> Any:
-    """The mfusepy module, bound to libfuse 3 (mfusepy would pick libfuse 2 first if both are installed)."""
-    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+def fuse_module() -> Any:
+    """The mfusepy module, bound to libfuse 3.
+
+    mfusepy would pick libfuse 2 first if both are installed, and finds the
+    library with ``ctypes.util.find_library``, which runs ``ldconfig`` (30 ms);
+    naming libfuse 3's soname skips both.  ``FUSE_LIBRARY_PATH`` still wins.
+    """
+    if "FUSE_LIBRARY_PATH" not in os.environ and "FUSE_LIBRARY_NAME" not in os.environ:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libfuse3.so.3")
+            os.environ["FUSE_LIBRARY_PATH"] = "libfuse3.so.3"
+        except OSError:
+            os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
     try:
         import mfusepy
     except (ImportError, OSError, EnvironmentError) as exc:  # mfusepy raises EnvironmentError without libfuse
@@ -86,7 +98,7 @@ class ImageOperations:
         self._handles: dict[int, Node] = {}
         self._next_handle = 1
         self._lock = threading.Lock()
-        self._fuse = _fuse()
+        self._fuse = fuse_module()
         self.eio = 0
         """How many requests failed with EIO (bad data or a failed fetch)."""
 
@@ -214,7 +226,7 @@ def serve(image: Image, mountpoint: str, *, on_ready: Callable[[], None] | None 
     multi-threaded loop, so a slow fetch for one process does not hold up the
     others.  Returns the operations object (its counters) after the unmount.
     """
-    fuse = _fuse()
+    fuse = fuse_module()
     if not os.path.isdir(mountpoint):
         raise MountError(f"{mountpoint}: mount point is not a directory")
     ready = threading.Event()
@@ -228,7 +240,7 @@ def serve(image: Image, mountpoint: str, *, on_ready: Callable[[], None] | None 
     fsname = (FSNAME_PREFIX + image.reference).replace(",", "_").replace(" ", "_")
     options: dict[str, Any] = {"ro": True, "fsname": fsname, "subtype": SUBTYPE, "default_permissions": True,
                                "foreground": True, "nothreads": not threads, "debug": debug,
-                               "max_threads": MAX_THREADS}
+                               "max_threads": MAX_THREADS, "max_idle_threads": MAX_THREADS}
     if allow_other:
         options["allow_other"] = True
     try:
