@@ -51,23 +51,35 @@ class Inode:
                  "linkname", "rdev", "xattrs", "nlink")
 
     def __init__(self, ino: int, kind: str, entry: dict[str, Any], layer: int) -> None:
+        # Built once per TOC entry (tens of thousands per image): one dict lookup per field.
+        get = entry.get
         self.ino = ino
         self.kind = kind
-        # Linux shows every symlink as 0777, whatever the tar says.
-        perm = 0o777 if kind == "symlink" else int(entry.get("mode", 0o755 if kind == "dir" else 0o644)) & 0o7777
-        self.mode = _FMT[kind] | perm
-        self.uid = int(entry.get("uid", 0))
-        self.gid = int(entry.get("gid", 0))
-        self.mtime = float(entry.get("mtime", 0))
-        self.linkname: str = entry.get("linkname", "") if kind == "symlink" else ""
-        self.size = int(entry.get("size", 0)) if kind == "reg" else len(os.fsencode(self.linkname))
         self.layer = layer
-        self.offset = int(entry.get("offset", 0))
-        self.rdev = os.makedev(int(entry.get("devmajor", 0)), int(entry.get("devminor", 0))) \
-            if kind in ("char", "block") else 0
-        raw = entry.get("xattrs")
-        self.xattrs: dict[str, bytes] = {k: base64.b64decode(v) for k, v in raw.items()} if raw else {}
         self.nlink = 1
+        self.uid = int(get("uid", 0))
+        self.gid = int(get("gid", 0))
+        self.mtime = float(get("mtime", 0))
+        self.offset = int(get("offset", 0))
+        if kind == "reg":
+            self.mode = stat.S_IFREG | int(get("mode", 0o644)) & 0o7777
+            self.size = int(get("size", 0))
+            self.linkname = ""
+        elif kind == "symlink":  # Linux shows every symlink as 0777, whatever the tar says.
+            self.mode = stat.S_IFLNK | 0o777
+            self.linkname: str = get("linkname", "")
+            self.size = len(os.fsencode(self.linkname))
+        else:
+            self.mode = _FMT[kind] | int(get("mode", 0o755 if kind == "dir" else 0o644)) & 0o7777
+            self.size = 0
+            self.linkname = ""
+        self.rdev = os.makedev(int(get("devmajor", 0)), int(get("devminor", 0))) \
+            if kind == "char" or kind == "block" else 0
+        raw = get("xattrs")
+        self.xattrs: dict[str, bytes] = {k: base64.b64decode(v) for k, v in raw.items()} if raw else _NO_XATTRS
+
+
+_NO_XATTRS: dict[str, bytes] = {}  # shared by every inode without xattrs; never modified
 
 
 class Node:
@@ -131,6 +143,7 @@ class Tree:
         self.root = Node("", self._inode("dir", {"mode": 0o755}, -1), {})
         self.paths: dict[str, Node] = {}
         """Every name, by its path (no symlink on the way); filled once all layers are applied."""
+        self._last_parent: tuple[str, Node] | None = None  # tar entries come grouped by directory
         for index, toc in enumerate(tocs):
             self._apply(index, toc.entries)
         self._finish()
@@ -176,6 +189,14 @@ class Tree:
         A parent that is a symlink is followed inside the root, as runtimes do when
         unpacking; one that is neither a directory nor a link to one is replaced.
         """
+        last = self._last_parent
+        if last is not None and last[0] == path:
+            return last[1]
+        node = self._walk_to_parent(path)
+        self._last_parent = (path, node)
+        return node
+
+    def _walk_to_parent(self, path: str) -> Node:
         node = self.root
         for part in split_path(path):
             assert node.children is not None
@@ -207,6 +228,8 @@ class Tree:
         assert parent.children is not None
         path = _join(parent.path, base)
         old = parent.children.get(base)
+        if old is not None and (old.children is not None or old.kind == "symlink") and kind != "dir":
+            self._last_parent = None  # a directory (or a link to one) is replaced: cached parents may be gone
         if kind == "dir":
             if old is not None and old.children is not None:
                 self._update_dir(old, e, layer)
