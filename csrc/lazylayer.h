@@ -201,6 +201,10 @@ typedef struct {
     uint32_t max_frame_size;  /* refuse tables with larger frames (default 64 MiB) */
     uint64_t max_fetch_bytes; /* largest compressed range fetched in one callback
                                  (default 64 MiB; a bigger read is done in rounds) */
+    int whole_frames;         /* 1: a read that misses the cache decodes (and caches)
+                                 its whole frame, not just the prefix it needs; for
+                                 sources where a fetch costs more than a decode
+                                 (default 0) */
 } ll_reader_options;
 
 /* Fill `opt` with the defaults.  Any thread. */

@@ -43,6 +43,7 @@ struct ll_reader {
     ll_pool *pool;
     uint64_t source;
     int verify;
+    int whole_frames;
     uint64_t max_fetch;
     pthread_mutex_t ws_lock;
     workspace *free_ws;
@@ -81,6 +82,7 @@ int ll_reader_create(ll_seektable *st, ll_read_fn read, void *opaque,
     r->cache = opt->cache;
     r->pool = opt->pool;
     r->verify = opt->verify_checksums;
+    r->whole_frames = opt->whole_frames;
     r->max_fetch = opt->max_fetch_bytes ? opt->max_fetch_bytes : (64u << 20);
     if (r->cache) r->source = opt->source_key ? opt->source_key : ll__cache_new_source(r->cache);
     pthread_mutex_init(&r->ws_lock, NULL);
@@ -227,7 +229,7 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
     uint32_t produced;
     if (lo == 0 && hi == ds) /* whole frame: straight into the caller's buffer */
         return decode(r, ws->w, i, ws->in, dst, ds, &produced);
-    uint32_t need = must_verify(r) ? ds : hi;
+    uint32_t need = must_verify(r) || r->whole_frames ? ds : hi;
     uint32_t room = need == ds ? ds : prefix_room(need, ds);
     if (r->cache) {
         uint32_t cap;

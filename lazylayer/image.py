@@ -251,8 +251,10 @@ class Image:
         digest = desc.get("digest", "")
         source = FrameSource(blob, toc.frames, disk, f"layer {digest}")
         # XXH64 checks are off: every frame is checked against its sha256 before decoding.
+        # A miss decodes its whole frame: the next read of a file usually goes on where
+        # this one ended, and the frame had to be fetched (and verified) whole anyway.
         reader = SeekableReader(source, blob_size=toc_offset + toc_length + len(table), tail=table,
-                                cache=self.memory, threads=self.threads, verify=False,
+                                cache=self.memory, threads=self.threads, verify=False, whole_frames=True,
                                 cache_key=_cache_key(digest) if lazy else 0, name=f"layer {digest}")
         return Layer(i, desc, toc, reader, source, lazy, keep)
 

@@ -332,6 +332,10 @@ class SeekableReader:
     the blob has them.  ``max_frame_size`` refuses blobs whose frames are larger
     (a bound on the memory a hostile seek table can make us allocate).
     ``cache_key`` lets several readers of the *same* blob share cached frames.
+    ``whole_frames``: a read that misses the cache decodes and caches its whole
+    frame rather than the prefix it needs — right when fetching a frame again
+    costs more than decoding the rest of it (remote sources, reads that go on
+    through the frame).
 
     All methods are safe to call from many threads at once; the GIL is released
     while C works.
@@ -349,6 +353,7 @@ class SeekableReader:
         cache_key: int = 0,
         name: str | None = None,
         tail: BytesLike | None = None,
+        whole_frames: bool = False,
     ) -> None:
         self._ptr: Any = None
         self._fd: int | None = None
@@ -403,6 +408,7 @@ class SeekableReader:
         opts.source_key = cache_key
         opts.verify_checksums = int(bool(verify))
         opts.max_frame_size = max_frame_size
+        opts.whole_frames = int(bool(whole_frames))
         out = ffi.new("ll_reader **")
         rc = lib.ll_reader_create(table[0], read_fn, opaque, opts, out)
         if rc != lib.LL_OK:

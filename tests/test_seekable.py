@@ -262,3 +262,21 @@ def test_worked_example_in_docs_is_true():
         "03000000" "80" "b1ea928f"
     )
     assert seekfmt.xxh64_low32(b"hell") == 0x0D54332C
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_whole_frames_decodes_a_missed_frame_once(corpus, whole):
+    """A read of a frame's start then of its end: one fetch with whole_frames, two without."""
+    data = corpus[: 3 << 20]
+    blob = write_ours(data, frame_size=1 << 20, checksum=False)
+    asked = []
+
+    def source(off, n):
+        asked.append((off, n))
+        return blob[off:off + n]
+
+    with SeekableReader(source, blob_size=len(blob), cache=BlockCache(16 << 20), whole_frames=whole) as r:
+        start = len(asked)  # the seek table's fetches
+        assert r.pread(4096, (1 << 20) + 10) == data[(1 << 20) + 10:(1 << 20) + 10 + 4096]
+        assert r.pread(4096, (2 << 20) - 4096) == data[(2 << 20) - 4096:2 << 20]
+        assert len(asked) - start == (1 if whole else 2)
