@@ -425,7 +425,8 @@ def _serve_mount(args: argparse.Namespace) -> int:
 
     from . import mount
 
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
+    level = logging.DEBUG if args.debug or args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ready_fd = getattr(args, "ready_fd", None)
 
@@ -694,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the kernel's read-ahead for this mount (root only; kernel default 128K)")
     m.add_argument("--single-thread", action="store_true", help="answer one FUSE request at a time")
     m.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    m.add_argument("-v", "--verbose", action="store_true", help="log mounts, unmounts and counters")
+    m.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log mounts, unmounts and counters; -vv also every fetch and its time")
     m.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse -d)")
     _image_options(m)
     m.set_defaults(func=cmd_mount)

@@ -27,6 +27,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import warnings
 from typing import Any, Sequence
 
@@ -104,6 +105,16 @@ class FrameSource:
 
     def __call__(self, offset: int, size: int) -> bytes:
         frames = self.span(offset, size)
+        if log.isEnabledFor(logging.DEBUG):
+            t0 = time.perf_counter()
+            got = self._get(frames)
+            log.debug("%s: frames %d..%d (%d bytes) in %.1f ms", self.__name__,
+                      self._starts.index(offset), self._starts.index(offset) + len(frames) - 1, size,
+                      (time.perf_counter() - t0) * 1e3)
+            return got
+        return self._get(frames)
+
+    def _get(self, frames: list[Frame]) -> bytes:
         if self.disk is None:
             parts = self._fetch(frames)
         else:

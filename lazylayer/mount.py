@@ -84,9 +84,13 @@ class ImageOperations:
     """The FUSE operations of a read-only image (mfusepy's high-level, path-based interface).
 
     Paths come from the kernel one component at a time, so they never hold a
-    symlink to follow: each is a key of ``image.tree.paths``.  Open files are
-    handles onto tree nodes.  Every method may be called from several libfuse
-    threads at once.
+    symlink to follow: each is a key of ``image.tree.paths``; reads get the
+    path too, so there is no table of open files.  Operations the kernel needs
+    no answer from us for are left out, so libfuse answers them in C without
+    calling Python: ``opendir``, ``release``, ``access`` (the kernel checks
+    permissions itself, ``default_permissions``), and ``flush`` (its ENOSYS
+    tells the kernel to stop sending it).  Every method may be called from
+    several libfuse threads at once.
     """
 
     use_ns = True  # timestamps in nanoseconds (mfusepy)
@@ -95,9 +99,6 @@ class ImageOperations:
         self.image = image
         self.tree = image.tree
         self.on_ready = on_ready
-        self._handles: dict[int, Node] = {}
-        self._next_handle = 1
-        self._lock = threading.Lock()
         self._fuse = fuse_module()
         self.eio = 0
         """How many requests failed with EIO (bad data or a failed fetch)."""
@@ -134,25 +135,13 @@ class ImageOperations:
         pass
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        node = self._handles.get(fh) if fh else None
-        return self.stat(node if node is not None else self._node(path))
-
-    def access(self, path: str, amode: int) -> int:
-        self._node(path)
-        if amode & os.W_OK:
-            raise self._fuse.FuseOSError(errno.EROFS)
-        return 0
+        return self.stat(self._node(path))
 
     def readlink(self, path: str) -> str:
         node = self._node(path)
         if node.kind != "symlink":
             raise self._fuse.FuseOSError(errno.EINVAL)
         return node.inode.linkname
-
-    def opendir(self, path: str) -> int:
-        if self._node(path).children is None:
-            raise self._fuse.FuseOSError(errno.ENOTDIR)
-        return 0
 
     def readdir(self, path: str, fh: int) -> Iterable[Any]:
         node = self._node(path)
@@ -169,14 +158,10 @@ class ImageOperations:
             raise self._fuse.FuseOSError(errno.EROFS)
         if node.kind == "dir":
             raise self._fuse.FuseOSError(errno.EISDIR)
-        with self._lock:
-            fh = self._next_handle
-            self._next_handle += 1
-            self._handles[fh] = node
-        return fh
+        return 0
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        node = self._handles.get(fh) or self._node(path)
+        node = self._node(path)
         if node.kind != "reg":
             raise self._fuse.FuseOSError(errno.EINVAL)
         try:
@@ -187,11 +172,6 @@ class ImageOperations:
             log.error("EIO: read of %d bytes at %d of /%s: %s: %s", size, offset, node.path,
                       type(exc).__name__, exc)
             raise self._fuse.FuseOSError(errno.EIO) from None
-
-    def release(self, path: str, fh: int) -> int:
-        with self._lock:
-            self._handles.pop(fh, None)
-        return 0
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         value = self._node(path).inode.xattrs.get(name)
