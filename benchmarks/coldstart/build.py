@@ -1,0 +1,170 @@
+"""Build the cold-start image once: Debian bookworm minbase + python3, pandas and matplotlib.
+
+Layer 1 is ``debootstrap --variant=minbase``; layer 2 installs the packages and
+deletes what layer 1 had under /usr/share/doc, /var/lib/apt/lists and
+/var/cache/apt (whiteouts).  ``umoci`` writes the gzip image to an OCI layout;
+lazylayer's ``Converter`` writes its lazy conversion to a second layout.  Both
+are kept under the work directory with a stamp; ``--rebuild`` redoes them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+TAG = "cs"
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ["python3", "python3-pandas", "python3-matplotlib"]
+# Deleted in layer 2, present in layer 1: these become whiteouts.
+DELETE = ["usr/share/doc/*", "var/lib/apt/lists/*", "var/cache/apt/*"]
+STAMP_VERSION = 1
+GB = 10**9
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sh(*argv: str | Path, **kw: Any) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in argv], check=True, **kw)
+
+
+def layout_manifest(layout: Path, tag: str = TAG) -> dict[str, Any]:
+    """The image manifest tagged ``tag`` in an OCI layout."""
+    index = json.loads((layout / "index.json").read_text())
+    for m in index["manifests"]:
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+            return json.loads(blob_path(layout, m["digest"]).read_bytes())
+    raise SystemExit(f"{layout}: no tag {tag}")
+
+
+def blob_path(layout: Path, digest: str) -> Path:
+    algo, hexd = digest.split(":", 1)
+    return layout / "blobs" / algo / hexd
+
+
+def _chroot_install(rootfs: Path) -> None:
+    """apt-get install PACKAGES in ``rootfs`` (with /proc, /sys and /dev mounted, no services started)."""
+    mounts = [("proc", rootfs / "proc", ["-t", "proc", "proc"]), ("sys", rootfs / "sys", ["-t", "sysfs", "sysfs"]),
+              ("dev", rootfs / "dev", ["--rbind", "/dev"])]
+    policy = rootfs / "usr/sbin/policy-rc.d"
+    resolv = rootfs / "etc/resolv.conf"
+    resolv_before = resolv.read_bytes() if resolv.exists() else None
+    done: list[Path] = []
+    try:
+        for _, target, args in mounts:
+            sh("mount", *args, target)
+            done.append(target)
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        if resolv.is_symlink() or resolv.exists():
+            resolv.unlink()
+        shutil.copyfile("/etc/resolv.conf", resolv)
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8",
+               "HOME": "/root"}
+        sh("chroot", rootfs, "apt-get", "update", env=env)
+        sh("chroot", rootfs, "apt-get", "install", "-y", *PACKAGES, env=env)
+        sh("chroot", rootfs, "apt-get", "clean", env=env)
+        sh("chroot", rootfs, "sh", "-c", "rm -rf " + " ".join("/" + d for d in DELETE), env=env)
+    finally:
+        policy.unlink(missing_ok=True)
+        resolv.unlink(missing_ok=True)
+        if resolv_before is not None:
+            resolv.write_bytes(resolv_before)
+        for target in reversed(done):
+            subprocess.run(["umount", "-R", str(target)], check=False)
+
+
+def layer_stats(layout: Path) -> list[dict[str, Any]]:
+    """Per layer of the gzip image: compressed and tar size, entries and whiteouts (read with ``tarfile``)."""
+    out = []
+    for desc in layout_manifest(layout)["layers"]:
+        entries = whiteouts = opaque = 0
+        with gzip.open(blob_path(layout, desc["digest"]), "rb") as raw:
+            counter = _Counting(raw)
+            with tarfile.open(fileobj=counter, mode="r|") as tf:  # type: ignore[call-overload]
+                for m in tf:
+                    entries += 1
+                    base = m.name.rsplit("/", 1)[-1]
+                    if base == ".wh..wh..opq":
+                        opaque += 1
+                    elif base.startswith(".wh."):
+                        whiteouts += 1
+            while counter.read(1 << 20):  # the tar's end-of-archive blocks and padding
+                pass
+        out.append({"digest": desc["digest"], "gzip": desc["size"], "tar": counter.n, "entries": entries,
+                    "whiteouts": whiteouts, "opaque": opaque})
+    return out
+
+
+class _Counting:
+    def __init__(self, f: Any) -> None:
+        self.f, self.n = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(n)
+        self.n += len(b)
+        return b
+
+
+def build(workdir: Path, rebuild: bool = False) -> dict[str, Any]:
+    """Build (or reuse) the gzip layout ``workdir/gzip`` and the lazy layout ``workdir/lazy``; return the stats."""
+    stamp = workdir / "image.json"
+    if not rebuild and stamp.exists():
+        info = json.loads(stamp.read_text())
+        if info.get("version") == STAMP_VERSION:
+            log(f"image: reusing {workdir} (built in {info['build_s']:.0f} s; --rebuild to redo)")
+            return info
+    gz, lazy, bundle = workdir / "gzip", workdir / "lazy", workdir / "bundle"
+    for d in (gz, lazy, bundle):
+        if d.exists():
+            subprocess.run(["umount", "-R", str(d / "rootfs" / "proc")], check=False, capture_output=True)
+            shutil.rmtree(d)
+    stamp.unlink(missing_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    sh("umoci", "init", "--layout", gz)
+    sh("umoci", "new", "--image", f"{gz}:{TAG}")
+    sh("umoci", "unpack", "--image", f"{gz}:{TAG}", bundle)
+    log("image: debootstrap --variant=minbase bookworm (layer 1)")
+    sh("debootstrap", "--variant=minbase", "bookworm", bundle / "rootfs", MIRROR)
+    sh("umoci", "repack", "--refresh-bundle", "--image", f"{gz}:{TAG}", bundle)
+    t1 = time.perf_counter()
+    log(f"image: apt-get install {' '.join(PACKAGES)} (layer 2)")
+    _chroot_install(bundle / "rootfs")
+    sh("umoci", "repack", "--image", f"{gz}:{TAG}", bundle)
+    sh("umoci", "gc", "--layout", gz)
+    t2 = time.perf_counter()
+    shutil.rmtree(bundle)
+    layers = layer_stats(gz)
+    total = sum(x["tar"] for x in layers)
+    log(f"image: {len(layers)} layers, {total:,} B uncompressed, "
+        f"{sum(x['whiteouts'] + x['opaque'] for x in layers)} whiteouts")
+    if total < GB:
+        raise SystemExit(f"image is {total:,} B uncompressed, less than 1 GB")
+    if not layers[-1]["whiteouts"]:
+        raise SystemExit("the top layer has no whiteouts")
+    log("image: converting to lazy layers")
+    from lazylayer.convert import Converter
+
+    t3 = time.perf_counter()
+    Converter(progress=False).convert(f"oci:{gz}:{TAG}", f"oci:{lazy}:{TAG}")
+    t4 = time.perf_counter()
+    lazy_sizes = [d["size"] for d in layout_manifest(lazy)["layers"]]
+    info = {"version": STAMP_VERSION, "layers": layers, "lazy": lazy_sizes, "build_s": t4 - t0,
+            "phases": {"debootstrap": t1 - t0, "install": t2 - t1, "stats": t3 - t2, "convert": t4 - t3},
+            "packages": PACKAGES, "delete": DELETE}
+    stamp.write_text(json.dumps(info, indent=1))
+    return info
+
+
+if __name__ == "__main__":
+    print(json.dumps(build(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/var/tmp/lazylayer-coldstart"),
+                           rebuild="--rebuild" in sys.argv), indent=1))

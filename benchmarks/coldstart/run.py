@@ -1,0 +1,489 @@
+#!/usr/bin/env python3
+"""Container cold start: a full pull (as containerd does it) against a lazylayer mount.
+
+The image
+    Debian bookworm ``debootstrap --variant=minbase`` (layer 1) plus
+    ``apt-get install python3 python3-pandas python3-matplotlib`` with
+    recommends (layer 2, which also deletes /usr/share/doc/*,
+    /var/lib/apt/lists/* and /var/cache/apt/* of layer 1: whiteouts), built
+    with ``umoci`` as a normal gzip image and converted by lazylayer's
+    ``Converter``.  Built once under ``--workdir`` (``build.py``;
+    ``--rebuild`` redoes it).  Both images are pushed with ``skopeo`` to
+    Debian's ``docker-registry`` (``benchmarks/fetch.py``'s ``Registry``,
+    storage kept under the workdir; the pushed manifest digests are checked)
+    and read through ``benchmarks/netem.py``'s ``ShapedProxy``: ``--rtt``
+    10 ms added, each direction capped at ``--rate`` 125e6 B/s (1 Gbit/s).
+    Every byte a case moves (both directions, headers included) and every
+    HTTP request is counted by the proxy.
+
+The workload
+    ``chroot ROOT python3 -c "import pandas, matplotlib"`` with a minimal
+    environment, where ROOT is an overlay mount: the image's layers as lower
+    dirs, a fresh tmpfs as upper and work dir (a writable root, as in a
+    container), /proc mounted and /dev bound.  A failing workload aborts the
+    benchmark.
+
+The cases (every run does a, d, b, c, i in that order; the clock runs from
+nothing local to the workload's exit; unmounting is not timed)
+    (a) full pull: manifest, then the config and every layer blob at once,
+        each layer streamed through ``curl | pigz -dc | tar -x`` into its own
+        snapshot dir, its whiteouts turned into overlayfs form when its tar
+        ends (``pull.py``); overlay over the snapshot dirs; workload.
+    (d) the reference for (c): overlay over (a)'s extracted layers, workload.
+    (b) ``lazylayer mount -v --log F docker://PROXY/cs-lazy:cs MNT --cache-dir
+        EMPTY`` (it returns once the FUSE mount is ready and leaves a daemon);
+        overlay with MNT as the lower dir; workload.  Then the overlay is
+        unmounted and ``lazylayer umount MNT`` waits for the daemon; its last
+        log line gives its counters (frames fetched, frames from disk, EIO).
+    (c) the same with the disk cache (b) left, a new mount (a new daemon).
+    (i) a diagnostic: ``python -c IMPORTS``, the modules (and libfuse) the
+        mount command loads before it forks: the part of (b) and (c)'s mount
+        that is only starting the command.
+    Before every case: the page cache is dropped (``sync; echo 3 >
+    /proc/sys/vm/drop_caches``), then the registry's storage is read back
+    in, because the registry stands for a remote machine whose cache is not
+    ours to drop; snapshot dirs (a) and the cache dir (b) are emptied first.
+    The ``lazylayer`` command runs with its bytecode compiled once into
+    ``WORKDIR/pycache`` (``PYTHONPYCACHEPREFIX``), as an installed package
+    has it: lazylayer is an editable install here and this machine sets
+    PYTHONDONTWRITEBYTECODE.  Whatever a case leaves mounted is unmounted in
+    ``finally`` blocks, and a daemon still running after ``lazylayer umount``
+    is killed by pid (and reported).
+
+Check (untimed, before the runs; ``--no-verify`` skips it)
+    One full pull and one lazy mount, each under an overlay, are walked and
+    compared: every entry's type, mode, owner, size, mtime, link target and
+    device number, and the content of 100 random regular files
+    (``verify.py``).
+
+Targets (from the issue)
+    (b) <= 0.15x (a); (c) <= 1.5x (d).  Ratios are between medians over
+    ``--runs`` runs; every run is listed.  CPU-s of the whole machine and of
+    the proxy are recorded from each clock's start to its stop: the machine
+    has 2 cores, so (a)'s decompression, the proxy and anything else running
+    compete for them.
+
+Usage (as root)
+    python benchmarks/coldstart/run.py [--runs N] [--out FILE.md] [--json FILE] [--workdir DIR]
+        [--rebuild] [--cases a,d,b,c,i] [--rtt S] [--rate B/s] [--no-verify] [--quick]
+
+    ``--quick`` is one run: a smoke check only (about 70 s once the image exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))
+import build
+import mounts
+import verify
+from common import machine_line, package_version
+from fetch import Registry, machine_busy
+from netem import ShapedProxy
+from pull import GUNZIP, full_pull
+
+TAG = build.TAG
+REPO_GZIP, REPO_LAZY = "cs-gzip", "cs-lazy"
+TARGET_B, TARGET_C = 0.15, 1.5
+MB = 10**6
+VERIFY_SAMPLE = 100
+CLI = str(Path(sys.executable).with_name("lazylayer"))
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def mount_cli_ready() -> bool:
+    try:
+        return subprocess.run([CLI, "mount", "--help"], check=False, capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def manifest_digest(port: int, repo: str) -> str:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        c.request("HEAD", f"/v2/{repo}/manifests/{TAG}",
+                  headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        r = c.getresponse()
+        r.read()
+        return r.getheader("Docker-Content-Digest") or ""
+    finally:
+        c.close()
+
+
+def layout_digest(layout: Path) -> str:
+    index = json.loads((layout / "index.json").read_text())
+    return next(m["digest"] for m in index["manifests"]
+                if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == TAG)
+
+
+def push(workdir: Path, port: int) -> None:
+    """Push both layouts with skopeo (blobs already in the kept storage are skipped); check the digests."""
+    for layout, repo in ((workdir / "gzip", REPO_GZIP), (workdir / "lazy", REPO_LAZY)):
+        want = layout_digest(layout)
+        if manifest_digest(port, repo) != want:
+            subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:{TAG}",
+                            f"docker://127.0.0.1:{port}/{repo}:{TAG}"], check=True)
+        got = manifest_digest(port, repo)
+        if got != want:
+            raise SystemExit(f"{repo}: the registry has manifest {got}, the layout {want}")
+
+
+class Bench:
+    """The cases; each returns ``{"total": s, phase: s, ...}``; ``timed`` adds CPU and the proxy's counts."""
+
+    def __init__(self, a: argparse.Namespace, proxy: ShapedProxy, registry: Registry) -> None:
+        self.a, self.proxy, self.registry = a, proxy, registry
+        run = a.workdir / "run"
+        self.snap, self.scratch, self.mnt, self.cache = run / "snap", run / "root", run / "mnt", run / "cache"
+        self.log = run / "daemon.log"
+        self.env = mounts.cli_env(a.workdir / "pycache")
+        import lazylayer
+
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(lazylayer.__file__).parent)],
+                       env=self.env, check=True)
+        self.dirs: list[Path] = []
+        self.start: dict[str, float] = {}
+        self.stop: dict[str, float] = {}
+        self.notes: list[str] = []  # anything odd seen (umount failures, leftovers)
+
+    def drop(self) -> None:
+        """Drop the page cache, then read the registry's storage back in: the remote side is not ours to chill."""
+        mounts.drop_caches()
+        mounts.warm([self.registry.workdir / "storage"])
+        self.proxy.reset()
+        self.start = self.mark()
+
+    def mark(self) -> dict[str, float]:
+        """CPU-s so far (machine, proxy, registry) and the proxy's counts: read when the clock starts and stops."""
+        st = self.proxy.stats()
+        return {"machine_cpu": machine_busy(), "proxy_cpu": st["cpu"], "registry_cpu": self.registry.cpu(),
+                "bytes": st["s2c"]["bytes"] + st["c2s"]["bytes"], "requests": st["requests"],
+                "connections": st["connections"]}
+
+    def cleanup(self) -> None:
+        """Whatever a failed or interrupted run left mounted."""
+        for scratch in (self.scratch, self.scratch.with_name("verify")):
+            mounts.Overlay([], scratch).unmount()
+        msg = mounts.lazy_umount(CLI, self.mnt) if self.mnt.exists() else ""
+        if msg:
+            self.notes.append(msg)
+        self.kill_leftovers()
+
+    def kill_leftovers(self) -> None:
+        """Processes still running with our mount point on their command line (a daemon that did not exit)."""
+        needle = str(self.mnt).encode()
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if pid != os.getpid() and needle in cmd.split(b"\0"):
+                text = cmd.replace(b"\0", b" ").decode(errors="replace")[:120]
+                self.notes.append(f"pid {pid} ({text}) still ran after umount: killed")
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def workload(self, lowers: list[Path]) -> tuple[float, float]:
+        """Overlay over ``lowers`` + the workload: (overlay mount s, workload s)."""
+        t0 = time.perf_counter()
+        ov = mounts.Overlay(lowers, self.scratch).mount()
+        try:
+            t1 = time.perf_counter()
+            w = ov.run()
+            self.stop = self.mark()
+            return t1 - t0, w
+        finally:
+            ov.unmount()
+
+    def pull(self) -> dict[str, Any]:
+        mounts.empty_dir(self.snap)
+        self.drop()
+        t0 = time.perf_counter()
+        pulled = full_pull("127.0.0.1", self.proxy.port, REPO_GZIP, TAG, self.snap)
+        pulled["pull"] = time.perf_counter() - t0
+        self.dirs = pulled["dirs"]
+        return pulled
+
+    def case_a(self) -> dict[str, float]:
+        pulled = self.pull()
+        ov, w = self.workload(self.dirs)
+        layers = {f"layer {i + 1} done": t + pulled["manifest_s"] for i, t in enumerate(pulled["layer_s"])}
+        return {"total": pulled["pull"] + ov + w, "manifest": pulled["manifest_s"], **layers, "pull": pulled["pull"],
+                "overlay": ov, "workload": w, "whiteouts": pulled["whiteouts"]}
+
+    def case_d(self) -> dict[str, float]:
+        self.drop()
+        ov, w = self.workload(self.dirs)
+        return {"total": ov + w, "overlay": ov, "workload": w}
+
+    def mount(self) -> float:
+        self.log.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        mounts.lazy_mount(CLI, f"docker://127.0.0.1:{self.proxy.port}/{REPO_LAZY}:{TAG}", self.mnt, self.cache,
+                          self.log, self.env)
+        return time.perf_counter() - t0
+
+    def umount(self) -> dict[str, int]:
+        msg = mounts.lazy_umount(CLI, self.mnt)
+        if msg:
+            self.notes.append(msg)
+        self.kill_leftovers()
+        counters = mounts.daemon_counters(self.log)
+        if counters.get("eio"):
+            self.notes.append(f"the daemon counted {counters['eio']} EIO: {self.log.read_text()[-1000:]}")
+        return counters
+
+    def lazy(self, empty_cache: bool) -> dict[str, float]:
+        if empty_cache:
+            mounts.empty_dir(self.cache)
+        self.drop()
+        try:
+            m = self.mount()
+            ov, w = self.workload([self.mnt])
+        finally:
+            counters = self.umount()
+        return {"total": m + ov + w, "mount": m, "overlay": ov, "workload": w, **counters}
+
+    def case_b(self) -> dict[str, float]:
+        return self.lazy(empty_cache=True)
+
+    def case_c(self) -> dict[str, float]:
+        return self.lazy(empty_cache=False)
+
+    def case_i(self) -> dict[str, float]:
+        """What starting the ``lazylayer`` command costs before it does anything: Python and its imports."""
+        self.drop()
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", IMPORTS], env=self.env, check=True)
+        t = time.perf_counter() - t0
+        self.stop = self.mark()
+        return {"total": t}
+
+    def verify(self) -> str:
+        """Untimed: pull and mount, compare the two roots (``verify.py``); a sentence for the report."""
+        self.pull()
+        mounts.empty_dir(self.cache)
+        self.mount()
+        full = mounts.Overlay(self.dirs, self.scratch, system=False).mount()
+        lazy = mounts.Overlay([self.mnt], self.scratch.with_name("verify"), system=False).mount()
+        try:
+            n, diffs = verify.compare(full.merged, lazy.merged, VERIFY_SAMPLE)
+        finally:
+            lazy.unmount()
+            full.unmount()
+            self.umount()
+        if diffs:
+            self.notes += [f"roots differ: {d}" for d in diffs]
+            return f"**the two roots differ** ({len(diffs)} differences listed under Notes)"
+        return (f"the two roots are identical: {n:,} entries (type, mode, owner, size, mtime, link target, "
+                f"device) and the content of {VERIFY_SAMPLE} random regular files")
+
+
+CASES = {
+    "a": "(a) full pull (all layers at once, each `curl`, `pigz -dc`, `tar -x` piped) + overlay + workload",
+    "d": "(d) workload on the extracted layers, page cache dropped",
+    "b": "(b) `lazylayer mount`, empty cache + overlay + workload",
+    "c": "(c) `lazylayer mount`, warm disk cache + overlay + workload",
+    "i": "(diagnostic) starting the command: `python -c IMPORTS` (see below), page cache dropped",
+}
+# What `lazylayer mount docker://...` loads before it forks its daemon.
+IMPORTS = ("import lazylayer.cli, lazylayer.image, lazylayer.mount, lazylayer.registry, lazylayer.remote; "
+           "lazylayer.mount.fuse_module()")
+PHASES = ("manifest", "pull", "mount", "overlay", "workload")
+
+
+def timed(bench: Bench, case: str) -> dict[str, float]:
+    """Run one case; add what the machine, the proxy and the registry did between its clock's start and stop."""
+    r = getattr(bench, f"case_{case}")()
+    r.update({k: bench.stop[k] - bench.start[k] for k in ("machine_cpu", "proxy_cpu", "registry_cpu")})
+    r.update({k: bench.stop[k] for k in ("bytes", "requests", "connections")})
+    return r
+
+
+# ----------------------------------------------------------------- report
+
+
+def med(v: list[float]) -> float:
+    return statistics.median(v)
+
+
+def image_lines(info: dict[str, Any]) -> list[str]:
+    layers = info["layers"]
+    L = ["| layer | tar (uncompressed) | gzip blob | lazy blob | entries | whiteouts (opaque) |",
+         "|---|---:|---:|---:|---:|---:|"]
+    for i, (x, lz) in enumerate(zip(layers, info["lazy"], strict=True)):
+        L.append(f"| {i + 1} | {x['tar']:,} | {x['gzip']:,} | {lz:,} | {x['entries']:,} | "
+                 f"{x['whiteouts']:,} ({x['opaque']}) |")
+    tot = {k: sum(x[k] for x in layers) for k in ("tar", "gzip", "entries", "whiteouts", "opaque")}
+    L.append(f"| total | {tot['tar']:,} | {tot['gzip']:,} | {sum(info['lazy']):,} | {tot['entries']:,} | "
+             f"{tot['whiteouts']:,} ({tot['opaque']}) |")
+    return L
+
+
+def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str, list[dict[str, float]]],
+           phases: dict[str, float], notes: list[str], skipped: str, verified: str) -> str:
+    tar_v = subprocess.run(["tar", "--version"], check=False, capture_output=True, text=True).stdout
+    tar_v = tar_v.split("\n")[0]
+    gz = subprocess.run([GUNZIP[0], "--version"], check=False, capture_output=True, text=True)
+    gz_v = (gz.stdout or gz.stderr).split("\n")[0]
+    L = ["### Cold start: full pull vs lazylayer mount", "", f"Command: `{cmd}`", "", machine_line(),
+         (f"- Python {platform.python_version()}; lazylayer {package_version('lazylayer')}; "
+          f"{Registry(a.workdir).version()}; {tar_v}; {gz_v}"),
+         (f"- Link: `ShapedProxy`, +{a.rtt * 1e3:g} ms round trip, {a.rate * 8 / 1e9:g} Gbit/s each way; "
+          "bytes = both directions through the proxy, headers included; MB = 10^6 B."),
+         f"- Workload: `chroot ROOT {shlex.join(mounts.WORKLOAD)}` on an overlay (tmpfs upper dir).",
+         f"- Median of {a.runs} run(s) per case; all runs listed in order.", "",
+         "#### Image", "",
+         (f"Debian bookworm minbase (layer 1) + `apt-get install {' '.join(info['packages'])}` with recommends "
+          f"(layer 2, which deletes `{'`, `'.join(info['delete'])}` of layer 1). Gzip layers written by umoci; "
+          "lazy layers by lazylayer's `Converter`."), "", *image_lines(info), "",
+         "#### Results", "",
+         ("| case | median s | runs, s | phases (median s) | MB via proxy | requests | CPU-s: machine, proxy | "
+         "daemon: frames fetched, from disk |"),
+         "|---|---:|---|---|---:|---:|---|---|"]
+    for key, label in CASES.items():
+        runs = res.get(key)
+        if not runs:
+            continue
+        tot = [r["total"] for r in runs]
+        ph = ", ".join(f"{p} {med([r[p] for r in runs]):.3f}" for p in runs[0] if p in PHASES or p.endswith(" done"))
+        daemon = (f"{med([r['frames_fetched'] for r in runs]):.0f}, {med([r['frames_from_disk'] for r in runs]):.0f}"
+                  if "frames_fetched" in runs[0] else "—")
+        L.append(f"| {label} | {med(tot):.3f} | {', '.join(f'{t:.3f}' for t in tot)} | {ph} | "
+                 f"{med([r['bytes'] for r in runs]) / MB:,.1f} | {med([r['requests'] for r in runs]):.0f} | "
+                 f"{med([r['machine_cpu'] for r in runs]):.1f}, {med([r['proxy_cpu'] for r in runs]):.1f} | "
+                 f"{daemon} |")
+    L += ["", ("Medians over the runs; CPU-s are the whole machine's busy time and the proxy's own, from the clock's "
+          "start to the workload's exit. Daemon counters are the mount's own (`-v` log line at unmount): frames "
+          "fetched from the registry, and frame loads served from the disk cache.")]
+    if res.get("i"):
+        L += ["", f"IMPORTS = `{IMPORTS}`"]
+    if verified:
+        L += ["", f"Check before timing (untimed): {verified}."]
+    L += ["", "#### Targets", "", "| target | measured | met? |", "|---|---|---|"]
+
+    def ratio_row(num: str, den: str, target: float, text: str) -> None:
+        if res.get(num) and res.get(den):
+            n, d = med([r["total"] for r in res[num]]), med([r["total"] for r in res[den]])
+            ok = n / d <= target
+            L.append(f"| {text} | {n:.3f} s / {d:.3f} s = **{n / d:.3f}x** | {'met' if ok else '**not met**'} |")
+        else:
+            L.append(f"| {text} | not measured{skipped} | — |")
+
+    ratio_row("b", "a", TARGET_B, f"(b) lazy mount, empty cache <= {TARGET_B}x (a) full pull, end to end")
+    ratio_row("c", "d", TARGET_C, f"(c) lazy mount, warm disk cache <= {TARGET_C}x (d) extracted root")
+    L += ["", "#### Time taken by the benchmark", "",
+          ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + "."]
+    if info.get("phases"):
+        L.append("Image build (cached since): " + ", ".join(f"{k} {v:.0f} s" for k, v in info["phases"].items()) + ".")
+    if notes:
+        L += ["", "#### Notes", "", *[f"- {n}" for n in notes]]
+    return "\n".join(L) + "\n"
+
+
+# ----------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, help="runs per case, median reported (default 5; 1 with --quick)")
+    ap.add_argument("--cases", default="a,d,b,c,i",
+                    help="cases to run, in this order per run (default a,d,b,c,i; i: the lazylayer CLI's imports)")
+    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-coldstart"),
+                    help="image, registry storage and scratch dirs (default /var/tmp/lazylayer-coldstart)")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild the image even if it exists")
+    ap.add_argument("--rtt", type=float, default=0.010, help="round trip added by the link, s (default 0.010)")
+    ap.add_argument("--rate", type=float, default=125e6, help="link rate, bytes/s (default 125e6 = 1 Gbit/s)")
+    ap.add_argument("--no-verify", action="store_true",
+                    help="skip the untimed check that both roots are the same (one extra pull and mount)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 run")
+    ap.add_argument("--out", type=Path, help="also write the markdown report here")
+    ap.add_argument("--json", type=Path, help="write all numbers as JSON here")
+    a = ap.parse_args(argv)
+    a.runs = a.runs or (1 if a.quick else 5)
+    cases = [c.strip() for c in a.cases.split(",") if c.strip()]
+    if bad := set(cases) - set(CASES):
+        ap.error(f"unknown cases {sorted(bad)}")
+    if "d" in cases and "a" not in cases:
+        ap.error("case d needs case a (it runs on a's extracted layers)")
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: it mounts overlays, drops the page cache and chroots")
+    cmd = shlex.join(["python", "benchmarks/coldstart/run.py", *(sys.argv[1:] if argv is None else argv)])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for tool in ("docker-registry", "skopeo", "umoci", "debootstrap", "curl", "tar", GUNZIP[0]):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+    skipped = ""
+    if ({"b", "c"} & set(cases)) and not mount_cli_ready():
+        skipped = f" (`{CLI} mount --help` failed: the mount command is missing)"
+        log("lazylayer mount is not available: skipping (b) and (c)")
+        cases = [c for c in cases if c not in "bc"]
+
+    phases: dict[str, float] = {}
+    t = time.perf_counter()
+    info = build.build(a.workdir, a.rebuild)
+    phases["image (build or reuse)"] = time.perf_counter() - t
+    reg_dir = a.workdir / "registry"
+    reg_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(reg_dir).start()
+    res: dict[str, list[dict[str, float]]] = {}
+    bench: Bench | None = None
+    verified = ""
+    try:
+        t = time.perf_counter()
+        push(a.workdir, registry.port)
+        phases["push"] = time.perf_counter() - t
+        with ShapedProxy(("127.0.0.1", registry.port), rtt=a.rtt, rate=a.rate) as proxy:
+            bench = Bench(a, proxy, registry)
+            bench.cleanup()
+            if not a.no_verify and "a" in cases and "b" in cases:
+                t = time.perf_counter()
+                verified = bench.verify()
+                phases["verify"] = time.perf_counter() - t
+                log(f"verify: {verified}")
+            t = time.perf_counter()
+            for run in range(a.runs):
+                for c in cases:
+                    r = timed(bench, c)
+                    res.setdefault(c, []).append(r)
+                    log(f"run {run + 1}/{a.runs} ({c}): {r['total']:.3f} s, {r['bytes'] / MB:,.1f} MB, "
+                        + ", ".join(f"{k} {v:.3f}" for k, v in r.items()
+                                    if k in ("pull", "mount", "overlay", "workload")))
+            phases[f"{a.runs} run(s) of {','.join(cases)}"] = time.perf_counter() - t
+    finally:
+        if bench is not None:
+            bench.cleanup()
+            shutil.rmtree(bench.snap, ignore_errors=True)
+        registry.close()
+    text = report(a, cmd, info, res, phases, bench.notes if bench else [], skipped, verified)
+    print(text)
+    if a.out:
+        a.out.write_text(text)
+    if a.json:
+        a.json.write_text(json.dumps({"command": cmd, "image": info, "results": res, "phases": phases}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
