@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import resource
 import subprocess
 
@@ -54,3 +56,12 @@ def machine_line() -> str:
     debian = deb.read_text().strip() if deb.exists() else "n/a"
     return (f"- Machine: `nproc` = {os.cpu_count()}, {cpu}, {int(mem) / 2**20:.0f} GiB RAM, "
             f"kernel `{platform.release()}`, Debian {debian}")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """``sha256:HEX`` of a file, read in 8 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()

@@ -80,7 +80,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import cpu_children, cpu_self, machine_line, package_version
+from common import cpu_children, cpu_self, file_sha256, machine_line, package_version
 
 from lazylayer.convert import Converter, decompressed_chunks
 from lazylayer.format import LAYER_FRAME_SIZE, LayerWriter
@@ -107,14 +107,6 @@ def sh(cmd: list[str] | str, **kw) -> subprocess.CompletedProcess:
         text = cmd if shell else shlex.join(cmd)
         raise SystemExit(f"{text} exited {p.returncode}:\n{p.stderr.decode(errors='replace')}")
     return p
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 # ----------------------------------------------------------------- test data

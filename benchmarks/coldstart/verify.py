@@ -8,11 +8,12 @@ compared, then the content of ``sample`` random regular files.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import stat
 from pathlib import Path
+
+from common import file_sha256
 
 Entry = tuple[int, int, int, int, int, str, int]
 
@@ -31,14 +32,6 @@ def tree(root: Path) -> dict[str, Entry]:
     return out
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
-
-
 def compare(a: Path, b: Path, sample: int = 100, seed: int = 1) -> tuple[int, list[str]]:
     """(entries in ``a``, differences between the trees at ``a`` and ``b``; at most 20 listed)."""
     ta, tb = tree(a), tree(b)
@@ -47,6 +40,6 @@ def compare(a: Path, b: Path, sample: int = 100, seed: int = 1) -> tuple[int, li
     diffs += [f"{p}: {ta[p]} vs {tb[p]}" for p in sorted(ta.keys() & tb.keys()) if ta[p] != tb[p]]
     regular = sorted(p for p, e in ta.items() if stat.S_ISREG(e[0]) and p in tb)
     for p in random.Random(seed).sample(regular, min(sample, len(regular))):
-        if sha256(a / p) != sha256(b / p):
+        if file_sha256(a / p) != file_sha256(b / p):
             diffs.append(f"{p}: content differs")
     return len(ta), diffs[:20] + ([f"... {len(diffs) - 20} more"] if len(diffs) > 20 else [])
