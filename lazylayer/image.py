@@ -108,9 +108,9 @@ class FrameSource:
         if log.isEnabledFor(logging.DEBUG):
             t0 = time.perf_counter()
             got = self._get(frames)
-            log.debug("%s: frames %d..%d (%d bytes) in %.1f ms", self.__name__,
-                      self._starts.index(offset), self._starts.index(offset) + len(frames) - 1, size,
-                      (time.perf_counter() - t0) * 1e3)
+            first = bisect.bisect_left(self._starts, offset)
+            log.debug("%s: frames %d..%d (%d bytes) in %.1f ms", self.__name__, first, first + len(frames) - 1,
+                      size, (time.perf_counter() - t0) * 1e3)
             return got
         return self._get(frames)
 
