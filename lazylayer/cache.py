@@ -361,6 +361,10 @@ class DiskCache:
         self._count("hits" if data is not None else "misses")
         return data
 
+    def has(self, digest: str) -> bool:
+        """True if an entry for ``digest`` is stored (not checked: :meth:`get` checks what it reads)."""
+        return os.path.exists(self._entry_path(digest))
+
     def _read(self, digest: str) -> bytes | None:
         path = self._entry_path(digest)
         try:

@@ -81,8 +81,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import Converter
     from .oci import INDEX_TYPES
 
+    plan = None
+    if args.prefetch:
+        from .prefetch import load_plan
+
+        plan = load_plan(args.prefetch)
     conv = Converter(frame_size=args.frame_size, level=args.level, threads=args.threads,
-                     progress=False if args.quiet else None,
+                     progress=False if args.quiet else None, prefetch=plan,
                      source_registry=_registry_config(args, args.src_creds or args.creds),
                      dest_registry=_registry_config(args, args.dest_creds or args.creds))
     result = conv.convert(args.source, args.destination)
@@ -345,11 +350,32 @@ def _image_options(p: argparse.ArgumentParser) -> None:
     _registry_options(p)
 
 
-def _open_image(args: argparse.Namespace) -> Image:
+def _prefetch_options(p: argparse.ArgumentParser) -> None:
+    """How a mount prefetches (docs/prefetch.md)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prefetch", metavar="PLAN", help="prefetch with this plan file (default: the plan attached "
+                                                       "to the image, else the plans in its layers)")
+    g.add_argument("--no-prefetch", action="store_true", help="no plan")
+    p.add_argument("--fill", action="store_true", help="after the plan, fetch the rest of the image in the "
+                                                      "background (into the disk cache)")
+    p.add_argument("--fill-rate", type=_size, default=None, metavar="RATE",
+                   help="most bytes/s the fill may use, e.g. 20M (default: no limit)")
+    p.add_argument("--no-readahead", action="store_true", help="no read-ahead of sequential reads")
+
+
+def _open_image(args: argparse.Namespace, **options: Any) -> Image:
     from .image import Image
 
     cache = None if args.no_cache else DiskCache(args.cache_dir)
-    return Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache)
+    if hasattr(args, "no_prefetch"):
+        options.setdefault("prefetch", None if args.no_prefetch else args.prefetch or "auto")
+        options.setdefault("fill", args.fill)
+        options.setdefault("fill_rate", args.fill_rate)
+        options.setdefault("readahead", not args.no_readahead)
+    else:
+        options.setdefault("prefetch", None)  # one-shot commands (ls, cat): nothing to prefetch for
+    return Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache,
+                 **options)
 
 
 # ------------------------------------------------------------------------ mount
@@ -473,6 +499,35 @@ def _serve_mount(args: argparse.Namespace) -> int:
             os.unlink(pidfile)
     except OSError:
         pass
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from .prefetch import attach
+    from .record import record
+
+    argv = args.argv
+    if not argv:
+        print("lazylayer record: give the command after --, e.g. lazylayer record IMAGE -- python3 -c 'import x'",
+              file=sys.stderr)
+        return 2
+    with _open_image(args, prefetch=None, readahead=False) as img:
+        result = record(img, argv, timeout=args.timeout, overlay=not args.bare)
+        plan = result.plan
+        ended = f"exited {result.returncode}" if result.returncode is not None else \
+            f"was stopped at the {args.timeout:g} s time limit"
+        if args.output:
+            plan.save(args.output)
+            where = args.output
+        else:
+            desc = attach(img, plan)
+            where = f"{args.image} (artifact {desc['digest']})"
+        if result.returncode:
+            print(f"lazylayer record: warning: the command {ended}; the plan records what it read anyway",
+                  file=sys.stderr)
+        if not args.quiet:
+            print(f"lazylayer record: the command {ended} after {result.seconds:.2f} s; plan: {plan.summary()}; "
+                  f"saved to {where}", file=sys.stderr)
     return 0
 
 
@@ -627,6 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("source", metavar="SRC")
     v.add_argument("destination", metavar="DST")
     _compression_options(v, LAYER_FRAME_SIZE)
+    v.add_argument("--prefetch", metavar="PLAN", help="a plan file from `lazylayer record -o`: its ranges go "
+                                                         "into the TOCs of the layers it covers")
     v.add_argument("--json", action="store_true", help="print a machine-readable summary")
     v.add_argument("-q", "--quiet", action="store_true")
     _registry_options(v, directions=True)
@@ -698,8 +755,26 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-v", "--verbose", action="count", default=0,
                    help="log mounts, unmounts and counters; -vv also every fetch and its time")
     m.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse -d)")
+    _prefetch_options(m)
     _image_options(m)
     m.set_defaults(func=cmd_mount)
+
+    r = sub.add_parser("record", help="run a command in an image and record what it reads, as a prefetch plan",
+                       description="Mount IMAGE, run CMD chrooted into it (an overlay with a tmpfs for writes, "
+                                   "/proc and /dev, the image's Env and WorkingDir) until it exits or --timeout, "
+                                   "and make a prefetch plan of what it read, in order. The plan is attached to "
+                                   "the image in its registry (or OCI layout) unless -o writes it to a file. "
+                                   "Needs root. Example: lazylayer record docker://HOST/app:1 -- python3 -c "
+                                   "'import app'")
+    r.add_argument("image", metavar="IMAGE")
+    r.add_argument("argv", nargs="*", metavar="-- CMD [ARG ...]")
+    r.add_argument("-o", "--output", metavar="FILE", help="write the plan to FILE instead of attaching it")
+    r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop the command after this long (the plan keeps what it read until then)")
+    r.add_argument("--bare", action="store_true", help="run on the read-only mount itself (no overlay, /proc, /dev)")
+    r.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    _image_options(r)
+    r.set_defaults(func=cmd_record)
 
     u = sub.add_parser("umount", help="unmount a lazylayer mount and wait for its daemon to exit")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -727,7 +802,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if argv[:1] == ["record"] and "--" in argv:  # what follows -- is the command, options and all
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
+    if command is not None:
+        args.argv = command
     return _run(args.func, args)
 
 

@@ -206,12 +206,16 @@ class Converter:
     ``progress``: draw a bar on stderr (default: when stderr is a terminal).
     ``source_registry`` / ``dest_registry``: :class:`lazylayer.registry.RegistryConfig`
     for ``docker://`` references (credentials, TLS, mirrors).
+    ``prefetch``: a :class:`lazylayer.prefetch.Plan` whose ranges go into the
+    TOC of the layers it covers (matched by digest or diff_id); a layer that is
+    lazy already is re-encoded to take its plan.
     """
 
     def __init__(self, frame_size: int = LAYER_FRAME_SIZE, level: int = 3,
                  threads: int | None = None, progress: bool | None = None,
-                 source_registry: Any = None, dest_registry: Any = None) -> None:
+                 source_registry: Any = None, dest_registry: Any = None, prefetch: Any = None) -> None:
         self.writer = LayerWriter(frame_size=frame_size, level=level, threads=threads)
+        self.prefetch = prefetch
         self.progress = progress
         self.source_registry = source_registry
         self.dest_registry = dest_registry
@@ -238,11 +242,14 @@ class Converter:
                     for i, layer in enumerate(img.manifest["layers"]):
                         key = layer.get("digest") or f"{id(img)}:{i}"
                         if key not in done:
-                            if is_lazy_layer(layer) or not oci.is_tar_layer(layer):
+                            plan = self.prefetch.for_layer(layer.get("digest", ""), layer_diff_ids[i]) \
+                                if self.prefetch is not None and oci.is_tar_layer(layer) else None
+                            if (is_lazy_layer(layer) and plan is None) or not oci.is_tar_layer(layer):
                                 done[key] = self._copy_layer(source, dest, layer, bar)
                                 copied += 1
                             else:
-                                desc, info = self._convert_layer(source, dest, layer, layer_diff_ids[i], bar)
+                                desc, info = self._convert_layer(source, dest, layer, layer_diff_ids[i], bar,
+                                                                 plan.ranges if plan is not None else ())
                                 done[key] = desc
                                 infos.append(info)
                         new_layers.append(done[key])
@@ -262,9 +269,9 @@ class Converter:
             source.close()
 
     def _convert_layer(self, source: oci.ImageSource, dest: oci.ImageDestination, layer: oci.Descriptor,
-                       diff_id: str, bar: Progress) -> tuple[oci.Descriptor, LayerInfo]:
+                       diff_id: str, bar: Progress, prefetch: Any = ()) -> tuple[oci.Descriptor, LayerInfo]:
         with dest.blob_writer() as out:
-            info = reencode_layer(source, layer, diff_id, out.file, self.writer, bar)
+            info = reencode_layer(source, layer, diff_id, out.file, self.writer, bar, prefetch)
             out.commit(info.digest)
         annotations = {k: v for k, v in (layer.get("annotations") or {}).items() if k != _ARCHIVE_MEMBER}
         annotations.update(info.annotations())
@@ -315,8 +322,10 @@ class Converter:
 
 
 def reencode_layer(source: oci.ImageSource, layer: oci.Descriptor, diff_id: str | None, out: Any,
-                   writer: LayerWriter, bar: Progress | None = None) -> LayerInfo:
+                   writer: LayerWriter, bar: Progress | None = None, prefetch: Any = ()) -> LayerInfo:
     """Stream layer ``layer`` of ``source`` (any compression), written as a lazy layer to ``out``.
+
+    ``prefetch``: ``(offset, length)`` tar ranges for the TOC's prefetch plan.
 
     The source blob's digest, and the tar's sha256 against ``diff_id`` (when
     given), are checked once the stream ends: on a mismatch this raises
@@ -326,7 +335,7 @@ def reencode_layer(source: oci.ImageSource, layer: oci.Descriptor, diff_id: str 
     raw = oci.HashingReader(source.open_blob(layer))
     pipe = _Pipe(decompressed_chunks(_Counted(raw, bar) if bar is not None else raw))
     try:
-        info = writer.write(pipe.read, out)
+        info = writer.write(pipe.read, out, prefetch=prefetch)
         pipe.finish()
         if layer.get("digest") and raw.digest() != layer["digest"]:
             raise errors.IntegrityError(f"layer {what}: the source blob's digest is {raw.digest()}")

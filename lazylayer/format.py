@@ -103,8 +103,13 @@ class Toc:
             if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
                                                         for e in entries):
                 raise errors.FormatError("TOC entries are malformed")
+            prefetch = doc.get("prefetch", [])
+            if not isinstance(prefetch, list) or not all(
+                    isinstance(r, list) and len(r) == 2 and all(type(x) is int and x >= 0 for x in r)
+                    for r in prefetch):
+                raise errors.FormatError("the TOC's prefetch plan is not a list of [offset, length] pairs")
             return cls(frames=frames, entries=entries, frame_size=int(doc["frame_size"]),
-                       tar_size=int(doc["tar_size"]), prefetch=list(doc.get("prefetch", [])))
+                       tar_size=int(doc["tar_size"]), prefetch=prefetch)
         except errors.FormatError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -95,6 +95,9 @@ class ImageFileSystem(AsyncFileSystem):
     (default ``LAZYLAYER_CACHE_DIR``, else ``~/.cache/lazylayer``);
     ``use_cache=False`` keeps nothing on disk; ``cache_max``: its size bound in bytes.
     ``memory_cache``: a :class:`~lazylayer.seekable.BlockCache` (default: the shared one).
+    ``prefetch``, ``fill``, ``fill_rate``, ``readahead``: as for
+    :class:`~lazylayer.image.Image` (default: the plan attached to the image is
+    used; ``prefetch=None`` turns that off, a path uses a plan file).
 
     The image's manifest and TOCs are read on first use (so an async caller
     never blocks its loop in the constructor); after that, metadata calls are
@@ -109,7 +112,8 @@ class ImageFileSystem(AsyncFileSystem):
                  target_options: dict[str, Any] | None = None, platform: str | None = None,
                  registry: Any = None, cache_dir: str | None = None, use_cache: bool = True,
                  cache_max: int | None = None, memory_cache: Any = None, threads: int | None = None,
-                 **kwargs: Any) -> None:
+                 prefetch: Any = "auto", fill: bool = False, fill_rate: float | None = None,
+                 readahead: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if image is None and fo is not None:
             image = image_from_url(fo, target_protocol)
@@ -117,7 +121,8 @@ class ImageFileSystem(AsyncFileSystem):
             raise ValueError("lazylayer:// needs an image: ImageFileSystem(image='docker://HOST/REPO:TAG'), "
                              "or a chained URL lazylayer://PATH::https://HOST/v2/REPO/manifests/TAG")
         self.reference = image
-        self._options = {"platform": platform, "registry": registry, "threads": threads}
+        self._options = {"platform": platform, "registry": registry, "threads": threads, "prefetch": prefetch,
+                         "fill": fill, "fill_rate": fill_rate, "readahead": readahead}
         if memory_cache is not None:
             self._options["memory_cache"] = memory_cache
         self._cache_args = (cache_dir, use_cache, cache_max)

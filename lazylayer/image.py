@@ -23,13 +23,14 @@ lazy layer in the disk cache — slow, and a warning says so.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import os
 import tempfile
 import threading
 import time
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import errors, oci
 from .cache import DiskCache
@@ -77,6 +78,8 @@ class FrameSource:
         self.frames_fetched = 0
         self.bytes_fetched = 0
         self.frames_from_disk = 0
+        self.on_read: Callable[[int, int], None] | None = None
+        """Called with the first and last frame index of every read (the prefetcher's read-ahead)."""
 
     def span(self, offset: int, size: int) -> list[Frame]:
         """The frames that exactly cover compressed bytes ``offset .. offset+size``."""
@@ -105,6 +108,9 @@ class FrameSource:
 
     def __call__(self, offset: int, size: int) -> bytes:
         frames = self.span(offset, size)
+        if self.on_read is not None:
+            first = bisect.bisect_left(self._starts, offset)
+            self.on_read(first, first + len(frames) - 1)
         if log.isEnabledFor(logging.DEBUG):
             t0 = time.perf_counter()
             got = self._get(frames)
@@ -128,6 +134,22 @@ class FrameSource:
             with self._lock:
                 self.frames_from_disk += len(frames) - len(fetched)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def prefetch(self, indices: Sequence[int]) -> int:
+        """Fetch frames ``indices`` into the disk cache unless they are there; the bytes fetched."""
+        if self.disk is None:
+            return 0
+        frames = [self.frames[i] for i in indices if not self.disk.has("sha256:" + self.frames[i].sha256)]
+        if not frames:
+            return 0
+        fetched: list[int] = []
+
+        def fetch(missing: list[int]) -> list[bytes]:
+            fetched.extend(missing)
+            return self._fetch([frames[i] for i in missing])
+
+        self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch)
+        return sum(frames[i].compressed_size for i in fetched)
 
 
 class Layer:
@@ -186,17 +208,33 @@ class Image:
     frames (default: the process-wide one).  ``threads``: decoding threads per
     read (None: the shared pool).
 
+    Prefetch (see :mod:`lazylayer.prefetch`; it needs the disk cache):
+    ``prefetch`` is ``"auto"`` (the default: the plan attached to the image in
+    its registry, else the plans in its layers' TOCs, looked up in the
+    background), a :class:`~lazylayer.prefetch.Plan`, a plan file's path, or
+    None for none.  ``fill``: also fetch the rest of the image in the
+    background, after the plan; ``fill_rate`` caps that at so many bytes/s.
+    ``readahead``: sequential reads of a layer fetch the frames after them too.
+
     Every method is safe to call from many threads at once.
     """
 
     def __init__(self, reference: str | oci.ImageRef, *, platform: str | None = None, registry: Any = None,
                  cache: DiskCache | None = _DEFAULT, memory_cache: BlockCache | None = _DEFAULT,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, prefetch: Any = "auto", fill: bool = False,
+                 fill_rate: float | None = None, readahead: bool = True) -> None:
         self.reference = str(reference)
         self.disk = DiskCache() if cache is _DEFAULT else cache
         self.memory = default_cache() if memory_cache is _DEFAULT else memory_cache
         self.threads = threads
         self.layers: list[Layer] = []
+        self.recorder: Any = None
+        """A :class:`~lazylayer.prefetch.Recorder` to tell about every read (None: no recording)."""
+        self.prefetcher: Any = None
+        """The :class:`~lazylayer.prefetch.Prefetcher` (None without a disk cache or lazy layers)."""
+        self.prefetch_started = threading.Event()
+        """Set once the plan (if any) is found and queued."""
+        self.prefetch_started.set()
         self._source = oci.open_source(reference, registry)
         if isinstance(self._source, oci.OciLayout):
             self.disk = None  # its blobs are local files already: nothing to keep
@@ -217,9 +255,41 @@ class Image:
                 raise
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 raise errors.FormatError(f"{self.reference}: a layer's TOC has a malformed entry: {exc!r}") from None
+            self._start_prefetch(prefetch, fill, fill_rate, readahead)
         except BaseException:
             self.close()
             raise
+
+    def _start_prefetch(self, prefetch: Any, fill: bool, fill_rate: float | None, readahead: bool) -> None:
+        from . import prefetch as pf
+
+        if self.disk is None or not any(layer.lazy for layer in self.layers):
+            if prefetch not in ("auto", None) or fill:
+                log.warning("%s: no prefetch: it needs a disk cache and lazy layers", self.reference)
+            return
+        self.prefetcher = pf.Prefetcher(self, readahead=readahead)
+        for layer in self.layers:
+            if layer.lazy:
+                layer.source.on_read = functools.partial(self.prefetcher.on_read, layer.index)
+        plan = pf.load_plan(prefetch) if isinstance(prefetch, (str, os.PathLike)) and prefetch != "auto" \
+            else prefetch
+        if plan is None and not fill:
+            return
+
+        def start() -> None:
+            try:
+                found = pf.find_attached(self) if plan == "auto" else plan
+                if found is not None:
+                    self.prefetcher.start_plan(found)
+                if fill:
+                    self.prefetcher.start_fill(fill_rate)
+            except Exception as exc:  # a plan is advice: reads work without it
+                log.warning("%s: no prefetch: %s", self.reference, exc)
+            finally:
+                self.prefetch_started.set()
+
+        self.prefetch_started.clear()
+        threading.Thread(target=start, name="lazylayer-plan", daemon=True).start()
 
     # -- opening layers -------------------------------------------------------
 
@@ -310,6 +380,8 @@ class Image:
         n = max(0, min(len(view), inode.size - offset))
         if n == 0:
             return 0
+        if self.recorder is not None:
+            self.recorder.read(inode.layer, inode.offset + offset, n)
         got = self.layers[inode.layer].reader.readinto(view[:n], inode.offset + offset)
         if got != n:
             raise errors.FormatError(f"{node.path}: layer {inode.layer} ends inside the file")
@@ -321,6 +393,8 @@ class Image:
         n = max(0, min(size, inode.size - offset))
         if n == 0:
             return b""
+        if self.recorder is not None:
+            self.recorder.read(inode.layer, inode.offset + offset, n)
         data = self.layers[inode.layer].reader.pread(n, inode.offset + offset)
         if len(data) != n:
             raise errors.FormatError(f"{node.path}: layer {inode.layer} ends inside the file")
@@ -334,10 +408,14 @@ class Image:
         for layer in self.layers:
             for k in out:
                 out[k] += getattr(layer.source, k)
+        if self.prefetcher is not None:
+            out.update(self.prefetcher.stats())
         return out
 
     def close(self) -> None:
         """Release the layers' readers, pins and temporary files."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
         for layer in self.layers:
             layer.close()
         self.layers = []

@@ -41,6 +41,8 @@ import asyncio
 import atexit
 import bisect
 import concurrent.futures
+import contextlib
+import contextvars
 import hashlib
 import io
 import logging
@@ -52,7 +54,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Protocol, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Protocol, Sequence, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
@@ -71,6 +73,7 @@ class RemoteOptions:
     """How remote reads behave.  The defaults suit a registry across a WAN."""
 
     max_connections: int = 16       #: requests in flight at once, per transport
+    background_connections: int = 8  #: further requests for background work (prefetch), never taken from the above
     part_size: int = 4 << 20        #: longer reads are split into parts of this size, fetched in parallel
     coalesce_gap: int = 256 << 10   #: ranges closer than this are fetched by one request
     readahead: int = 64 << 20       #: most a sequential file object fetches ahead of its reader
@@ -86,8 +89,10 @@ class RemoteOptions:
     user_agent: str = "lazylayer"
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1 or self.part_size < 1 or self.coalesce_gap < 0:
-            raise ValueError("max_connections and part_size must be >= 1, coalesce_gap >= 0")
+        if self.max_connections < 1 or self.background_connections < 1 or self.part_size < 1 \
+                or self.coalesce_gap < 0:
+            raise ValueError("max_connections, background_connections and part_size must be >= 1, "
+                             "coalesce_gap >= 0")
 
 
 @dataclass
@@ -190,6 +195,24 @@ def sha256_of(data: bytes | bytearray | memoryview) -> str:
 
 # ------------------------------------------------------------------ transport
 
+_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("lazylayer_background", default=False)
+
+
+@contextlib.contextmanager
+def background() -> Iterator[None]:
+    """Requests started in this block (on this thread) are background work, such as prefetch.
+
+    They take their connections from ``RemoteOptions.background_connections``,
+    a pool of their own, so a foreground read never queues behind them; they
+    still share the link (TCP shares it fairly).
+    """
+    token = _BACKGROUND.set(True)
+    try:
+        yield
+    finally:
+        _BACKGROUND.reset(token)
+
+
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _REDIRECT_STATUS = {301, 302, 303, 307, 308}
@@ -211,6 +234,7 @@ class Transport:
         self._thread.start()
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._bg_slots: asyncio.Semaphore | None = None
         self._redirects: TTLCache = TTLCache(maxsize=4096, ttl=self.options.redirect_ttl)
         self._down: dict[str, float] = {}
         self._insecure: set[str] = set()
@@ -247,13 +271,14 @@ class Transport:
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             o = self.options
-            connector = aiohttp.TCPConnector(limit=o.max_connections * 2, limit_per_host=0, ttl_dns_cache=300,
+            connector = aiohttp.TCPConnector(limit=o.max_connections + o.background_connections, limit_per_host=0, ttl_dns_cache=300,
                                              enable_cleanup_closed=True)
             self._session = aiohttp.ClientSession(
                 connector=connector, read_bufsize=1 << 20, auto_decompress=False,
                 headers={"User-Agent": o.user_agent},
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=o.connect_timeout, sock_read=o.read_timeout))
             self._slots = asyncio.Semaphore(o.max_connections)
+            self._bg_slots = asyncio.Semaphore(o.background_connections)
         return self._session
 
     def close(self) -> None:
@@ -357,7 +382,8 @@ class Transport:
         """
         o = self.options
         await self.session()
-        assert self._slots is not None
+        assert self._slots is not None and self._bg_slots is not None
+        slots = self._bg_slots if _BACKGROUND.get() else self._slots
         loop = asyncio.get_running_loop()
         deadline = loop.time() + o.deadline
         last: str = "no endpoint"
@@ -374,7 +400,7 @@ class Transport:
                     raise errors.RemoteTimeoutError(f"{what}: no answer within the {o.deadline:g} s deadline "
                                                     f"(last error: {last})", url=clean_url(url))
                 try:
-                    async with self._slots:
+                    async with slots:
                         return await asyncio.wait_for(attempt(url), remaining)
                 except _Retry as exc:
                     last, stalled = str(exc), exc.timeout

@@ -156,7 +156,8 @@ class Programs:
     """A two-layer image of this machine's own dash and coreutils (with the libraries ldd names),
     data files, and a whiteout in the second layer; lazy, in a registry."""
 
-    def __init__(self, work: str, registry: RegistryServer) -> None:
+    def __init__(self, work: str, registry: RegistryServer, frame_size: int | None = None,
+                 extra: dict[str, bytes] | None = None) -> None:
         entries: dict[str, tarfile.TarInfo | str] = {}
         seen: set[str] = set()
         for prog in PROGRAMS:
@@ -167,13 +168,15 @@ class Programs:
                     if word.startswith("/"):
                         _host_paths(word, entries, seen)
         self.data = {f"data/file{i}.bin": os.urandom(1000 * (i + 1) ** 3) for i in range(6)}
+        self.data.update(extra or {})
         doomed = images.reg("data/removed-later", b"layer 1 only\n")
         layer1 = _tar(entries, [images.reg(n, d) for n, d in self.data.items()] + [doomed])
         layer2 = images.make_tar([images.reg("data/added", b"from layer 2\n"),
                                   images.entry("data/.wh.removed-later", tarfile.REGTYPE, mode=0o644)])
         plain = images.build_layout(os.path.join(work, "plain"), [layer1, layer2], tag="v1")
         self.lazy = os.path.join(work, "lazy")
-        Converter(progress=False).convert(plain, f"oci:{self.lazy}:v1")
+        Converter(progress=False, **({"frame_size": frame_size} if frame_size else {})).convert(
+            plain, f"oci:{self.lazy}:v1")
         repo = unique_repo("programs")
         Converter(progress=False).convert(f"oci:{self.lazy}:v1", f"docker://{registry.host}/{repo}:v1")
         self.ref = f"docker://{registry.host}/{repo}:v1"

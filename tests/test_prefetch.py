@@ -1,0 +1,293 @@
+"""Prefetch: plans recorded from real reads, fetched ahead into the disk cache, at background priority.
+
+The images are real (this machine's dash and coreutils, converted with small
+frames so that files span many frames) in Debian's docker-registry;
+``lazylayer record`` runs a real command chrooted into a real FUSE mount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from lazylayer import errors, remote
+from lazylayer.cache import DiskCache
+from lazylayer.convert import Converter
+from lazylayer.image import Image
+from lazylayer.prefetch import (
+    PLAN_MEDIA_TYPE,
+    LayerPlan,
+    Plan,
+    PlanError,
+    Recorder,
+    _first_reads,
+    _frames_of,
+    load_plan,
+)
+from servers import AioServer, RegistryServer, unique_repo
+from test_mount import Programs, cli
+
+FRAME = 64 << 10
+BIG = os.urandom(3 << 20)  # 48 frames of 64 KiB
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer) -> Programs:
+    return Programs(str(tmp_path_factory.mktemp("prefetch")), registry, frame_size=FRAME,
+                    extra={"data/big.bin": BIG})
+
+
+def read_file(img: Image, path: str) -> bytes:
+    node = img.tree.resolve(path)
+    return img.pread(node, node.inode.size, 0)
+
+
+def wait_for(cond: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+# ----------------------------------------------------------------- plans
+
+
+def test_plan_round_trip_and_first_reads() -> None:
+    plan = Plan([LayerPlan("sha256:" + "a" * 64, "sha256:" + "b" * 64, [(0, 10), (100, 5)])],
+                image="sha256:" + "c" * 64, workload="python3 -c 'import x'", created="2026-11-26T00:00:00Z")
+    assert Plan.from_json(plan.to_json()) == plan
+    assert plan.for_layer("sha256:" + "a" * 64) is plan.layers[0]
+    assert plan.for_layer("sha256:other", "sha256:" + "b" * 64) is plan.layers[0]  # re-encoded: by diff_id
+    assert plan.for_layer("sha256:other", "sha256:other") is None
+    # Overlaps with what was read before are dropped, order is kept.
+    assert _first_reads([(0, 10), (5, 10), (20, 5), (0, 30)]) == [(0, 10), (10, 5), (20, 5), (15, 5), (25, 5)]
+    assert _first_reads([(10, 5), (0, 20)]) == [(10, 5), (0, 10), (15, 5)]
+
+
+@pytest.mark.parametrize("doc, why", [
+    (b"not json", "not JSON"),
+    (b"[]", "not a lazylayer prefetch plan"),
+    (json.dumps({"mediaType": "x"}).encode(), "not a lazylayer prefetch plan"),
+    (json.dumps({"mediaType": PLAN_MEDIA_TYPE, "version": 9, "layers": []}).encode(), "version 9"),
+    (json.dumps({"mediaType": PLAN_MEDIA_TYPE, "version": 1, "layers": {}}).encode(), "not a list"),
+    (json.dumps({"mediaType": PLAN_MEDIA_TYPE, "version": 1, "layers": [{"digest": 1}]}).encode(), "malformed"),
+    (json.dumps({"mediaType": PLAN_MEDIA_TYPE, "version": 1,
+                 "layers": [{"digest": "d", "ranges": [[-1, 5]]}]}).encode(), "non-negative"),
+    (json.dumps({"mediaType": PLAN_MEDIA_TYPE, "version": 1,
+                 "layers": [{"digest": "d", "ranges": [[1.5, 5]]}]}).encode(), "non-negative"),
+    (json.dumps({"mediaType": PLAN_MEDIA_TYPE, "version": 1,
+                 "layers": [{"digest": "d", "ranges": [[1, 2, 3]]}]}).encode(), "[offset, length]"),
+])
+def test_hostile_plans_are_refused_with_a_reason(doc: bytes, why: str, tmp_path: Any) -> None:
+    with pytest.raises(PlanError, match=why.replace("[", r"\[")):
+        Plan.from_json(doc)
+    path = tmp_path / "plan.json"
+    path.write_bytes(doc)
+    with pytest.raises(PlanError, match=str(path)):
+        load_plan(path)
+    assert isinstance(PlanError("x"), errors.FormatError)
+
+
+def test_plan_ranges_outside_the_layer_are_ignored(programs: Programs, tmp_path: Any) -> None:
+    with Image(programs.ref, cache=DiskCache(tmp_path / "c"), prefetch=None) as img:
+        frames = img.layers[0].toc.frames
+        tar_end = frames[-1].offset + frames[-1].size
+        assert _frames_of(frames, [(tar_end, 100), (1 << 61, 1 << 61), (0, 0)]) == []
+        assert _frames_of(frames, [(frames[3].offset + 1, 1), (0, 1), (frames[3].offset, 2)]) == [3, 0]
+
+
+# ----------------------------------------------------------------- fetching
+
+
+def test_a_recorded_plan_is_fetched_before_it_is_read(programs: Programs, tmp_path: Any) -> None:
+    wanted = ["/usr/bin/sha256sum", "/data/file5.bin", "/data/file3.bin"]
+    with Image(programs.ref, cache=DiskCache(tmp_path / "record"), prefetch=None, readahead=False) as img:
+        rec = Recorder(img)
+        img.recorder = rec
+        expected = {p: read_file(img, p) for p in wanted}
+        plan = rec.plan(workload="test")
+    assert plan.image and plan.layers and all(lp.diff_id.startswith("sha256:") for lp in plan.layers)
+    plan.save(tmp_path / "plan.json")
+
+    with Image(programs.ref, cache=DiskCache(tmp_path / "fresh"), prefetch=str(tmp_path / "plan.json"),
+               readahead=False) as img:
+        assert img.prefetch_started.wait(30) and img.prefetcher.wait(30)
+        before = img.stats()
+        assert before["prefetched_frames"] > 0 and before["prefetch_errors"] == 0
+        assert before["frames_fetched"] == before["prefetched_frames"]  # nothing else was fetched yet
+        for p in wanted:
+            assert read_file(img, p) == expected[p]
+        after = img.stats()
+        assert after["frames_fetched"] == before["frames_fetched"]  # every read came from the disk cache
+        assert after["frames_from_disk"] > 0
+
+
+def test_sequential_reads_get_read_ahead(programs: Programs, tmp_path: Any) -> None:
+    with Image(programs.ref, cache=DiskCache(tmp_path / "c"), prefetch=None) as img:
+        node = img.tree.resolve("/data/big.bin")
+        got = bytearray()
+        while len(got) < len(BIG):
+            got += img.pread(node, 32 << 10, len(got))
+        assert bytes(got) == BIG
+        s = img.stats()
+        frames = len(img.layers[node.inode.layer].toc.frames)
+        assert s["prefetched_frames"] > 0
+        assert s["frames_fetched"] <= frames  # no frame fetched twice
+    with Image(programs.ref, cache=DiskCache(tmp_path / "d"), prefetch=None, readahead=False) as img:
+        node = img.tree.resolve("/data/big.bin")
+        for off in range(0, len(BIG), 32 << 10):
+            img.pread(node, 32 << 10, off)
+        assert img.stats()["prefetched_frames"] == 0
+
+
+def test_fill_fetches_every_frame(programs: Programs, tmp_path: Any) -> None:
+    disk = DiskCache(tmp_path / "c")
+    with Image(programs.ref, cache=disk, prefetch=None, fill=True) as img:
+        assert img.prefetch_started.wait(30)
+        wait_for(img.prefetcher.idle)
+        for layer in img.layers:
+            assert all(disk.has("sha256:" + f.sha256) for f in layer.toc.frames)
+        assert img.stats()["prefetched_frames"] == sum(len(layer.toc.frames) for layer in img.layers)
+        assert read_file(img, "/data/big.bin") == BIG
+
+
+def test_prefetch_budget_bounds_what_is_fetched(programs: Programs, tmp_path: Any) -> None:
+    disk = DiskCache(tmp_path / "c", max_bytes=2 * 3 * FRAME)  # budget: half, three 64 KiB frames at most
+    with Image(programs.ref, cache=disk, prefetch=None, fill=True) as img:
+        assert img.prefetch_started.wait(30)
+        wait_for(img.prefetcher.idle)
+        assert img.stats()["prefetched_bytes"] <= 3 * FRAME
+
+
+class _Gated(AioServer):
+    """A blob server whose /slow answers only once ``gate`` is set (a stand-in for a long prefetch)."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        super().__init__("gated")
+
+    def _routes(self, app: web.Application) -> None:
+        async def slow(request: web.Request) -> web.Response:
+            while not self.gate.is_set() and not self.closing.is_set():
+                await asyncio.sleep(0.01)
+            return web.Response(body=b"s" * 100)
+
+        async def fast(request: web.Request) -> web.Response:
+            return web.Response(body=b"f" * 100)
+
+        app.router.add_get("/slow", slow)
+        app.router.add_get("/fast", fast)
+
+
+def test_foreground_reads_never_queue_behind_background_ones() -> None:
+    server = _Gated()
+    t = remote.Transport(remote.RemoteOptions(max_connections=1, background_connections=1, retries=0))
+    try:
+        slow = remote.HttpBlob([server.url + "/slow"], t, _size=100)
+        with remote.background():
+            pending = [t.submit(slow._fetch_ranges([(0, 10)], None)) for _ in range(2)]  # fills the bg pool
+        assert remote.HttpBlob([server.url + "/fast"], t, _size=100).read(0, 10) == b"f" * 10
+        assert not any(p.done() for p in pending)  # the foreground read went past them
+        server.gate.set()
+        assert [p.result(30) for p in pending] == [[b"s" * 10]] * 2
+    finally:
+        server.gate.set()
+        t.close()
+        server.close()
+
+
+def test_convert_puts_a_plan_in_the_toc_and_images_use_it(programs: Programs, registry: RegistryServer,
+                                                          tmp_path: Any) -> None:
+    with Image(programs.ref, cache=DiskCache(tmp_path / "r"), prefetch=None, readahead=False) as img:
+        rec = Recorder(img)
+        img.recorder = rec
+        data = read_file(img, "/data/file4.bin")
+        plan = rec.plan()
+        layer_digests = [layer.digest for layer in img.layers]
+    # Convert the lazy image again with the plan: the layer is re-encoded (new digest, same tar) to carry it.
+    out = tmp_path / "withplan"
+    Converter(progress=False, frame_size=FRAME, prefetch=plan).convert(f"oci:{programs.lazy}:v1", f"oci:{out}:v1")
+    repo = unique_repo("planned")
+    Converter(progress=False).convert(f"oci:{out}:v1", f"docker://{registry.host}/{repo}:v1")
+    with Image(f"docker://{registry.host}/{repo}:v1", cache=DiskCache(tmp_path / "c"), readahead=False) as img:
+        planned = [layer for layer in img.layers if layer.toc.prefetch]
+        assert len(planned) == 1 and planned[0].digest not in layer_digests
+        lp = plan.layers[0]
+        assert [tuple(r) for r in planned[0].toc.prefetch] == lp.ranges
+        assert img.prefetch_started.wait(30) and img.prefetcher.wait(30)
+        n = img.stats()["frames_fetched"]
+        assert n > 0
+        assert read_file(img, "/data/file4.bin") == data
+        assert img.stats()["frames_fetched"] == n
+
+
+def test_toc_with_a_malformed_prefetch_field_is_refused() -> None:
+    from lazylayer.format import Toc
+
+    toc = Toc(frames=[], entries=[], prefetch=[[0, 1]])
+    doc = json.loads(toc.to_json())
+    doc["prefetch"] = [[0, "x"]]
+    with pytest.raises(errors.FormatError, match="prefetch"):
+        Toc.from_json(json.dumps(doc).encode())
+
+
+# ------------------------------------------------------------ the commands
+
+
+needs_fuse = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None or os.geteuid() != 0,
+    reason="needs /dev/fuse, fusermount3 (apt install fuse3) and root (record mounts and chroots)")
+
+
+@needs_fuse
+def test_record_to_a_file_then_mount_with_it(programs: Programs, tmp_path: Any) -> None:
+    plan_file = tmp_path / "plan.json"
+    res = cli("record", programs.ref, "--cache-dir", str(tmp_path / "rc"), "-o", str(plan_file), "--",
+              "/bin/sh", "-c", "sha256sum /data/file5.bin /data/big.bin > /dev/null && ls /proc/self > /dev/null")
+    assert "exited 0" in res.stderr
+    plan = load_plan(plan_file)
+    assert plan.workload.startswith("/bin/sh -c") and sum(lp.bytes for lp in plan.layers) >= len(BIG)
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli("mount", programs.ref, str(mnt), "--cache-dir", str(tmp_path / "c"), "-v", "--prefetch", str(plan_file),
+        "--no-readahead")
+    try:
+        res = subprocess.run(["chroot", str(mnt), "/bin/sh", "-c", "cat /data/big.bin | sha256sum"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+    finally:
+        cli("umount", str(mnt))
+    from lazylayer import mount
+
+    log = open(mount.state_paths(str(mnt))[1]).read()
+    planned = re.search(r"prefetching (\d+) frames of the plan", log)
+    assert planned and int(planned.group(1)) > 0 and "plan prefetched" in log, log
+
+    # A command that fails still leaves its plan, with a warning; a missing command is a usage error.
+    res = cli("record", programs.ref, "--cache-dir", str(tmp_path / "rc"), "-o", str(tmp_path / "p2.json"), "--",
+              "/bin/sh", "-c", "cat /data/file1.bin > /dev/null; exit 3")
+    assert "exited 3" in res.stderr and load_plan(tmp_path / "p2.json").layers
+    assert cli("record", programs.ref, check=False).returncode == 2
+
+
+@needs_fuse
+def test_a_bad_plan_file_fails_the_mount_with_its_reason(programs: Programs, tmp_path: Any) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = cli("mount", programs.ref, str(mnt), "--cache-dir", str(tmp_path / "c"), "--prefetch", str(bad),
+              check=False)
+    assert res.returncode == 1 and "not a lazylayer prefetch plan" in res.stderr
