@@ -328,6 +328,8 @@ class OciLayout:
             desc = found[-1]
         elif len(manifests) == 1:
             desc = manifests[0]
+        elif len(plain := [m for m in manifests if isinstance(m, dict) and "artifactType" not in m]) == 1:
+            desc = plain[0]  # one image plus untagged artifacts that refer to it (lazylayer.referrers)
         else:
             raise ReferenceError(f"{self.ref}: the layout holds {len(manifests)} images; name one with oci:DIR:TAG")
         return desc, self.read_blob(desc)

@@ -251,8 +251,12 @@ class Registry:
 
     # -- reading
 
-    async def aget_manifest(self, repository: str, reference: str) -> tuple[oci.Descriptor, bytes]:
-        """A manifest or index by tag or digest: its descriptor and verified bytes."""
+    async def aget_manifest(self, repository: str, reference: str,
+                            mirrors: bool = True) -> tuple[oci.Descriptor, bytes]:
+        """A manifest or index by tag or digest: its descriptor and verified bytes.
+
+        ``mirrors=False`` asks the origin only (a tag about to be rewritten must not be a mirror's stale copy).
+        """
         await self._ensure_scheme()
         auth = self.auth(repository)
         what = f"manifest {self.host}/{repository}:{reference}"
@@ -296,7 +300,7 @@ class Registry:
                 raise errors.FormatError(f"{what} has unsupported media type {media!r}")
             return {"mediaType": media, "digest": digest, "size": len(body)}, body
 
-        return await t.call(self.urls(repository, "manifests", reference), attempt, what)
+        return await t.call(self.urls(repository, "manifests", reference, mirrors=mirrors), attempt, what)
 
     def get_manifest(self, repository: str, reference: str) -> tuple[oci.Descriptor, bytes]:
         return self.transport.run(self.aget_manifest(repository, reference))
@@ -373,8 +377,13 @@ class Registry:
         await upload.finish(data, digest)
         return digest
 
-    async def aput_manifest(self, repository: str, reference: str, data: bytes, media_type: str) -> str:
-        """Push a manifest or index under a tag or its digest; returns its digest."""
+    async def aput_manifest(self, repository: str, reference: str, data: bytes, media_type: str,
+                            response_headers: dict[str, str] | None = None) -> str:
+        """Push a manifest or index under a tag or its digest; returns its digest.
+
+        ``response_headers``, when given, is filled with the successful response's
+        headers (names lower-cased), e.g. ``oci-subject`` (see lazylayer.referrers).
+        """
         await self._ensure_scheme()
         t = self.transport
         auth = self.auth(repository, push=True)
@@ -391,6 +400,9 @@ class Registry:
                     got = resp.headers.get("Docker-Content-Digest")
                     if got and got != digest:
                         raise errors.IntegrityError(f"{what}: the registry stored {got}, we sent {digest}")
+                    if response_headers is not None:
+                        response_headers.clear()
+                        response_headers.update((k.lower(), v) for k, v in resp.headers.items())
                     return digest
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
                 raise _Retry.network(exc) from None

@@ -283,6 +283,44 @@ def test_record_to_a_file_then_mount_with_it(programs: Programs, tmp_path: Any) 
 
 
 @needs_fuse
+def test_a_plan_attached_by_record_is_found_by_mount_and_by_images(programs: Programs, registry: RegistryServer,
+                                                                    tmp_path: Any) -> None:
+    repo = unique_repo("attached")
+    ref = f"docker://{registry.host}/{repo}:v1"
+    digest = Converter(progress=False).convert(f"oci:{programs.lazy}:v1", ref).root["digest"]
+    res = cli("record", ref, "--cache-dir", str(tmp_path / "rc"), "--", "/bin/sh", "-c",
+              "cat /data/file5.bin /data/big.bin > /dev/null")
+    assert "saved to " + ref in res.stderr and "artifact sha256:" in res.stderr
+
+    with Image(ref, cache=DiskCache(tmp_path / "c1"), readahead=False) as img:  # the default: prefetch="auto"
+        assert img.prefetch_started.wait(30) and img.prefetcher.wait(30)
+        assert img.prefetcher.plan_frames > 0
+        n = img.stats()["frames_fetched"]
+        assert read_file(img, "/data/big.bin") == BIG
+        assert img.stats()["frames_fetched"] == n
+    with Image(ref, cache=DiskCache(tmp_path / "c2"), prefetch=None, readahead=False) as img:
+        assert img.prefetch_started.wait(30)
+        assert img.prefetcher.plan_frames == 0 and img.stats()["frames_fetched"] == 0
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli("mount", ref, str(mnt), "--cache-dir", str(tmp_path / "c3"), "-v")
+    try:
+        res = subprocess.run(["chroot", str(mnt), "/bin/sh", "-c", "cat /data/big.bin | sha256sum"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+    finally:
+        cli("umount", str(mnt))
+    from lazylayer import mount
+
+    log = open(mount.state_paths(str(mnt))[1]).read()
+    assert "using the prefetch plan attached as sha256:" in log, log
+    # The image itself is unchanged: its tag still names the manifest it named.
+    with Image(ref, cache=None, prefetch=None) as img:
+        assert img.digest == digest
+
+
+@needs_fuse
 def test_a_bad_plan_file_fails_the_mount_with_its_reason(programs: Programs, tmp_path: Any) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
