@@ -53,6 +53,17 @@ class Overlay:
             subprocess.run(["mount", "--bind", "/dev", str(self.merged / "dev")], check=True)
         return self
 
+    def read_all(self) -> tuple[float, int]:
+        """``tar -cf - -C ROOT . | wc -c``: read every file (GNU tar skips file contents when the
+        archive is /dev/null, so the archive goes through a pipe); (wall time, bytes)."""
+        t0 = time.perf_counter()
+        r = subprocess.run(["sh", "-c", 'tar -cf - -C "$1" . | wc -c', "sh", str(self.merged)], check=False,
+                           capture_output=True, text=True)
+        t = time.perf_counter() - t0
+        if r.returncode or not r.stdout.strip().isdigit():
+            raise RuntimeError(f"tar exited {r.returncode}: {r.stderr.strip()[-2000:]}")
+        return t, int(r.stdout)
+
     def run(self, argv: Sequence[str] = WORKLOAD) -> float:
         """Run ``argv`` chrooted in the merged root; return its wall time."""
         t0 = time.perf_counter()
@@ -78,10 +89,10 @@ def cli_env(pycache: Path) -> dict[str, str]:
 
 
 def lazy_mount(cli: str, ref: str, mnt: Path, cache_dir: Path, log: Path, env: dict[str, str],
-               timeout: float = 300) -> None:
-    """``lazylayer mount -v --log LOG REF MNT --cache-dir DIR`` (returns once the mount is ready)."""
+               timeout: float = 300, extra: Sequence[str] = ()) -> None:
+    """``lazylayer mount -v --log LOG REF MNT --cache-dir DIR [EXTRA]`` (returns once the mount is ready)."""
     mnt.mkdir(parents=True, exist_ok=True)
-    argv = [cli, "mount", "-v", "--log", str(log), ref, str(mnt), "--cache-dir", str(cache_dir)]
+    argv = [cli, "mount", "-v", "--log", str(log), ref, str(mnt), "--cache-dir", str(cache_dir), *extra]
     r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout, env=env)
     if r.returncode:
         raise RuntimeError(f"lazylayer mount exited {r.returncode}: {(r.stderr or r.stdout).strip()[-2000:]}")

@@ -23,8 +23,8 @@ The workload
     container), /proc mounted and /dev bound.  A failing workload aborts the
     benchmark.
 
-The cases (every run does a, d, b, c, i in that order; the clock runs from
-nothing local to the workload's exit; unmounting is not timed)
+The cases (every run does a, d, b, c, p, f, g, i in that order; the clock runs
+from nothing local to the workload's exit; unmounting is not timed)
     (a) full pull: manifest, then the config and every layer blob at once,
         each layer streamed through ``curl | pigz -dc | tar -x`` into its own
         snapshot dir, its whiteouts turned into overlayfs form when its tar
@@ -35,7 +35,16 @@ nothing local to the workload's exit; unmounting is not timed)
         overlay with MNT as the lower dir; workload.  Then the overlay is
         unmounted and ``lazylayer umount MNT`` waits for the daemon; its last
         log line gives its counters (frames fetched, frames from disk, EIO).
+        (b) and (c) run with ``--no-prefetch``: on-demand fetching and read-ahead only.
     (c) the same with the disk cache (b) left, a new mount (a new daemon).
+    (p) as (b) but with the default ``prefetch``: the plan ``lazylayer record``
+        made of the workload before the runs (untimed), attached to the image
+        in the registry as an OCI artifact, is found and fetched first.
+    (f) as (a), but the workload reads every file: ``tar -cf - -C ROOT . |
+        wc -c`` (GNU tar does not read file contents when the archive is
+        /dev/null, hence the pipe); no /proc or /dev in ROOT.
+    (g) as (b) with ``--fill`` (the whole image fetched in the background,
+        and read-ahead), then (f)'s read-every-file workload.
     (i) a diagnostic: ``python -c IMPORTS``, the modules (and libfuse) the
         mount command loads before it forks: the part of (b) and (c)'s mount
         that is only starting the command.
@@ -56,8 +65,8 @@ Check (untimed, before the runs; ``--no-verify`` skips it)
     device number, and the content of 100 random regular files
     (``verify.py``).
 
-Targets (from the issue)
-    (b) <= 0.15x (a); (c) <= 1.5x (d).  Ratios are between medians over
+Targets (from the issues)
+    (b) <= 0.15x (a); (c) <= 1.5x (d); (p) <= 0.08x (a); (g) <= 1.0x (f).  Ratios are between medians over
     ``--runs`` runs; every run is listed.  CPU-s of the whole machine and of
     the proxy are recorded from each clock's start to its stop: the machine
     has 2 cores, so (a)'s decompression, the proxy and anything else running
@@ -65,7 +74,7 @@ Targets (from the issue)
 
 Usage (as root)
     python benchmarks/coldstart/run.py [--runs N] [--out FILE.md] [--json FILE] [--workdir DIR]
-        [--rebuild] [--cases a,d,b,c,i] [--rtt S] [--rate B/s] [--no-verify] [--quick]
+        [--rebuild] [--cases a,d,b,c,p,f,g,i] [--rtt S] [--rate B/s] [--no-verify] [--quick]
 
     ``--quick`` is one run: a smoke check only (about 70 s once the image exists).
 """
@@ -100,7 +109,7 @@ from pull import GUNZIP, full_pull
 
 TAG = build.TAG
 REPO_GZIP, REPO_LAZY = "cs-gzip", "cs-lazy"
-TARGET_B, TARGET_C = 0.15, 1.5
+TARGET_B, TARGET_C, TARGET_P, TARGET_G = 0.15, 1.5, 0.08, 1.0
 MB = 10**6
 VERIFY_SAMPLE = 100
 CLI = str(Path(sys.executable).with_name("lazylayer"))
@@ -164,6 +173,8 @@ class Bench:
         self.start: dict[str, float] = {}
         self.stop: dict[str, float] = {}
         self.notes: list[str] = []  # anything odd seen (umount failures, leftovers)
+        self.tar_bytes: set[int] = set()  # the read-all workload's archive sizes: one value if all roots agree
+        self.plan = ""
 
     def drop(self) -> None:
         """Drop the page cache, then read the registry's storage back in: the remote side is not ours to chill."""
@@ -204,13 +215,17 @@ class Bench:
                 except ProcessLookupError:
                     pass
 
-    def workload(self, lowers: list[Path]) -> tuple[float, float]:
-        """Overlay over ``lowers`` + the workload: (overlay mount s, workload s)."""
+    def workload(self, lowers: list[Path], read_all: bool = False) -> tuple[float, float]:
+        """Overlay over ``lowers`` + the workload (or ``read_all``): (overlay mount s, workload s)."""
         t0 = time.perf_counter()
-        ov = mounts.Overlay(lowers, self.scratch).mount()
+        ov = mounts.Overlay(lowers, self.scratch, system=not read_all).mount()
         try:
             t1 = time.perf_counter()
-            w = ov.run()
+            if read_all:
+                w, n = ov.read_all()
+                self.tar_bytes.add(n)
+            else:
+                w = ov.run()
             self.stop = self.mark()
             return t1 - t0, w
         finally:
@@ -237,12 +252,23 @@ class Bench:
         ov, w = self.workload(self.dirs)
         return {"total": ov + w, "overlay": ov, "workload": w}
 
-    def mount(self) -> float:
+    def mount(self, *extra: str) -> float:
         self.log.unlink(missing_ok=True)
         t0 = time.perf_counter()
         mounts.lazy_mount(CLI, f"docker://127.0.0.1:{self.proxy.port}/{REPO_LAZY}:{TAG}", self.mnt, self.cache,
-                          self.log, self.env)
+                          self.log, self.env, extra=extra)
         return time.perf_counter() - t0
+
+    def record(self) -> str:
+        """Untimed: ``lazylayer record`` the workload, the plan attached to the image in the registry."""
+        ref = f"docker://127.0.0.1:{self.registry.port}/{REPO_LAZY}:{TAG}"
+        mounts.empty_dir(self.cache)
+        argv = [CLI, "record", ref, "--cache-dir", str(self.cache), "--", *mounts.WORKLOAD]
+        r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600, env=self.env)
+        if r.returncode:
+            raise RuntimeError(f"lazylayer record exited {r.returncode}: {r.stderr.strip()[-2000:]}")
+        self.plan = r.stderr.strip().splitlines()[-1]
+        return self.plan
 
     def umount(self) -> dict[str, int]:
         msg = mounts.lazy_umount(CLI, self.mnt)
@@ -254,22 +280,33 @@ class Bench:
             self.notes.append(f"the daemon counted {counters['eio']} EIO: {self.log.read_text()[-1000:]}")
         return counters
 
-    def lazy(self, empty_cache: bool) -> dict[str, float]:
+    def lazy(self, empty_cache: bool, *extra: str, read_all: bool = False) -> dict[str, float]:
         if empty_cache:
             mounts.empty_dir(self.cache)
         self.drop()
         try:
-            m = self.mount()
-            ov, w = self.workload([self.mnt])
+            m = self.mount(*extra)
+            ov, w = self.workload([self.mnt], read_all)
         finally:
             counters = self.umount()
         return {"total": m + ov + w, "mount": m, "overlay": ov, "workload": w, **counters}
 
     def case_b(self) -> dict[str, float]:
-        return self.lazy(empty_cache=True)
+        return self.lazy(True, "--no-prefetch")
 
     def case_c(self) -> dict[str, float]:
-        return self.lazy(empty_cache=False)
+        return self.lazy(False, "--no-prefetch")
+
+    def case_p(self) -> dict[str, float]:
+        return self.lazy(True)  # the plan attached to the image (record()) is found and used by default
+
+    def case_f(self) -> dict[str, float]:
+        pulled = self.pull()
+        ov, w = self.workload(self.dirs, read_all=True)
+        return {"total": pulled["pull"] + ov + w, "pull": pulled["pull"], "overlay": ov, "workload": w}
+
+    def case_g(self) -> dict[str, float]:
+        return self.lazy(True, "--no-prefetch", "--fill", read_all=True)
 
     def case_i(self) -> dict[str, float]:
         """What starting the ``lazylayer`` command costs before it does anything: Python and its imports."""
@@ -305,6 +342,9 @@ CASES = {
     "d": "(d) workload on the extracted layers, page cache dropped",
     "b": "(b) `lazylayer mount`, empty cache + overlay + workload",
     "c": "(c) `lazylayer mount`, warm disk cache + overlay + workload",
+    "p": "(p) `lazylayer mount` with the recorded plan (attached in the registry), empty cache + overlay + workload",
+    "f": "(f) full pull as (a) + overlay + read every file (`tar -cf - -C ROOT . \\| wc -c`)",
+    "g": "(g) `lazylayer mount --fill`, empty cache + overlay + read every file (as f)",
     "i": "(diagnostic) starting the command: `python -c IMPORTS` (see below), page cache dropped",
 }
 # What `lazylayer mount docker://...` loads before it forks its daemon.
@@ -342,7 +382,9 @@ def image_lines(info: dict[str, Any]) -> list[str]:
 
 
 def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str, list[dict[str, float]]],
-           phases: dict[str, float], notes: list[str], skipped: str, verified: str) -> str:
+           phases: dict[str, float], notes: list[str], skipped: str, verified: str, bench_plan: str = "",
+           tar_bytes: set[int] | None = None) -> str:
+    tar_bytes = tar_bytes or set()
     tar_v = subprocess.run(["tar", "--version"], check=False, capture_output=True, text=True).stdout
     tar_v = tar_v.split("\n")[0]
     gz = subprocess.run([GUNZIP[0], "--version"], check=False, capture_output=True, text=True)
@@ -381,6 +423,12 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
         L += ["", f"IMPORTS = `{IMPORTS}`"]
     if verified:
         L += ["", f"Check before timing (untimed): {verified}."]
+    if res.get("p"):
+        L += ["", f"The plan of (p), recorded before the runs (untimed): `{bench_plan}`."]
+    if res.get("f") or res.get("g"):
+        sizes = ", ".join(f"{n:,}" for n in sorted(tar_bytes))
+        L += ["", f"Archive bytes `tar` wrote in (f) and (g): {sizes} "
+              f"({'the same in every run' if len(tar_bytes) == 1 else '**they differ**'})."]
     L += ["", "#### Targets", "", "| target | measured | met? |", "|---|---|---|"]
 
     def ratio_row(num: str, den: str, target: float, text: str) -> None:
@@ -393,6 +441,8 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
 
     ratio_row("b", "a", TARGET_B, f"(b) lazy mount, empty cache <= {TARGET_B}x (a) full pull, end to end")
     ratio_row("c", "d", TARGET_C, f"(c) lazy mount, warm disk cache <= {TARGET_C}x (d) extracted root")
+    ratio_row("p", "a", TARGET_P, f"(p) lazy mount with the recorded plan <= {TARGET_P}x (a) full pull")
+    ratio_row("g", "f", TARGET_G, f"(g) lazy mount, read every file <= {TARGET_G}x (f) full pull + the same read")
     L += ["", "#### Time taken by the benchmark", "",
           ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + "."]
     if info.get("phases"):
@@ -409,8 +459,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, help="runs per case, median reported (default 5; 1 with --quick)")
-    ap.add_argument("--cases", default="a,d,b,c,i",
-                    help="cases to run, in this order per run (default a,d,b,c,i; i: the lazylayer CLI's imports)")
+    ap.add_argument("--cases", default="a,d,b,c,p,f,g,i",
+                    help="cases to run, in this order per run (default a,d,b,c,p,f,g,i; i: the lazylayer CLI's "
+                         "imports)")
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-coldstart"),
                     help="image, registry storage and scratch dirs (default /var/tmp/lazylayer-coldstart)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the image even if it exists")
@@ -436,10 +487,10 @@ def main(argv: list[str] | None = None) -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
     skipped = ""
-    if ({"b", "c"} & set(cases)) and not mount_cli_ready():
+    if ({"b", "c", "p", "g"} & set(cases)) and not mount_cli_ready():
         skipped = f" (`{CLI} mount --help` failed: the mount command is missing)"
-        log("lazylayer mount is not available: skipping (b) and (c)")
-        cases = [c for c in cases if c not in "bc"]
+        log("lazylayer mount is not available: skipping (b), (c), (p) and (g)")
+        cases = [c for c in cases if c not in "bcpg"]
 
     phases: dict[str, float] = {}
     t = time.perf_counter()
@@ -463,6 +514,10 @@ def main(argv: list[str] | None = None) -> None:
                 verified = bench.verify()
                 phases["verify"] = time.perf_counter() - t
                 log(f"verify: {verified}")
+            if "p" in cases:
+                t = time.perf_counter()
+                log(f"record: {bench.record()}")
+                phases["record"] = time.perf_counter() - t
             t = time.perf_counter()
             for run in range(a.runs):
                 for c in cases:
@@ -477,7 +532,8 @@ def main(argv: list[str] | None = None) -> None:
             bench.cleanup()
             shutil.rmtree(bench.snap, ignore_errors=True)
         registry.close()
-    text = report(a, cmd, info, res, phases, bench.notes if bench else [], skipped, verified)
+    text = report(a, cmd, info, res, phases, bench.notes if bench else [], skipped, verified,
+                  bench.plan if bench else "", bench.tar_bytes if bench else set())
     print(text)
     if a.out:
         a.out.write_text(text)
