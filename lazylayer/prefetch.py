@@ -225,7 +225,7 @@ class Recorder:
         ids = diff_ids(self.image.manifest_image)
         layers = []
         with self._lock:
-            snapshot = [[tuple(r) for r in rs] for rs in self._ranges]
+            snapshot = [[(r[0], r[1]) for r in rs] for rs in self._ranges]
         for layer, ranges in zip(self.image.layers, snapshot):
             if ranges:
                 layers.append(LayerPlan(layer.digest, ids[layer.index], _first_reads(ranges)))
@@ -263,17 +263,29 @@ def _first_reads(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------- attaching
 
 
+def _artifact_store(image: Image) -> Any:
+    """Where artifacts referring to ``image`` live: its registry repository or OCI layout (else None)."""
+    from .registry import RegistrySource
+
+    source = image._source
+    return source if isinstance(source, (RegistrySource, oci.OciLayout)) else None
+
+
 def attach(image: Image, plan: Plan) -> oci.Descriptor:
     """Store ``plan`` in the image's registry (or OCI layout) as an artifact that refers to the image."""
     from . import referrers
 
+    store = _artifact_store(image)
+    if store is None:
+        raise PlanError(f"{image.reference}: plans can be attached only to images in a registry or an OCI "
+                        "layout; write it to a file instead (lazylayer record -o FILE)")
     subject = dict(image.manifest_image.manifest_descriptor)
     subject.pop("platform", None)
     subject.pop("annotations", None)
     annotations = {ANNOTATION_CREATED: plan.created or _now()}
     if plan.workload:
         annotations[ANNOTATION_WORKLOAD] = plan.workload[:200]
-    return referrers.attach(image._source, subject, ARTIFACT_TYPE, plan.to_json(), PLAN_MEDIA_TYPE, annotations)
+    return referrers.attach(store, subject, ARTIFACT_TYPE, plan.to_json(), PLAN_MEDIA_TYPE, annotations)
 
 
 def find_attached(image: Image) -> Plan | None:
@@ -286,14 +298,15 @@ def find_attached(image: Image) -> Plan | None:
     from . import referrers
 
     found: list[oci.Descriptor] = []
-    if image.digest:
+    store = _artifact_store(image)
+    if image.digest and store is not None:
         try:
-            found = referrers.find(image._source, image.digest, ARTIFACT_TYPE)
+            found = referrers.find(store, image.digest, ARTIFACT_TYPE)
         except (errors.NotFoundError, errors.AuthError) as exc:
             log.debug("%s: no plan artifacts: %s", image.reference, exc)
     if found:
         newest = max(found, key=lambda d: (d.get("annotations") or {}).get(ANNOTATION_CREATED, ""))
-        data = referrers.read_payload(image._source, newest, PLAN_MEDIA_TYPE)
+        data = referrers.read_payload(store, newest, PLAN_MEDIA_TYPE)
         plan = Plan.from_json(data, f"prefetch plan {newest.get('digest')}")
         log.info("%s: using the prefetch plan attached as %s (%s)", image.reference, newest.get("digest"),
                  plan.summary())

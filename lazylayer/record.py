@@ -57,14 +57,15 @@ def record(image: Image, argv: Sequence[str], *, timeout: float | None = None, o
     top = tempfile.mkdtemp(prefix="lazylayer-record-")
     mnt = os.path.join(top, "image")
     os.mkdir(mnt)
-    outcome: dict[str, object] = {}
+    result: list[tuple[int | None, float]] = []
+    failure: list[BaseException] = []
     proc: list[subprocess.Popen[bytes]] = []
 
     def run() -> None:
         try:
-            outcome["result"] = _run_chrooted(image, mnt, top, argv, timeout, overlay, proc)
+            result.append(_run_chrooted(image, mnt, top, argv, timeout, overlay, proc))
         except BaseException as exc:  # noqa: BLE001 - reported by record() on the main thread
-            outcome["error"] = exc
+            failure.append(exc)
         finally:
             _fusermount(mnt)
 
@@ -76,11 +77,11 @@ def record(image: Image, argv: Sequence[str], *, timeout: float | None = None, o
             if p.poll() is None:
                 _stop(p)
         shutil.rmtree(top, ignore_errors=True)
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    if "result" not in outcome:
+    if failure:
+        raise failure[0]
+    if not result:
         raise MountError("the mount ended before the command finished (interrupted?)")
-    rc, seconds = outcome["result"]  # type: ignore[misc]
+    rc, seconds = result[0]
     plan = recorder.plan(workload=" ".join(argv))
     if recorder.dropped:
         log.warning("record: %d reads were not kept (more than %d ranges)", recorder.dropped, recorder.max_ranges)
