@@ -364,6 +364,7 @@ class Prefetcher:
         self._fill_rate: float | None = None
         self._fill_next = 0.0
         self._planned = 0     # bytes queued in all, against the budget
+        self._over_budget = False
         self.frames = 0
         self.bytes = 0
         self.errors = 0
@@ -442,8 +443,10 @@ class Prefetcher:
                 continue
             f = toc_frames[i]
             if self._planned + f.compressed_size > self.budget:
-                log.warning("%s: prefetch stops at its budget of %d MB (half the disk cache; raise "
-                            "LAZYLAYER_CACHE_MAX to prefetch more)", self.image.reference, self.budget >> 20)
+                if not self._over_budget:
+                    self._over_budget = True
+                    log.warning("%s: prefetch stops at its budget of %d MB (half the disk cache; raise "
+                                "LAZYLAYER_CACHE_MAX to prefetch more)", self.image.reference, self.budget >> 20)
                 break
             queued[i] = 1
             if src.disk is not None and src.disk.has("sha256:" + f.sha256):
@@ -494,8 +497,9 @@ class Prefetcher:
                 self._fetch(layer, item)
             except Exception as exc:  # never fatal: the on-demand read will try (and report) again
                 self.errors += 1
-                log.warning("%s: prefetch of layer %d frames %d..%d failed: %s", self.image.reference, layer,
-                            item[0], item[-1], exc)
+                if not self._closed:  # (a fetch cut short by close() is no news)
+                    log.warning("%s: prefetch of layer %d frames %d..%d failed: %s", self.image.reference,
+                                layer, item[0], item[-1], exc)
             finally:
                 with self._cv:
                     self._active -= 1
