@@ -37,7 +37,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import aiohttp
 
 from . import errors, oci
-from .registry import Registry, RegistryDestination, RegistrySource
+from .registry import Registry, RegistryDestination, RegistrySource, read_metadata
 from .remote import _Retry
 
 log = logging.getLogger(__name__)
@@ -354,18 +354,6 @@ async def _find_registry(reg: Registry, repo: str, subject_digest: str,
     return list(index["manifests"])
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, what: str) -> bytes:
-    length = resp.headers.get("Content-Length")
-    if length and length.isdigit() and int(length) > oci.MAX_METADATA_BYTES:
-        raise errors.LimitError(f"{what} is {length} bytes (limit {oci.MAX_METADATA_BYTES})")
-    body = await resp.content.read(oci.MAX_METADATA_BYTES + 1)
-    if len(body) > oci.MAX_METADATA_BYTES:
-        raise errors.LimitError(f"{what} is larger than {oci.MAX_METADATA_BYTES} bytes")
-    if length and length.isdigit() and int(length) != len(body):
-        raise _Retry(f"short body: {len(body)} of {length} bytes")
-    return body
-
-
 def _next_page(current: str, links: list[str]) -> str | None:
     for value in links:
         m = _LINK_NEXT.search(value)
@@ -397,7 +385,7 @@ async def _referrers_api(reg: Registry, repo: str, subject_digest: str,
                 if resp.status == 404 and page == 0:
                     return None, None
                 t.check_status(resp, what)
-                body = await _read_bounded(resp, what)
+                body = await read_metadata(resp, what)
                 return body, _next_page(u, resp.headers.getall("Link", []))
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             raise _Retry.network(exc) from None

@@ -136,6 +136,20 @@ class RegistryAuth:
         return True
 
 
+async def read_metadata(resp: aiohttp.ClientResponse, what: str) -> bytes:
+    """The body of a manifest, index or other small document: at most ``oci.MAX_METADATA_BYTES``,
+    all of it (a short body is retried)."""
+    length = resp.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > oci.MAX_METADATA_BYTES:
+        raise errors.LimitError(f"{what} is {length} bytes (limit {oci.MAX_METADATA_BYTES})")
+    body = await resp.content.read(oci.MAX_METADATA_BYTES + 1)
+    if len(body) > oci.MAX_METADATA_BYTES:
+        raise errors.LimitError(f"{what} is larger than {oci.MAX_METADATA_BYTES} bytes")
+    if length and length.isdigit() and int(length) != len(body):
+        raise _Retry(f"short body of {what}: {len(body)} of {length} bytes")
+    return body
+
+
 class Registry:
     """A client for one registry host (``HOST[:PORT]``, ``docker.io`` for Docker Hub)."""
 
@@ -274,14 +288,7 @@ class Registry:
             try:
                 async with t.open("GET", url, headers={"Accept": MANIFEST_ACCEPT}, auth=auth) as resp:
                     t.check_status(resp, what)
-                    length = resp.headers.get("Content-Length")
-                    if length and length.isdigit() and int(length) > oci.MAX_METADATA_BYTES:
-                        raise errors.LimitError(f"{what} is {length} bytes (limit {oci.MAX_METADATA_BYTES})")
-                    body = await resp.content.read(oci.MAX_METADATA_BYTES + 1)
-                    if len(body) > oci.MAX_METADATA_BYTES:
-                        raise errors.LimitError(f"{what} is larger than {oci.MAX_METADATA_BYTES} bytes")
-                    if length and length.isdigit() and int(length) != len(body):
-                        raise _Retry(f"short manifest body: {len(body)} of {length} bytes")
+                    body = await read_metadata(resp, what)
                     content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
                     header_digest = resp.headers.get("Docker-Content-Digest", "")
             except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:

@@ -8,6 +8,7 @@ frames so that files span many frames) in Debian's docker-registry;
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -250,6 +251,23 @@ needs_fuse = pytest.mark.skipif(
     reason="needs /dev/fuse, fusermount3 (apt install fuse3) and root (record mounts and chroots)")
 
 
+def hash_big_through_a_mount(ref: str, tmp_path: Any, *options: str) -> str:
+    """``lazylayer mount -v REF`` (fresh cache), sha256sum /data/big.bin chrooted into it, unmount: the daemon's log."""
+    from lazylayer import mount
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli("mount", ref, str(mnt), "--cache-dir", str(tmp_path / "mountcache"), "-v", *options)
+    try:
+        res = subprocess.run(["chroot", str(mnt), "/bin/sh", "-c", "sha256sum /data/big.bin"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split()[0] == hashlib.sha256(BIG).hexdigest()
+    finally:
+        cli("umount", str(mnt))
+    return open(mount.state_paths(str(mnt))[1]).read()
+
+
 @needs_fuse
 def test_record_to_a_file_then_mount_with_it(programs: Programs, tmp_path: Any) -> None:
     plan_file = tmp_path / "plan.json"
@@ -259,19 +277,7 @@ def test_record_to_a_file_then_mount_with_it(programs: Programs, tmp_path: Any) 
     plan = load_plan(plan_file)
     assert plan.workload.startswith("/bin/sh -c") and sum(lp.bytes for lp in plan.layers) >= len(BIG)
 
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    cli("mount", programs.ref, str(mnt), "--cache-dir", str(tmp_path / "c"), "-v", "--prefetch", str(plan_file),
-        "--no-readahead")
-    try:
-        res = subprocess.run(["chroot", str(mnt), "/bin/sh", "-c", "cat /data/big.bin | sha256sum"],
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, res.stderr
-    finally:
-        cli("umount", str(mnt))
-    from lazylayer import mount
-
-    log = open(mount.state_paths(str(mnt))[1]).read()
+    log = hash_big_through_a_mount(programs.ref, tmp_path, "--prefetch", str(plan_file), "--no-readahead")
     planned = re.search(r"prefetching (\d+) frames of the plan", log)
     assert planned and int(planned.group(1)) > 0 and "plan prefetched" in log, log
 
@@ -302,18 +308,7 @@ def test_a_plan_attached_by_record_is_found_by_mount_and_by_images(programs: Pro
         assert img.prefetch_started.wait(30)
         assert img.prefetcher.plan_frames == 0 and img.stats()["frames_fetched"] == 0
 
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    cli("mount", ref, str(mnt), "--cache-dir", str(tmp_path / "c3"), "-v")
-    try:
-        res = subprocess.run(["chroot", str(mnt), "/bin/sh", "-c", "cat /data/big.bin | sha256sum"],
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == 0, res.stderr
-    finally:
-        cli("umount", str(mnt))
-    from lazylayer import mount
-
-    log = open(mount.state_paths(str(mnt))[1]).read()
+    log = hash_big_through_a_mount(ref, tmp_path)
     assert "using the prefetch plan attached as sha256:" in log, log
     # The image itself is unchanged: its tag still names the manifest it named.
     with Image(ref, cache=None, prefetch=None) as img:
