@@ -108,13 +108,12 @@ class FrameSource:
 
     def __call__(self, offset: int, size: int) -> bytes:
         frames = self.span(offset, size)
+        first = bisect.bisect_left(self._starts, offset)  # span() checked that a frame starts here
         if self.on_read is not None:
-            first = bisect.bisect_left(self._starts, offset)
             self.on_read(first, first + len(frames) - 1)
         if log.isEnabledFor(logging.DEBUG):
             t0 = time.perf_counter()
             got = self._get(frames)
-            first = bisect.bisect_left(self._starts, offset)
             log.debug("%s: frames %d..%d (%d bytes) in %.1f ms", self.__name__, first, first + len(frames) - 1,
                       size, (time.perf_counter() - t0) * 1e3)
             return got
@@ -156,10 +155,12 @@ class Layer:
     """One layer of an opened image: its TOC and a reader of its tar."""
 
     def __init__(self, index: int, descriptor: oci.Descriptor, toc: Toc, reader: SeekableReader,
-                 source: FrameSource, lazy: bool, keep: Any = None) -> None:
+                 source: FrameSource, lazy: bool, keep: Any = None, diff_id: str = "") -> None:
         self.index = index
         self.descriptor = descriptor
         self.digest: str = descriptor.get("digest", "")
+        self.diff_id = diff_id
+        """The sha256 of the layer's tar, from the image config."""
         self.toc = toc
         self.reader = reader
         self.source = source
@@ -297,14 +298,14 @@ class Image:
         digest = desc.get("digest", "")
         blob = getattr(self._source, "blob", None)
         if is_lazy_layer(desc) and blob is not None:
-            return self._lazy_layer(i, desc, blob(desc))
+            return self._lazy_layer(i, desc, blob(desc), diff_id)
         why = "it is not a lazy layer" if not is_lazy_layer(desc) else "its source has no range reads"
         warnings.warn(f"{self.reference}: layer {digest} ({desc.get('size', '?')} bytes) is fetched whole "
                       f"and indexed before any file in it can be read, because {why}; convert the image "
                       "with `lazylayer convert` to read it lazily", NotLazyWarning, stacklevel=4)
         return self._local_layer(i, desc, diff_id)
 
-    def _lazy_layer(self, i: int, desc: oci.Descriptor, blob: Any) -> Layer:
+    def _lazy_layer(self, i: int, desc: oci.Descriptor, blob: Any, diff_id: str) -> Layer:
         ann = desc.get("annotations") or {}
         toc_digest = ann[ANNOTATION_TOC_DIGEST]
         size = desc.get("size")
@@ -323,10 +324,10 @@ class Image:
             if self.disk is not None:
                 self.disk.put(toc_digest, index.frame)
             frame = index.frame
-        return self._layer(i, desc, toc, toc_offset, len(frame), blob, self.disk, lazy=True)
+        return self._layer(i, desc, toc, toc_offset, len(frame), blob, self.disk, lazy=True, diff_id=diff_id)
 
     def _layer(self, i: int, desc: oci.Descriptor, toc: Toc, toc_offset: int, toc_length: int, blob: Any,
-               disk: DiskCache | None, lazy: bool, keep: Any = None) -> Layer:
+               disk: DiskCache | None, lazy: bool, keep: Any = None, diff_id: str = "") -> Layer:
         check_toc_frames(toc, toc_offset)
         table = build_seek_table([(f.compressed_size, f.size) for f in toc.frames] + [(toc_length, 0)])
         digest = desc.get("digest", "")
@@ -337,7 +338,7 @@ class Image:
         reader = SeekableReader(source, blob_size=toc_offset + toc_length + len(table), tail=table,
                                 cache=self.memory, threads=self.threads, verify=False, whole_frames=True,
                                 cache_key=_cache_key(digest) if lazy else 0, name=f"layer {digest}")
-        return Layer(i, desc, toc, reader, source, lazy, keep)
+        return Layer(i, desc, toc, reader, source, lazy, keep, diff_id)
 
     def _local_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> Layer:
         from .convert import reencode_layer
@@ -366,7 +367,7 @@ class Image:
             blob = FsspecBlob(path, size=os.path.getsize(path))
             index = read_toc(blob, blob.size)
             return self._layer(i, desc, index.toc, index.toc_offset, len(index.frame), blob, None,
-                               lazy=False, keep=keep)
+                               lazy=False, keep=keep, diff_id=diff_id)
         except BaseException:
             keep.close()
             raise

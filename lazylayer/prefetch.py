@@ -220,15 +220,12 @@ class Recorder:
 
     def plan(self, workload: str = "") -> Plan:
         """The plan so far: per layer, the ranges in first-read order (ranges read before are dropped)."""
-        from .convert import diff_ids
-
-        ids = diff_ids(self.image.manifest_image)
         layers = []
         with self._lock:
             snapshot = [[(r[0], r[1]) for r in rs] for rs in self._ranges]
         for layer, ranges in zip(self.image.layers, snapshot):
             if ranges:
-                layers.append(LayerPlan(layer.digest, ids[layer.index], _first_reads(ranges)))
+                layers.append(LayerPlan(layer.digest, layer.diff_id, _first_reads(ranges)))
         return Plan(layers, image=self.image.digest, workload=workload, created=_now())
 
 
@@ -382,7 +379,7 @@ class Prefetcher:
         """Queue ``plan``'s frames, in plan order; returns how many frames (not on disk yet) it queued."""
         total = 0
         for layer in self.image.layers:
-            lp = plan.for_layer(layer.digest, _diff_id(self.image, layer.index))
+            lp = plan.for_layer(layer.digest, layer.diff_id)
             if lp is None or layer.source.disk is None:
                 continue
             frames = _frames_of(layer.toc.frames, lp.ranges)
@@ -556,15 +553,6 @@ class Prefetcher:
 
     def stats(self) -> dict[str, int]:
         return {"prefetched_frames": self.frames, "prefetched_bytes": self.bytes, "prefetch_errors": self.errors}
-
-
-def _diff_id(image: Image, index: int) -> str:
-    from .convert import diff_ids
-
-    try:
-        return diff_ids(image.manifest_image)[index]
-    except (IndexError, errors.LazyLayerError):
-        return ""
 
 
 def _frames_of(frames: Sequence[Any], ranges: Sequence[tuple[int, int]]) -> list[int]:
