@@ -274,7 +274,7 @@ def open_lazylayer_readinto(reader, size: int) -> Opener:
 def open_lazylayer_raw(reader, size: int) -> Opener:
     """Diagnostic only: the C call through cffi without the Python wrapper
     (private attributes), to show how much of a warm read the wrapper costs."""
-    from lazylayer._native import ffi, lib
+    from lazylayer.core._native import ffi, lib
 
     def opener():
         buf = bytearray(size)

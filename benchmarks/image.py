@@ -372,8 +372,8 @@ def t1_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
     import fsspec
 
     from lazylayer.fs import ImageFileSystem
-    from lazylayer.seekable import BlockCache
-    from lazylayer.tree import Tree
+    from lazylayer.core import BlockCache
+    from lazylayer.image import Tree
 
     root = str(inp["tree"])
     res: dict[str, list[float]] = {}
@@ -641,7 +641,7 @@ def t2_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
     from lazylayer.fs import ImageFileSystem
     from lazylayer.registry import RegistryConfig
     from lazylayer.remote import RemoteOptions, Transport, open_blob
-    from lazylayer.seekable import BlockCache
+    from lazylayer.core import BlockCache
 
     lazy_ref = f"oci:{inp['lazy']}:{TAG}"
     picked = t2_pick(inp, a.seed)
@@ -870,7 +870,7 @@ def t3_build(a: argparse.Namespace) -> dict[str, Any]:
         build_layout(str(d / "src"), [tar], tag=TAG, blobs=[gzip6(tar)])
         convert(d / "src", f"oci:{d / 'lazy'}:{TAG}")
         from lazylayer.format import LAYER_FRAME_SIZE
-        from lazylayer.seekable import SeekableWriter
+        from lazylayer.core import SeekableWriter
 
         with SeekableWriter(str(d / "big.zst"), frame_size=LAYER_FRAME_SIZE, level=3) as w:
             w.write(data)
@@ -881,7 +881,7 @@ def t3_build(a: argparse.Namespace) -> dict[str, Any]:
 
 def t3_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
     from lazylayer.fs import ImageFileSystem
-    from lazylayer.seekable import BlockCache
+    from lazylayer.core import BlockCache
 
     size, path = inp["size"], inp["path"]
     rng = random.Random(a.seed)

@@ -11,17 +11,8 @@
 ``import lazylayer`` stays light for callers of the core engine only.
 """
 
-from . import errors
-from .errors import (
-    ChecksumError,
-    CorruptFrameError,
-    FormatError,
-    IntegrityError,
-    LazyLayerError,
-    LimitError,
-    SourceError,
-)
-from .seekable import (
+from . import _compat, errors
+from .core import (
     BlockCache,
     CacheStats,
     FrameInfo,
@@ -31,10 +22,21 @@ from .seekable import (
     default_cache,
     default_pool,
 )
+from .errors import (
+    ChecksumError,
+    CorruptFrameError,
+    FormatError,
+    IntegrityError,
+    LazyLayerError,
+    LimitError,
+    SourceError,
+)
 
 __version__ = "0.1.0"
 
-_LAZY = {"ImageFileSystem": "fs", "Image": "image", "DiskCache": "cache"}
+_LAZY = {"ImageFileSystem": "fs", "Image": "image", "DiskCache": "image"}
+
+_compat.install()
 
 
 def __getattr__(name: str) -> object:

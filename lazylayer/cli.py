@@ -35,43 +35,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import os
-import random
 import sys
-import sysconfig
-import tarfile
-import threading
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 
 from . import errors
-from .cache import DiskCache, default_cache_dir
+from .core import DEFAULT_FRAME_SIZE, SeekableReader, SeekableWriter
 from .format import LAYER_FRAME_SIZE
+from .image import DiskCache, default_cache_dir
 from .progress import Progress
-from .seekable import DEFAULT_FRAME_SIZE, BlockCache, SeekableReader, SeekableWriter
+from .units import human_size as _human
+from .units import parse_size
 
 if TYPE_CHECKING:
     from .image import Image
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError
-
-
 def _size(text: str) -> int:
-    """Parse 1048576, 1M, 64K, 1MiB, 2G."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    """An argparse type: :func:`lazylayer.units.parse_size`, with argparse's error."""
     try:
-        return int(t[:-1] if mult > 1 else t) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # --------------------------------------------------------------------- convert
@@ -118,8 +105,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from . import oci
     from .format import is_lazy_layer
+    from .registry import open_source
 
-    source = oci.open_source(args.reference, _registry_config(args, args.creds))
+    source = open_source(args.reference, _registry_config(args, args.creds))
     try:
         root, root_data = source.root()
         if args.raw and not args.platform:
@@ -175,8 +163,8 @@ def _boolean(text: str) -> bool:
 
 
 def _registry_config(args: argparse.Namespace, creds: str | None) -> object:
-    from .auth import Credentials
     from .registry import RegistryConfig
+    from .registry.auth import Credentials
 
     credentials = None
     if creds:
@@ -363,143 +351,45 @@ def _prefetch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-readahead", action="store_true", help="no read-ahead of sequential reads")
 
 
-def _open_image(args: argparse.Namespace, **options: Any) -> Image:
+def _open_image(args: argparse.Namespace, *, prefetch: bool = True) -> Image:
+    """The image of an image command; commands with prefetch options (mount) start the prefetcher."""
     from .image import Image
 
     cache = None if args.no_cache else DiskCache(args.cache_dir)
-    if hasattr(args, "no_prefetch"):
-        options.setdefault("prefetch", None if args.no_prefetch else args.prefetch or "auto")
-        options.setdefault("fill", args.fill)
-        options.setdefault("fill_rate", args.fill_rate)
-        options.setdefault("readahead", not args.no_readahead)
-    else:
-        options.setdefault("prefetch", None)  # one-shot commands (ls, cat): nothing to prefetch for
-    return Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache,
-                 **options)
+    img = Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache)
+    if prefetch and hasattr(args, "no_prefetch"):
+        from . import prefetch as pf
+
+        try:
+            pf.start(img, None if args.no_prefetch else args.prefetch or "auto", fill=args.fill,
+                     fill_rate=args.fill_rate, readahead=not args.no_readahead)
+        except BaseException:
+            img.close()
+            raise
+    return img
 
 
 # ------------------------------------------------------------------------ mount
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from . import mount
+    from .mount import MountError, daemon, is_mounted
 
     mnt = args.mountpoint
     if not os.path.isdir(mnt):
         print(f"lazylayer: {mnt}: mount point is not a directory", file=sys.stderr)
         return 2
-    if mount.is_mounted(mnt):
-        raise mount.MountError(f"{mnt}: a lazylayer mount is there already (lazylayer umount {mnt})")
+    if is_mounted(mnt):
+        raise MountError(f"{mnt}: a lazylayer mount is there already (lazylayer umount {mnt})")
+    opts = daemon.ServeOptions(mnt, label=args.image, threads=not args.single_thread, allow_other=args.allow_other,
+                               debug=args.debug, read_ahead=args.read_ahead, verbose=args.verbose)
+
+    def serve(ready_fd: int | None = None) -> int:
+        return _run(lambda a: daemon.run(lambda: _open_image(a), opts, ready_fd), args)
+
     if args.foreground:
-        return _serve_mount(args)
-    return _spawn_mount(args)
-
-
-def _spawn_mount(args: argparse.Namespace) -> int:
-    """Fork the mount daemon into its own session; return once it is mounted (or has failed).
-
-    Everything the daemon needs is imported before the fork, and no thread has
-    started yet, so the child starts serving without a second interpreter start-up.
-    """
-    from . import image, mount, registry  # noqa: F401  (imported for the child)
-
-    mount.fuse_module()
-    _, default_log = mount.state_paths(args.mountpoint)
-    logpath = os.path.abspath(args.log or default_log)
-    if threading.active_count() > 1:  # pragma: no cover - nothing above starts threads
-        raise errors.LazyLayerError("internal error: threads running before the mount daemon forks")
-    r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the daemon
-        code = 1
-        try:
-            os.close(r)
-            os.setsid()
-            logfd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            nullfd = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(nullfd, 0)
-            os.dup2(logfd, 1)
-            os.dup2(logfd, 2)
-            os.close(logfd)
-            os.close(nullfd)
-            args.ready_fd = w
-            code = _run(_serve_mount, args)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as pipe:
-        said = pipe.read().decode(errors="replace").strip()
-    if said.startswith("ready"):
-        if not args.quiet:
-            print(f"lazylayer: mounted {args.image} at {args.mountpoint} (daemon {pid}, log {logpath})",
-                  file=sys.stderr)
-        return 0
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    message = said.removeprefix("error:").strip() or f"the mount daemon exited with {code}; see {logpath}"
-    print(f"lazylayer: {message}", file=sys.stderr)
-    return code if code > 0 else 1
-
-
-def _serve_mount(args: argparse.Namespace) -> int:
-    """Open the image, mount it, serve until unmounted.  Tells ``--ready-fd`` how it went."""
-    import logging
-
-    from . import mount
-
-    level = logging.DEBUG if args.debug or args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    ready_fd = getattr(args, "ready_fd", None)
-
-    def tell(text: str) -> None:
-        nonlocal ready_fd
-        if ready_fd is not None:
-            try:
-                os.write(ready_fd, text.encode() + b"\n")
-                os.close(ready_fd)
-            except OSError:
-                pass
-            ready_fd = None
-
-    pidfile, _ = mount.state_paths(args.mountpoint)
-
-    def ready() -> None:
-        with open(pidfile, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        if args.read_ahead:
-            mount.set_read_ahead(args.mountpoint, args.read_ahead)
-        logging.getLogger("lazylayer.mount").info("mounted %s at %s", args.image, args.mountpoint)
-        tell("ready")
-
-    try:
-        img = _open_image(args)
-    except (errors.LazyLayerError, OSError) as exc:
-        tell(f"error: {exc}")
-        raise
-    try:
-        ops = mount.serve(img, args.mountpoint, on_ready=ready, threads=not args.single_thread,
-                          allow_other=args.allow_other, debug=args.debug)
-    except errors.LazyLayerError as exc:
-        tell(f"error: {exc}")
-        raise
-    finally:
-        tell("error: the mount ended before it was ready")
-        stats = img.stats()
-        img.close()
-    logging.getLogger("lazylayer.mount").info(
-        "unmounted %s: %d frames fetched (%d bytes), %d from disk, %d EIO", args.mountpoint,
-        stats["frames_fetched"], stats["bytes_fetched"], stats["frames_from_disk"], ops.eio)
-    try:
-        if open(pidfile).read().strip() == str(os.getpid()):
-            os.unlink(pidfile)
-    except OSError:
-        pass
-    return 0
+        return serve()
+    return daemon.spawn(serve, mnt, log_path=args.log, label=args.image, quiet=args.quiet)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -511,7 +401,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         print("lazylayer record: give the command after --, e.g. lazylayer record IMAGE -- python3 -c 'import x'",
               file=sys.stderr)
         return 2
-    with _open_image(args, prefetch=None, readahead=False) as img:
+    with _open_image(args, prefetch=False) as img:
         result = record(img, argv, timeout=args.timeout, overlay=not args.bare)
         plan = result.plan
         ended = f"exited {result.returncode}" if result.returncode is not None else \
@@ -532,9 +422,9 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from . import mount
+    from .mount import unmount
 
-    mount.unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
+    unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
     return 0
 
 
@@ -576,84 +466,13 @@ def _cache_action(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------- demo
-
-
-def _pack_tree(root: str, limit: int) -> tuple[bytes, list[tarfile.TarInfo]]:
-    """A tar of up to `limit` bytes of regular files under root, in memory."""
-    buf = io.BytesIO()
-    members = []
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for dirpath, dirnames, files in os.walk(root):
-            dirnames.sort()
-            for name in sorted(files):
-                path = os.path.join(dirpath, name)
-                if os.path.islink(path) or not os.path.isfile(path):
-                    continue
-                try:
-                    tar.add(path, arcname=os.path.relpath(path, root), recursive=False)
-                except OSError:
-                    continue
-                if buf.tell() > limit:
-                    break
-            if buf.tell() > limit:
-                break
-    data = buf.getvalue()
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        members = [m for m in tar.getmembers() if m.isfile()]
-    return data, members
+# ------------------------------------------------------------------------- main
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    root = args.directory or sysconfig.get_paths()["stdlib"]
-    print(f"1. packing {root} (up to {_human(args.limit)}) into a tar ...")
-    t0 = time.perf_counter()
-    tar, members = _pack_tree(root, args.limit)
-    print(f"   {len(members)} files, {_human(len(tar))}")
+    from .demo import run
 
-    print(f"2. compressing it in the zstd seekable format, frames of {_human(args.frame_size)} ...")
-    out = io.BytesIO()
-    t = time.perf_counter()
-    with SeekableWriter(out, frame_size=args.frame_size) as w:
-        w.write(tar)
-    blob = out.getvalue()
-    dt = time.perf_counter() - t
-    print(f"   {_human(len(blob))} ({len(blob) / len(tar):.1%} of the tar), {w.frames} frames, "
-          f"{len(tar) / dt / 1e6:.0f} MB/s")
-
-    fetched = [0, 0]  # bytes, requests
-    lock = threading.Lock()
-
-    def remote(offset: int, size: int) -> bytes:
-        """Stands in for an HTTP range request: counts what is asked for."""
-        with lock:
-            fetched[0] += size
-            fetched[1] += 1
-        return blob[offset:offset + size]
-
-    rng = random.Random(args.seed)
-    picks = rng.sample(members, min(args.files, len(members)))
-    print(f"3. reading {len(picks)} random files through a counting 'remote' source ...")
-    cache = BlockCache(64 << 20)
-    t = time.perf_counter()
-    read_bytes = 0
-    with SeekableReader(remote, blob_size=len(blob), cache=cache) as r:
-        for m in picks:
-            got = r.pread(m.size, m.offset_data)
-            if got != tar[m.offset_data:m.offset_data + m.size]:
-                raise errors.IntegrityError(f"demo: wrong bytes for {m.name}")
-            read_bytes += m.size
-    dt = time.perf_counter() - t
-    s = cache.stats()
-    print(f"   {_human(read_bytes)} of file data, every byte checked against the tar, in {dt * 1e3:.0f} ms")
-    print(f"   fetched {_human(fetched[0])} in {fetched[1]} range requests: "
-          f"{fetched[0] / len(blob):.1%} of the blob (a full pull moves 100%)")
-    print(f"   cache: {s.hits} hits, {s.misses} misses, {_human(s.peak_bytes)} peak of {_human(s.budget)}")
-    print(f"done in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
-# ------------------------------------------------------------------------- main
+    return run(args.directory, args.limit, args.files, args.frame_size, args.seed)
 
 
 def _compression_options(p: argparse.ArgumentParser, frame_size: int) -> None:

@@ -17,20 +17,22 @@ updated last, so a failed conversion never looks complete.
 
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
-
-import zstandard
-from isal import isal_zlib  # ISA-L inflate: ~1.6x zlib's speed on the same gzip layer
+from typing import Any
 
 from . import errors, oci
-from .format import LAYER_FRAME_SIZE, LayerInfo, LayerWriter, is_lazy_layer
+from .format import (
+    ARCHIVE_MEMBER,
+    LAYER_FRAME_SIZE,
+    LayerInfo,
+    LayerWriter,
+    is_lazy_layer,
+    reencode_layer,
+)
 from .progress import Progress
+from .registry import open_destination, open_source
 
 ANNOTATION_SOURCE = "io.lazylayer.source-manifest"
-_ARCHIVE_MEMBER = "io.lazylayer.docker-archive.member"
 _CHUNK = 1 << 20
 
 
@@ -41,159 +43,6 @@ class ConvertResult:
     root: oci.Descriptor
     layers: list[LayerInfo]
     copied_layers: int
-
-
-# ------------------------------------------------------------------ decompression
-
-
-def _gunzip(read: Callable[[int], bytes]) -> Iterator[bytes]:
-    """Decompress gzip (one member or several, concatenated), with bounded output per step."""
-    d = isal_zlib.decompressobj(31)
-    pending = b""
-    started = False
-    while True:
-        if not pending:
-            pending = read(_CHUNK)
-            if not pending:
-                break
-        if d.eof:  # a further member follows
-            d = isal_zlib.decompressobj(31)
-        started = True
-        try:
-            out = d.decompress(pending, 4 * _CHUNK)
-        except isal_zlib.error as exc:  # type: ignore[misc]  # isal's stubs miss it
-            raise errors.CorruptFrameError(f"gzip layer is corrupt: {exc}") from None
-        pending = d.unconsumed_tail or (d.unused_data if d.eof else b"")
-        if out:
-            yield out
-    if not started or not d.eof:
-        raise errors.FormatError("gzip layer is truncated")
-
-
-def _unzstd(raw: Any) -> Iterator[bytes]:
-    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_CHUNK, read_across_frames=True)
-    try:
-        while True:
-            out = reader.read(4 * _CHUNK)
-            if not out:
-                return
-            yield out
-    except zstandard.ZstdError as exc:
-        raise errors.CorruptFrameError(f"zstd layer is corrupt or truncated: {exc}") from None
-
-
-def _plain(read: Callable[[int], bytes]) -> Iterator[bytes]:
-    while chunk := read(4 * _CHUNK):
-        yield chunk
-
-
-class _Prefixed:
-    """A stream with a few already-read bytes put back in front."""
-
-    def __init__(self, head: bytes, raw: Any) -> None:
-        self.head = head
-        self.raw = raw
-
-    def read(self, n: int = -1) -> bytes:
-        if not self.head:
-            return self.raw.read(n)
-        if n < 0:
-            out, self.head = self.head + self.raw.read(), b""
-            return out
-        out, self.head = self.head[:n], self.head[n:]
-        return out
-
-
-def decompressed_chunks(raw: Any) -> Iterator[bytes]:
-    """The tar inside a layer blob, whatever its compression (sniffed from the magic bytes)."""
-    head = raw.read(4)
-    src = _Prefixed(head, raw)
-    if head[:2] == b"\x1f\x8b":
-        yield from _gunzip(src.read)
-    elif head == b"\x28\xb5\x2f\xfd":
-        yield from _unzstd(src)
-    else:
-        yield from _plain(src.read)
-    if raw.read(1):
-        raise errors.FormatError("unexpected data after the end of the compressed layer")
-
-
-class _Pipe:
-    """Runs a chunk iterator on a background thread; ``read(n)`` consumes it.
-
-    The queue is bounded, so at most ``depth`` chunks are in memory.
-    """
-
-    def __init__(self, chunks: Iterator[bytes], depth: int = 8) -> None:
-        self._q: queue.Queue[Any] = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._buf = b""
-        self._pos = 0
-        self._eof = False
-        self._thread = threading.Thread(target=self._run, args=(chunks,), name="lazylayer-decompress",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self, chunks: Iterator[bytes]) -> None:
-        try:
-            for chunk in chunks:
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(chunk, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-            self._q.put(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
-            self._q.put(exc)
-
-    def read(self, n: int) -> bytes:
-        if self._pos >= len(self._buf):
-            if self._eof:
-                return b""
-            item = self._q.get()
-            if item is None:
-                self._eof = True
-                return b""
-            if isinstance(item, BaseException):
-                self._eof = True
-                raise item
-            self._buf, self._pos = item, 0
-        if self._pos == 0 and n >= len(self._buf):
-            self._pos = len(self._buf)
-            return self._buf
-        out = self._buf[self._pos:self._pos + n]
-        self._pos += len(out)
-        return out
-
-    def finish(self) -> None:
-        """Wait for the end of the stream (raising the thread's error, if any)."""
-        while self.read(_CHUNK):
-            pass
-        self._thread.join()
-
-    def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._q.get(timeout=0.1)
-            except queue.Empty:
-                pass
-
-
-class _Counted:
-    """Counts bytes read from a stream into a progress bar."""
-
-    def __init__(self, raw: Any, progress: Progress) -> None:
-        self.raw = raw
-        self.progress = progress
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.progress.update(len(data))
-        return data
 
 
 # ------------------------------------------------------------------ conversion
@@ -221,9 +70,9 @@ class Converter:
         self.dest_registry = dest_registry
 
     def convert(self, src: str | oci.ImageRef, dst: str | oci.ImageRef) -> ConvertResult:
-        source = oci.open_source(src, self.source_registry)
+        source = open_source(src, self.source_registry)
         try:
-            dest = oci.open_destination(dst, self.dest_registry)
+            dest = open_destination(dst, self.dest_registry)
             root_desc, index, images = oci.images(source)
             total = sum(int(layer.get("size") or 0) for img in images for layer in img.manifest["layers"])
             bar = Progress(total, "convert", self.progress)
@@ -238,7 +87,7 @@ class Converter:
                         manifests.append(self._copy_manifest(source, dest, img, bar))
                         continue
                     new_layers = []
-                    layer_diff_ids = diff_ids(img)
+                    layer_diff_ids = oci.diff_ids(img)
                     for i, layer in enumerate(img.manifest["layers"]):
                         key = layer.get("digest") or f"{id(img)}:{i}"
                         if key not in done:
@@ -273,7 +122,7 @@ class Converter:
         with dest.blob_writer() as out:
             info = reencode_layer(source, layer, diff_id, out.file, self.writer, bar, prefetch)
             out.commit(info.digest)
-        annotations = {k: v for k, v in (layer.get("annotations") or {}).items() if k != _ARCHIVE_MEMBER}
+        annotations = {k: v for k, v in (layer.get("annotations") or {}).items() if k != ARCHIVE_MEMBER}
         annotations.update(info.annotations())
         desc = {"mediaType": oci.OCI_LAYER_ZSTD, "digest": info.digest, "size": info.size,
                 "annotations": annotations}
@@ -321,48 +170,6 @@ class Converter:
         return dest.write_blob(oci.canonical_json(manifest), oci.OCI_MANIFEST, **extra)
 
 
-def reencode_layer(source: oci.ImageSource, layer: oci.Descriptor, diff_id: str | None, out: Any,
-                   writer: LayerWriter, bar: Progress | None = None, prefetch: Any = ()) -> LayerInfo:
-    """Stream layer ``layer`` of ``source`` (any compression), written as a lazy layer to ``out``.
-
-    ``prefetch``: ``(offset, length)`` tar ranges for the TOC's prefetch plan.
-
-    The source blob's digest, and the tar's sha256 against ``diff_id`` (when
-    given), are checked once the stream ends: on a mismatch this raises
-    :class:`~lazylayer.errors.IntegrityError` and the caller must discard ``out``.
-    """
-    what = layer.get("digest") or layer.get("annotations", {}).get(_ARCHIVE_MEMBER)
-    raw = oci.HashingReader(source.open_blob(layer))
-    pipe = _Pipe(decompressed_chunks(_Counted(raw, bar) if bar is not None else raw))
-    try:
-        info = writer.write(pipe.read, out, prefetch=prefetch)
-        pipe.finish()
-        if layer.get("digest") and raw.digest() != layer["digest"]:
-            raise errors.IntegrityError(f"layer {what}: the source blob's digest is {raw.digest()}")
-        if diff_id is not None and info.diff_id != diff_id:
-            raise errors.IntegrityError(
-                f"layer {what}: its tar's sha256 is {info.diff_id} but the config's diff_id is {diff_id}"
-            )
-        return info
-    except errors.LazyLayerError as exc:
-        if str(what) in str(exc):
-            raise
-        raise type(exc)(f"layer {what}: {exc}") from exc  # say which layer
-    finally:
-        pipe.close()
-        raw.raw.close()
-
-
-def diff_ids(img: oci.SourceImage) -> list[str]:
-    config = oci.parse_json(img.config, "image config")
-    diff_ids = (config.get("rootfs") or {}).get("diff_ids")
-    if not isinstance(diff_ids, list) or len(diff_ids) != len(img.manifest["layers"]):
-        raise errors.FormatError(f"image config lists {len(diff_ids or [])} diff_ids for "
-                                 f"{len(img.manifest['layers'])} layers")
-    return diff_ids
-
-
 def convert(src: str, dst: str, **options: Any) -> ConvertResult:
     """Convert image ``src`` to lazy layers at ``dst`` (see :class:`Converter` for options)."""
     return Converter(**options).convert(src, dst)
-

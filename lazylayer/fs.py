@@ -37,10 +37,9 @@ from urllib.parse import urlsplit
 from fsspec import AbstractFileSystem
 from fsspec.asyn import AsyncFileSystem
 
-from .cache import DiskCache
-from .image import Image
-from .seekable import seek_position
-from .tree import Node
+from . import prefetch
+from .core import seek_position
+from .image import DiskCache, Image, Node
 
 __all__ = ["ImageFile", "ImageFileSystem"]
 
@@ -94,10 +93,10 @@ class ImageFileSystem(AsyncFileSystem):
     :class:`lazylayer.registry.RegistryConfig`.  ``cache_dir``: the disk cache
     (default ``LAZYLAYER_CACHE_DIR``, else ``~/.cache/lazylayer``);
     ``use_cache=False`` keeps nothing on disk; ``cache_max``: its size bound in bytes.
-    ``memory_cache``: a :class:`~lazylayer.seekable.BlockCache` (default: the shared one).
+    ``memory_cache``: a :class:`~lazylayer.core.BlockCache` (default: the shared one).
     ``prefetch``, ``fill``, ``fill_rate``, ``readahead``: as for
-    :class:`~lazylayer.image.Image` (default: the plan attached to the image is
-    used; ``prefetch=None`` turns that off, a path uses a plan file).
+    :func:`lazylayer.prefetch.start` (default: the plan attached to the image is
+    used; ``prefetch=None`` or ``False`` turns that off, a path uses a plan file).
 
     The image's manifest and TOCs are read on first use (so an async caller
     never blocks its loop in the constructor); after that, metadata calls are
@@ -121,8 +120,8 @@ class ImageFileSystem(AsyncFileSystem):
             raise ValueError("lazylayer:// needs an image: ImageFileSystem(image='docker://HOST/REPO:TAG'), "
                              "or a chained URL lazylayer://PATH::https://HOST/v2/REPO/manifests/TAG")
         self.reference = image
-        self._options = {"platform": platform, "registry": registry, "threads": threads, "prefetch": prefetch,
-                         "fill": fill, "fill_rate": fill_rate, "readahead": readahead}
+        self._options = {"platform": platform, "registry": registry, "threads": threads}
+        self._prefetch = {"prefetch": prefetch, "fill": fill, "fill_rate": fill_rate, "readahead": readahead}
         if memory_cache is not None:
             self._options["memory_cache"] = memory_cache
         self._cache_args = (cache_dir, use_cache, cache_max)
@@ -141,7 +140,13 @@ class ImageFileSystem(AsyncFileSystem):
                 if self._image is None:
                     cache_dir, use_cache, cache_max = self._cache_args
                     disk = DiskCache(cache_dir, max_bytes=cache_max) if use_cache else None
-                    self._image = Image(self.reference, cache=disk, **self._options)
+                    img = Image(self.reference, cache=disk, **self._options)
+                    try:
+                        prefetch.start(img, **self._prefetch)
+                    except BaseException:
+                        img.close()
+                        raise
+                    self._image = img
                 img = self._image
         return img
 

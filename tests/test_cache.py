@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from lazylayer import cache as cache_mod
-from lazylayer.cache import CacheError, CacheUsage, DiskCache, default_cache_dir, parse_size
+from lazylayer.image import cache as cache_mod
+from lazylayer.image import CacheError, CacheUsage, DiskCache, default_cache_dir
+from lazylayer.units import parse_size
 
 
 def payload(i: int, size: int | None = None) -> bytes:
@@ -42,7 +43,7 @@ HELPERS = "import hashlib\n" + inspect.getsource(payload) + inspect.getsource(di
 
 WORKER = HELPERS + r'''
 import fcntl, json, os, sys, threading, time
-from lazylayer.cache import DiskCache
+from lazylayer.image import DiskCache
 
 args = json.loads(sys.argv[1])
 cache = DiskCache(args["dir"], max_bytes=args.get("max_bytes"))

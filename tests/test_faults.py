@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+import lazylayer
 from lazylayer import errors, oci, remote
 from lazylayer.registry import Registry, RegistryConfig
 from servers import small_image, unique_repo
@@ -209,5 +210,5 @@ def test_convert_from_a_faulty_registry(registry, fault_proxy, tmp_path):
     finally:
         t.close()
     assert len(res.layers) == 2
-    out = oci.open_source(f"oci:{tmp_path}/out:v1")
+    out = lazylayer.registry.open_source(f"oci:{tmp_path}/out:v1")
     assert oci.select_image(out).manifest["layers"][0]["digest"] == res.layers[0].digest

@@ -14,7 +14,7 @@ import lazylayer
 from lazylayer import errors
 from lazylayer.format import (ANNOTATION_TOC_DIGEST, ANNOTATION_TOC_POSITION, LayerWriter, Toc,
                               read_toc)
-from lazylayer.tarstream import TarScanner, normalize_name
+from lazylayer.format import TarScanner, normalize_name
 
 
 def make_tar(members, fmt=tarfile.PAX_FORMAT) -> bytes:

@@ -36,7 +36,7 @@ from lazylayer.fs import ImageFileSystem, image_from_url
 from lazylayer.image import Image, NotLazyWarning
 from lazylayer.remote import RemoteOptions, Transport
 from lazylayer.registry import RegistryConfig
-from lazylayer.seekable import BlockCache
+from lazylayer.core import BlockCache
 from servers import RegistryServer, unique_repo
 
 pytestmark = pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed (apt install umoci)")
@@ -370,7 +370,7 @@ def test_a_toc_that_does_not_match_its_annotation_is_refused(built: Built, tmp_p
 def test_hostile_toc_entries_are_format_errors(tmp_path: Any) -> None:
     """A TOC whose manifest vouches for it but whose entries are nonsense: typed errors, no crash."""
     from lazylayer.format import Frame, Toc
-    from lazylayer.tree import Tree
+    from lazylayer.image import Tree
 
     frames = [Frame(0, 10, 0, 1024, "0" * 64)]
     for entries in ([{"name": "a", "type": "hardlink", "linkname": "missing"}],

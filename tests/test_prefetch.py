@@ -8,6 +8,7 @@ frames so that files span many frames) in Debian's docker-registry;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -16,25 +17,25 @@ import shutil
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from aiohttp import web
 
 from lazylayer import errors, remote
-from lazylayer.cache import DiskCache
 from lazylayer.convert import Converter
-from lazylayer.image import Image
+from lazylayer.image import DiskCache, Image
 from lazylayer.prefetch import (
     PLAN_MEDIA_TYPE,
     LayerPlan,
     Plan,
     PlanError,
     Recorder,
-    _first_reads,
-    _frames_of,
     load_plan,
+    start,
 )
+from lazylayer.prefetch.prefetcher import _frames_of
+from lazylayer.prefetch.recorder import _first_reads
 from servers import AioServer, RegistryServer, unique_repo
 from test_mount import Programs, cli
 
@@ -101,11 +102,19 @@ def test_hostile_plans_are_refused_with_a_reason(doc: bytes, why: str, tmp_path:
 
 
 def test_plan_ranges_outside_the_layer_are_ignored(programs: Programs, tmp_path: Any) -> None:
-    with Image(programs.ref, cache=DiskCache(tmp_path / "c"), prefetch=None) as img:
+    with Image(programs.ref, cache=DiskCache(tmp_path / "c")) as img:
         frames = img.layers[0].toc.frames
         tar_end = frames[-1].offset + frames[-1].size
         assert _frames_of(frames, [(tar_end, 100), (1 << 61, 1 << 61), (0, 0)]) == []
         assert _frames_of(frames, [(frames[3].offset + 1, 1), (0, 1), (frames[3].offset, 2)]) == [3, 0]
+
+
+@contextlib.contextmanager
+def prefetched(ref: str, *, cache: Any, prefetch: Any = "auto", **options: Any) -> Iterator[Image]:
+    """An Image with its prefetcher started the way the front ends start it (lazylayer.prefetch.start)."""
+    with Image(ref, cache=cache) as img:
+        start(img, prefetch, **options)
+        yield img
 
 
 # ----------------------------------------------------------------- fetching
@@ -113,7 +122,7 @@ def test_plan_ranges_outside_the_layer_are_ignored(programs: Programs, tmp_path:
 
 def test_a_recorded_plan_is_fetched_before_it_is_read(programs: Programs, tmp_path: Any) -> None:
     wanted = ["/usr/bin/sha256sum", "/data/file5.bin", "/data/file3.bin"]
-    with Image(programs.ref, cache=DiskCache(tmp_path / "record"), prefetch=None, readahead=False) as img:
+    with Image(programs.ref, cache=DiskCache(tmp_path / "record")) as img:
         rec = Recorder(img)
         img.recorder = rec
         expected = {p: read_file(img, p) for p in wanted}
@@ -121,8 +130,8 @@ def test_a_recorded_plan_is_fetched_before_it_is_read(programs: Programs, tmp_pa
     assert plan.image and plan.layers and all(lp.diff_id.startswith("sha256:") for lp in plan.layers)
     plan.save(tmp_path / "plan.json")
 
-    with Image(programs.ref, cache=DiskCache(tmp_path / "fresh"), prefetch=str(tmp_path / "plan.json"),
-               readahead=False) as img:
+    with prefetched(programs.ref, cache=DiskCache(tmp_path / "fresh"), prefetch=str(tmp_path / "plan.json"),
+                    readahead=False) as img:
         assert img.prefetch_started.wait(30) and img.prefetcher.wait(30)
         before = img.stats()
         assert before["prefetched_frames"] > 0 and before["prefetch_errors"] == 0
@@ -135,7 +144,7 @@ def test_a_recorded_plan_is_fetched_before_it_is_read(programs: Programs, tmp_pa
 
 
 def test_sequential_reads_get_read_ahead(programs: Programs, tmp_path: Any) -> None:
-    with Image(programs.ref, cache=DiskCache(tmp_path / "c"), prefetch=None) as img:
+    with prefetched(programs.ref, cache=DiskCache(tmp_path / "c"), prefetch=None) as img:
         node = img.tree.resolve("/data/big.bin")
         got = bytearray()
         while len(got) < len(BIG):
@@ -145,7 +154,7 @@ def test_sequential_reads_get_read_ahead(programs: Programs, tmp_path: Any) -> N
         frames = len(img.layers[node.inode.layer].toc.frames)
         assert s["prefetched_frames"] > 0
         assert s["frames_fetched"] <= frames  # no frame fetched twice
-    with Image(programs.ref, cache=DiskCache(tmp_path / "d"), prefetch=None, readahead=False) as img:
+    with prefetched(programs.ref, cache=DiskCache(tmp_path / "d"), prefetch=None, readahead=False) as img:
         node = img.tree.resolve("/data/big.bin")
         for off in range(0, len(BIG), 32 << 10):
             img.pread(node, 32 << 10, off)
@@ -154,7 +163,7 @@ def test_sequential_reads_get_read_ahead(programs: Programs, tmp_path: Any) -> N
 
 def test_fill_fetches_every_frame(programs: Programs, tmp_path: Any) -> None:
     disk = DiskCache(tmp_path / "c")
-    with Image(programs.ref, cache=disk, prefetch=None, fill=True) as img:
+    with prefetched(programs.ref, cache=disk, prefetch=None, fill=True) as img:
         assert img.prefetch_started.wait(30)
         wait_for(img.prefetcher.idle)
         for layer in img.layers:
@@ -165,7 +174,7 @@ def test_fill_fetches_every_frame(programs: Programs, tmp_path: Any) -> None:
 
 def test_prefetch_budget_bounds_what_is_fetched(programs: Programs, tmp_path: Any) -> None:
     disk = DiskCache(tmp_path / "c", max_bytes=2 * 3 * FRAME)  # budget: half, three 64 KiB frames at most
-    with Image(programs.ref, cache=disk, prefetch=None, fill=True) as img:
+    with prefetched(programs.ref, cache=disk, prefetch=None, fill=True) as img:
         assert img.prefetch_started.wait(30)
         wait_for(img.prefetcher.idle)
         assert img.stats()["prefetched_bytes"] <= 3 * FRAME
@@ -210,7 +219,7 @@ def test_foreground_reads_never_queue_behind_background_ones() -> None:
 
 def test_convert_puts_a_plan_in_the_toc_and_images_use_it(programs: Programs, registry: RegistryServer,
                                                           tmp_path: Any) -> None:
-    with Image(programs.ref, cache=DiskCache(tmp_path / "r"), prefetch=None, readahead=False) as img:
+    with Image(programs.ref, cache=DiskCache(tmp_path / "r")) as img:
         rec = Recorder(img)
         img.recorder = rec
         data = read_file(img, "/data/file4.bin")
@@ -221,7 +230,7 @@ def test_convert_puts_a_plan_in_the_toc_and_images_use_it(programs: Programs, re
     Converter(progress=False, frame_size=FRAME, prefetch=plan).convert(f"oci:{programs.lazy}:v1", f"oci:{out}:v1")
     repo = unique_repo("planned")
     Converter(progress=False).convert(f"oci:{out}:v1", f"docker://{registry.host}/{repo}:v1")
-    with Image(f"docker://{registry.host}/{repo}:v1", cache=DiskCache(tmp_path / "c"), readahead=False) as img:
+    with prefetched(f"docker://{registry.host}/{repo}:v1", cache=DiskCache(tmp_path / "c"), readahead=False) as img:
         planned = [layer for layer in img.layers if layer.toc.prefetch]
         assert len(planned) == 1 and planned[0].digest not in layer_digests
         lp = plan.layers[0]
@@ -298,20 +307,20 @@ def test_a_plan_attached_by_record_is_found_by_mount_and_by_images(programs: Pro
               "cat /data/file5.bin /data/big.bin > /dev/null")
     assert "saved to " + ref in res.stderr and "artifact sha256:" in res.stderr
 
-    with Image(ref, cache=DiskCache(tmp_path / "c1"), readahead=False) as img:  # the default: prefetch="auto"
+    with prefetched(ref, cache=DiskCache(tmp_path / "c1"), readahead=False) as img:  # the default: prefetch="auto"
         assert img.prefetch_started.wait(30) and img.prefetcher.wait(30)
         assert img.prefetcher.plan_frames > 0
         n = img.stats()["frames_fetched"]
         assert read_file(img, "/data/big.bin") == BIG
         assert img.stats()["frames_fetched"] == n
-    with Image(ref, cache=DiskCache(tmp_path / "c2"), prefetch=None, readahead=False) as img:
+    with prefetched(ref, cache=DiskCache(tmp_path / "c2"), prefetch=None, readahead=False) as img:
         assert img.prefetch_started.wait(30)
         assert img.prefetcher.plan_frames == 0 and img.stats()["frames_fetched"] == 0
 
     log = hash_big_through_a_mount(ref, tmp_path)
     assert "using the prefetch plan attached as sha256:" in log, log
     # The image itself is unchanged: its tag still names the manifest it named.
-    with Image(ref, cache=None, prefetch=None) as img:
+    with Image(ref, cache=None) as img:
         assert img.digest == digest
 
 

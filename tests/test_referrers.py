@@ -28,7 +28,8 @@ import pytest
 from aiohttp import web
 from servers import AioServer, _seen, small_image, unique_repo
 
-from lazylayer import errors, oci, referrers, remote
+from lazylayer import errors, oci, remote
+from lazylayer.registry import referrers
 from lazylayer.registry import Registry, RegistryConfig, RegistrySource
 
 PLAN = "application/vnd.lazylayer.prefetch-plan.v1+json"

@@ -17,8 +17,8 @@ import pytest
 
 import images
 import lazylayer
-from lazylayer import cli, convert, errors, oci, registry, remote
-from lazylayer.auth import Credentials
+from lazylayer import cli, convert, errors, oci, remote
+from lazylayer.registry.auth import Credentials
 from lazylayer.format import ANNOTATION_TOC_DIGEST
 from lazylayer.registry import Registry, RegistryConfig
 from servers import small_image, unique_repo
@@ -50,7 +50,7 @@ def _pushed(reg, tmp_path, prefix="test"):
 
 def test_read_image_and_blobs(registry, tmp_path, transport):
     repo, digest, path, tag = _pushed(registry, tmp_path)
-    source = oci.open_source(f"docker://{registry.host}/{repo}:v1", RegistryConfig(transport=transport))
+    source = lazylayer.registry.open_source(f"docker://{registry.host}/{repo}:v1", RegistryConfig(transport=transport))
     img = oci.select_image(source)
     assert img.manifest_descriptor["digest"] == digest
     local = images.image(path, tag)
@@ -68,7 +68,7 @@ def test_read_image_and_blobs(registry, tmp_path, transport):
         f.seek(100_000)
         assert f.read() == want[100_000:]
     # by digest, and from inside someone else's event loop
-    by_digest = oci.open_source(f"docker://{registry.host}/{repo}@{digest}", RegistryConfig(transport=transport))
+    by_digest = lazylayer.registry.open_source(f"docker://{registry.host}/{repo}@{digest}", RegistryConfig(transport=transport))
     assert by_digest.root()[0]["digest"] == digest
 
     async def in_a_loop() -> list[bytes]:
@@ -108,7 +108,7 @@ def test_multi_platform_index_selects_this_machine(registry, tmp_path, transport
     subprocess.run(["skopeo", "--insecure-policy", "copy", "--all", "--dest-tls-verify=false",
                     f"oci:{layout}:multi", f"docker://{registry.host}/{repo}:multi"], check=True,
                    capture_output=True)
-    source = oci.open_source(f"docker://{registry.host}/{repo}:multi", RegistryConfig(transport=transport))
+    source = lazylayer.registry.open_source(f"docker://{registry.host}/{repo}:multi", RegistryConfig(transport=transport))
     here = oci.parse_platform(oci.host_platform())["architecture"]
     if here in ("amd64", "arm64"):
         assert oci.parse_json(oci.select_image(source).config, "c")["architecture"] == here
@@ -127,10 +127,10 @@ def test_basic_auth(basic_registry, tmp_path, transport, caplog):
     user, password = basic_registry.credentials
     ref = f"docker://{basic_registry.host}/{repo}:v1"
     with pytest.raises(errors.AuthError) as anon:
-        oci.open_source(ref, RegistryConfig(transport=transport, auth_files=[])).root()
+        lazylayer.registry.open_source(ref, RegistryConfig(transport=transport, auth_files=[])).root()
     with pytest.raises(errors.AuthError) as wrong:
-        oci.open_source(ref, RegistryConfig(Credentials(user, "wrong-" + password), transport=transport)).root()
-    ok = oci.open_source(ref, RegistryConfig(Credentials(user, password), transport=transport))
+        lazylayer.registry.open_source(ref, RegistryConfig(Credentials(user, "wrong-" + password), transport=transport)).root()
+    ok = lazylayer.registry.open_source(ref, RegistryConfig(Credentials(user, password), transport=transport))
     assert ok.root()[0]["digest"] == digest
     for exc in (anon.value, wrong.value):
         assert exc.status == 401
@@ -147,7 +147,7 @@ def test_credentials_from_an_auth_file(basic_registry, tmp_path, transport):
     authfile = tmp_path / "auth.json"
     authfile.write_text(json.dumps({"auths": {basic_registry.host: {
         "auth": base64.b64encode(f"{user}:{password}".encode()).decode()}}}))
-    src = oci.open_source(f"docker://{basic_registry.host}/{repo}:v1",
+    src = lazylayer.registry.open_source(f"docker://{basic_registry.host}/{repo}:v1",
                           RegistryConfig(auth_files=[str(authfile)], transport=transport))
     assert src.root()[0]["digest"] == digest
 
@@ -160,10 +160,10 @@ def test_token_auth_anonymous_and_credentialed(token_registry, tmp_path, transpo
     private, priv_digest, _, _ = _pushed(token_registry, tmp_path, prefix="private")
     ts.requests.clear()
     anon = RegistryConfig(transport=transport, auth_files=[])
-    assert oci.open_source(f"docker://{token_registry.host}/{public}:v1", anon).root()[0]["digest"] == pub_digest
+    assert lazylayer.registry.open_source(f"docker://{token_registry.host}/{public}:v1", anon).root()[0]["digest"] == pub_digest
     assert ts.requests[-1].username is None and f"repository:{public}:pull" in ts.requests[-1].scope
     with pytest.raises(errors.AuthError) as denied:
-        oci.open_source(f"docker://{token_registry.host}/{private}:v1", anon).root()
+        lazylayer.registry.open_source(f"docker://{token_registry.host}/{private}:v1", anon).root()
     assert denied.value.status == 401
 
     ts.requests.clear()
@@ -259,7 +259,7 @@ def test_convert_to_and_from_a_registry(registry, tmp_path, fault_proxy, monkeyp
 
 
 def registry_module():
-    return registry
+    return lazylayer.registry.client
 
 
 def test_cli_convert_with_credentials(token_registry, tmp_path, capsys):
@@ -286,7 +286,7 @@ def test_mirror_is_tried_first_and_skipped_when_down(registry, mirror_registry, 
     mirror = mirror_registry(registry.url)
     watched = fault_proxy(mirror.url)
     cfg = RegistryConfig(mirrors=[watched.url], transport=transport)
-    src = oci.open_source(f"docker://{registry.host}/{repo}:v1", cfg)
+    src = lazylayer.registry.open_source(f"docker://{registry.host}/{repo}:v1", cfg)
     img = oci.select_image(src)
     layer = img.manifest["layers"][0]
     assert src.blob(layer).read_all() == images.read_blob(path, layer["digest"])
@@ -299,7 +299,7 @@ def test_mirror_is_tried_first_and_skipped_when_down(registry, mirror_registry, 
     for mirrors in ([dead], [watched.url]):
         t = remote.Transport(remote.RemoteOptions(backoff=0.01, retries=1, deadline=20))
         try:
-            src = oci.open_source(f"docker://{registry.host}/{repo}:v1", RegistryConfig(mirrors=mirrors, transport=t))
+            src = lazylayer.registry.open_source(f"docker://{registry.host}/{repo}:v1", RegistryConfig(mirrors=mirrors, transport=t))
             assert oci.select_image(src).manifest_descriptor["digest"] == digest
             assert src.blob(layer).read(0, 100) == images.read_blob(path, layer["digest"])[:100]
         finally:
@@ -320,7 +320,7 @@ def test_redirect_to_blob_storage_without_credentials(basic_registry, fault_prox
     proxy.add_fault("redirect", path=r"/blobs/sha256:")
     user, password = basic_registry.credentials
     host = proxy.url.split("://", 1)[1]
-    src = oci.open_source(f"docker://{host}/{repo}:v1", RegistryConfig(Credentials(user, password), transport=transport))
+    src = lazylayer.registry.open_source(f"docker://{host}/{repo}:v1", RegistryConfig(Credentials(user, password), transport=transport))
     img = oci.select_image(src)  # the config blob comes through the redirect too
     layer = img.manifest["layers"][0]
     want = images.read_blob(path, layer["digest"])
@@ -368,10 +368,10 @@ def test_tls_and_plain_http_off_loopback(tmp_path):
                 digest = reg.push(src, "app/x:v1")
                 ref = f"docker://{reg.host}/app/x:v1"
                 with pytest.raises(errors.RemoteError) as info:
-                    oci.open_source(ref, RegistryConfig(transport=t)).root()
+                    lazylayer.registry.open_source(ref, RegistryConfig(transport=t)).root()
                 if scheme == "https":
                     assert "tls-verify=false" in str(info.value)
-                insecure = oci.open_source(ref, RegistryConfig(transport=t, tls_verify=False))
+                insecure = lazylayer.registry.open_source(ref, RegistryConfig(transport=t, tls_verify=False))
                 img = oci.select_image(insecure)
                 assert img.manifest_descriptor["digest"] == digest
                 assert insecure.registry.base.startswith(scheme + "://")

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazylayer import auth, errors, oci, remote
+from lazylayer import errors, oci, remote
+from lazylayer.registry import auth
 from lazylayer.registry import is_loopback
 
 
@@ -36,7 +37,7 @@ def test_plan_covers_every_range_with_bounded_requests(ranges, gap, part):
     # Assembling from bodies that encode their own offsets gives back each range exactly.
     blob = bytes(i % 251 for i in range(6000))
     bodies = [blob[o:o + n] for o, n in requests]
-    assert remote._assemble(ranges, requests, bodies) == [blob[o:o + n] for o, n in ranges]
+    assert remote.transport._assemble(ranges, requests, bodies) == [blob[o:o + n] for o, n in ranges]
 
 
 def test_plan_merges_near_ranges_and_splits_long_ones():

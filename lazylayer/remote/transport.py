@@ -44,7 +44,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import hashlib
-import io
 import logging
 import os
 import random
@@ -53,15 +52,24 @@ import ssl
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Protocol, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Protocol,
+    Sequence,
+    TypeVar,
+)
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
 from cachetools import TTLCache
 
-from . import errors
-from .seekable import seek_position
+from .. import errors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,8 +133,11 @@ def clean_url(url: str) -> str:
     return urlunsplit((p.scheme, host, p.path, "", ""))
 
 
-class _Retry(Exception):
-    """A failure worth another attempt (internal).  ``timeout``: it was a stall."""
+class Retry(Exception):
+    """A failure worth another attempt, raised inside an ``attempt`` of :meth:`Transport.call`.
+
+    ``delay``: wait at least this long first (``Retry-After``); ``timeout``: it was a stall.
+    """
 
     def __init__(self, message: str, delay: float | None = None, timeout: bool = False) -> None:
         super().__init__(message)
@@ -134,9 +145,30 @@ class _Retry(Exception):
         self.timeout = timeout
 
     @classmethod
-    def network(cls, exc: BaseException) -> _Retry:
+    def network(cls, exc: BaseException) -> Retry:
         """A connection-level failure (reset, refused, stalled, malformed response)."""
         return cls(f"{type(exc).__name__}: {exc}", timeout=isinstance(exc, (asyncio.TimeoutError, TimeoutError)))
+
+
+_Retry = Retry  # the old private name
+
+#: What a connection-level failure raises: reset, refused, stalled, malformed response.
+NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+
+
+@contextlib.contextmanager
+def network_retry(on_error: Callable[[], None] | None = None) -> Iterator[None]:
+    """Inside an ``attempt`` of :meth:`Transport.call`: a network failure becomes a :class:`Retry`.
+
+    ``on_error`` runs first (an upload forgets a session it cannot resume).
+    The one place that decides which exceptions are the network's fault.
+    """
+    try:
+        yield
+    except NETWORK_ERRORS as exc:
+        if on_error is not None:
+            on_error()
+        raise Retry.network(exc) from None
 
 
 # ------------------------------------------------------------------ planning
@@ -320,7 +352,7 @@ class Transport:
                    data: Any = None, auth: Authorizer | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send one request: redirects followed, one auth challenge answered.  Yields the response.
 
-        Network failures and retryable statuses raise the internal ``_Retry``;
+        Network failures and retryable statuses raise the internal ``Retry``;
         :meth:`call` turns them into retries.  Other statuses are left to the caller.
         """
         session = await self.session()
@@ -340,10 +372,10 @@ class Transport:
                 raise errors.RemoteError(f"{clean_url(target)}: TLS certificate not trusted ({exc.certificate_error}); "
                                          "use tls_verify=False / --tls-verify=false to skip the check",
                                          url=clean_url(target)) from None
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (*NETWORK_ERRORS, OSError) as exc:
                 if cached and target == cached:
                     self._redirects.pop(url, None)
-                raise _Retry.network(exc) from None
+                raise Retry.network(exc) from None
             status = resp.status
             if status in _REDIRECT_STATUS and "Location" in resp.headers:
                 resp.release()
@@ -376,7 +408,7 @@ class Transport:
     async def call(self, urls: Sequence[str], attempt: Callable[[str], Awaitable[T]], what: str) -> T:
         """Run ``attempt(url)`` until it succeeds: endpoints in order, retries with backoff, one deadline.
 
-        ``attempt`` raises ``_Retry`` for transient failures.  A mirror (any
+        ``attempt`` raises ``Retry`` for transient failures.  A mirror (any
         URL but the last) is left for the next on 404, on a refusal and when its
         retries run out.
         """
@@ -402,7 +434,7 @@ class Transport:
                 try:
                     async with slots:
                         return await asyncio.wait_for(attempt(url), remaining)
-                except _Retry as exc:
+                except Retry as exc:
                     last, stalled = str(exc), exc.timeout
                     if n == o.retries:
                         break
@@ -435,13 +467,13 @@ class Transport:
     # -- building blocks for callers
 
     def check_status(self, resp: aiohttp.ClientResponse, what: str, ok: Sequence[int] = (200,)) -> None:
-        """Raise the right error for an unexpected status (``_Retry`` for transient ones)."""
+        """Raise the right error for an unexpected status (``Retry`` for transient ones)."""
         status = resp.status
         if status in ok:
             return
         url = clean_url(str(resp.url))
         if status in _RETRY_STATUS:
-            raise _Retry(f"{status} {_reason(status)} from {url}", _retry_after(resp.headers.get("Retry-After")))
+            raise Retry(f"{status} {_reason(status)} from {url}", _retry_after(resp.headers.get("Retry-After")))
         if status == 404:
             raise errors.NotFoundError(f"{what}: not found ({url})", status=status, url=url)
         if status in (401, 403):
@@ -472,18 +504,18 @@ class Transport:
                 if mismatches > 2:
                     raise errors.IntegrityError(f"{what}: bytes {offset}-{offset + size - 1} do not match "
                                                 f"their digest {digest} ({mismatches} attempts)")
-                raise _Retry(f"bytes {offset}-{offset + size - 1} do not match their digest")
+                raise Retry(f"bytes {offset}-{offset + size - 1} do not match their digest")
             return fill.view.obj
 
         return await self.call(urls, attempt, f"{what} [{offset}, +{size}]")
 
     async def _read_range(self, url: str, pos: int, want: int, fill: _Fill, auth: Authorizer | None,
                           what: str) -> None:
-        """Put the bytes [pos, pos+want) in ``fill``; a short body raises ``_Retry`` with what came kept."""
+        """Put the bytes [pos, pos+want) in ``fill``; a short body raises ``Retry`` with what came kept."""
         headers = {"Range": f"bytes={pos}-{pos + want - 1}", "Accept-Encoding": "identity"}
         start = fill.n
         goal = start + want
-        try:
+        with network_retry():
             async with self.open("GET", url, headers=headers, auth=auth) as resp:
                 if resp.status == 416:
                     raise errors.RemoteError(f"{what}: bytes {pos}-{pos + want - 1} are past the end of "
@@ -495,7 +527,7 @@ class Transport:
                     _check_content_range(resp.headers.get("Content-Range"), pos, want, url)
                     length = resp.headers.get("Content-Length")
                     if length is not None and length.isdigit() and int(length) != want:
-                        raise _Retry(f"Content-Length {length} for a range of {want} bytes")
+                        raise Retry(f"Content-Length {length} for a range of {want} bytes")
                 else:  # 200: the server ignored Range; stream to the bytes we want
                     skip = pos
                 view = fill.view
@@ -510,22 +542,20 @@ class Transport:
                     room = goal - n
                     if len(chunk) > room and resp.status == 206:
                         fill.n = start
-                        raise _Retry(f"more than the {want} bytes asked for")
+                        raise Retry(f"more than the {want} bytes asked for")
                     take = min(len(chunk), room)
                     view[n:n + take] = chunk[:take] if take < len(chunk) else chunk
                     fill.n = n + take
                     if fill.n == goal and resp.status == 200:
                         return  # the rest of the body is not needed; release() drops the connection
                 if fill.n < goal:
-                    raise _Retry(f"short body: {fill.n - start} of {want} bytes")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-            raise _Retry.network(exc) from None
+                    raise Retry(f"short body: {fill.n - start} of {want} bytes")
 
     async def head_size(self, urls: Sequence[str], *, auth: Authorizer | None = None, what: str = "blob") -> int:
         """A blob's size, from ``HEAD`` (or a one-byte range GET if HEAD gives no length)."""
 
         async def attempt(url: str) -> int:
-            try:
+            with network_retry():
                 async with self.open("HEAD", url, auth=auth) as resp:
                     self.check_status(resp, what)
                     length = resp.headers.get("Content-Length")
@@ -536,8 +566,6 @@ class Transport:
                     m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
                     if m and m.group(3) != "*":
                         return int(m.group(3))
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry.network(exc) from None
             raise errors.RemoteError(f"{what}: {clean_url(url)} does not say its size")
 
         return await self.call(urls, attempt, what)
@@ -576,7 +604,7 @@ def _retry_after(value: str | None) -> float | None:
 def _check_content_range(header: str | None, pos: int, want: int, url: str) -> None:
     m = _CONTENT_RANGE.match(header or "")
     if not m or int(m.group(1)) != pos or int(m.group(2)) != pos + want - 1:
-        raise _Retry(f"{clean_url(url)} answered Content-Range {header!r} for bytes {pos}-{pos + want - 1}")
+        raise Retry(f"{clean_url(url)} answered Content-Range {header!r} for bytes {pos}-{pos + want - 1}")
 
 
 _default: Transport | None = None
@@ -607,293 +635,3 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-# ------------------------------------------------------------------ blobs
-
-
-class Blob(Protocol):
-    """What lazylayer reads blobs through: sizes, ranges, whole reads and streams."""
-
-    @property
-    def size(self) -> int: ...
-
-    def read(self, offset: int, size: int) -> bytes: ...
-
-    def read_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]: ...
-
-    def read_all(self) -> bytes: ...
-
-    def open(self) -> io.BufferedIOBase: ...
-
-
-def _check_ranges(ranges: Sequence[Range], size: int | None, what: str) -> None:
-    for off, n in ranges:
-        if off < 0 or n < 0 or (size is not None and off + n > size):
-            raise ValueError(f"{what}: range [{off}, +{n}] is outside the blob ({size} bytes)")
-
-
-@dataclass
-class HttpBlob:
-    """A blob behind one or more HTTP(S) URLs (mirrors first), read by byte ranges.
-
-    ``digest`` (``sha256:...``), when known, is checked by :meth:`read_all`.
-    ``auth`` adds credentials (a registry's).  A blob is also a
-    ``fetch(offset, size)`` callable, so it can be a
-    :class:`~lazylayer.SeekableReader`'s source directly.
-    """
-
-    urls: Sequence[str]
-    transport: Transport = field(default_factory=default_transport)
-    digest: str | None = None
-    auth: Authorizer | None = None
-    name: str = ""
-    _size: int | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.urls, str):
-            self.urls = [self.urls]
-        if not self.urls:
-            raise ValueError("a blob needs at least one URL")
-        self.name = self.name or clean_url(self.urls[-1])
-
-    @property
-    def size(self) -> int:
-        if self._size is None:
-            self._size = self.transport.run(self.asize())
-        return self._size
-
-    async def asize(self) -> int:
-        if self._size is None:
-            self._size = await self.transport.call_soon(
-                self.transport.head_size(self.urls, auth=self.auth, what=self.name))
-        return self._size
-
-    async def _fetch_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None) -> list[bytes]:
-        t, o = self.transport, self.transport.options
-        _check_ranges(ranges, self._size, self.name)
-        if digests is not None:
-            if len(digests) != len(ranges):
-                raise ValueError("digests must have one entry per range")
-        requests = plan_requests(ranges, o.coalesce_gap, o.part_size)
-        bodies = await asyncio.gather(*(t.fetch_range(self.urls, off, n, auth=self.auth, what=self.name)
-                                        for off, n in requests))
-        out = _assemble(ranges, requests, list(bodies))
-        if digests is not None:
-            for i, (data, want) in enumerate(zip(out, digests)):
-                if want is not None and sha256_of(data) != want:
-                    # Corrupted in transit, or a coalesced request went wrong: fetch this range alone.
-                    t.stats.digest_mismatches += 1
-                    off, n = ranges[i]
-                    out[i] = await t.fetch_range(self.urls, off, n, auth=self.auth, digest=want, what=self.name)
-        return out
-
-    async def aread_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]:
-        """The bytes of each ``(offset, size)`` range, from any event loop.
-
-        With ``digests`` (one ``sha256:...`` or None per range), every range is
-        verified before it is returned.
-        """
-        return await self.transport.call_soon(self._fetch_ranges(list(ranges), digests))
-
-    def read_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]:
-        """Synchronous :meth:`aread_ranges`."""
-        return self.transport.run(self._fetch_ranges(list(ranges), digests))
-
-    def read(self, offset: int, size: int, digest: str | None = None) -> bytes:
-        """``size`` bytes at ``offset`` (split into parallel parts when large)."""
-        return self.read_ranges([(offset, size)], None if digest is None else [digest])[0]
-
-    async def _fetch_into(self, buffer: Any, offset: int, digest: str | None) -> int:
-        t, o = self.transport, self.transport.options
-        view = memoryview(buffer).cast("B")
-        size = len(view)
-        _check_ranges([(offset, size)], self._size, self.name)
-        parts = plan_requests([(offset, size)], 0, o.part_size)
-        await asyncio.gather(*(t.fetch_range(self.urls, off, n, auth=self.auth, what=self.name,
-                                             into=view[off - offset:off - offset + n]) for off, n in parts))
-        if digest is not None and sha256_of(view) != digest:
-            t.stats.digest_mismatches += 1
-            await t.fetch_range(self.urls, offset, size, auth=self.auth, digest=digest, what=self.name, into=view)
-        return size
-
-    def readinto(self, buffer: Any, offset: int, digest: str | None = None) -> int:
-        """Fill ``buffer`` (any writable buffer) with the bytes at ``offset``: no copy beyond the socket's.
-
-        Large reads are split into parallel parts, each written straight to its
-        place.  Returns ``len(buffer)``.
-        """
-        return self.transport.run(self._fetch_into(buffer, offset, digest))
-
-    async def areadinto(self, buffer: Any, offset: int, digest: str | None = None) -> int:
-        """:meth:`readinto` from any event loop."""
-        return await self.transport.call_soon(self._fetch_into(buffer, offset, digest))
-
-    def __call__(self, offset: int, size: int) -> bytes:
-        return self.read(offset, size)
-
-    def read_all(self) -> bytes:
-        """The whole blob, verified against ``digest`` when it is known."""
-        return self.read_ranges([(0, self.size)], None if self.digest is None else [self.digest])[0]
-
-    def open(self, readahead: int | None = None) -> io.BufferedReader:
-        """A seekable binary file that fetches ahead of a sequential reader, in parallel parts."""
-        return io.BufferedReader(_BlobStream(self, readahead), buffer_size=1 << 20)
-
-    def __repr__(self) -> str:
-        return f"HttpBlob({self.name!r}, size={self._size}, mirrors={len(self.urls) - 1})"
-
-
-class _BlobStream(io.RawIOBase):
-    """Sequential reads of an :class:`HttpBlob` with a growing window of parts in flight.
-
-    The window starts at two parts and doubles while reads stay sequential, up
-    to ``readahead`` bytes; a seek elsewhere cancels what is in flight.  Memory
-    is bounded by the window.
-    """
-
-    def __init__(self, blob: HttpBlob, readahead: int | None) -> None:
-        super().__init__()
-        self.blob = blob
-        o = blob.transport.options
-        self.part = o.part_size
-        self.max_window = max(1, (readahead if readahead is not None else o.readahead) // self.part)
-        self.window = min(2, self.max_window)
-        self.pos = 0
-        self.last = -1
-        self.parts: dict[int, concurrent.futures.Future[bytes]] = {}
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self.pos = seek_position(self.pos, offset, whence, lambda: self.blob.size)
-        return self.pos
-
-    def _schedule(self, idx: int, size: int) -> None:
-        t = self.blob.transport
-        for j in range(idx, min(idx + self.window, -(-size // self.part))):
-            if j not in self.parts:
-                off = j * self.part
-                n = min(self.part, size - off)
-                self.parts[j] = t.submit(t.fetch_range(self.blob.urls, off, n, auth=self.blob.auth,
-                                                       what=self.blob.name))
-
-    def readinto(self, b: Any) -> int:
-        size = self.blob.size
-        if self.pos >= size or len(b) == 0:
-            return 0
-        idx = self.pos // self.part
-        if idx == self.last + 1:
-            self.window = min(self.max_window, self.window * 2)
-        elif idx != self.last:
-            self._cancel()
-            self.window = min(2, self.max_window)
-        self._schedule(idx, size)
-        data = self.parts[idx].result()
-        for j in [j for j in self.parts if j < idx]:
-            self.parts.pop(j).cancel()
-        self.last = idx
-        start = self.pos - idx * self.part
-        n = min(len(b), len(data) - start)
-        b[:n] = data[start:start + n]
-        self.pos += n
-        if start + n == len(data):
-            self.parts.pop(idx, None)
-        return n
-
-    def _cancel(self) -> None:
-        for fut in self.parts.values():
-            fut.cancel()
-        self.parts.clear()
-
-    def close(self) -> None:
-        self._cancel()
-        super().close()
-
-
-class FsspecBlob:
-    """A blob at any fsspec URL (``file://``, ``s3://``, ``gs://``, ...), read through fsspec itself.
-
-    fsspec's filesystems do their own connection pooling and retries; errors
-    are mapped to lazylayer's (:class:`~lazylayer.errors.NotFoundError`,
-    :class:`~lazylayer.errors.RemoteError`).
-    """
-
-    def __init__(self, url: str, *, digest: str | None = None, size: int | None = None,
-                 storage_options: dict[str, Any] | None = None) -> None:
-        import fsspec
-
-        self.fs, self.path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.url = url
-        self.digest = digest
-        self._size = size
-
-    def _wrap(self, exc: Exception) -> errors.RemoteError:
-        if isinstance(exc, FileNotFoundError):
-            return errors.NotFoundError(f"{self.url}: not found", url=self.url)
-        return errors.RemoteError(f"{self.url}: {type(exc).__name__}: {exc}", url=self.url)
-
-    @property
-    def size(self) -> int:
-        if self._size is None:
-            try:
-                self._size = int(self.fs.size(self.path))
-            except Exception as exc:  # noqa: BLE001 - fsspec backends raise anything
-                raise self._wrap(exc) from None
-        return self._size
-
-    def read_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]:
-        ranges = list(ranges)
-        _check_ranges(ranges, self.size, self.url)
-        try:
-            out = self.fs.cat_ranges([self.path] * len(ranges), [o for o, _ in ranges],
-                                     [o + n for o, n in ranges], on_error="raise")
-        except Exception as exc:  # noqa: BLE001
-            raise self._wrap(exc) from None
-        for (off, n), data, want in zip(ranges, out, digests or [None] * len(ranges)):
-            if len(data) != n:
-                raise errors.RemoteError(f"{self.url}: {len(data)} bytes for a read of {n} at {off}", url=self.url)
-            if want is not None and sha256_of(data) != want:
-                raise errors.IntegrityError(f"{self.url}: bytes {off}-{off + n - 1} do not match {want}")
-        return list(out)
-
-    def read(self, offset: int, size: int, digest: str | None = None) -> bytes:
-        return self.read_ranges([(offset, size)], None if digest is None else [digest])[0]
-
-    def __call__(self, offset: int, size: int) -> bytes:
-        return self.read(offset, size)
-
-    def read_all(self) -> bytes:
-        return self.read(0, self.size, self.digest)
-
-    def open(self) -> io.BufferedIOBase:
-        try:
-            return self.fs.open(self.path, "rb")
-        except Exception as exc:  # noqa: BLE001
-            raise self._wrap(exc) from None
-
-    def __repr__(self) -> str:
-        return f"FsspecBlob({self.url!r})"
-
-
-def open_blob(url: str, *, transport: Transport | None = None, digest: str | None = None,
-              size: int | None = None, mirrors: Sequence[str] = (),
-              storage_options: dict[str, Any] | None = None) -> HttpBlob | FsspecBlob:
-    """A blob at ``url``: ``http(s)://`` through lazylayer's engine, any other scheme through fsspec.
-
-    ``mirrors`` are full URLs of the same blob, tried before ``url``.  A plain
-    path is a local file.
-    """
-    scheme = urlsplit(url).scheme.lower()
-    if scheme in ("http", "https"):
-        return HttpBlob([*mirrors, url], transport or default_transport(), digest=digest, _size=size)
-    if mirrors:
-        raise ValueError("mirrors are supported for http(s) URLs only")
-    return FsspecBlob(url, digest=digest, size=size, storage_options=storage_options)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 from urllib.parse import unquote
 
-from .errors import FormatError
+from ..errors import FormatError
 
 BLOCK = 512
 

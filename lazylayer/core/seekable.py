@@ -22,7 +22,7 @@ import struct
 import threading
 from typing import Any, Callable, Iterable, NamedTuple, Union
 
-from . import errors
+from .. import errors
 from ._lib import check, ffi, lib, raise_status, strerror
 
 __all__ = [

@@ -28,17 +28,14 @@ leaves that race to clients; a registry with the referrers API has none).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
-import aiohttp
-
-from . import errors, oci
-from .registry import Registry, RegistryDestination, RegistrySource, read_metadata
-from .remote import _Retry
+from .. import errors, oci
+from ..remote import network_retry
+from .client import Registry, RegistryDestination, RegistrySource, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -380,15 +377,13 @@ async def _referrers_api(reg: Registry, repo: str, subject_digest: str,
     page = 0
 
     async def attempt(u: str) -> tuple[bytes | None, str | None]:
-        try:
+        with network_retry():
             async with t.open("GET", u, headers={"Accept": oci.OCI_INDEX}, auth=auth) as resp:
                 if resp.status == 404 and page == 0:
                     return None, None
                 t.check_status(resp, what)
                 body = await read_metadata(resp, what)
                 return body, _next_page(u, resp.headers.getall("Link", []))
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-            raise _Retry.network(exc) from None
 
     while url is not None:
         if page == MAX_REFERRER_PAGES:

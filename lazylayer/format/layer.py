@@ -31,9 +31,9 @@ from typing import Any, BinaryIO, Callable, Iterable
 
 import zstandard
 
-from . import errors
-from .seekable import FrameInfo, SeekableWriter, parse_seek_table, seek_table_size
-from .tarstream import TarMember, TarScanner
+from .. import errors
+from ..core import FrameInfo, SeekableWriter, parse_seek_table, seek_table_size
+from .tar import TarMember, TarScanner
 
 FORMAT_VERSION = 1
 TOC_MAGIC = b"LZLYTOC1"

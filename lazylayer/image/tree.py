@@ -27,8 +27,8 @@ import os
 import stat
 from typing import Any, Iterator, Sequence
 
-from . import errors
-from .format import Toc
+from .. import errors
+from ..format import Toc
 
 __all__ = ["Node", "Tree", "MAX_SYMLINK_HOPS"]
 

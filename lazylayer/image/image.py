@@ -22,30 +22,30 @@ lazy layer in the disk cache — slow, and a warning says so.
 
 from __future__ import annotations
 
-import bisect
-import functools
 import logging
 import os
 import tempfile
 import threading
-import time
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from . import errors, oci
-from .cache import DiskCache
-from .format import (
+from .. import errors, oci
+from ..core import BlockCache, SeekableReader, build_seek_table, default_cache
+from ..format import (
     ANNOTATION_TOC_DIGEST,
     ANNOTATION_TOC_POSITION,
-    Frame,
     LayerWriter,
     Toc,
     check_toc_frames,
     is_lazy_layer,
     read_toc,
+    reencode_layer,
 )
-from .progress import Progress
-from .seekable import BlockCache, SeekableReader, build_seek_table, default_cache
+from ..progress import Progress
+from ..registry import open_source
+from ..remote import FsspecBlob
+from .cache import DiskCache
+from .frames import FrameSource
 from .tree import Node, Tree
 
 __all__ = ["FrameSource", "Image", "Layer", "NotLazyWarning"]
@@ -56,99 +56,6 @@ _DEFAULT: Any = object()
 
 class NotLazyWarning(UserWarning):
     """A layer is not in the lazy format: it is fetched whole before any file in it can be read."""
-
-
-class FrameSource:
-    """The compressed bytes a layer's C reader asks for, as verified frames.
-
-    The reader always asks for whole frames (one contiguous run per call).
-    Frames come from the disk cache when it has them; the others are fetched
-    in one :meth:`read_ranges` batch (coalesced, parallel), each checked
-    against the sha256 the TOC gives it.  Counters: ``frames_fetched``,
-    ``bytes_fetched``, ``frames_from_disk``.
-    """
-
-    def __init__(self, blob: Any, frames: Sequence[Frame], disk: DiskCache | None, name: str) -> None:
-        self.blob = blob
-        self.frames = list(frames)
-        self.disk = disk
-        self.__name__ = name
-        self._starts = [f.compressed_offset for f in self.frames]
-        self._lock = threading.Lock()
-        self.frames_fetched = 0
-        self.bytes_fetched = 0
-        self.frames_from_disk = 0
-        self.on_read: Callable[[int, int], None] | None = None
-        """Called with the first and last frame index of every read (the prefetcher's read-ahead)."""
-
-    def span(self, offset: int, size: int) -> list[Frame]:
-        """The frames that exactly cover compressed bytes ``offset .. offset+size``."""
-        i = bisect.bisect_right(self._starts, offset) - 1
-        out: list[Frame] = []
-        end = offset + size
-        if i < 0 or self.frames[i].compressed_offset != offset:
-            raise errors.SourceError(f"{self.__name__}: read at {offset} does not start a frame")
-        while offset < end:
-            if i >= len(self.frames) or self.frames[i].compressed_offset != offset:
-                raise errors.SourceError(f"{self.__name__}: read of {size} bytes does not end on a frame")
-            out.append(self.frames[i])
-            offset += self.frames[i].compressed_size
-            i += 1
-        if offset != end:
-            raise errors.SourceError(f"{self.__name__}: read of {size} bytes does not end on a frame")
-        return out
-
-    def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
-        got = self.blob.read_ranges([(f.compressed_offset, f.compressed_size) for f in frames],
-                                    ["sha256:" + f.sha256 for f in frames])
-        with self._lock:
-            self.frames_fetched += len(frames)
-            self.bytes_fetched += sum(f.compressed_size for f in frames)
-        return got
-
-    def __call__(self, offset: int, size: int) -> bytes:
-        frames = self.span(offset, size)
-        first = bisect.bisect_left(self._starts, offset)  # span() checked that a frame starts here
-        if self.on_read is not None:
-            self.on_read(first, first + len(frames) - 1)
-        if log.isEnabledFor(logging.DEBUG):
-            t0 = time.perf_counter()
-            got = self._get(frames)
-            log.debug("%s: frames %d..%d (%d bytes) in %.1f ms", self.__name__, first, first + len(frames) - 1,
-                      size, (time.perf_counter() - t0) * 1e3)
-            return got
-        return self._get(frames)
-
-    def _get(self, frames: list[Frame]) -> bytes:
-        if self.disk is None:
-            parts = self._fetch(frames)
-        else:
-            fetched: list[int] = []
-
-            def fetch(missing: list[int]) -> list[bytes]:
-                fetched.extend(missing)
-                return self._fetch([frames[i] for i in missing])
-
-            parts = self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch)
-            with self._lock:
-                self.frames_from_disk += len(frames) - len(fetched)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def prefetch(self, indices: Sequence[int]) -> int:
-        """Fetch frames ``indices`` into the disk cache unless they are there; the bytes fetched."""
-        if self.disk is None:
-            return 0
-        frames = [self.frames[i] for i in indices if not self.disk.has("sha256:" + self.frames[i].sha256)]
-        if not frames:
-            return 0
-        fetched: list[int] = []
-
-        def fetch(missing: list[int]) -> list[bytes]:
-            fetched.extend(missing)
-            return self._fetch([frames[i] for i in missing])
-
-        self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch)
-        return sum(frames[i].compressed_size for i in fetched)
 
 
 class Layer:
@@ -203,27 +110,24 @@ class Image:
     ``oci:DIR[:TAG]`` or ``docker-archive:FILE``.  ``platform``: ``OS/ARCH[/VARIANT]``
     for multi-platform images (default: this machine's).  ``registry``: a
     :class:`lazylayer.registry.RegistryConfig` (credentials, TLS, mirrors).
-    ``cache``: the :class:`~lazylayer.cache.DiskCache` for fetched frames
+    ``cache``: the :class:`~lazylayer.image.DiskCache` for fetched frames
     (default: the one at ``LAZYLAYER_CACHE_DIR``); ``None`` keeps nothing on disk.
-    ``memory_cache``: the :class:`~lazylayer.seekable.BlockCache` of decoded
+    ``memory_cache``: the :class:`~lazylayer.core.BlockCache` of decoded
     frames (default: the process-wide one).  ``threads``: decoding threads per
     read (None: the shared pool).
 
-    Prefetch (see :mod:`lazylayer.prefetch`; it needs the disk cache):
-    ``prefetch`` is ``"auto"`` (the default: the plan attached to the image in
-    its registry, else the plans in its layers' TOCs, looked up in the
-    background), a :class:`~lazylayer.prefetch.Plan`, a plan file's path, or
-    None for none.  ``fill``: also fetch the rest of the image in the
-    background, after the plan; ``fill_rate`` caps that at so many bytes/s.
-    ``readahead``: sequential reads of a layer fetch the frames after them too.
+    An Image reads what it is asked for and nothing more: prefetch (plans,
+    read-ahead, fill) is started by the front ends with
+    :func:`lazylayer.prefetch.start`.  The keywords ``prefetch``, ``fill``,
+    ``fill_rate`` and ``readahead`` still do that, with a ``DeprecationWarning``.
 
     Every method is safe to call from many threads at once.
     """
 
     def __init__(self, reference: str | oci.ImageRef, *, platform: str | None = None, registry: Any = None,
                  cache: DiskCache | None = _DEFAULT, memory_cache: BlockCache | None = _DEFAULT,
-                 threads: int | None = None, prefetch: Any = "auto", fill: bool = False,
-                 fill_rate: float | None = None, readahead: bool = True) -> None:
+                 threads: int | None = None, prefetch: Any = _DEFAULT, fill: bool = False,
+                 fill_rate: float | None = None, readahead: Any = _DEFAULT) -> None:
         self.reference = str(reference)
         self.disk = DiskCache() if cache is _DEFAULT else cache
         self.memory = default_cache() if memory_cache is _DEFAULT else memory_cache
@@ -236,7 +140,7 @@ class Image:
         self.prefetch_started = threading.Event()
         """Set once the plan (if any) is found and queued."""
         self.prefetch_started.set()
-        self._source = oci.open_source(reference, registry)
+        self._source = open_source(reference, registry)
         if isinstance(self._source, oci.OciLayout):
             self.disk = None  # its blobs are local files already: nothing to keep
         try:
@@ -245,9 +149,7 @@ class Image:
             self.digest: str = self.manifest_image.manifest_descriptor.get("digest", "")
             self.config: dict[str, Any] = oci.parse_json(self.manifest_image.config, "image config")
             descs = [d for d in self.manifest["layers"] if oci.is_tar_layer(d)]
-            from .convert import diff_ids
-
-            ids = diff_ids(self.manifest_image)
+            ids = oci.diff_ids(self.manifest_image)
             for i, desc in enumerate(descs):
                 self.layers.append(self._open_layer(i, desc, ids[i]))
             try:
@@ -256,49 +158,19 @@ class Image:
                 raise
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 raise errors.FormatError(f"{self.reference}: a layer's TOC has a malformed entry: {exc!r}") from None
-            self._start_prefetch(prefetch, fill, fill_rate, readahead)
+            if prefetch is not _DEFAULT or fill or fill_rate is not None or readahead is not _DEFAULT:
+                _deprecated_prefetch(self, prefetch, fill, fill_rate, readahead)
         except BaseException:
             self.close()
             raise
-
-    def _start_prefetch(self, prefetch: Any, fill: bool, fill_rate: float | None, readahead: bool) -> None:
-        from . import prefetch as pf
-
-        if self.disk is None or not any(layer.lazy for layer in self.layers):
-            if prefetch not in ("auto", None) or fill:
-                log.warning("%s: no prefetch: it needs a disk cache and lazy layers", self.reference)
-            return
-        self.prefetcher = pf.Prefetcher(self, readahead=readahead)
-        for layer in self.layers:
-            if layer.lazy:
-                layer.source.on_read = functools.partial(self.prefetcher.on_read, layer.index)
-        plan = pf.load_plan(prefetch) if isinstance(prefetch, (str, os.PathLike)) and prefetch != "auto" \
-            else prefetch
-        if plan is None and not fill:
-            return
-
-        def start() -> None:
-            try:
-                found = pf.find_attached(self) if plan == "auto" else plan
-                if found is not None:
-                    self.prefetcher.start_plan(found)
-                if fill:
-                    self.prefetcher.start_fill(fill_rate)
-            except Exception as exc:  # a plan is advice: reads work without it
-                log.warning("%s: no prefetch: %s", self.reference, exc)
-            finally:
-                self.prefetch_started.set()
-
-        self.prefetch_started.clear()
-        threading.Thread(target=start, name="lazylayer-plan", daemon=True).start()
 
     # -- opening layers -------------------------------------------------------
 
     def _open_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> Layer:
         digest = desc.get("digest", "")
-        blob = getattr(self._source, "blob", None)
-        if is_lazy_layer(desc) and blob is not None:
-            return self._lazy_layer(i, desc, blob(desc), diff_id)
+        blob = self._source.blob(desc) if is_lazy_layer(desc) else None
+        if blob is not None:
+            return self._lazy_layer(i, desc, blob, diff_id)
         why = "it is not a lazy layer" if not is_lazy_layer(desc) else "its source has no range reads"
         warnings.warn(f"{self.reference}: layer {digest} ({desc.get('size', '?')} bytes) is fetched whole "
                       f"and indexed before any file in it can be read, because {why}; convert the image "
@@ -341,9 +213,6 @@ class Image:
         return Layer(i, desc, toc, reader, source, lazy, keep, diff_id)
 
     def _local_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> Layer:
-        from .convert import reencode_layer
-        from .remote import FsspecBlob
-
         digest = oci.check_digest(desc.get("digest", ""))
         writer = LayerWriter(threads=self.threads)
 
@@ -430,3 +299,16 @@ class Image:
 
     def __repr__(self) -> str:
         return f"<Image {self.reference} {self.digest[:19]} layers={len(self.layers)}>"
+
+
+def _deprecated_prefetch(image: Image, prefetch: Any, fill: bool, fill_rate: float | None, readahead: Any) -> None:
+    """``Image(prefetch=, fill=, fill_rate=, readahead=)``: the prefetcher is started by the front
+    ends now (``lazylayer.prefetch.start``); the keywords still work, with a warning."""
+    import importlib
+
+    warnings.warn("Image(prefetch=, fill=, fill_rate=, readahead=) is deprecated: Image no longer prefetches; "
+                  "call lazylayer.prefetch.start(image, prefetch, fill=, fill_rate=, readahead=) "
+                  "(ImageFileSystem and the mount do)", DeprecationWarning, stacklevel=3)
+    start = importlib.import_module("lazylayer.prefetch").start  # one package up: imported only here
+    start(image, "auto" if prefetch is _DEFAULT else prefetch, fill=fill, fill_rate=fill_rate,
+          readahead=True if readahead is _DEFAULT else readahead)

@@ -18,7 +18,7 @@ import tempfile
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join(os.path.dirname(HERE), "csrc")
+CSRC = os.path.join(os.path.dirname(os.path.dirname(HERE)), "csrc")
 SOURCES = ["common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c"]
 
 # Callbacks into Python: the read and write callbacks of sources and writers.
@@ -61,7 +61,7 @@ def _check_system_headers() -> None:
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_from_header() + PYTHON_CALLBACKS)
 ffibuilder.set_source(
-    "lazylayer._native",
+    "lazylayer.core._native",
     '#include "lazylayer.h"',
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
     include_dirs=[CSRC],

@@ -35,9 +35,24 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
-from . import errors, oci
-from .auth import Credentials, TokenCache, find_credentials, parse_challenges, parse_token_response
-from .remote import HttpBlob, Transport, _Retry, clean_url, default_transport, sha256_of
+from .. import errors, oci
+from ..remote import (
+    NETWORK_ERRORS,
+    HttpBlob,
+    Retry,
+    Transport,
+    clean_url,
+    default_transport,
+    network_retry,
+    sha256_of,
+)
+from .auth import (
+    Credentials,
+    TokenCache,
+    find_credentials,
+    parse_challenges,
+    parse_token_response,
+)
 
 MANIFEST_ACCEPT = ", ".join([oci.OCI_INDEX, oci.OCI_MANIFEST, oci.DOCKER_LIST, oci.DOCKER_MANIFEST])
 UPLOAD_CHUNK = 16 << 20  # blobs larger than this are pushed in chunks of this size
@@ -146,7 +161,7 @@ async def read_metadata(resp: aiohttp.ClientResponse, what: str) -> bytes:
     if len(body) > oci.MAX_METADATA_BYTES:
         raise errors.LimitError(f"{what} is larger than {oci.MAX_METADATA_BYTES} bytes")
     if length and length.isdigit() and int(length) != len(body):
-        raise _Retry(f"short body of {what}: {len(body)} of {length} bytes")
+        raise Retry(f"short body of {what}: {len(body)} of {length} bytes")
     return body
 
 
@@ -227,10 +242,10 @@ class Registry:
                         body = await resp.content.read(1 << 20)
                     self.tokens.put(key, parse_token_response(body))
                     return
-                except _Retry as exc:
+                except Retry as exc:
                     last = str(exc)
                     await asyncio.sleep(0.1 * 2 ** attempt)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except NETWORK_ERRORS as exc:
                     last = f"{type(exc).__name__}: {exc}"
                     await asyncio.sleep(0.1 * 2 ** attempt)
             raise errors.AuthError(f"{host}: could not get a token from {clean_url(realm)}: {last}")
@@ -277,22 +292,20 @@ class Registry:
         t = self.transport
         mismatches = 0
 
-        def mismatch(message: str) -> _Retry:
+        def mismatch(message: str) -> Retry:
             nonlocal mismatches
             mismatches += 1
             if mismatches >= 3:
                 raise errors.IntegrityError(f"{what}: {message} ({mismatches} attempts)")
-            return _Retry(message)
+            return Retry(message)
 
         async def attempt(url: str) -> tuple[oci.Descriptor, bytes]:
-            try:
+            with network_retry():
                 async with t.open("GET", url, headers={"Accept": MANIFEST_ACCEPT}, auth=auth) as resp:
                     t.check_status(resp, what)
                     body = await read_metadata(resp, what)
                     content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
                     header_digest = resp.headers.get("Docker-Content-Digest", "")
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry.network(exc) from None
             digest = sha256_of(body)
             if reference.startswith("sha256:") and digest != reference:
                 raise mismatch(f"the body's digest is {digest}, not {reference}")
@@ -327,14 +340,12 @@ class Registry:
         auth = auth or self.auth(repository, push=True)
 
         async def attempt(url: str) -> bool:
-            try:
+            with network_retry():
                 async with t.open("HEAD", url, auth=auth) as resp:
                     if resp.status == 404:
                         return False
                     t.check_status(resp, f"blob {digest}")
                     return True
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry.network(exc) from None
 
         return await t.call(self.urls(repository, "blobs", digest, mirrors=False), attempt, f"HEAD blob {digest}")
 
@@ -343,15 +354,13 @@ class Registry:
         what = f"upload to {self.host}/{repository}"
 
         async def attempt(url: str) -> tuple[int, str]:
-            try:
+            with network_retry():
                 async with t.open("POST", url, headers={"Content-Length": "0"}, auth=auth) as resp:
                     t.check_status(resp, what, ok=(201, 202))
                     location = resp.headers.get("Location")
                     if resp.status == 202 and not location:
                         raise errors.RemoteError(f"{what}: the registry gave no upload location")
                     return resp.status, urljoin(url, location or "")
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry.network(exc) from None
 
         return await t.call([f"{self.base}/v2/{repository}/blobs/uploads/{query}"], attempt, what)
 
@@ -370,7 +379,7 @@ class Registry:
         try:
             async with self.transport.open("DELETE", location, auth=auth):
                 pass
-        except (errors.LazyLayerError, _Retry, aiohttp.ClientError, asyncio.TimeoutError):
+        except (errors.LazyLayerError, Retry, *NETWORK_ERRORS):
             pass  # the registry expires abandoned uploads anyway
 
     async def aput_blob(self, repository: str, data: bytes, digest: str | None = None) -> str:
@@ -398,7 +407,7 @@ class Registry:
         what = f"push manifest {self.host}/{repository}:{reference}"
 
         async def attempt(url: str) -> str:
-            try:
+            with network_retry():
                 async with t.open("PUT", url, headers={"Content-Type": media_type}, data=data, auth=auth) as resp:
                     if resp.status == 400:
                         detail = (await resp.content.read(4096)).decode("utf-8", "replace")
@@ -411,8 +420,6 @@ class Registry:
                         response_headers.clear()
                         response_headers.update((k.lower(), v) for k, v in resp.headers.items())
                     return digest
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry.network(exc) from None
 
         return await t.call(self.urls(repository, "manifests", reference, mirrors=False), attempt, what)
 
@@ -460,7 +467,7 @@ class _Upload:
         async def attempt(_url: str) -> None:
             nonlocal failed
             sent = start
-            try:
+            with network_retry():
                 if failed:
                     sent = await self._acked(t)
                     if not start <= sent <= start + len(chunk):
@@ -475,8 +482,6 @@ class _Upload:
                                       auth=self.auth) as resp:
                         t.check_status(resp, self.what, ok=(202, 204))
                         self.location = urljoin(self.location or "", resp.headers.get("Location", ""))
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                raise _Retry.network(exc) from None
             failed = False
 
         await t.call([await self._location()], attempt, self.what)
@@ -489,7 +494,12 @@ class _Upload:
         async def attempt(_url: str) -> None:
             loc = await self._location()
             sep = "&" if "?" in loc else "?"
-            try:
+
+            def forget_session() -> None:
+                if not self.offset:
+                    self.location = None  # a monolithic PUT can start over
+
+            with network_retry(forget_session):
                 headers = {"Content-Type": "application/octet-stream"}
                 async with t.open("PUT", loc + sep + urlencode({"digest": digest}), headers=headers,
                                   data=last, auth=self.auth) as resp:
@@ -498,12 +508,8 @@ class _Upload:
                         raise errors.IntegrityError(f"{self.what}: the registry refused {digest}: {detail}")
                     if resp.status == 404 and not self.offset:
                         self.location = None  # the session vanished: start a new one next attempt
-                        raise _Retry("upload session not found")
+                        raise Retry("upload session not found")
                     t.check_status(resp, self.what, ok=(201, 204))
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                if not self.offset:
-                    self.location = None  # a monolithic PUT can start over
-                raise _Retry.network(exc) from None
 
         await t.call([self.registry.base], attempt, self.what)
 

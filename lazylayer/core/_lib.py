@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-from . import errors
+from .. import errors
 
 try:
     from ._native import ffi, lib  # type: ignore[import-not-found]
 except ImportError as exc:  # pragma: no cover - exercised by packaging, not tests
     raise ImportError(
-        f"lazylayer's C extension (lazylayer._native) is not available: {exc}. "
+        f"lazylayer's C extension (lazylayer.core._native) is not available: {exc}. "
         "It is compiled by `pip install .` from csrc/ and needs libzstd at run time "
         "(Debian/Ubuntu: apt-get install libzstd1; to build: libzstd-dev libxxhash-dev gcc). "
         "There is no pure-Python fallback."
@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised by packaging, not tes
 EXPECTED_VERSION = 100  # 0.1.0, as ll_version() encodes it
 if lib.ll_version() != EXPECTED_VERSION:  # pragma: no cover
     raise ImportError(
-        f"lazylayer._native is version {lib.ll_version()}, the Python package expects "
+        f"lazylayer.core._native is version {lib.ll_version()}, the Python package expects "
         f"{EXPECTED_VERSION}: rebuild it with `pip install .`"
     )
 

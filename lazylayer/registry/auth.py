@@ -34,7 +34,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from . import errors
+from .. import errors
 
 DOCKER_HUB = "docker.io"
 _DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")

@@ -75,7 +75,8 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Sequence
 
-from . import errors
+from .. import errors
+from ..units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +98,10 @@ LAYOUT = "v1"
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
-_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?")
 
 
 class CacheError(errors.LazyLayerError, OSError):
     """The cache directory cannot be created, written or locked (the path is in the message)."""
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a size like ``1073741824``, ``512M``, ``20G``, ``64KiB`` (powers of 1024)."""
-    m = _SIZE.fullmatch(text.strip().upper())
-    if not m:
-        raise ValueError(f"not a size: {text!r} (expected e.g. 512M, 20G or a number of bytes)")
-    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2)]
 
 
 def default_cache_dir() -> str:

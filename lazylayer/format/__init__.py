@@ -1,0 +1,68 @@
+"""The lazy layer format (docs/format.md): tar scanning, writing, reading TOCs, re-encoding.
+
+- :mod:`.tar`: a streaming tar scanner that keeps every byte (pax, GNU long names);
+- :mod:`.layer`: the TOC, :class:`LayerWriter` and :func:`read_toc`;
+- :mod:`.reencode`: a layer blob of any compression to a lazy layer, in one pass.
+"""
+
+from __future__ import annotations
+
+from .layer import (
+    ANNOTATION_TOC_DIGEST,
+    ANNOTATION_TOC_POSITION,
+    ANNOTATION_UNCOMPRESSED_SIZE,
+    ANNOTATION_VERSION,
+    FORMAT_VERSION,
+    LAYER_FRAME_SIZE,
+    MAX_TOC_BYTES,
+    MEDIA_TYPE_LAYER_ZSTD,
+    TOC_MAGIC,
+    TOC_SKIPPABLE_VARIANT,
+    Frame,
+    LayerIndex,
+    LayerInfo,
+    LayerWriter,
+    Toc,
+    check_toc_frames,
+    is_lazy_layer,
+    read_toc,
+    toc_entry,
+)
+from .reencode import (
+    ARCHIVE_MEMBER,
+    decompressed_chunks,
+    reencode_layer,
+)
+from .tar import (
+    TarMember,
+    TarScanner,
+    normalize_name,
+)
+
+__all__ = [
+    "ARCHIVE_MEMBER",
+    "ANNOTATION_TOC_DIGEST",
+    "ANNOTATION_TOC_POSITION",
+    "ANNOTATION_UNCOMPRESSED_SIZE",
+    "ANNOTATION_VERSION",
+    "FORMAT_VERSION",
+    "Frame",
+    "LAYER_FRAME_SIZE",
+    "LayerIndex",
+    "LayerInfo",
+    "LayerWriter",
+    "MAX_TOC_BYTES",
+    "MEDIA_TYPE_LAYER_ZSTD",
+    "TOC_MAGIC",
+    "TOC_SKIPPABLE_VARIANT",
+    "TarMember",
+    "TarScanner",
+    "Toc",
+    "check_toc_frames",
+    "decompressed_chunks",
+    "is_lazy_layer",
+    "normalize_name",
+    "read_toc",
+    "reencode_layer",
+    "toc_entry",
+]

@@ -1,0 +1,108 @@
+"""The compressed frames a layer's C reader asks for: from the disk cache, else fetched and verified."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from .. import errors
+from ..format import Frame
+from .cache import DiskCache
+
+log = logging.getLogger("lazylayer")
+
+
+class FrameSource:
+    """The compressed bytes a layer's C reader asks for, as verified frames.
+
+    The reader always asks for whole frames (one contiguous run per call).
+    Frames come from the disk cache when it has them; the others are fetched
+    in one :meth:`read_ranges` batch (coalesced, parallel), each checked
+    against the sha256 the TOC gives it.  Counters: ``frames_fetched``,
+    ``bytes_fetched``, ``frames_from_disk``.
+    """
+
+    def __init__(self, blob: Any, frames: Sequence[Frame], disk: DiskCache | None, name: str) -> None:
+        self.blob = blob
+        self.frames = list(frames)
+        self.disk = disk
+        self.__name__ = name
+        self._starts = [f.compressed_offset for f in self.frames]
+        self._lock = threading.Lock()
+        self.frames_fetched = 0
+        self.bytes_fetched = 0
+        self.frames_from_disk = 0
+        self.on_read: Callable[[int, int], None] | None = None
+        """Called with the first and last frame index of every read (the prefetcher's read-ahead)."""
+
+    def span(self, offset: int, size: int) -> list[Frame]:
+        """The frames that exactly cover compressed bytes ``offset .. offset+size``."""
+        i = bisect.bisect_right(self._starts, offset) - 1
+        out: list[Frame] = []
+        end = offset + size
+        if i < 0 or self.frames[i].compressed_offset != offset:
+            raise errors.SourceError(f"{self.__name__}: read at {offset} does not start a frame")
+        while offset < end:
+            if i >= len(self.frames) or self.frames[i].compressed_offset != offset:
+                raise errors.SourceError(f"{self.__name__}: read of {size} bytes does not end on a frame")
+            out.append(self.frames[i])
+            offset += self.frames[i].compressed_size
+            i += 1
+        if offset != end:
+            raise errors.SourceError(f"{self.__name__}: read of {size} bytes does not end on a frame")
+        return out
+
+    def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
+        got = self.blob.read_ranges([(f.compressed_offset, f.compressed_size) for f in frames],
+                                    ["sha256:" + f.sha256 for f in frames])
+        with self._lock:
+            self.frames_fetched += len(frames)
+            self.bytes_fetched += sum(f.compressed_size for f in frames)
+        return got
+
+    def __call__(self, offset: int, size: int) -> bytes:
+        frames = self.span(offset, size)
+        first = bisect.bisect_left(self._starts, offset)  # span() checked that a frame starts here
+        if self.on_read is not None:
+            self.on_read(first, first + len(frames) - 1)
+        if log.isEnabledFor(logging.DEBUG):
+            t0 = time.perf_counter()
+            got = self._get(frames)
+            log.debug("%s: frames %d..%d (%d bytes) in %.1f ms", self.__name__, first, first + len(frames) - 1,
+                      size, (time.perf_counter() - t0) * 1e3)
+            return got
+        return self._get(frames)
+
+    def _get(self, frames: list[Frame]) -> bytes:
+        if self.disk is None:
+            parts = self._fetch(frames)
+        else:
+            fetched: list[int] = []
+
+            def fetch(missing: list[int]) -> list[bytes]:
+                fetched.extend(missing)
+                return self._fetch([frames[i] for i in missing])
+
+            parts = self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch)
+            with self._lock:
+                self.frames_from_disk += len(frames) - len(fetched)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def prefetch(self, indices: Sequence[int]) -> int:
+        """Fetch frames ``indices`` into the disk cache unless they are there; the bytes fetched."""
+        if self.disk is None:
+            return 0
+        frames = [self.frames[i] for i in indices if not self.disk.has("sha256:" + self.frames[i].sha256)]
+        if not frames:
+            return 0
+        fetched: list[int] = []
+
+        def fetch(missing: list[int]) -> list[bytes]:
+            fetched.extend(missing)
+            return self._fetch([frames[i] for i in missing])
+
+        self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch)
+        return sum(frames[i].compressed_size for i in fetched)

@@ -1,0 +1,136 @@
+"""The mount daemon: serve a mount in this process, or fork a daemon and wait until it is mounted.
+
+``lazylayer mount`` forks once everything the daemon needs is imported (so
+the child starts serving without a second interpreter start-up) and returns
+when the child says, through a pipe, that the kernel has the mount, or why it
+failed.  The daemon keeps its pid and log in the state files of
+:func:`~lazylayer.mount.control.state_paths`, which ``lazylayer umount`` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import errors
+from ..image import Image
+from .control import set_read_ahead, state_paths
+from .fuse import fuse_module, serve
+
+log = logging.getLogger("lazylayer.mount")
+
+
+@dataclass
+class ServeOptions:
+    """How to serve a mount: where, with how many threads, and what to log."""
+
+    mountpoint: str
+    label: str = ""               #: the image reference, for messages
+    threads: bool = True          #: libfuse's multi-threaded loop
+    allow_other: bool = False
+    debug: bool = False           #: libfuse's request log
+    read_ahead: int | None = None  #: the kernel's read-ahead for the mount (root only)
+    verbose: int = 0              #: 1: mounts, unmounts and counters; 2: every fetch too
+
+
+def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | None = None) -> int:
+    """Open the image, mount it, serve until unmounted; tell ``ready_fd`` (if any) how it went."""
+    level = logging.DEBUG if opts.debug or opts.verbose > 1 else logging.INFO if opts.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    def tell(text: str) -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, text.encode() + b"\n")
+                os.close(ready_fd)
+            except OSError:
+                pass
+            ready_fd = None
+
+    pidfile, _ = state_paths(opts.mountpoint)
+
+    def ready() -> None:
+        with open(pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        if opts.read_ahead:
+            set_read_ahead(opts.mountpoint, opts.read_ahead)
+        log.info("mounted %s at %s", opts.label, opts.mountpoint)
+        tell("ready")
+
+    try:
+        img = open_image()
+    except (errors.LazyLayerError, OSError) as exc:
+        tell(f"error: {exc}")
+        raise
+    try:
+        ops = serve(img, opts.mountpoint, on_ready=ready, threads=opts.threads,
+                    allow_other=opts.allow_other, debug=opts.debug)
+    except errors.LazyLayerError as exc:
+        tell(f"error: {exc}")
+        raise
+    finally:
+        tell("error: the mount ended before it was ready")
+        stats = img.stats()
+        img.close()
+    log.info("unmounted %s: %d frames fetched (%d bytes), %d from disk, %d EIO", opts.mountpoint,
+             stats["frames_fetched"], stats["bytes_fetched"], stats["frames_from_disk"], ops.eio)
+    try:
+        with open(pidfile) as f:
+            if f.read().strip() == str(os.getpid()):
+                os.unlink(pidfile)
+    except OSError:
+        pass
+    return 0
+
+
+def spawn(child: Callable[[int], int], mountpoint: str, *, log_path: str | None = None, label: str = "",
+          quiet: bool = False) -> int:
+    """Fork the daemon into its own session; return 0 once it is mounted, else its exit code (>= 1).
+
+    ``child(ready_fd)`` runs in the daemon, with stdout and stderr sent to the
+    log, and must write ``ready`` or ``error: MESSAGE`` to ``ready_fd`` (as
+    :func:`run` does).  No thread may be running when this is called.
+    """
+    fuse_module()  # load libfuse before the fork: the child must not fail on it
+    _, default_log = state_paths(mountpoint)
+    logpath = os.path.abspath(log_path or default_log)
+    if threading.active_count() > 1:  # pragma: no cover - nothing before this starts threads
+        raise errors.LazyLayerError("internal error: threads running before the mount daemon forks")
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        code = 1
+        try:
+            os.close(r)
+            os.setsid()
+            logfd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            nullfd = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(nullfd, 0)
+            os.dup2(logfd, 1)
+            os.dup2(logfd, 2)
+            os.close(logfd)
+            os.close(nullfd)
+            code = child(w)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        said = pipe.read().decode(errors="replace").strip()
+    if said.startswith("ready"):
+        if not quiet:
+            print(f"lazylayer: mounted {label} at {mountpoint} (daemon {pid}, log {logpath})", file=sys.stderr)
+        return 0
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    message = said.removeprefix("error:").strip() or f"the mount daemon exited with {code}; see {logpath}"
+    print(f"lazylayer: {message}", file=sys.stderr)
+    return code if code > 0 else 1

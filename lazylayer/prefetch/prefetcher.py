@@ -1,0 +1,299 @@
+"""The :class:`Prefetcher`: fetches an image's frames into its disk cache ahead of the reads that need them.
+
+- the plan's frames, in plan order, in requests of up to ``request_bytes`` of
+  adjacent frames, ``workers`` at a time;
+- *read-ahead*: a layer read frame after frame gets the frames after it
+  fetched too, in a window that doubles with every sequential step up to
+  ``max(32 MiB, 8 x the measured bandwidth-delay product)``;
+- optionally the rest of the image (*fill*), at a rate limit if asked.
+
+Everything it fetches goes to the disk cache, checked against the TOC's sha256
+like any other frame.  It runs at background priority (:func:`lazylayer.remote.background`):
+its requests take connections of their own, so an on-demand read never queues
+behind them; a read that needs a frame the prefetcher is fetching right now
+waits for that frame (the disk cache's single-flight lock) rather than fetching
+it twice.  A prefetch failure is logged and left to the on-demand read, which
+retries and raises as usual: prefetch never makes a read fail."""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from .. import remote
+from .plan import Plan
+
+if TYPE_CHECKING:
+    from ..image import Image
+
+log = logging.getLogger("lazylayer")
+
+# Queue priorities: smaller is served first.
+_READAHEAD, _PLAN, _FILL = 0, 1, 2
+
+
+# ---------------------------------------------------------------- fetching
+
+
+@dataclass
+class _Sequence:
+    """Read-ahead state of one layer."""
+
+    next: int = -1     # the frame after the last one read
+    steps: int = 0     # sequential steps in a row
+    ahead: int = 0     # frames before this one are queued (or read)
+
+
+class Prefetcher:
+    """Fetches an image's frames into its disk cache ahead of the reads that need them.
+
+    ``workers``: requests in flight at once (at most the transport's
+    ``background_connections`` are used).  ``request_bytes``: most bytes of
+    adjacent frames fetched by one request.  ``budget``: most bytes it fetches
+    in all (default: half the disk cache's limit, so prefetch cannot evict
+    what it fetched).  Counters: ``frames``, ``bytes``, ``errors``.
+    """
+
+    def __init__(self, image: Image, *, workers: int = 8, request_bytes: int = 4 << 20,
+                 budget: int | None = None, readahead: bool = True) -> None:
+        if image.disk is None:
+            raise ValueError("prefetch needs a disk cache to fetch into")
+        self.image = image
+        self.disk = image.disk
+        self.workers = max(1, workers)
+        self.request_bytes = request_bytes
+        self.budget = budget if budget is not None else self.disk.max_bytes // 2
+        self.readahead_enabled = readahead
+        self._heap: list[tuple[int, int, int, tuple[int, ...]]] = []
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
+        self._queued: list[bytearray] = [bytearray(len(layer.toc.frames)) for layer in image.layers]
+        self._ra = [_Sequence() for _ in image.layers]
+        self._ra_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._active = 0
+        self._pending_plan = 0
+        self._closed = False
+        self._fill_rate: float | None = None
+        self._fill_next = 0.0
+        self._planned = 0     # bytes queued in all, against the budget
+        self._over_budget = False
+        self.frames = 0
+        self.bytes = 0
+        self.errors = 0
+        self.plan_frames = 0
+        self.plan_done = threading.Event()
+        self.plan_done.set()
+        # bandwidth-delay estimate, from background fetches
+        self._rtt = 0.05
+        self._rate = 50e6
+        self._started = time.monotonic()
+
+    # -- what to fetch
+
+    def start_plan(self, plan: Plan) -> int:
+        """Queue ``plan``'s frames, in plan order; returns how many frames (not on disk yet) it queued."""
+        total = 0
+        for layer in self.image.layers:
+            lp = plan.for_layer(layer.digest, layer.diff_id)
+            if lp is None or layer.source.disk is None:
+                continue
+            frames = _frames_of(layer.toc.frames, lp.ranges)
+            total += self._enqueue(_PLAN, layer.index, frames)
+        self.plan_frames += total
+        log.info("%s: prefetching %d frames of the plan", self.image.reference, total)
+        return total
+
+    def start_fill(self, rate: float | None = None) -> int:
+        """Queue every frame of every layer, after anything else, at ``rate`` bytes/s at most (None: any)."""
+        self._fill_rate = rate
+        total = 0
+        for layer in self.image.layers:
+            if layer.source.disk is not None:
+                total += self._enqueue(_FILL, layer.index, range(len(layer.toc.frames)))
+        return total
+
+    def on_read(self, layer: int, first: int, last: int) -> None:
+        """Tell the prefetcher a read needed frames ``first..last`` of ``layer`` (read-ahead's input)."""
+        if not self.readahead_enabled or self._closed:
+            return
+        with self._ra_lock:
+            self._readahead(layer, first, last)
+
+    def _readahead(self, layer: int, first: int, last: int) -> None:
+        st = self._ra[layer]
+        if st.next <= first <= st.next + 1 and st.next >= 0:
+            st.steps += 1
+        else:
+            st.steps = 0
+            st.ahead = 0
+        st.next = last + 1
+        if st.steps < 2:
+            return
+        frames = self.image.layers[layer].toc.frames
+        size = frames[first].compressed_size or 1
+        window = min(2 << min(st.steps - 2, 30), max(2, self.max_window() // size))
+        start, end = max(last + 1, st.ahead), min(len(frames), last + 1 + window)
+        if start < end and (start - last - 1) <= window // 2:  # refill once half the window is read
+            self._enqueue(_READAHEAD, layer, range(start, end))
+            st.ahead = end
+
+    def max_window(self) -> int:
+        """Most bytes read-ahead keeps ahead of a sequential reader: max(32 MiB, 8 x bandwidth x delay)."""
+        return int(min(256 << 20, max(32 << 20, 8 * self._rate * self._rtt)))
+
+    def _enqueue(self, priority: int, layer: int, frames: Iterable[int]) -> int:
+        """Queue ``frames`` (in order) as requests of adjacent frames; returns how many were new."""
+        queued = self._queued[layer]
+        src = self.image.layers[layer].source
+        toc_frames = self.image.layers[layer].toc.frames
+        items: list[tuple[int, ...]] = []
+        run: list[int] = []
+        run_bytes = 0
+        count = 0
+        for i in frames:
+            if queued[i]:
+                continue
+            f = toc_frames[i]
+            if self._planned + f.compressed_size > self.budget:
+                if not self._over_budget:
+                    self._over_budget = True
+                    log.warning("%s: prefetch stops at its budget of %d MB (half the disk cache; raise "
+                                "LAZYLAYER_CACHE_MAX to prefetch more)", self.image.reference, self.budget >> 20)
+                break
+            queued[i] = 1
+            if src.disk is not None and src.disk.has("sha256:" + f.sha256):
+                continue
+            self._planned += f.compressed_size
+            count += 1
+            if run and (i != run[-1] + 1 or run_bytes + f.compressed_size > self.request_bytes):
+                items.append(tuple(run))
+                run, run_bytes = [], 0
+            run.append(i)
+            run_bytes += f.compressed_size
+        if run:
+            items.append(tuple(run))
+        if items:
+            with self._cv:
+                if self._closed:
+                    return 0
+                for item in items:
+                    heapq.heappush(self._heap, (priority, next(self._seq), layer, item))
+                if priority == _PLAN:
+                    self._pending_plan += len(items)
+                    self.plan_done.clear()
+                self._start_threads()
+                self._cv.notify(len(items))
+        return count
+
+    # -- the workers
+
+    def _start_threads(self) -> None:
+        want = min(self.workers, len(self._heap) + self._active)
+        while len(self._threads) < want:
+            t = threading.Thread(target=self._work, name=f"lazylayer-prefetch-{len(self._threads)}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                priority, _, layer, item = heapq.heappop(self._heap)
+                self._active += 1
+            try:
+                if priority == _FILL and self._fill_rate:
+                    self._throttle(sum(self.image.layers[layer].toc.frames[i].compressed_size for i in item))
+                self._fetch(layer, item)
+            except Exception as exc:  # never fatal: the on-demand read will try (and report) again
+                self.errors += 1
+                if not self._closed:  # (a fetch cut short by close() is no news)
+                    log.warning("%s: prefetch of layer %d frames %d..%d failed: %s", self.image.reference,
+                                layer, item[0], item[-1], exc)
+            finally:
+                with self._cv:
+                    self._active -= 1
+                    if priority == _PLAN:
+                        self._pending_plan -= 1
+                        if self._pending_plan == 0:
+                            self.plan_done.set()
+                            log.info("%s: plan prefetched in %.2f s", self.image.reference,
+                                     time.monotonic() - self._started)
+
+    def _throttle(self, n: int) -> None:
+        assert self._fill_rate
+        with self._cv:
+            now = time.monotonic()
+            at = max(now, self._fill_next)
+            self._fill_next = at + n / self._fill_rate
+        if at > now:
+            time.sleep(at - now)
+
+    def _fetch(self, layer: int, item: tuple[int, ...]) -> None:
+        if self._closed:
+            return
+        source = self.image.layers[layer].source
+        t0 = time.monotonic()
+        with remote.background():
+            got = source.prefetch(item)
+        dt = max(time.monotonic() - t0, 1e-4)
+        if got:
+            with self._cv:
+                self.frames += len(item)
+                self.bytes += got
+                # delay: the fastest request seen; rate: what one request achieves, times the workers
+                self._rtt = min(self._rtt, dt) if self.frames > len(item) else dt
+                self._rate = 0.8 * self._rate + 0.2 * (got / dt) * self.workers
+
+    # -- control
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the plan's frames are fetched (or failed); False on timeout."""
+        return self.plan_done.wait(timeout)
+
+    def idle(self) -> bool:
+        with self._cv:
+            return not self._heap and self._active == 0
+
+    def close(self) -> None:
+        """Drop what is queued and stop the workers (a request in flight finishes in the background)."""
+        with self._cv:
+            self._closed = True
+            self._heap.clear()
+            self._pending_plan = 0
+            self.plan_done.set()
+            self._cv.notify_all()
+
+    def stats(self) -> dict[str, int]:
+        return {"prefetched_frames": self.frames, "prefetched_bytes": self.bytes, "prefetch_errors": self.errors}
+
+
+def _frames_of(frames: Sequence[Any], ranges: Sequence[tuple[int, int]]) -> list[int]:
+    """Indices of the frames that hold tar ranges ``ranges``, in first-needed order (ranges
+    outside the tar are ignored: a plan is advice, and every frame is verified anyway)."""
+    starts = [f.offset for f in frames]
+    seen: set[int] = set()
+    out: list[int] = []
+    if not frames:
+        return out
+    end_of_tar = frames[-1].offset + frames[-1].size
+    for off, n in ranges:
+        if n <= 0 or off >= end_of_tar:
+            continue
+        i = max(0, bisect.bisect_right(starts, off) - 1)
+        end = min(off + n, end_of_tar)
+        while i < len(frames) and frames[i].offset < end:
+            if i not in seen:
+                seen.add(i)
+                out.append(i)
+            i += 1
+    return out
