@@ -1,4 +1,5 @@
-/* common.c - status messages, version, checksums and the ready-made read callbacks. */
+/* common.c - status messages, version, checksums and the ready-made read callbacks.
+ * (ll_check_zstd is in reader.c, next to the zstd API it checks.) */
 #include "internal.h"
 
 #include <errno.h>
@@ -21,6 +22,9 @@ const char *ll_strerror(int code) {
     case LL_ERR_STATE: return "object used after it finished or failed";
     case LL_ERR_THREAD: return "could not start a worker thread";
     case LL_ERR_COMPRESS: return "zstd compression failed";
+    case LL_ERR_ZSTD:
+        return "the libzstd loaded at run time is not the one lazylayer was built against "
+               "(or its experimental block API misbehaves)";
     default: return "unknown error";
     }
 }
@@ -40,9 +44,9 @@ int ll_fd_read(void *opaque, uint64_t offset, size_t size, void *dst) {
         ssize_t n = pread(fd, p, size, (off_t)offset);
         if (n < 0) {
             if (errno == EINTR) continue;
-            return -1;
+            return LL_ERR_IO;
         }
-        if (n == 0) return -1; /* short file */
+        if (n == 0) return LL_ERR_IO; /* short file */
         p += n;
         size -= (size_t)n;
         offset += (uint64_t)n;
@@ -52,7 +56,7 @@ int ll_fd_read(void *opaque, uint64_t offset, size_t size, void *dst) {
 
 int ll_mem_read(void *opaque, uint64_t offset, size_t size, void *dst) {
     const ll_mem_source *m = opaque;
-    if (offset > m->size || size > m->size - offset) return -1;
+    if (offset > m->size || size > m->size - offset) return LL_ERR_IO;
     memcpy(dst, (const uint8_t *)m->data + offset, size);
     return 0;
 }

@@ -6,10 +6,49 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
 #define LL_HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- host callbacks: what a read or write callback's return value means (see
+ * ll_read_fn).  LL__ERR_LAST is the last status code; keep it so when adding one. */
+#define LL__ERR_LAST LL_ERR_ZSTD
+static inline int ll__callback_status(int rc) {
+    if (rc == 0) return LL_OK;
+    return rc <= LL_ERR_NOMEM && rc >= LL__ERR_LAST ? rc : LL_ERR_IO;
+}
+
+/* ---- option structs: the size of their first version (lazylayer 0.2), the
+ * smallest struct_size accepted.  Never change these: add fields at the end. */
+#define LL__END_OF(type, field) (offsetof(type, field) + sizeof(((type *)0)->field))
+#define LL__READER_OPTIONS_V1 LL__END_OF(ll_reader_options, whole_frames)
+#define LL__WRITER_OPTIONS_V1 LL__END_OF(ll_writer_options, pool)
+
+/* ll_*_options_init: copy the library's `defaults` (a whole struct of `size`
+ * bytes) into the caller's struct of `struct_size` bytes, zero what lies past
+ * the library's own fields, and record struct_size (the first field). */
+static inline int ll__options_init(void *opt, size_t struct_size, const void *defaults, size_t size,
+                                   size_t v1) {
+    if (!opt || struct_size < v1) return LL_ERR_ARG;
+    memcpy(opt, defaults, struct_size < size ? struct_size : size);
+    if (struct_size > size) memset((char *)opt + size, 0, struct_size - size);
+    memcpy(opt, &struct_size, sizeof struct_size);
+    return LL_OK;
+}
+
+/* ll_*_create: copy the caller's options (as many bytes as both it and the
+ * library know) over `dst`, which holds the defaults.  LL_ERR_ARG if the
+ * caller's struct_size is unset or below the first version's size. */
+static inline int ll__options_copy(void *dst, size_t size, const void *opt, size_t v1) {
+    size_t struct_size;
+    memcpy(&struct_size, opt, sizeof struct_size);
+    if (struct_size < v1) return LL_ERR_ARG;
+    memcpy(dst, opt, struct_size < size ? struct_size : size);
+    memcpy(dst, &size, sizeof size); /* dst is a whole struct of the library's size */
+    return LL_OK;
+}
 
 /* ---- little-endian helpers (the format is little-endian on every host) */
 static inline uint32_t ll__le32(const uint8_t *p) {

@@ -16,6 +16,15 @@
  * Errors: every function that can fail returns an int status, LL_OK (0) or a
  * negative ll_status; ll_strerror() gives its message.
  *
+ * Versions: LL_VERSION_MAJOR/MINOR/PATCH below are the one place the version of
+ * lazylayer (C library and Python package alike) is written; the Makefile, the
+ * pkg-config file and the Python package read it from here.  ll_version() is
+ * the version of the library actually linked.
+ *
+ * Option structs (ll_reader_options, ll_writer_options) carry their own size,
+ * so fields can be added at their end without breaking the ABI: see
+ * ll_reader_options_init().  A host should call ll_check_zstd() once at start.
+ *
  * Threads: the library has no global mutable state.  The thread safety of each
  * function is stated next to it.  "Any thread" means the call may run
  * concurrently with any other call on the same object except its _free.
@@ -41,10 +50,16 @@ extern "C" {
 #define LL_API
 #endif
 
+/* LL_VERSION_MAJOR*10000 + MINOR*100 + PATCH of this header, for #if tests (outside
+ * the cffi block: cffi's cdef takes only literal #defines). */
+#define LL_VERSION_NUMBER (LL_VERSION_MAJOR * 10000 + LL_VERSION_MINOR * 100 + LL_VERSION_PATCH)
+
 /* cffi-begin: everything down to cffi-end is also the Python binding's cdef. */
 
+/* The version of lazylayer, written here and nowhere else.  While MAJOR is 0, a
+ * MINOR change may break the ABI (and changes the soname); see docs/c-api.md, "ABI". */
 #define LL_VERSION_MAJOR 0
-#define LL_VERSION_MINOR 1
+#define LL_VERSION_MINOR 2
 #define LL_VERSION_PATCH 0
 
 #define LL_SKIPPABLE_MAGIC 0x184D2A5E     /* seek table frame's magic */
@@ -68,28 +83,59 @@ typedef enum {
     LL_ERR_NEED_MORE = -8,  /* the tail given to ll_seektable_parse is too short */
     LL_ERR_STATE = -9,      /* object used after it finished or failed */
     LL_ERR_THREAD = -10,    /* a worker thread could not be started */
-    LL_ERR_COMPRESS = -11   /* the zstd compressor reported an error */
+    LL_ERR_COMPRESS = -11,  /* the zstd compressor reported an error */
+    LL_ERR_ZSTD = -12       /* the libzstd loaded at run time is not one lazylayer can use
+                               (see ll_check_zstd) */
+    /* New codes are added below the last one, in minor versions too: treat an
+     * unknown negative code as a generic failure. */
 } ll_status;
 
 /* Message for a status code; never NULL, static storage.  Any thread. */
 LL_API const char *ll_strerror(int code);
 
-/* LL_VERSION_MAJOR*10000 + MINOR*100 + PATCH of the library actually linked.  Any thread. */
+/* LL_VERSION_MAJOR*10000 + MINOR*100 + PATCH of the library actually linked
+ * (compare with LL_VERSION_NUMBER, the header's).  Any thread. */
 LL_API int ll_version(void);
+
+/* Check that the libzstd loaded at run time is one whose experimental
+ * buffer-less decoding API (ZSTD_decompressBegin / ZSTD_nextSrcSizeToDecompress /
+ * ZSTD_decompressContinue, which the reader uses) behaves as lazylayer was built
+ * against.  zstd promises that API only within one version, and liblazylayer
+ * links libzstd dynamically, so a different libzstd may sit under it at run time.
+ * Two tests: (1) ZSTD_versionNumber() at run time must have the same major and
+ * minor version as ZSTD_VERSION_NUMBER at build time (any patch release of that
+ * minor is accepted); (2) a self-test decodes a fixed, hand-made frame (a
+ * compressed, an RLE and a raw block, with a content checksum) block by block
+ * with that API and checks every byte.  Returns LL_OK or LL_ERR_ZSTD (LL_ERR_NOMEM
+ * if a context cannot be made); if `msg` is not NULL it receives, NUL-terminated
+ * and cut to `msg_size` bytes, what was found (e.g. "built with libzstd 1.5.4,
+ * running 1.4.9").  Not done implicitly: call it once at start (the Python
+ * binding does so on import).  Any thread; no state is kept. */
+LL_API int ll_check_zstd(char *msg, size_t msg_size);
 
 /* ---------------------------------------------------------------- I/O callbacks */
 
 /* Fill dst with exactly `size` bytes of the compressed blob starting at `offset`.
- * Return 0 on success, anything else on failure (the caller then gets LL_ERR_IO).
+ * Return 0 on success.  On failure return either an ll_status from LL_ERR_NOMEM
+ * (-2) down to the last code (e.g. LL_ERR_CHECKSUM when the host verified the
+ * bytes itself): it is passed unchanged to the caller of ll_reader_read or
+ * ll_seektable_load; or any other non-zero value (-1, 1, an errno...): the caller
+ * then gets LL_ERR_IO.  -1 (numerically LL_ERR_ARG) is deliberately *not* passed
+ * through: it is every C programmer's "failed", not "you called me wrongly".
  * Called only on threads that called into the library (never on pool workers),
  * possibly on several such threads at once. */
 typedef int (*ll_read_fn)(void *opaque, uint64_t offset, size_t size, void *dst);
 
-/* Consume `size` bytes produced by a writer.  Return 0 on success. */
+/* Consume `size` bytes produced by a writer.  Return 0 on success; a failure
+ * value is reported by the writer call exactly as for ll_read_fn (an ll_status
+ * from LL_ERR_NOMEM down passes through, anything else becomes LL_ERR_IO), and
+ * the writer is then failed (later calls give LL_ERR_STATE). */
 typedef int (*ll_write_fn)(void *opaque, const void *src, size_t size);
 
 /* Ready-made read callbacks.  ll_fd_read: opaque points to an int file descriptor
- * read with pread().  ll_mem_read: opaque points to an ll_mem_source.  Any thread. */
+ * read with pread().  ll_mem_read: opaque points to an ll_mem_source.  Both
+ * return LL_ERR_IO on failure (a read error, or a source shorter than asked).
+ * Any thread. */
 typedef struct {
     const void *data;
     uint64_t size;
@@ -193,6 +239,8 @@ LL_API unsigned ll_pool_threads(const ll_pool *p);
 typedef struct ll_reader ll_reader;
 
 typedef struct {
+    size_t struct_size;       /* sizeof(ll_reader_options) as the caller compiled it:
+                                 set by ll_reader_options_init; must stay first */
     ll_cache *cache;          /* shared frame cache, or NULL for none */
     ll_pool *pool;            /* decode multi-frame reads in parallel, or NULL */
     uint64_t source_key;      /* cache namespace: readers with the same non-zero key
@@ -207,11 +255,24 @@ typedef struct {
                                  (default 0) */
 } ll_reader_options;
 
-/* Fill `opt` with the defaults.  Any thread. */
-LL_API void ll_reader_options_init(ll_reader_options *opt);
+/* Fill `opt` with the defaults.  Pass `sizeof *opt` as struct_size: the library
+ * fills only the struct_size bytes the caller has (a program built against an
+ * older header has a shorter struct; one built against a newer header gets its
+ * extra fields zeroed) and stores struct_size in opt->struct_size.  LL_ERR_ARG if
+ * opt is NULL or struct_size is smaller than the first version of the struct
+ * (lazylayer 0.2: every field up to whole_frames).  Any thread.
+ *
+ * The convention for every options struct (as SQLite's iVersion): create
+ * functions read only the fields that fit in opt->struct_size and use defaults
+ * for the rest; fields the library does not know (past its own sizeof) are
+ * ignored, so check ll_version() before relying on a field newer than the
+ * oldest library you accept.  A struct_size of 0 (never initialised) or below
+ * the first version's size is refused with LL_ERR_ARG. */
+LL_API int ll_reader_options_init(ll_reader_options *opt, size_t struct_size);
 
 /* Make a reader.  On success the reader owns `st` (freed by ll_reader_free);
- * on failure the caller still owns it.  `opt` may be NULL for defaults. */
+ * on failure the caller still owns it.  `opt` may be NULL for defaults; otherwise
+ * its struct_size is honoured (see ll_reader_options_init). */
 LL_API int ll_reader_create(ll_seektable *st, ll_read_fn read, void *opaque,
                             const ll_reader_options *opt, ll_reader **out);
 
@@ -235,15 +296,19 @@ LL_API void ll_reader_free(ll_reader *r);
 typedef struct ll_writer ll_writer;
 
 typedef struct {
+    size_t struct_size;    /* sizeof(ll_writer_options): set by ll_writer_options_init; first */
     int level;             /* zstd compression level (default 3) */
     uint32_t frame_size;   /* decompressed bytes per frame, 1..LL_MAX_FRAME_SIZE (default 1 MiB) */
     int checksum;          /* write XXH64 checksums in the seek table (default 1) */
     ll_pool *pool;         /* compress several frames at once, or NULL */
 } ll_writer_options;
 
-LL_API void ll_writer_options_init(ll_writer_options *opt);
+/* Fill `opt` with the defaults; struct_size as for ll_reader_options_init (the
+ * first version ends at `pool`).  LL_ERR_ARG if opt is NULL or struct_size too small. */
+LL_API int ll_writer_options_init(ll_writer_options *opt, size_t struct_size);
 
-/* A writer.  Output goes to `write` in order, and each frame (data or
+/* A writer.  `opt` may be NULL for defaults; its struct_size is honoured.
+ * Output goes to `write` in order, and each frame (data or
  * skippable), then the seek table, reaches it in exactly one call, so the host
  * can hash or index frames as they pass.  One thread at a time per writer. */
 LL_API int ll_writer_create(const ll_writer_options *opt, ll_write_fn write, void *opaque,

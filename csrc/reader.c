@@ -13,6 +13,7 @@
  * allocate nothing. */
 #include "internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #define ZSTD_STATIC_LINKING_ONLY /* buffer-less streaming: see decode() */
 #include <zstd.h>
@@ -49,22 +50,28 @@ struct ll_reader {
     workspace *free_ws;
 };
 
-void ll_reader_options_init(ll_reader_options *opt) {
-    memset(opt, 0, sizeof *opt);
-    opt->verify_checksums = 1;
-    opt->max_frame_size = LL_DEFAULT_MAX_FRAME_SIZE;
-    opt->max_fetch_bytes = 64u << 20;
+static void reader_defaults(ll_reader_options *o) {
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+    o->verify_checksums = 1;
+    o->max_frame_size = LL_DEFAULT_MAX_FRAME_SIZE;
+    o->max_fetch_bytes = 64u << 20;
+}
+
+int ll_reader_options_init(ll_reader_options *opt, size_t struct_size) {
+    ll_reader_options d;
+    reader_defaults(&d);
+    return ll__options_init(opt, struct_size, &d, sizeof d, LL__READER_OPTIONS_V1);
 }
 
 int ll_reader_create(ll_seektable *st, ll_read_fn read, void *opaque,
                      const ll_reader_options *opt, ll_reader **out) {
     if (!st || !read || !out) return LL_ERR_ARG;
     *out = NULL;
-    ll_reader_options defaults;
-    if (!opt) {
-        ll_reader_options_init(&defaults);
-        opt = &defaults;
-    }
+    ll_reader_options o; /* the caller's options over the defaults (struct_size honoured) */
+    reader_defaults(&o);
+    if (opt && ll__options_copy(&o, sizeof o, opt, LL__READER_OPTIONS_V1) != LL_OK) return LL_ERR_ARG;
+    opt = &o;
     if (opt->max_frame_size == 0 || opt->max_frame_size > LL_MAX_FRAME_SIZE) return LL_ERR_ARG;
     if (st->max_d_size > opt->max_frame_size) return LL_ERR_LIMIT;
     /* A real frame is never much larger than its data: bounding compressed sizes
@@ -208,7 +215,7 @@ static int fetch(ll_reader *r, workspace *ws, uint32_t a, uint32_t b) {
     if (len > SIZE_MAX) return LL_ERR_LIMIT;
     int rc = grow(&ws->in, &ws->in_cap, (size_t)len);
     if (rc != LL_OK) return rc;
-    return r->read(r->opaque, off, (size_t)len, ws->in) == 0 ? LL_OK : LL_ERR_IO;
+    return ll__callback_status(r->read(r->opaque, off, (size_t)len, ws->in));
 }
 
 /* Bytes [lo, hi) of frame i into dst, through the cache when there is one. */
@@ -304,7 +311,8 @@ static int read_whole_frames(ll_reader *r, workspace *ws, uint32_t a, uint32_t b
             while (j + 1 < ntasks && ws->tasks[j + 1].frame == ws->tasks[j].frame + 1) j++;
             uint64_t off = st->c_off[ws->tasks[k].frame];
             uint64_t len = st->c_off[ws->tasks[j].frame + 1] - off;
-            if (r->read(r->opaque, off, (size_t)len, ws->in + pos) != 0) return LL_ERR_IO;
+            rc = ll__callback_status(r->read(r->opaque, off, (size_t)len, ws->in + pos));
+            if (rc != LL_OK) return rc;
             for (size_t m = k; m <= j; m++) {
                 ws->tasks[m].src = ws->in + pos + (st->c_off[ws->tasks[m].frame] - off);
                 ws->tasks[m].dst = out + (st->d_off[ws->tasks[m].frame] - base);
@@ -354,4 +362,84 @@ int64_t ll_reader_read(ll_reader *r, uint64_t offset, void *dst, size_t size) {
     }
     ws_put(r, ws);
     return rc == LL_OK ? (int64_t)(end - offset) : rc;
+}
+
+/* ---------------------------------------------------------------- ll_check_zstd */
+
+/* A zstd frame made by hand (RFC 8878), so its layout is fixed at build time:
+ * header (single segment, 1-byte content size 164, content checksum), a
+ * compressed block (58 bytes, from `zstd -19`, not last), an RLE block (20 x 'z'),
+ * a raw last block ("end\n"), and the low 32 bits of the content's XXH64. */
+static const uint8_t selftest_frame[] = {
+    0x28, 0xb5, 0x2f, 0xfd, 0x24, 0xa4, 0xd4, 0x01, 0x00, 0x12, 0x83, 0x0b, 0x12, 0xa0, 0xbb, 0x01,
+    0xc6, 0x16, 0x10, 0x59, 0x91, 0xde, 0xee, 0xb4, 0xc0, 0x45, 0xef, 0x32, 0xff, 0x57, 0x0d, 0x07,
+    0x83, 0x88, 0xa7, 0x5c, 0x5b, 0x1e, 0xd4, 0x3a, 0xab, 0xc6, 0xde, 0xe8, 0xa6, 0xf9, 0x5d, 0x4f,
+    0x9f, 0x53, 0xea, 0xc9, 0x33, 0x75, 0xb8, 0xee, 0xe1, 0x06, 0x02, 0x00, 0x93, 0x04, 0xd4, 0x3b,
+    0x7d, 0xea, 0x09, 0xa2, 0x00, 0x00, 0x7a, 0x21, 0x00, 0x00, 0x65, 0x6e, 0x64, 0x0a, 0x08, 0x77,
+    0xbd, 0x2c,
+};
+#define SELFTEST_PHRASE "lazylayer checks the zstd it runs on: lazylayer checks the block API. "
+#define SELFTEST_SIZE 164 /* 2 phrases (140) + 20 'z' + "end\n" */
+
+/* Decode selftest_frame the way decode() does a prefix: block by block, each
+ * straight after the previous output in one buffer.  NULL if it decodes to the
+ * expected bytes, else what went wrong. */
+static const char *selftest(ZSTD_DCtx *dctx) {
+    uint8_t want[SELFTEST_SIZE], got[SELFTEST_SIZE];
+    size_t phrase = sizeof SELFTEST_PHRASE - 1;
+    memcpy(want, SELFTEST_PHRASE, phrase);
+    memcpy(want + phrase, SELFTEST_PHRASE, phrase);
+    memset(want + 2 * phrase, 'z', 20);
+    memcpy(want + 2 * phrase + 20, "end\n", 4);
+    if (ZSTD_getFrameContentSize(selftest_frame, sizeof selftest_frame) != SELFTEST_SIZE)
+        return "ZSTD_getFrameContentSize disagrees";
+    if (ZSTD_findFrameCompressedSize(selftest_frame, sizeof selftest_frame) != sizeof selftest_frame)
+        return "ZSTD_findFrameCompressedSize disagrees";
+    if (ZSTD_isError(ZSTD_decompressBegin(dctx))) return "ZSTD_decompressBegin failed";
+    size_t in = 0, out = 0, steps = 0;
+    for (;;) {
+        size_t step = ZSTD_nextSrcSizeToDecompress(dctx);
+        if (step == 0) break;
+        if (step > sizeof selftest_frame - in || ++steps > 16)
+            return "ZSTD_nextSrcSizeToDecompress asks for more than the frame holds";
+        size_t n = ZSTD_decompressContinue(dctx, got + out, sizeof got - out, selftest_frame + in, step);
+        if (ZSTD_isError(n)) return "ZSTD_decompressContinue reported an error";
+        in += step;
+        out += n;
+    }
+    if (in != sizeof selftest_frame || out != SELFTEST_SIZE)
+        return "the frame did not decode to its size";
+    if (memcmp(got, want, SELFTEST_SIZE) != 0) return "the frame decoded to the wrong bytes";
+    return NULL;
+}
+
+int ll_check_zstd(char *msg, size_t msg_size) {
+    unsigned built = ZSTD_VERSION_NUMBER, running = ZSTD_versionNumber();
+    char tmp[1];
+    if (!msg || msg_size == 0) {
+        msg = tmp;
+        msg_size = sizeof tmp;
+    }
+#define LL_ZV(v) (v) / 10000, (v) / 100 % 100, (v) % 100
+    if (running / 100 != built / 100) {
+        snprintf(msg, msg_size, "built with libzstd %u.%u.%u, running %u.%u.%u (lazylayer accepts "
+                 "only the same major.minor at run time: rebuild it against this libzstd)",
+                 LL_ZV(built), LL_ZV(running));
+        return LL_ERR_ZSTD;
+    }
+    ZSTD_DCtx *dctx = ZSTD_createDCtx();
+    if (!dctx) {
+        snprintf(msg, msg_size, "out of memory for a zstd decompression context");
+        return LL_ERR_NOMEM;
+    }
+    const char *why = selftest(dctx);
+    ZSTD_freeDCtx(dctx);
+    if (why) {
+        snprintf(msg, msg_size, "libzstd %u.%u.%u (built with %u.%u.%u) fails lazylayer's self-test "
+                 "of its buffer-less decoding API: %s", LL_ZV(running), LL_ZV(built), why);
+        return LL_ERR_ZSTD;
+    }
+    snprintf(msg, msg_size, "libzstd %u.%u.%u (built with %u.%u.%u)", LL_ZV(running), LL_ZV(built));
+#undef LL_ZV
+    return LL_OK;
 }

@@ -101,16 +101,18 @@ int ll_seektable_load(ll_read_fn read, void *opaque, uint64_t blob_size, ll_seek
     *out = NULL;
     if (blob_size < LL_SEEKTABLE_FOOTER_SIZE + LL_SKIPPABLE_HEADER_SIZE) return LL_ERR_SEEKTABLE;
     uint8_t footer[LL_SEEKTABLE_FOOTER_SIZE];
-    if (read(opaque, blob_size - sizeof footer, sizeof footer, footer) != 0) return LL_ERR_IO;
+    int rc = ll__callback_status(read(opaque, blob_size - sizeof footer, sizeof footer, footer));
+    if (rc != LL_OK) return rc;
     uint64_t total;
-    int rc = ll_seektable_tail_size(footer, sizeof footer, blob_size, &total);
+    rc = ll_seektable_tail_size(footer, sizeof footer, blob_size, &total);
     if (rc != LL_OK) return rc;
     if (total > SIZE_MAX) return LL_ERR_LIMIT;
     uint8_t *buf = malloc((size_t)total);
     if (!buf) return LL_ERR_NOMEM;
-    if (read(opaque, blob_size - total, (size_t)total, buf) != 0) {
+    rc = ll__callback_status(read(opaque, blob_size - total, (size_t)total, buf));
+    if (rc != LL_OK) {
         free(buf);
-        return LL_ERR_IO;
+        return rc;
     }
     rc = ll_seektable_parse(buf, (size_t)total, blob_size, out, NULL);
     free(buf);

@@ -40,11 +40,18 @@ struct ll_writer {
     int state;           /* 0 open, 1 finished, <0 failed with that status */
 };
 
-void ll_writer_options_init(ll_writer_options *opt) {
-    memset(opt, 0, sizeof *opt);
-    opt->level = 3;
-    opt->frame_size = LL_DEFAULT_FRAME_SIZE;
-    opt->checksum = 1;
+static void writer_defaults(ll_writer_options *o) {
+    memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
+    o->level = 3;
+    o->frame_size = LL_DEFAULT_FRAME_SIZE;
+    o->checksum = 1;
+}
+
+int ll_writer_options_init(ll_writer_options *opt, size_t struct_size) {
+    ll_writer_options d;
+    writer_defaults(&d);
+    return ll__options_init(opt, struct_size, &d, sizeof d, LL__WRITER_OPTIONS_V1);
 }
 
 static slot *batch_slots(ll_writer *w, int k) { return w->slots + (size_t)k * w->nslots; }
@@ -66,11 +73,10 @@ int ll_writer_create(const ll_writer_options *opt, ll_write_fn write, void *opaq
                      ll_writer **out) {
     if (!write || !out) return LL_ERR_ARG;
     *out = NULL;
-    ll_writer_options defaults;
-    if (!opt) {
-        ll_writer_options_init(&defaults);
-        opt = &defaults;
-    }
+    ll_writer_options o; /* the caller's options over the defaults (struct_size honoured) */
+    writer_defaults(&o);
+    if (opt && ll__options_copy(&o, sizeof o, opt, LL__WRITER_OPTIONS_V1) != LL_OK) return LL_ERR_ARG;
+    opt = &o;
     if (opt->frame_size == 0 || opt->frame_size > LL_MAX_FRAME_SIZE) return LL_ERR_ARG;
     if (opt->level < ZSTD_minCLevel() || opt->level > ZSTD_maxCLevel()) return LL_ERR_ARG;
     ll_writer *w = calloc(1, sizeof *w);
@@ -153,8 +159,9 @@ static int complete_pending(ll_writer *w) {
     for (size_t i = 0; i < n; i++) {
         slot *s = &slots[i];
         if (s->status != LL_OK) return s->status;
-        if (w->write(w->opaque, s->dst, s->out_len) != 0) return LL_ERR_IO;
-        int rc = log_frame(w, (uint32_t)s->out_len, (uint32_t)s->len, s->checksum);
+        int rc = ll__callback_status(w->write(w->opaque, s->dst, s->out_len));
+        if (rc != LL_OK) return rc;
+        rc = log_frame(w, (uint32_t)s->out_len, (uint32_t)s->len, s->checksum);
         if (rc != LL_OK) return rc;
         w->bytes_out += s->out_len;
     }
@@ -234,7 +241,7 @@ int ll_writer_add_skippable(ll_writer *w, unsigned variant, const void *data, si
     ll__put_le32(frame, 0x184D2A50u + variant);
     ll__put_le32(frame + 4, (uint32_t)size);
     if (size) memcpy(frame + LL_SKIPPABLE_HEADER_SIZE, data, size);
-    rc = w->write(w->opaque, frame, LL_SKIPPABLE_HEADER_SIZE + size) == 0 ? LL_OK : LL_ERR_IO;
+    rc = ll__callback_status(w->write(w->opaque, frame, LL_SKIPPABLE_HEADER_SIZE + size));
     free(frame);
     if (rc != LL_OK) return fail(w, rc);
     rc = log_frame(w, (uint32_t)(LL_SKIPPABLE_HEADER_SIZE + size), 0, ll__frame_checksum("", 0));
@@ -262,7 +269,7 @@ int ll_writer_finish(ll_writer *w) {
     ll__put_le32(e, w->nframes);
     e[4] = w->opt.checksum ? 0x80 : 0;
     ll__put_le32(e + 5, LL_SEEKABLE_MAGIC);
-    rc = w->write(w->opaque, t, total) == 0 ? LL_OK : LL_ERR_IO;
+    rc = ll__callback_status(w->write(w->opaque, t, total));
     free(t);
     if (rc != LL_OK) return fail(w, rc);
     w->bytes_out += total;

@@ -22,6 +22,9 @@ from .core import (
     default_cache,
     default_pool,
 )
+from .core._lib import (
+    VERSION as __version__,  # noqa: F401  ("M.m.p", written once in csrc/lazylayer.h)
+)
 from .errors import (
     ChecksumError,
     CorruptFrameError,
@@ -31,8 +34,6 @@ from .errors import (
     LimitError,
     SourceError,
 )
-
-__version__ = "0.1.0"
 
 _LAZY = {"ImageFileSystem": "fs", "Image": "image", "DiskCache": "image"}
 

@@ -9,13 +9,12 @@ import subprocess
 
 import pytest
 import pyzstd
+import seekfmt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lazylayer
 from lazylayer import BlockCache, SeekableReader, SeekableWriter
-
-import seekfmt
 
 
 def write_pyzstd(path, data: bytes, frame_size: int) -> None:
@@ -280,3 +279,109 @@ def test_whole_frames_decodes_a_missed_frame_once(corpus, whole):
         assert r.pread(4096, (1 << 20) + 10) == data[(1 << 20) + 10:(1 << 20) + 10 + 4096]
         assert r.pread(4096, (2 << 20) - 4096) == data[(2 << 20) - 4096:2 << 20]
         assert len(asked) - start == (1 if whole else 2)
+
+
+# ---------------------------------------------------------------- the C API contract, from Python (issue 14)
+
+
+def test_version_is_written_once_in_the_header():
+    """lazylayer.__version__ (what ``lazylayer --version`` prints) is the header's, as the extension was built."""
+    import importlib.metadata
+    import pathlib
+    import re
+
+    from lazylayer.core._lib import lib
+
+    header = (pathlib.Path(__file__).resolve().parent.parent / "csrc" / "lazylayer.h").read_text()
+    parts = [re.search(rf"^#define LL_VERSION_{p}\s+(\d+)", header, re.M).group(1) for p in ("MAJOR", "MINOR", "PATCH")]
+    assert lazylayer.__version__ == ".".join(parts)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", lazylayer.__version__)
+    assert lib.ll_version() == int(parts[0]) * 10000 + int(parts[1]) * 100 + int(parts[2])
+    assert importlib.metadata.version("lazylayer") == lazylayer.__version__  # setup.py reads the header too
+
+
+def test_every_status_has_a_message_and_an_exception():
+    from lazylayer import errors
+    from lazylayer.core._lib import ZSTD, lib, raise_status, strerror
+
+    codes = range(lib.LL_ERR_ARG, lib.LL_ERR_ZSTD - 1, -1)
+    assert all(strerror(c) != "unknown error" for c in codes)
+    assert strerror(lib.LL_ERR_ZSTD - 1) == "unknown error"  # ll_strerror and the enum end together
+    expected = {lib.LL_ERR_ARG: ValueError, lib.LL_ERR_NOMEM: MemoryError, lib.LL_ERR_CHECKSUM: errors.ChecksumError,
+                lib.LL_ERR_IO: errors.SourceError, lib.LL_ERR_ZSTD: errors.NativeError}
+    for code in codes:
+        with pytest.raises(expected.get(code, Exception)) as info:
+            raise_status(code, "doing it")
+        assert info.value.args[0] == f"doing it: {strerror(code)}"
+    assert "libzstd" in strerror(lib.LL_ERR_ZSTD)
+    assert ZSTD.startswith("libzstd ")  # ll_check_zstd passed on import
+
+
+def test_options_structs_carry_their_size():
+    from lazylayer.core._lib import ffi, lib
+
+    for kind in ("reader", "writer"):
+        opts = ffi.new(f"ll_{kind}_options *")
+        init = getattr(lib, f"ll_{kind}_options_init")
+        assert init(opts, ffi.sizeof(opts[0])) == lib.LL_OK
+        assert opts.struct_size == ffi.sizeof(opts[0])
+        assert init(opts, 0) == lib.LL_ERR_ARG
+        assert init(ffi.NULL, ffi.sizeof(opts[0])) == lib.LL_ERR_ARG
+
+
+@pytest.mark.parametrize("raised, status, surfaces_as", [
+    (lazylayer.ChecksumError("the host verified these bytes: bad"), "LL_ERR_CHECKSUM", lazylayer.ChecksumError),
+    (lazylayer.CorruptFrameError("bad frame"), "LL_ERR_FRAME", lazylayer.CorruptFrameError),
+    (lazylayer.LimitError("too big"), "LL_ERR_LIMIT", lazylayer.LimitError),
+    (lazylayer.FormatError("bad table"), "LL_ERR_SEEKTABLE", lazylayer.FormatError),
+    (lazylayer.SourceError("gone"), "LL_ERR_IO", lazylayer.SourceError),
+    (OSError(5, "EIO"), "LL_ERR_IO", lazylayer.SourceError),
+    (KeyError("bug"), "LL_ERR_IO", lazylayer.SourceError),
+])
+def test_fetch_errors_reach_c_as_their_status_and_python_unchanged(raised, status, surfaces_as):
+    """The C read callback returns the exception's status (passed through by the C library);
+    Python callers still get the exception itself (a lazylayer error) or a SourceError from it."""
+    from lazylayer.core._lib import ffi, lib
+
+    blob = write_ours(b"0123456789" * 1000, frame_size=1000, threads=1)
+    fail = []
+
+    def fetch(off, n):
+        if fail:
+            raise fail[0]
+        return blob[off:off + n]
+
+    with SeekableReader(fetch, blob_size=len(blob), cache=None, threads=1) as r:
+        fail.append(raised)
+        buf = ffi.new("char[]", 100)
+        assert lib.ll_reader_read(r._ptr, 50, buf, 100) == getattr(lib, status)  # what C sees
+        assert r._callback.take_failure() is raised
+        with pytest.raises(surfaces_as) as info:  # what Python sees: as before
+            r.pread(100, 50)
+        if isinstance(raised, lazylayer.LazyLayerError):
+            assert info.value is raised
+        else:
+            assert info.value.__cause__ is raised
+    with pytest.raises(surfaces_as):  # the seek table's load goes the same way
+        SeekableReader(fetch, blob_size=len(blob), cache=None, threads=1)
+
+
+def test_sink_errors_reach_c_as_their_status_and_python_unchanged():
+    class Sink(io.RawIOBase):
+        def __init__(self, exc):
+            self.exc = exc
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            raise self.exc
+
+    exc = lazylayer.ChecksumError("the sink re-hashed the frame")
+    w = SeekableWriter(Sink(exc), frame_size=1000, threads=1)
+    with pytest.raises(lazylayer.ChecksumError) as info:
+        w.write(b"x" * 5000)
+    assert info.value is exc
+    with pytest.raises(lazylayer.LazyLayerError):
+        w.write(b"more")  # failed for good (LL_ERR_STATE)
+    w.abort()

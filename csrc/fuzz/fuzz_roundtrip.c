@@ -18,8 +18,9 @@
  * skippables, XXH64 checksums); readers with and without a cache, with the
  * 1-thread pool, with verification on and off, give back the data byte for byte
  * (whole, the 4 ranges, spans over frame boundaries, past the end); the cache
- * never exceeds its budget; a read callback that fails gives LL_ERR_IO or right
- * data; a failing write callback gives LL_ERR_IO then LL_ERR_STATE.  Then one
+ * never exceeds its budget; a read callback that fails gives right data, or
+ * LL_ERR_IO when it returned -1 and its own status when it returned an ll_status
+ * (LL_ERR_CHECKSUM); a failing write callback gives LL_ERR_IO then LL_ERR_STATE.  Then one
  * byte of the blob is flipped: every call must return a status, and with
  * checksums verified a successful read must still return the original data. */
 #include "fuzz_common.h"
@@ -67,11 +68,12 @@ static int sink_write(void *opaque, const void *src, size_t n) {
 typedef struct {
     ll_mem_source m;
     uint64_t bad; /* requests covering this compressed offset fail */
+    int fail;     /* with this value: -1 (the reader reports LL_ERR_IO) or an ll_status (passed through) */
 } flaky;
 
 static int flaky_read(void *opaque, uint64_t off, size_t size, void *dst) {
     flaky *f = opaque;
-    if (f->bad >= off && f->bad - off < size) return -1;
+    if (f->bad >= off && f->bad - off < size) return f->fail;
     return ll_mem_read(&f->m, off, size, dst);
 }
 
@@ -174,7 +176,7 @@ static void lay_end(layout *l) {
 static int write_blob(const params *p, const uint8_t *data, size_t len, const uint8_t *payload,
                       sink *out, layout *lay) {
     ll_writer_options wo;
-    ll_writer_options_init(&wo);
+    ll_writer_options_init(&wo, sizeof wo);
     wo.frame_size = p->frame_size;
     wo.checksum = p->checksum;
     wo.level = p->level;
@@ -376,12 +378,12 @@ static void corrupted(const params *p, const uint8_t *data, size_t len, const ui
     ll_cache *cache = NULL;
     if (ll_cache_create(p->budget ? p->budget : 65536, &cache) != LL_OK) abort();
     ll_reader_options ov, on;
-    ll_reader_options_init(&ov); /* verifying, own cache key */
+    ll_reader_options_init(&ov, sizeof ov); /* verifying, own cache key */
     ov.cache = cache;
     ov.pool = g_pool;
     ov.max_frame_size = 1u << 20;
     ov.max_fetch_bytes = p->max_fetch;
-    ll_reader_options_init(&on); /* not verifying, own cache key */
+    ll_reader_options_init(&on, sizeof on); /* not verifying, own cache key */
     on.verify_checksums = 0;
     on.cache = cache;
     on.max_frame_size = 1u << 20;
@@ -457,7 +459,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
     ll_cache *cache = NULL;
     CHECK(ll_cache_create(p.budget, &cache) == LL_OK, "cache");
     ll_reader_options ob, oc;
-    ll_reader_options_init(&ob);
+    ll_reader_options_init(&ob, sizeof ob);
     ob.cache = cache;
     ob.pool = g_pool;
     ob.source_key = 7;
@@ -485,9 +487,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
 
     /* A read callback that fails on one compressed byte. */
     if (ll_seektable_compressed_size(st) > 0) {
-        flaky fl = {{out.p, out.len}, p.flip_pos % ll_seektable_compressed_size(st)};
+        flaky fl = {{out.p, out.len}, p.flip_pos % ll_seektable_compressed_size(st),
+                    p.flip_pos & 1 ? -1 : LL_ERR_CHECKSUM};
+        int want = fl.fail == -1 ? LL_ERR_IO : fl.fail;
         ll_reader_options of;
-        ll_reader_options_init(&of);
+        ll_reader_options_init(&of, sizeof of);
         of.pool = g_pool;
         of.max_fetch_bytes = p.max_fetch;
         ll_reader *f = open_reader(out.len, flaky_read, &fl, &of, 1);
@@ -496,7 +500,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
             uint64_t n = rs[i].len > READ_CAP ? READ_CAP : rs[i].len;
             uint8_t *dst = malloc(n ? n : 1);
             got = ll_reader_read(f, rs[i].off, n ? dst : NULL, n);
-            CHECK(got >= 0 || got == LL_ERR_IO, "flaky source gave %lld", (long long)got);
+            CHECK(got >= 0 || got == want, "flaky source failing with %d gave %lld", fl.fail, (long long)got);
             if (got > 0) CHECK(memcmp(dst, data + rs[i].off, (size_t)got) == 0, "flaky source: wrong data");
             free(dst);
         }

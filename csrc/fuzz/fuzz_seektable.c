@@ -126,14 +126,14 @@ static void exercise_readers(const uint8_t *data, size_t size, uint64_t *rng) {
     if (ll_cache_create((knobs & 1) ? CACHE_BUDGET : 64 * 1024, &cache) != LL_OK) abort();
 
     ll_reader_options oa, ob;
-    ll_reader_options_init(&oa);
+    ll_reader_options_init(&oa, sizeof oa);
     oa.cache = cache;
     oa.pool = (knobs & 2) ? g_pool : NULL;
     oa.verify_checksums = (knobs & 4) ? 0 : 1;
     oa.max_frame_size = MAX_FRAME;
     oa.max_fetch_bytes = (knobs & 8) ? 1 + (knobs >> 8) % 4096 : 0; /* rounds of fetches */
     oa.source_key = (knobs & 16) ? 42 : 0;
-    ll_reader_options_init(&ob);
+    ll_reader_options_init(&ob, sizeof ob);
     ob.verify_checksums = oa.verify_checksums;
     ob.max_frame_size = MAX_FRAME;
 

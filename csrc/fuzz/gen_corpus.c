@@ -93,7 +93,7 @@ static buf write_blob(const wspec *s, const uint8_t *data) {
     ll_pool *pool = NULL;
     if (s->pool && ll_pool_create(1, &pool) != LL_OK) abort();
     ll_writer_options o;
-    ll_writer_options_init(&o);
+    ll_writer_options_init(&o, sizeof o);
     o.frame_size = s->frame_size;
     o.checksum = s->checksum;
     o.pool = pool;

@@ -42,7 +42,7 @@ int main(int argc, char **argv) {
     if ((rc = ll_pool_create(1, &pool)) != LL_OK) return die("pool", rc);
 
     ll_reader_options opt;
-    ll_reader_options_init(&opt);
+    ll_reader_options_init(&opt, sizeof opt); /* struct_size: see lazylayer.h */
     opt.cache = cache;
     opt.pool = pool;
     ll_reader *r;

@@ -23,7 +23,7 @@ import threading
 from typing import Any, Callable, Iterable, NamedTuple, Union
 
 from .. import errors
-from ._lib import check, ffi, lib, raise_status, strerror
+from ._lib import callback_status, check, ffi, lib, raise_status, strerror
 
 __all__ = [
     "BlockCache",
@@ -249,7 +249,10 @@ class _CallbackSource:
     An exception raised by ``fetch`` is kept per thread and re-raised by the
     call that made C ask for the bytes: a lazylayer error as it is (so an
     :class:`~lazylayer.errors.IntegrityError` stays one), anything else as the
-    cause of a :class:`~lazylayer.errors.SourceError`.
+    cause of a :class:`~lazylayer.errors.SourceError`.  The callback also hands
+    C the matching status (:func:`._lib.callback_status`: e.g. LL_ERR_CHECKSUM
+    for a :class:`~lazylayer.errors.ChecksumError`, else LL_ERR_IO), which the C
+    library passes through, so the status agrees with the exception.
     """
 
     def __init__(self, fetch: Fetch) -> None:
@@ -276,7 +279,7 @@ def _ll_py_read(opaque: Any, offset: int, size: int, dst: Any) -> int:
         return 0
     except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
         src.failure.exc = exc
-        return -1
+        return callback_status(exc)
 
 
 _SCRATCH_SIZE = 256 << 10
@@ -402,7 +405,7 @@ class SeekableReader:
             self._check(rc, "parsing the seek table")
 
         opts = ffi.new("ll_reader_options *")
-        lib.ll_reader_options_init(opts)
+        check(lib.ll_reader_options_init(opts, ffi.sizeof(opts[0])), "initialising reader options")
         opts.cache = self.cache._ptr if self.cache is not None else ffi.NULL
         opts.pool = self.pool._ptr if self.pool is not None else ffi.NULL
         opts.source_key = cache_key
@@ -605,7 +608,7 @@ def _ll_py_write(opaque: Any, src: Any, size: int) -> int:
         return 0
     except BaseException as exc:  # noqa: BLE001 - re-raised by the writer method
         sink.exc = exc
-        return -1
+        return callback_status(exc)
 
 
 class SeekableWriter(io.RawIOBase):
@@ -635,7 +638,7 @@ class SeekableWriter(io.RawIOBase):
         self._sink = _Sink(target)
         self._pool = _resolve_pool(threads)
         opts = ffi.new("ll_writer_options *")
-        lib.ll_writer_options_init(opts)
+        check(lib.ll_writer_options_init(opts, ffi.sizeof(opts[0])), "initialising writer options")
         opts.level = level
         opts.frame_size = frame_size
         opts.checksum = int(bool(checksum))
@@ -652,7 +655,7 @@ class SeekableWriter(io.RawIOBase):
     def _check(self, rc: int, what: str) -> None:
         if rc == lib.LL_OK:
             return
-        if rc == lib.LL_ERR_IO and self._sink.exc is not None:
+        if rc < 0 and self._sink.exc is not None:  # the sink failed (rc: callback_status(exc))
             exc, self._sink.exc = self._sink.exc, None
             raise exc
         raise_status(rc, what)
