@@ -40,6 +40,7 @@ from fsspec.asyn import AsyncFileSystem
 from . import prefetch
 from .core import seek_position
 from .image import DiskCache, Image, Node
+from .remote import ReadAhead
 
 __all__ = ["ImageFile", "ImageFileSystem"]
 
@@ -175,6 +176,10 @@ class ImageFileSystem(AsyncFileSystem):
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+    def __repr__(self) -> str:
+        platform = self._options.get("platform")
+        return f"<ImageFileSystem {self.reference}" + (f" platform={platform}" if platform else "") + ">"
 
     # -- paths ----------------------------------------------------------------
 
@@ -457,9 +462,12 @@ class ImageFile(io.RawIOBase):
     """A file of the image, open for reading (``read``, ``readinto``, ``seek``, ``tell``).
 
     Random reads fetch and decode only the frames they touch.  Sequential
-    reads are read ahead, in a window that doubles on each sequential read
-    (128 KiB up to 16 MiB) so a long scan turns into a few large parallel
-    fetches; a seek elsewhere shrinks it back.
+    reads are read ahead (docs/filesystem.md, "Read-ahead"): by the image's
+    prefetcher, in frames fetched in the background, when it reads ahead in
+    this file's layer; otherwise here, by :class:`lazylayer.remote.ReadAhead`
+    in bytes of the file (128 KiB at the second sequential read, doubling at
+    each read the buffer cannot serve, up to 16 MiB), so a long scan turns
+    into a few large parallel fetches and decodes; a seek starts over.
     """
 
     def __init__(self, fs: ImageFileSystem, node: Node) -> None:
@@ -470,10 +478,13 @@ class ImageFile(io.RawIOBase):
         self.size = node.inode.size
         self._image = fs.image
         self._pos = 0
-        self._buf = b""  # readahead: bytes of the file from _buf_start
+        self._buf = b""  # read-ahead: bytes of the file from _buf_start
         self._buf_start = 0
-        self._next = -1  # where the last read ended (sequential detection)
-        self._window = 0
+        self._ra = ReadAhead(_MIN_READAHEAD, _MAX_READAHEAD)  # in bytes of the file
+        # The prefetcher's frame read-ahead (when it has one for this layer) fetches the same frames
+        # in the background, which is faster than reading ahead here (docs/filesystem.md, "Read-ahead").
+        prefetcher = self._image.prefetcher
+        self._read_ahead = prefetcher is None or not prefetcher.reads_ahead(node.inode.layer)
 
     def readable(self) -> bool:
         return True
@@ -499,32 +510,27 @@ class ImageFile(io.RawIOBase):
         pos = self._pos
         if size is None or size < 0:
             size = self.size - pos
-        # Served from the readahead buffer?
+        size = max(0, min(size, self.size - pos))
+        if size == 0:
+            return b""
+        # Served from the read-ahead buffer?
         rel = pos - self._buf_start
         if 0 <= rel and rel + size <= len(self._buf):
             self._pos = pos + size
-            self._next = self._pos
             return self._buf[rel:rel + size]
-        if pos != self._next:  # random access: no readahead
-            self._window = 0
-            self._next = pos + size
+        ahead = self._ra.read(pos, pos + size) if self._read_ahead else None
+        if ahead is None:  # random access (or the prefetcher reads ahead): just this read
             data = self._image.pread(self.node, size, pos)
             self._pos = pos + len(data)
             return data
-        return self._read_ahead(pos, size)
-
-    def _read_ahead(self, pos: int, size: int) -> bytes:
-        self._window = min(_MAX_READAHEAD, max(_MIN_READAHEAD, self._window * 2))
-        rel = pos - self._buf_start
+        # sequential: what the buffer has of this read, then the rest and a window more, in one read
+        # (a window from where the buffer ends: from the start of the file, the reads stay frame-aligned)
         head = self._buf[rel:] if 0 <= rel < len(self._buf) else b""
         start = pos + len(head)
-        want = max(size - len(head), self._window)
-        more = self._image.pread(self.node, want, start)
-        buf = head + more
+        buf = head + self._image.pread(self.node, max(pos + size, start + self._ra.window) - start, start)
         out = buf[:size]
         self._buf, self._buf_start = buf, pos
         self._pos = pos + len(out)
-        self._next = self._pos
         return out
 
     def readinto(self, buffer: Any) -> int:

@@ -12,9 +12,16 @@ import pyzstd
 
 import lazylayer
 from lazylayer import errors
-from lazylayer.format import (ANNOTATION_TOC_DIGEST, ANNOTATION_TOC_POSITION, LayerWriter, Toc,
-                              read_toc)
-from lazylayer.format import TarScanner, normalize_name
+from lazylayer.format import (
+    ANNOTATION_TOC_DIGEST,
+    ANNOTATION_TOC_POSITION,
+    LayerWriter,
+    TarScanner,
+    Toc,
+    normalize_name,
+    parse_toc_position,
+    read_toc,
+)
 
 
 def make_tar(members, fmt=tarfile.PAX_FORMAT) -> bytes:
@@ -165,6 +172,41 @@ def test_tampered_toc_or_annotations_are_refused():
         with lazylayer.SeekableWriter(out) as w:
             w.write(tar)
         read_toc(fetcher(out.getvalue())[0], len(out.getvalue()))
+
+
+def test_toc_position_parser_takes_only_the_exact_form():
+    assert parse_toc_position({ANNOTATION_TOC_POSITION: "99:212"}) == (99, 212)
+    assert parse_toc_position({ANNOTATION_TOC_POSITION: "0:1"}, blob_size=1) == (0, 1)
+    big = (1 << 63) - 2
+    assert parse_toc_position({ANNOTATION_TOC_POSITION: f"{big}:1"}) == (big, 1)
+
+
+@pytest.mark.parametrize("value", [
+    "", ":", "99", "99:", ":212", "99:212:1", "99-212", "99,212",
+    "-1:212", "99:-212", "+99:212", "99:+212", " 99:212", "99:212 ", "99 :212", "99: 212", "99:212\n",
+    "\t99:212", "9_9:212", "99:2_12", "0x63:212", "99.0:212", "1e2:212", "099:212", "99:0212",
+    "\u0661\u0662:212", "99:\uff12\uff11\uff12",  # non-ASCII digits, which int() would take
+    "99:0",  # a TOC frame is never empty
+    f"{1 << 63}:1", f"{(1 << 63) - 1}:1", f"1:{(1 << 63) - 1}", "9" * 19 + ":1", "1:" + "9" * 4000,
+    None, 99, ["99", "212"], b"99:212",
+])
+def test_hostile_toc_positions_are_format_errors(value):
+    with pytest.raises(errors.FormatError, match="io.lazylayer.toc.position"):
+        parse_toc_position({ANNOTATION_TOC_POSITION: value})
+
+
+def test_toc_position_must_be_there_and_within_the_blob():
+    for ann in (None, {}, {ANNOTATION_TOC_DIGEST: "sha256:" + "0" * 64}, "99:212"):
+        with pytest.raises(errors.FormatError, match="io.lazylayer.toc.position"):
+            parse_toc_position(ann)  # type: ignore[arg-type]
+    with pytest.raises(errors.FormatError, match="outside the blob"):
+        parse_toc_position({ANNOTATION_TOC_POSITION: "99:212"}, blob_size=310)
+    # read_toc refuses a hostile position before it fetches anything
+    fetch, calls = fetcher(b"x" * 400)
+    for value in ("+99:212", "99:212 ", "99:0", "\u0669\u0669:212"):
+        with pytest.raises(errors.FormatError, match="io.lazylayer.toc.position"):
+            read_toc(fetch, 400, {ANNOTATION_TOC_POSITION: value, ANNOTATION_TOC_DIGEST: "sha256:" + "0" * 64})
+    assert calls == []
 
 
 def test_converting_is_deterministic():

@@ -27,17 +27,17 @@ import warnings
 from typing import Any
 
 import fsspec
-import pytest
-
 import images
+import pytest
+from servers import RegistryServer, unique_repo
+
 from lazylayer import errors
 from lazylayer.convert import Converter
+from lazylayer.core import BlockCache
 from lazylayer.fs import ImageFileSystem, image_from_url
 from lazylayer.image import Image, NotLazyWarning
-from lazylayer.remote import RemoteOptions, Transport
 from lazylayer.registry import RegistryConfig
-from lazylayer.core import BlockCache
-from servers import RegistryServer, unique_repo
+from lazylayer.remote import RemoteOptions, Transport
 
 pytestmark = pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed (apt install umoci)")
 
@@ -208,7 +208,7 @@ def test_file_objects_seek_read_readinto_and_read_ahead(built: Built) -> None:
         while chunk := f.read(100_000):  # sequential: the window grows
             got += chunk
         assert bytes(got) == want and f.tell() == len(want)
-        assert f._window == 16 << 20 or len(want) < 16 << 20
+        assert f._ra.window == 16 << 20 or len(want) < 16 << 20
         rng = random.Random(1)
         for _ in range(200):
             off, n = rng.randrange(len(want)), rng.choice([1, 100, 4096, 70_000])
@@ -228,6 +228,30 @@ def test_file_objects_seek_read_readinto_and_read_ahead(built: Built) -> None:
     got = fs.cat_ranges(["big/large.bin", "etc/passwd", "app/lib/blob"], [0, 0, 5], [9_000_000, 10, 50])
     assert got[0] == want[:9_000_000] and got[1] == fs.cat("etc/passwd")[:10]
     assert isinstance(fs.cat_ranges(["nope", "etc/passwd"], 0, 4)[0], FileNotFoundError)
+
+
+def test_the_file_leaves_read_ahead_to_the_prefetcher(built: Built, tmp_path: Any) -> None:
+    """With a disk cache the prefetcher reads ahead, in frames fetched in the background, and the file object
+    adds none of its own (docs/filesystem.md, "Read-ahead"); with readahead=False the file object reads ahead."""
+    want = open(os.path.join(built.rootfs, "big/large.bin"), "rb").read()
+    fs = open_fs(built.docker_ref, str(tmp_path / "c"), prefetch=None)
+    layer = fs.image.layers[fs.image.tree.resolve("big/large.bin").inode.layer]
+    assert fs.image.prefetcher.reads_ahead(layer.index)
+    with fs.open("big/large.bin") as f:
+        assert not f._read_ahead
+        got = bytearray()
+        while chunk := f.read(100_000):
+            got += chunk
+        assert bytes(got) == want and f._buf == b"" and f._ra.window == 0
+    assert fs.image.stats()["frames_fetched"] <= len(layer.toc.frames)  # no frame fetched twice
+    fs = open_fs(built.docker_ref, str(tmp_path / "d"), prefetch=None, readahead=False)
+    with fs.open("big/large.bin") as f:
+        assert f._read_ahead
+        got = bytearray()
+        while chunk := f.read(100_000):
+            got += chunk
+        assert bytes(got) == want and f._ra.window > 1 << 20
+    assert fs.image.stats()["prefetched_frames"] == 0
 
 
 def test_a_read_fetches_only_the_frames_it_touches(built: Built, tmp_path: Any) -> None:

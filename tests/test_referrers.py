@@ -29,8 +29,14 @@ from aiohttp import web
 from servers import AioServer, _seen, small_image, unique_repo
 
 from lazylayer import errors, oci, remote
-from lazylayer.registry import referrers
-from lazylayer.registry import Registry, RegistryConfig, RegistrySource
+from lazylayer.registry import (
+    Registry,
+    RegistryConfig,
+    RegistryDestination,
+    RegistrySource,
+    open_source,
+    referrers,
+)
 
 PLAN = "application/vnd.lazylayer.prefetch-plan.v1+json"
 OTHER = "application/vnd.example.other.v1"
@@ -157,6 +163,28 @@ def test_registry_bad_arguments(registry, tmp_path, transport):
         referrers.attach(source, subject, "", b"x", PLAN)
     with pytest.raises(TypeError):
         referrers.find(object(), subject["digest"])  # type: ignore[arg-type]
+
+
+def test_every_store_is_reached_through_the_artifact_store_protocol(registry, tmp_path, transport):
+    """Image sources name their artifact store (``artifacts()``); a registry destination is one too."""
+    source, subject = _pushed_image(registry, tmp_path, transport)
+    assert source.artifacts() is source
+    dest = RegistryDestination(source.ref, source.registry)
+    a = referrers.attach(dest, subject, PLAN, b'{"via": "destination"}', PLAN)
+    assert referrers.find(source.artifacts(), subject["digest"]) == [a]
+    assert referrers.read_payload(dest, a, PLAN) == b'{"via": "destination"}'
+    ref = small_image(tmp_path / "oci", "v2")
+    layout = open_source(ref)
+    assert isinstance(layout, oci.OciLayout) and layout.artifacts() is layout
+    archive = str(tmp_path / "image.tar")
+    images.run("skopeo", "copy", "--quiet", ref, f"docker-archive:{archive}:example/app:v2")
+    docker_archive = open_source(f"docker-archive:{archive}")
+    try:
+        assert docker_archive.artifacts() is None
+        with pytest.raises(TypeError, match="ArtifactStore"):
+            referrers.find(docker_archive, subject["digest"])  # type: ignore[arg-type]
+    finally:
+        docker_archive.close()
 
 
 # ------------------------------------------------------------------ a FAKE registry with the referrers API

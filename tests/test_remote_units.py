@@ -13,9 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazylayer import errors, oci, remote
-from lazylayer.registry import auth
-from lazylayer.registry import is_loopback
-
+from lazylayer.registry import auth, is_loopback
 
 # ------------------------------------------------------------------ range planning
 
@@ -218,3 +216,56 @@ def test_open_blob_routes_by_scheme(tmp_path):
         remote.open_blob(f"file://{p}", digest="sha256:" + "0" * 64).read_all()
     with pytest.raises(errors.IntegrityError):
         blob.read(0, 2, digest="sha256:" + "0" * 64)
+
+
+# ------------------------------------------------------------------ read-ahead policy
+
+
+def test_read_ahead_grows_while_sequential_up_to_the_cap():
+    ra = remote.ReadAhead(128, 1024)
+    assert ra.read(0, 100) is None  # a first read is not a run yet
+    windows, pos = [], 100
+    for _ in range(6):
+        got = ra.read(pos, pos + 100)
+        assert got is not None and got[1] == pos + 100 + ra.window
+        windows.append(ra.window)
+        pos = got[1]  # the caller read up to there (the window it fetched)
+    assert windows == [128, 256, 512, 1024, 1024, 1024]
+    assert ra.steps == 6
+
+
+def test_read_ahead_resets_on_a_seek():
+    ra = remote.ReadAhead(4, 64)
+    ra.read(0, 10)
+    assert ra.read(10, 20) == (20, 24) and ra.read(24, 30) == (30, 38)
+    assert ra.read(5, 6) is None and ra.steps == 0 and ra.window == 0  # backwards: a seek
+    assert ra.read(6, 7) == (7, 11)  # a new run starts at the minimum
+    assert ra.read(1000, 1010) is None and ra.steps == 0  # forwards past what was fetched: a seek
+    ra.reset()
+    assert ra.end is None and ra.read(1010, 1020) is None
+
+
+def test_read_ahead_counts_reads_inside_the_window_as_sequential_and_refills_at_half():
+    ra = remote.ReadAhead(2, 8, after=2, gap=1, refill=0.5)  # the prefetcher's, in frames
+    assert ra.read(0, 1) is None and ra.read(1, 2) is None  # two steps before any read-ahead
+    assert ra.read(2, 3) == (3, 5)
+    assert ra.read(4, 5) == (5, 9)  # frame 3 skipped (gap 1): still sequential; window 4
+    assert ra.read(5, 6) == (9, 14)  # window 8, 3 still ahead: half or less, so top up
+    assert ra.read(6, 7) is None and ra.window == 8  # at the cap; 7 of 8 still ahead
+    assert ra.read(10, 11) == (14, 19)  # inside what was fetched: sequential; 3 ahead: top up
+    assert ra.read(30, 31) is None and ra.steps == 0  # beyond it: a seek
+
+
+def test_read_ahead_maximum_may_be_measured_and_zero():
+    cap = [4]
+    ra = remote.ReadAhead(1, lambda: cap[0], after=0)  # the blob stream's, in parts
+    assert ra.read(0, 1) == (1, 2)  # at once: one part ahead
+    assert ra.read(1, 2) == (2, 4) and ra.read(2, 3) == (4, 7)
+    cap[0] = 2
+    assert ra.read(3, 4) is None and ra.window == 2  # the cap shrank: 3 ahead already, nothing more
+    none = remote.ReadAhead(1, 0, after=0)
+    assert none.read(0, 1) is None and none.read(1, 2) is None and none.window == 0
+    with pytest.raises(ValueError):
+        remote.ReadAhead(0, 10)
+    with pytest.raises(ValueError):
+        remote.ReadAhead(1, 10, refill=2)

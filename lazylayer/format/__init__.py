@@ -1,7 +1,7 @@
 """The lazy layer format (docs/format.md): tar scanning, writing, reading TOCs, re-encoding.
 
 - :mod:`.tar`: a streaming tar scanner that keeps every byte (pax, GNU long names);
-- :mod:`.layer`: the TOC, :class:`LayerWriter` and :func:`read_toc`;
+- :mod:`.layer`: the TOC, :class:`LayerWriter`, :func:`read_toc` and :func:`parse_toc_position`;
 - :mod:`.reencode`: a layer blob of any compression to a lazy layer, in one pass.
 """
 
@@ -25,6 +25,7 @@ from .layer import (
     Toc,
     check_toc_frames,
     is_lazy_layer,
+    parse_toc_position,
     read_toc,
     toc_entry,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "decompressed_chunks",
     "is_lazy_layer",
     "normalize_name",
+    "parse_toc_position",
     "read_toc",
     "reencode_layer",
     "toc_entry",

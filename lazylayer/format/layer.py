@@ -17,7 +17,7 @@ The layer descriptor's annotations name the TOC frame's sha256 and position,
 so the manifest digest vouches for the TOC and the TOC for every frame.
 
 This module writes such blobs (:class:`LayerWriter`) and reads their TOC back
-(:func:`read_toc`).
+(:func:`read_toc`; :func:`parse_toc_position` reads the position annotation).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterable
@@ -46,6 +47,9 @@ ANNOTATION_VERSION = "io.lazylayer.version"
 ANNOTATION_TOC_DIGEST = "io.lazylayer.toc.digest"
 ANNOTATION_TOC_POSITION = "io.lazylayer.toc.position"  # "<offset>:<length>" of the TOC frame
 ANNOTATION_UNCOMPRESSED_SIZE = "io.lazylayer.uncompressed-size"
+
+_POSITION = re.compile(r"(0|[1-9][0-9]{0,18}):([1-9][0-9]{0,18})")  # ASCII digits only, no leading zeros
+_INT64_MAX = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,32 @@ def is_lazy_layer(desc: dict[str, Any]) -> bool:
     ann = desc.get("annotations") or {}
     return desc.get("mediaType") == MEDIA_TYPE_LAYER_ZSTD and ANNOTATION_TOC_DIGEST in ann \
         and ANNOTATION_TOC_POSITION in ann
+
+
+def parse_toc_position(annotations: dict[str, str] | None, blob_size: int | None = None) -> tuple[int, int]:
+    """The TOC frame's ``(offset, length)`` from a layer descriptor's ``io.lazylayer.toc.position``.
+
+    The value must be exactly ``OFFSET:LENGTH`` (docs/format.md): two decimal
+    numbers in ASCII digits, without sign, whitespace, underscores or leading
+    zeros, ``LENGTH`` at least 1, and ``OFFSET + LENGTH`` below 2^63 (and
+    within ``blob_size`` when it is given).  Anything else raises
+    :class:`~lazylayer.errors.FormatError` naming the annotation.
+    """
+    value = annotations.get(ANNOTATION_TOC_POSITION) if isinstance(annotations, dict) else None
+    if value is None:
+        raise errors.FormatError(f"the layer has no {ANNOTATION_TOC_POSITION} annotation")
+    m = _POSITION.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise errors.FormatError(f"bad {ANNOTATION_TOC_POSITION} annotation {shown}: "
+                                 "it must be OFFSET:LENGTH in decimal (docs/format.md)")
+    offset, length = int(m.group(1)), int(m.group(2))
+    if offset + length > _INT64_MAX:
+        raise errors.FormatError(f"bad {ANNOTATION_TOC_POSITION} annotation {value!r}: "
+                                 "the TOC frame would end beyond 2^63")
+    if blob_size is not None and offset + length > blob_size:
+        raise errors.FormatError(f"{ANNOTATION_TOC_POSITION} {value!r} is outside the blob ({blob_size} bytes)")
+    return offset, length
 
 
 @dataclass
@@ -322,14 +352,7 @@ def read_toc(fetch: Callable[[int, int], bytes], blob_size: int,
     """
     ann = annotations or {}
     if ANNOTATION_TOC_POSITION in ann and ANNOTATION_TOC_DIGEST in ann:
-        try:
-            off_s, len_s = ann[ANNOTATION_TOC_POSITION].split(":")
-            toc_off, toc_len = int(off_s), int(len_s)
-        except ValueError:
-            raise errors.FormatError(f"bad {ANNOTATION_TOC_POSITION} annotation "
-                                     f"{ann[ANNOTATION_TOC_POSITION]!r}") from None
-        if not (0 <= toc_off and toc_len > 0 and toc_off + toc_len <= blob_size):
-            raise errors.FormatError(f"TOC position {toc_off}:{toc_len} is outside the blob ({blob_size} bytes)")
+        toc_off, toc_len = parse_toc_position(ann, blob_size)
         tail = fetch(toc_off, blob_size - toc_off)
         frame = tail[:toc_len]
         want = ann[ANNOTATION_TOC_DIGEST]

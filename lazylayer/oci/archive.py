@@ -90,5 +90,9 @@ class DockerArchive:
         """None: a member of a tarball has no range reads here, so its layer is read whole."""
         return None
 
+    def artifacts(self) -> None:
+        """None: a docker-archive keeps no artifacts that refer to its image."""
+        return None
+
     def close(self) -> None:
         self.tar.close()

@@ -17,6 +17,7 @@ from ..remote import FsspecBlob
 from .media import (
     MAX_METADATA_BYTES,
     OCI_INDEX,
+    OCI_MANIFEST,
     REF_NAME,
     Descriptor,
     canonical_json,
@@ -26,6 +27,7 @@ from .media import (
     sha256_digest,
 )
 from .reference import OciLayoutRef, ReferenceError
+from .store import EMPTY_JSON, EMPTY_MEDIA_TYPE, check_annotations, check_descriptor
 
 # ------------------------------------------------------------------ OCI layout
 
@@ -105,6 +107,62 @@ class OciLayout:
 
     def close(self) -> None:
         pass
+
+    # -- artifacts that refer to an image (an ArtifactStore: docs/referrers.md)
+
+    def artifacts(self) -> OciLayout:
+        """The layout keeps its artifacts itself: listed in index.json, untagged."""
+        return self
+
+    def attach_artifact(self, subject_digest: str, payload: bytes, payload_media_type: str,
+                        manifest: bytes, manifest_desc: Descriptor) -> None:
+        """Write the blobs, then list ``manifest_desc`` in index.json without a tag (as oras does),
+        unless it is listed already; index.json is replaced atomically."""
+        self.write_blob(EMPTY_JSON, EMPTY_MEDIA_TYPE)
+        self.write_blob(payload, payload_media_type)
+        self.write_blob(manifest, manifest_desc["mediaType"])
+        manifests = self.index().get("manifests", [])
+        if isinstance(manifests, list) and any(isinstance(m, dict) and m.get("digest") == manifest_desc["digest"]
+                                               for m in manifests):
+            return  # already listed (tagged or not): leave index.json alone
+        self.set_tag(None, manifest_desc)
+
+    def referrers(self, subject_digest: str, artifact_type: str | None = None) -> list[Descriptor]:
+        """Every OCI manifest or index listed in index.json whose ``subject`` is ``subject_digest``.
+
+        ``artifactType`` comes from the manifest, else (an image manifest) from its config's
+        media type, as the referrers API has it; ``annotations`` from the manifest.
+        """
+        what = f"{self.path}/index.json"
+        manifests = self.index().get("manifests", [])
+        if not isinstance(manifests, list):
+            raise errors.FormatError(f"{what}: 'manifests' is not a list")
+        out: list[Descriptor] = []
+        for i, entry in enumerate(manifests):
+            if not isinstance(entry, dict) or entry.get("mediaType") not in (OCI_MANIFEST, OCI_INDEX):
+                continue  # Docker media types have no subject
+            entry = check_descriptor(entry, f"{what}: manifests[{i}]")
+            doc = parse_json(self.read_blob(entry), f"{self.path}: manifest {entry['digest']}")
+            subject = doc.get("subject")
+            if not isinstance(subject, dict) or subject.get("digest") != subject_digest:
+                continue
+            found: Descriptor = {"mediaType": entry["mediaType"], "digest": entry["digest"], "size": entry["size"]}
+            kind = doc.get("artifactType")
+            config = doc.get("config")
+            if not kind and entry["mediaType"] == OCI_MANIFEST and isinstance(config, dict):
+                kind = config.get("mediaType")
+            if isinstance(kind, str) and kind:
+                found["artifactType"] = kind
+            if doc.get("annotations"):
+                found["annotations"] = check_annotations(doc["annotations"], f"manifest {entry['digest']}: annotations")
+            out.append(found)
+        return out
+
+    def read_artifact_manifest(self, desc: Descriptor) -> bytes:
+        return self.read_blob(desc)  # checks size and digest
+
+    def read_artifact_blob(self, desc: Descriptor) -> bytes:
+        return self.read_blob(desc)
 
     # -- writing
 

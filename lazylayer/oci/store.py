@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
 from .. import errors
-from .media import INDEX_TYPES, MANIFEST_TYPES, OCI_MANIFEST, Descriptor, parse_json
+from .media import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Descriptor,
+    check_digest,
+    parse_json,
+)
 from .reference import (
     ImageRef,
     ReferenceError,
@@ -53,6 +61,11 @@ class ImageSource(Protocol):
         """A layer blob for range reads (a :class:`lazylayer.remote.Blob`), or None when the
         store cannot read ranges (a docker-archive): such a layer is read whole."""
 
+    def artifacts(self) -> ArtifactStore | None:
+        """Where artifacts that refer to this source's images live (an :class:`ArtifactStore`:
+        the registry repository, the OCI layout itself), or None when the store keeps none
+        (a docker-archive)."""
+
     def close(self) -> None: ...
 
 
@@ -74,6 +87,93 @@ class ImageDestination(Protocol):
 
     def set_tag(self, tag: str | None, desc: Descriptor) -> None:
         """Point ``tag`` at ``desc``: the last step of a write."""
+
+
+# ------------------------------------------------------------------ artifacts
+
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"  # the empty config: the 2-byte blob "{}"
+EMPTY_JSON = b"{}"
+EMPTY_DESCRIPTOR: Descriptor = {
+    "mediaType": EMPTY_MEDIA_TYPE,
+    "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+    "size": 2,
+}
+
+
+class ArtifactStore(Protocol):
+    """Where OCI artifacts that refer to an image (their manifest's ``subject``) are kept.
+
+    :mod:`lazylayer.registry.referrers` (``attach``, ``find``, ``read_payload``;
+    docs/referrers.md) works through these four methods and nothing else.
+    Implemented by :class:`~lazylayer.oci.OciLayout` (index.json lists the
+    artifacts, untagged) and by the registry stores
+    (:class:`~lazylayer.registry.RegistrySource`, ``RegistryDestination``:
+    the referrers API, else the referrers tag).  An image's store is its
+    source's :meth:`ImageSource.artifacts`.
+    """
+
+    def attach_artifact(self, subject_digest: str, payload: bytes, payload_media_type: str,
+                        manifest: bytes, manifest_desc: Descriptor) -> None:
+        """Store the empty config (:data:`EMPTY_JSON`), ``payload`` and the artifact ``manifest``
+        (whose descriptor, with ``artifactType`` and ``annotations``, is ``manifest_desc``), and
+        make it findable from ``subject_digest``.  Storing the same manifest again changes nothing."""
+
+    def referrers(self, subject_digest: str, artifact_type: str | None = None) -> list[Descriptor]:
+        """The descriptors of the manifests whose ``subject`` is ``subject_digest``, each checked
+        with :func:`check_descriptor`.  ``artifact_type`` is a hint the store may ignore: the
+        caller filters by type (and drops duplicates) itself."""
+
+    def read_artifact_manifest(self, desc: Descriptor) -> bytes:
+        """An artifact manifest's bytes, checked against ``desc``'s digest and size."""
+
+    def read_artifact_blob(self, desc: Descriptor) -> bytes:
+        """A blob an artifact manifest lists (its payload), read whole and checked against
+        ``desc``'s digest and size."""
+
+
+def check_annotations(value: Any, what: str) -> dict[str, str]:
+    """A copy of an ``annotations`` map (None: empty); anything but strings to strings is a FormatError."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise errors.FormatError(f"{what} must map strings to strings")
+    return dict(value)
+
+
+def check_descriptor(value: Any, what: str) -> Descriptor:
+    """A checked copy of a descriptor: ``mediaType`` string, sha256 ``digest``, ``size`` >= 0."""
+    if not isinstance(value, dict):
+        raise errors.FormatError(f"{what} is not a JSON object")
+    media = value.get("mediaType")
+    if not isinstance(media, str) or not media:
+        raise errors.FormatError(f"{what} has no mediaType")
+    check_digest(value.get("digest", ""))  # FormatError for anything but sha256:<64 hex>
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise errors.FormatError(f"{what} has an invalid size {size!r}")
+    return dict(value)
+
+
+def referrers_entries(index: dict[str, Any], what: str) -> list[Descriptor]:
+    """The checked ``manifests`` of a referrers index (each entry a copy, extra fields kept)."""
+    media = index.get("mediaType")
+    if media is not None and media != OCI_INDEX:
+        raise errors.FormatError(f"{what} has media type {media!r}, not {OCI_INDEX}")
+    manifests = index.get("manifests", [])
+    if not isinstance(manifests, list):
+        raise errors.FormatError(f"{what}: 'manifests' is not a list")
+    out = []
+    for i, entry in enumerate(manifests):
+        d = check_descriptor(entry, f"{what}: manifests[{i}]")
+        if "artifactType" in d and not isinstance(d["artifactType"], str):
+            raise errors.FormatError(f"{what}: manifests[{i}] has a non-string artifactType")
+        if "annotations" in d:
+            d["annotations"] = check_annotations(d["annotations"], f"{what}: manifests[{i}].annotations")
+        out.append(d)
+    return out
+
+
+# ------------------------------------------------------------------ images
 
 
 def images(source: ImageSource) -> tuple[Descriptor, dict[str, Any] | None, list[SourceImage]]:

@@ -10,22 +10,11 @@ mount) and are kept three ways: a JSON file, the ``prefetch`` field of a lazy
 layer's TOC (``lazylayer convert --prefetch``), or an OCI artifact that refers
 to the image (:func:`attach`, :func:`find_attached`; see docs/referrers.md).
 
-:class:`Prefetcher` does the fetching for an opened :class:`~lazylayer.image.Image`:
-
-- the plan's frames, in plan order, in requests of up to ``request_bytes`` of
-  adjacent frames, ``workers`` at a time;
-- *read-ahead*: a layer read frame after frame gets the frames after it
-  fetched too, in a window that doubles with every sequential step up to
-  ``max(32 MiB, 8 x the measured bandwidth-delay product)``;
-- optionally the rest of the image (*fill*), at a rate limit if asked.
-
-Everything it fetches goes to the disk cache, checked against the TOC's sha256
-like any other frame.  It runs at background priority (:func:`lazylayer.remote.background`):
-its requests take connections of their own, so an on-demand read never queues
-behind them; a read that needs a frame the prefetcher is fetching right now
-waits for that frame (the disk cache's single-flight lock) rather than fetching
-it twice.  A prefetch failure is logged and left to the on-demand read, which
-retries and raises as usual: prefetch never makes a read fail.
+:class:`Prefetcher` (:mod:`.prefetcher`) does the fetching for an opened
+:class:`~lazylayer.image.Image`, at background priority, into its disk cache:
+the plan first, read-ahead of sequential reads, and optionally the rest of the
+image (*fill*).  The front ends (``lazylayer://``, the mount) start it with
+:func:`start`; an ``Image`` on its own reads only what it is asked for.
 """
 
 from __future__ import annotations

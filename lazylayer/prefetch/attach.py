@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import errors, oci
 from .plan import (
@@ -25,12 +25,9 @@ log = logging.getLogger("lazylayer")
 # ---------------------------------------------------------------- attaching
 
 
-def _artifact_store(image: Image) -> Any:
+def _artifact_store(image: Image) -> oci.ArtifactStore | None:
     """Where artifacts referring to ``image`` live: its registry repository or OCI layout (else None)."""
-    from ..registry import RegistrySource
-
-    source = image._source
-    return source if isinstance(source, (RegistrySource, oci.OciLayout)) else None
+    return image.source.artifacts()
 
 
 def attach(image: Image, plan: Plan) -> oci.Descriptor:
@@ -66,7 +63,7 @@ def find_attached(image: Image) -> Plan | None:
             found = referrers.find(store, image.digest, ARTIFACT_TYPE)
         except (errors.NotFoundError, errors.AuthError) as exc:
             log.debug("%s: no plan artifacts: %s", image.reference, exc)
-    if found:
+    if found and store is not None:
         newest = max(found, key=lambda d: (d.get("annotations") or {}).get(ANNOTATION_CREATED, ""))
         data = referrers.read_payload(store, newest, PLAN_MEDIA_TYPE)
         plan = Plan.from_json(data, f"prefetch plan {newest.get('digest')}")

@@ -3,8 +3,9 @@
 - the plan's frames, in plan order, in requests of up to ``request_bytes`` of
   adjacent frames, ``workers`` at a time;
 - *read-ahead*: a layer read frame after frame gets the frames after it
-  fetched too, in a window that doubles with every sequential step up to
-  ``max(32 MiB, 8 x the measured bandwidth-delay product)``;
+  fetched too, as :class:`lazylayer.remote.ReadAhead` decides (docs/filesystem.md,
+  "Read-ahead"): a window of frames that doubles with every sequential
+  step up to ``max(32 MiB, 8 x the measured bandwidth-delay product)``;
 - optionally the rest of the image (*fill*), at a rate limit if asked.
 
 Everything it fetches goes to the disk cache, checked against the TOC's sha256
@@ -23,8 +24,7 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .. import remote
 from .plan import Plan
@@ -39,15 +39,6 @@ _READAHEAD, _PLAN, _FILL = 0, 1, 2
 
 
 # ---------------------------------------------------------------- fetching
-
-
-@dataclass
-class _Sequence:
-    """Read-ahead state of one layer."""
-
-    next: int = -1     # the frame after the last one read
-    steps: int = 0     # sequential steps in a row
-    ahead: int = 0     # frames before this one are queued (or read)
 
 
 class Prefetcher:
@@ -74,7 +65,10 @@ class Prefetcher:
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._queued: list[bytearray] = [bytearray(len(layer.toc.frames)) for layer in image.layers]
-        self._ra = [_Sequence() for _ in image.layers]
+        # Read-ahead, per layer, in frames: after two sequential reads 2 frames, doubling per read up to
+        # max_window() bytes' worth; the frames ahead are topped up once half the window is read.
+        self._ra = [remote.ReadAhead(2, self._frames_in(layer.toc.frames), after=2, gap=1, refill=0.5)
+                    for layer in image.layers]
         self._ra_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._active = 0
@@ -126,23 +120,20 @@ class Prefetcher:
         with self._ra_lock:
             self._readahead(layer, first, last)
 
+    def reads_ahead(self, layer: int) -> bool:
+        """True if sequential reads of layer ``layer`` get read-ahead here (a front end need not add its own)."""
+        return self.readahead_enabled and not self._closed and self.image.layers[layer].lazy
+
     def _readahead(self, layer: int, first: int, last: int) -> None:
-        st = self._ra[layer]
-        if st.next <= first <= st.next + 1 and st.next >= 0:
-            st.steps += 1
-        else:
-            st.steps = 0
-            st.ahead = 0
-        st.next = last + 1
-        if st.steps < 2:
-            return
-        frames = self.image.layers[layer].toc.frames
-        size = frames[first].compressed_size or 1
-        window = min(2 << min(st.steps - 2, 30), max(2, self.max_window() // size))
-        start, end = max(last + 1, st.ahead), min(len(frames), last + 1 + window)
-        if start < end and (start - last - 1) <= window // 2:  # refill once half the window is read
-            self._enqueue(_READAHEAD, layer, range(start, end))
-            st.ahead = end
+        ahead = self._ra[layer].read(first, last + 1)  # gap=1: a frame served from memory in between
+        if ahead is not None:
+            lo, hi = ahead
+            self._enqueue(_READAHEAD, layer, range(lo, min(hi, len(self.image.layers[layer].toc.frames))))
+
+    def _frames_in(self, frames: Sequence[Any]) -> Callable[[], int]:
+        """The read-ahead maximum of a layer, in frames: max_window() bytes of its mean frame (at least 2)."""
+        mean = max(1, sum(f.compressed_size for f in frames) // max(1, len(frames)))
+        return lambda: max(2, self.max_window() // mean)
 
     def max_window(self) -> int:
         """Most bytes read-ahead keeps ahead of a sequential reader: max(32 MiB, 8 x bandwidth x delay)."""

@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ipaddress
+import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -583,12 +585,165 @@ class RegistryBlobWriter:
             self.abort()
 
 
+# ------------------------------------------------------------------ artifacts (referrers)
+
+MAX_REFERRER_PAGES = 64  # pages of a paginated referrers answer (``Link: <...>; rel="next"``) followed at most
+_LINK_NEXT = re.compile(r'<([^>]*)>[^,]*?;\s*rel="?next"?', re.IGNORECASE)
+_log = logging.getLogger("lazylayer.registry.referrers")
+
+
+def referrers_tag(digest: str) -> str:
+    """The referrers tag of a ``sha256:<hex>`` digest: ``sha256-<hex>`` (distribution-spec "Referrers Tag Schema")."""
+    return "sha256-" + oci.check_digest(digest)
+
+
+class RegistryArtifacts:
+    """A registry repository as an :class:`lazylayer.oci.ArtifactStore` (docs/referrers.md, "Registries").
+
+    Artifacts are pushed by digest.  A registry that answers the push with
+    ``OCI-Subject`` indexes subjects itself (the referrers API); otherwise the
+    referrers tag ``sha256-<hex>`` is read, extended and written back (no
+    lock: two clients attaching at once can lose an entry).  Discovery asks
+    the referrers API and falls back to the tag when it answers 404.  Lookups
+    and the tag go to the registry itself, never to a mirror.
+    :class:`RegistrySource` and :class:`RegistryDestination` are both one.
+    """
+
+    ref: oci.RegistryRef
+    registry: Registry
+
+    def artifacts(self) -> RegistryArtifacts:
+        """The repository keeps the artifacts that refer to its images."""
+        return self
+
+    def attach_artifact(self, subject_digest: str, payload: bytes, payload_media_type: str,
+                        manifest: bytes, manifest_desc: oci.Descriptor) -> None:
+        self.registry.transport.run(self._aattach(subject_digest, payload, manifest, manifest_desc))
+
+    def referrers(self, subject_digest: str, artifact_type: str | None = None) -> list[oci.Descriptor]:
+        return self.registry.transport.run(self._areferrers(subject_digest, artifact_type))
+
+    def read_artifact_manifest(self, desc: oci.Descriptor) -> bytes:
+        _, data = self.registry.get_manifest(self.ref.repository, desc["digest"])  # by digest: checked against it
+        if len(data) != desc["size"]:
+            raise errors.IntegrityError(f"artifact {desc['digest']}: the manifest has {len(data)} bytes, "
+                                        f"the descriptor says {desc['size']}")
+        return data
+
+    def read_artifact_blob(self, desc: oci.Descriptor) -> bytes:
+        # reads exactly size bytes and checks the digest
+        return self.registry.blob(self.ref.repository, desc["digest"], desc["size"]).read_all()
+
+    async def _aattach(self, subject_digest: str, payload: bytes, manifest: bytes,
+                       desc: oci.Descriptor) -> None:
+        reg, repo = self.registry, self.ref.repository
+        await reg.aput_blob(repo, oci.EMPTY_JSON, oci.EMPTY_DESCRIPTOR["digest"])
+        await reg.aput_blob(repo, payload)
+        headers: dict[str, str] = {}
+        await reg.aput_manifest(repo, desc["digest"], manifest, desc["mediaType"], response_headers=headers)
+        if headers.get("oci-subject") == subject_digest:
+            return  # the registry indexes subjects itself (referrers API)
+        _log.debug("%s/%s: no OCI-Subject in the answer: updating the referrers tag", reg.host, repo)
+        await self._add_to_referrers_tag(subject_digest, desc)
+
+    async def _add_to_referrers_tag(self, subject_digest: str, desc: oci.Descriptor) -> None:
+        reg, repo = self.registry, self.ref.repository
+        tag = referrers_tag(subject_digest)
+        what = f"referrers tag {reg.host}/{repo}:{tag}"
+        try:
+            got, body = await reg.aget_manifest(repo, tag, mirrors=False)
+        except errors.NotFoundError:
+            index: dict[str, Any] = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": []}
+        else:
+            index = _referrers_tag_index(got, body, what)
+        if any(m["digest"] == desc["digest"] for m in index["manifests"]):
+            return
+        index.setdefault("schemaVersion", 2)
+        index["mediaType"] = oci.OCI_INDEX
+        index["manifests"].append(dict(desc))
+        data = oci.canonical_json(index)
+        if len(data) > oci.MAX_METADATA_BYTES:
+            raise errors.LimitError(f"{what}: the index would be {len(data)} bytes (limit {oci.MAX_METADATA_BYTES})")
+        await reg.aput_manifest(repo, tag, data, oci.OCI_INDEX)
+
+    async def _areferrers(self, subject_digest: str, artifact_type: str | None) -> list[oci.Descriptor]:
+        reg, repo = self.registry, self.ref.repository
+        entries = await self._referrers_api(subject_digest, artifact_type)
+        if entries is not None:
+            return entries
+        tag = referrers_tag(subject_digest)
+        _log.debug("%s/%s: no referrers API (404): reading the referrers tag %s", reg.host, repo, tag)
+        try:
+            got, body = await reg.aget_manifest(repo, tag, mirrors=False)
+        except errors.NotFoundError:
+            return []
+        index = _referrers_tag_index(got, body, f"referrers tag {reg.host}/{repo}:{tag}")
+        return list(index["manifests"])
+
+    async def _referrers_api(self, subject_digest: str, artifact_type: str | None) -> list[oci.Descriptor] | None:
+        """The referrers API's entries (every page); None when it answers 404 (no API: use the tag)."""
+        reg, repo = self.registry, self.ref.repository
+        await reg._ensure_scheme()
+        t = reg.transport
+        auth = reg.auth(repo)
+        what = f"referrers of {reg.host}/{repo}@{subject_digest}"
+        first = f"{reg.base}/v2/{repo}/referrers/{subject_digest}"
+        if artifact_type is not None:
+            first += "?" + urlencode({"artifactType": artifact_type})
+        url: str | None = first
+        entries: list[oci.Descriptor] = []
+        seen: set[str] = set()
+        page = 0
+
+        async def attempt(u: str) -> tuple[bytes | None, str | None]:
+            with network_retry():
+                async with t.open("GET", u, headers={"Accept": oci.OCI_INDEX}, auth=auth) as resp:
+                    if resp.status == 404 and page == 0:
+                        return None, None
+                    t.check_status(resp, what)
+                    body = await read_metadata(resp, what)
+                    return body, _next_page(u, resp.headers.getall("Link", []))
+
+        while url is not None:
+            if page == MAX_REFERRER_PAGES:
+                raise errors.LimitError(f"{what}: more than {MAX_REFERRER_PAGES} pages of referrers")
+            seen.add(url)
+            body, next_url = await t.call([url], attempt, what)
+            if body is None:
+                return None
+            entries += oci.referrers_entries(oci.parse_json(body, what), what)
+            page += 1
+            url = next_url if next_url not in seen else None
+        return entries
+
+
+def _referrers_tag_index(desc: oci.Descriptor, body: bytes, what: str) -> dict[str, Any]:
+    """The referrers tag's image index, checked; anything else there is a FormatError."""
+    if desc.get("mediaType") != oci.OCI_INDEX:
+        raise errors.FormatError(f"{what} holds a {desc.get('mediaType')!r}, not an OCI image index "
+                                 "(the referrers tag schema needs one)")
+    index = oci.parse_json(body, what)
+    index["manifests"] = oci.referrers_entries(index, what)
+    return index
+
+
+def _next_page(current: str, links: list[str]) -> str | None:
+    for value in links:
+        m = _LINK_NEXT.search(value)
+        if m:
+            url = urljoin(current, m.group(1).strip())
+            if urlsplit(url).scheme in ("http", "https"):
+                return url
+    return None
+
+
 # ------------------------------------------------------------------ image source / destination
 
 
 @dataclass
-class RegistrySource:
-    """A ``docker://`` image to read (an :class:`lazylayer.oci.ImageSource`)."""
+class RegistrySource(RegistryArtifacts):
+    """A ``docker://`` image to read (an :class:`lazylayer.oci.ImageSource`; its artifacts'
+    :class:`lazylayer.oci.ArtifactStore` too)."""
 
     ref: oci.RegistryRef
     registry: Registry
@@ -620,8 +775,9 @@ class RegistrySource:
 
 
 @dataclass
-class RegistryDestination:
-    """A ``docker://`` reference to push a converted image to."""
+class RegistryDestination(RegistryArtifacts):
+    """A ``docker://`` reference to push a converted image to (an :class:`lazylayer.oci.ImageDestination`;
+    an :class:`lazylayer.oci.ArtifactStore` too)."""
 
     ref: oci.RegistryRef
     registry: Registry

@@ -4,7 +4,9 @@
   connections, retries, deadlines, mirrors), range planning
   (:func:`plan_requests`) and :func:`background` priority;
 - :mod:`.blob`: :class:`HttpBlob`, :class:`FsspecBlob` and :func:`open_blob`,
-  with every range checked against a digest when the caller knows it.
+  with every range checked against a digest when the caller knows it;
+- :mod:`.readahead`: :class:`ReadAhead`, the one read-ahead policy (the
+  blob stream, the prefetcher and ``lazylayer://`` files use it).
 
 Nothing here knows about images: :mod:`lazylayer.oci` and
 :mod:`lazylayer.registry` stand on it.
@@ -18,6 +20,7 @@ from .blob import (
     HttpBlob,
     open_blob,
 )
+from .readahead import ReadAhead
 from .transport import (
     NETWORK_ERRORS,
     Authorizer,
@@ -43,6 +46,7 @@ __all__ = [
     "HttpBlob",
     "NETWORK_ERRORS",
     "Range",
+    "ReadAhead",
     "RemoteOptions",
     "Transport",
     "TransportStats",

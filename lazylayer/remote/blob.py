@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from .. import errors
 from ..core.seekable import seek_position
+from .readahead import ReadAhead
 from .transport import (
     Authorizer,
     Range,
@@ -165,9 +166,11 @@ class HttpBlob:
 class _BlobStream(io.RawIOBase):
     """Sequential reads of an :class:`HttpBlob` with a growing window of parts in flight.
 
-    The window starts at two parts and doubles while reads stay sequential, up
-    to ``readahead`` bytes; a seek elsewhere cancels what is in flight.  Memory
-    is bounded by the window.
+    The part being read is fetched with the parts after it: how many is the
+    :class:`~lazylayer.remote.readahead.ReadAhead` policy's window, counted
+    in parts (one at the first read, doubling with every part read in
+    order, up to ``readahead`` bytes in flight); a seek elsewhere cancels
+    what is in flight.  Memory is bounded by the window.
     """
 
     def __init__(self, blob: HttpBlob, readahead: int | None) -> None:
@@ -175,8 +178,8 @@ class _BlobStream(io.RawIOBase):
         self.blob = blob
         o = blob.transport.options
         self.part = o.part_size
-        self.max_window = max(1, (readahead if readahead is not None else o.readahead) // self.part)
-        self.window = min(2, self.max_window)
+        in_flight = max(1, (readahead if readahead is not None else o.readahead) // self.part)
+        self.ra = ReadAhead(1, in_flight - 1, after=0)  # parts ahead of the one being read
         self.pos = 0
         self.last = -1
         self.parts: dict[int, concurrent.futures.Future[bytes]] = {}
@@ -194,9 +197,9 @@ class _BlobStream(io.RawIOBase):
         self.pos = seek_position(self.pos, offset, whence, lambda: self.blob.size)
         return self.pos
 
-    def _schedule(self, idx: int, size: int) -> None:
+    def _schedule(self, first: int, end: int, size: int) -> None:
         t = self.blob.transport
-        for j in range(idx, min(idx + self.window, -(-size // self.part))):
+        for j in range(first, min(end, -(-size // self.part))):
             if j not in self.parts:
                 off = j * self.part
                 n = min(self.part, size - off)
@@ -208,12 +211,14 @@ class _BlobStream(io.RawIOBase):
         if self.pos >= size or len(b) == 0:
             return 0
         idx = self.pos // self.part
-        if idx == self.last + 1:
-            self.window = min(self.max_window, self.window * 2)
-        elif idx != self.last:
-            self._cancel()
-            self.window = min(2, self.max_window)
-        self._schedule(idx, size)
+        ahead = None
+        if idx != self.last:  # a new part: a step of the run, or a seek
+            ahead = self.ra.read(idx, idx + 1)
+            if self.ra.steps == 0:
+                self._cancel()
+        self._schedule(idx, idx + 1, size)
+        if ahead is not None:
+            self._schedule(*ahead, size)
         data = self.parts[idx].result()
         for j in [j for j in self.parts if j < idx]:
             self.parts.pop(j).cancel()
