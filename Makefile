@@ -1,5 +1,6 @@
 # The two commands of the README.  Both set up a fresh machine first
-# (scripts/setup.sh: system packages, .venv, lazylayer built from source).
+# (scripts/setup.sh: system packages, .venv, lazylayer built from source);
+# on a machine already set up that is a quick, silent check.
 .PHONY: setup demo test bench lib
 
 setup:

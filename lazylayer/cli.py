@@ -39,6 +39,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 
 from . import errors
@@ -84,18 +85,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
         "media_type": result.root["mediaType"],
         "layers_converted": len(result.layers),
         "layers_copied": result.copied_layers,
-        "layers": [{"digest": i.digest, "size": i.size, "diff_id": i.diff_id, "tar_size": i.tar_size,
-                    "frames": i.frames, "entries": i.entries, "toc_digest": i.toc_digest} for i in result.layers],
+        "layers": [{"digest": c.info.digest, "size": c.info.size, "diff_id": c.info.diff_id,
+                    "tar_size": c.info.tar_size, "frames": c.info.frames, "entries": c.info.entries,
+                    "toc_digest": c.info.toc_digest, "source_digest": c.source.get("digest"),
+                    "source_size": c.source.get("size"), "source_media_type": c.source.get("mediaType"),
+                    "seconds": round(c.seconds, 3)} for c in result.converted],
+        "seconds": round(result.seconds, 3),
     }
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif not args.quiet:
-        for i in result.layers:
-            print(f"layer {i.digest[:19]}: {_human(i.tar_size)} tar -> {_human(i.size)} "
-                  f"({i.size / max(i.tar_size, 1):.1%}), {i.frames} frames, {i.entries} entries")
+        for c in result.converted:
+            print(f"layer {str(c.source.get('digest', '?'))[:19]}…: {c.summary()}")
+        if result.copied_layers:
+            print(f"{result.copied_layers} layer(s) copied as they were (lazy already, or not a filesystem layer)")
         kind = "index" if result.root["mediaType"] in INDEX_TYPES else "manifest"
-        print(f"{args.destination}: {kind} {result.root['digest']}")
+        print(f"{args.destination}: {kind} {result.root['digest']}, in {result.seconds:.1f} s")
     return 0
 
 
@@ -146,7 +152,8 @@ def _registry_options(p: argparse.ArgumentParser, directions: bool = False) -> N
     if directions:
         g.add_argument("--src-creds", metavar="USER[:PASSWORD]", help="credentials for SRC only")
         g.add_argument("--dest-creds", metavar="USER[:PASSWORD]", help="credentials for DST only")
-    g.add_argument("--authfile", action="append", help="auth file to use instead of docker's and podman's")
+    g.add_argument("--authfile", action="append", metavar="FILE",
+                   help="auth file to use instead of docker's and podman's; repeatable")
     g.add_argument("--tls-verify", type=_boolean, default=True, metavar="BOOL",
                    help="verify TLS certificates; false also allows plain HTTP (default true; "
                         "loopback registries use HTTP anyway)")
@@ -183,7 +190,7 @@ def _registry_config(args: argparse.Namespace, creds: str | None) -> object:
 def cmd_compress(args: argparse.Namespace) -> int:
     src: BinaryIO = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")
     total = None if args.input == "-" else os.fstat(src.fileno()).st_size
-    progress = Progress(total, "compress", None if not args.quiet else False)
+    progress = Progress(total, f"compressing {args.input}", None if not args.quiet else False)
     tmp = args.output + ".part"
     try:
         with SeekableWriter(tmp, frame_size=args.frame_size, level=args.level,
@@ -292,20 +299,39 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     with _open_image(args) as img:
         tree = img.tree
-        top = tree.resolve(args.path)
+        asked = args.path.strip("/")
+        link = tree.resolve(args.path, follow=False)  # like GNU ls: a symlink is shown as itself...
+        top = link
+        if link.kind == "symlink" and not args.directory:
+            try:  # ...unless it leads to a directory whose entries are asked for
+                target = tree.resolve(args.path, follow=True)
+                if target.children is not None:
+                    top = target
+            except OSError:  # a dangling link or a loop: show the link
+                pass
+
+        def named(path: str) -> str:
+            """An entry's name as ``ImageFileSystem.ls`` gives it: no leading slash, under PATH as given
+            (even when a symlink led elsewhere)."""
+            if top.path == asked or not (path == top.path or path.startswith(top.path + "/") or not top.path):
+                return path
+            rest = path[len(top.path):].lstrip("/")
+            return f"{asked}/{rest}" if asked and rest else asked or rest
+
         groups: list[tuple[str | None, list[Any]]]
         if top.children is None or args.directory:
             groups = [(None, [top])]
         elif args.recursive:
-            groups = [(d.path, kids) for d, kids in tree.walk(top)]
+            groups = [(named(d.path), kids) for d, kids in tree.walk(top)]
         else:
-            groups = [(top.path, [top.children[k] for k in sorted(top.children)])]
+            groups = [(asked, [top.children[k] for k in sorted(top.children)])]
         if args.json:
             out = []
-            for _, nodes in groups:
+            for where, nodes in groups:
                 for n in nodes:
-                    info = n.info()
-                    info["name"] = "/" + n.path
+                    info = n.info()  # "name" as ImageFileSystem.info (one entry) and .ls (a listing) give it
+                    if where is not None:
+                        info["name"] = named(n.path)
                     if "xattrs" in info:
                         info["xattrs"] = {k: v.decode("latin-1") for k, v in info["xattrs"].items()}
                     out.append(info)
@@ -324,14 +350,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(ino.mtime))
                 size = f"{os.major(ino.rdev)}, {os.minor(ino.rdev)}" if ino.kind in ("char", "block") else \
                     str(ino.size if ino.kind != "dir" else 0)
-                link = f" -> {ino.linkname}" if ino.kind == "symlink" else ""
-                print(f"{st.filemode(ino.mode)} {ino.nlink:3} {ino.uid:5} {ino.gid:5} {size:>10} {when} {name}{link}")
+                link_to = f" -> {ino.linkname}" if ino.kind == "symlink" else ""
+                print(f"{st.filemode(ino.mode)} {ino.nlink:3} {ino.uid:5} {ino.gid:5} {size:>10} {when} "
+                      f"{name}{link_to}")
     return 0
 
 
 def _image_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that opens an image."""
-    p.add_argument("--platform", help="OS/ARCH[/VARIANT] of a multi-platform image (default: this machine's)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="which image of a multi-platform index (default: this machine's)")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="disk cache of fetched frames (default $LAZYLAYER_CACHE_DIR or ~/.cache/lazylayer)")
     p.add_argument("--no-cache", action="store_true", help="keep nothing on disk")
@@ -440,13 +468,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cache_action(args: argparse.Namespace) -> int:
-    cache = DiskCache(args.cache_dir)
+    cache = DiskCache(args.cache_dir, create=False)  # looking at a cache never makes one
     if args.action == "trim":
         before = cache.usage().bytes
         freed = cache.trim(args.max_size)
         after = cache.usage().bytes
-        print(f"freed {_human(freed)} ({freed} bytes): {_human(before)} -> {_human(after)}, "
-              f"limit {_human(cache.max_bytes if args.max_size is None else args.max_size)}")
+        target = f"{_human(args.max_size)}" if args.max_size is not None else \
+            f"the limit, {_human(cache.max_bytes)}"
+        print(f"freed {_human(freed)} ({freed} bytes): {_human(before)} -> {_human(after)}, trimmed to {target}")
     elif args.action == "clear":
         freed = cache.clear()
         left = cache.usage()
@@ -458,7 +487,7 @@ def _cache_action(args: argparse.Namespace) -> int:
             json.dump(dataclasses.asdict(usage), sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
-            print(f"{'path':8} {usage.path}")
+            print(f"{'path':8} {usage.path}" + ("" if os.path.isdir(usage.path) else " (does not exist yet)"))
             print(f"{'used':8} {_human(usage.bytes)} ({usage.bytes} bytes, {usage.bytes / max(usage.max_bytes, 1):.1%})")
             print(f"{'limit':8} {_human(usage.max_bytes)} ({usage.max_bytes} bytes)")
             print(f"{'entries':8} {usage.entries}")
@@ -476,58 +505,98 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _compression_options(p: argparse.ArgumentParser, frame_size: int) -> None:
-    p.add_argument("--frame-size", type=_size, default=frame_size,
+    p.add_argument("--frame-size", type=_size, default=frame_size, metavar="SIZE",
                    help=f"uncompressed bytes per frame (default {frame_size >> 20}M)")
-    p.add_argument("--level", type=int, default=3, help="zstd level (default 3)")
-    p.add_argument("--threads", type=int, default=None, help="compression threads (default: one per CPU)")
+    p.add_argument("--level", type=int, default=3, metavar="N", help="zstd level (default 3)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="compression threads (default: one per CPU)")
+
+
+_DESCRIPTION = """\
+Read container images lazily: mount them, list and read their files, and
+convert them to lazy layers."""
+
+_EPILOG = """\
+IMAGE is docker://HOST/REPO:TAG (or @sha256:DIGEST), oci:DIR[:TAG] or
+docker-archive:FILE. Commands that open an image keep fetched frames in the
+disk cache (--cache-dir, default $LAZYLAYER_CACHE_DIR or ~/.cache/lazylayer).
+
+Examples:
+  lazylayer demo
+  lazylayer convert oci:./app:1 docker://registry.example/app:1-lazy
+  lazylayer ls -l docker://registry.example/app:1-lazy /etc
+  lazylayer mount docker://registry.example/app:1-lazy /mnt/app
+
+Exit codes: 0 success; 1 a lazylayer error (bad data, a failed source or
+mount, a path that is not in the image); 2 usage (bad arguments).
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lazylayer", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from . import __version__
 
-    d = sub.add_parser("demo", help="pack, compress and lazily read an embedded default tree")
-    d.add_argument("--directory", help="tree to pack (default: Python's standard library)")
-    d.add_argument("--limit", type=_size, default=_size("64M"), help="pack at most this much (default 64M)")
-    d.add_argument("--files", type=int, default=40, help="files to read back (default 40)")
-    d.add_argument("--frame-size", type=_size, default=DEFAULT_FRAME_SIZE, help="frame size (default 1M)")
-    d.add_argument("--seed", type=int, default=1)
+    p = argparse.ArgumentParser(prog="lazylayer", description=_DESCRIPTION, epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"lazylayer {__version__}",
+                   help="print lazylayer's version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
+                           help="one of these (lazylayer COMMAND --help tells more)")
+
+    d = sub.add_parser("demo", help="pack, compress and lazily read an embedded default tree",
+                       description="Pack a directory every machine with Python has (its standard library) "
+                                   "into a tar, compress it in the seekable zstd format, then read random files "
+                                   "back through a source that counts every compressed byte asked for, as a "
+                                   "network fetch would, checking each byte. No network, no service.")
+    d.add_argument("--directory", metavar="DIR", help="tree to pack (default: Python's standard library)")
+    d.add_argument("--limit", type=_size, default=_size("64M"), metavar="SIZE",
+                   help="pack at most this much (default 64M)")
+    d.add_argument("--files", type=int, default=40, metavar="N", help="files to read back (default 40)")
+    d.add_argument("--frame-size", type=_size, default=DEFAULT_FRAME_SIZE, metavar="SIZE",
+                   help="uncompressed bytes per frame (default 1M)")
+    d.add_argument("--seed", type=int, default=1, metavar="N",
+                   help="seed of the random choice of files to read back (default 1)")
     d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("convert", help="convert an image to lazy layers",
                        description="Convert an image to lazy layers. SRC: oci:DIR[:TAG], docker-archive:FILE[:REPO:TAG] "
                                    "or docker://HOST/REPO[:TAG|@DIGEST]; DST: oci:DIR[:TAG] or docker://HOST/REPO[:TAG]. "
                                    "Every platform of a multi-platform index is converted.")
-    v.add_argument("source", metavar="SRC")
-    v.add_argument("destination", metavar="DST")
+    v.add_argument("source", metavar="SRC", help="the image to convert")
+    v.add_argument("destination", metavar="DST", help="where to write the converted image")
     _compression_options(v, LAYER_FRAME_SIZE)
     v.add_argument("--prefetch", metavar="PLAN", help="a plan file from `lazylayer record -o`: its ranges go "
                                                          "into the TOCs of the layers it covers")
     v.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    v.add_argument("-q", "--quiet", action="store_true")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     _registry_options(v, directions=True)
     v.set_defaults(func=cmd_convert)
 
     n = sub.add_parser("inspect", help="show an image's manifest and layers",
                        description="Show the manifest an image reference means on one platform. "
                                    "REF: docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or docker-archive:FILE.")
-    n.add_argument("reference", metavar="REF")
-    n.add_argument("--platform", help="OS/ARCH[/VARIANT] (default: this machine's)")
+    n.add_argument("reference", metavar="REF", help="the image")
+    n.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="which image of a multi-platform index "
+                                                                    "(default: this machine's)")
     n.add_argument("--raw", action="store_true", help="print the manifest (or, without --platform, the index) as stored")
     n.add_argument("--json", action="store_true", help="machine-readable output")
     _registry_options(n)
     n.set_defaults(func=cmd_inspect)
 
-    c = sub.add_parser("compress", help="write a file in the zstd seekable format")
-    c.add_argument("input", help="file to compress, or - for stdin")
-    c.add_argument("output")
+    c = sub.add_parser("compress", help="write a file in the zstd seekable format",
+                       description="Compress IN (a file, or - for stdin) into OUT in the zstd seekable format: "
+                                   "independent frames and a seek table, so any range can be read back "
+                                   "without decompressing what comes before it. Any zstd tool can decompress "
+                                   "OUT. OUT appears only once complete.")
+    c.add_argument("input", metavar="IN", help="file to compress, or - for stdin")
+    c.add_argument("output", metavar="OUT", help="the seekable zstd file to write")
     _compression_options(c, DEFAULT_FRAME_SIZE)
     c.add_argument("--no-checksum", action="store_true", help="omit per-frame checksums from the seek table")
-    c.add_argument("-q", "--quiet", action="store_true")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     c.set_defaults(func=cmd_compress)
 
-    i = sub.add_parser("info", help="show the seek table of a seekable zstd file")
-    i.add_argument("file")
+    i = sub.add_parser("info", help="show the seek table of a seekable zstd file",
+                       description="Show FILE's seek table: sizes, frames, checksums, the compression ratio "
+                                   "(--frames: every frame).")
+    i.add_argument("file", metavar="FILE", help="a seekable zstd file")
     i.add_argument("--frames", action="store_true", help="list every frame")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_info)
@@ -536,22 +605,25 @@ def build_parser() -> argparse.ArgumentParser:
                        description="lazylayer cat IMAGE PATH: a file of an image, fetching only its frames. "
                                    "lazylayer cat FILE: the uncompressed bytes of a seekable zstd file "
                                    "(a path or any fsspec URL).")
-    k.add_argument("source", metavar="IMAGE|FILE")
+    k.add_argument("source", metavar="IMAGE|FILE", help="an image, or a seekable zstd file (path or URL)")
     k.add_argument("path", nargs="?", metavar="PATH", help="a file in the image (symlinks are followed)")
-    k.add_argument("--offset", type=_size, default=0)
-    k.add_argument("--length", type=_size, default=None)
-    k.add_argument("--threads", type=int, default=None, help="decoding threads (seekable files)")
+    k.add_argument("--offset", type=_size, default=0, metavar="N", help="start N bytes in, e.g. 4K (default 0)")
+    k.add_argument("--length", type=_size, default=None, metavar="N",
+                   help="write at most N bytes, e.g. 1M (default: to the end)")
+    k.add_argument("--threads", type=int, default=None, metavar="N", help="decoding threads (seekable files)")
     _image_options(k)
     k.set_defaults(func=cmd_cat)
 
     ls = sub.add_parser("ls", help="list a directory of an image",
                         description="List PATH (default: the root) of IMAGE's merged tree; only the TOCs are "
                                     "fetched.")
-    ls.add_argument("image", metavar="IMAGE")
-    ls.add_argument("path", nargs="?", default="/", metavar="PATH")
+    ls.add_argument("image", metavar="IMAGE", help="the image")
+    ls.add_argument("path", nargs="?", default="/", metavar="PATH",
+                    help="a directory (a symlink to one is followed) or any other entry (default /)")
     ls.add_argument("-l", "--long", action="store_true", help="mode, links, owner, size, mtime (UTC), link target")
     ls.add_argument("-R", "--recursive", action="store_true", help="every directory below PATH too")
-    ls.add_argument("-d", "--directory", action="store_true", help="PATH itself, not its entries")
+    ls.add_argument("-d", "--directory", action="store_true",
+                    help="PATH itself, not its entries (a symlink is shown as itself)")
     ls.add_argument("--json", action="store_true", help="one info dict per entry (as ImageFileSystem.info)")
     _image_options(ls)
     ls.set_defaults(func=cmd_ls)
@@ -560,11 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Mount IMAGE's merged root read-only at MOUNTPOINT. Files are fetched when "
                                    "read. Returns once the mount is ready, leaving a daemon that serves it "
                                    "(--foreground: serve in this process, Ctrl-C unmounts).")
-    m.add_argument("image", metavar="IMAGE")
-    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    m.add_argument("image", metavar="IMAGE", help="the image")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
-    m.add_argument("--log", metavar="FILE", help="the background daemon's log (default: next to its pid file, "
-                                                  "see docs/mount.md)")
+    m.add_argument("--log", metavar="FILE", help="append the background daemon's log to FILE (default: a log of "
+                                                  "this mount only, next to its pid file; see docs/mount.md)")
     m.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs root or "
                                                                "user_allow_other in /etc/fuse.conf)")
     m.add_argument("--read-ahead", type=_size, default=None, metavar="SIZE",
@@ -572,7 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--single-thread", action="store_true", help="answer one FUSE request at a time")
     m.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     m.add_argument("-v", "--verbose", action="count", default=0,
-                   help="log mounts, unmounts and counters; -vv also every fetch and its time")
+                   help="log more than the mount and unmount lines (with counters) logged anyway: -v what "
+                        "prefetch and read-ahead do, -vv also every fetch and its time")
     m.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse -d)")
     _prefetch_options(m)
     _image_options(m)
@@ -585,8 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the image in its registry (or OCI layout) unless -o writes it to a file. "
                                    "Needs root. Example: lazylayer record docker://HOST/app:1 -- python3 -c "
                                    "'import app'")
-    r.add_argument("image", metavar="IMAGE")
-    r.add_argument("argv", nargs="*", metavar="-- CMD [ARG ...]")
+    r.add_argument("image", metavar="IMAGE", help="the image")
+    r.add_argument("argv", nargs="*", metavar="-- CMD [ARG ...]", help="the command to run in the image")
     r.add_argument("-o", "--output", metavar="FILE", help="write the plan to FILE instead of attaching it")
     r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="stop the command after this long (the plan keeps what it read until then)")
@@ -595,10 +668,13 @@ def build_parser() -> argparse.ArgumentParser:
     _image_options(r)
     r.set_defaults(func=cmd_record)
 
-    u = sub.add_parser("umount", help="unmount a lazylayer mount and wait for its daemon to exit")
-    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u = sub.add_parser("umount", help="unmount a lazylayer mount and wait for its daemon to exit",
+                       description="Unmount the lazylayer mount at MOUNTPOINT (fusermount3 -u) and wait for "
+                                   "its daemon to exit. Anything else mounted there is refused.")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the image is mounted")
     u.add_argument("-l", "--lazy", action="store_true", help="detach now even if files are in use")
-    u.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the daemon (default 30)")
+    u.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for the daemon (default 30)")
     u.set_defaults(func=cmd_umount)
 
     e = sub.add_parser("cache", help="show, trim or clear the on-disk frame cache",
@@ -607,13 +683,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "else ~/.cache/lazylayer; its limit $LAZYLAYER_CACHE_MAX (default 10G).")
     e.add_argument("--cache-dir", metavar="DIR", default=default_cache_dir(),
                    help="the cache directory (default: %(default)s)")
-    ea = e.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ei = ea.add_parser("info", help="where the cache is, how full, its limit")
+    ea = e.add_subparsers(dest="action", required=True, metavar="ACTION",
+                          help="one of these (lazylayer cache ACTION --help tells more)")
+    ei = ea.add_parser("info", help="where the cache is, how full, its limit",
+                       description="Where the cache is, how much it holds and its limit (the most it may hold). "
+                                   "A missing directory is an empty cache; it is not created.")
     ei.add_argument("--json", action="store_true", help="machine-readable output")
-    et = ea.add_parser("trim", help="evict least recently used entries down to a size")
+    et = ea.add_parser("trim", help="evict least recently used entries down to a size",
+                       description="Evict least recently used entries until the cache holds at most SIZE "
+                                   "(default: its limit). Entries in use are kept.")
     et.add_argument("--max-size", type=_size, default=None, metavar="SIZE",
                     help="size to trim to, e.g. 1G (default: the cache's limit)")
-    ec = ea.add_parser("clear", help="remove every entry not in use")
+    ec = ea.add_parser("clear", help="remove every entry not in use",
+                       description="Remove every entry not in use (a missing directory is left missing).")
     for a in (ei, et, ec):  # --cache-dir also after the action
         a.add_argument("--cache-dir", metavar="DIR", default=argparse.SUPPRESS, help="the cache directory")
     e.set_defaults(func=cmd_cache)
@@ -629,7 +711,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if command is not None:
         args.argv = command
-    return _run(args.func, args)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args.func, args)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A warning as the command's users want it: one line in words, without the source file and line."""
+    kind = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
+    print(f"lazylayer: warning: {kind}{message}", file=sys.stderr if file is None else file)
+
+
+def _error_text(exc: BaseException) -> str:
+    """An error in words: ``PATH: No such file or directory`` rather than ``[Errno 2] ...: 'PATH'``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{os.fsdecode(exc.filename)}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -637,12 +735,12 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
     try:
         return func(args)
     except errors.LazyLayerError as exc:
-        print(f"lazylayer: {exc}", file=sys.stderr)
+        print(f"lazylayer: {_error_text(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # pragma: no cover - e.g. `lazylayer cat x | head`
         return 0
     except OSError as exc:
-        print(f"lazylayer: {exc}", file=sys.stderr)
+        print(f"lazylayer: {_error_text(exc)}", file=sys.stderr)
         return 1
 
 

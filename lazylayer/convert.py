@@ -17,7 +17,8 @@ updated last, so a failed conversion never looks complete.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, oci
@@ -31,18 +32,42 @@ from .format import (
 )
 from .progress import Progress
 from .registry import open_destination, open_source
+from .units import human_size
 
 ANNOTATION_SOURCE = "io.lazylayer.source-manifest"
 _CHUNK = 1 << 20
 
 
 @dataclass
+class ConvertedLayer:
+    """One converted layer: the source layer's descriptor, what was written, and how long it took."""
+
+    source: oci.Descriptor
+    info: LayerInfo
+    seconds: float
+
+    def summary(self) -> str:
+        """``12.3 MiB gzip -> 40.1 MiB tar -> 13.0 MiB lazy (32.4%), 21 frames, 1503 entries, 2.1 s``."""
+        h = human_size
+        i = self.info
+        src = f"{h(int(self.source.get('size') or 0))} {_kind(self.source)}"
+        return (f"{src} -> {h(i.tar_size)} tar -> {h(i.size)} lazy ({i.size / max(i.tar_size, 1):.1%} of the tar), "
+                f"{i.frames} frames, {i.entries} entries, {self.seconds:.1f} s")
+
+
+@dataclass
 class ConvertResult:
-    """What a conversion wrote: the root descriptor (index or manifest) and per-layer facts."""
+    """What a conversion wrote: the root descriptor (index or manifest) and per-layer facts.
+
+    ``layers``: what each converted layer became (in order); ``converted``: the
+    same with its source layer and time; ``seconds``: the whole conversion.
+    """
 
     root: oci.Descriptor
     layers: list[LayerInfo]
     copied_layers: int
+    converted: list[ConvertedLayer] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 # ------------------------------------------------------------------ conversion
@@ -52,7 +77,8 @@ class Converter:
     """Converts images into lazy-layer images in an OCI layout.
 
     ``frame_size``, ``level`` and ``threads`` go to :class:`LayerWriter`.
-    ``progress``: draw a bar on stderr (default: when stderr is a terminal).
+    ``progress``: draw a bar on stderr, naming the layer at work (default: when
+    stderr is a terminal; never on stdout).
     ``source_registry`` / ``dest_registry``: :class:`lazylayer.registry.RegistryConfig`
     for ``docker://`` references (credentials, TLS, mirrors).
     ``prefetch``: a :class:`lazylayer.prefetch.Plan` whose ranges go into the
@@ -70,14 +96,18 @@ class Converter:
         self.dest_registry = dest_registry
 
     def convert(self, src: str | oci.ImageRef, dst: str | oci.ImageRef) -> ConvertResult:
+        start = time.monotonic()
         source = open_source(src, self.source_registry)
         try:
             dest = open_destination(dst, self.dest_registry)
             root_desc, index, images = oci.images(source)
             total = sum(int(layer.get("size") or 0) for img in images for layer in img.manifest["layers"])
+            count = len({layer.get("digest") for img in images for layer in img.manifest["layers"]
+                         if any(oci.is_tar_layer(x) for x in img.manifest["layers"])})
             bar = Progress(total, "convert", self.progress)
             done: dict[str, oci.Descriptor] = {}  # source layer key -> converted descriptor
             infos: list[LayerInfo] = []
+            converted: list[ConvertedLayer] = []
             copied = 0
             manifests = []
             try:
@@ -91,16 +121,20 @@ class Converter:
                     for i, layer in enumerate(img.manifest["layers"]):
                         key = layer.get("digest") or f"{id(img)}:{i}"
                         if key not in done:
+                            short = str(layer.get("digest", "?"))[:19]
+                            bar.set_label(f"convert: layer {len(done) + 1}/{count} {short}…")
                             plan = self.prefetch.for_layer(layer.get("digest", ""), layer_diff_ids[i]) \
                                 if self.prefetch is not None and oci.is_tar_layer(layer) else None
                             if (is_lazy_layer(layer) and plan is None) or not oci.is_tar_layer(layer):
                                 done[key] = self._copy_layer(source, dest, layer, bar)
                                 copied += 1
                             else:
+                                t = time.monotonic()
                                 desc, info = self._convert_layer(source, dest, layer, layer_diff_ids[i], bar,
                                                                  plan.ranges if plan is not None else ())
                                 done[key] = desc
                                 infos.append(info)
+                                converted.append(ConvertedLayer(dict(layer), info, time.monotonic() - t))
                         new_layers.append(done[key])
                     manifests.append(self._write_manifest(dest, img, new_layers))
             finally:
@@ -113,7 +147,8 @@ class Converter:
             else:
                 root = manifests[0]
             dest.set_tag(dest.tag, root)
-            return ConvertResult(root=root, layers=infos, copied_layers=copied)
+            return ConvertResult(root=root, layers=infos, copied_layers=copied, converted=converted,
+                                 seconds=time.monotonic() - start)
         finally:
             source.close()
 
@@ -168,6 +203,14 @@ class Converter:
         if img.manifest_descriptor.get("annotations") and img.platform:  # an index entry's own annotations
             extra["annotations"] = img.manifest_descriptor["annotations"]
         return dest.write_blob(oci.canonical_json(manifest), oci.OCI_MANIFEST, **extra)
+
+
+def _kind(layer: oci.Descriptor) -> str:
+    """How a source layer is stored: ``gzip``, ``zstd``, ``lazy`` (re-encoded for a plan) or ``tar``."""
+    media = str(layer.get("mediaType") or "")
+    if is_lazy_layer(layer):
+        return "lazy"
+    return "gzip" if "gzip" in media else "zstd" if "zstd" in media else "tar"
 
 
 def convert(src: str, dst: str, **options: Any) -> ConvertResult:

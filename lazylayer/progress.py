@@ -1,23 +1,48 @@
-"""A one-line progress bar for long work, on stderr when it is a terminal, silent otherwise."""
+"""A one-line progress bar for long work, on stderr when it is a terminal, silent otherwise.
+
+Never on stdout: scripts parse it (``--json``).
+"""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
 
 
+def _size(n: float) -> str:
+    """Bytes in a few characters, powers of 1000 (as the MB/s next to them)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 class Progress:
-    """A one-line progress bar on stderr when it is a terminal; silent otherwise."""
+    """A one-line progress bar on stderr when it is a terminal; silent otherwise.
+
+    ``total``: the bytes expected (None: unknown, no bar, just a count).
+    ``label``: what is happening, e.g. ``fetching layer sha256:abcd… (not lazy)``;
+    it may be changed while the bar runs.  ``enabled``: None draws when stderr is
+    a terminal.  Thread-safe: any thread may :meth:`update`.
+    """
 
     def __init__(self, total: int | None, label: str, enabled: bool | None = None) -> None:
         self.total = total
         self.label = label
         self.done = 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = _is_tty() if enabled is None else enabled
         self._last = 0.0
         self._start = time.monotonic()
         self._lock = threading.Lock()
+        self._drawn = False
+
+    @property
+    def seconds(self) -> float:
+        """Time since the bar was made."""
+        return time.monotonic() - self._start
 
     def update(self, n: int) -> None:
         """Count n more bytes done; safe from several threads."""
@@ -28,17 +53,46 @@ class Progress:
                 self._last = now
                 self._draw(now)
 
+    def set_label(self, label: str) -> None:
+        """Say what is happening now (redrawn at once)."""
+        with self._lock:
+            self.label = label
+            if self.enabled:
+                self._draw(time.monotonic())
+
     def _draw(self, now: float) -> None:
-        rate = self.done / max(now - self._start, 1e-9) / 1e6
+        elapsed = max(now - self._start, 1e-9)
+        rate = f" {_size(self.done / elapsed)}/s"
+        width = shutil.get_terminal_size((80, 24)).columns - 1
         if self.total:
             frac = min(1.0, self.done / self.total)
-            bar = "#" * int(frac * 30)
-            sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {rate:7.1f} MB/s")
+            pct, total = f" {frac:4.0%}", f" of {_size(self.total)}"
+            eta = f", {elapsed * (1 - frac) / frac:.0f} s left" if 0 < frac < 1 and elapsed > 2 else ""
+            bar = " [" + ("#" * int(frac * 20)).ljust(20) + "]"
+            # what does not fit goes: the bar first, then the time left, then the total
+            for parts in ((bar, pct, total, rate, eta), (pct, total, rate, eta), (pct, total, rate), (pct, rate)):
+                tail = "".join(parts)
+                if len(self.label) + len(tail) <= width:
+                    break
         else:
-            sys.stderr.write(f"\r{self.label} {self.done / 1e6:10.1f} MB {rate:7.1f} MB/s")
+            tail = f" {_size(self.done)}{rate}"
+        line = self.label[:max(width - len(tail), 0)] + tail
+        sys.stderr.write("\r" + line[:max(width, 1)] + "\033[K")
         sys.stderr.flush()
+        self._drawn = True
 
     def close(self) -> None:
-        if self.enabled:
-            self._draw(time.monotonic())
-            sys.stderr.write("\n")
+        """Draw the final state and end the line (if anything was drawn)."""
+        with self._lock:
+            if self.enabled and (self._drawn or self.done):
+                self._draw(time.monotonic())
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+            self.enabled = False
+
+
+def _is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False

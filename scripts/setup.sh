@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian machine for lazylayer: system packages, a virtualenv in
 # .venv, and lazylayer installed into it (its C extension built from csrc/).
-# Safe to run again: it installs only what is missing.
+# Safe to run again: it installs only what is missing, and reinstalls lazylayer
+# only when what the install depends on changed (a stamp in .venv records it),
+# so a second run is quick and prints nothing. A failed install fails the
+# script, with pip's output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +26,35 @@ fi
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
     "$PY" -m venv .venv
+    # A newer pip is nice to have, not needed: if it cannot be had, say so and go on with this one.
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 ||
+        echo "setup: warning: could not upgrade pip in .venv; going on with $(.venv/bin/python -m pip --version)" >&2
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e ".[test,bench]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import lazylayer" # fails loudly if the extension did not build
+
+# What an (editable) install depends on: Python changes need no reinstall, but metadata,
+# dependencies and the C extension (csrc/, its cffi build script) do.
+STAMP=.venv/.lazylayer-install
+want=$({ .venv/bin/python -VV
+         sha256sum pyproject.toml setup.py MANIFEST.in lazylayer/core/_build.py csrc/*.c csrc/*.h scripts/setup.sh
+       } | sha256sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && .venv/bin/python -c "import lazylayer" 2>/dev/null; then
+    exit 0  # installed from these very files, and it imports: nothing to do
+fi
+
+echo "setup: installing lazylayer into .venv (editable, with the test and bench extras; builds the C extension)" >&2
+rm -f "$STAMP"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! .venv/bin/python -m pip install -q -e ".[test,bench]" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: error: pip install -e '.[test,bench]' failed (its output is above)" >&2
+    exit 1
+fi
+if ! .venv/bin/python -c "import lazylayer" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: error: lazylayer was installed but does not import (did its C extension build?)" >&2
+    exit 1
+fi
+echo "$want" >"$STAMP"

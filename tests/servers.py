@@ -54,12 +54,11 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
+import images
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
-
-import images
 
 SETUP_HINT = "run scripts/setup.sh (it installs docker-registry, apache2-utils, skopeo, umoci and the test extras)"
 

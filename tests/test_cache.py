@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from lazylayer.image import cache as cache_mod
 from lazylayer.image import CacheError, CacheUsage, DiskCache, default_cache_dir
+from lazylayer.image import cache as cache_mod
 from lazylayer.units import parse_size
 
 
@@ -781,3 +781,41 @@ def test_cli_usage_errors(cdir, tmp_path):
     res = cli("info", "--cache-dir", str(tmp_path / "file" / "sub"))
     assert res.returncode == 1 and str(tmp_path / "file").encode() in res.stderr
     assert b"Traceback" not in res.stderr
+
+
+def test_cli_never_creates_a_missing_cache_and_says_limit_for_the_limit_only(cdir, tmp_path):
+    missing = tmp_path / "nothing" / "here"
+    res = cli("info", "--cache-dir", str(missing))
+    assert res.returncode == 0, res.stderr
+    assert b"(does not exist yet)" in res.stdout and b"used     0 B" in res.stdout
+    res = cli("info", "--json", "--cache-dir", str(missing), env={"LAZYLAYER_CACHE_MAX": "1G"})
+    assert json.loads(res.stdout) == {"path": str(missing), "bytes": 0, "entries": 0, "files": 0,
+                                      "max_bytes": 1 << 30}
+    for action in (["trim"], ["trim", "--max-size", "0"], ["clear"]):
+        res = cli(*action, "--cache-dir", str(missing))
+        assert res.returncode == 0 and res.stdout.startswith(b"freed 0 B"), res.stderr
+    assert not (tmp_path / "nothing").exists()
+
+    # "limit" is the configured maximum (info); trim says what it trimmed to
+    c = DiskCache(cdir, max_bytes=1 << 30)
+    for s in range(8):
+        c.put(*entry(s, 64 << 10))
+    res = cli("trim", "--max-size", "256K", "--cache-dir", str(cdir))
+    assert res.returncode == 0 and res.stdout.decode().rstrip().endswith("trimmed to 256.0 KiB"), res.stdout
+    assert b"limit" not in res.stdout
+    res = cli("trim", "--cache-dir", str(cdir), env={"LAZYLAYER_CACHE_MAX": "2G"})
+    assert res.stdout.decode().rstrip().endswith("trimmed to the limit, 2.0 GiB"), res.stdout
+    res = cli("info", "--cache-dir", str(cdir), env={"LAZYLAYER_CACHE_MAX": "2G"})
+    assert b"limit    2.0 GiB" in res.stdout and b"does not exist" not in res.stdout
+
+
+def test_a_cache_that_is_not_a_directory_is_an_error_not_an_empty_cache(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    for path in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(CacheError, match=str(tmp_path / "file")):
+            DiskCache(path, create=False)
+        res = cli("info", "--cache-dir", str(path))
+        assert res.returncode == 1 and str(tmp_path / "file").encode() in res.stderr
+        assert b"Traceback" not in res.stderr and b"[Errno" not in res.stderr
+    assert DiskCache(tmp_path / "missing", create=False).usage().bytes == 0
+    assert not (tmp_path / "missing").exists()

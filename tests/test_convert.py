@@ -24,11 +24,11 @@ import subprocess
 import sys
 import tarfile
 
+import images
 import pytest
 import zstandard
-
-import images
 from images import run, sha256
+
 from lazylayer import errors
 from lazylayer.convert import convert
 from lazylayer.format import read_toc

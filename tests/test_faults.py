@@ -16,11 +16,11 @@ import random
 import time
 
 import pytest
+from servers import small_image, unique_repo
 
 import lazylayer
 from lazylayer import errors, oci, remote
 from lazylayer.registry import Registry, RegistryConfig
-from servers import small_image, unique_repo
 
 BLOB_SIZE = 3 << 20
 DEADLINE = 4.0

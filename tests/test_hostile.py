@@ -11,14 +11,13 @@ import random
 import struct
 
 import pytest
+import seekfmt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from seekfmt import seek_table
 
 import lazylayer
 from lazylayer import BlockCache, SeekableReader, SeekableWriter
-
-import seekfmt
-from seekfmt import seek_table
 
 FRAME = b"".join(i.to_bytes(4, "little") for i in range(5000))  # 20 kB, compressible
 

@@ -22,13 +22,13 @@ import tarfile
 import time
 from typing import Any, Iterator
 
-import pytest
-
 import images
+import pytest
+from servers import RegistryServer, unique_repo
+
 from lazylayer import mount
 from lazylayer.convert import Converter
 from lazylayer.image import Image
-from servers import RegistryServer, unique_repo
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse on this machine"),
@@ -53,8 +53,9 @@ class Mounted:
         self.path = where
         os.makedirs(where, exist_ok=True)
         opts = ["--cache-dir", cache_dir] if cache_dir else ["--no-cache"]
-        self.result = cli("mount", ref, where, *opts, "-v", *extra)
-        self.pidfile, self.log = mount.state_paths(where)
+        self.log = where + ".log"  # next to the mount point, in the test's tmp_path: nothing left behind
+        self.result = cli("mount", ref, where, *opts, "-v", "--log", self.log, *extra)
+        self.pidfile, _ = mount.state_paths(where)
         self.pid = int(open(self.pidfile).read())
 
     def log_text(self) -> str:
@@ -321,19 +322,64 @@ def test_foreground_mount_unmounts_cleanly_on_sigterm_and_sigint(built: Built, t
 
 
 def test_mount_errors(built: Built, registry: RegistryServer, tmp_path: Any) -> None:
+    """A mount that fails exits 1 with its reason; usage errors (a mount point that is not a directory) 2."""
     where = str(tmp_path / "mnt")
     os.makedirs(where)
-    res = cli("mount", f"docker://{registry.host}/does-not-exist:v1", where, "--no-cache", check=False)
+    log = str(tmp_path / "mount.log")
+    res = cli("mount", f"docker://{registry.host}/does-not-exist:v1", where, "--no-cache", "--log", log,
+              check=False)
     assert res.returncode == 1 and "not found" in res.stderr.lower() and "Traceback" not in res.stderr
     assert not mount.is_mounted(where)
-    res = cli("mount", built.ref, str(tmp_path / "missing"), check=False)
+    res = cli("mount", built.ref, str(tmp_path / "missing"), "--log", log, check=False)
     assert res.returncode == 2 and "not a directory" in res.stderr
     res = cli("umount", where, check=False)
     assert res.returncode == 1 and "not a lazylayer mount" in res.stderr
     with open(tmp_path / "file", "w"):
         pass
-    res = cli("mount", built.ref, str(tmp_path / "file"), check=False)
+    res = cli("mount", built.ref, str(tmp_path / "file"), "--log", log, check=False)
     assert res.returncode == 2
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare and root")
+def test_a_mount_that_libfuse_cannot_make_exits_1(built: Built, tmp_path: Any) -> None:
+    """FUSE itself failing (here: /dev/fuse hidden behind /dev/null, in a mount namespace of the test's
+    own) is a failed mount, exit 1 with the reason, in the background and in the foreground."""
+    where = str(tmp_path / "mnt")
+    os.makedirs(where)
+    log = str(tmp_path / "mount.log")
+    script = (f"mount --bind /dev/null /dev/fuse && "
+              f"{LAZYLAYER} mount {built.ref} {where} --no-cache --log {log}; echo background=$?; "
+              f"{LAZYLAYER} mount -f {built.ref} {where} --no-cache; echo foreground=$?")
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=120)
+    assert "background=1\n" in res.stdout and "foreground=1\n" in res.stdout, (res.stdout, res.stderr)
+    assert "libfuse could not mount" in res.stderr and "Traceback" not in res.stderr
+    assert not mount.is_mounted(where)
+
+
+def test_the_log_without_v_has_the_mount_and_the_counters(built: Built, tmp_path: Any) -> None:
+    """docs/mount.md: the log starts with the mount line and ends with the counters, without -v too.
+    The default log holds the last mount only; --log FILE collects every mount."""
+    where = str(tmp_path / "mnt")
+    os.makedirs(where)
+    _, default_log = mount.state_paths(where)
+    try:
+        for _ in range(2):
+            cli("mount", built.ref, where, "--no-cache", "-q")
+            assert open(os.path.join(where, "etc/passwd"), "rb").read()
+            cli("umount", where)
+        lines = open(default_log).read().splitlines()
+        assert len(lines) == 2, lines  # one mount's lines: the first mount's were not kept
+        assert "INFO mounted " + built.ref in lines[0] and " frames fetched " in lines[1], lines
+    finally:
+        if os.path.exists(default_log):
+            os.unlink(default_log)
+    mine = str(tmp_path / "mine.log")
+    for _ in range(2):
+        cli("mount", built.ref, where, "--no-cache", "-q", "--log", mine)
+        cli("umount", where)
+    assert sum("INFO unmounted" in line for line in open(mine)) == 2
+    assert not os.path.exists(default_log)
 
 
 def test_mounting_twice_is_refused(built: Built, mounted: Any) -> None:
@@ -360,6 +406,12 @@ def test_ls(built: Built, tmp_path: Any) -> None:
     assert {e["name"].lstrip("/") for e in entries} == want
     res = cli("ls", built.ref, "/no/such", "--cache-dir", cache, check=False)
     assert res.returncode == 1 and "No such file" in res.stderr
+    # symlinks as GNU ls shows them: the link itself with -d or when it is not to a directory
+    assert cli("ls", "-ld", built.ref, "/big/dirlink", "--cache-dir", cache).stdout.startswith("lrwxrwxrwx ")
+    assert cli("ls", "-l", built.ref, "/big/escape", "--cache-dir", cache).stdout.rstrip().endswith(
+        "/big/escape -> ../../../../../etc/passwd")
+    assert cli("ls", built.ref, "/big/dirlink", "--cache-dir", cache).stdout.split() == \
+        sorted(os.listdir(os.path.join(built.rootfs, "app/lib")))
 
 
 def test_cat_an_image_file_and_a_blob(built: Built, tmp_path: Any) -> None:

@@ -21,6 +21,8 @@ from typing import Any, Iterator
 
 import pytest
 from aiohttp import web
+from servers import AioServer, RegistryServer, unique_repo
+from test_mount import Programs, cli
 
 from lazylayer import errors, remote
 from lazylayer.convert import Converter
@@ -36,8 +38,6 @@ from lazylayer.prefetch import (
 )
 from lazylayer.prefetch.prefetcher import _frames_of
 from lazylayer.prefetch.recorder import _first_reads
-from servers import AioServer, RegistryServer, unique_repo
-from test_mount import Programs, cli
 
 FRAME = 64 << 10
 BIG = os.urandom(3 << 20)  # 48 frames of 64 KiB
@@ -262,11 +262,10 @@ needs_fuse = pytest.mark.skipif(
 
 def hash_big_through_a_mount(ref: str, tmp_path: Any, *options: str) -> str:
     """``lazylayer mount -v REF`` (fresh cache), sha256sum /data/big.bin chrooted into it, unmount: the daemon's log."""
-    from lazylayer import mount
-
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    cli("mount", ref, str(mnt), "--cache-dir", str(tmp_path / "mountcache"), "-v", *options)
+    log = tmp_path / "mount.log"  # not the default log: a test leaves nothing outside its tmp_path
+    cli("mount", ref, str(mnt), "--cache-dir", str(tmp_path / "mountcache"), "-v", "--log", str(log), *options)
     try:
         res = subprocess.run(["chroot", str(mnt), "/bin/sh", "-c", "sha256sum /data/big.bin"],
                              capture_output=True, text=True, timeout=60)
@@ -274,7 +273,7 @@ def hash_big_through_a_mount(ref: str, tmp_path: Any, *options: str) -> str:
         assert res.stdout.split()[0] == hashlib.sha256(BIG).hexdigest()
     finally:
         cli("umount", str(mnt))
-    return open(mount.state_paths(str(mnt))[1]).read()
+    return log.read_text()
 
 
 @needs_fuse
@@ -331,5 +330,5 @@ def test_a_bad_plan_file_fails_the_mount_with_its_reason(programs: Programs, tmp
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     res = cli("mount", programs.ref, str(mnt), "--cache-dir", str(tmp_path / "c"), "--prefetch", str(bad),
-              check=False)
+              "--log", str(tmp_path / "mount.log"), check=False)
     assert res.returncode == 1 and "not a lazylayer prefetch plan" in res.stderr

@@ -7,21 +7,21 @@ lazylayer's client and are compared with what skopeo pushed.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import json
 import logging
+import os
 import subprocess
-
-import pytest
+import sys
 
 import images
+import pytest
+from servers import small_image, unique_repo
+
 import lazylayer
 from lazylayer import cli, convert, errors, oci, remote
-from lazylayer.registry.auth import Credentials
 from lazylayer.format import ANNOTATION_TOC_DIGEST
 from lazylayer.registry import Registry, RegistryConfig
-from servers import small_image, unique_repo
+from lazylayer.registry.auth import Credentials
 
 
 @pytest.fixture
@@ -355,7 +355,12 @@ def test_tls_and_plain_http_off_loopback(tmp_path):
     tls_verify=False; a plain-HTTP registry is unreachable by default and
     reached with tls_verify=False, as with skopeo's --tls-verify=false.
     """
-    from servers import RegistryServer, non_loopback_address, self_signed_cert, start_or_fail
+    from servers import (
+        RegistryServer,
+        non_loopback_address,
+        self_signed_cert,
+        start_or_fail,
+    )
 
     ip = non_loopback_address()
     cert = self_signed_cert(str(tmp_path), ip)

@@ -24,14 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import images
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
-import images
-from servers import (FaultProxy, MissingTool, RegistryServer, TokenServer, decode_jwt, skopeo_push, small_image,
-                     start_or_fail, unique_repo)
+from servers import (
+    FaultProxy,
+    MissingTool,
+    RegistryServer,
+    TokenServer,
+    decode_jwt,
+    skopeo_push,
+    small_image,
+    start_or_fail,
+    unique_repo,
+)
 
 OCI_ACCEPT = ", ".join([images.OCI_MANIFEST, images.OCI_INDEX,
                         "application/vnd.docker.distribution.manifest.v2+json"])

@@ -69,6 +69,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -301,11 +302,14 @@ class DiskCache:
     ``path`` defaults to :func:`default_cache_dir`; ``max_bytes`` to
     ``$LAZYLAYER_CACHE_MAX`` or :data:`DEFAULT_MAX_BYTES`.  The directory is
     created (mode 0700) here; :class:`CacheError` says which path if it cannot
-    be.  Instances are thread-safe; any number of processes may use the same
+    be.  ``create=False`` (for looking only: :meth:`usage`, :meth:`trim`,
+    :meth:`clear`) leaves a missing directory missing, an empty cache.
+    Instances are thread-safe; any number of processes may use the same
     directory at once.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, max_bytes: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, max_bytes: int | None = None, *,
+                 create: bool = True) -> None:
         self.path = os.path.abspath(os.fspath(path) if path is not None else default_cache_dir())
         self.max_bytes = _default_max_bytes() if max_bytes is None else int(max_bytes)
         if self.max_bytes < 0:
@@ -315,9 +319,20 @@ class DiskCache:
         self._files = os.path.join(self._root, "files")
         self._tmp = os.path.join(self._root, "tmp")
         self._locks = os.path.join(self._root, "locks")
-        self._make_dirs()
         self._lock_path = os.path.join(self._root, "lock")
-        _shared_for(self._lock_path)  # fail now, with the path, if it cannot be created
+        if create or os.path.isdir(self._root):
+            self._make_dirs()
+            _shared_for(self._lock_path)  # fail now, with the path, if it cannot be created
+        else:
+            try:
+                if not stat.S_ISDIR(os.stat(self.path).st_mode):
+                    raise CacheError(errno.ENOTDIR, f"disk cache: {self.path} is not a directory")
+            except FileNotFoundError:
+                pass  # not made yet: an empty cache
+            except CacheError:
+                raise
+            except OSError as exc:  # a parent that is a file, no permission
+                raise _cache_error(exc, "use", self.path) from None
         self._stats_lock = threading.Lock()
         self._stats = {"hits": 0, "misses": 0, "fetched": 0, "corrupt": 0, "evicted": 0}
 
@@ -652,6 +667,8 @@ class DiskCache:
         return self.trim(0)
 
     def _trim(self, target: int, only_above: int) -> int:
+        if not os.path.isdir(self._root):  # DiskCache(create=False) of a missing directory: nothing to trim
+            return 0
         lock_path = os.path.join(self._root, "trim.lock")
         try:
             lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

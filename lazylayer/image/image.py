@@ -33,11 +33,11 @@ from .. import errors, oci
 from ..core import BlockCache, SeekableReader, build_seek_table, default_cache
 from ..format import (
     ANNOTATION_TOC_DIGEST,
-    ANNOTATION_TOC_POSITION,
     LayerWriter,
     Toc,
     check_toc_frames,
     is_lazy_layer,
+    parse_toc_position,
     read_toc,
     reencode_layer,
 )
@@ -164,6 +164,12 @@ class Image:
             self.close()
             raise
 
+    @property
+    def source(self) -> oci.ImageSource:
+        """The store the image is read from (an :class:`~lazylayer.oci.ImageSource`); its
+        ``artifacts()`` is where artifacts that refer to the image live (None: nowhere)."""
+        return self._source
+
     # -- opening layers -------------------------------------------------------
 
     def _open_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> Layer:
@@ -171,10 +177,26 @@ class Image:
         blob = self._source.blob(desc) if is_lazy_layer(desc) else None
         if blob is not None:
             return self._lazy_layer(i, desc, blob, diff_id)
-        why = "it is not a lazy layer" if not is_lazy_layer(desc) else "its source has no range reads"
-        warnings.warn(f"{self.reference}: layer {digest} ({desc.get('size', '?')} bytes) is fetched whole "
-                      f"and indexed before any file in it can be read, because {why}; convert the image "
-                      "with `lazylayer convert` to read it lazily", NotLazyWarning, stacklevel=4)
+        # Say it once per image, in words, and only when a layer really is fetched and re-encoded
+        # now: not when the disk cache has the copy from an earlier open (named as in _local_layer).
+        hexd = oci.check_digest(digest)
+        cached = self.disk is not None and os.path.exists(self.disk._file_path(f"sha256-{hexd}.lazy"))
+        if not cached and not getattr(self, "_told_not_lazy", False):
+            from ..units import human_size
+
+            self._told_not_lazy = True
+            again = "once: the disk cache keeps the copy" if self.disk is not None else \
+                "on every open: nothing keeps the copy"
+            if is_lazy_layer(desc):
+                what = "its source cannot read byte ranges, so its layers are"
+            else:
+                tars = [d for d in self.manifest.get("layers", []) if oci.is_tar_layer(d)]
+                plain = [d for d in tars if not is_lazy_layer(d)]
+                size = human_size(sum(int(d.get("size") or 0) for d in plain))
+                what = f"{len(plain)} of its {len(tars)} layers ({size}) are not lazy layers: they are"
+            warnings.warn(f"{self.reference}: {what} fetched whole and re-encoded before any file in them can "
+                          f"be read ({again}); to read the image lazily, convert it: lazylayer convert SRC DST",
+                          NotLazyWarning, stacklevel=4)
         return self._local_layer(i, desc, diff_id)
 
     def _lazy_layer(self, i: int, desc: oci.Descriptor, blob: Any, diff_id: str) -> Layer:
@@ -185,10 +207,10 @@ class Image:
             raise errors.FormatError(f"layer {desc.get('digest')}: bad size {size!r}")
         frame = self.disk.get(toc_digest) if self.disk is not None else None
         if frame is not None:
-            try:
-                toc_offset = int(ann[ANNOTATION_TOC_POSITION].split(":")[0])
-            except ValueError:
-                raise errors.FormatError(f"bad {ANNOTATION_TOC_POSITION} annotation") from None
+            toc_offset, toc_length = parse_toc_position(ann, size)
+            if toc_length != len(frame):
+                raise errors.FormatError(f"layer {desc.get('digest')}: the TOC frame {toc_digest} has {len(frame)} "
+                                         f"bytes, its position annotation says {toc_length}")
             toc = Toc.from_frame(frame)
         else:
             index = read_toc(blob, size, ann)
@@ -213,11 +235,12 @@ class Image:
         return Layer(i, desc, toc, reader, source, lazy, keep, diff_id)
 
     def _local_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> Layer:
-        digest = oci.check_digest(desc.get("digest", ""))
+        hexd = oci.check_digest(desc.get("digest", ""))
         writer = LayerWriter(threads=self.threads)
 
         def build(out: Any) -> None:
-            bar = Progress(desc.get("size"), f"fetch {digest[7:19]}")
+            # A bar on stderr when it is a terminal (never on stdout, which scripts parse).
+            bar = Progress(desc.get("size"), f"fetching layer sha256:{hexd[:12]}… (not lazy)")
             try:
                 reencode_layer(self._source, desc, diff_id, out, writer, bar)
             finally:
@@ -225,7 +248,7 @@ class Image:
 
         keep: Any
         if self.disk is not None:
-            keep = self.disk.ensure_pinned(f"sha256-{digest[7:]}.lazy", build)
+            keep = self.disk.ensure_pinned(f"sha256-{hexd}.lazy", build)
             path = keep.path
         else:
             keep = tempfile.NamedTemporaryFile(prefix="lazylayer-", suffix=".lazy")

@@ -61,18 +61,17 @@ class Inode:
         self.gid = int(get("gid", 0))
         self.mtime = float(get("mtime", 0))
         self.offset = int(get("offset", 0))
+        self.linkname: str = ""
         if kind == "reg":
             self.mode = stat.S_IFREG | int(get("mode", 0o644)) & 0o7777
             self.size = int(get("size", 0))
-            self.linkname = ""
         elif kind == "symlink":  # Linux shows every symlink as 0777, whatever the tar says.
             self.mode = stat.S_IFLNK | 0o777
-            self.linkname: str = get("linkname", "")
+            self.linkname = get("linkname", "")
             self.size = len(os.fsencode(self.linkname))
         else:
             self.mode = _FMT[kind] | int(get("mode", 0o755 if kind == "dir" else 0o644)) & 0o7777
             self.size = 0
-            self.linkname = ""
         self.rdev = os.makedev(int(get("devmajor", 0)), int(get("devminor", 0))) \
             if kind == "char" or kind == "block" else 0
         raw = get("xattrs")

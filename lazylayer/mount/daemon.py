@@ -34,13 +34,15 @@ class ServeOptions:
     allow_other: bool = False
     debug: bool = False           #: libfuse's request log
     read_ahead: int | None = None  #: the kernel's read-ahead for the mount (root only)
-    verbose: int = 0              #: 1: mounts, unmounts and counters; 2: every fetch too
+    verbose: int = 0              #: 1: the INFO logs of prefetch and fetches; 2: every fetch too (DEBUG)
 
 
 def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | None = None) -> int:
     """Open the image, mount it, serve until unmounted; tell ``ready_fd`` (if any) how it went."""
     level = logging.DEBUG if opts.debug or opts.verbose > 1 else logging.INFO if opts.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if level > logging.INFO:  # the mount's own lines (mounted; unmounted, with counters) always
+        log.setLevel(logging.INFO)
 
     def tell(text: str) -> None:
         nonlocal ready_fd
@@ -90,11 +92,13 @@ def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | Non
 
 def spawn(child: Callable[[int], int], mountpoint: str, *, log_path: str | None = None, label: str = "",
           quiet: bool = False) -> int:
-    """Fork the daemon into its own session; return 0 once it is mounted, else its exit code (>= 1).
+    """Fork the daemon into its own session; return 0 once it is mounted, else 1 (the reason is printed).
 
     ``child(ready_fd)`` runs in the daemon, with stdout and stderr sent to the
     log, and must write ``ready`` or ``error: MESSAGE`` to ``ready_fd`` (as
-    :func:`run` does).  No thread may be running when this is called.
+    :func:`run` does).  The log is ``log_path``, appended to, or else the mount
+    point's default log (:func:`~lazylayer.mount.control.state_paths`), started
+    afresh by each mount.  No thread may be running when this is called.
     """
     fuse_module()  # load libfuse before the fork: the child must not fail on it
     _, default_log = state_paths(mountpoint)
@@ -110,7 +114,8 @@ def spawn(child: Callable[[int], int], mountpoint: str, *, log_path: str | None 
         try:
             os.close(r)
             os.setsid()
-            logfd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            # The user's --log FILE collects every mount; the default log holds the last mount only.
+            logfd = os.open(logpath, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if log_path else os.O_TRUNC), 0o600)
             nullfd = os.open(os.devnull, os.O_RDONLY)
             os.dup2(nullfd, 0)
             os.dup2(logfd, 1)
@@ -133,4 +138,4 @@ def spawn(child: Callable[[int], int], mountpoint: str, *, log_path: str | None 
     code = os.waitstatus_to_exitcode(status)
     message = said.removeprefix("error:").strip() or f"the mount daemon exited with {code}; see {logpath}"
     print(f"lazylayer: {message}", file=sys.stderr)
-    return code if code > 0 else 1
+    return 1  # a mount that failed, whatever the daemon's code (2 is for usage errors, found before the fork)

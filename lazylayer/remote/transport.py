@@ -147,7 +147,41 @@ class Retry(Exception):
     @classmethod
     def network(cls, exc: BaseException) -> Retry:
         """A connection-level failure (reset, refused, stalled, malformed response)."""
-        return cls(f"{type(exc).__name__}: {exc}", timeout=isinstance(exc, (asyncio.TimeoutError, TimeoutError)))
+        return cls(network_error_text(exc), timeout=isinstance(exc, (asyncio.TimeoutError, TimeoutError)))
+
+
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]")
+_SSL_NOISE = re.compile(r" ssl:(?:default|True|False|None|<[^>]*>)")
+
+
+def network_error_text(exc: BaseException) -> str:
+    """A network failure in words, for a person.
+
+    ``cannot connect to HOST:PORT: Connection refused`` rather than aiohttp's
+    ``ClientConnectorError: Cannot connect to host HOST:PORT ssl:default [Connect
+    call failed ('127.0.0.1', PORT)]`` (``ssl:default`` even for plain HTTP);
+    other failures keep their type's name, without aiohttp's ``ssl:...`` noise.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None)
+        return f"cannot connect to {exc.host}:{exc.port}: {_os_reason(cause)}"
+    text = _SSL_NOISE.sub("", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _os_reason(err: BaseException | None) -> str:
+    """Why a connection failed: ``Connection refused``, ``Name or service not known``, a TLS error."""
+    if err is None:
+        return "failed"
+    if isinstance(err, OSError) and not isinstance(err, ssl.SSLError):
+        code = err.errno if isinstance(err.errno, int) and err.errno > 0 else None
+        if code is None:  # asyncio's "Multiple exceptions: [Errno 111] ..., [Errno 111] ..." (IPv6 and IPv4)
+            codes = set(_ERRNO_IN_TEXT.findall(str(err)))
+            code = int(codes.pop()) if len(codes) == 1 else None
+        if code is not None:
+            return os.strerror(code)
+        return err.strerror or str(err) or type(err).__name__
+    return str(err) or type(err).__name__
 
 
 _Retry = Retry  # the old private name
