@@ -82,8 +82,8 @@ from pathlib import Path
 
 from common import cpu_children, cpu_self, file_sha256, machine_line, package_version
 
-from lazylayer.convert import Converter, decompressed_chunks
-from lazylayer.format import LAYER_FRAME_SIZE, LayerWriter
+from lazylayer.convert import Converter
+from lazylayer.format import LAYER_FRAME_SIZE, LayerWriter, decompressed_chunks
 
 MB = 10**6
 TAG = "v1"
@@ -374,7 +374,7 @@ def make_cases(d: Data, out: Path, skopeo_flags: list[str], explain: bool) -> li
             Case("`zstd -3 -T2` of the plain tar (compress only)", z_cmd, lambda: sh(z_cmd), False,
                  [z_out], True),
             Case("lazylayer gunzip only (ISA-L, one thread)",
-                 "for _ in lazylayer.convert.decompressed_chunks(open(gz)): pass",
+                 "for _ in lazylayer.format.decompressed_chunks(open(gz)): pass",
                  gunzip_only, True, [], True),
             Case("lazylayer `LayerWriter` on the plain tar (no gunzip)",
                  "LayerWriter().write(open(tar).read, out)", writer_only, True,

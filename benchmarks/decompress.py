@@ -68,11 +68,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common import machine_line
-
 import indexed_zstd
 import pyzstd
 import zstandard
+from common import machine_line
 
 import lazylayer
 

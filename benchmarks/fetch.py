@@ -74,7 +74,7 @@ Targets (from the issue)
         concurrency used.
 
 Usage
-    python benchmarks/fetch.py [--size-mb N] [--reads N] [--repeat N] [--concurrency 8,16,32]
+    python -m benchmarks.fetch [--size-mb N] [--reads N] [--repeat N] [--concurrency 8,16,32]
         [--connections N] [--part-mib N] [--curl-streams N] [--fsspec-block-mib 5,64] [--rtt S]
         [--rate B/s] [--seed N] [--only GROUPS] [--no-static] [--quick] [--out FILE] [--json FILE]
 
@@ -109,10 +109,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from common import cpu_children, cpu_self, machine_line, package_version, stop_process
+if __name__ == "__main__" and not __package__:
+    sys.exit("run it from the repository root as a module: python -m benchmarks.fetch --help")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netem import ShapedProxy, die_with_parent  # noqa: E402 - netem.py sits next to this file
+from benchmarks.common import (
+    cpu_children,
+    cpu_self,
+    machine_line,
+    package_version,
+    stop_process,
+)
+from benchmarks.netem import ShapedProxy, die_with_parent
+
+#: the repository root: the static server runs as ``python -m benchmarks.fetch`` from there
+ROOT = Path(__file__).resolve().parent.parent
 
 MB = 10**6
 KiB = 1 << 10
@@ -243,9 +253,9 @@ class StaticServer:
         self.port = 0
 
     def start(self) -> StaticServer:
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_static-server",
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.fetch", "--_static-server",
                                       str(self.file), self.path, str(os.getpid())], stdout=subprocess.PIPE,
-                                     text=True, start_new_session=True)
+                                     text=True, start_new_session=True, cwd=ROOT)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("PORT "):
@@ -270,7 +280,7 @@ def static_server_main(file: str, path: str, parent: int) -> None:
     die_with_parent(parent)
 
     size = os.path.getsize(file)
-    fobj = open(file, "rb")  # noqa: SIM115 - lives as long as the process
+    fobj = open(file, "rb")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
@@ -931,7 +941,7 @@ def import_lazylayer() -> tuple[Any, str | None]:
         for name in ("RemoteOptions", "Transport", "open_blob"):
             getattr(remote, name)
         return remote, None
-    except Exception as e:  # noqa: BLE001 - reported, the peers still run
+    except Exception as e:
         return None, f"`from lazylayer import remote` failed: {type(e).__name__}: {e}"
 
 
@@ -971,7 +981,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    cmd = shlex.join(["python", "benchmarks/fetch.py", *(sys.argv[1:] if argv is None else argv)])
+    cmd = shlex.join(["python", "-m", "benchmarks.fetch", *(sys.argv[1:] if argv is None else argv)])
     for tool in ("docker-registry", "curl"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
@@ -1058,7 +1068,7 @@ def main(argv: list[str] | None = None) -> None:
                     c.once(b)
                 except SystemExit:
                     raise
-                except Exception as e:  # noqa: BLE001 - one case failing must not hide the others
+                except Exception as e:
                     c.error = f"{type(e).__name__}: {e}"
                     log(f"run {i + 1}/{args.repeat}: [{c.ep.label}] {c.name}: FAILED: {c.error}")
                     if c.group == "lazylayer" and lazylayer_error is None:

@@ -102,7 +102,7 @@ Why this way
     Nothing asserts on timings; targets are reported as met or not met.
 
 Usage
-    python benchmarks/image.py [--runs N] [--only 1,2,3] [--workdir DIR] [--rebuild]
+    python -m benchmarks.image [--runs N] [--only 1,2,3] [--workdir DIR] [--rebuild]
         [--t1-files N] [--t2-size-mb N] [--t3-size-mib N] [--reads N] [--cold-reads N]
         [--rtt S] [--rate B/s] [--seed N] [--quick] [--out FILE] [--json FILE]
 
@@ -136,14 +136,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import cpu_children, cpu_self, machine_line, package_version
+if __name__ == "__main__" and not __package__:
+    sys.exit("run it from the repository root as a module: python -m benchmarks.image --help")
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(HERE.parent / "tests"))
-from fetch import Registry, machine_busy
-from images import build_layout
-from netem import ShapedProxy
+from benchmarks.common import cpu_children, cpu_self, machine_line, package_version
+from benchmarks.fetch import Registry, machine_busy
+from benchmarks.netem import ShapedProxy
+from tests.images import build_layout
 
 KiB, MiB, MB = 1 << 10, 1 << 20, 10**6
 TAG = "v1"
@@ -371,8 +370,8 @@ def t1_build(a: argparse.Namespace) -> dict[str, Any]:
 def t1_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
     import fsspec
 
-    from lazylayer.fs import ImageFileSystem
     from lazylayer.core import BlockCache
+    from lazylayer.fs import ImageFileSystem
     from lazylayer.image import Tree
 
     root = str(inp["tree"])
@@ -638,10 +637,10 @@ def curl_all(urls: list[str], sizes: list[int]) -> float:
 
 
 def t2_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
+    from lazylayer.core import BlockCache
     from lazylayer.fs import ImageFileSystem
     from lazylayer.registry import RegistryConfig
     from lazylayer.remote import RemoteOptions, Transport, open_blob
-    from lazylayer.core import BlockCache
 
     lazy_ref = f"oci:{inp['lazy']}:{TAG}"
     picked = t2_pick(inp, a.seed)
@@ -869,8 +868,8 @@ def t3_build(a: argparse.Namespace) -> dict[str, Any]:
         tar = tbuf.getvalue()
         build_layout(str(d / "src"), [tar], tag=TAG, blobs=[gzip6(tar)])
         convert(d / "src", f"oci:{d / 'lazy'}:{TAG}")
-        from lazylayer.format import LAYER_FRAME_SIZE
         from lazylayer.core import SeekableWriter
+        from lazylayer.format import LAYER_FRAME_SIZE
 
         with SeekableWriter(str(d / "big.zst"), frame_size=LAYER_FRAME_SIZE, level=3) as w:
             w.write(data)
@@ -880,8 +879,8 @@ def t3_build(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def t3_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
-    from lazylayer.fs import ImageFileSystem
     from lazylayer.core import BlockCache
+    from lazylayer.fs import ImageFileSystem
 
     size, path = inp["size"], inp["path"]
     rng = random.Random(a.seed)
@@ -1117,7 +1116,7 @@ def environment() -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
-    cmd = shlex.join(["python", "benchmarks/image.py", *(sys.argv[1:] if argv is None else argv)])
+    cmd = shlex.join(["python", "-m", "benchmarks.image", *(sys.argv[1:] if argv is None else argv)])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     a.workdir.mkdir(parents=True, exist_ok=True)
     for tool in ("docker-registry", "curl", "tar"):

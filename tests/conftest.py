@@ -1,5 +1,7 @@
+import inspect
 import os
 import random
+import re
 
 import pytest
 
@@ -117,3 +119,47 @@ def mirror_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
     yield make
     for mirror in made:
         mirror.close()
+
+
+# ------------------------------------------------------------------ markers (pyproject.toml registers them)
+#
+# Set here from what a test uses, so no test file has to remember them; the
+# fast part of the suite alone is
+#     pytest -m "not registry and not fuse and not sanitizers and not slow"
+# (docs/testing.md).  `root` is informational: as root (CI, scripts/setup.sh)
+# those tests run; elsewhere their own skipif skips them.
+
+#: fixtures that start docker-registry (or stand in front of one)
+REGISTRY_FIXTURES = {"registry", "basic_registry", "shared_token_registry", "token_registry", "fault_proxy",
+                     "mirror_registry"}
+#: whole files, by what they are about (test_packaging.py marks itself `slow`)
+FILE_MARKS = {
+    "test_c_sanitizers.py": ("sanitizers",),
+    "test_mount.py": ("fuse", "root"),  # chroot and umoci unpack as root; skipped without /dev/fuse
+}
+
+
+def _skip_reasons(item: pytest.Item) -> str:
+    return " ".join(str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif"))
+
+
+def _starts_a_registry(item: pytest.Item) -> bool:
+    """A test body that starts its own ``RegistryServer(...)`` (no fixture to see it by)."""
+    try:
+        return "RegistryServer(" in inspect.getsource(item.function)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(FILE_MARKS.get(item.path.name, ()))
+        if REGISTRY_FIXTURES & set(getattr(item, "fixturenames", ())) or _starts_a_registry(item):
+            names.add("registry")
+        reasons = _skip_reasons(item)
+        if "/dev/fuse" in reasons:  # test_mount's pytestmark, test_prefetch's needs_fuse
+            names.add("fuse")
+        if re.search(r"\broot\b", reasons):  # skipif(os.geteuid() != 0, reason="needs root ...")
+            names.add("root")
+        for name in sorted(names):
+            item.add_marker(name)

@@ -86,8 +86,10 @@ def test_imports_go_down_only(name):
     bad = []
     for target in sorted(_imports(name, MODULES[name])):
         other = _top(target)
-        if other == me or other in ("",) and me == "":
+        if other == me:
             continue
+        if target == "lazylayer" and name != "lazylayer":
+            continue  # the root package (``__version__``) is loaded before any module in it
         if name == "lazylayer":  # the package itself re-exports the core and errors only
             if other not in ("core", "errors", "_compat"):
                 bad.append(target)

@@ -73,7 +73,7 @@ Targets (from the issues)
     compete for them.
 
 Usage (as root)
-    python benchmarks/coldstart/run.py [--runs N] [--out FILE.md] [--json FILE] [--workdir DIR]
+    python -m benchmarks.coldstart.run [--runs N] [--out FILE.md] [--json FILE] [--workdir DIR]
         [--rebuild] [--cases a,d,b,c,p,f,g,i] [--rtt S] [--rate B/s] [--no-verify] [--quick]
 
     ``--quick`` is one run: a smoke check only (about 70 s once the image exists).
@@ -96,16 +96,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(HERE.parent))
-import build
-import mounts
-import verify
-from common import machine_line, package_version
-from fetch import Registry, machine_busy
-from netem import ShapedProxy
-from pull import GUNZIP, full_pull
+if __name__ == "__main__" and not __package__:
+    sys.exit("run it from the repository root as a module: python -m benchmarks.coldstart.run --help")
+
+from benchmarks.coldstart import build, mounts, verify
+from benchmarks.coldstart.pull import GUNZIP, full_pull
+from benchmarks.common import machine_line, package_version
+from benchmarks.fetch import Registry, machine_busy
+from benchmarks.netem import ShapedProxy
 
 TAG = build.TAG
 REPO_GZIP, REPO_LAZY = "cs-gzip", "cs-lazy"
@@ -481,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("case d needs case a (it runs on a's extracted layers)")
     if os.geteuid() != 0:
         raise SystemExit("run as root: it mounts overlays, drops the page cache and chroots")
-    cmd = shlex.join(["python", "benchmarks/coldstart/run.py", *(sys.argv[1:] if argv is None else argv)])
+    cmd = shlex.join(["python", "-m", "benchmarks.coldstart.run", *(sys.argv[1:] if argv is None else argv)])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     for tool in ("docker-registry", "skopeo", "umoci", "debootstrap", "curl", "tar", GUNZIP[0]):
         if shutil.which(tool) is None:

@@ -13,7 +13,7 @@ import random
 import stat
 from pathlib import Path
 
-from common import file_sha256
+from benchmarks.common import file_sha256
 
 Entry = tuple[int, int, int, int, int, str, int]
 
