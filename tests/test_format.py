@@ -274,3 +274,37 @@ def test_normalize_name():
     assert normalize_name("./a//b/") == "a/b"
     assert normalize_name("/") == "."
     assert normalize_name("/abs/path") == "abs/path"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_pax_mtime_is_refused(value):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        ti = tarfile.TarInfo("a")
+        ti.pax_headers = {"mtime": value}
+        t.addfile(ti)
+    with pytest.raises(errors.FormatError, match="mtime"):
+        convert(buf.getvalue())
+
+
+def test_names_within_the_limits_round_trip_and_over_them_are_refused():
+    from lazylayer.format import (
+        MAX_NAME_BYTES,
+        MAX_PATH_BYTES,
+        MAX_PATH_DEPTH,
+        check_name,
+    )
+
+    ok = ["a" * MAX_NAME_BYTES, "/".join(["d"] * MAX_PATH_DEPTH), "/".join(["é" * 127] * 16)]
+    assert len("/".join(["é" * 127] * 16).encode()) <= MAX_PATH_BYTES
+    for name in ok:
+        assert check_name(normalize_name(name)) == name
+    bad = ["a" * (MAX_NAME_BYTES + 1), "é" * 128, "/".join(["d"] * (MAX_PATH_DEPTH + 1)),
+           "/".join(["é" * 127] * 17), "x/" * 20_000]
+    for name in bad:
+        with pytest.raises(errors.FormatError):
+            normalize_name(name)
+    for name in ["/a", "a/", "a//b", "./a", "a/./b", "a/..", ""]:
+        with pytest.raises(errors.FormatError, match="not normalised|'..'"):
+            check_name(name)
+    assert check_name(".") == "."

@@ -332,3 +332,29 @@ def test_a_bad_plan_file_fails_the_mount_with_its_reason(programs: Programs, tmp
     res = cli("mount", programs.ref, str(mnt), "--cache-dir", str(tmp_path / "c"), "--prefetch", str(bad),
               "--log", str(tmp_path / "mount.log"), check=False)
     assert res.returncode == 1 and "not a lazylayer prefetch plan" in res.stderr
+
+
+def test_frames_of_matches_the_plain_scan_on_random_plans() -> None:
+    """The planner visits each frame once over all ranges; what it returns is what scanning
+    every frame for every range (in order, first need wins) returns."""
+    import random
+
+    from lazylayer.format import Frame
+
+    rng = random.Random(15)
+    for _ in range(200):
+        sizes = [rng.choice([1, 7, 100, 512]) for _ in range(rng.randint(0, 30))]  # data frames are never empty
+        frames, off = [], 0
+        for s in sizes:
+            frames.append(Frame(0, 1, off, s, "0" * 64))
+            off += s
+        ranges = [(rng.randint(0, off + 50), rng.choice([0, 1, 5, 300, 10**6])) for _ in range(rng.randint(0, 40))]
+        want: list[int] = []
+        end = off
+        for o, n in ranges:
+            if n <= 0 or o >= end:
+                continue
+            for i, f in enumerate(frames):
+                if f.offset + f.size > o and f.offset < min(o + n, end) and i not in want:
+                    want.append(i)
+        assert _frames_of(frames, ranges) == want, (sizes, ranges)

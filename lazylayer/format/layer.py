@@ -23,8 +23,11 @@ This module writes such blobs (:class:`LayerWriter`) and reads their TOC back
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
+import logging
+import math
 import re
 import struct
 from dataclasses import dataclass, field
@@ -34,12 +37,28 @@ import zstandard
 
 from .. import errors
 from ..core import FrameInfo, SeekableWriter, parse_seek_table, seek_table_size
-from .tar import TarMember, TarScanner
+from ..oci.media import DIGEST as _DIGEST
+from .tar import (
+    MAX_PLAN_RANGES,
+    MAX_TOC_BYTES,
+    MAX_TOC_ENTRIES,
+    MAX_TOC_FRAMES,
+    TarMember,
+    TarScanner,
+    check_name,
+)
+
+log = logging.getLogger("lazylayer")
 
 FORMAT_VERSION = 1
 TOC_MAGIC = b"LZLYTOC1"
 TOC_SKIPPABLE_VARIANT = 0xA  # the TOC frame's magic is 0x184D2A5A
-MAX_TOC_BYTES = 512 << 20  # uncompressed JSON; bounds memory on hostile input
+# MAX_TOC_BYTES (uncompressed JSON) and the other limits live in .tar, with the name checks.
+MAX_TOC_VALUES = 8_000_000  # JSON values (objects, arrays, numbers, strings; keys not counted) in one TOC
+# Clamped on read, with a warning (docs/format.md, "Limits"): what the kernel, os.makedev and ls carry.
+MTIME_MAX = 253402214400  # 9999-12-31T00:00:00Z: Python's datetime (and ls) print it in any time zone
+ID_MAX = (1 << 32) - 1
+DEVMAJOR_MAX, DEVMINOR_MAX = (1 << 12) - 1, (1 << 20) - 1  # Linux dev_t as FUSE and stat carry it
 LAYER_FRAME_SIZE = 2 << 20  # default frame size of lazy layers: see docs/format.md for the measurements
 
 MEDIA_TYPE_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -97,31 +116,54 @@ class Toc:
 
     @classmethod
     def from_json(cls, data: bytes) -> Toc:
+        """Parse and check a TOC's JSON: every limit of docs/format.md holds, every name is normalised.
+
+        Raises :class:`~lazylayer.errors.FormatError` (or ``LimitError``)
+        naming what is wrong; out-of-range metadata is clamped with a warning.
+        """
+        if len(data) > MAX_TOC_BYTES:
+            raise errors.LimitError(f"TOC larger than {MAX_TOC_BYTES} bytes of JSON")
+        check_json_shape(data, "TOC", MAX_TOC_VALUES)
         try:
             doc = json.loads(data)
+        except RecursionError:
+            raise errors.FormatError("malformed TOC: JSON nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise errors.FormatError(f"malformed TOC: {exc}") from None
+        try:
+            if not isinstance(doc, dict):
+                raise errors.FormatError("malformed TOC: not a JSON object")
             if doc.get("version") != FORMAT_VERSION:
                 raise errors.FormatError(f"TOC version {doc.get('version')!r} is not supported "
                                          f"(this lazylayer reads version {FORMAT_VERSION})")
-            frames = [Frame(int(a), int(b), int(c), int(d), str(e)) for a, b, c, d, e in doc["frames"]]
-            entries = doc["entries"]
-            if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
-                                                        for e in entries):
+            raw_frames, entries = doc["frames"], doc["entries"]
+            if not isinstance(raw_frames, list) or len(raw_frames) > MAX_TOC_FRAMES:
+                raise errors.LimitError(f"TOC frames: not a list of at most {MAX_TOC_FRAMES} frames")
+            frames = [Frame(_int(a), _int(b), _int(c), _int(d), e) for a, b, c, d, e in raw_frames]
+            if not all(isinstance(f.sha256, str) for f in frames):
+                raise errors.FormatError("TOC frames: a sha256 is not a string")
+            if not isinstance(entries, list) or len(entries) > MAX_TOC_ENTRIES:
+                raise errors.LimitError(f"TOC entries: not a list of at most {MAX_TOC_ENTRIES} entries")
+            if not all(isinstance(e, dict) for e in entries):
                 raise errors.FormatError("TOC entries are malformed")
             prefetch = doc.get("prefetch", [])
+            if isinstance(prefetch, list) and len(prefetch) > MAX_PLAN_RANGES:
+                raise errors.LimitError(f"the TOC's prefetch plan has more than {MAX_PLAN_RANGES} ranges")
             if not isinstance(prefetch, list) or not all(
-                    isinstance(r, list) and len(r) == 2 and all(type(x) is int and x >= 0 for x in r)
+                    isinstance(r, list) and len(r) == 2 and all(type(x) is int and 0 <= x < 1 << 62 for x in r)
                     for r in prefetch):
                 raise errors.FormatError("the TOC's prefetch plan is not a list of [offset, length] pairs")
-            return cls(frames=frames, entries=entries, frame_size=int(doc["frame_size"]),
-                       tar_size=int(doc["tar_size"]), prefetch=prefetch)
+            _check_entries(entries)
+            return cls(frames=frames, entries=entries, frame_size=_int(doc["frame_size"]),
+                       tar_size=_int(doc["tar_size"]), prefetch=prefetch)
         except errors.FormatError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise errors.FormatError(f"malformed TOC: {exc}") from None
+            raise errors.FormatError(f"malformed TOC: {type(exc).__name__}: {exc}") from None
 
     def frame_payload(self, level: int = 9) -> bytes:
         """The TOC skippable frame's payload: magic + compressed JSON."""
-        return TOC_MAGIC + zstandard.ZstdCompressor(level=level).compress(self.to_json())
+        return TOC_MAGIC + zstandard.ZstdCompressor(level=level).compress(self.check_size())
 
     @classmethod
     def from_frame(cls, frame: bytes) -> Toc:
@@ -133,15 +175,103 @@ class Toc:
             raise errors.FormatError("not a lazylayer TOC frame (wrong skippable magic or size)")
         if frame[8:8 + len(TOC_MAGIC)] != TOC_MAGIC:
             raise errors.FormatError("not a lazylayer TOC frame (wrong TOC magic)")
+        # Decompressed a chunk at a time: a bomb is refused once it passes the limit, never held whole.
+        out = bytearray()
         try:
             dctx = zstandard.ZstdDecompressor()
-            reader = dctx.stream_reader(frame[8 + len(TOC_MAGIC):])
-            data = reader.read(MAX_TOC_BYTES + 1)
+            reader = dctx.stream_reader(memoryview(frame)[8 + len(TOC_MAGIC):])
+            while chunk := reader.read(1 << 20):
+                out += chunk
+                if len(out) > MAX_TOC_BYTES:
+                    raise errors.LimitError(f"TOC larger than {MAX_TOC_BYTES} bytes of JSON when decompressed")
         except zstandard.ZstdError as exc:
             raise errors.CorruptFrameError(f"TOC does not decompress: {exc}") from None
+        return cls.from_json(bytes(out))
+
+    def check_size(self) -> bytes:
+        """The TOC's JSON, refused if a reader would refuse it (the converter calls this)."""
+        data = self.to_json()
         if len(data) > MAX_TOC_BYTES:
-            raise errors.LimitError(f"TOC larger than {MAX_TOC_BYTES} bytes")
-        return cls.from_json(data)
+            raise errors.LimitError(f"the TOC would be {len(data)} bytes of JSON (limit {MAX_TOC_BYTES})")
+        check_json_shape(data, "the TOC", MAX_TOC_VALUES)
+        if len(self.prefetch) > MAX_PLAN_RANGES:
+            raise errors.LimitError(f"the prefetch plan has more than {MAX_PLAN_RANGES} ranges")
+        if len(self.frames) > MAX_TOC_FRAMES:
+            raise errors.LimitError(f"more than {MAX_TOC_FRAMES} frames (raise the frame size)")
+        return data
+
+
+def check_digest_form(digest: str) -> bool:
+    """True if ``digest`` is ``sha256:`` and 64 lowercase hex digits (oci.media.check_digest's rule)."""
+    return bool(_DIGEST.fullmatch(digest))
+
+
+def _int(x: Any) -> int:
+    if type(x) is not int:
+        raise errors.FormatError(f"malformed TOC: {x!r} is not an integer")
+    return x
+
+
+def check_json_shape(data: bytes, what: str, max_values: int) -> None:
+    """Refuse JSON that may hold more than ``max_values`` values, before it is parsed.
+
+    Values are counted as ``[``, ``{`` and ``,`` bytes (an object's keys are
+    not counted; brackets and commas inside strings are, so this is a bound,
+    not a parse).  It runs in C over the bytes and allocates nothing, and it
+    bounds the objects the parser would build from a small input: each value
+    costs it up to ~100 bytes (docs/format.md).  Raises LimitError naming ``what``.
+    Nesting depth is left to the parser, whose RecursionError callers turn into
+    a FormatError.
+    """
+    values = data.count(b"[") + data.count(b"{") + data.count(b",") + 1
+    if values > max_values:
+        raise errors.LimitError(f"{what} holds more than {max_values} JSON values")
+
+
+def _check_entries(entries: list[dict[str, Any]]) -> None:
+    """Check every entry (names as the converter writes them, field types) and clamp metadata."""
+    clamped: list[str] = []
+    for e in entries:
+        name = check_name(e.get("name"))
+        kind = e.get("type", "reg")
+        if not isinstance(kind, str):
+            raise errors.FormatError(f"TOC entry {name!r}: type {kind!r} is not a string")
+        if kind == "hardlink":
+            check_name(e.get("linkname", ""), "hardlink target")
+        for key in ("mode", "size", "offset"):
+            v = e.get(key, 0)
+            if type(v) is not int:
+                raise errors.FormatError(f"TOC entry {name!r}: {key} {v!r} is not an integer")
+        for key in ("linkname", "uname", "gname"):
+            if not isinstance(e.get(key, ""), str):
+                raise errors.FormatError(f"TOC entry {name!r}: {key} is not a string")
+        mtime = e.get("mtime", 0)
+        if type(mtime) is not int and type(mtime) is not float:
+            raise errors.FormatError(f"TOC entry {name!r}: mtime {mtime!r} is not a number")
+        if not 0 <= mtime <= MTIME_MAX:  # also NaN
+            e["mtime"] = 0 if math.isnan(mtime) or mtime < 0 else MTIME_MAX
+            clamped.append(f"{name!r}: mtime {mtime!r} -> {e['mtime']}")
+        for key, hi in (("uid", ID_MAX), ("gid", ID_MAX), ("devmajor", DEVMAJOR_MAX), ("devminor", DEVMINOR_MAX)):
+            v = e.get(key, 0)
+            if type(v) is not int:
+                raise errors.FormatError(f"TOC entry {name!r}: {key} {v!r} is not an integer")
+            if not 0 <= v <= hi:
+                e[key] = 0 if v < 0 else hi
+                clamped.append(f"{name!r}: {key} {v} -> {e[key]}")
+        xattrs = e.get("xattrs")
+        if xattrs is not None:
+            if not isinstance(xattrs, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in xattrs.items()):
+                raise errors.FormatError(f"TOC entry {name!r}: xattrs is not a map of names to base64")
+            try:
+                for v in xattrs.values():
+                    base64.b64decode(v, validate=True)
+            except (binascii.Error, ValueError):
+                raise errors.FormatError(f"TOC entry {name!r}: an xattr value is not base64") from None
+    if clamped:
+        more = f" (and {len(clamped) - 3} more)" if len(clamped) > 3 else ""
+        log.warning("TOC: clamped out-of-range metadata to what the kernel and ls can show: %s%s",
+                    "; ".join(clamped[:3]), more)
 
 
 def toc_entry(m: TarMember) -> dict[str, Any]:
@@ -245,7 +375,7 @@ class LayerWriter:
 
     def __init__(self, frame_size: int = LAYER_FRAME_SIZE, level: int = 3,
                  threads: int | None = None, toc_level: int = 9,
-                 max_members: int = 10_000_000) -> None:
+                 max_members: int = MAX_TOC_ENTRIES) -> None:
         self.frame_size = frame_size
         self.level = level
         self.threads = threads
@@ -356,6 +486,9 @@ def read_toc(fetch: Callable[[int, int], bytes], blob_size: int,
         tail = fetch(toc_off, blob_size - toc_off)
         frame = tail[:toc_len]
         want = ann[ANNOTATION_TOC_DIGEST]
+        if not isinstance(want, str) or not check_digest_form(want):
+            raise errors.FormatError(f"bad {ANNOTATION_TOC_DIGEST} annotation {str(want)[:80]!r}: "
+                                     "it must be sha256: and 64 hex digits")
         if "sha256:" + hashlib.sha256(frame).hexdigest() != want:
             raise errors.IntegrityError(f"TOC digest mismatch: the blob's TOC is not the one {want} names")
         verified = True

@@ -13,14 +13,26 @@ seekable file, are decoded here.
 from __future__ import annotations
 
 import base64
+import math
 import tarfile
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import unquote
 
 from ..errors import FormatError
 
 BLOCK = 512
+
+# Limits on what a layer may hold, applied the same by the converter (when it
+# scans a tar) and by every reader of a TOC (docs/format.md, "Limits").  They
+# bound the memory and CPU a hostile layer can cost; this is their one home.
+MAX_PATH_BYTES = 4096          #: a normalised name or hardlink target, in UTF-8 bytes (Linux PATH_MAX)
+MAX_NAME_BYTES = 255           #: one component of it (Linux NAME_MAX)
+MAX_PATH_DEPTH = 256           #: components in one name
+MAX_TOC_ENTRIES = 500_000      #: tar members in one layer (the converter's default max_members)
+MAX_TOC_FRAMES = 1_000_000     #: data frames in one layer
+MAX_TOC_BYTES = 64 << 20       #: the TOC's JSON, decompressed
+MAX_PLAN_RANGES = 4_000_000    #: prefetch ranges in one TOC, or in one plan over all its layers
 
 # typeflag -> TOC type name.  Types tarfile treats as having no data blocks.
 _TYPES = {
@@ -60,21 +72,61 @@ class TarMember:
     offset: int = 0  # first content byte
 
 
+def _byte_len(s: str) -> int:
+    """Length in bytes as the name is on disk (undecodable tar bytes are kept as lone surrogates)."""
+    try:
+        return len(s.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return len(s.encode("utf-8", "surrogatepass"))
+
+
+def _shown(raw: str) -> str:
+    r = repr(raw)
+    return r if len(r) <= 120 else r[:117] + "..."
+
+
 def normalize_name(raw: str, what: str = "path") -> str:
     """The path as the TOC keeps it: relative, no '.', '' or trailing '/'; '.' is the root.
 
     A leading '/' or './' is dropped (as container runtimes do when unpacking);
-    a '..' component is refused: a layer may not write outside its root.
+    a '..' component is refused: a layer may not write outside its root.  So is
+    a name over :data:`MAX_PATH_BYTES`, a component over :data:`MAX_NAME_BYTES`
+    or more than :data:`MAX_PATH_DEPTH` components.
     """
+    if len(raw) > 4 * MAX_PATH_BYTES + 4 * MAX_PATH_DEPTH:  # cheap bound first: no split of a huge name
+        raise FormatError(f"tar member {_shown(raw)}: {what} is longer than {MAX_PATH_BYTES} bytes")
     parts = []
     for part in raw.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
-            raise FormatError(f"tar member {raw!r}: {what} has a '..' component; refusing a layer "
+            raise FormatError(f"tar member {_shown(raw)}: {what} has a '..' component; refusing a layer "
                               "that would write outside its root")
+        if len(part) > MAX_NAME_BYTES // 4 and _byte_len(part) > MAX_NAME_BYTES:
+            raise FormatError(f"tar member {_shown(raw)}: {what} has a component longer than "
+                              f"{MAX_NAME_BYTES} bytes")
         parts.append(part)
-    return "/".join(parts) if parts else "."
+        if len(parts) > MAX_PATH_DEPTH:
+            raise FormatError(f"tar member {_shown(raw)}: {what} has more than {MAX_PATH_DEPTH} components")
+    out = "/".join(parts) if parts else "."
+    if len(out) > MAX_PATH_BYTES // 4 and _byte_len(out) > MAX_PATH_BYTES:
+        raise FormatError(f"tar member {_shown(raw)}: {what} is longer than {MAX_PATH_BYTES} bytes")
+    return out
+
+
+def check_name(name: Any, what: str = "path") -> str:
+    """A name read from a TOC: it must be exactly what :func:`normalize_name` makes of it.
+
+    Readers refuse what the converter would not have written (``..``, ``.``
+    or empty components, a leading ``/``, names over the limits) with a
+    :class:`FormatError` naming the path.
+    """
+    if not isinstance(name, str):
+        raise FormatError(f"TOC {what} {name!r} is not a string")
+    if normalize_name(name, what) != name:
+        raise FormatError(f"TOC {what} {_shown(name)} is not normalised (no leading '/', '.', '..' "
+                          "or empty components; docs/format.md)")
+    return name
 
 
 def _pax_records(data: bytes, where: int) -> dict[str, bytes]:
@@ -114,7 +166,7 @@ class TarScanner:
 
     def __init__(self, read: Callable[[int], bytes], sink: Callable[[bytes], object],
                  before_content: Callable[[TarMember], object] | None = None,
-                 max_members: int = 10_000_000) -> None:
+                 max_members: int = MAX_TOC_ENTRIES) -> None:
         self._read = read
         self._sink = sink
         self._before = before_content
@@ -223,6 +275,8 @@ class TarScanner:
         if "mtime" in pax:
             try:
                 mtime = float(pax["mtime"])
+                if not math.isfinite(mtime):
+                    raise ValueError(mtime)
                 mtime = int(mtime) if mtime.is_integer() else mtime
             except ValueError:
                 raise FormatError(f"tar member {name!r}: bad PAX mtime") from None

@@ -202,6 +202,11 @@ class Image:
     def _lazy_layer(self, i: int, desc: oci.Descriptor, blob: Any, diff_id: str) -> Layer:
         ann = desc.get("annotations") or {}
         toc_digest = ann[ANNOTATION_TOC_DIGEST]
+        try:  # it names a file in the disk cache: the same check as every other digest
+            oci.check_digest(toc_digest)
+        except errors.FormatError:
+            raise errors.FormatError(f"layer {desc.get('digest')}: bad {ANNOTATION_TOC_DIGEST} annotation "
+                                     f"{str(toc_digest)[:80]!r}: it must be sha256: and 64 hex digits") from None
         size = desc.get("size")
         if not isinstance(size, int) or size <= 0:
             raise errors.FormatError(f"layer {desc.get('digest')}: bad size {size!r}")

@@ -25,10 +25,11 @@ import base64
 import errno
 import os
 import stat
+from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
 from .. import errors
-from ..format import Toc
+from ..format import MAX_PATH_DEPTH, Toc
 
 __all__ = ["Node", "Tree", "MAX_SYMLINK_HOPS"]
 
@@ -82,15 +83,35 @@ _NO_XATTRS: dict[str, bytes] = {}  # shared by every inode without xattrs; never
 
 
 class Node:
-    """One name in the tree: its path, its inode and, for a directory, its children."""
+    """One name in the tree: its name in its directory, its inode and, for a directory, its children.
 
-    __slots__ = ("path", "inode", "children", "_info")
+    A node keeps its own name and its parent, not its whole path: a tree's
+    memory stays linear in its TOCs' size however deep the paths (``path``
+    is put together when asked for).
+    """
 
-    def __init__(self, path: str, inode: Inode, children: dict[str, Node] | None = None) -> None:
-        self.path = path
+    __slots__ = ("name", "parent", "inode", "children", "_info")
+
+    def __init__(self, parent: Node | None, name: str, inode: Inode,
+                 children: dict[str, Node] | None = None) -> None:
+        self.parent = parent
+        self.name = name
         self.inode = inode
         self.children = children
         self._info: dict[str, Any] | None = None
+
+    @property
+    def path(self) -> str:
+        """The path from the image root, ``/``-separated, without a leading slash (the root: ``""``)."""
+        if self.parent is None:
+            return self.name
+        names = [self.name]
+        node = self.parent
+        while node.parent is not None:
+            names.append(node.name)
+            node = node.parent
+        names.reverse()
+        return "/".join(names)
 
     @property
     def kind(self) -> str:
@@ -108,9 +129,9 @@ class Node:
         ``layer`` (index of the layer holding the content).
         """
         info = self._info
-        if info is None:
+        if info is None:  # cached without the name: the path is not kept per node
             i = self.inode
-            info = {"name": self.path, "size": i.size if i.kind != "dir" else 0,
+            info = {"size": i.size if i.kind != "dir" else 0,
                     "type": _FSSPEC_TYPE[i.kind], "kind": i.kind, "mode": i.mode,
                     "uid": i.uid, "gid": i.gid, "mtime": i.mtime, "ino": i.ino, "nlink": i.nlink,
                     "islink": i.kind == "symlink"}
@@ -123,7 +144,7 @@ class Node:
             if i.xattrs:
                 info["xattrs"] = dict(i.xattrs)
             self._info = info
-        return dict(info)
+        return {"name": self.path, **info}
 
     def __repr__(self) -> str:
         return f"<Node {self.path or '/'!r} {self.kind}>"
@@ -139,9 +160,10 @@ class Tree:
 
     def __init__(self, tocs: Sequence[Toc]) -> None:
         self._next_ino = 1
-        self.root = Node("", self._inode("dir", {"mode": 0o755}, -1), {})
-        self.paths: dict[str, Node] = {}
-        """Every name, by its path (no symlink on the way); filled once all layers are applied."""
+        self.root = Node(None, "", self._inode("dir", {"mode": 0o755}, -1), {})
+        self.paths = _Paths(self.root)
+        """Every name, by its path (no symlink on the way): a read-only mapping over the tree."""
+        self._implicit = 0  # parents made that the layer being applied did not list
         self._last_parent: tuple[str, Node] | None = None  # tar entries come grouped by directory
         for index, toc in enumerate(tocs):
             self._apply(index, toc.entries)
@@ -155,6 +177,9 @@ class Tree:
         return Inode(ino, kind, entry, layer)
 
     def _apply(self, layer: int, entries: list[dict[str, Any]]) -> None:
+        # Parents a layer does not list are made, but no more of them than the layer has entries
+        # (+ one path's depth): the tree stays linear in the TOC's size.
+        self._implicit = len(entries) + MAX_PATH_DEPTH
         # Whiteouts first: they act on the layers below only.
         for e in entries:
             parent, _, base = e["name"].rpartition("/")
@@ -210,7 +235,11 @@ class Tree:
                     continue
                 child = None
             if child is None or child.children is None:
-                child = Node(_join(node.path, part), self._inode("dir", {"mode": 0o755}, -1), {})
+                self._implicit -= 1
+                if self._implicit < 0:
+                    raise errors.LimitError(f"a layer makes more parent directories it does not list than it "
+                                            f"has entries (at {path[:200]!r})")
+                child = Node(node, part, self._inode("dir", {"mode": 0o755}, -1), {})
                 assert node.children is not None
                 node.children[part] = child
             node = child
@@ -225,7 +254,6 @@ class Tree:
         parent_path, _, base = name.rpartition("/")
         parent = self._parent_for(parent_path)
         assert parent.children is not None
-        path = _join(parent.path, base)
         old = parent.children.get(base)
         if old is not None and (old.children is not None or old.kind == "symlink") and kind != "dir":
             self._last_parent = None  # a directory (or a link to one) is replaced: cached parents may be gone
@@ -233,7 +261,7 @@ class Tree:
             if old is not None and old.children is not None:
                 self._update_dir(old, e, layer)
             else:
-                parent.children[base] = Node(path, self._inode("dir", e, layer), {})
+                parent.children[base] = Node(parent, base, self._inode("dir", e, layer), {})
             return
         if kind == "hardlink":
             target = e.get("linkname", "")
@@ -244,23 +272,24 @@ class Tree:
             if tnode is None or tnode.kind == "dir":
                 raise errors.FormatError(f"layer {layer}: hardlink {name!r} -> {target!r}: "
                                          "the target is not a file of this image")
-            parent.children[base] = Node(path, tnode.inode)
+            parent.children[base] = Node(parent, base, tnode.inode)
             return
         if kind not in _FMT:
             raise errors.FormatError(f"layer {layer}: {name!r} has an unknown type {kind!r}")
-        parent.children[base] = Node(path, self._inode(kind, e, layer))
+        parent.children[base] = Node(parent, base, self._inode(kind, e, layer))
 
     def _update_dir(self, node: Node, e: dict[str, Any], layer: int) -> None:
         node.inode = self._inode("dir", e, layer)
 
     def _finish(self) -> None:
         """Index every path; count links (files: names per inode; dirs: 2 + subdirectories)."""
-        paths = self.paths
         names: dict[int, int] = {}
+        leaves: list[Node] = []
+        count = 0
         stack = [self.root]
         while stack:
             node = stack.pop()
-            paths[node.path] = node
+            count += 1
             if node.children is not None:
                 subdirs = 0
                 for child in node.children.values():
@@ -270,9 +299,10 @@ class Tree:
                 node.inode.nlink = 2 + subdirs
             else:
                 names[node.inode.ino] = names.get(node.inode.ino, 0) + 1
-        for node in paths.values():
-            if node.children is None:
-                node.inode.nlink = names[node.inode.ino]
+                leaves.append(node)
+        for node in leaves:
+            node.inode.nlink = names[node.inode.ino]
+        self.paths._len = count
 
     # -- looking up -----------------------------------------------------------
 
@@ -328,5 +358,37 @@ class Tree:
         return len(self.paths)
 
 
-def _join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if parent else name
+class _Paths(Mapping[str, Node]):
+    """Every node of a tree by its path (symlinks not followed), looked up by walking the tree.
+
+    Keys are paths as :attr:`Node.path` gives them; nothing is stored per path.
+    """
+
+    def __init__(self, root: Node) -> None:
+        self._root = root
+        self._len = 0
+
+    def __getitem__(self, path: str) -> Node:
+        node = self._root
+        if path == "":
+            return node
+        if not isinstance(path, str):
+            raise KeyError(path)
+        for part in path.split("/"):
+            children = node.children
+            child = children.get(part) if children is not None else None
+            if child is None:
+                raise KeyError(path)
+            node = child
+        return node
+
+    def __iter__(self) -> Iterator[str]:
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            yield node.path
+            if node.children is not None:
+                stack.extend(node.children.values())
+
+    def __len__(self) -> int:
+        return self._len

@@ -39,7 +39,7 @@ def sha256_digest(data: bytes) -> str:
 
 def check_digest(digest: str) -> str:
     """The hex part of a sha256 digest; anything else (or a path trick) is refused."""
-    if not isinstance(digest, str) or not DIGEST.match(digest):
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):
         raise errors.FormatError(f"unsupported or malformed digest {digest!r}")
     return digest[7:]
 
@@ -51,6 +51,8 @@ def descriptor(media_type: str, data: bytes, **extra: Any) -> Descriptor:
 def parse_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
+    except RecursionError:  # json's C parser checks its depth: this is an exception, not a crash
+        raise errors.FormatError(f"{what} is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.FormatError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):

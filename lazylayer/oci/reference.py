@@ -72,9 +72,9 @@ def parse_registry_reference(text: str) -> RegistryRef:
     last = name.rsplit("/", 1)[-1]
     if ":" in last:
         name, tag = name.rsplit(":", 1)
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise ReferenceError(f"invalid tag {tag!r} in {text!r}")
-    if digest is not None and not DIGEST.match(digest):
+    if digest is not None and not DIGEST.fullmatch(digest):
         raise ReferenceError(f"invalid digest {digest!r} in {text!r} (expected sha256:<64 hex>)")
     first, _, rest = name.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost"):
@@ -83,7 +83,7 @@ def parse_registry_reference(text: str) -> RegistryRef:
         registry, repo = "docker.io", name
     if registry == "docker.io" and "/" not in repo:
         repo = "library/" + repo
-    if not repo or not re.match(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$", repo):
+    if not repo or not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", repo):
         raise ReferenceError(f"invalid repository {repo!r} in {text!r}")
     return RegistryRef(registry, repo, tag, digest)
 

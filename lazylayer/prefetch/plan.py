@@ -12,12 +12,16 @@ import os
 from dataclasses import dataclass, field
 
 from .. import errors
+from ..format.layer import check_json_shape
+from ..format.tar import MAX_PLAN_RANGES
 
 PLAN_MEDIA_TYPE = "application/vnd.lazylayer.prefetch.v1+json"
 ARTIFACT_TYPE = PLAN_MEDIA_TYPE  #: the ``artifactType`` of plan artifacts in a registry
 PLAN_VERSION = 1
 MAX_PLAN_BYTES = 64 << 20        #: a plan file or artifact larger than this is refused
-MAX_PLAN_RANGES = 4_000_000      #: as is one with more ranges than this, over all layers
+# MAX_PLAN_RANGES (lazylayer.format): a plan with more ranges than this, over all layers, is refused,
+# as is a TOC whose own prefetch plan has more.
+MAX_PLAN_LAYERS = 4096           #: as is one with more layers than this
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_WORKLOAD = "io.lazylayer.prefetch.workload"
 
@@ -79,7 +83,13 @@ class Plan:
         if len(data) > MAX_PLAN_BYTES:
             raise PlanError(f"{what} is {len(data)} bytes (limit {MAX_PLAN_BYTES})")
         try:
+            # Before parsing: no deep nesting, no more arrays and objects than the limits allow.
+            check_json_shape(data, what, 3 * MAX_PLAN_RANGES + 8 * MAX_PLAN_LAYERS + 16)
             doc = json.loads(data)
+        except errors.FormatError as exc:
+            raise PlanError(str(exc)) from None
+        except RecursionError:
+            raise PlanError(f"{what} is not JSON: nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise PlanError(f"{what} is not JSON: {exc}") from None
         if not isinstance(doc, dict) or doc.get("mediaType") != PLAN_MEDIA_TYPE:
@@ -89,8 +99,8 @@ class Plan:
                             f"version {PLAN_VERSION})")
         layers, count = [], 0
         raw_layers = doc.get("layers")
-        if not isinstance(raw_layers, list):
-            raise PlanError(f"{what}: 'layers' is not a list")
+        if not isinstance(raw_layers, list) or len(raw_layers) > MAX_PLAN_LAYERS:
+            raise PlanError(f"{what}: 'layers' is not a list of at most {MAX_PLAN_LAYERS} layers")
         for i, raw in enumerate(raw_layers):
             if not isinstance(raw, dict) or not isinstance(raw.get("digest"), str) \
                     or not isinstance(raw.get("diff_id", ""), str) or not isinstance(raw.get("ranges"), list):
