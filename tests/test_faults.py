@@ -99,9 +99,10 @@ PERMANENT = [
     ("status", {"status": 503}, errors.RemoteError),
     ("status", {"status": 500}, errors.RemoteError),
     ("reset", {}, errors.RemoteError),
-    ("reset", {"after_bytes": 100}, errors.RemoteError),  # resumed reads progress 100 bytes per attempt
+    # (a body cut after N > 0 bytes is resumed, so it makes progress and ends well within the deadline)
+    ("reset", {"after_bytes": 0}, errors.RemoteError),
     ("stall", {}, errors.RemoteTimeoutError),
-    ("truncate", {"after_bytes": 100}, errors.RemoteError),
+    ("truncate", {"after_bytes": 0}, errors.RemoteError),
     ("content_range", {}, errors.RemoteError),
     ("flip", {"after_bytes": 7}, errors.IntegrityError),
     ("wrong_range", {}, errors.IntegrityError),
@@ -119,6 +120,26 @@ def test_permanent_faults_raise_typed_errors_by_the_deadline(through_proxy, kind
     assert isinstance(info.value, errors.LazyLayerError)
     if isinstance(info.value, errors.RemoteError):
         assert isinstance(info.value, OSError) and "/blobs/" in (info.value.url or str(info.value))
+
+
+def test_one_deadline_covers_the_refetch_after_a_digest_mismatch(through_proxy):
+    """Stalls for most of the deadline, then wrong bytes, then stalls for good: the read ends by its
+    one deadline (the re-fetch does not start a fresh one), and says what failed."""
+    proxy, blob, data = through_proxy
+    t = remote.Transport(remote.RemoteOptions(read_timeout=1.5, deadline=DEADLINE, retries=4, backoff=0.01,
+                                              max_backoff=0.05))
+    try:
+        blob = remote.HttpBlob(blob.urls, t, digest=blob.digest, _size=len(data))
+        proxy.add_fault("stall", path="/blobs/", times=2)  # each costs read_timeout (1.5 s): 3 s of 4
+        proxy.add_fault("flip", path="/blobs/", times=1, after_bytes=10)
+        proxy.add_fault("stall", path="/blobs/")
+        start = time.monotonic()
+        with pytest.raises(errors.RemoteTimeoutError) as info:
+            blob.read(4096, 8192, digest=remote.sha256_of(data[4096:12288]))
+        assert time.monotonic() - start < DEADLINE + 1.5, "the re-fetch got a deadline of its own"
+        assert "no endpoint" not in str(info.value)
+    finally:
+        t.close()
 
 
 def test_stalled_stream_times_out(through_proxy):

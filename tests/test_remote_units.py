@@ -269,3 +269,54 @@ def test_read_ahead_maximum_may_be_measured_and_zero():
         remote.ReadAhead(0, 10)
     with pytest.raises(ValueError):
         remote.ReadAhead(1, 10, refill=2)
+
+
+# ------------------------------------------------------------------ call: deadlines, rounds, memo
+
+
+def test_a_deadline_with_nothing_failed_says_so_not_no_endpoint():
+    """An attempt that never ends: RemoteTimeoutError at the deadline, without "(last error: no endpoint)"."""
+    import asyncio
+
+    async def forever(url: str) -> None:
+        await asyncio.sleep(3600)
+
+    with remote.Transport(remote.RemoteOptions(deadline=0.3, down_memo=0)) as t:
+        start = time.monotonic()
+        with pytest.raises(errors.RemoteTimeoutError) as info:
+            t.run(t.call(["http://127.0.0.1:9/x"], forever, "thing"))
+        assert time.monotonic() - start < 3
+        assert "no endpoint" not in str(info.value) and "0.3 s deadline" in str(info.value)
+
+
+def test_retries_go_on_in_rounds_until_the_deadline_and_definitive_errors_stop_at_once():
+    """`retries` counts per endpoint per round: transient failures are retried until the deadline."""
+    seen: list[str] = []
+
+    async def flaky(url: str) -> str:
+        seen.append(url)
+        if len(seen) < 12:
+            raise remote.Retry("503 Service Unavailable")
+        return url
+
+    async def missing(url: str) -> str:
+        seen.append(url)
+        raise errors.NotFoundError("gone", status=404, url=url)
+
+    async def fine(url: str) -> str:
+        return url
+
+    urls = ["http://mirror.invalid/x", "http://origin.invalid/x"]
+    with remote.Transport(remote.RemoteOptions(deadline=20, retries=1, backoff=0.001, max_backoff=0.01)) as t:
+        with pytest.raises(errors.RemoteError, match="gave up after 2 attempts"):
+            t.run(t.call(urls[1:], flaky, "thing"))  # never answered: a wrong host, one round
+        seen.clear()
+        t.run(t.call(urls[1:], fine, "thing"))  # it answered once: an outage there is ridden out
+        assert t.run(t.call(urls, flaky, "thing")) == urls[1]
+        # rounds of (1 + retries) attempts per endpoint: the mirror in the first round, then both
+        assert seen[:2] == [urls[0]] * 2 and seen[2:4] == [urls[1]] * 2 and seen[4] == urls[0]
+        seen.clear()
+        start = time.monotonic()
+        with pytest.raises(errors.NotFoundError):
+            t.run(t.call(urls[1:], missing, "thing"))
+        assert seen == urls[1:] and time.monotonic() - start < 1

@@ -207,9 +207,13 @@ class Prefetcher:
                 self._fetch(layer, item)
             except Exception as exc:  # never fatal: the on-demand read will try (and report) again
                 self.errors += 1
-                if not self._closed:  # (a fetch cut short by close() is no news)
-                    log.warning("%s: prefetch of layer %d frames %d..%d failed: %s", self.image.reference,
-                                layer, item[0], item[-1], exc)
+                # A fetch cut short by close(), a closing transport or interpreter exit is no news.
+                quiet = self._closed or remote.transport.exiting() or \
+                    getattr(getattr(getattr(self.image.layers[layer].source, "blob", None), "transport", None),
+                            "closed", False)
+                (log.debug if quiet else log.warning)(
+                    "%s: prefetch of layer %d frames %d..%d failed: %s", self.image.reference,
+                    layer, item[0], item[-1], exc)
             finally:
                 with self._cv:
                     self._active -= 1
@@ -270,21 +274,35 @@ class Prefetcher:
 
 def _frames_of(frames: Sequence[Any], ranges: Sequence[tuple[int, int]]) -> list[int]:
     """Indices of the frames that hold tar ranges ``ranges``, in first-needed order (ranges
-    outside the tar are ignored: a plan is advice, and every frame is verified anyway)."""
-    starts = [f.offset for f in frames]
-    seen: set[int] = set()
+    outside the tar are ignored: a plan is advice, and every frame is verified anyway).
+
+    O((frames + ranges) log frames) whatever the plan: one bisect per range, and
+    each frame is visited once over all ranges (a taken frame is skipped by
+    jumping to the next one not taken yet, with path compression).
+    """
     out: list[int] = []
     if not frames:
         return out
+    n = len(frames)
+    starts = [f.offset for f in frames]
     end_of_tar = frames[-1].offset + frames[-1].size
-    for off, n in ranges:
-        if n <= 0 or off >= end_of_tar:
+    nxt = list(range(n + 1))  # nxt[i] leads to the first frame >= i not taken yet (n: none)
+
+    def untaken(i: int) -> int:
+        root = i
+        while nxt[root] != root:
+            root = nxt[root]
+        while nxt[i] != root:
+            nxt[i], i = root, nxt[i]
+        return root
+
+    for off, length in ranges:
+        if length <= 0 or off >= end_of_tar:
             continue
-        i = max(0, bisect.bisect_right(starts, off) - 1)
-        end = min(off + n, end_of_tar)
-        while i < len(frames) and frames[i].offset < end:
-            if i not in seen:
-                seen.add(i)
-                out.append(i)
-            i += 1
+        end = min(off + length, end_of_tar)
+        i = untaken(max(0, bisect.bisect_right(starts, off) - 1))
+        while i < n and starts[i] < end:
+            out.append(i)
+            nxt[i] = i + 1
+            i = untaken(i + 1)
     return out

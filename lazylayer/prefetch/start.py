@@ -14,6 +14,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..remote import transport
 from .attach import find_attached
 from .plan import Plan, load_plan
 from .prefetcher import Prefetcher
@@ -64,7 +65,10 @@ def start(image: Image, prefetch: Any = "auto", *, fill: bool = False, fill_rate
             if fill:
                 prefetcher.start_fill(fill_rate)
         except Exception as exc:  # a plan is advice: reads work without it
-            log.warning("%s: no prefetch: %s", image.reference, exc)
+            if transport.exiting():  # cut short by interpreter exit: no news
+                log.debug("%s: no prefetch (exiting): %s", image.reference, exc)
+            else:
+                log.warning("%s: no prefetch: %s", image.reference, exc)
         finally:
             image.prefetch_started.set()
 

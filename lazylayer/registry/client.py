@@ -154,17 +154,28 @@ class RegistryAuth:
 
 
 async def read_metadata(resp: aiohttp.ClientResponse, what: str) -> bytes:
-    """The body of a manifest, index or other small document: at most ``oci.MAX_METADATA_BYTES``,
-    all of it (a short body is retried)."""
+    """The body of a manifest, index or other small document: all of it, at most ``oci.MAX_METADATA_BYTES``.
+
+    Read to the end of the body (or just past the limit): a body over the limit
+    raises :class:`~lazylayer.errors.LimitError`; one shorter than its
+    ``Content-Length`` raises ``Retry`` (a short read, retried).
+    """
+    limit = oci.MAX_METADATA_BYTES
     length = resp.headers.get("Content-Length")
-    if length and length.isdigit() and int(length) > oci.MAX_METADATA_BYTES:
-        raise errors.LimitError(f"{what} is {length} bytes (limit {oci.MAX_METADATA_BYTES})")
-    body = await resp.content.read(oci.MAX_METADATA_BYTES + 1)
-    if len(body) > oci.MAX_METADATA_BYTES:
-        raise errors.LimitError(f"{what} is larger than {oci.MAX_METADATA_BYTES} bytes")
-    if length and length.isdigit() and int(length) != len(body):
-        raise Retry(f"short body of {what}: {len(body)} of {length} bytes")
-    return body
+    declared = int(length) if length and length.isdigit() else None
+    if declared is not None and declared > limit:
+        raise errors.LimitError(f"{what} is {length} bytes (limit {limit})")
+    body = bytearray()
+    while True:
+        chunk = await resp.content.read(min(1 << 20, limit + 1 - len(body)))
+        if not chunk:
+            break
+        body += chunk
+        if len(body) > limit:
+            raise errors.LimitError(f"{what} is larger than {limit} bytes")
+    if declared is not None and declared != len(body):
+        raise Retry(f"short body of {what}: {len(body)} of {declared} bytes")
+    return bytes(body)
 
 
 class Registry:
@@ -241,7 +252,7 @@ class Registry:
                             raise errors.AuthError(f"{host}: the token server {clean_url(realm)} refused {who} "
                                                    f"({resp.status})", status=resp.status, url=clean_url(realm))
                         transport.check_status(resp, f"token from {clean_url(realm)}")
-                        body = await resp.content.read(1 << 20)
+                        body = await read_metadata(resp, f"token from {clean_url(realm)}")
                     self.tokens.put(key, parse_token_response(body))
                     return
                 except Retry as exc:

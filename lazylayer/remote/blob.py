@@ -68,6 +68,8 @@ class HttpBlob:
     auth: Authorizer | None = None
     name: str = ""
     _size: int | None = None
+    #: True once the server has confirmed ``_size`` (a declared size is checked before a large read).
+    _size_checked: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.urls, str):
@@ -86,7 +88,24 @@ class HttpBlob:
         if self._size is None:
             self._size = await self.transport.call_soon(
                 self.transport.head_size(self.urls, auth=self.auth, what=self.name))
+            self._size_checked = True
         return self._size
+
+    async def _check_declared_size(self, wanted: int) -> None:
+        """Before a read of ``wanted`` bytes (more than a few parts) by a size nobody checked: ask the server.
+
+        A descriptor may declare any size (10^12, 2^62); planning and
+        allocating by it before a byte arrives would exhaust memory.  The
+        server's size must be the declared one, else IntegrityError names both.
+        """
+        o = self.transport.options
+        if self._size is None or self._size_checked or wanted <= o.part_size * 4:
+            return
+        real = await self.transport.head_size(self.urls, auth=self.auth, what=self.name)
+        if real != self._size:
+            raise errors.IntegrityError(f"{self.name}: the server has {real} bytes, but its descriptor declares "
+                                        f"{self._size}: refusing to read by the declared size")
+        self._size_checked = True
 
     async def _fetch_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None) -> list[bytes]:
         t, o = self.transport, self.transport.options
@@ -94,17 +113,22 @@ class HttpBlob:
         if digests is not None:
             if len(digests) != len(ranges):
                 raise ValueError("digests must have one entry per range")
-        requests = plan_requests(ranges, o.coalesce_gap, o.part_size)
-        bodies = await asyncio.gather(*(t.fetch_range(self.urls, off, n, auth=self.auth, what=self.name)
-                                        for off, n in requests))
-        out = _assemble(ranges, requests, list(bodies))
-        if digests is not None:
-            for i, (data, want) in enumerate(zip(out, digests)):
-                if want is not None and sha256_of(data) != want:
-                    # Corrupted in transit, or a coalesced request went wrong: fetch this range alone.
-                    t.stats.digest_mismatches += 1
-                    off, n = ranges[i]
-                    out[i] = await t.fetch_range(self.urls, off, n, auth=self.auth, digest=want, what=self.name)
+        with t.deadline_scope():  # one deadline for the parts, their retries and the re-fetches
+            await self._check_declared_size(sum(n for _, n in ranges))
+            requests = plan_requests(ranges, o.coalesce_gap, o.part_size)
+            bodies = await asyncio.gather(*(t.fetch_range(self.urls, off, n, auth=self.auth, what=self.name,
+                                                          total=self._size)
+                                            for off, n in requests))
+            out = _assemble(ranges, requests, list(bodies))
+            del bodies
+            if digests is not None:
+                for i, (data, want) in enumerate(zip(out, digests)):
+                    if want is not None and sha256_of(data) != want:
+                        # Corrupted in transit, or a coalesced request went wrong: fetch this range alone.
+                        t.stats.digest_mismatches += 1
+                        off, n = ranges[i]
+                        out[i] = await t.fetch_range(self.urls, off, n, auth=self.auth, digest=want,
+                                                     what=self.name, total=self._size)
         return out
 
     async def aread_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]:
@@ -128,12 +152,14 @@ class HttpBlob:
         view = memoryview(buffer).cast("B")
         size = len(view)
         _check_ranges([(offset, size)], self._size, self.name)
-        parts = plan_requests([(offset, size)], 0, o.part_size)
-        await asyncio.gather(*(t.fetch_range(self.urls, off, n, auth=self.auth, what=self.name,
-                                             into=view[off - offset:off - offset + n]) for off, n in parts))
-        if digest is not None and sha256_of(view) != digest:
-            t.stats.digest_mismatches += 1
-            await t.fetch_range(self.urls, offset, size, auth=self.auth, digest=digest, what=self.name, into=view)
+        with t.deadline_scope():  # one deadline for the parts, their retries and the re-fetch
+            parts = plan_requests([(offset, size)], 0, o.part_size)
+            await asyncio.gather(*(t.fetch_range(self.urls, off, n, auth=self.auth, what=self.name, total=self._size,
+                                                 into=view[off - offset:off - offset + n]) for off, n in parts))
+            if digest is not None and sha256_of(view) != digest:
+                t.stats.digest_mismatches += 1
+                await t.fetch_range(self.urls, offset, size, auth=self.auth, digest=digest, what=self.name,
+                                    into=view, total=self._size)
         return size
 
     def readinto(self, buffer: Any, offset: int, digest: str | None = None) -> int:
@@ -204,7 +230,7 @@ class _BlobStream(io.RawIOBase):
                 off = j * self.part
                 n = min(self.part, size - off)
                 self.parts[j] = t.submit(t.fetch_range(self.blob.urls, off, n, auth=self.blob.auth,
-                                                       what=self.blob.name))
+                                                       what=self.blob.name, total=self.blob._size))
 
     def readinto(self, b: Any) -> int:
         size = self.blob.size

@@ -21,8 +21,11 @@ What a read does, in order:
    for and exactly that many bytes (a ``200`` — a server that ignores Range —
    is streamed and sliced, never buffered whole).  Short bodies resume where
    they stopped; resets, stalls (no byte for ``read_timeout``), 408/429/5xx are
-   retried with exponential backoff and jitter; each logical read gives up at
-   ``deadline`` with :class:`~lazylayer.errors.RemoteTimeoutError`.
+   retried with exponential backoff and jitter, in rounds over the endpoints,
+   until ``deadline``, which covers the whole logical read (retries and
+   re-fetches included); then :class:`~lazylayer.errors.RemoteTimeoutError`.
+   An endpoint that failed a whole read that way fails new reads at once for
+   ``down_memo`` seconds.
 4. **Verify**: when the caller knows a range's digest (a lazy layer's frames,
    a whole blob), the bytes are checked before they are returned and fetched
    again if they do not match; a persistent mismatch is an
@@ -32,7 +35,14 @@ What a read does, in order:
 
 ``urls`` may list mirrors before the origin: each logical read tries them in
 order, falls through on 404, refusals and exhausted retries, and a mirror that
-failed is skipped for ``mirror_cooldown`` seconds.
+failed is skipped for ``mirror_cooldown`` seconds (in the first round of later
+reads).  ``retries`` counts attempts per endpoint per round; rounds go on
+until the deadline for endpoints that have answered this transport before.
+
+No size a descriptor declares sizes an allocation: buffers grow as bytes
+arrive, every ``Content-Range`` total must match the declared size, and
+:class:`~lazylayer.remote.HttpBlob` asks the server's size before planning a
+large read by a declared one.
 """
 
 from __future__ import annotations
@@ -44,11 +54,13 @@ import concurrent.futures
 import contextlib
 import contextvars
 import hashlib
+import itertools
 import logging
 import os
 import random
 import re
 import ssl
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -88,12 +100,13 @@ class RemoteOptions:
     connect_timeout: float = 10.0   #: seconds to open a connection
     read_timeout: float = 30.0      #: seconds without a byte (before or during a body) before retrying
     deadline: float = 300.0         #: seconds a logical read may take, retries included
-    retries: int = 5                #: further attempts per endpoint after a retryable failure
+    retries: int = 5                #: further attempts per endpoint per round after a retryable failure
     backoff: float = 0.1            #: first backoff (seconds); doubles per attempt, with jitter
-    max_backoff: float = 5.0
+    max_backoff: float = 5.0        #: the backoff's cap (rounds go on at this pace until the deadline)
     tls_verify: bool = True         #: verify HTTPS certificates (False: like skopeo --tls-verify=false)
     redirect_ttl: float = 60.0      #: seconds a blob's redirect target is reused
-    mirror_cooldown: float = 30.0   #: seconds a failed mirror is skipped
+    mirror_cooldown: float = 30.0   #: seconds a failed mirror is skipped (in the first round of a read)
+    down_memo: float = 5.0          #: seconds new reads fail at once after a read failed on every endpoint (0: off)
     user_agent: str = "lazylayer"
 
     def __post_init__(self) -> None:
@@ -262,6 +275,8 @@ def sha256_of(data: bytes | bytearray | memoryview) -> str:
 # ------------------------------------------------------------------ transport
 
 _BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("lazylayer_background", default=False)
+#: The loop time by which the logical read under way must end (None: outside one; each call starts its own).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("lazylayer_deadline", default=None)
 
 
 @contextlib.contextmanager
@@ -302,7 +317,10 @@ class Transport:
         self._slots: asyncio.Semaphore | None = None
         self._bg_slots: asyncio.Semaphore | None = None
         self._redirects: TTLCache = TTLCache(maxsize=4096, ttl=self.options.redirect_ttl)
-        self._down: dict[str, float] = {}
+        self._down: dict[str, float] = {}  # mirror base URL -> monotonic time its cooldown ends
+        # base URL -> (monotonic time the memo ends, error class, message): the endpoint failed a whole read
+        self._memo: dict[str, tuple[float, type[errors.RemoteError], str]] = {}
+        self._reached: set[str] = set()  # base URLs that have answered (an outage there is ridden out)
         self._insecure: set[str] = set()
         self._closed = False
         self._insecure_ssl = ssl.create_default_context()
@@ -347,10 +365,18 @@ class Transport:
             self._bg_slots = asyncio.Semaphore(o.background_connections)
         return self._session
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has started (reads then fail; background work should stop quietly)."""
+        return self._closed or self._closing
+
+    _closing = False
+
     def close(self) -> None:
         """Close the session and stop the loop thread (idempotent)."""
         if self._closed:
             return
+        self._closing = True
         if self._session is not None:
             try:
                 asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result(timeout=10)
@@ -411,6 +437,7 @@ class Transport:
                     self._redirects.pop(url, None)
                 raise Retry.network(exc) from None
             status = resp.status
+            self._reached.add(_base(target))
             if status in _REDIRECT_STATUS and "Location" in resp.headers:
                 resp.release()
                 target = urljoin(target, resp.headers["Location"])
@@ -439,64 +466,139 @@ class Transport:
             return
         raise errors.RemoteError(f"{clean_url(url)}: too many redirects", url=clean_url(url))
 
-    async def call(self, urls: Sequence[str], attempt: Callable[[str], Awaitable[T]], what: str) -> T:
-        """Run ``attempt(url)`` until it succeeds: endpoints in order, retries with backoff, one deadline.
+    @contextlib.contextmanager
+    def deadline_scope(self) -> Iterator[None]:
+        """On the transport's loop: every :meth:`call` inside (tasks started inside too) shares one deadline.
 
-        ``attempt`` raises ``Retry`` for transient failures.  A mirror (any
-        URL but the last) is left for the next on 404, on a refusal and when its
-        retries run out.
+        The deadline (``RemoteOptions.deadline`` from now) covers the whole
+        logical read — its parts, retries and digest re-fetches.  Nested
+        scopes keep the outer deadline.
+        """
+        if _DEADLINE.get() is not None:
+            yield
+            return
+        token = _DEADLINE.set(asyncio.get_running_loop().time() + self.options.deadline)
+        try:
+            yield
+        finally:
+            _DEADLINE.reset(token)
+
+    def _check_memo(self, urls: Sequence[str], what: str) -> None:
+        """Fail at once if every endpoint failed a whole read within the last ``down_memo`` seconds."""
+        if not self._memo:
+            return
+        now = time.monotonic()
+        found = []
+        for url in urls:
+            memo = self._memo.get(_base(url))
+            if memo is None or memo[0] <= now:
+                return
+            found.append((url, memo))
+        url, (_until, kind, message) = found[-1]
+        raise kind(f"{what}: {message} (a read failed on every endpoint less than "
+                   f"{self.options.down_memo:g} s ago: not retried yet)", url=clean_url(url))
+
+    async def call(self, urls: Sequence[str], attempt: Callable[[str], Awaitable[T]], what: str) -> T:
+        """Run ``attempt(url)`` until it succeeds or the deadline passes.
+
+        Rounds over the endpoints (mirrors in order, then the origin): up to
+        ``1 + retries`` attempts each, with capped exponential backoff and
+        jitter between attempts and rounds.  ``attempt`` raises ``Retry`` for
+        transient failures.  A mirror is left for the next endpoint on 404 or a
+        refusal (for the rest of this call) and when its retries run out (then
+        it cools down: other calls skip it in their first round for
+        ``mirror_cooldown`` s).  Any other error from the origin ends the call
+        at once.  If none of the endpoints has ever answered this transport
+        (a wrong host or port rather than an outage), one round is all.  The deadline is the enclosing :meth:`deadline_scope`'s, or
+        ``deadline`` from now.  When the deadline passes, every endpoint tried
+        is remembered as down for ``down_memo`` seconds: calls whose endpoints
+        are all down fail at once, and a success on an endpoint forgets it.
         """
         o = self.options
+        self._check_memo(urls, what)
         await self.session()
         assert self._slots is not None and self._bg_slots is not None
         slots = self._bg_slots if _BACKGROUND.get() else self._slots
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + o.deadline
-        last: str = "no endpoint"
+        deadline = _DEADLINE.get() or loop.time() + o.deadline
+        last: str | None = None
         stalled = False
-        for i, url in enumerate(urls):
-            mirror = i < len(urls) - 1
-            base = _base(url)
-            if mirror and self._down.get(base, 0) > time.monotonic():
-                continue
-            n = 0
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise errors.RemoteTimeoutError(f"{what}: no answer within the {o.deadline:g} s deadline "
-                                                    f"(last error: {last})", url=clean_url(url))
-                try:
-                    async with slots:
-                        return await asyncio.wait_for(attempt(url), remaining)
-                except Retry as exc:
-                    last, stalled = str(exc), exc.timeout
-                    if n == o.retries:
+        passed: set[int] = set()   # mirrors that cannot serve this (404, refusal)
+        failed: set[str] = set()   # endpoints that failed with transient errors
+        tries = 0                  # backoffs so far: the exponent
+        url = urls[-1]
+
+        def gave_up() -> errors.RemoteError:
+            why = f" (last error: {last})" if last else " (no answer before it)"
+            kind = errors.RemoteTimeoutError
+            err = kind(f"{what}: no answer within the {o.deadline:g} s deadline{why}", url=clean_url(url))
+            if o.down_memo > 0 and last:
+                until = time.monotonic() + o.down_memo
+                for b in failed:
+                    self._memo[b] = (until, kind, f"{b} failed: {last}")
+            return err
+
+        async def pause(retry_after: float | None) -> None:
+            nonlocal tries
+            tries += 1
+            self.stats.retries += 1
+            delay = min(o.max_backoff, o.backoff * (2 ** min(tries, 60))) * (0.5 + random.random() / 2)
+            if retry_after is not None:
+                delay = min(max(delay, retry_after), o.max_backoff * 4)
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+
+        for round_ in itertools.count():
+            retry_after: float | None = None
+            for i, url in enumerate(urls):
+                mirror = i < len(urls) - 1
+                base = _base(url)
+                if i in passed or (mirror and round_ == 0 and self._down.get(base, 0) > time.monotonic()):
+                    continue
+                n = 0
+                while True:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise gave_up()
+                    try:
+                        async with slots:
+                            result = await asyncio.wait_for(attempt(url), remaining)
+                        self._memo.pop(base, None)
+                        self._reached.add(base)
+                        return result
+                    except Retry as exc:
+                        last, stalled, retry_after = str(exc), exc.timeout, exc.delay
+                        failed.add(base)
+                        if n == o.retries:
+                            break
+                        n += 1
+                        log.debug("%s: %s: retry %d: %s", what, base, n, last)
+                        await pause(exc.delay)
+                    except asyncio.TimeoutError:
+                        failed.add(base)
+                        last = last or f"{base}: stalled"
+                        raise gave_up() from None
+                    except errors.RemoteError as exc:
+                        if not mirror:
+                            raise
+                        # A refusal or a 404: the mirror works, it just cannot serve this.
+                        log.info("%s: mirror %s: %s; trying the next endpoint", what, base, exc)
+                        last = str(exc)
+                        passed.add(i)
+                        n = -1
                         break
-                    n += 1
-                    self.stats.retries += 1
-                    delay = min(o.max_backoff, o.backoff * (2 ** n)) * (0.5 + random.random() / 2)
-                    if exc.delay is not None:
-                        delay = min(max(delay, exc.delay), o.max_backoff * 4)
-                    log.debug("%s: retry %d after %.2fs: %s", what, n, delay, last)
-                    await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
-                except asyncio.TimeoutError:
-                    raise errors.RemoteTimeoutError(f"{what}: no answer within the {o.deadline:g} s deadline "
-                                                    f"(last error: {last})", url=clean_url(url)) from None
-                except errors.RemoteError as exc:
-                    if not mirror:
-                        raise
-                    # A refusal or a 404: the mirror works, it just cannot serve this.
-                    log.info("%s: mirror %s: %s; trying the next endpoint", what, base, exc)
-                    last = str(exc)
-                    n = -1
-                    break
-            if not mirror:
+                if mirror and n >= 0:  # retries exhausted: the mirror is unwell, skip it for a while
+                    self._down[base] = time.monotonic() + o.mirror_cooldown
+                    log.info("%s: mirror %s failed (%s); skipping it for %g s", what, base, last, o.mirror_cooldown)
+            # Every endpoint failed this round with transient errors: another round, after a backoff --
+            # unless none of them has ever answered (a wrong host or port, not an outage).
+            if not any(_base(u) in self._reached for u in urls):
                 kind = errors.RemoteTimeoutError if stalled else errors.RemoteError
-                raise kind(f"{what}: gave up after {n + 1} attempts: {last}", url=clean_url(url))
-            if n >= 0:  # retries exhausted: the mirror is unwell, skip it for a while
-                self._down[base] = time.monotonic() + o.mirror_cooldown
-                log.info("%s: mirror %s failed (%s); skipping it for %g s", what, base, last, o.mirror_cooldown)
-        raise errors.RemoteError(f"{what}: every endpoint failed: {last}")
+                raise kind(f"{what}: gave up after {o.retries + 1} attempts: {last}", url=clean_url(url))
+            log.info("%s: every endpoint failed (%s); trying again until the deadline", what, last)
+            if deadline - loop.time() <= 0:
+                raise gave_up()
+            await pause(retry_after)
+        raise AssertionError("unreachable")
 
     # -- building blocks for callers
 
@@ -515,22 +617,29 @@ class Transport:
         raise errors.RemoteError(f"{what}: unexpected {status} {_reason(status)} from {url}", status=status, url=url)
 
     async def fetch_range(self, urls: Sequence[str], offset: int, size: int, *, auth: Authorizer | None = None,
-                          digest: str | None = None, what: str = "range", into: Any = None) -> Any:
+                          digest: str | None = None, what: str = "range", into: Any = None,
+                          total: int | None = None) -> Any:
         """Exactly ``size`` bytes at ``offset``, checked against ``digest`` when given.
 
         The bytes land in ``into`` (a writable buffer of ``size`` bytes) or in a
-        new bytearray; that buffer is returned.  Each chunk is copied once, from
-        the socket's buffer to its place.
+        new bytearray, which grows as bytes arrive (a size nobody has checked
+        never sizes an allocation); that buffer is returned.  Each chunk is
+        copied once, from the socket's buffer to its place.  ``total``: the
+        blob's size as declared (a descriptor's); a server whose answer says
+        otherwise raises :class:`~lazylayer.errors.IntegrityError` naming both.
         """
-        fill = _Fill(memoryview(into if into is not None else bytearray(size)).cast("B"))
-        if len(fill.view) != size:
-            raise ValueError(f"the buffer holds {len(fill.view)} bytes, not {size}")
+        if into is not None:
+            fill = _Fill(memoryview(into).cast("B"))
+            if len(fill.view) != size:
+                raise ValueError(f"the buffer holds {len(fill.view)} bytes, not {size}")
+        else:
+            fill = _Fill(bytearray())
         mismatches = 0
 
         async def attempt(url: str) -> Any:
             nonlocal mismatches
             if fill.n < size:
-                await self._read_range(url, offset + fill.n, size - fill.n, fill, auth, what)
+                await self._read_range(url, offset + fill.n, size - fill.n, fill, auth, what, total)
             if digest is not None and sha256_of(fill.view) != digest:
                 fill.n = 0
                 mismatches += 1
@@ -539,12 +648,12 @@ class Transport:
                     raise errors.IntegrityError(f"{what}: bytes {offset}-{offset + size - 1} do not match "
                                                 f"their digest {digest} ({mismatches} attempts)")
                 raise Retry(f"bytes {offset}-{offset + size - 1} do not match their digest")
-            return fill.view.obj
+            return fill.view.obj if isinstance(fill.view, memoryview) else fill.view
 
         return await self.call(urls, attempt, f"{what} [{offset}, +{size}]")
 
     async def _read_range(self, url: str, pos: int, want: int, fill: _Fill, auth: Authorizer | None,
-                          what: str) -> None:
+                          what: str, total: int | None = None) -> None:
         """Put the bytes [pos, pos+want) in ``fill``; a short body raises ``Retry`` with what came kept."""
         headers = {"Range": f"bytes={pos}-{pos + want - 1}", "Accept-Encoding": "identity"}
         start = fill.n
@@ -552,17 +661,22 @@ class Transport:
         with network_retry():
             async with self.open("GET", url, headers=headers, auth=auth) as resp:
                 if resp.status == 416:
+                    _check_total(resp.headers.get("Content-Range"), total, what, url)
                     raise errors.RemoteError(f"{what}: bytes {pos}-{pos + want - 1} are past the end of "
                                              f"{clean_url(url)} ({resp.headers.get('Content-Range', '?')})",
                                              status=416, url=clean_url(url))
                 self.check_status(resp, what, ok=(200, 206))
                 skip = 0
                 if resp.status == 206:
+                    _check_total(resp.headers.get("Content-Range"), total, what, url)
                     _check_content_range(resp.headers.get("Content-Range"), pos, want, url)
                     length = resp.headers.get("Content-Length")
                     if length is not None and length.isdigit() and int(length) != want:
                         raise Retry(f"Content-Length {length} for a range of {want} bytes")
                 else:  # 200: the server ignored Range; stream to the bytes we want
+                    length = resp.headers.get("Content-Length")
+                    if total is not None and length is not None and length.isdigit() and int(length) != total:
+                        raise _size_mismatch(what, url, int(length), total)
                     skip = pos
                 view = fill.view
                 async for chunk in resp.content.iter_any():
@@ -610,7 +724,7 @@ class _Fill:
 
     __slots__ = ("view", "n")
 
-    def __init__(self, view: memoryview) -> None:
+    def __init__(self, view: memoryview | bytearray) -> None:
         self.view = view
         self.n = 0
 
@@ -635,6 +749,20 @@ def _retry_after(value: str | None) -> float | None:
     return None
 
 
+def _size_mismatch(what: str, url: str, real: int, declared: int) -> errors.IntegrityError:
+    return errors.IntegrityError(f"{what}: {clean_url(url)} has {real} bytes, but its descriptor declares "
+                                 f"{declared}: refusing to read by the declared size")
+
+
+def _check_total(header: str | None, total: int | None, what: str, url: str) -> None:
+    """The total of a ``Content-Range`` (``bytes A-B/TOTAL`` or ``bytes */TOTAL``) must be the declared size."""
+    if total is None or not header:
+        return
+    m = re.match(r"^bytes (?:\d+-\d+|\*)/(\d+)$", header.strip())
+    if m and int(m.group(1)) != total:
+        raise _size_mismatch(what, url, int(m.group(1)), total)
+
+
 def _check_content_range(header: str | None, pos: int, want: int, url: str) -> None:
     m = _CONTENT_RANGE.match(header or "")
     if not m or int(m.group(1)) != pos or int(m.group(2)) != pos + want - 1:
@@ -654,7 +782,20 @@ def default_transport() -> Transport:
         return _default
 
 
+_exiting = False
+
+
+def exiting() -> bool:
+    """True once the interpreter is exiting (the default transport's atexit hook ran, or finalization began).
+
+    Background work (prefetch) cut short then is not a failure worth a warning.
+    """
+    return _exiting or sys.is_finalizing()
+
+
 def _close_default() -> None:
+    global _exiting
+    _exiting = True
     if _default is not None:
         _default.close()
 
