@@ -6,10 +6,16 @@
  * allocated buffer (including frames unlinked while a reader still pins them).
  * Making room evicts least-recently-used unpinned frames, shard by shard, and
  * hands an evicted buffer of a fitting size straight to the new frame, so
- * steady-state misses cost no malloc/free (and no page faults). */
+ * steady-state misses cost no malloc/free (and no page faults).
+ *
+ * Frame buffers are the cache's own (ll__buf_get/put below): mmap'd, and when
+ * freed kept in a small free list (pool_limit(budget) bytes) or unmapped, so
+ * the memory of evicted frames goes back to the OS instead of piling up in
+ * malloc's per-thread arenas. */
 #include "internal.h"
 
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #define SHARDS 16
 #define INITIAL_BUCKETS 64
@@ -22,7 +28,146 @@ typedef struct {
     ll__entry *head, *tail; /* LRU: head is most recently used */
 } shard;
 
+/* ---- the buffer pool (see internal.h) */
+
+/* Under AddressSanitizer the big buffers come from malloc after all, so ASan
+ * checks their bounds and their use after free, and a buffer in the free list
+ * is poisoned but for its link. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LL__ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(LL__ASAN)
+#define LL__ASAN 1
+#endif
+#ifdef LL__ASAN
+#include <sanitizer/asan_interface.h>
+static void *map_buf(size_t cap) { return malloc(cap); }
+static void unmap_buf(void *p, size_t cap) { (void)cap; free(p); }
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+static void *map_buf(size_t cap) {
+    void *m = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return m == MAP_FAILED ? NULL : m;
+}
+static void unmap_buf(void *p, size_t cap) { munmap(p, cap); }
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+struct ll__freebuf {   /* lives in the first bytes of the free buffer itself */
+    ll__freebuf *next;
+    size_t cap;
+};
+
+size_t ll__buf_cap(size_t size) {
+    if (size < LL__BUF_MMAP_MIN) return size ? size : 1;
+    if (size > SIZE_MAX - LL__BUF_ROUND) return SIZE_MAX; /* mmap refuses it */
+    return (size + LL__BUF_ROUND - 1) / LL__BUF_ROUND * LL__BUF_ROUND;
+}
+
+uint8_t *ll__buf_get(ll__bufpool *p, size_t size, size_t max_cap, size_t *cap) {
+    size_t want = ll__buf_cap(size);
+    if (want < LL__BUF_MMAP_MIN) {
+        uint8_t *b = malloc(want);
+        if (b) *cap = want;
+        return b;
+    }
+    if (p) {
+        if (max_cap > want && max_cap / 2 > want) max_cap = 2 * want;
+        pthread_mutex_lock(&p->lock);
+        ll__freebuf **best = NULL;
+        for (ll__freebuf **pp = &p->head; *pp; pp = &(*pp)->next) {
+            size_t c = (*pp)->cap;
+            if (c >= want && c <= max_cap && (!best || c < (*best)->cap)) {
+                best = pp;
+                if (c == want) break;
+            }
+        }
+        if (best) {
+            ll__freebuf *f = *best;
+            *best = f->next;
+            p->held -= f->cap;
+            pthread_mutex_unlock(&p->lock);
+            *cap = f->cap;
+            UNPOISON(f, f->cap);
+            return (uint8_t *)f;
+        }
+        pthread_mutex_unlock(&p->lock);
+    }
+    void *m = map_buf(want);
+    if (!m) return NULL;
+    *cap = want;
+    return m;
+}
+
+void ll__buf_put(ll__bufpool *p, uint8_t *buf, size_t cap) {
+    if (!buf) return;
+    if (cap < LL__BUF_MMAP_MIN) {
+        free(buf);
+        return;
+    }
+    ll__freebuf *drop = NULL;
+    if (p) {
+        ll__freebuf *f = (ll__freebuf *)(void *)buf;
+        f->cap = cap;
+        pthread_mutex_lock(&p->lock);
+        if (cap <= p->limit) {
+            f->next = p->head;
+            p->head = f;
+            p->held += cap;
+            POISON((uint8_t *)f + sizeof *f, cap - sizeof *f);
+            buf = NULL;
+            while (p->held > p->limit) { /* unmap the least recently freed */
+                ll__freebuf **pp = &p->head;
+                while ((*pp)->next) pp = &(*pp)->next;
+                ll__freebuf *t = *pp;
+                *pp = NULL;
+                p->held -= t->cap;
+                t->next = drop;
+                drop = t;
+            }
+        }
+        pthread_mutex_unlock(&p->lock);
+    }
+    if (buf) unmap_buf(buf, cap);
+    while (drop) {
+        ll__freebuf *next = drop->next;
+        UNPOISON(drop, drop->cap);
+        unmap_buf(drop, drop->cap);
+        drop = next;
+    }
+}
+
+/* The free list's limit for a cache of `budget` bytes: an eighth of it, 4..32 MiB. */
+static uint64_t pool_limit(uint64_t budget) {
+    uint64_t l = budget / 8;
+    return l < (4u << 20) ? (4u << 20) : l > (32u << 20) ? (32u << 20) : l;
+}
+
+static void pool_set_limit(ll__bufpool *p, uint64_t limit) {
+    pthread_mutex_lock(&p->lock);
+    p->limit = limit;
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void pool_destroy(ll__bufpool *p) {
+    ll__freebuf *f = p->head;
+    while (f) {
+        ll__freebuf *next = f->next;
+        UNPOISON(f, f->cap);
+        unmap_buf(f, f->cap);
+        f = next;
+    }
+    pthread_mutex_destroy(&p->lock);
+}
+
+/* ---- the cache */
+
 struct ll_cache {
+    ll__bufpool pool;
     shard shards[SHARDS];
     _Atomic uint64_t budget;
     _Atomic uint64_t bytes;
@@ -61,6 +206,8 @@ int ll_cache_create(uint64_t budget_bytes, ll_cache **out) {
         s->nbuckets = INITIAL_BUCKETS;
         pthread_mutex_init(&s->lock, NULL);
     }
+    pthread_mutex_init(&c->pool.lock, NULL);
+    c->pool.limit = pool_limit(budget_bytes);
     atomic_init(&c->budget, budget_bytes);
     atomic_init(&c->next_source, 1);
     *out = c;
@@ -71,8 +218,17 @@ static void unreserve(ll_cache *c, uint32_t cap) { atomic_fetch_sub(&c->bytes, (
 
 static void entry_destroy(ll_cache *c, ll__entry *e) {
     unreserve(c, e->cap);
-    free(e->data);
+    ll__buf_put(&c->pool, e->data, e->cap);
     free(e);
+}
+
+ll__bufpool *ll__cache_bufpool(ll_cache *c) { return c ? &c->pool : NULL; }
+
+uint64_t ll_cache_pool_bytes(ll_cache *c) {
+    pthread_mutex_lock(&c->pool.lock);
+    uint64_t held = c->pool.held;
+    pthread_mutex_unlock(&c->pool.lock);
+    return held;
 }
 
 /* ---- per-shard structure, caller holds s->lock */
@@ -151,21 +307,23 @@ static void note_peak(ll_cache *c, uint64_t now) {
 
 uint8_t *ll__cache_alloc(ll_cache *c, uint32_t size, uint32_t *cap) {
     if (size == 0) size = 1;
+    uint32_t want = (uint32_t)ll__buf_cap(size); /* size <= LL_MAX_FRAME_SIZE: fits */
     for (;;) {
         uint64_t budget = atomic_load(&c->budget);
-        if (size > budget) return NULL;
+        if (want > budget) return NULL;
         uint64_t cur = atomic_load(&c->bytes);
-        if (cur + size <= budget) {
-            if (!atomic_compare_exchange_weak(&c->bytes, &cur, cur + size)) continue;
-            note_peak(c, cur + size);
-            uint8_t *p = malloc(size);
-            if (!p) { unreserve(c, size); return NULL; }
-            *cap = size;
+        if (cur + want <= budget) {
+            if (!atomic_compare_exchange_weak(&c->bytes, &cur, cur + want)) continue;
+            note_peak(c, cur + want);
+            size_t got;
+            uint8_t *p = ll__buf_get(&c->pool, size, want, &got); /* exactly `want`: reserved */
+            if (!p) { unreserve(c, want); return NULL; }
+            *cap = want;
             return p;
         }
         ll__entry *v = evict_one(c);
         if (!v) return NULL;
-        if (v->cap >= size && v->cap / 2 <= size) {
+        if (v->cap >= want && v->cap / 2 <= size) {
             /* Recycle: its bytes stay reserved, now for the new frame. */
             uint8_t *p = v->data;
             *cap = v->cap;
@@ -177,7 +335,7 @@ uint8_t *ll__cache_alloc(ll_cache *c, uint32_t size, uint32_t *cap) {
 }
 
 void ll__cache_discard(ll_cache *c, uint8_t *data, uint32_t cap) {
-    free(data);
+    ll__buf_put(&c->pool, data, cap);
     unreserve(c, cap);
 }
 
@@ -274,6 +432,7 @@ void ll_cache_get_stats(ll_cache *c, ll_cache_stats *out) {
 
 void ll_cache_set_budget(ll_cache *c, uint64_t budget_bytes) {
     atomic_store(&c->budget, budget_bytes);
+    pool_set_limit(&c->pool, pool_limit(budget_bytes));
     while (atomic_load(&c->bytes) > budget_bytes) {
         ll__entry *v = evict_one(c);
         if (!v) break; /* the rest is pinned; it goes when released */
@@ -313,12 +472,13 @@ void ll_cache_free(ll_cache *c) {
         ll__entry *e = s->head;
         while (e) {
             ll__entry *next = e->lnext;
-            free(e->data);
+            ll__buf_put(NULL, e->data, e->cap);
             free(e);
             e = next;
         }
         free(s->buckets);
         pthread_mutex_destroy(&s->lock);
     }
+    pool_destroy(&c->pool);
     free(c);
 }

@@ -71,6 +71,35 @@ struct ll_seektable {
 /* ---- checksum of a frame's data as the seek table stores it */
 LL_HIDDEN uint32_t ll__frame_checksum(const void *data, size_t size);
 
+/* ---- big buffers (cache.c): decoded frames (cache entries) and the reader's
+ * workspace buffers.  They never come from malloc's arenas, where glibc keeps
+ * freed memory per thread and the process's RSS creeps: a buffer of at least
+ * LL__BUF_MMAP_MIN bytes is mmap'd (its capacity rounded up to LL__BUF_ROUND),
+ * and freed into a free list bounded by a byte limit, beyond which it is
+ * munmap'd (back to the OS).  Smaller ones are malloc'd.  The capacity decides
+ * which (below LL__BUF_MMAP_MIN: malloc), so a buffer goes back with its cap.
+ * Thread-safe: one mutex per pool.  A NULL pool maps and unmaps every time. */
+#define LL__BUF_MMAP_MIN (64u << 10)
+#define LL__BUF_ROUND (64u << 10)
+typedef struct ll__freebuf ll__freebuf;
+typedef struct {
+    pthread_mutex_t lock;
+    ll__freebuf *head;      /* most recently freed first */
+    uint64_t held;          /* bytes in the free list */
+    uint64_t limit;         /* most bytes the free list keeps */
+} ll__bufpool;
+/* The capacity ll__buf_get gives a buffer of `size` bytes (>= size). */
+LL_HIDDEN size_t ll__buf_cap(size_t size);
+/* A buffer of at least `size` bytes; *cap gets its capacity: ll__buf_cap(size), or
+ * that of a free buffer reused, which is at most max_cap and at most twice size
+ * (max_cap = ll__buf_cap(size): only an exact fit).  NULL when memory is short.
+ * Contents undefined. */
+LL_HIDDEN uint8_t *ll__buf_get(ll__bufpool *p, size_t size, size_t max_cap, size_t *cap);
+/* Give back a buffer from ll__buf_get (NULL is ignored). */
+LL_HIDDEN void ll__buf_put(ll__bufpool *p, uint8_t *buf, size_t cap);
+/* The pool of a cache (for its readers' workspaces); NULL for a NULL cache. */
+LL_HIDDEN ll__bufpool *ll__cache_bufpool(ll_cache *c);
+
 /* ---- block cache (cache.c).  Entries are pinned while a reader holds them. */
 typedef struct ll__entry ll__entry;
 struct ll__entry {

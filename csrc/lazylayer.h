@@ -221,6 +221,14 @@ LL_API void ll_cache_get_stats(ll_cache *c, ll_cache_stats *out);
 LL_API void ll_cache_set_budget(ll_cache *c, uint64_t budget_bytes);
 /* Drop every unpinned frame.  Any thread. */
 LL_API void ll_cache_clear(ll_cache *c);
+/* Frame buffers (the cache's entries, and the decode and input buffers of the
+ * readers using the cache) are the cache's own: buffers of 64 KiB and more are
+ * mmap'd, never taken from malloc, and a freed one is kept for reuse in a free
+ * list of at most budget/8 bytes (clamped to 4..32 MiB; set with the budget),
+ * else unmapped, so the memory of evicted frames goes back to the system.  The
+ * free list is not part of the budget.  This returns the bytes it holds now.
+ * Any thread. */
+LL_API uint64_t ll_cache_pool_bytes(ll_cache *c);
 
 /* ---------------------------------------------------------------- worker pool */
 

@@ -10,7 +10,9 @@
  *
  * Each concurrent call borrows a workspace (zstd context, input and scratch
  * buffers) from the reader's free list and returns it, so steady-state reads
- * allocate nothing. */
+ * allocate nothing.  The buffers come from the cache's buffer pool (mmap'd,
+ * never malloc's arenas: see internal.h); an idle workspace keeps at most
+ * WS_KEEP bytes in each, so one huge read does not pin its buffers for good. */
 #include "internal.h"
 
 #include <stdio.h>
@@ -24,6 +26,8 @@ typedef struct task {
     uint8_t *dst;        /* where the whole frame goes */
     int status;
 } task;
+
+#define WS_KEEP (4u << 20)
 
 typedef struct workspace {
     ll__worker *w;
@@ -42,6 +46,7 @@ struct ll_reader {
     void *opaque;
     ll_cache *cache;
     ll_pool *pool;
+    ll__bufpool *bufs;   /* the cache's buffer pool, or NULL (map and unmap) */
     uint64_t source;
     int verify;
     int whole_frames;
@@ -88,6 +93,7 @@ int ll_reader_create(ll_seektable *st, ll_read_fn read, void *opaque,
     r->opaque = opaque;
     r->cache = opt->cache;
     r->pool = opt->pool;
+    r->bufs = ll__cache_bufpool(r->cache);
     r->verify = opt->verify_checksums;
     r->whole_frames = opt->whole_frames;
     r->max_fetch = opt->max_fetch_bytes ? opt->max_fetch_bytes : (64u << 20);
@@ -97,10 +103,10 @@ int ll_reader_create(ll_seektable *st, ll_read_fn read, void *opaque,
     return LL_OK;
 }
 
-static void ws_free(workspace *ws) {
+static void ws_free(ll_reader *r, workspace *ws) {
     ll__worker_free(ws->w);
-    free(ws->in);
-    free(ws->out);
+    ll__buf_put(r->bufs, ws->in, ws->in_cap);
+    ll__buf_put(r->bufs, ws->out, ws->out_cap);
     free(ws->tasks);
     free(ws);
 }
@@ -110,7 +116,7 @@ void ll_reader_free(ll_reader *r) {
     workspace *ws = r->free_ws;
     while (ws) {
         workspace *next = ws->next;
-        ws_free(ws);
+        ws_free(r, ws);
         ws = next;
     }
     pthread_mutex_destroy(&r->ws_lock);
@@ -138,19 +144,30 @@ static workspace *ws_get(ll_reader *r) {
 }
 
 static void ws_put(ll_reader *r, workspace *ws) {
+    if (ws->in_cap > WS_KEEP) {
+        ll__buf_put(r->bufs, ws->in, ws->in_cap);
+        ws->in = NULL;
+        ws->in_cap = 0;
+    }
+    if (ws->out_cap > WS_KEEP) {
+        ll__buf_put(r->bufs, ws->out, ws->out_cap);
+        ws->out = NULL;
+        ws->out_cap = 0;
+    }
     pthread_mutex_lock(&r->ws_lock);
     ws->next = r->free_ws;
     r->free_ws = ws;
     pthread_mutex_unlock(&r->ws_lock);
 }
 
-static int grow(uint8_t **buf, size_t *cap, size_t need) {
+static int grow(ll__bufpool *bufs, uint8_t **buf, size_t *cap, size_t need) {
     if (*cap >= need) return LL_OK;
-    uint8_t *p = malloc(need); /* contents need not survive: no realloc copy */
+    size_t got;
+    uint8_t *p = ll__buf_get(bufs, need, SIZE_MAX, &got); /* contents need not survive: no copy */
     if (!p) return LL_ERR_NOMEM;
-    free(*buf);
+    ll__buf_put(bufs, *buf, *cap);
     *buf = p;
-    *cap = need;
+    *cap = got;
     return LL_OK;
 }
 
@@ -213,7 +230,7 @@ static int decode(const ll_reader *r, ll__worker *w, uint32_t i, const uint8_t *
 static int fetch(ll_reader *r, workspace *ws, uint32_t a, uint32_t b) {
     uint64_t off = r->st->c_off[a], len = r->st->c_off[b + 1] - off;
     if (len > SIZE_MAX) return LL_ERR_LIMIT;
-    int rc = grow(&ws->in, &ws->in_cap, (size_t)len);
+    int rc = grow(r->bufs, &ws->in, &ws->in_cap, (size_t)len);
     if (rc != LL_OK) return rc;
     return ll__callback_status(r->read(r->opaque, off, (size_t)len, ws->in));
 }
@@ -255,7 +272,7 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
         }
         ll__cache_count_bypass(r->cache);
     }
-    rc = grow(&ws->out, &ws->out_cap, room);
+    rc = grow(r->bufs, &ws->out, &ws->out_cap, room);
     if (rc != LL_OK) return rc;
     rc = decode(r, ws->w, i, ws->in, ws->out, need, &produced);
     if (rc == LL_OK) memcpy(dst, ws->out + lo, hi - lo);
@@ -302,7 +319,7 @@ static int read_whole_frames(ll_reader *r, workspace *ws, uint32_t a, uint32_t b
             round_bytes += c_size(st, i);
         }
         if (ntasks == 0) continue;
-        int rc = grow(&ws->in, &ws->in_cap, (size_t)round_bytes);
+        int rc = grow(r->bufs, &ws->in, &ws->in_cap, (size_t)round_bytes);
         if (rc != LL_OK) return rc;
         /* Fetch runs of consecutive frames with one callback each, packed in ws->in. */
         size_t pos = 0;

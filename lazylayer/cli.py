@@ -452,7 +452,9 @@ def cmd_record(args: argparse.Namespace) -> int:
 def cmd_umount(args: argparse.Namespace) -> int:
     from .mount import unmount
 
-    unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
+    pid = unmount(args.mountpoint, timeout=args.timeout, lazy=args.lazy)
+    if pid is not None:  # lazily detached while still in use: not a failure
+        print(f"detached {args.mountpoint}; the daemon (pid {pid}) exits when the last process using it leaves")
     return 0
 
 

@@ -190,3 +190,102 @@ def test_read_range_example_under_asan(toolchain, tmp_path):
         want = data[off:off + length]
         assert res.stdout == want, (off, length, len(res.stdout), len(want))
         assert f"read {len(want)} bytes at {off} of {n}".encode() in res.stderr, err
+
+
+# Frame buffers from the cache's own pool (issue 15, item 10): readers sharing a
+# small cache, with and without whole-frame decodes, frames above and below the
+# mmap threshold, a reader without a cache, while the budget changes and the
+# cache is cleared under them; every byte checked, the free list within its limit.
+POOL_STRESS = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lazylayer.h>
+
+#define SIZE (6u << 20)
+static unsigned char *data;
+typedef struct { unsigned char *p; size_t len, cap; } sink;
+static int sink_write(void *o, const void *src, size_t n) {
+    sink *s = o;
+    if (s->len + n > s->cap) { s->cap = (s->len + n) * 2; s->p = realloc(s->p, s->cap); if (!s->p) return 1; }
+    memcpy(s->p + s->len, src, n); s->len += n; return 0;
+}
+static ll_mem_source srcs[3];
+static ll_reader *readers[3];
+static int failed;
+
+static void *worker(void *arg) {
+    unsigned seed = (unsigned)(size_t)arg;
+    unsigned char *buf = malloc(1u << 20);
+    for (int k = 0; k < 600 && !failed; k++) {
+        ll_reader *r = readers[rand_r(&seed) % 3];
+        size_t off = rand_r(&seed) % SIZE, len = 1 + rand_r(&seed) % (k % 4 == 0 ? (1u << 20) : (200u << 10));
+        int64_t n = ll_reader_read(r, off, buf, len);
+        size_t want = off + len > SIZE ? SIZE - off : len;
+        if (n != (int64_t)want || memcmp(buf, data + off, want) != 0) {
+            printf("FAIL read %zu at %zu: %lld\n", len, off, (long long)n); failed = 1;
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+int main(void) {
+    data = malloc(SIZE);
+    unsigned x = 1;
+    for (size_t i = 0; i < SIZE; i += 4096) {
+        for (size_t j = 0; j < 2048; j++) { x = x * 1103515245u + 12345u; data[i + j] = (unsigned char)(x >> 16); }
+        memset(data + i + 2048, (int)(i >> 12), 2048);
+    }
+    ll_cache *cache; ll_pool *pool;
+    if (ll_cache_create(2u << 20, &cache) || ll_pool_create(2, &pool)) return 2;
+    uint32_t frames[3] = {256u << 10, 20u << 10, 300u << 10};
+    sink sinks[3] = {{0}};
+    for (int i = 0; i < 3; i++) {
+        ll_writer_options wo; ll_writer_options_init(&wo, sizeof wo);
+        wo.frame_size = frames[i]; wo.pool = pool;
+        ll_writer *w;
+        if (ll_writer_create(&wo, sink_write, &sinks[i], &w) || ll_writer_write(w, data, SIZE) ||
+            ll_writer_finish(w)) return 3;
+        ll_writer_free(w);
+        srcs[i] = (ll_mem_source){sinks[i].p, sinks[i].len};
+        ll_seektable *st;
+        if (ll_seektable_load(ll_mem_read, &srcs[i], sinks[i].len, &st)) return 4;
+        ll_reader_options ro; ll_reader_options_init(&ro, sizeof ro);
+        ro.cache = i == 2 ? NULL : cache; ro.pool = pool; ro.whole_frames = i == 0;
+        if (ll_reader_create(st, ll_mem_read, &srcs[i], &ro, &readers[i])) return 5;
+    }
+    pthread_t t[4];
+    for (size_t i = 0; i < 4; i++) pthread_create(&t[i], NULL, worker, (void *)(i + 1));
+    for (int k = 0; k < 20; k++) {
+        ll_cache_set_budget(cache, (k % 3 + 1) * (1u << 20));
+        if (k % 5 == 0) ll_cache_clear(cache);
+        struct timespec ts = {0, 5000000}; nanosleep(&ts, NULL);
+    }
+    ll_cache_set_budget(cache, 3u << 20);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    ll_cache_stats s; ll_cache_get_stats(cache, &s);
+    uint64_t held = ll_cache_pool_bytes(cache);
+    printf("pool %llu bytes, cache %llu/%llu, %llu inserts, %llu evictions\n", (unsigned long long)held,
+           (unsigned long long)s.bytes, (unsigned long long)s.budget, (unsigned long long)s.inserts,
+           (unsigned long long)s.evictions);
+    if (held > (4u << 20) || s.bytes > s.budget || s.inserts == 0 || s.evictions == 0) failed = 1;
+    for (int i = 0; i < 3; i++) { ll_reader_free(readers[i]); free(sinks[i].p); }
+    ll_cache_free(cache); ll_pool_free(pool); free(data);
+    puts(failed ? "FAILED" : "OK");
+    return failed;
+}
+"""
+
+
+def test_buffer_pool_under_asan(toolchain, tmp_path):
+    src = tmp_path / "pool_stress.c"
+    src.write_text(POOL_STRESS)
+    exe = tmp_path / "pool_stress"
+    res = subprocess.run(["clang", "-std=c11", "-D_GNU_SOURCE", "-Wall", *SAN_FLAGS, f"-I{CSRC}", str(src),
+                          *LIB_SRCS, "-o", str(exe), "-lzstd", "-lpthread"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([str(exe)], capture_output=True, text=True, env=sanitizer_env(), timeout=300)
+    assert not report_in(res.stderr), report_in(res.stderr)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr[-3000:]

@@ -382,6 +382,28 @@ def test_the_log_without_v_has_the_mount_and_the_counters(built: Built, tmp_path
     assert not os.path.exists(default_log)
 
 
+def test_lazy_umount_while_in_use_detaches_and_exits_0(built: Built, mounted: Any) -> None:
+    """``umount -l`` with a process whose cwd is inside: exit 0 at once, and the daemon goes when it does."""
+    m = mounted(built.ref)
+    holder = subprocess.Popen(["sleep", "60"], cwd=m.path)
+    try:
+        t0 = time.monotonic()
+        res = cli("umount", "-l", m.path, check=False)
+        assert res.returncode == 0, res.stderr
+        assert time.monotonic() - t0 < 15
+        assert f"detached {m.path}; the daemon (pid {m.pid}) exits when the last process using it leaves" \
+            in res.stdout, res.stdout
+        assert not mount.is_mounted(m.path)
+        assert mount.control._alive(m.pid)  # still serving the holder
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 30
+    while mount.control._alive(m.pid):
+        assert time.monotonic() < deadline, f"daemon {m.pid} still running after its last user left"
+        time.sleep(0.05)
+
+
 def test_mounting_twice_is_refused(built: Built, mounted: Any) -> None:
     m = mounted(built.ref)
     res = cli("mount", built.ref, m.path, "--no-cache", check=False)

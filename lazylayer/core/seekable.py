@@ -108,6 +108,11 @@ class BlockCache:
         return CacheStats(s.hits, s.misses, s.inserts, s.evictions, s.bypasses, s.bytes,
                           s.peak_bytes, s.entries, s.budget)
 
+    @property
+    def pool_bytes(self) -> int:
+        """Bytes of freed frame buffers kept for reuse (at most budget/8, 4..32 MiB; not in the budget)."""
+        return lib.ll_cache_pool_bytes(self._ptr)
+
     def clear(self) -> None:
         """Drop every frame no reader is using."""
         lib.ll_cache_clear(self._ptr)

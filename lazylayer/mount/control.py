@@ -72,10 +72,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def unmount(mountpoint: str, *, timeout: float = 30.0, lazy: bool = False) -> None:
+LAZY_GRACE = 1.0
+"""Seconds :func:`unmount` with ``lazy=True`` waits for the daemon before leaving it running."""
+
+
+def unmount(mountpoint: str, *, timeout: float = 30.0, lazy: bool = False) -> int | None:
     """Unmount a lazylayer mount and wait (up to ``timeout`` s) for its daemon to exit.
 
-    ``lazy``: detach now even if files are open (``umount -l``).  Raises
+    ``lazy``: detach now even if files are open (``umount -l``).  The kernel
+    keeps a detached mount alive while a process still uses it (an open file,
+    its cwd), and the daemon serves it until the last one leaves: so after a
+    successful lazy detach this waits only briefly (``LAZY_GRACE`` s) and
+    returns the pid of a daemon still running then; otherwise None.  Raises
     :class:`MountError` if ``mountpoint`` is not a lazylayer mount or the
     unmount fails (for example, busy).
     """
@@ -96,15 +104,18 @@ def unmount(mountpoint: str, *, timeout: float = 30.0, lazy: bool = False) -> No
     if res.returncode != 0:
         raise MountError(f"{mountpoint}: unmount failed: {res.stderr.strip() or res.returncode}")
     if pid is not None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (min(timeout, LAZY_GRACE) if lazy else timeout)
         while _alive(pid):
             if time.monotonic() > deadline:
+                if lazy:  # detached; the daemon exits (and removes its pid file) when the mount is unused
+                    return pid
                 raise MountError(f"{mountpoint}: unmounted, but daemon {pid} did not exit in {timeout:g} s")
             time.sleep(0.02)
     try:
         os.unlink(pidfile)
     except OSError:
         pass
+    return None
 
 
 def set_read_ahead(mountpoint: str, size: int) -> bool:

@@ -227,25 +227,6 @@ def _plus_fuse(fuse: Any) -> Any:
     return PlusFUSE
 
 
-def _keep_frame_buffers() -> None:
-    """Let glibc's malloc reuse freed frame-sized buffers instead of mapping and unmapping them.
-
-    A mount decodes a 2 MiB frame and answers 128 KiB reads all the time; above
-    glibc's default 128 KiB threshold each of those buffers is a fresh mmap
-    (pages zeroed, then an munmap with a TLB shootdown), which cost about 10%
-    of the daemon's CPU reading a whole image.  Buffers up to 4 MiB now come
-    from the heap; at most 64 MiB of free heap is kept before it is returned.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
 def serve(image: Image, mountpoint: str, *, on_ready: Callable[[], None] | None = None,
           threads: bool = True, allow_other: bool = False, debug: bool = False) -> ImageOperations:
     """Mount ``image`` read-only at ``mountpoint`` and answer requests until it is unmounted.
@@ -267,7 +248,8 @@ def serve(image: Image, mountpoint: str, *, on_ready: Callable[[], None] | None 
             on_ready()
 
     ops = ImageOperations(image, on_ready=signal_ready)
-    _keep_frame_buffers()
+    # No malloc tuning here: decoded frames live in the C core's own mmap'd buffer
+    # pool (docs/c-api.md, "The cache"), not in malloc's per-thread arenas.
     fsname = (FSNAME_PREFIX + image.reference).replace(",", "_").replace(" ", "_")
     options: dict[str, Any] = {"ro": True, "fsname": fsname, "subtype": SUBTYPE, "default_permissions": True,
                                "foreground": True, "nothreads": not threads, "debug": debug,
