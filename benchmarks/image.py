@@ -195,7 +195,7 @@ def stamp_ok(d: Path, params: dict[str, Any], rebuild: bool) -> bool:
     if rebuild or not f.exists():
         return False
     try:
-        return json.loads(f.read_text()) == params
+        return json.loads(f.read_text()) == json.loads(json.dumps(params))  # tuples come back as lists
     except ValueError:
         return False
 
