@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 from . import errors
 from .core import DEFAULT_FRAME_SIZE, SeekableReader, SeekableWriter
 from .format import LAYER_FRAME_SIZE
-from .image import DiskCache, default_cache_dir
 from .progress import Progress
 from .units import human_size as _human
 from .units import parse_size
@@ -381,7 +380,7 @@ def _prefetch_options(p: argparse.ArgumentParser) -> None:
 
 def _open_image(args: argparse.Namespace, *, prefetch: bool = True) -> Image:
     """The image of an image command; commands with prefetch options (mount) start the prefetcher."""
-    from .image import Image
+    from .image import DiskCache, Image
 
     cache = None if args.no_cache else DiskCache(args.cache_dir)
     img = Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache)
@@ -470,6 +469,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cache_action(args: argparse.Namespace) -> int:
+    from .image import (
+        DiskCache,  # here: the commands that need no cache load no HTTP stack
+    )
+
     cache = DiskCache(args.cache_dir, create=False)  # looking at a cache never makes one
     if args.action == "trim":
         before = cache.usage().bytes
@@ -683,8 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The on-disk cache of fetched frames and derived files (docs/cache.md). "
                                    "Its directory is $LAZYLAYER_CACHE_DIR, else $XDG_CACHE_HOME/lazylayer, "
                                    "else ~/.cache/lazylayer; its limit $LAZYLAYER_CACHE_MAX (default 10G).")
-    e.add_argument("--cache-dir", metavar="DIR", default=default_cache_dir(),
-                   help="the cache directory (default: %(default)s)")
+    e.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="the cache directory (default: as above)")
     ea = e.add_subparsers(dest="action", required=True, metavar="ACTION",
                           help="one of these (lazylayer cache ACTION --help tells more)")
     ei = ea.add_parser("info", help="where the cache is, how full, its limit",

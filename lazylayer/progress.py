@@ -10,14 +10,7 @@ import sys
 import threading
 import time
 
-
-def _size(n: float) -> str:
-    """Bytes in a few characters, powers of 1000 (as the MB/s next to them)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+from .units import human_size
 
 
 class Progress:
@@ -62,11 +55,11 @@ class Progress:
 
     def _draw(self, now: float) -> None:
         elapsed = max(now - self._start, 1e-9)
-        rate = f" {_size(self.done / elapsed)}/s"
+        rate = f" {human_size(self.done / elapsed, si=True)}/s"
         width = shutil.get_terminal_size((80, 24)).columns - 1
         if self.total:
             frac = min(1.0, self.done / self.total)
-            pct, total = f" {frac:4.0%}", f" of {_size(self.total)}"
+            pct, total = f" {frac:4.0%}", f" of {human_size(self.total, si=True)}"
             eta = f", {elapsed * (1 - frac) / frac:.0f} s left" if 0 < frac < 1 and elapsed > 2 else ""
             bar = " [" + ("#" * int(frac * 20)).ljust(20) + "]"
             # what does not fit goes: the bar first, then the time left, then the total
@@ -75,7 +68,7 @@ class Progress:
                 if len(self.label) + len(tail) <= width:
                     break
         else:
-            tail = f" {_size(self.done)}{rate}"
+            tail = f" {human_size(self.done, si=True)}{rate}"
         line = self.label[:max(width - len(tail), 0)] + tail
         sys.stderr.write("\r" + line[:max(width, 1)] + "\033[K")
         sys.stderr.flush()

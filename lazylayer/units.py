@@ -22,10 +22,12 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2)]
 
 
-def human_size(n: float) -> str:
-    """``n`` bytes for people: ``512 B``, ``1.5 KiB``, ``3.2 GiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
+def human_size(n: float, *, si: bool = False) -> str:
+    """``n`` bytes for people: ``512 B``, ``1.5 KiB``, ``3.2 GiB``; ``si``: powers of 1000
+    (``1.5 kB``, up to ``TB``), to stand next to a rate in MB/s."""
+    step, names = (1000, ("B", "kB", "MB", "GB", "TB")) if si else (1024, ("B", "KiB", "MiB", "GiB"))
+    for unit in names:
+        if abs(n) < step or unit == names[-1]:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= step
     raise AssertionError

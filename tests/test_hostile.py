@@ -327,6 +327,28 @@ def in_child(code: str, mem_mb: int = 1024, timeout: float = 60) -> dict:
     return json.loads(p.stdout.decode().strip().splitlines()[-1])
 
 
+def read_toc_in_child(compressed_toc: bytes, mem_mb: int, timeout: float = 60) -> dict:
+    """``read_toc`` of a real layer holding ``compressed_toc``, in :func:`in_child`: ``error`` is the
+    LimitError's message (None if it was accepted), ``peak_mb`` the child's peak."""
+    blob, ann, _ = crafted_layer(compressed=compressed_toc)
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lazylayer-toc-{os.getpid()}.bin")
+    with open(path, "wb") as f:
+        f.write(blob)
+    try:
+        return in_child(f"""
+from lazylayer import errors
+from lazylayer.format import read_toc
+blob = open({path!r}, "rb").read()
+try:
+    read_toc(lambda o, n: blob[o:o + n], len(blob), {ann!r})
+    out = {{"error": None}}
+except errors.LimitError as exc:
+    out = {{"error": str(exc)}}
+""", mem_mb=mem_mb, timeout=timeout)
+    finally:
+        os.unlink(path)
+
+
 # (2) path length and depth: the converter and the reader refuse the same names.
 
 
@@ -391,24 +413,7 @@ def test_a_toc_bomb_is_refused_while_decompressing():
     head = b'{"version":1,"frame_size":1,"tar_size":0,"frames":[],"entries":[],"prefetch":['
     comp = _zstd_of_repeats(head, b"[0,0],", 40_000_000, b"[0,0]]}")
     assert len(comp) < 100_000
-    blob, ann, _ = crafted_layer(compressed=comp)
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lazylayer-bomb-{os.getpid()}.bin")
-    with open(path, "wb") as f:
-        f.write(blob)
-    try:
-        out = in_child(f"""
-from lazylayer import errors
-from lazylayer.format import read_toc
-blob = open({path!r}, "rb").read()
-ann = {ann!r}
-try:
-    read_toc(lambda o, n: blob[o:o + n], len(blob), ann)
-    out = {{"error": None}}
-except errors.LimitError as exc:
-    out = {{"error": str(exc)}}
-""", mem_mb=512)
-    finally:
-        os.unlink(path)
+    out = read_toc_in_child(comp, mem_mb=512)
     assert out["error"] and str(MAX_TOC_BYTES) in out["error"]
     assert out["peak_mb"] < 256  # refused once past the limit, never held whole
 
@@ -424,23 +429,7 @@ def test_toc_caps_hold_on_read_and_memory_stays_under_1_gib(what):
         comp = _zstd_of_repeats(head + b'"entries":[],"prefetch":[', b"[0,0],", MAX_PLAN_RANGES, b"[0,0]]}")
     else:  # many small values in a field nobody reads
         comp = _zstd_of_repeats(head + b'"entries":[],"prefetch":[],"x":[', b"[],", 5_000_000, b"[]]}")
-    blob, ann, _ = crafted_layer(compressed=comp)
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lazylayer-caps-{os.getpid()}.bin")
-    with open(path, "wb") as f:
-        f.write(blob)
-    try:
-        out = in_child(f"""
-from lazylayer import errors
-from lazylayer.format import read_toc
-blob = open({path!r}, "rb").read()
-try:
-    read_toc(lambda o, n: blob[o:o + n], len(blob), {ann!r})
-    out = {{"error": None}}
-except errors.LimitError as exc:
-    out = {{"error": str(exc)}}
-""", mem_mb=1024, timeout=120)
-    finally:
-        os.unlink(path)
+    out = read_toc_in_child(comp, mem_mb=1024, timeout=120)
     assert out["error"], out
     assert {"entries": "entries", "prefetch": "JSON values", "values": "JSON values"}[what] in out["error"]
     assert out["peak_mb"] < 1024

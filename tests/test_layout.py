@@ -17,7 +17,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "lazylayer"
 
 #: bottom to top; names on one line are independent of each other
 LAYERS = [
-    ["errors", "progress", "units", "_compat"],
+    ["errors", "units", "_compat"],
+    ["progress"],
     ["core"],
     ["remote"],
     ["oci"],

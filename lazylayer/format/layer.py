@@ -38,6 +38,7 @@ import zstandard
 from .. import errors
 from ..core import FrameInfo, SeekableWriter, parse_seek_table, seek_table_size
 from ..oci.media import DIGEST as _DIGEST
+from ..oci.media import check_json_shape, load_json
 from .tar import (
     MAX_PLAN_RANGES,
     MAX_TOC_BYTES,
@@ -123,13 +124,7 @@ class Toc:
         """
         if len(data) > MAX_TOC_BYTES:
             raise errors.LimitError(f"TOC larger than {MAX_TOC_BYTES} bytes of JSON")
-        check_json_shape(data, "TOC", MAX_TOC_VALUES)
-        try:
-            doc = json.loads(data)
-        except RecursionError:
-            raise errors.FormatError("malformed TOC: JSON nested too deeply") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise errors.FormatError(f"malformed TOC: {exc}") from None
+        doc = load_json(data, "TOC", MAX_TOC_VALUES)
         try:
             if not isinstance(doc, dict):
                 raise errors.FormatError("malformed TOC: not a JSON object")
@@ -210,22 +205,6 @@ def _int(x: Any) -> int:
     if type(x) is not int:
         raise errors.FormatError(f"malformed TOC: {x!r} is not an integer")
     return x
-
-
-def check_json_shape(data: bytes, what: str, max_values: int) -> None:
-    """Refuse JSON that may hold more than ``max_values`` values, before it is parsed.
-
-    Values are counted as ``[``, ``{`` and ``,`` bytes (an object's keys are
-    not counted; brackets and commas inside strings are, so this is a bound,
-    not a parse).  It runs in C over the bytes and allocates nothing, and it
-    bounds the objects the parser would build from a small input: each value
-    costs it up to ~100 bytes (docs/format.md).  Raises LimitError naming ``what``.
-    Nesting depth is left to the parser, whose RecursionError callers turn into
-    a FormatError.
-    """
-    values = data.count(b"[") + data.count(b"{") + data.count(b",") + 1
-    if values > max_values:
-        raise errors.LimitError(f"{what} holds more than {max_values} JSON values")
 
 
 def _check_entries(entries: list[dict[str, Any]]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tarfile
 from typing import BinaryIO
 
@@ -15,6 +14,7 @@ from .media import (
     Descriptor,
     canonical_json,
     descriptor,
+    load_json,
     sha256_digest,
 )
 from .reference import DockerArchiveRef, ReferenceError, _same_name
@@ -36,10 +36,7 @@ class DockerArchive:
             self.tar = tarfile.open(path, "r:")
         except (OSError, tarfile.TarError) as exc:
             raise ReferenceError(f"{path}: not a docker-archive tarball: {exc}") from None
-        try:
-            entries = json.loads(self._member("manifest.json", MAX_METADATA_BYTES))
-        except ValueError as exc:
-            raise errors.FormatError(f"{path}: manifest.json is not valid JSON: {exc}") from None
+        entries = load_json(self._member("manifest.json", MAX_METADATA_BYTES), f"{path}: manifest.json")
         if not isinstance(entries, list) or not entries:
             raise errors.FormatError(f"{path}: manifest.json lists no image")
         if ref is not None:

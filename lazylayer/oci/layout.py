@@ -13,7 +13,6 @@ import tempfile
 from typing import Any, BinaryIO
 
 from .. import errors
-from ..remote import FsspecBlob
 from .media import (
     MAX_METADATA_BYTES,
     OCI_INDEX,
@@ -93,6 +92,10 @@ class OciLayout:
 
     def blob(self, desc: Descriptor) -> Any:
         """The layer blob ``desc`` names, for range reads (a :class:`lazylayer.remote.FsspecBlob`)."""
+        from ..remote import (
+            FsspecBlob,  # here, not at the top: reading references and layouts needs no HTTP stack
+        )
+
         path = self.blob_path(desc["digest"])
         if not os.path.exists(path):
             raise errors.FormatError(f"{self.path}: blob {desc['digest']} is missing")

@@ -48,13 +48,41 @@ def descriptor(media_type: str, data: bytes, **extra: Any) -> Descriptor:
     return {"mediaType": media_type, "digest": sha256_digest(data), "size": len(data), **extra}
 
 
-def parse_json(data: bytes, what: str) -> dict[str, Any]:
+def check_json_shape(data: bytes, what: str, max_values: int) -> None:
+    """Refuse JSON that may hold more than ``max_values`` values, before it is parsed.
+
+    Values are counted as ``[``, ``{`` and ``,`` bytes (an object's keys are
+    not counted; brackets and commas inside strings are, so this is a bound,
+    not a parse).  It runs in C over the bytes and allocates nothing, and it
+    bounds the objects the parser would build from a small input: each value
+    costs it up to ~100 bytes (docs/format.md).  Raises LimitError naming ``what``.
+    Nesting depth is left to the parser (see :func:`load_json`).
+    """
+    values = data.count(b"[") + data.count(b"{") + data.count(b",") + 1
+    if values > max_values:
+        raise errors.LimitError(f"{what} holds more than {max_values} JSON values")
+
+
+def load_json(data: bytes, what: str, max_values: int | None = None) -> Any:
+    """Parse untrusted JSON: :class:`~lazylayer.errors.FormatError` naming ``what`` for anything bad.
+
+    ``max_values``: refuse more values than that before parsing
+    (:func:`check_json_shape`).  Nesting too deep is a FormatError too: json's
+    C parser checks its depth and raises RecursionError, an exception, not a crash.
+    """
+    if max_values is not None:
+        check_json_shape(data, what, max_values)
     try:
-        doc = json.loads(data)
-    except RecursionError:  # json's C parser checks its depth: this is an exception, not a crash
+        return json.loads(data)
+    except RecursionError:
         raise errors.FormatError(f"{what} is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.FormatError(f"{what} is not valid JSON: {exc}") from None
+
+
+def parse_json(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object (a manifest, index, config): :func:`load_json`, and it must be an object."""
+    doc = load_json(data, what)
     if not isinstance(doc, dict):
         raise errors.FormatError(f"{what} is not a JSON object")
     return doc

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field
 
 from .. import errors
-from ..format.layer import check_json_shape
 from ..format.tar import MAX_PLAN_RANGES
+from ..oci.media import check_json_shape
 
 PLAN_MEDIA_TYPE = "application/vnd.lazylayer.prefetch.v1+json"
 ARTIFACT_TYPE = PLAN_MEDIA_TYPE  #: the ``artifactType`` of plan artifacts in a registry
