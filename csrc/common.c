@@ -8,6 +8,8 @@
 #define XXH_INLINE_ALL /* header-only xxHash from libxxhash-dev: no runtime dependency */
 #include <xxhash.h>
 
+#include <openssl/sha.h>
+
 const char *ll_strerror(int code) {
     switch (code) {
     case LL_OK: return "success";
@@ -25,6 +27,13 @@ const char *ll_strerror(int code) {
     case LL_ERR_ZSTD:
         return "the libzstd loaded at run time is not the one lazylayer was built against "
                "(or its experimental block API misbehaves)";
+    case LL_ERR_FORMAT: return "malformed TOC, manifest or index";
+    case LL_ERR_DIGEST: return "data does not match the sha256 digest that vouches for it";
+    case LL_ERR_NOENT: return "no such file or directory";
+    case LL_ERR_NOTDIR: return "not a directory";
+    case LL_ERR_LOOP: return "too many levels of symbolic links";
+    case LL_ERR_NOTREG: return "not a regular file (or, for readlink, not a symlink)";
+    case LL_ERR_CACHE: return "the disk cache directory cannot be used";
     default: return "unknown error";
     }
 }
@@ -59,4 +68,8 @@ int ll_mem_read(void *opaque, uint64_t offset, size_t size, void *dst) {
     if (offset > m->size || size > m->size - offset) return LL_ERR_IO;
     memcpy(dst, (const uint8_t *)m->data + offset, size);
     return 0;
+}
+
+void ll_sha256(const void *data, size_t size, uint8_t out[32]) {
+    SHA256(data, size, out); /* OpenSSL picks the CPU's SHA extensions when it has them */
 }

@@ -59,7 +59,7 @@ extern "C" {
 /* The version of lazylayer, written here and nowhere else.  While MAJOR is 0, a
  * MINOR change may break the ABI (and changes the soname); see docs/c-api.md, "ABI". */
 #define LL_VERSION_MAJOR 0
-#define LL_VERSION_MINOR 2
+#define LL_VERSION_MINOR 3
 #define LL_VERSION_PATCH 0
 
 #define LL_SKIPPABLE_MAGIC 0x184D2A5E     /* seek table frame's magic */
@@ -84,8 +84,15 @@ typedef enum {
     LL_ERR_STATE = -9,      /* object used after it finished or failed */
     LL_ERR_THREAD = -10,    /* a worker thread could not be started */
     LL_ERR_COMPRESS = -11,  /* the zstd compressor reported an error */
-    LL_ERR_ZSTD = -12       /* the libzstd loaded at run time is not one lazylayer can use
+    LL_ERR_ZSTD = -12,      /* the libzstd loaded at run time is not one lazylayer can use
                                (see ll_check_zstd) */
+    LL_ERR_FORMAT = -13,    /* a TOC, manifest or index file is malformed (or hostile) */
+    LL_ERR_DIGEST = -14,    /* bytes do not match the sha256 digest that vouches for them */
+    LL_ERR_NOENT = -15,     /* no such file (lookups), or not in the disk cache */
+    LL_ERR_NOTDIR = -16,    /* a path component, or the inode given, is not a directory */
+    LL_ERR_LOOP = -17,      /* more than LL_MAX_SYMLINK_HOPS symlinks while resolving a path */
+    LL_ERR_NOTREG = -18,    /* not a regular file (a read), or not a symlink (readlink) */
+    LL_ERR_CACHE = -19      /* the disk cache directory cannot be used (errno in the message) */
     /* New codes are added below the last one, in minor versions too: treat an
      * unknown negative code as a generic failure. */
 } ll_status;
@@ -340,6 +347,291 @@ LL_API uint32_t ll_writer_frames(const ll_writer *w);
 /* Sizes of frame i written so far (i < ll_writer_frames); LL_ERR_ARG otherwise. */
 LL_API int ll_writer_frame(const ll_writer *w, uint32_t i, uint32_t *c_size, uint32_t *d_size);
 LL_API void ll_writer_free(ll_writer *w);
+
+/* ---------------------------------------------------------------- image index
+ *
+ * An image's merged filesystem: its layers' TOCs (docs/format.md) stacked in
+ * order with the OCI rules applied (whiteouts, opaque directories, a later
+ * entry replacing an earlier one, parents made when a layer does not list
+ * them, hardlinks sharing one inode), plus what reading it needs: each layer's
+ * frame table (with every frame's sha256) and its prefetch ranges.
+ *
+ * An index is one immutable, position-independent buffer (docs/index-format.md):
+ * a header, inode records, sorted directory entries and a string pool, with a
+ * checksum over all of it.  ll_index_build makes it from the TOCs;
+ * ll_index_data hands out its bytes to store; ll_index_open_buffer validates
+ * stored bytes (checksum, then every offset and count) and serves lookups
+ * straight from them, so a mapped index file costs no parsing.
+ *
+ * Inodes are numbered densely from LL_ROOT_INO (1, the root directory) to
+ * ll_index_inodes().  Paths are relative to the image root, '/'-separated;
+ * leading '/' and "." components are ignored.
+ *
+ * Threads: an ll_index is immutable: every function below may be called from
+ * any number of threads at once, except ll_index_free. */
+
+typedef struct ll_index ll_index;
+
+#define LL_ROOT_INO 1
+#define LL_MAX_SYMLINK_HOPS 40          /* as Linux: LL_ERR_LOOP beyond */
+#define LL_INDEX_FORMAT_VERSION 1        /* of the stored index buffer */
+#define LL_ERR_MSG_SIZE 256              /* a good size for the err buffers below */
+
+typedef enum {
+    LL_KIND_REG = 1, LL_KIND_DIR = 2, LL_KIND_SYMLINK = 3,
+    LL_KIND_CHAR = 4, LL_KIND_BLOCK = 5, LL_KIND_FIFO = 6
+} ll_kind;
+
+/* What one inode is.  Fixed layout while the soname stays the same. */
+typedef struct {
+    uint64_t ino;
+    uint32_t kind;        /* ll_kind */
+    uint32_t mode;        /* st_mode: file type and permission bits (symlinks: 0777) */
+    uint32_t nlink;       /* files: names sharing the inode; directories: 2 + subdirectories */
+    uint32_t uid, gid;
+    int64_t mtime_sec;    /* seconds since the epoch (may be negative) */
+    uint32_t mtime_nsec;  /* 0..999999999 */
+    uint32_t devmajor, devminor;   /* char and block devices */
+    uint64_t size;        /* regular files: content bytes; symlinks: target length; else 0 */
+    int32_t layer;        /* regular files: the layer holding the content; else -1 */
+    uint32_t nxattrs;     /* extended attributes (ll_index_xattr) */
+    uint64_t offset;      /* regular files: where the content starts in that layer's tar */
+} ll_stat;
+
+/* One entry of a directory: its name (NUL-terminated, also name_len bytes; it
+ * points into the index and lives as long as it) and its inode's attributes. */
+typedef struct {
+    const char *name;
+    size_t name_len;
+    ll_stat st;
+} ll_dirent;
+
+/* One data frame of a layer, as its TOC lists it. */
+typedef struct {
+    uint64_t c_offset;    /* in the compressed blob */
+    uint64_t d_offset;    /* in the layer's tar */
+    uint32_t c_size, d_size;
+    uint8_t sha256[32];   /* of the compressed frame: verified before it is decoded */
+} ll_layer_frame;
+
+/* A layer given to ll_index_build.
+ * `digest` ("sha256:<64 hex>", the blob's) and `blob_size` come from the
+ * manifest; `toc_digest` and `toc_offset`/`toc_length` from its annotations
+ * io.lazylayer.toc.digest and io.lazylayer.toc.position.  The TOC frame (the
+ * skippable frame: magic, size, "LZLYTOC1", zstd-compressed JSON) comes from
+ * `toc_frame` if not NULL (toc_length bytes), else it is read through `read`
+ * (at toc_offset; `read` may then be NULL for no callback).  Either way its
+ * sha256 is checked against toc_digest (LL_ERR_DIGEST) before it is parsed. */
+typedef struct {
+    const char *digest;
+    uint64_t blob_size;
+    const char *toc_digest;
+    uint64_t toc_offset, toc_length;
+    const void *toc_frame;
+    ll_read_fn read;
+    void *opaque;
+} ll_index_layer;
+
+/* Build the index of `n` layers (the first is the bottom one; at most 4096).
+ * Each TOC is decompressed (at most 64 MiB of JSON), parsed and checked as
+ * lazylayer.format does (names, limits, frames contiguous and ending where the
+ * TOC frame starts), then merged.  On failure returns LL_ERR_FORMAT (malformed),
+ * LL_ERR_LIMIT (over a limit of docs/format.md "Limits"), LL_ERR_DIGEST, LL_ERR_IO
+ * (the callback) or LL_ERR_NOMEM, and if `err` is not NULL writes there, cut to
+ * err_size bytes and NUL-terminated, what and where (layer, entry, name).
+ * Any thread. */
+LL_API int ll_index_build(const ll_index_layer *layers, uint32_t n, ll_index **out,
+                          char *err, size_t err_size);
+
+/* Serve an index from stored bytes (ll_index_data's, e.g. a mapped file).  The
+ * checksum and every internal offset, count and string are validated first:
+ * LL_ERR_FORMAT (with a reason in err) for anything else, never a crash.
+ * `copy`: 0 serves lookups from `data`, which must stay valid and unchanged
+ * until ll_index_free; 1 copies it.  Any thread. */
+LL_API int ll_index_open_buffer(const void *data, size_t size, int copy, ll_index **out,
+                                char *err, size_t err_size);
+
+/* The stored form: `*size` bytes at `*data`, owned by the index.  Any thread. */
+LL_API void ll_index_data(const ll_index *idx, const void **data, size_t *size);
+LL_API void ll_index_free(ll_index *idx);
+
+LL_API uint64_t ll_index_inodes(const ll_index *idx);   /* highest inode number */
+LL_API uint64_t ll_index_names(const ll_index *idx);    /* directory entries, the root included */
+LL_API uint32_t ll_index_layers(const ll_index *idx);
+
+/* The inode named `name` (name_len bytes, no '/') in directory `dir`:
+ * LL_ERR_NOENT, LL_ERR_NOTDIR (dir is not a directory) or LL_ERR_ARG (no such
+ * inode).  "." and ".." are not entries (the host answers them). */
+LL_API int ll_index_lookup(const ll_index *idx, uint64_t dir, const char *name, size_t name_len,
+                           uint64_t *ino);
+
+/* The inode at `path` (path_len bytes), as a process chrooted into the image
+ * would find it: symlinks followed inside the image root (absolute targets and
+ * ".." never leave it), LL_ERR_LOOP after LL_MAX_SYMLINK_HOPS.  `follow` 0 does
+ * not follow a symlink in the last component (lstat).  LL_ERR_NOENT,
+ * LL_ERR_NOTDIR, LL_ERR_LOOP. */
+LL_API int ll_index_resolve(const ll_index *idx, const char *path, size_t path_len, int follow,
+                            uint64_t *ino);
+
+/* Attributes of inode `ino`; LL_ERR_ARG if there is none. */
+LL_API int ll_index_stat(const ll_index *idx, uint64_t ino, ll_stat *out);
+
+/* Entries of directory `dir` in name order (bytewise), from position `pos`
+ * (0 first; a directory's entries are positions 0..count-1): up to `max` go in
+ * `out`, *n says how many.  *n < max means the end.  `count`, if not NULL, gets
+ * the directory's number of entries.  LL_ERR_NOTDIR, LL_ERR_ARG. */
+LL_API int ll_index_readdir(const ll_index *idx, uint64_t dir, uint64_t pos, ll_dirent *out,
+                            size_t max, size_t *n, uint64_t *count);
+
+/* A symlink's target as written in the layer (*target points into the index,
+ * NUL-terminated, *len bytes).  LL_ERR_NOTREG if `ino` is not a symlink. */
+LL_API int ll_index_readlink(const ll_index *idx, uint64_t ino, const char **target, size_t *len);
+
+/* Extended attribute `i` (0..nxattrs-1) of `ino`: name (NUL-terminated) and
+ * value (value_len bytes, decoded), both pointing into the index.  LL_ERR_ARG. */
+LL_API int ll_index_xattr(const ll_index *idx, uint64_t ino, uint32_t i, const char **name,
+                          const void **value, size_t *value_len);
+
+/* Layer `layer`'s blob digest ("sha256:..."), blob size, tar size and number of
+ * data frames; NULL pointers are skipped.  LL_ERR_ARG. */
+LL_API int ll_index_layer_info(const ll_index *idx, uint32_t layer, const char **digest,
+                          uint64_t *blob_size, uint64_t *tar_size, uint32_t *frames);
+/* Data frame `i` of `layer`.  LL_ERR_ARG. */
+LL_API int ll_index_frame(const ll_index *idx, uint32_t layer, uint32_t i, ll_layer_frame *out);
+/* The layer's prefetch plan from its TOC: range `i` of `*count`, (offset, length)
+ * in the tar.  With out NULL only *count is set.  LL_ERR_ARG. */
+LL_API int ll_index_prefetch(const ll_index *idx, uint32_t layer, uint64_t i, uint64_t *count,
+                             uint64_t *offset, uint64_t *length);
+
+/* ---------------------------------------------------------------- OCI metadata
+ *
+ * Enough of the OCI image format for a host without a JSON library to find an
+ * image's layers: the same parser as the TOC's (bounded, hostile input gets
+ * LL_ERR_FORMAT).  Any thread. */
+
+typedef struct ll_manifest ll_manifest;
+
+typedef struct {
+    const char *media_type;
+    const char *digest;
+    uint64_t size;
+    const char *toc_digest;       /* io.lazylayer.toc.digest, or NULL */
+    uint64_t toc_offset, toc_length; /* io.lazylayer.toc.position (0, 0 if absent) */
+} ll_descriptor;
+
+/* From an OCI index (index.json) or a manifest list: the digest (into
+ * `digest`, at least 72 bytes) of the first image manifest whose platform
+ * matches `os` and `arch` (NULL: any; an entry without a platform matches).
+ * LL_ERR_NOENT if none does. */
+LL_API int ll_oci_index_manifest(const void *json, size_t len, const char *os, const char *arch,
+                                 char *digest, size_t digest_size, char *err, size_t err_size);
+
+/* Parse an image manifest: its layers (every descriptor of "layers", in order). */
+LL_API int ll_manifest_parse(const void *json, size_t len, ll_manifest **out, char *err,
+                             size_t err_size);
+LL_API uint32_t ll_manifest_layers(const ll_manifest *m);
+/* Layer i's descriptor; its strings live as long as the manifest.  LL_ERR_ARG. */
+LL_API int ll_manifest_layer(const ll_manifest *m, uint32_t i, ll_descriptor *out);
+LL_API void ll_manifest_free(ll_manifest *m);
+
+/* ---------------------------------------------------------------- disk cache
+ *
+ * The disk cache that lazylayer's Python package keeps (docs/cache.md), opened
+ * from C: content-addressed frames under <dir>/v1/frames/<2 hex>/<64 hex> and
+ * derived files under <dir>/v1/files/.  The C side reads frames (each one hashed
+ * and checked against its name; a mismatch is deleted and reads as a miss),
+ * stores frames and index files atomically (a temporary file in v1/tmp/ renamed
+ * into place), and maps index files.  It follows the cache's lock protocol:
+ * a shared flock on a file while reading it or while it is mapped (a trim skips
+ * such files), an exclusive one on a temporary file being written.  It never
+ * takes the fetch single-flight record locks on v1/lock (and never opens that
+ * file: closing a descriptor of it would drop the process's record locks); a
+ * host that wants one fetch per frame across processes takes them itself, as
+ * the Python package does.  It does not trim: the Python package's trims (and
+ * `lazylayer cache trim`) count and evict what C wrote.
+ *
+ * Threads: any thread, many at once. */
+
+typedef struct ll_diskcache ll_diskcache;
+
+/* Open (creating, mode 0700) the cache at `dir`.  LL_ERR_CACHE with the path
+ * and errno in err if it cannot be made or written. */
+LL_API int ll_diskcache_open(const char *dir, ll_diskcache **out, char *err, size_t err_size);
+LL_API void ll_diskcache_free(ll_diskcache *dc);
+
+/* Read the frame whose compressed bytes have sha256 `sha256` into dst, which
+ * has room for `size` bytes; the file must be exactly that long and match.
+ * LL_OK, or LL_ERR_NOENT (absent, short, unreadable or corrupt: a miss). */
+LL_API int ll_diskcache_get(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size);
+/* Store a frame the caller has verified. Nothing happens if it is there. */
+LL_API int ll_diskcache_put(ll_diskcache *dc, const uint8_t sha256[32], const void *data, size_t size);
+
+/* The index stored for image manifest `manifest_digest` ("sha256:<hex>") in
+ * v1/files/index-<hex>.v<LL_INDEX_FORMAT_VERSION>, mapped read-only and held
+ * with a shared flock (pinned: not evicted) until ll_index_free.  LL_ERR_NOENT if
+ * there is none; a file that fails ll_index_open_buffer's checks is deleted and
+ * reads as LL_ERR_NOENT too (rebuilt, never trusted). */
+LL_API int ll_diskcache_load_index(ll_diskcache *dc, const char *manifest_digest, ll_index **out);
+/* Store `idx` as the index of `manifest_digest` (atomically; kept if there). */
+LL_API int ll_diskcache_store_index(ll_diskcache *dc, const char *manifest_digest, const ll_index *idx);
+
+/* sha256 of `size` bytes (OpenSSL's libcrypto; uses the CPU's SHA extensions). */
+LL_API void ll_sha256(const void *data, size_t size, uint8_t out[32]);
+
+/* ---------------------------------------------------------------- image
+ *
+ * Reads files of an indexed image.  Each layer's data frames are looked up in
+ * the disk cache first (verified, as ll_diskcache_get); only a run of frames
+ * missing from disk goes to that layer's host read callback, which returns the
+ * compressed bytes of exactly that run.  Decoded frames go to the shared block
+ * cache. */
+
+typedef struct ll_image ll_image;
+
+/* Where layer i's compressed bytes come from. */
+typedef struct {
+    ll_read_fn read;      /* compressed bytes of frames missing from the disk cache */
+    void *opaque;
+    int use_disk;         /* 1: look in the disk cache first; 0: always `read` (a local file) */
+} ll_image_source;
+
+typedef struct {
+    size_t struct_size;    /* set by ll_image_options_init; first */
+    ll_cache *cache;       /* decoded frames, shared; NULL: none */
+    ll_pool *pool;         /* parallel decoding of multi-frame reads; NULL: none */
+    ll_diskcache *disk;    /* NULL: no disk cache (every frame through `read`) */
+    int verify_fetched;    /* 1 (default): check the sha256 of every frame `read` returns;
+                              0: the host verifies (the Python package does) */
+    int store_fetched;     /* 1 (default): put frames `read` returned into the disk cache;
+                              0: the host stores them */
+} ll_image_options;
+
+LL_API int ll_image_options_init(ll_image_options *opt, size_t struct_size);
+
+/* An image over `idx` (not owned: free it after the image) with one source per
+ * layer (ll_index_layers(idx) of them).  Any thread. */
+LL_API int ll_image_create(const ll_index *idx, const ll_image_source *sources,
+                           const ll_image_options *opt, ll_image **out);
+
+/* pread() on regular file `ino`: up to `size` bytes at `offset` into dst.
+ * Returns the bytes read (short only at the end of the file, 0 past it) or a
+ * negative ll_status: LL_ERR_NOTREG, LL_ERR_ARG (no such inode), LL_ERR_DIGEST (a
+ * fetched frame does not match its sha256), the callback's status.  Any thread,
+ * many at once. */
+LL_API int64_t ll_image_read(ll_image *img, uint64_t ino, uint64_t offset, void *dst, size_t size);
+
+typedef struct {
+    uint64_t reads;          /* ll_image_read calls */
+    uint64_t frames_disk;    /* frames read from the disk cache */
+    uint64_t frames_fetched; /* frames the host's read callbacks returned */
+    uint64_t host_calls;     /* host read callback calls */
+    uint64_t bytes_fetched;  /* compressed bytes they returned */
+    uint64_t digest_errors;  /* frames that failed their sha256 (disk or host) */
+} ll_image_stats;
+
+LL_API void ll_image_get_stats(ll_image *img, ll_image_stats *out);
+/* Free the image (not concurrent with reads).  The index stays the caller's. */
+LL_API void ll_image_free(ll_image *img);
 
 /* cffi-end */
 

@@ -8,11 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Build: gcc, make, pkg-config, libzstd-dev, libxxhash-dev (header-only use).
+# Build: gcc, make, pkg-config, libzstd-dev, libxxhash-dev (header-only use), libssl-dev (libcrypto: sha256).
 # Tests: zstd (the CLI, to check our files), clang + its sanitizer runtime (fuzz/ASan tests),
 # umoci and skopeo (to build real images and unpack converted ones).
 # Mounts: fuse3 (libfuse 3 and fusermount3; `lazylayer mount` loads it through mfusepy).
-PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3)
+PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev libssl-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

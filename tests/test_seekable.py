@@ -304,7 +304,7 @@ def test_every_status_has_a_message_and_an_exception():
     from lazylayer import errors
     from lazylayer.core._lib import ZSTD, lib, raise_status, strerror
 
-    codes = range(lib.LL_ERR_ARG, lib.LL_ERR_ZSTD - 1, -1)
+    codes = range(lib.LL_ERR_ARG, lib.LL_ERR_CACHE - 1, -1)
     assert all(strerror(c) != "unknown error" for c in codes)
     assert strerror(lib.LL_ERR_ZSTD - 1) == "unknown error"  # ll_strerror and the enum end together
     expected = {lib.LL_ERR_ARG: ValueError, lib.LL_ERR_NOMEM: MemoryError, lib.LL_ERR_CHECKSUM: errors.ChecksumError,

@@ -19,7 +19,8 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(os.path.dirname(HERE)), "csrc")
-SOURCES = ["common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c"]
+SOURCES = ["common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c", "json.c", "toc.c", "index.c",
+           "oci.c", "diskcache.c", "image.c"]
 
 # Callbacks into Python: the read and write callbacks of sources and writers.
 PYTHON_CALLBACKS = """
@@ -43,7 +44,8 @@ def _check_system_headers() -> None:
     if not cc:
         raise RuntimeError("lazylayer needs a C compiler to build its extension (Debian: apt-get install gcc)")
     missing = []
-    for header, package in (("zstd.h", "libzstd-dev"), ("xxhash.h", "libxxhash-dev")):
+    for header, package in (("zstd.h", "libzstd-dev"), ("xxhash.h", "libxxhash-dev"),
+                            ("openssl/sha.h", "libssl-dev")):
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "t.c")
             with open(src, "w") as f:
@@ -54,7 +56,7 @@ def _check_system_headers() -> None:
     if missing:
         raise RuntimeError(
             "lazylayer's C extension cannot be built: missing " + ", ".join(missing)
-            + ". Install them, e.g. `apt-get install libzstd-dev libxxhash-dev`, and retry."
+            + ". Install them, e.g. `apt-get install libzstd-dev libxxhash-dev libssl-dev`, and retry."
         )
 
 
@@ -65,7 +67,7 @@ ffibuilder.set_source(
     '#include "lazylayer.h"',
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
     include_dirs=[CSRC],
-    libraries=["zstd", "pthread"],
+    libraries=["zstd", "crypto", "pthread"],
     extra_compile_args=["-std=c11", "-D_GNU_SOURCE", "-O2", "-fvisibility=hidden"],
 )
 

@@ -61,6 +61,9 @@ _CLASSES: dict[int, type[errors.LazyLayerError]] = {
     lib.LL_ERR_CHECKSUM: errors.ChecksumError,
     lib.LL_ERR_IO: errors.SourceError,
     lib.LL_ERR_ZSTD: errors.NativeError,  # only from ll_check_zstd, which import turns into ImportError
+    lib.LL_ERR_FORMAT: errors.FormatError,
+    lib.LL_ERR_DIGEST: errors.IntegrityError,
+    lib.LL_ERR_CACHE: errors.NativeError,  # the image layer turns it into CacheError with the path
 }
 
 # The other way, for the read and write callbacks (ll_read_fn: a status from
@@ -72,6 +75,7 @@ _STATUSES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.CorruptFrameError, lib.LL_ERR_FRAME),
     (errors.LimitError, lib.LL_ERR_LIMIT),
     (errors.FormatError, lib.LL_ERR_SEEKTABLE),
+    (errors.IntegrityError, lib.LL_ERR_DIGEST),
 )
 
 

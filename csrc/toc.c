@@ -1,0 +1,2 @@
+/* toc.c - (being written) */
+#include "internal.h"
