@@ -12,7 +12,7 @@ What it measures
         0.5% (whiteouts).  Per run, with a fresh ``ImageFileSystem`` on the
         ``oci:`` layout:
           * open: ``fs.image`` (manifest, config, one TOC per layer, tree
-            build), and, as a diagnostic, ``Tree(tocs)`` alone;
+            build), and, as a diagnostic, ``Tree.from_tocs(tocs)`` alone;
           * ``sum(len(d) + len(f) for _, d, f in fs.walk(""))``, twice;
           * ``fs.find("", withdirs=True, detail=True)``, twice (the first call
             builds the per-node info dicts, the second copies cached ones).
@@ -414,7 +414,7 @@ def t1_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
         rec("open", time.perf_counter() - t0)
         tocs = [layer.toc for layer in img.layers]
         t0 = time.perf_counter()
-        Tree(tocs)
+        Tree.from_tocs(tocs)
         rec("tree", time.perf_counter() - t0)
         for k in (1, 2):
             t0 = time.perf_counter()
@@ -462,7 +462,7 @@ def t1_report(a: argparse.Namespace, r: dict[str, Any]) -> tuple[list[str], list
     base = n / med(t["os_walk_lstat"])
     rows = [
         ("lazylayer open: `fs.image` (manifest, config, TOCs, tree)", "open", True),
-        ("lazylayer (diagnostic): `Tree(tocs)` alone", "tree", True),
+        ("lazylayer (diagnostic): `Tree.from_tocs(tocs)` alone", "tree", True),
         ("lazylayer `fs.walk(\"\")`, counting names (first)", "walk1", True),
         ("lazylayer `fs.walk(\"\")`, counting names (again)", "walk2", True),
         ("lazylayer `fs.find(\"\", withdirs=True, detail=True)` (first)", "find1", True),

@@ -1,34 +1,396 @@
-/* diskcache.c - (stub, being written) */
+/* diskcache.c - the Python package's disk cache (docs/cache.md), opened from C.
+ *
+ * Same directory, same layout, same lock protocol as lazylayer/image/cache.py,
+ * so C and Python (in one process or many) share a cache safely:
+ *
+ *   <dir>/v1/frames/<2 hex>/<64 hex>   a frame, named by the sha256 of its bytes
+ *   <dir>/v1/files/<name>              derived files (here: index-<64 hex>.v<N>)
+ *   <dir>/v1/tmp/.w-XXXXXX             files being written
+ *
+ * - Reading (DiskCache._read): open, flock(LOCK_SH) for as long as we read (a
+ *   trim takes flock(LOCK_EX|LOCK_NB) and skips what it cannot lock), read,
+ *   sha256 against the name, refresh the mtime (LRU).  A mismatch is deleted,
+ *   but only if flock(LOCK_EX|LOCK_NB) succeeds (nobody else reads it) and the
+ *   path still names the file we read (fstat vs stat: not replaced meanwhile).
+ * - Writing (DiskCache._write): a temporary file in tmp/ (mkostemp, prefix
+ *   ".w-", mode 0600) held with flock(LOCK_EX) while it is filled (a trim
+ *   removes only *unlocked* temporary files over an hour old), then renamed
+ *   into place, the fan-out directory made on ENOENT.
+ * - A mapped index file is held with flock(LOCK_SH) from before it is mapped
+ *   until ll_index_free: a pin, exactly as Python's DiskCache.pin.
+ *
+ * What C does NOT do, on purpose:
+ * - It never opens <dir>/v1/lock, the file of the fetch single-flight POSIX
+ *   record locks.  Record locks belong to the process, and closing *any*
+ *   descriptor of that file drops *all* of the process's locks on it, so a C
+ *   open/close in a process that also runs the Python package would silently
+ *   release the Python side's locks.  A C host that wants single-flight takes
+ *   those locks itself, through the one descriptor its process keeps.
+ * - It does not trim: the Python side's trims count and evict what C wrote.
+ *
+ * Every descriptor is O_CLOEXEC; every call that can be interrupted by a
+ * signal is retried on EINTR.  No global state: an ll_diskcache is just a path. */
 #include "internal.h"
 
-#pragma GCC diagnostic ignored "-Wunused-parameter"
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SUBDIR_MAX 96 /* longest name below the root: "files/index-<64 hex>.v<n>" or a frame */
+
+struct ll_diskcache {
+    char *root;      /* "<dir>/v1" */
+    size_t root_len;
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static void set_err(char *err, size_t err_size, const char *fmt, const char *path, int e) {
+    if (err && err_size) snprintf(err, err_size, fmt, path, strerror(e));
+}
+
+static int open_retry(const char *path, int flags, mode_t mode) {
+    int fd;
+    do fd = open(path, flags | O_CLOEXEC, mode);
+    while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+static int flock_retry(int fd, int op) {
+    int rc;
+    do rc = flock(fd, op);
+    while (rc < 0 && errno == EINTR);
+    return rc;
+}
+
+/* The path still names the file open at fd (not unlinked, not replaced). */
+static int same_file(int fd, const char *path) {
+    struct stat a, b;
+    if (fstat(fd, &a) != 0 || stat(path, &b) != 0) return 0;
+    return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* Delete the file open at fd (path), only if nobody else uses it and it is
+ * still that file: as DiskCache._read does with a corrupt entry. */
+static void unlink_if_unused(int fd, const char *path) {
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0 && same_file(fd, path)) unlink(path);
+}
+
+/* Refresh the mtime (LRU); a read-only copy of a cache is still usable. */
+static void touch(int fd) { (void)futimens(fd, NULL); }
+
+/* mkdir -p with mode 0700 (as os.makedirs(mode=0o700, exist_ok=True)). */
+static int mkdir_p(const char *path) {
+    char buf[PATH_MAX];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != '\0') continue;
+        if (buf[i - 1] == '/') continue; /* "//" */
+        char c = buf[i];
+        buf[i] = '\0';
+        if (mkdir(buf, 0700) != 0 && errno != EEXIST) return -1;
+        buf[i] = c;
+    }
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
+/* Make <dir>/v1 and its subdirectories; on failure errno, and *bad the path. */
+static int make_dirs(const ll_diskcache *dc, char *bad, size_t bad_size) {
+    static const char *const subs[] = {"", "/frames", "/files", "/tmp", "/locks"};
+    char p[PATH_MAX];
+    for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
+        snprintf(p, sizeof p, "%s%s", dc->root, subs[i]);
+        if (mkdir_p(p) != 0 || access(p, W_OK | X_OK) != 0) {
+            if (bad) snprintf(bad, bad_size, "%s", p);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static const char hexdig[] = "0123456789abcdef";
+
+static void to_hex(const uint8_t sha256[32], char out[65]) {
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = hexdig[sha256[i] >> 4];
+        out[2 * i + 1] = hexdig[sha256[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+/* "<root>/frames/<2 hex>/<64 hex>" into p (PATH_MAX bytes). */
+static void frame_path(const ll_diskcache *dc, const uint8_t sha256[32], char *p) {
+    char hex[65];
+    to_hex(sha256, hex);
+    snprintf(p, PATH_MAX, "%s/frames/%.2s/%s", dc->root, hex, hex);
+}
+
+/* "<root>/files/index-<64 hex>.v<N>" for "sha256:<64 lowercase hex>"; -1 if malformed. */
+static int index_path(const ll_diskcache *dc, const char *digest, char *p) {
+    if (!digest || strncmp(digest, "sha256:", 7) != 0) return -1;
+    const char *h = digest + 7;
+    for (int i = 0; i < 64; i++)
+        if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f'))) return -1;
+    if (h[64] != '\0') return -1;
+    snprintf(p, PATH_MAX, "%s/files/index-%s.v%d", dc->root, h, LL_INDEX_FORMAT_VERSION);
+    return 0;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Read up to n bytes at offset 0..; returns the bytes read (short at end of
+ * file) or -1. */
+static ssize_t read_full(int fd, uint8_t *p, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, p + got, n - got);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (r == 0) break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+/* Write `size` bytes to a temporary file and rename it to `path` (a file in
+ * <root>/frames/<2 hex>/ or <root>/files/).  Nothing is left behind on failure. */
+static int atomic_write(const ll_diskcache *dc, const char *path, const void *data, size_t size) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s/tmp/.w-XXXXXX", dc->root);
+    int fd = mkostemp(tmp, O_CLOEXEC); /* mode 0600 */
+    if (fd < 0 && errno == ENOENT) {   /* the tree was removed under us: make it again */
+        if (make_dirs(dc, NULL, 0) != 0) return LL_ERR_CACHE;
+        snprintf(tmp, sizeof tmp, "%s/tmp/.w-XXXXXX", dc->root);
+        fd = mkostemp(tmp, O_CLOEXEC);
+    }
+    if (fd < 0) return LL_ERR_CACHE;
+    /* Locked while being written: a trim removes only unlocked temporary files. */
+    int ok = flock_retry(fd, LOCK_EX) == 0 && write_all(fd, data, size) == 0;
+    if (ok && rename(tmp, path) != 0) {
+        ok = 0;
+        if (errno == ENOENT) { /* the fan-out directory does not exist yet */
+            char dir[PATH_MAX];
+            snprintf(dir, sizeof dir, "%s", path);
+            char *slash = strrchr(dir, '/');
+            if (slash) {
+                *slash = '\0';
+                if (mkdir_p(dir) == 0 && rename(tmp, path) == 0) ok = 1;
+            }
+        }
+    }
+    if (!ok) unlink(tmp);
+    close(fd); /* drops the flock */
+    return ok ? LL_OK : LL_ERR_CACHE;
+}
+
+/* ---------------------------------------------------------------- open, free */
 
 int ll_diskcache_open(const char *dir, ll_diskcache **out, char *err, size_t err_size) {
-    /* TODO: stub */
-    return LL_ERR_STATE;
+    if (err && err_size) err[0] = '\0';
+    if (!dir || !*dir || !out) return LL_ERR_ARG;
+    *out = NULL;
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    if (n + 3 + SUBDIR_MAX >= PATH_MAX) {
+        set_err(err, err_size, "disk cache: cannot use %s: %s", dir, ENAMETOOLONG);
+        return LL_ERR_CACHE;
+    }
+    ll_diskcache *dc = calloc(1, sizeof *dc);
+    if (!dc) return LL_ERR_NOMEM;
+    dc->root = malloc(n + 4);
+    if (!dc->root) {
+        free(dc);
+        return LL_ERR_NOMEM;
+    }
+    memcpy(dc->root, dir, n);
+    memcpy(dc->root + n, "/v1", 4);
+    dc->root_len = n + 3;
+    char bad[PATH_MAX];
+    if (make_dirs(dc, bad, sizeof bad) != 0) {
+        int e = errno;
+        set_err(err, err_size, "disk cache: cannot create or write to %s: %s", bad, e);
+        ll_diskcache_free(dc);
+        return LL_ERR_CACHE;
+    }
+    *out = dc;
+    return LL_OK;
 }
 
 void ll_diskcache_free(ll_diskcache *dc) {
-    /* TODO: stub */
-    
+    if (!dc) return;
+    free(dc->root);
+    free(dc);
+}
+
+/* ---------------------------------------------------------------- frames */
+
+int ll__diskcache_get(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size,
+                      int *corrupt) {
+    if (corrupt) *corrupt = 0;
+    if (!dc || !sha256 || (!dst && size)) return LL_ERR_ARG;
+    char path[PATH_MAX];
+    frame_path(dc, sha256, path);
+    int fd = open_retry(path, O_RDONLY | O_NOFOLLOW, 0);
+    if (fd < 0) return LL_ERR_NOENT;
+    int rc = LL_ERR_NOENT;
+    if (flock_retry(fd, LOCK_SH) != 0) goto done; /* trim skips what we hold */
+    ssize_t got = read_full(fd, dst, size);
+    if (got < 0) goto done; /* EIO, a directory where a file should be...: a miss */
+    if ((size_t)got < size) {
+        /* Short: either a truncated entry or the caller expects the wrong size.
+         * What we have is the whole file: hash it to tell which. */
+        uint8_t h[32];
+        ll_sha256(dst, (size_t)got, h);
+        if (memcmp(h, sha256, 32) != 0) {
+            if (corrupt) *corrupt = 1;
+            unlink_if_unused(fd, path);
+        }
+        goto done;
+    }
+    uint8_t extra;
+    ssize_t more;
+    do more = read(fd, &extra, 1); /* longer than expected: a miss, not read further */
+    while (more < 0 && errno == EINTR);
+    if (more != 0) goto done;
+    uint8_t h[32];
+    ll_sha256(dst, size, h);
+    if (memcmp(h, sha256, 32) != 0) {
+        if (corrupt) *corrupt = 1;
+        unlink_if_unused(fd, path); /* only if nobody else reads it, and only if still this file */
+        goto done;
+    }
+    touch(fd);
+    rc = LL_OK;
+done:
+    close(fd); /* drops the flock */
+    return rc;
 }
 
 int ll_diskcache_get(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size) {
-    /* TODO: stub */
-    return LL_ERR_STATE;
+    return ll__diskcache_get(dc, sha256, dst, size, NULL);
 }
 
 int ll_diskcache_put(ll_diskcache *dc, const uint8_t sha256[32], const void *data, size_t size) {
-    /* TODO: stub */
-    return LL_ERR_STATE;
+    if (!dc || !sha256 || (!data && size)) return LL_ERR_ARG;
+    char path[PATH_MAX];
+    frame_path(dc, sha256, path);
+    struct stat st;
+    if (stat(path, &st) == 0) return LL_OK; /* there already (get checks what it reads) */
+    return atomic_write(dc, path, data, size);
+}
+
+/* ---------------------------------------------------------------- index files */
+
+typedef struct {
+    void *map;
+    size_t len;
+    int fd;   /* holds the flock(LOCK_SH) pin */
+} mapped_index;
+
+static void release_mapped(void *arg) {
+    mapped_index *m = arg;
+    munmap(m->map, m->len);
+    close(m->fd); /* drops the pin: the file may now be evicted */
+    free(m);
 }
 
 int ll_diskcache_load_index(ll_diskcache *dc, const char *manifest_digest, ll_index **out) {
-    /* TODO: stub */
-    return LL_ERR_STATE;
+    if (!dc || !out) return LL_ERR_ARG;
+    *out = NULL;
+    char path[PATH_MAX];
+    if (index_path(dc, manifest_digest, path) != 0) return LL_ERR_ARG;
+    int fd = -1;
+    /* As DiskCache.pin: lock, then check the path still names what we locked (a
+     * trim may have unlinked it, or a writer replaced it, between open and flock). */
+    for (int tries = 0; tries < 10 && fd < 0; tries++) {
+        fd = open_retry(path, O_RDONLY | O_NOFOLLOW, 0);
+        if (fd < 0) return LL_ERR_NOENT;
+        if (flock_retry(fd, LOCK_SH) != 0) {
+            close(fd);
+            return LL_ERR_NOENT;
+        }
+        if (!same_file(fd, path)) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    if (fd < 0) return LL_ERR_NOENT;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > SIZE_MAX) {
+        close(fd);
+        return LL_ERR_NOENT;
+    }
+    size_t len = (size_t)st.st_size;
+    void *map = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    ll_index *idx = NULL;
+    char err[LL_ERR_MSG_SIZE];
+    int rc = map == MAP_FAILED ? LL_ERR_FORMAT : ll_index_open_buffer(map, len, 0, &idx, err, sizeof err);
+    if (rc == LL_ERR_NOMEM) {
+        munmap(map, len);
+        close(fd);
+        return rc;
+    }
+    if (rc != LL_OK) { /* empty, truncated or corrupt: deleted (rebuilt, never trusted) */
+        if (map != MAP_FAILED) munmap(map, len);
+        unlink_if_unused(fd, path);
+        close(fd);
+        return LL_ERR_NOENT;
+    }
+    touch(fd);
+    mapped_index *m = malloc(sizeof *m);
+    if (!m) {
+        ll_index_free(idx);
+        munmap(map, len);
+        close(fd);
+        return LL_ERR_NOMEM;
+    }
+    m->map = map;
+    m->len = len;
+    m->fd = fd;
+    ll__index_set_release(idx, release_mapped, m);
+    *out = idx;
+    return LL_OK;
 }
 
 int ll_diskcache_store_index(ll_diskcache *dc, const char *manifest_digest, const ll_index *idx) {
-    /* TODO: stub */
-    return LL_ERR_STATE;
+    if (!dc || !idx) return LL_ERR_ARG;
+    char path[PATH_MAX];
+    if (index_path(dc, manifest_digest, path) != 0) return LL_ERR_ARG;
+    const void *data = NULL;
+    size_t size = 0;
+    ll_index_data(idx, &data, &size);
+    if (!data || size == 0) return LL_ERR_ARG;
+    struct stat st;
+    if (stat(path, &st) == 0) return LL_OK; /* kept: load_index checks it, deletes it if bad */
+    return atomic_write(dc, path, data, size);
 }

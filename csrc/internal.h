@@ -163,4 +163,140 @@ LL_HIDDEN void ll__pool_wait(ll_pool *p, ll__batch *b, ll__worker *self);
 LL_HIDDEN ll__worker *ll__worker_new(void);
 LL_HIDDEN void ll__worker_free(ll__worker *w);
 
+/* ---- disk cache and image (diskcache.c, image.c)
+ *
+ * ll__index_set_release (index.c), used by diskcache.c: ll_diskcache_load_index maps an index file, opens it
+ * with ll_index_open_buffer(copy = 0) and hands the index the mapping and the
+ * descriptor holding the file's shared flock (the pin) through this hook:
+ * ll_index_free(idx) frees the index and then calls release(arg), once.  Called
+ * at most once per index, right after ll_index_open_buffer, before the index
+ * is shared with other threads. */
+LL_HIDDEN void ll__index_set_release(ll_index *idx, void (*release)(void *arg), void *arg);
+
+/* ll_diskcache_get that also says (*corrupt = 1) when the entry was there but
+ * failed its sha256 (and was deleted if nobody else used it), for
+ * ll_image_stats.digest_errors.  corrupt may be NULL. */
+LL_HIDDEN int ll__diskcache_get(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size,
+                                int *corrupt);
+
+#define LL__IMAGE_OPTIONS_V1 LL__END_OF(ll_image_options, store_fetched)
+
+/* ---- index, TOC and JSON (index.c, toc.c, json.c, oci.c)
+ *
+ * json.c: a single-pass, bounded JSON pull parser over a mutable buffer (strings
+ * are decoded in place and NUL-terminated there).  Strict RFC 8259, plus the
+ * three tokens Python's json also reads (NaN, Infinity, -Infinity), which a
+ * caller accepts only where Python's readers do (a TOC's mtime).  Limits: depth
+ * LL__JSON_MAX_DEPTH, at most max_values values.  Errors: LL_ERR_FORMAT or
+ * LL_ERR_LIMIT with a message naming the byte offset. */
+#define LL__JSON_MAX_DEPTH 64
+enum {
+    LL__J_ERROR = -1, LL__J_EOF = 0, LL__J_OBJ, LL__J_OBJ_END, LL__J_ARR, LL__J_ARR_END,
+    LL__J_KEY, LL__J_STR, LL__J_NUM, LL__J_TRUE, LL__J_FALSE, LL__J_NULL
+};
+/* ll__jtok.num: what a number token holds */
+#define LL__JN_NEG 1     /* a leading '-' */
+#define LL__JN_FRAC 2    /* a '.' part */
+#define LL__JN_EXP 4     /* an exponent */
+#define LL__JN_NAN 8     /* NaN */
+#define LL__JN_INF 16    /* Infinity or -Infinity */
+typedef struct {
+    uint8_t *start, *p, *end;
+    uint64_t objs;        /* bit d set: the container at depth d+1 is an object */
+    unsigned depth;
+    int expect;           /* what may come next (json.c) */
+    uint64_t values, max_values;
+    int status;           /* LL_OK, or the first error */
+    char msg[200];        /* its message */
+} ll__json;
+typedef struct {
+    int type;             /* LL__J_* */
+    uint8_t *s;           /* KEY, STR: the decoded bytes (NUL-terminated); NUM: the token */
+    size_t len;
+    size_t off;           /* byte offset of the token in the input */
+    int num;              /* NUM: LL__JN_* flags; an integer has none but maybe NEG */
+} ll__jtok;
+/* An integer token: sign, magnitude (saturated; `big` if it is 2^64 or more) and
+ * the value's low 64 bits in two's complement (what Python's `v & mask` sees). */
+typedef struct {
+    int neg, big;
+    uint64_t mag, low;
+} ll__jint;
+LL_HIDDEN void ll__json_init(ll__json *j, uint8_t *buf, size_t len, uint64_t max_values);
+/* The next token (LL__J_ERROR: see j->status, j->msg; LL__J_EOF at the end of
+ * the document, after checking nothing but whitespace follows). */
+LL_HIDDEN int ll__json_next(ll__json *j, ll__jtok *t);
+/* Skip the rest of the value `t` began (nothing for a scalar).  LL_OK or j->status. */
+LL_HIDDEN int ll__json_skip(ll__json *j, const ll__jtok *t);
+/* An error found by the caller (a wrong type...): sets j->status and j->msg if unset. */
+LL_HIDDEN int ll__json_fail(ll__json *j, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* 1 if t is an integer token (no fraction, exponent, NaN or Infinity); fills *v. */
+LL_HIDDEN int ll__json_int(const ll__jtok *t, ll__jint *v);
+/* A number token as a time: clamped to 0..max_sec seconds (NaN: 0, -Infinity: 0,
+ * Infinity: max_sec), exact decimal fractions cut to nanoseconds, no floating
+ * point.  0 if t is not a number. */
+LL_HIDDEN int ll__json_time(const ll__jtok *t, int64_t max_sec, int64_t *sec, uint32_t *nsec);
+/* "sha256:" and 64 lowercase hex digits (oci.media.check_digest's rule). */
+LL_HIDDEN int ll__digest_ok(const char *s, size_t len);
+/* Error text into a caller's buffer (NULL or size 0: none), NUL-terminated. */
+LL_HIDDEN void ll__set_err(char *err, size_t err_size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* A bounded printable rendering of bytes for messages ("..." when cut). */
+LL_HIDDEN void ll__show(char *dst, size_t dst_size, const void *s, size_t len);
+
+/* toc.c: a layer's TOC, decompressed, parsed and checked as lazylayer.format does.
+ * Strings point into `json` (decoded in place), owned by the TOC. */
+#define LL__MAX_TOC_BYTES (64u << 20)
+#define LL__MAX_TOC_VALUES 8000000u
+#define LL__MAX_TOC_ENTRIES 500000u
+#define LL__MAX_TOC_FRAMES 1000000u
+#define LL__MAX_PLAN_RANGES 4000000u
+#define LL__MAX_PATH_BYTES 4096u
+#define LL__MAX_NAME_BYTES 255u
+#define LL__MAX_PATH_DEPTH 256u
+#define LL__MTIME_MAX 253402214400ll
+#define LL__MAX_LAYERS 4096u
+enum { LL__T_REG = 1, LL__T_DIR, LL__T_SYMLINK, LL__T_CHAR, LL__T_BLOCK, LL__T_FIFO, LL__T_HARDLINK,
+       LL__T_UNKNOWN };
+typedef struct {
+    const uint8_t *name;          /* normalised path ("." is the root) */
+    const uint8_t *link;          /* linkname ("" if none) */
+    const uint8_t *type_str;      /* the type as written (for messages) */
+    uint32_t name_len, base;      /* base: offset of the last component in name */
+    uint32_t link_len, type_len;
+    uint8_t type;                 /* LL__T_* */
+    uint8_t has_mode;
+    uint16_t mode;                /* mode & 07777 */
+    uint32_t uid, gid, devmajor, devminor;   /* clamped */
+    uint32_t mtime_nsec;
+    int64_t mtime_sec;            /* clamped to 0..LL__MTIME_MAX */
+    uint64_t size, offset;        /* regular files (checked against the frames) */
+    uint32_t xattr_first, nxattrs;
+} ll__toc_entry;
+typedef struct {
+    const uint8_t *name, *value;
+    uint32_t name_len, value_len;
+} ll__toc_xattr;
+typedef struct {
+    uint8_t *json;                /* the decompressed JSON (owned) */
+    size_t json_len;
+    ll__toc_entry *entries;
+    size_t nentries;
+    ll__toc_xattr *xattrs;        /* entries' xattrs, sorted by name within each entry */
+    size_t nxattrs;
+    ll_layer_frame *frames;
+    size_t nframes;
+    uint64_t *prefetch;           /* (offset, length) pairs */
+    size_t nprefetch;
+    uint64_t tar_size;
+} ll__toc;
+/* Read (or take), verify against toc_digest, decompress and parse layer `index`'s TOC. */
+LL_HIDDEN int ll__toc_load(const ll_index_layer *layer, uint32_t index, ll__toc *out, char *err,
+                           size_t err_size);
+/* Parse and check decompressed TOC JSON (taking `json`, malloc'd, in all cases). */
+LL_HIDDEN int ll__toc_parse(uint8_t *json, size_t len, uint64_t toc_offset, uint32_t index,
+                            ll__toc *out, char *err, size_t err_size);
+LL_HIDDEN void ll__toc_free(ll__toc *t);
+
 #endif

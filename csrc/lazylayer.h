@@ -12,6 +12,15 @@
  *   ll_reader     reads any byte range of the uncompressed stream; asks the host
  *                 for compressed bytes through an ll_read_fn callback
  *   ll_writer     writes frames plus the seek table through an ll_write_fn callback
+ *   ll_index      an image's merged tree (its layers' TOCs with the OCI rules
+ *                 applied) and its layers' frame tables: one immutable buffer,
+ *                 built from the TOCs or served from stored (mapped) bytes
+ *   ll_manifest   an OCI image manifest's layer descriptors (ll_oci_index_manifest
+ *                 finds the manifest in an index.json)
+ *   ll_diskcache  the Python package's on-disk frame and index cache, opened from C
+ *                 with the same layout and lock protocol
+ *   ll_image      reads files of an indexed image: frames from the disk cache
+ *                 first, only missing runs through the host's ll_read_fn
  *
  * Errors: every function that can fail returns an int status, LL_OK (0) or a
  * negative ll_status; ll_strerror() gives its message.
@@ -436,10 +445,11 @@ typedef struct {
  * Each TOC is decompressed (at most 64 MiB of JSON), parsed and checked as
  * lazylayer.format does (names, limits, frames contiguous and ending where the
  * TOC frame starts), then merged.  On failure returns LL_ERR_FORMAT (malformed),
- * LL_ERR_LIMIT (over a limit of docs/format.md "Limits"), LL_ERR_DIGEST, LL_ERR_IO
- * (the callback) or LL_ERR_NOMEM, and if `err` is not NULL writes there, cut to
- * err_size bytes and NUL-terminated, what and where (layer, entry, name).
- * Any thread. */
+ * LL_ERR_LIMIT (over a limit of docs/format.md "Limits"), LL_ERR_DIGEST, LL_ERR_FRAME
+ * (the TOC's zstd data does not decode), LL_ERR_IO or another status from the
+ * callback, LL_ERR_ARG or LL_ERR_NOMEM, and if `err` is not NULL writes there, cut
+ * to err_size bytes and NUL-terminated, what and where (layer, entry, name).
+ * Memory: linear in the TOCs' decompressed size.  Any thread. */
 LL_API int ll_index_build(const ll_index_layer *layers, uint32_t n, ll_index **out,
                           char *err, size_t err_size);
 
@@ -472,6 +482,15 @@ LL_API int ll_index_lookup(const ll_index *idx, uint64_t dir, const char *name, 
  * LL_ERR_NOTDIR, LL_ERR_LOOP. */
 LL_API int ll_index_resolve(const ll_index *idx, const char *path, size_t path_len, int follow,
                             uint64_t *ino);
+
+/* ll_index_resolve that also gives the real path of what it found: the names
+ * from the root to it with every symlink on the way replaced by where it led
+ * ("" for the root), NUL-terminated in `real` (real_size bytes), its length in
+ * *real_len.  If it does not fit, LL_ERR_LIMIT with *ino and *real_len set
+ * (call again with real_len + 1 bytes).  `real` NULL: only *real_len.  This is
+ * what an fsspec-style API needs to name what a path led to. */
+LL_API int ll_index_resolve_path(const ll_index *idx, const char *path, size_t path_len, int follow,
+                                 uint64_t *ino, char *real, size_t real_size, size_t *real_len);
 
 /* Attributes of inode `ino`; LL_ERR_ARG if there is none. */
 LL_API int ll_index_stat(const ll_index *idx, uint64_t ino, ll_stat *out);
@@ -520,13 +539,18 @@ typedef struct {
 } ll_descriptor;
 
 /* From an OCI index (index.json) or a manifest list: the digest (into
- * `digest`, at least 72 bytes) of the first image manifest whose platform
- * matches `os` and `arch` (NULL: any; an entry without a platform matches).
- * LL_ERR_NOENT if none does. */
+ * `digest`, at least 72 bytes) of the first image manifest (mediaType OCI or
+ * Docker v2 manifest, or none) whose platform matches `os` and `arch` (NULL:
+ * any, except "unknown", the platform of attestations; an entry without a
+ * platform matches).  LL_ERR_NOENT if none does; LL_ERR_FORMAT if the JSON is
+ * malformed or the matching entry's digest is not sha256:<64 hex>. */
 LL_API int ll_oci_index_manifest(const void *json, size_t len, const char *os, const char *arch,
                                  char *digest, size_t digest_size, char *err, size_t err_size);
 
-/* Parse an image manifest: its layers (every descriptor of "layers", in order). */
+/* Parse an image manifest: its layers (every descriptor of "layers", in order;
+ * at most 4096).  Each needs a sha256 digest and a size; media_type is NULL if
+ * absent; a TOC position must be exactly OFFSET:LENGTH within the blob
+ * (lazylayer.format.parse_toc_position), else LL_ERR_FORMAT. */
 LL_API int ll_manifest_parse(const void *json, size_t len, ll_manifest **out, char *err,
                              size_t err_size);
 LL_API uint32_t ll_manifest_layers(const ll_manifest *m);
@@ -560,10 +584,15 @@ LL_API int ll_diskcache_open(const char *dir, ll_diskcache **out, char *err, siz
 LL_API void ll_diskcache_free(ll_diskcache *dc);
 
 /* Read the frame whose compressed bytes have sha256 `sha256` into dst, which
- * has room for `size` bytes; the file must be exactly that long and match.
- * LL_OK, or LL_ERR_NOENT (absent, short, unreadable or corrupt: a miss). */
+ * has room for `size` bytes; the file must be exactly that long (at most
+ * size + 1 bytes are read) and match its sha256; its mtime is refreshed (LRU).
+ * LL_OK, or LL_ERR_NOENT (absent, of another size, unreadable or corrupt: a
+ * miss; dst's contents are then undefined).  A corrupt entry is deleted unless
+ * another reader holds it. */
 LL_API int ll_diskcache_get(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size);
-/* Store a frame the caller has verified. Nothing happens if it is there. */
+/* Store a frame the caller has verified (it is not hashed here), atomically:
+ * written to v1/tmp/ and renamed into place.  Nothing happens if it is there.
+ * LL_OK, or LL_ERR_CACHE if it cannot be written (a full disk...). */
 LL_API int ll_diskcache_put(ll_diskcache *dc, const uint8_t sha256[32], const void *data, size_t size);
 
 /* The index stored for image manifest `manifest_digest` ("sha256:<hex>") in
@@ -602,14 +631,25 @@ typedef struct {
     ll_diskcache *disk;    /* NULL: no disk cache (every frame through `read`) */
     int verify_fetched;    /* 1 (default): check the sha256 of every frame `read` returns;
                               0: the host verifies (the Python package does) */
-    int store_fetched;     /* 1 (default): put frames `read` returned into the disk cache;
-                              0: the host stores them */
+    int store_fetched;     /* 1 (default): put frames `read` returned into the disk cache
+                              (sources with use_disk only; hashed first even with
+                              verify_fetched 0); 0: the host stores them */
 } ll_image_options;
 
+/* Fill `opt` with the defaults (no cache, pool or disk cache; verify_fetched
+ * and store_fetched 1); struct_size as for ll_reader_options_init (the first
+ * version ends at store_fetched).  LL_ERR_ARG if opt is NULL or struct_size too
+ * small.  Any thread. */
 LL_API int ll_image_options_init(ll_image_options *opt, size_t struct_size);
 
 /* An image over `idx` (not owned: free it after the image) with one source per
- * layer (ll_index_layers(idx) of them).  Any thread. */
+ * layer (ll_index_layers(idx) of them, each with a `read`).  `opt` NULL: the
+ * defaults.  The cache, pool and disk cache must outlive the image.  A source's
+ * `read` is asked only for whole, consecutive data frames of its blob, one
+ * call per run missing from disk, on the thread calling ll_image_read.  The
+ * image's readers share the block cache with the Python package's readers of
+ * the same blob (same key: the digest's first 60 bits).  LL_ERR_FORMAT if the
+ * index's frame table of a layer is not contiguous.  Any thread. */
 LL_API int ll_image_create(const ll_index *idx, const ll_image_source *sources,
                            const ll_image_options *opt, ll_image **out);
 

@@ -249,7 +249,7 @@ class ImageFileSystem(AsyncFileSystem):
 
     def isdir(self, path: str) -> bool:
         try:
-            return self._node(path, follow=True).children is not None
+            return self._node(path, follow=True).is_dir
         except OSError:
             return False
 
@@ -293,8 +293,8 @@ class ImageFileSystem(AsyncFileSystem):
             depth = (node.path.count("/") + 1 if node.path else 0) - base_depth
             if maxdepth is not None and depth >= maxdepth:
                 continue
-            dirs = {c.path.rpartition("/")[2]: c for c in children if c.children is not None}
-            files = {c.path.rpartition("/")[2]: c for c in children if c.children is None}
+            dirs = {c.name: c for c in children if c.is_dir}
+            files = {c.name: c for c in children if not c.is_dir}
             if detail:
                 item: Any = (node.path, {k: v.info() for k, v in dirs.items()},
                              {k: v.info() for k, v in files.items()})

@@ -22,10 +22,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 FUZZ = CSRC / "fuzz"
-LIB_SRCS = [str(CSRC / f) for f in ("common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c")]
+# Every library source (as csrc/Makefile's SRCS); they link against libzstd, libcrypto and pthreads.
+LIB_SRCS = [str(CSRC / f) for f in ("common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c", "json.c",
+                                    "toc.c", "index.c", "resolve.c", "oci.c", "diskcache.c", "image.c")]
 SAN_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
              "-g", "-O1"]
-TARGETS = ("seektable", "roundtrip")
+TARGETS = ("seektable", "roundtrip", "toc", "index_load", "manifest")
 FUZZ_SECONDS = 20
 
 # Lines that mean a sanitizer, a fuzz invariant (CHECK in fuzz_common.h) or
@@ -71,7 +73,7 @@ def toolchain(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fuzz_build(toolchain, tmp_path_factory):
-    """Both fuzz targets and the seed corpora, built from the current sources."""
+    """The fuzz targets and the seed corpora, built from the current sources."""
     build = tmp_path_factory.mktemp("fuzz-build")
     seeds = build / "seeds"
     # LL_FUZZ_EXTRA_CFLAGS passes e.g. -DLL_FUZZ_ALLOW_SHARED_KEY_UNVERIFIED (see csrc/fuzz/Makefile).
@@ -104,6 +106,8 @@ def test_seed_corpora_are_generated(fuzz_build):
                  "dsize-over-1g"):
         assert f"hostile-{kind}" in hostile, kind
     assert len(names["roundtrip"]) >= 10
+    assert {"basic", "layers3", "hostile-name"} <= set(names["toc"])
+    assert len(names["index_load"]) >= 3 and {"manifest", "index"} <= set(names["manifest"])
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -126,18 +130,24 @@ def test_replay_seeds_and_regressions(fuzz_build, target):
     assert len(re.findall(r"^Executed ", out, re.M)) == len(inputs), out[-3000:]
 
 
+def _dict_for(target: str) -> Path:
+    """The target's own libFuzzer dictionary (csrc/fuzz/<target>.dict) or the seekable one."""
+    own = FUZZ / f"{target}.dict"
+    return own if own.exists() else FUZZ / "seekable.dict"
+
+
 def _fuzz(build: Path, seeds: Path, work: Path, target: str) -> subprocess.CompletedProcess:
     corpus = work / f"corpus-{target}"
     corpus.mkdir()
     return subprocess.run(
         [str(build / f"fuzz_{target}"), f"-max_total_time={FUZZ_SECONDS}", "-max_len=16384",
-         "-rss_limit_mb=2048", "-timeout=25", "-print_final_stats=1", f"-dict={FUZZ / 'seekable.dict'}",
+         "-rss_limit_mb=2048", "-timeout=25", "-print_final_stats=1", f"-dict={_dict_for(target)}",
          f"-artifact_prefix={work}/{target}-", str(corpus), str(seeds / target)],
         capture_output=True, text=True, env=sanitizer_env(), timeout=FUZZ_SECONDS + 90)
 
 
 def test_fuzz_targets_short_run(fuzz_build, tmp_path):
-    """Both targets fuzz for FUZZ_SECONDS (in parallel, one per core) without a report."""
+    """Every target fuzzes for FUZZ_SECONDS (all at once, sharing the cores) without a report."""
     build, seeds = fuzz_build
     with ThreadPoolExecutor(len(TARGETS)) as ex:
         results = dict(zip(TARGETS, ex.map(lambda t: _fuzz(build, seeds, tmp_path, t), TARGETS)))
@@ -171,7 +181,7 @@ def test_read_range_example_under_asan(toolchain, tmp_path):
     exe = tmp_path / "read_range"
     res = subprocess.run(["clang", "-std=c11", "-D_GNU_SOURCE", "-Wall", *SAN_FLAGS, f"-I{CSRC}",
                           str(ROOT / "docs/examples/read_range.c"), *LIB_SRCS, "-o", str(exe),
-                          "-lzstd", "-lpthread"], capture_output=True, text=True)
+                          "-lzstd", "-lcrypto", "-lpthread"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     data = _read_range_data()
     blob = tmp_path / "data.zst"
@@ -284,7 +294,8 @@ def test_buffer_pool_under_asan(toolchain, tmp_path):
     src.write_text(POOL_STRESS)
     exe = tmp_path / "pool_stress"
     res = subprocess.run(["clang", "-std=c11", "-D_GNU_SOURCE", "-Wall", *SAN_FLAGS, f"-I{CSRC}", str(src),
-                          *LIB_SRCS, "-o", str(exe), "-lzstd", "-lpthread"], capture_output=True, text=True)
+                          *LIB_SRCS, "-o", str(exe), "-lzstd", "-lcrypto", "-lpthread"],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     res = subprocess.run([str(exe)], capture_output=True, text=True, env=sanitizer_env(), timeout=300)
     assert not report_in(res.stderr), report_in(res.stderr)

@@ -400,7 +400,7 @@ def test_hostile_toc_entries_are_format_errors(tmp_path: Any) -> None:
     for entries in ([{"name": "a", "type": "hardlink", "linkname": "missing"}],
                     [{"name": "a", "type": "weird"}]):
         with pytest.raises(errors.FormatError):
-            Tree([Toc(frames=frames, entries=entries)])
+            Tree.from_tocs([Toc(frames=frames, entries=entries)])
     from lazylayer.format import check_toc_frames
 
     with pytest.raises(errors.FormatError):

@@ -1,6 +1,6 @@
 /* gen_corpus.c - seed corpora for the lazylayer fuzzers.
  *
- *   gen_corpus OUTDIR     writes OUTDIR/seektable/ and OUTDIR/roundtrip/
+ *   gen_corpus OUTDIR     writes OUTDIR/seektable/, roundtrip/, toc/, index_load/ and manifest/
  *
  * seektable seeds: small valid blobs made by the library's own writer (with and
  * without checksums, skippable frames, empty data, several frame sizes) and
@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 
 #include "../lazylayer.h"
+#include "fuzz_index_common.h"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -358,6 +359,105 @@ static void roundtrip_seeds(void) {
     free(d);
 }
 
+/* ---- TOC, index and manifest seeds (fuzz_toc, fuzz_index_load, fuzz_manifest) */
+#define SHA_A "abababababababababababababababababababababababababababababababab"
+#define SHA_C "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"
+#define TOC_HEAD "{\"version\":1,\"frame_size\":4096,\"tar_size\":4096,\"frames\":[[0,60,0,4000,\"" SHA_A \
+                 "\"],[60,40,4000,96,\"" SHA_C "\"]],\"prefetch\":[[0,512],[1024,10]],\"entries\":["
+static const char *const toc_seeds[][2] = {
+    {"basic", TOC_HEAD "{\"name\":\"etc\",\"type\":\"dir\",\"mode\":493,\"mtime\":1700000000},"
+              "{\"name\":\"etc/a\",\"type\":\"reg\",\"mode\":420,\"size\":6,\"offset\":512,\"mtime\":1700000000.5},"
+              "{\"name\":\"etc/l\",\"type\":\"symlink\",\"linkname\":\"a\"},"
+              "{\"name\":\"etc/h\",\"type\":\"hardlink\",\"linkname\":\"etc/a\"},"
+              "{\"name\":\"dev/null\",\"type\":\"char\",\"devmajor\":1,\"devminor\":3},"
+              "{\"name\":\"dev/sda\",\"type\":\"block\",\"devmajor\":8},{\"name\":\"run/p\",\"type\":\"fifo\"},"
+              "{\"name\":\"x\",\"size\":3,\"offset\":1024,\"uid\":1000,\"gid\":1000,"
+              "\"xattrs\":{\"user.a\":\"QUJD\",\"security.capability\":\"AQAAAg==\"}}]}"},
+    {"layers3", "\x02" TOC_HEAD "{\"name\":\"a/b/c\",\"type\":\"fifo\"},{\"name\":\"a/x\",\"type\":\"fifo\"},"
+                "{\"name\":\"s\",\"type\":\"symlink\",\"linkname\":\"/a\"}]}\n--\n"
+                TOC_HEAD "{\"name\":\"a/.wh.b\"},{\"name\":\"s/new\",\"type\":\"fifo\"},{\"name\":\".wh..wh..opq\"},"
+                "{\"name\":\"a/.wh..wh..opq\"},{\"name\":\"a/y\",\"type\":\"dir\"}]}\n--\n"
+                TOC_HEAD "{\"name\":\".\",\"type\":\"dir\",\"mode\":448},{\"name\":\"a\",\"type\":\"reg\"},"
+                "{\"name\":\"loop\",\"type\":\"symlink\",\"linkname\":\"loop/x\"},{\"name\":\"u\",\"type\":\"symlink\","
+                "\"linkname\":\"../../a\"}]}"},
+    {"odd-values", TOC_HEAD "{\"name\":\"\\u00e9\\udcff\",\"type\":\"fifo\",\"mtime\":1e300,\"uid\":-1,"
+                   "\"gid\":99999999999999999999999},{\"name\":\"n\",\"type\":\"fifo\",\"mtime\":NaN,\"mode\":-1},"
+                   "{\"name\":\"i\",\"type\":\"fifo\",\"mtime\":-Infinity,\"xattrs\":null,\"nlink\":3},"
+                   "{\"name\":\"f\",\"type\":\"fifo\",\"mtime\":1.7e9,\"unknown\":[1,{\"a\":[]}]}]}"},
+    {"hostile-name", TOC_HEAD "{\"name\":\"../x\"}]}"},
+    {"hostile-hardlink", TOC_HEAD "{\"name\":\"h\",\"type\":\"hardlink\",\"linkname\":\"nothere\"}]}"},
+    {"hostile-type", TOC_HEAD "{\"name\":\"h\",\"type\":\"socket\"}]}"},
+    {"hostile-b64", TOC_HEAD "{\"name\":\"h\",\"xattrs\":{\"a\":\"QQ\"}}]}"},
+    {"hostile-frames", "{\"version\":1,\"frame_size\":1,\"tar_size\":1,\"frames\":[[0,99,0,1,\"" SHA_A "\"]],"
+                       "\"entries\":[]}"},
+    {"hostile-json", "{\"version\":1,\"entries\":[{\"name\":\"a\\ud800\"}]}"},
+    {"empty", "{\"version\":1,\"frame_size\":1,\"tar_size\":0,\"frames\":[],\"entries\":[]}"},
+};
+
+static void toc_seeds_write(void) {
+    for (size_t i = 0; i < sizeof toc_seeds / sizeof toc_seeds[0]; i++) {
+        const char *text = toc_seeds[i][1];
+        buf b = {0};
+        if (text[0] == '\x02') put(&b, text, strlen(text));   /* picks 3 layers */
+        else {
+            put8(&b, 0);
+            put(&b, text, strlen(text));
+        }
+        save("toc", toc_seeds[i][0], b.p, b.len);
+        /* the index it builds, for fuzz_index_load */
+        const uint8_t *parts[3];
+        size_t lens[3];
+        uint32_t n = 0;
+        const uint8_t *p = b.p + 1, *end = b.p + b.len;
+        while (n < 2 && b.p[0] == 2) {
+            const uint8_t *sep = memmem(p, (size_t)(end - p), "\n--\n", 4);
+            if (!sep) break;
+            parts[n] = p;
+            lens[n++] = (size_t)(sep - p);
+            p = sep + 4;
+        }
+        parts[n] = p;
+        lens[n++] = (size_t)(end - p);
+        ll_index *idx;
+        char err[256];
+        if (ll_fuzz_build(parts, lens, n, &idx, err, sizeof err) == LL_OK) {
+            const void *data;
+            size_t size;
+            ll_index_data(idx, &data, &size);
+            char name[64];
+            snprintf(name, sizeof name, "index-%s", toc_seeds[i][0]);
+            save("index_load", name, data, size);
+            ll_index_free(idx);
+        }
+        free(b.p);
+    }
+}
+
+static const char *const manifest_seeds[][2] = {
+    {"manifest", "\x05{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\","
+                 "\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:"
+                 SHA_A "\",\"size\":2},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+zstd\","
+                 "\"digest\":\"sha256:" SHA_C "\",\"size\":5000,\"annotations\":{\"io.lazylayer.version\":\"1\","
+                 "\"io.lazylayer.toc.digest\":\"sha256:" SHA_A "\",\"io.lazylayer.toc.position\":\"4000:900\"}},"
+                 "{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:" SHA_A
+                 "\",\"size\":12}]}"},
+    {"index", "\x05{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\","
+              "\"digest\":\"sha256:" SHA_A "\",\"size\":500,\"platform\":{\"os\":\"linux\",\"architecture\":\"arm64\","
+              "\"variant\":\"v8\"}},{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:"
+              SHA_C "\",\"size\":500,\"platform\":{\"os\":\"linux\",\"architecture\":\"amd64\"}},{\"digest\":\"sha256:"
+              SHA_A "\",\"platform\":{\"os\":\"unknown\",\"architecture\":\"unknown\"}}]}"},
+    {"index-noplatform", "\x00{\"manifests\":[{\"digest\":\"sha256:" SHA_C "\"}]}"},
+    {"bad-position", "\x00{\"layers\":[{\"digest\":\"sha256:" SHA_C "\",\"size\":10,\"annotations\":"
+                     "{\"io.lazylayer.toc.position\":\"01:5\"}}]}"},
+};
+
+static void manifest_seeds_write(void) {
+    for (size_t i = 0; i < sizeof manifest_seeds / sizeof manifest_seeds[0]; i++) {
+        const char *t = manifest_seeds[i][1];
+        save("manifest", manifest_seeds[i][0], t, 1 + strlen(t + 1));
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
@@ -367,6 +467,8 @@ int main(int argc, char **argv) {
     if (mkdir(g_dir, 0755) != 0 && errno != EEXIST) { perror(g_dir); return 1; }
     seektable_seeds();
     roundtrip_seeds();
+    toc_seeds_write();
+    manifest_seeds_write();
     fprintf(stderr, "gen_corpus: %d seeds in %s\n", g_count, g_dir);
     return 0;
 }

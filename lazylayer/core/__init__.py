@@ -3,11 +3,20 @@
 It imports nothing of lazylayer but :mod:`lazylayer.errors`: everything else
 stands on it.  The extension, ``lazylayer.core._native``, is compiled from
 ``csrc/`` by ``pip install .`` (:mod:`._build`); :mod:`._lib` loads it and
-turns its status codes into exceptions; :mod:`.seekable` is the API.
+turns its status codes into exceptions; :mod:`.seekable` (seekable zstd, the
+caches) and :mod:`.index` (the image index, the disk cache from C, the image
+reader) are the API.
 """
 
 from __future__ import annotations
 
+from .index import (
+    ImageReader,
+    Index,
+    IndexLayer,
+    NativeDiskCache,
+    Stat,
+)
 from .seekable import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_FRAME_SIZE,
@@ -28,6 +37,11 @@ from .seekable import (
 
 __all__ = [
     "BlockCache",
+    "ImageReader",
+    "Index",
+    "IndexLayer",
+    "NativeDiskCache",
+    "Stat",
     "CacheStats",
     "DEFAULT_CACHE_BYTES",
     "DEFAULT_FRAME_SIZE",

@@ -307,6 +307,8 @@ def _address(ptr: Any) -> int:
 
 def _release(ptr: Any) -> None:
     """Free a C object, then close its file and let go of what it used."""
+    if _live is None:  # the interpreter is tearing this module down: the process is exiting
+        return
     with _live_lock:
         free, fd, _ = _live.pop(_address(ptr))
     free(ptr)

@@ -5,15 +5,17 @@ mount) stand on.  Opening an image reads its manifest and, per layer, one
 range request for the TOC (or none, when the disk cache has it).  File content
 is fetched when read, a frame at a time:
 
-- each layer has a :class:`~lazylayer.seekable.SeekableReader` whose seek table
-  is built from the *verified* TOC (the manifest vouches for the TOC through
-  the layer's annotations, the TOC for every frame's sha256);
-- the C reader asks :class:`FrameSource` for the compressed frames a read
-  needs; it takes them from the disk cache (:class:`lazylayer.cache.DiskCache`,
-  keyed by frame digest, so a frame shared by several layers or images is
-  fetched once) or fetches the missing ones in one batch of range requests,
-  every frame checked against its sha256 before the decoder sees it;
-- decoded frames live in the shared memory cache (the C block cache).
+- the layers' TOCs are merged into the C image index (:class:`lazylayer.core.Index`,
+  the tree :attr:`Image.tree` views), built once per image and kept in the disk
+  cache by the manifest's digest, so a later open maps it instead of fetching
+  and parsing TOCs;
+- reads go to the C image reader (:class:`lazylayer.core.ImageReader`): frames in
+  the disk cache are read, checked against their sha256 and decoded in C,
+  decoded frames live in the shared memory cache (the C block cache), and only
+  frames missing from disk call :class:`FrameSource`, which fetches them in one
+  batch of range requests (every frame checked against the sha256 the TOC
+  gives it before the decoder sees it) and stores them, once across threads
+  and processes.
 
 Layers that are not lazy layers (plain gzip/zstd/tar) still work: the whole
 blob is fetched once, checked against its digest and re-encoded locally into a
@@ -22,6 +24,7 @@ lazy layer in the disk cache — slow, and a warning says so.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -30,12 +33,13 @@ import warnings
 from typing import Any
 
 from .. import errors, oci
-from ..core import BlockCache, SeekableReader, build_seek_table, default_cache
+from ..core import BlockCache, default_cache
+from ..core.index import ImageReader, Index, IndexLayer, NativeDiskCache
+from ..core.seekable import _resolve_pool
 from ..format import (
     ANNOTATION_TOC_DIGEST,
+    Frame,
     LayerWriter,
-    Toc,
-    check_toc_frames,
     is_lazy_layer,
     parse_toc_position,
     read_toc,
@@ -48,7 +52,7 @@ from .cache import DiskCache
 from .frames import FrameSource
 from .tree import Node, Tree
 
-__all__ = ["FrameSource", "Image", "Layer", "NotLazyWarning"]
+__all__ = ["FrameSource", "Image", "Layer", "LayerToc", "NotLazyWarning"]
 
 log = logging.getLogger("lazylayer")
 _DEFAULT: Any = object()
@@ -58,40 +62,45 @@ class NotLazyWarning(UserWarning):
     """A layer is not in the lazy format: it is fetched whole before any file in it can be read."""
 
 
-class Layer:
-    """One layer of an opened image: its TOC and a reader of its tar."""
+class LayerToc:
+    """What the image index keeps of a layer's TOC: its frames, tar size and prefetch plan.
 
-    def __init__(self, index: int, descriptor: oci.Descriptor, toc: Toc, reader: SeekableReader,
-                 source: FrameSource, lazy: bool, keep: Any = None, diff_id: str = "") -> None:
+    (The TOC's entries live merged in the index, :attr:`Image.tree`; a layer's
+    own entries are :func:`lazylayer.format.read_toc`'s to give.)
+    """
+
+    def __init__(self, frames: list[Frame], tar_size: int, prefetch: list[list[int]]) -> None:
+        self.frames = frames
+        self.tar_size = tar_size
+        self.prefetch = prefetch
+
+    def __repr__(self) -> str:
+        return f"<LayerToc {len(self.frames)} frames, {self.tar_size} tar bytes>"
+
+
+class Layer:
+    """One layer of an opened image: its frames (from the index) and where its compressed bytes come from."""
+
+    def __init__(self, index: int, descriptor: oci.Descriptor, toc: LayerToc, source: FrameSource, lazy: bool,
+                 keep: Any = None, diff_id: str = "") -> None:
         self.index = index
         self.descriptor = descriptor
         self.digest: str = descriptor.get("digest", "")
         self.diff_id = diff_id
         """The sha256 of the layer's tar, from the image config."""
         self.toc = toc
-        self.reader = reader
         self.source = source
         self.lazy = lazy
         """False for a layer that was fetched whole and re-encoded locally."""
         self._keep = keep  # a pin on (or the temporary file of) a locally re-encoded layer
 
     def close(self) -> None:
-        self.reader.close()
         if self._keep is not None:
             self._keep.close()
             self._keep = None
 
     def __repr__(self) -> str:
         return f"<Layer {self.index} {self.digest[:19]} {'lazy' if self.lazy else 'local'}>"
-
-
-def _cache_key(digest: str) -> int:
-    """A non-zero 60-bit key for the C block cache: readers of the same blob share frames."""
-    hexpart = digest.partition(":")[2][:15]
-    try:
-        return int(hexpart, 16) or 1
-    except ValueError:
-        return 0
 
 
 def _regular(node: Node) -> Any:
@@ -150,14 +159,7 @@ class Image:
             self.config: dict[str, Any] = oci.parse_json(self.manifest_image.config, "image config")
             descs = [d for d in self.manifest["layers"] if oci.is_tar_layer(d)]
             ids = oci.diff_ids(self.manifest_image)
-            for i, desc in enumerate(descs):
-                self.layers.append(self._open_layer(i, desc, ids[i]))
-            try:
-                self.tree = Tree([layer.toc for layer in self.layers])
-            except errors.LazyLayerError:
-                raise
-            except (TypeError, ValueError, KeyError, AttributeError) as exc:
-                raise errors.FormatError(f"{self.reference}: a layer's TOC has a malformed entry: {exc!r}") from None
+            self._open_layers(descs, ids)
             if prefetch is not _DEFAULT or fill or fill_rate is not None or readahead is not _DEFAULT:
                 _deprecated_prefetch(self, prefetch, fill, fill_rate, readahead)
         except BaseException:
@@ -172,14 +174,84 @@ class Image:
 
     # -- opening layers -------------------------------------------------------
 
-    def _open_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> Layer:
-        digest = desc.get("digest", "")
-        blob = self._source.blob(desc) if is_lazy_layer(desc) else None
-        if blob is not None:
-            return self._lazy_layer(i, desc, blob, diff_id)
+    def _open_layers(self, descs: list[oci.Descriptor], ids: list[str]) -> None:
+        """The index (from the disk cache, else built from the TOCs), each layer's source, the reader."""
+        native = NativeDiskCache(self.disk.path) if self.disk is not None else None
+        blobs = [self._source.blob(d) if is_lazy_layer(d) else None for d in descs]
+        # The index is kept on disk, keyed by the manifest's digest, when every layer is lazy (a layer
+        # re-encoded locally is vouched for by nothing the manifest says about its frames).
+        cacheable = native is not None and all(b is not None for b in blobs) and _is_digest(self.digest)
+        index = native.load_index(self.digest) if cacheable and native is not None else None
+        if index is not None and [index.layer_info(i)[0] for i in range(index.layers)] != \
+                [d.get("digest") for d in descs]:
+            index = None  # (cannot happen for a digest-keyed manifest; never trust a mismatch)
+        keeps: list[Any] = [None] * len(descs)
+        if index is None:
+            layers = []
+            try:
+                for i, desc in enumerate(descs):
+                    if blobs[i] is not None:
+                        layers.append(self._lazy_toc(desc, blobs[i]))
+                    else:
+                        spec, blobs[i], keeps[i] = self._plain_layer(i, desc, ids[i])
+                        layers.append(spec)
+                index = Index.build(layers)
+            except BaseException:
+                for keep in keeps:
+                    if keep is not None:
+                        keep.close()
+                raise
+            if cacheable and native is not None:
+                try:
+                    native.store_index(self.digest, index)
+                except errors.LazyLayerError as exc:  # a full disk must not fail the open
+                    log.warning("%s: image index not stored in the disk cache: %s", self.reference, exc)
+        self.index = index
+        self.tree = Tree(index)
+        for i, desc in enumerate(descs):
+            _, _, tar_size, _ = index.layer_info(i)
+            frames = [Frame(*f) for f in index.frames(i)]
+            lazy = keeps[i] is None
+            source = FrameSource(blobs[i], frames, self.disk if lazy else None, f"layer {desc.get('digest', '')}")
+            toc = LayerToc(frames, tar_size, [list(r) for r in index.prefetch(i)])
+            self.layers.append(Layer(i, desc, toc, source, lazy, keeps[i], ids[i]))
+        # Frames on disk are read, checked against their sha256 and decoded in C; only missing
+        # ones call FrameSource (fetched, verified and stored by Python, once across processes).
+        self.reader = ImageReader(index, [(layer.source, layer.lazy) for layer in self.layers],
+                                  cache=self.memory, pool=_resolve_pool(self.threads), disk=native)
+
+    def _lazy_toc(self, desc: oci.Descriptor, blob: Any) -> IndexLayer:
+        """A lazy layer's TOC frame (from the disk cache, else one range request) and position."""
+        ann = desc.get("annotations") or {}
+        toc_digest = ann[ANNOTATION_TOC_DIGEST]
+        try:  # it names a file in the disk cache: the same check as every other digest
+            oci.check_digest(toc_digest)
+        except errors.FormatError:
+            raise errors.FormatError(f"layer {desc.get('digest')}: bad {ANNOTATION_TOC_DIGEST} annotation "
+                                     f"{str(toc_digest)[:80]!r}: it must be sha256: and 64 hex digits") from None
+        size = desc.get("size")
+        if not isinstance(size, int) or size <= 0:
+            raise errors.FormatError(f"layer {desc.get('digest')}: bad size {size!r}")
+        toc_offset, toc_length = parse_toc_position(ann, size)
+        frame = self.disk.get(toc_digest) if self.disk is not None else None
+        if frame is None:
+            frame = blob.read(toc_offset, toc_length)  # one range request
+            if "sha256:" + hashlib.sha256(frame).hexdigest() != toc_digest:  # (C checks it again)
+                raise errors.IntegrityError(f"layer {desc.get('digest')}: TOC digest mismatch: the blob's TOC "
+                                            f"is not the one {toc_digest} names")
+            if self.disk is not None:
+                self.disk.put(toc_digest, frame)
+        if toc_length != len(frame):
+            raise errors.FormatError(f"layer {desc.get('digest')}: the TOC frame {toc_digest} has {len(frame)} "
+                                     f"bytes, its position annotation says {toc_length}")
+        return IndexLayer(desc.get("digest", ""), size, toc_digest, toc_offset, toc_length, frame)
+
+    def _plain_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> tuple[IndexLayer, Any, Any]:
+        """A layer that is not lazy (or whose source cannot read ranges): fetched whole, re-encoded
+        locally (once, into the disk cache if there is one); its TOC spec, local blob and pin."""
         # Say it once per image, in words, and only when a layer really is fetched and re-encoded
-        # now: not when the disk cache has the copy from an earlier open (named as in _local_layer).
-        hexd = oci.check_digest(digest)
+        # now: not when the disk cache has the copy from an earlier open.
+        hexd = oci.check_digest(desc.get("digest", ""))
         cached = self.disk is not None and os.path.exists(self.disk._file_path(f"sha256-{hexd}.lazy"))
         if not cached and not getattr(self, "_told_not_lazy", False):
             from ..units import human_size
@@ -196,51 +268,7 @@ class Image:
                 what = f"{len(plain)} of its {len(tars)} layers ({size}) are not lazy layers: they are"
             warnings.warn(f"{self.reference}: {what} fetched whole and re-encoded before any file in them can "
                           f"be read ({again}); to read the image lazily, convert it: lazylayer convert SRC DST",
-                          NotLazyWarning, stacklevel=4)
-        return self._local_layer(i, desc, diff_id)
-
-    def _lazy_layer(self, i: int, desc: oci.Descriptor, blob: Any, diff_id: str) -> Layer:
-        ann = desc.get("annotations") or {}
-        toc_digest = ann[ANNOTATION_TOC_DIGEST]
-        try:  # it names a file in the disk cache: the same check as every other digest
-            oci.check_digest(toc_digest)
-        except errors.FormatError:
-            raise errors.FormatError(f"layer {desc.get('digest')}: bad {ANNOTATION_TOC_DIGEST} annotation "
-                                     f"{str(toc_digest)[:80]!r}: it must be sha256: and 64 hex digits") from None
-        size = desc.get("size")
-        if not isinstance(size, int) or size <= 0:
-            raise errors.FormatError(f"layer {desc.get('digest')}: bad size {size!r}")
-        frame = self.disk.get(toc_digest) if self.disk is not None else None
-        if frame is not None:
-            toc_offset, toc_length = parse_toc_position(ann, size)
-            if toc_length != len(frame):
-                raise errors.FormatError(f"layer {desc.get('digest')}: the TOC frame {toc_digest} has {len(frame)} "
-                                         f"bytes, its position annotation says {toc_length}")
-            toc = Toc.from_frame(frame)
-        else:
-            index = read_toc(blob, size, ann)
-            toc, toc_offset = index.toc, index.toc_offset
-            if self.disk is not None:
-                self.disk.put(toc_digest, index.frame)
-            frame = index.frame
-        return self._layer(i, desc, toc, toc_offset, len(frame), blob, self.disk, lazy=True, diff_id=diff_id)
-
-    def _layer(self, i: int, desc: oci.Descriptor, toc: Toc, toc_offset: int, toc_length: int, blob: Any,
-               disk: DiskCache | None, lazy: bool, keep: Any = None, diff_id: str = "") -> Layer:
-        check_toc_frames(toc, toc_offset)
-        table = build_seek_table([(f.compressed_size, f.size) for f in toc.frames] + [(toc_length, 0)])
-        digest = desc.get("digest", "")
-        source = FrameSource(blob, toc.frames, disk, f"layer {digest}")
-        # XXH64 checks are off: every frame is checked against its sha256 before decoding.
-        # A miss decodes its whole frame: the next read of a file usually goes on where
-        # this one ended, and the frame had to be fetched (and verified) whole anyway.
-        reader = SeekableReader(source, blob_size=toc_offset + toc_length + len(table), tail=table,
-                                cache=self.memory, threads=self.threads, verify=False, whole_frames=True,
-                                cache_key=_cache_key(digest) if lazy else 0, name=f"layer {digest}")
-        return Layer(i, desc, toc, reader, source, lazy, keep, diff_id)
-
-    def _local_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> Layer:
-        hexd = oci.check_digest(desc.get("digest", ""))
+                          NotLazyWarning, stacklevel=5)
         writer = LayerWriter(threads=self.threads)
 
         def build(out: Any) -> None:
@@ -262,9 +290,11 @@ class Image:
             path = keep.name
         try:
             blob = FsspecBlob(path, size=os.path.getsize(path))
-            index = read_toc(blob, blob.size)
-            return self._layer(i, desc, index.toc, index.toc_offset, len(index.frame), blob, None,
-                               lazy=False, keep=keep, diff_id=diff_id)
+            index = read_toc(blob, blob.size)  # our own re-encoding of bytes checked against the layer digest
+            frame = index.frame
+            spec = IndexLayer(desc.get("digest", ""), blob.size, "sha256:" + hashlib.sha256(frame).hexdigest(),
+                              index.toc_offset, len(frame), frame)
+            return spec, blob, keep
         except BaseException:
             keep.close()
             raise
@@ -280,7 +310,7 @@ class Image:
             return 0
         if self.recorder is not None:
             self.recorder.read(inode.layer, inode.offset + offset, n)
-        got = self.layers[inode.layer].reader.readinto(view[:n], inode.offset + offset)
+        got = self.reader.readinto(inode.ino, view[:n], offset, name=node.path)
         if got != n:
             raise errors.FormatError(f"{node.path}: layer {inode.layer} ends inside the file")
         return n
@@ -291,21 +321,24 @@ class Image:
         n = max(0, min(size, inode.size - offset))
         if n == 0:
             return b""
-        if self.recorder is not None:
-            self.recorder.read(inode.layer, inode.offset + offset, n)
-        data = self.layers[inode.layer].reader.pread(n, inode.offset + offset)
-        if len(data) != n:
-            raise errors.FormatError(f"{node.path}: layer {inode.layer} ends inside the file")
-        return data
+        buf = bytearray(n)
+        self.readinto(node, buf, offset)
+        return bytes(buf)
 
     # -- information ------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Frames and compressed bytes fetched over the network, and frames found on disk, so far."""
+        """Frames and compressed bytes fetched over the network, frames found on disk (by C or by
+        the Python fetch path), and calls into Python for missing frames (``host_calls``), so far."""
         out = {"frames_fetched": 0, "bytes_fetched": 0, "frames_from_disk": 0}
         for layer in self.layers:
             for k in out:
                 out[k] += getattr(layer.source, k)
+        reader = getattr(self, "reader", None)
+        if reader is not None:
+            native = reader.stats()
+            out["frames_from_disk"] += native["frames_disk"]
+            out["host_calls"] = native["host_calls"]
         if self.prefetcher is not None:
             out.update(self.prefetcher.stats())
         return out
@@ -314,6 +347,7 @@ class Image:
         """Release the layers' readers, pins and temporary files."""
         if self.prefetcher is not None:
             self.prefetcher.close()
+        self.reader = None  # freed with its last reference
         for layer in self.layers:
             layer.close()
         self.layers = []
@@ -340,3 +374,11 @@ def _deprecated_prefetch(image: Image, prefetch: Any, fill: bool, fill_rate: flo
     start = importlib.import_module("lazylayer.prefetch").start  # one package up: imported only here
     start(image, "auto" if prefetch is _DEFAULT else prefetch, fill=fill, fill_rate=fill_rate,
           readahead=True if readahead is _DEFAULT else readahead)
+
+
+def _is_digest(digest: str) -> bool:
+    try:
+        oci.check_digest(digest)
+        return True
+    except errors.FormatError:
+        return False

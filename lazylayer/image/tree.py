@@ -1,122 +1,121 @@
-"""The merged root of an image: its layers' TOCs stacked, OCI whiteouts applied.
+"""The merged root of an image, as the C image index has it: a thin, read-only view.
 
 An image's filesystem is its layers applied in order (the OCI image spec's
-"changesets").  :class:`Tree` does that on the TOCs alone, in memory, without
-touching any file content:
+"changesets"): whiteouts (``DIR/.wh.NAME``, opaque ``DIR/.wh..wh..opq``)
+applied to the layers below, later entries replacing earlier ones, parents a
+layer does not list made, hardlinks sharing an inode.  The C library builds
+that once per image (``ll_index``, docs/index-format.md) and may keep it in
+the disk cache, so a later open of the same image maps it instead of parsing
+TOCs; the FUSE mount and ``lazylayer://`` read the same index.
 
-- ``DIR/.wh.NAME`` deletes ``DIR/NAME`` (and everything under it) from the
-  layers below; ``DIR/.wh..wh..opq`` hides everything the layers below had in
-  ``DIR``.  Whiteouts never affect their own layer, whatever their position in
-  the tar.  Other ``.wh..wh.*`` entries (AUFS metadata) are ignored.
-- A later entry replaces an earlier one of the same name; a directory over a
-  directory only updates its metadata, anything else replaces the whole
-  subtree.  Parents a layer does not list are made (``0755``, root-owned).
-- A hardlink shares its target's inode: content, metadata, ``nlink``.
-
-Every path the tree hands out is relative to the image root, ``/``-separated,
-without a leading slash; the root itself is ``""``.  :meth:`Tree.resolve`
-follows symlinks the way a process chrooted into the image would: absolute
-targets and ``..`` never leave the image root.
+:class:`Tree` wraps a :class:`lazylayer.core.Index`; :class:`Node` is one
+name in it (made on demand, nothing is kept per name).  Every path is
+relative to the image root, ``/``-separated, without a leading slash; the
+root itself is ``""``.  :meth:`Tree.resolve` follows symlinks the way a
+process chrooted into the image would: absolute targets and ``..`` never
+leave the image root.
 """
 
 from __future__ import annotations
 
-import base64
-import errno
+import hashlib
 import os
-import stat
+import stat as _stat
+import struct
 from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
-from .. import errors
-from ..format import MAX_PATH_DEPTH, Toc
+from ..core.index import ROOT, Index, IndexLayer, Stat
+from ..format import Toc, TOC_SKIPPABLE_VARIANT
 
-__all__ = ["Node", "Tree", "MAX_SYMLINK_HOPS"]
+__all__ = ["Inode", "Node", "Tree", "MAX_SYMLINK_HOPS", "split_path"]
 
-MAX_SYMLINK_HOPS = 40  # as Linux's ELOOP limit
+MAX_SYMLINK_HOPS = 40  # as Linux's ELOOP limit (LL_MAX_SYMLINK_HOPS)
 
-_FMT = {
-    "reg": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
-    "char": stat.S_IFCHR, "block": stat.S_IFBLK, "fifo": stat.S_IFIFO,
-}
 _FSSPEC_TYPE = {"reg": "file", "dir": "directory", "symlink": "link",
                 "char": "other", "block": "other", "fifo": "other"}
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
+_NO_XATTRS: dict[str, bytes] = {}  # shared by every inode without xattrs; never modified
 
 
 class Inode:
     """What all names of one file share: type, metadata and where its content is."""
 
-    __slots__ = ("ino", "kind", "mode", "uid", "gid", "mtime", "size", "layer", "offset",
-                 "linkname", "rdev", "xattrs", "nlink")
+    __slots__ = ("_index", "_st", "_linkname", "_xattrs")
 
-    def __init__(self, ino: int, kind: str, entry: dict[str, Any], layer: int) -> None:
-        # Built once per TOC entry (tens of thousands per image): one dict lookup per field.
-        get = entry.get
-        self.ino = ino
-        self.kind = kind
-        self.layer = layer
-        self.nlink = 1
-        self.uid = int(get("uid", 0))
-        self.gid = int(get("gid", 0))
-        self.mtime = float(get("mtime", 0))
-        self.offset = int(get("offset", 0))
-        self.linkname: str = ""
-        if kind == "reg":
-            self.mode = stat.S_IFREG | int(get("mode", 0o644)) & 0o7777
-            self.size = int(get("size", 0))
-        elif kind == "symlink":  # Linux shows every symlink as 0777, whatever the tar says.
-            self.mode = stat.S_IFLNK | 0o777
-            self.linkname = get("linkname", "")
-            self.size = len(os.fsencode(self.linkname))
-        else:
-            self.mode = _FMT[kind] | int(get("mode", 0o755 if kind == "dir" else 0o644)) & 0o7777
-            self.size = 0
-        self.rdev = os.makedev(int(get("devmajor", 0)), int(get("devminor", 0))) \
-            if kind == "char" or kind == "block" else 0
-        raw = get("xattrs")
-        self.xattrs: dict[str, bytes] = {k: base64.b64decode(v) for k, v in raw.items()} if raw else _NO_XATTRS
+    def __init__(self, index: Index, st: Stat) -> None:
+        self._index = index
+        self._st = st
+        self._linkname: str | None = None
+        self._xattrs: dict[str, bytes] | None = None
 
+    ino = property(lambda self: self._st.ino)
+    kind = property(lambda self: self._st.kind)
+    mode = property(lambda self: self._st.mode)
+    uid = property(lambda self: self._st.uid)
+    gid = property(lambda self: self._st.gid)
+    nlink = property(lambda self: self._st.nlink)
+    mtime = property(lambda self: self._st.mtime)
+    size = property(lambda self: self._st.size)
+    layer = property(lambda self: self._st.layer)
+    offset = property(lambda self: self._st.offset)
 
-_NO_XATTRS: dict[str, bytes] = {}  # shared by every inode without xattrs; never modified
+    @property
+    def mtime_ns(self) -> int:
+        return self._st.mtime_sec * 1_000_000_000 + self._st.mtime_nsec
+
+    @property
+    def rdev(self) -> int:
+        st = self._st
+        return os.makedev(st.devmajor, st.devminor) if st.kind in ("char", "block") else 0
+
+    @property
+    def linkname(self) -> str:
+        if self._linkname is None:
+            self._linkname = self._index.readlink(self._st.ino) if self._st.kind == "symlink" else ""
+        return self._linkname
+
+    @property
+    def xattrs(self) -> dict[str, bytes]:
+        if self._xattrs is None:
+            self._xattrs = self._index.xattrs(self._st.ino, self._st.nxattrs) if self._st.nxattrs else _NO_XATTRS
+        return self._xattrs
 
 
 class Node:
-    """One name in the tree: its name in its directory, its inode and, for a directory, its children.
+    """One name in the tree: its path, its inode and, for a directory, its children (read on demand)."""
 
-    A node keeps its own name and its parent, not its whole path: a tree's
-    memory stays linear in its TOCs' size however deep the paths (``path``
-    is put together when asked for).
-    """
+    __slots__ = ("tree", "path", "inode", "_children")
 
-    __slots__ = ("name", "parent", "inode", "children", "_info")
-
-    def __init__(self, parent: Node | None, name: str, inode: Inode,
-                 children: dict[str, Node] | None = None) -> None:
-        self.parent = parent
-        self.name = name
-        self.inode = inode
-        self.children = children
-        self._info: dict[str, Any] | None = None
+    def __init__(self, tree: Tree, path: str, st: Stat) -> None:
+        self.tree = tree
+        self.path = path
+        self.inode = Inode(tree.index, st)
+        self._children: dict[str, Node] | None = None
 
     @property
-    def path(self) -> str:
-        """The path from the image root, ``/``-separated, without a leading slash (the root: ``""``)."""
-        if self.parent is None:
-            return self.name
-        names = [self.name]
-        node = self.parent
-        while node.parent is not None:
-            names.append(node.name)
-            node = node.parent
-        names.reverse()
-        return "/".join(names)
+    def name(self) -> str:
+        return self.path.rpartition("/")[2]
 
     @property
     def kind(self) -> str:
         """``reg``, ``dir``, ``symlink``, ``char``, ``block`` or ``fifo``."""
-        return self.inode.kind
+        return self.inode._st.kind
+
+    @property
+    def is_dir(self) -> bool:
+        return self.inode._st.kind == "dir"
+
+    @property
+    def children(self) -> dict[str, Node] | None:
+        """A directory's entries by name, in name order (None for anything else)."""
+        if self.inode._st.kind != "dir":
+            return None
+        if self._children is None:
+            prefix = f"{self.path}/" if self.path else ""
+            tree = self.tree
+            self._children = {name: Node(tree, prefix + name, st)
+                              for name, st in tree.index.readdir(self.inode._st.ino)}
+        return self._children
 
     def info(self) -> dict[str, Any]:
         """fsspec's info dict for this name, as ``os.lstat`` sees it (a symlink is not followed).
@@ -128,23 +127,21 @@ class Node:
         with extended attributes ``xattrs`` (name -> bytes); regular files
         ``layer`` (index of the layer holding the content).
         """
-        info = self._info
-        if info is None:  # cached without the name: the path is not kept per node
-            i = self.inode
-            info = {"size": i.size if i.kind != "dir" else 0,
-                    "type": _FSSPEC_TYPE[i.kind], "kind": i.kind, "mode": i.mode,
-                    "uid": i.uid, "gid": i.gid, "mtime": i.mtime, "ino": i.ino, "nlink": i.nlink,
-                    "islink": i.kind == "symlink"}
-            if i.kind == "symlink":
-                info["destination"] = i.linkname
-            elif i.kind in ("char", "block"):
-                info.update(rdev=i.rdev, devmajor=os.major(i.rdev), devminor=os.minor(i.rdev))
-            elif i.kind == "reg":
-                info["layer"] = i.layer
-            if i.xattrs:
-                info["xattrs"] = dict(i.xattrs)
-            self._info = info
-        return {"name": self.path, **info}
+        st = self.inode._st
+        kind = st.kind
+        info = {"name": self.path, "size": st.size if kind != "dir" else 0,
+                "type": _FSSPEC_TYPE[kind], "kind": kind, "mode": st.mode,
+                "uid": st.uid, "gid": st.gid, "mtime": st.mtime, "ino": st.ino, "nlink": st.nlink,
+                "islink": kind == "symlink"}
+        if kind == "symlink":
+            info["destination"] = self.inode.linkname
+        elif kind == "char" or kind == "block":
+            info.update(rdev=os.makedev(st.devmajor, st.devminor), devmajor=st.devmajor, devminor=st.devminor)
+        elif kind == "reg":
+            info["layer"] = st.layer
+        if st.nxattrs:
+            info["xattrs"] = dict(self.inode.xattrs)
+        return info
 
     def __repr__(self) -> str:
         return f"<Node {self.path or '/'!r} {self.kind}>"
@@ -155,154 +152,34 @@ def split_path(path: str) -> list[str]:
     return [p for p in path.split("/") if p and p != "."]
 
 
+def toc_frame(toc: Toc) -> bytes:
+    """A TOC as the skippable frame a lazy layer stores it in (header included)."""
+    payload = toc.frame_payload()
+    return struct.pack("<II", 0x184D2A50 + TOC_SKIPPABLE_VARIANT, len(payload)) + payload
+
+
 class Tree:
-    """The merged filesystem of a stack of layer TOCs (the first is the bottom layer)."""
+    """The merged filesystem of an image, over its C index (:class:`lazylayer.core.Index`)."""
 
-    def __init__(self, tocs: Sequence[Toc]) -> None:
-        self._next_ino = 1
-        self.root = Node(None, "", self._inode("dir", {"mode": 0o755}, -1), {})
-        self.paths = _Paths(self.root)
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self.paths = _Paths(self)
         """Every name, by its path (no symlink on the way): a read-only mapping over the tree."""
-        self._implicit = 0  # parents made that the layer being applied did not list
-        self._last_parent: tuple[str, Node] | None = None  # tar entries come grouped by directory
-        for index, toc in enumerate(tocs):
-            self._apply(index, toc.entries)
-        self._finish()
+        self.root = Node(self, "", index.stat(ROOT))
 
-    # -- building -------------------------------------------------------------
+    @classmethod
+    def from_tocs(cls, tocs: Sequence[Toc]) -> Tree:
+        """The tree of TOCs held in memory (the first is the bottom layer), e.g. to check a TOC.
 
-    def _inode(self, kind: str, entry: dict[str, Any], layer: int) -> Inode:
-        ino = self._next_ino
-        self._next_ino += 1
-        return Inode(ino, kind, entry, layer)
-
-    def _apply(self, layer: int, entries: list[dict[str, Any]]) -> None:
-        # Parents a layer does not list are made, but no more of them than the layer has entries
-        # (+ one path's depth): the tree stays linear in the TOC's size.
-        self._implicit = len(entries) + MAX_PATH_DEPTH
-        # Whiteouts first: they act on the layers below only.
-        for e in entries:
-            parent, _, base = e["name"].rpartition("/")
-            if not base.startswith(WHITEOUT):
-                continue
-            directory = self._lookup_dir(parent)
-            if directory is None or directory.children is None:
-                continue
-            if base == OPAQUE:
-                directory.children.clear()
-            elif not base.startswith(WHITEOUT + WHITEOUT):
-                directory.children.pop(base[len(WHITEOUT):], None)
-        for e in entries:
-            name = e["name"]
-            base = name.rpartition("/")[2]
-            if base.startswith(WHITEOUT):
-                continue
-            self._add(layer, e)
-
-    def _lookup_dir(self, path: str) -> Node | None:
-        """The directory at ``path`` as the layers applied so far have it (symlinks followed), or None."""
-        try:
-            node = self.resolve(path)
-        except (errors.LazyLayerError, OSError):
-            return None
-        return node if node.children is not None else None
-
-    def _parent_for(self, path: str) -> Node:
-        """The directory that will hold ``path``, made (with its parents) if missing.
-
-        A parent that is a symlink is followed inside the root, as runtimes do when
-        unpacking; one that is neither a directory nor a link to one is replaced.
+        Each TOC gets a layer of its own whose frames end where its TOC frame starts.
         """
-        last = self._last_parent
-        if last is not None and last[0] == path:
-            return last[1]
-        node = self._walk_to_parent(path)
-        self._last_parent = (path, node)
-        return node
-
-    def _walk_to_parent(self, path: str) -> Node:
-        node = self.root
-        for part in split_path(path):
-            assert node.children is not None
-            child = node.children.get(part)
-            if child is not None and child.kind == "symlink":
-                try:
-                    target = self.resolve(f"{node.path}/{part}" if node.path else part)
-                except (errors.LazyLayerError, OSError):
-                    target = None
-                if target is not None and target.children is not None:
-                    node = target
-                    continue
-                child = None
-            if child is None or child.children is None:
-                self._implicit -= 1
-                if self._implicit < 0:
-                    raise errors.LimitError(f"a layer makes more parent directories it does not list than it "
-                                            f"has entries (at {path[:200]!r})")
-                child = Node(node, part, self._inode("dir", {"mode": 0o755}, -1), {})
-                assert node.children is not None
-                node.children[part] = child
-            node = child
-        return node
-
-    def _add(self, layer: int, e: dict[str, Any]) -> None:
-        name, kind = e["name"], e.get("type", "reg")
-        if name in ("", "."):
-            if kind == "dir":
-                self._update_dir(self.root, e, layer)
-            return
-        parent_path, _, base = name.rpartition("/")
-        parent = self._parent_for(parent_path)
-        assert parent.children is not None
-        old = parent.children.get(base)
-        if old is not None and (old.children is not None or old.kind == "symlink") and kind != "dir":
-            self._last_parent = None  # a directory (or a link to one) is replaced: cached parents may be gone
-        if kind == "dir":
-            if old is not None and old.children is not None:
-                self._update_dir(old, e, layer)
-            else:
-                parent.children[base] = Node(parent, base, self._inode("dir", e, layer), {})
-            return
-        if kind == "hardlink":
-            target = e.get("linkname", "")
-            try:
-                tnode = self.resolve(target, follow=False)
-            except (errors.LazyLayerError, OSError):
-                tnode = None
-            if tnode is None or tnode.kind == "dir":
-                raise errors.FormatError(f"layer {layer}: hardlink {name!r} -> {target!r}: "
-                                         "the target is not a file of this image")
-            parent.children[base] = Node(parent, base, tnode.inode)
-            return
-        if kind not in _FMT:
-            raise errors.FormatError(f"layer {layer}: {name!r} has an unknown type {kind!r}")
-        parent.children[base] = Node(parent, base, self._inode(kind, e, layer))
-
-    def _update_dir(self, node: Node, e: dict[str, Any], layer: int) -> None:
-        node.inode = self._inode("dir", e, layer)
-
-    def _finish(self) -> None:
-        """Index every path; count links (files: names per inode; dirs: 2 + subdirectories)."""
-        names: dict[int, int] = {}
-        leaves: list[Node] = []
-        count = 0
-        stack = [self.root]
-        while stack:
-            node = stack.pop()
-            count += 1
-            if node.children is not None:
-                subdirs = 0
-                for child in node.children.values():
-                    if child.children is not None:
-                        subdirs += 1
-                    stack.append(child)
-                node.inode.nlink = 2 + subdirs
-            else:
-                names[node.inode.ino] = names.get(node.inode.ino, 0) + 1
-                leaves.append(node)
-        for node in leaves:
-            node.inode.nlink = names[node.inode.ino]
-        self.paths._len = count
+        layers = []
+        for i, toc in enumerate(tocs):
+            frame = toc_frame(toc)
+            end = sum(f.compressed_size for f in toc.frames)
+            layers.append(IndexLayer(f"sha256:{i:064x}", end + len(frame) + 64,
+                                     "sha256:" + hashlib.sha256(frame).hexdigest(), end, len(frame), frame))
+        return cls(Index.build(layers))
 
     # -- looking up -----------------------------------------------------------
 
@@ -310,85 +187,52 @@ class Tree:
         """The node at ``path``, following symlinks inside the image root.
 
         ``follow=False`` does not follow a symlink in the last component (like
-        ``lstat``).  Raises ``FileNotFoundError``, ``NotADirectoryError`` or
+        ``lstat``).  The node's ``path`` is where the path led (symlinks on the
+        way replaced).  Raises ``FileNotFoundError``, ``NotADirectoryError`` or
         ``OSError(ELOOP)``.
         """
-        fast = self.paths.get(path.strip("/"))
-        if fast is not None and (not follow or fast.kind != "symlink"):
-            return fast
-        parts = split_path(path)
-        parts.reverse()  # a stack: the next component is last
-        stack = [self.root]
-        hops = 0
-        while parts:
-            part = parts.pop()
-            if part == "..":
-                if len(stack) > 1:
-                    stack.pop()
-                continue
-            cur = stack[-1]
-            if cur.children is None:
-                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
-            child = cur.children.get(part)
-            if child is None:
-                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-            if child.kind == "symlink" and (parts or follow):
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise OSError(errno.ELOOP, "Too many levels of symbolic links", path)
-                target = child.inode.linkname
-                if target.startswith("/"):
-                    del stack[1:]
-                parts.extend(reversed(split_path(target)))
-                continue
-            stack.append(child)
-        return stack[-1]
+        ino, real = self.index.resolve_path(path, follow)
+        return Node(self, real, self.index.stat(ino))
 
     def walk(self, top: Node) -> Iterator[tuple[Node, list[Node]]]:
         """Every directory under ``top`` (itself first) with its children, sorted by name."""
         stack = [top]
         while stack:
             node = stack.pop()
-            assert node.children is not None
-            children = [node.children[k] for k in sorted(node.children)]
+            children = list((node.children or {}).values())
             yield node, children
-            stack.extend(c for c in reversed(children) if c.children is not None)
+            stack.extend(c for c in reversed(children) if c.is_dir)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return self.index.names
 
 
 class _Paths(Mapping[str, Node]):
-    """Every node of a tree by its path (symlinks not followed), looked up by walking the tree.
+    """Every node of a tree by its exact path (a symlink on the way is not followed: a miss)."""
 
-    Keys are paths as :attr:`Node.path` gives them; nothing is stored per path.
-    """
-
-    def __init__(self, root: Node) -> None:
-        self._root = root
-        self._len = 0
+    def __init__(self, tree: Tree) -> None:
+        self._tree = tree
 
     def __getitem__(self, path: str) -> Node:
-        node = self._root
-        if path == "":
-            return node
         if not isinstance(path, str):
             raise KeyError(path)
-        for part in path.split("/"):
-            children = node.children
-            child = children.get(part) if children is not None else None
-            if child is None:
-                raise KeyError(path)
-            node = child
-        return node
+        if path == "":
+            return self._tree.root
+        index = self._tree.index
+        try:
+            ino, real = index.resolve_path(path, False)
+        except OSError:
+            raise KeyError(path) from None
+        if real != path:  # a symlink, '.', '..' or '//' on the way: not a key
+            raise KeyError(path)
+        return Node(self._tree, path, index.stat(ino))
 
     def __iter__(self) -> Iterator[str]:
-        stack = [self._root]
-        while stack:
-            node = stack.pop()
-            yield node.path
-            if node.children is not None:
-                stack.extend(node.children.values())
+        for node, children in self._tree.walk(self._tree.root):
+            if node.path == "":
+                yield ""
+            for c in children:
+                yield c.path
 
     def __len__(self) -> int:
-        return self._len
+        return self._tree.index.names

@@ -112,7 +112,7 @@ class ImageOperations:
     def stat(node: Node) -> dict[str, Any]:
         """``struct stat`` of a node, as ``lstat`` on an unpacked image shows it."""
         i = node.inode
-        mtime = int(i.mtime * 1e9)
+        mtime = i.mtime_ns
         size = i.size if i.kind != "dir" else 4096
         return {"st_mode": i.mode, "st_ino": i.ino, "st_nlink": i.nlink, "st_uid": i.uid, "st_gid": i.gid,
                 "st_size": size, "st_blocks": (size + _BLOCK - 1) // _BLOCK if i.kind in ("reg", "dir") else 0,

@@ -1,0 +1,169 @@
+/* fuzz_index_common.h - building an index from raw TOC JSON and walking one, for
+ * fuzz_toc, fuzz_index_load and gen_corpus.  Public API only (plus zstd). */
+#ifndef LL_FUZZ_INDEX_COMMON_H
+#define LL_FUZZ_INDEX_COMMON_H
+
+#include <zstd.h>
+
+#include "fuzz_common.h"
+
+/* Every synthetic layer has data frames ending where its TOC frame starts:
+ * seeds list frames whose compressed sizes add up to this. */
+#define LL_FUZZ_TOC_OFFSET 100u
+
+/* A TOC frame (skippable header, "LZLYTOC1", zstd of json) in *out (malloc'd). */
+static inline size_t ll_fuzz_toc_frame(const uint8_t *json, size_t n, uint8_t **out) {
+    size_t bound = ZSTD_compressBound(n);
+    uint8_t *f = malloc(16 + bound);
+    if (!f) abort();
+    size_t z = ZSTD_compress(f + 16, bound, json, n, 1);
+    if (ZSTD_isError(z)) abort();
+    uint32_t magic = 0x184D2A5Au, size = (uint32_t)(z + 8);
+    for (int i = 0; i < 4; i++) f[i] = (uint8_t)(magic >> (8 * i)), f[4 + i] = (uint8_t)(size >> (8 * i));
+    memcpy(f + 8, "LZLYTOC1", 8);
+    *out = f;
+    return z + 16;
+}
+
+static inline void ll_fuzz_hex_digest(const uint8_t *data, size_t n, char out[72]) {
+    static const char hex[] = "0123456789abcdef";
+    uint8_t sha[32];
+    ll_sha256(data, n, sha);
+    memcpy(out, "sha256:", 7);
+    for (int i = 0; i < 32; i++) out[7 + 2 * i] = hex[sha[i] >> 4], out[8 + 2 * i] = hex[sha[i] & 15];
+    out[71] = 0;
+}
+
+/* Build the index of `n` layers whose TOCs are the JSON texts parts[i]. */
+static inline int ll_fuzz_build(const uint8_t *const *parts, const size_t *lens, uint32_t n, ll_index **out,
+                                char *err, size_t err_size) {
+    ll_index_layer layers[3];
+    uint8_t *frames[3];
+    char digests[3][72], toc_digests[3][72];
+    for (uint32_t i = 0; i < n; i++) {
+        size_t fl = ll_fuzz_toc_frame(parts[i], lens[i], &frames[i]);
+        ll_fuzz_hex_digest(frames[i], fl, toc_digests[i]);
+        uint8_t b = (uint8_t)i;
+        ll_fuzz_hex_digest(&b, 1, digests[i]);
+        layers[i] = (ll_index_layer){.digest = digests[i], .blob_size = LL_FUZZ_TOC_OFFSET + fl + 50,
+                                     .toc_digest = toc_digests[i], .toc_offset = LL_FUZZ_TOC_OFFSET,
+                                     .toc_length = fl, .toc_frame = frames[i]};
+    }
+    int rc = ll_index_build(layers, n, out, err, err_size);
+    for (uint32_t i = 0; i < n; i++) free(frames[i]);
+    return rc;
+}
+
+/* A digest of everything the index answers (walking every inode once, every
+ * directory's entries, symlinks, xattrs, layers, frames, prefetch ranges and some
+ * resolutions), so two indexes can be compared; it must never crash or hang. */
+static inline uint64_t ll_fuzz_walk(const ll_index *idx, uint64_t seed) {
+    uint64_t h = 1469598103934665603ull;
+#define MIX(p, n) (h ^= ll_fuzz_hash((const uint8_t *)(p), (n)), h *= 1099511628211ull)
+#define MIXV(v) do { uint64_t v_ = (uint64_t)(v); MIX(&v_, sizeof v_); } while (0)
+    uint64_t n = ll_index_inodes(idx);
+    MIXV(n);
+    MIXV(ll_index_names(idx));
+    CHECK(n >= 1, "no root");
+    ll_stat st;
+    ll_dirent ents[8];
+    const char *names[16];
+    size_t name_lens[16], nnames = 0;
+    for (uint64_t ino = 1; ino <= n && ino <= 200000; ino++) {
+        CHECK(ll_index_stat(idx, ino, &st) == LL_OK, "stat %llu", (unsigned long long)ino);
+        CHECK(st.ino == ino && st.kind >= 1 && st.kind <= 6 && st.mtime_nsec < 1000000000u, "stat fields");
+        MIXV(st.kind); MIXV(st.mode); MIXV(st.nlink); MIXV(st.uid); MIXV(st.gid); MIXV(st.mtime_sec);
+        MIXV(st.mtime_nsec); MIXV(st.devmajor); MIXV(st.devminor); MIXV(st.size); MIXV(st.layer);
+        MIXV(st.offset); MIXV(st.nxattrs);
+        for (uint32_t i = 0; i < st.nxattrs && i < 64; i++) {
+            const char *xn;
+            const void *xv;
+            size_t xl;
+            CHECK(ll_index_xattr(idx, ino, i, &xn, &xv, &xl) == LL_OK, "xattr");
+            MIX(xn, strlen(xn));
+            MIX(xv, xl);
+        }
+        CHECK(ll_index_xattr(idx, ino, st.nxattrs, NULL, NULL, NULL) == LL_ERR_ARG, "xattr past the end");
+        const char *t;
+        size_t tl;
+        int rc = ll_index_readlink(idx, ino, &t, &tl);
+        CHECK(rc == (st.kind == LL_KIND_SYMLINK ? LL_OK : LL_ERR_NOTREG), "readlink");
+        if (rc == LL_OK) {
+            CHECK(t[tl] == 0, "target not NUL-terminated");
+            MIX(t, tl);
+        }
+        uint64_t count = 0, pos = 0;
+        size_t got;
+        rc = ll_index_readdir(idx, ino, 0, ents, 0, &got, &count);
+        CHECK(rc == (st.kind == LL_KIND_DIR ? LL_OK : LL_ERR_NOTDIR), "readdir kind");
+        if (rc) continue;
+        while (pos < count) {
+            CHECK(ll_index_readdir(idx, ino, pos, ents, 8, &got, NULL) == LL_OK && got > 0, "readdir");
+            for (size_t k = 0; k < got; k++) {
+                CHECK(ents[k].name_len > 0 && ents[k].name[ents[k].name_len] == 0, "name");
+                MIX(ents[k].name, ents[k].name_len);
+                MIXV(ents[k].st.ino);
+                uint64_t found;
+                CHECK(ll_index_lookup(idx, ino, ents[k].name, ents[k].name_len, &found) == LL_OK &&
+                      found == ents[k].st.ino, "lookup of a listed name");
+                if (nnames < 16 && (ll_fuzz_next(&seed) & 3) == 0) {
+                    names[nnames] = ents[k].name;
+                    name_lens[nnames++] = ents[k].name_len;
+                }
+            }
+            pos += got;
+        }
+    }
+    /* resolutions of paths made of names seen, "..", "." and "/" */
+    for (int r = 0; r < 32; r++) {
+        char path[2048];
+        size_t pl = 0;
+        int parts = (int)ll_fuzz_below(&seed, 8);
+        for (int k = 0; k < parts; k++) {
+            uint64_t c = ll_fuzz_below(&seed, nnames + 3);
+            const char *s = c < nnames ? names[c] : c == nnames ? ".." : c == nnames + 1 ? "." : "";
+            size_t sl = c < nnames ? name_lens[c] : strlen(s);
+            if (pl + sl + 1 >= sizeof path) break;
+            memcpy(path + pl, s, sl);
+            pl += sl;
+            path[pl++] = '/';
+        }
+        if (pl && (seed & 1)) pl--;
+        uint64_t ino;
+        int follow = (int)(seed >> 7 & 1);
+        int rc = ll_index_resolve(idx, path, pl, follow, &ino);
+        CHECK(rc == LL_OK || rc == LL_ERR_NOENT || rc == LL_ERR_NOTDIR || rc == LL_ERR_LOOP, "resolve rc %d", rc);
+        MIXV(rc);
+        if (rc == LL_OK) {
+            CHECK(ino >= 1 && ino <= n, "resolved inode in range");
+            MIXV(ino);
+        }
+    }
+    uint32_t nl = ll_index_layers(idx);
+    MIXV(nl);
+    for (uint32_t l = 0; l < nl; l++) {
+        const char *d;
+        uint64_t bs, ts, pc;
+        uint32_t nf;
+        CHECK(ll_index_layer_info(idx, l, &d, &bs, &ts, &nf) == LL_OK, "layer info");
+        MIX(d, strlen(d)); MIXV(bs); MIXV(ts); MIXV(nf);
+        ll_layer_frame f;
+        for (uint32_t i = 0; i < nf && i < 100000; i++) {
+            CHECK(ll_index_frame(idx, l, i, &f) == LL_OK, "frame");
+            MIXV(f.c_offset); MIXV(f.d_offset); MIXV(f.c_size); MIXV(f.d_size); MIX(f.sha256, 32);
+        }
+        CHECK(ll_index_frame(idx, l, nf, &f) == LL_ERR_ARG, "frame past the end");
+        CHECK(ll_index_prefetch(idx, l, 0, &pc, NULL, NULL) == LL_OK, "prefetch count");
+        for (uint64_t i = 0; i < pc && i < 100000; i++) {
+            uint64_t o, len;
+            CHECK(ll_index_prefetch(idx, l, i, NULL, &o, &len) == LL_OK, "prefetch");
+            MIXV(o); MIXV(len);
+        }
+    }
+    CHECK(ll_index_layer_info(idx, nl, NULL, NULL, NULL, NULL) == LL_ERR_ARG, "layer past the end");
+#undef MIX
+#undef MIXV
+    return h;
+}
+
+#endif

@@ -1,0 +1,536 @@
+"""ll_image (csrc/image.c): reading files of an indexed image in C, frames from the
+disk cache first, only missing runs through the host callback.
+
+Two halves:
+- over a *fake* index (a few ll_index_* functions answering from a table
+  written by Python), image.c is tested on its own: run coalescing, zero host
+  calls once the disk cache has every frame, corrupted host bytes refused with
+  LL_ERR_DIGEST, corrupt disk entries refetched;
+- over the real index (csrc/index.c), end to end: docs/examples/cat_image_file.c
+  compiled against liblazylayer.so prints files of a converted OCI layout, and
+  the same reads through the cffi binding with a disk cache make no host calls.
+  These skip while ll_index_build is a stub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lazylayer.core._lib import ffi, lib
+from lazylayer.image.cache import DiskCache
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+
+
+def need_cc():
+    if not shutil.which("cc") or not shutil.which("make"):
+        pytest.skip("make and a C compiler are needed")
+
+
+def make_tar(members) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for m in members:
+            name, kind = m[0], m[1]
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = 0o644, 1_700_000_000
+            if kind == "reg":
+                info.size = len(m[2])
+                t.addfile(info, io.BytesIO(m[2]))
+            elif kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                t.addfile(info)
+            elif kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, m[2]
+                t.addfile(info)
+    return buf.getvalue()
+
+
+def lazy_layer(tar: bytes, frame_size: int = 1 << 16):
+    from lazylayer.format import LayerWriter, Toc
+    out = io.BytesIO()
+    info = LayerWriter(frame_size=frame_size, threads=1).write(io.BytesIO(tar).read, out)
+    blob = out.getvalue()
+    toc = Toc.from_frame(blob[info.toc_offset:info.toc_offset + info.toc_length])
+    return blob, info, toc
+
+
+def files_of(rng: random.Random):
+    big = rng.randbytes(700_000) + bytes(300_000)  # ~15 frames of 64 KiB
+    return [("small.txt", "reg", b"hello world\n"), ("dir", "dir"), ("dir/big.bin", "reg", big),
+            ("dir/empty", "reg", b""), ("dir/mid", "reg", rng.randbytes(100_000)),
+            ("link", "symlink", "dir/big.bin")]
+
+
+# ---------------------------------------------------------------- over a fake index
+
+FAKE_INDEX = r"""
+/* Just enough of ll_index for image.c: a table written by the test. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+typedef struct { char digest[80]; uint64_t blob_size, tar_size; uint32_t n; ll_layer_frame *f; } flayer;
+typedef struct { uint64_t size, offset; int32_t layer; } ffile;
+struct ll_index { uint32_t nl; flayer *l; uint32_t nf; ffile *files; };
+
+static int hexval(char c) { return c <= '9' ? c - '0' : c - 'a' + 10; }
+
+ll_index *fake_load(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    ll_index *x = calloc(1, sizeof *x);
+    x->l = calloc(64, sizeof *x->l);
+    x->files = calloc(4096, sizeof *x->files);
+    char word[16];
+    while (fscanf(f, "%15s", word) == 1) {
+        if (!strcmp(word, "layer")) {
+            flayer *l = &x->l[x->nl++];
+            if (fscanf(f, "%79s %lu %lu %u", l->digest, &l->blob_size, &l->tar_size, &l->n) != 4) abort();
+            l->f = calloc(l->n ? l->n : 1, sizeof *l->f);
+            for (uint32_t i = 0; i < l->n; i++) {
+                char hex[65];
+                ll_layer_frame *fr = &l->f[i];
+                if (fscanf(f, " f %lu %u %lu %u %64s", &fr->c_offset, &fr->c_size, &fr->d_offset,
+                           &fr->d_size, hex) != 5) abort();
+                for (int k = 0; k < 32; k++) fr->sha256[k] = (uint8_t)(hexval(hex[2*k]) << 4 | hexval(hex[2*k+1]));
+            }
+        } else if (!strcmp(word, "file")) {
+            ffile *fl = &x->files[x->nf++];
+            if (fscanf(f, "%lu %lu %d", &fl->size, &fl->offset, &fl->layer) != 3) abort();
+        }
+    }
+    fclose(f);
+    return x;
+}
+
+void ll_index_free(ll_index *x) {
+    if (!x) return;
+    for (uint32_t i = 0; i < x->nl; i++) free(x->l[i].f);
+    free(x->l); free(x->files); free(x);
+}
+/* diskcache.c hands a mapped index its release hook; the fake index is never mapped */
+void ll__index_set_release(ll_index *x, void (*release)(void *), void *arg) { (void)x; (void)release; (void)arg; }
+uint32_t ll_index_layers(const ll_index *x) { return x->nl; }
+int ll_index_layer_info(const ll_index *x, uint32_t layer, const char **digest, uint64_t *blob_size,
+                        uint64_t *tar_size, uint32_t *frames) {
+    if (layer >= x->nl) return LL_ERR_ARG;
+    if (digest) *digest = x->l[layer].digest;
+    if (blob_size) *blob_size = x->l[layer].blob_size;
+    if (tar_size) *tar_size = x->l[layer].tar_size;
+    if (frames) *frames = x->l[layer].n;
+    return LL_OK;
+}
+int ll_index_frame(const ll_index *x, uint32_t layer, uint32_t i, ll_layer_frame *out) {
+    if (layer >= x->nl || i >= x->l[layer].n) return LL_ERR_ARG;
+    *out = x->l[layer].f[i];
+    return LL_OK;
+}
+/* inode 1 is the root directory, inode 2 + k file k */
+int ll_index_stat(const ll_index *x, uint64_t ino, ll_stat *out) {
+    memset(out, 0, sizeof *out);
+    out->ino = ino;
+    if (ino == 1) { out->kind = LL_KIND_DIR; out->layer = -1; return LL_OK; }
+    if (ino < 2 || ino - 2 >= x->nf) return LL_ERR_ARG;
+    out->kind = LL_KIND_REG;
+    out->size = x->files[ino - 2].size;
+    out->offset = x->files[ino - 2].offset;
+    out->layer = x->files[ino - 2].layer;
+    return LL_OK;
+}
+/* unused by image.c, here for diskcache.c to link */
+int ll_index_open_buffer(const void *d, size_t s, int c, ll_index **o, char *e, size_t es) {
+    (void)d; (void)s; (void)c; (void)o; (void)e; (void)es; return LL_ERR_STATE;
+}
+void ll_index_data(const ll_index *x, const void **d, size_t *s) { (void)x; *d = NULL; *s = 0; }
+"""
+
+HARNESS = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "lazylayer.h"
+
+ll_index *fake_load(const char *path);
+
+typedef struct { int fd; int corrupt; } src;
+
+static int host_read(void *opaque, uint64_t off, size_t size, void *dst) {
+    src *s = opaque;
+    fprintf(stderr, "host %lu %zu\n", (unsigned long)off, size);
+    if (ll_fd_read(&s->fd, off, size, dst) != 0) return -1;
+    if (s->corrupt) ((unsigned char *)dst)[size / 2] ^= 1;
+    return 0;
+}
+
+/* harness TABLE BLOB CACHE|- CORRUPT USE_DISK VERIFY CHUNK: every file, whole, to stdout */
+int main(int argc, char **argv) {
+    if (argc != 8) return 2;
+    ll_index *idx = fake_load(argv[1]);
+    src s = {open(argv[2], O_RDONLY), atoi(argv[4])};
+    ll_diskcache *dc = NULL;
+    char err[256];
+    if (strcmp(argv[3], "-") && ll_diskcache_open(argv[3], &dc, err, sizeof err) != LL_OK) return 4;
+    ll_cache *cache;
+    ll_pool *pool;
+    ll_cache_create(8u << 20, &cache);
+    ll_pool_create(2, &pool);
+    uint32_t n = ll_index_layers(idx);
+    ll_image_source *sources = calloc(n, sizeof *sources);
+    for (uint32_t i = 0; i < n; i++) sources[i] = (ll_image_source){host_read, &s, atoi(argv[5])};
+    ll_image_options opt;
+    ll_image_options_init(&opt, sizeof opt);
+    opt.cache = cache; opt.pool = pool; opt.disk = dc; opt.verify_fetched = atoi(argv[6]);
+    ll_image *img;
+    int rc = ll_image_create(idx, sources, &opt, &img);
+    if (rc != LL_OK) { printf("create %d\n", rc); return 3; }
+    size_t chunk = (size_t)atol(argv[7]);
+    char *buf = malloc(chunk);
+    int status = 0;
+    for (uint64_t ino = 2;; ino++) {
+        ll_stat st;
+        if (ll_index_stat(idx, ino, &st) != LL_OK) break;
+        for (uint64_t off = 0;;) {
+            int64_t got = ll_image_read(img, ino, off, buf, chunk);
+            if (got < 0) { fprintf(stderr, "ERR %d\n", (int)got); status = 5; goto done; }
+            if (got == 0) break;
+            fwrite(buf, 1, (size_t)got, stdout);
+            off += (uint64_t)got;
+        }
+    }
+    if (ll_image_read(img, 1, 0, buf, 1) != LL_ERR_NOTREG) status = 6;
+    if (ll_image_read(img, 999, 0, buf, 1) != LL_ERR_ARG) status = 7;
+done:;
+    ll_image_stats t;
+    ll_image_get_stats(img, &t);
+    fprintf(stderr, "stats %lu %lu %lu %lu %lu %lu\n", (unsigned long)t.reads, (unsigned long)t.frames_disk,
+            (unsigned long)t.frames_fetched, (unsigned long)t.host_calls, (unsigned long)t.bytes_fetched,
+            (unsigned long)t.digest_errors);
+    ll_image_free(img);
+    ll_index_free(idx);
+    ll_diskcache_free(dc);
+    ll_pool_free(pool);
+    ll_cache_free(cache);
+    free(buf); free(sources);
+    return status;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    need_cc()
+    d = tmp_path_factory.mktemp("harness")
+    (d / "fake_index.c").write_text(FAKE_INDEX)
+    (d / "harness.c").write_text(HARNESS)
+    srcs = [CSRC / s for s in ("common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c",
+                                "diskcache.c", "image.c")]
+    exe = d / "harness"
+    cflags = os.environ.get("LL_TEST_CFLAGS", "-O1 -g").split()
+    subprocess.run(["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", *cflags, f"-I{CSRC}",
+                    *map(str, srcs), str(d / "fake_index.c"), str(d / "harness.c"), "-o", str(exe),
+                    "-lzstd", "-lcrypto", "-lpthread"], check=True)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def fake_image(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fake")
+    rng = random.Random(7)
+    members = files_of(rng)
+    tar = make_tar(members)
+    blob, info, toc = lazy_layer(tar)
+    (d / "blob").write_bytes(blob)
+    lines = [f"layer {info.digest} {info.size} {info.tar_size} {len(toc.frames)}"]
+    lines += [f"f {f.compressed_offset} {f.compressed_size} {f.offset} {f.size} {f.sha256}" for f in toc.frames]
+    expect = b""
+    for e in toc.entries:
+        if e["type"] == "reg":
+            lines.append(f"file {e.get('size', 0)} {e.get('offset', 0)} 0")
+            expect += tar[e.get("offset", 0):e.get("offset", 0) + e.get("size", 0)]
+    (d / "table").write_text("\n".join(lines) + "\n")
+    return d, expect, toc
+
+
+def run_harness(exe, d, cache="-", corrupt=0, use_disk=1, verify=1, chunk=1 << 20):
+    p = subprocess.run([str(exe), str(d / "table"), str(d / "blob"), str(cache), str(corrupt), str(use_disk),
+                        str(verify), str(chunk)], capture_output=True)
+    err = p.stderr.decode()
+    stats = [int(x) for x in err.split("stats ")[1].split()] if "stats " in err else None
+    hosts = [tuple(map(int, line.split()[1:])) for line in err.splitlines() if line.startswith("host ")]
+    return p.returncode, p.stdout, stats, hosts, err
+
+
+def test_fake_reads_without_disk_cache(harness, fake_image):
+    d, expect, toc = fake_image
+    for chunk in (1 << 20, 4096, 65536 + 17):
+        rc, out, stats, hosts, err = run_harness(harness, d, chunk=chunk)
+        assert rc == 0, err
+        assert out == expect
+        assert stats[5] == 0 and stats[1] == 0  # no digest errors, nothing from disk
+
+
+def test_fake_disk_cache_serves_everything_after_one_pass(harness, fake_image, tmp_path):
+    d, expect, toc = fake_image
+    cache = tmp_path / "cache"
+    rc, out, stats, hosts, err = run_harness(harness, d, cache=cache)
+    assert rc == 0 and out == expect, err
+    reads, disk, fetched, calls, nbytes, bad = stats
+    assert disk == 0 and fetched == len(toc.frames) and calls == len(hosts) and bad == 0
+    assert nbytes == sum(f.compressed_size for f in toc.frames)
+    # every frame is now in the disk cache, where Python finds it too
+    py = DiskCache(cache)
+    for f in toc.frames:
+        assert py.get("sha256:" + f.sha256) is not None
+    rc, out, stats, hosts, err = run_harness(harness, d, cache=cache)
+    assert rc == 0 and out == expect, err
+    assert stats[3] == 0 and hosts == [] and stats[1] > 0 and stats[2] == 0  # zero host calls
+
+
+def test_fake_only_missing_runs_are_fetched(harness, fake_image, tmp_path):
+    d, expect, toc = fake_image
+    cache = tmp_path / "cache"
+    py = DiskCache(cache)
+    blob = (d / "blob").read_bytes()
+    have = set(range(0, len(toc.frames), 3))  # every third frame on disk
+    for i in have:
+        f = toc.frames[i]
+        py.put("sha256:" + f.sha256, blob[f.compressed_offset:f.compressed_offset + f.compressed_size])
+    # a corrupt entry: read as a miss, counted, deleted, refetched
+    bad = toc.frames[3]
+    path = cache / "v1" / "frames" / bad.sha256[:2] / bad.sha256
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+    rc, out, stats, hosts, err = run_harness(harness, d, cache=cache)
+    assert rc == 0 and out == expect, err
+    reads, disk, fetched, calls, nbytes, bad_count = stats
+    assert bad_count == 1
+    # (at most: frames no file touches are not read, and identical frames -- the zeros
+    # in big.bin -- share one disk entry, so the first fetched serves the others)
+    assert fetched <= len(toc.frames) - (len(have) - 1) and disk >= len(have) - 1
+    starts = {f.compressed_offset: i for i, f in enumerate(toc.frames)}
+    for off, size in hosts:  # each host call is a run of frames none of which was on disk
+        i = starts[off]
+        end = off + size
+        while toc.frames[i].compressed_offset + toc.frames[i].compressed_size < end:
+            assert i not in have or i == 3
+            i += 1
+        assert toc.frames[i].compressed_offset + toc.frames[i].compressed_size == end
+        assert i not in have or i == 3
+
+
+def test_fake_corrupted_host_bytes_are_refused(harness, fake_image, tmp_path):
+    d, expect, toc = fake_image
+    rc, out, stats, hosts, err = run_harness(harness, d, corrupt=1, use_disk=0)
+    assert rc == 5 and f"ERR {lib.LL_ERR_DIGEST}" in err, err
+    assert stats[5] >= 1
+    # with a disk cache nothing wrong is stored, and verify_fetched=0 still hashes what it stores
+    cache = tmp_path / "cache"
+    rc, out, stats, hosts, err = run_harness(harness, d, cache=cache, corrupt=1, verify=0)
+    assert rc == 5 and f"ERR {lib.LL_ERR_DIGEST}" in err, err
+    assert DiskCache(cache).usage().entries == 0
+    # verify_fetched=0 and no disk cache: the host's word is taken (then zstd notices, or not)
+    rc, out, stats, hosts, err = run_harness(harness, d, corrupt=0, use_disk=0, verify=0)
+    assert rc == 0 and out == expect and stats[5] == 0
+
+
+# ---------------------------------------------------------------- over the real index
+
+
+def index_ready() -> bool:
+    out = ffi.new("ll_index **")
+    rc = lib.ll_index_build(ffi.NULL, 0, out, ffi.NULL, 0)
+    if rc == lib.LL_OK:
+        lib.ll_index_free(out[0])
+    return rc != lib.LL_ERR_STATE
+
+
+needs_index = pytest.mark.skipif(not index_ready(), reason="ll_index_build is not implemented yet (csrc/index.c)")
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    """A two-layer image converted into an oci: layout, and what its files hold."""
+    from images import build_layout
+    from lazylayer.convert import Converter
+    work = tmp_path_factory.mktemp("image")
+    rng = random.Random(11)
+    base = files_of(rng)
+    top = [("dir/mid", "reg", b"replaced by the top layer\n"), ("top.txt", "reg", b"top\n" * 1000)]
+    build_layout(str(work / "plain"), [make_tar(base), make_tar(top)], tag="v1")
+    # 64 KiB frames: dir/big.bin spans ~16 of them (the default, 2 MiB, would make it one)
+    Converter(frame_size=1 << 16, progress=False).convert(f"oci:{work}/plain:v1", f"oci:{work}/lazy:v1")
+    want = {"small.txt": base[0][2], "dir/big.bin": base[2][2], "dir/empty": b"",
+            "dir/mid": top[0][2], "top.txt": top[1][2], "link": base[2][2]}
+    return work / "lazy", want
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    need_cc()
+    build = tmp_path_factory.mktemp("build")
+    subprocess.run(["make", "-s", "-C", str(CSRC), f"BUILD={build}"], check=True)
+    exe = build / "cat_image_file"
+    subprocess.run(["cc", "-Wall", "-Wextra", "-Werror", str(ROOT / "docs/examples/cat_image_file.c"),
+                    f"-I{CSRC}", f"-L{build}", "-llazylayer", f"-Wl,-rpath,{build}", "-o", str(exe)],
+                   check=True)
+    return exe
+
+
+def test_example_usage(example):
+    p = subprocess.run([str(example)], capture_output=True)
+    assert p.returncode == 2 and b"usage" in p.stderr
+    p = subprocess.run([str(example), "/nonexistent", "x"], capture_output=True)
+    assert p.returncode == 1 and b"/nonexistent/index.json" in p.stderr
+
+
+@needs_index
+def test_example_prints_files(example, layout, tmp_path):
+    path, want = layout
+    for name, data in want.items():
+        p = subprocess.run([str(example), str(path), name], capture_output=True)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == data, name
+    p = subprocess.run([str(example), str(path), "/no/such"], capture_output=True)
+    assert p.returncode == 1 and b"no such file" in p.stderr
+    p = subprocess.run([str(example), str(path), "dir"], capture_output=True)
+    assert p.returncode == 1 and b"not a regular file" in p.stderr
+    # with a disk cache: the second run maps the stored index and reads frames from disk
+    cache = tmp_path / "cache"
+    for run in range(2):
+        p = subprocess.run([str(example), "--cache", str(cache), "--stats", str(path), "dir/big.bin"],
+                           capture_output=True)
+        assert p.returncode == 0 and p.stdout == want["dir/big.bin"], p.stderr
+        stats = dict(zip(*[iter(p.stderr.split(b"\n")[-2].decode().split())] * 2))
+        if run == 1:
+            assert stats["host_calls"] == "0" and int(stats["frames_disk"]) > 0
+    assert DiskCache(cache).usage().files == 1
+
+
+@needs_index
+def test_example_refuses_a_layout_that_is_not_lazy(example, tmp_path):
+    from images import build_layout
+    build_layout(str(tmp_path / "plain"), [make_tar([("a", "reg", b"a")])], tag="v1")
+    p = subprocess.run([str(example), str(tmp_path / "plain"), "a"], capture_output=True)
+    assert p.returncode == 1 and b"not a lazy layer" in p.stderr and b"lazylayer convert" in p.stderr
+
+
+def _index_of_layout(path: Path):
+    """ll_index_build through cffi, each layer read with ll_fd_read."""
+    import json
+    idx_json = json.loads((path / "index.json").read_text())
+    mdigest = idx_json["manifests"][0]["digest"]
+    manifest = json.loads((path / "blobs" / "sha256" / mdigest[7:]).read_bytes())
+    layers = manifest["layers"]
+    arr = ffi.new("ll_index_layer[]", len(layers))
+    keep, fds = [], []
+    for i, desc in enumerate(layers):
+        ann = desc["annotations"]
+        off, length = map(int, ann["io.lazylayer.toc.position"].split(":"))
+        fd = os.open(path / "blobs" / "sha256" / desc["digest"][7:], os.O_RDONLY)
+        pfd = ffi.new("int *", fd)
+        d, td = ffi.new("char[]", desc["digest"].encode()), ffi.new("char[]", ann["io.lazylayer.toc.digest"].encode())
+        keep += [pfd, d, td]
+        fds.append(fd)
+        arr[i].digest, arr[i].blob_size, arr[i].toc_digest = d, desc["size"], td
+        arr[i].toc_offset, arr[i].toc_length, arr[i].toc_frame = off, length, ffi.NULL
+        arr[i].read, arr[i].opaque = lib.ll_fd_read, pfd
+    out = ffi.new("ll_index **")
+    err = ffi.new("char[]", lib.LL_ERR_MSG_SIZE)
+    rc = lib.ll_index_build(arr, len(layers), out, err, len(err))
+    assert rc == lib.LL_OK, ffi.string(err)
+    return out[0], keep, fds
+
+
+def _read_file(img, idx, name: str, chunk: int = 1 << 20) -> bytes:
+    ino = ffi.new("uint64_t *")
+    assert lib.ll_index_resolve(idx, name.encode(), len(name.encode()), 1, ino) == lib.LL_OK
+    buf = ffi.new("char[]", chunk)
+    out = b""
+    while True:
+        got = lib.ll_image_read(img, ino[0], len(out), buf, chunk)
+        assert got >= 0, got
+        if got == 0:
+            return out
+        out += ffi.buffer(buf, got)[:]
+
+
+@needs_index
+def test_cffi_reads_zero_host_calls_from_a_warm_disk_cache(layout, tmp_path):
+    path, want = layout
+    idx, keep, fds = _index_of_layout(path)
+    counting = {"calls": 0, "corrupt": False}
+    handles = []
+
+    @ffi.callback("int(void *, uint64_t, size_t, void *)")
+    def host(opaque, offset, size, dst):
+        counting["calls"] += 1
+        fd = fds[int(ffi.cast("intptr_t", opaque))]
+        data = os.pread(fd, size, offset)
+        if counting["corrupt"]:
+            data = bytes([data[0] ^ 1]) + data[1:]
+        ffi.memmove(dst, data, size)
+        return 0
+
+    out = ffi.new("ll_diskcache **")
+    assert lib.ll_diskcache_open(str(tmp_path / "cache").encode(), out, ffi.NULL, 0) == lib.LL_OK
+    disk = out[0]
+    n = lib.ll_index_layers(idx)
+    sources = ffi.new("ll_image_source[]", n)
+    for i in range(n):
+        sources[i].read, sources[i].opaque, sources[i].use_disk = host, ffi.cast("void *", i), 1
+    opt = ffi.new("ll_image_options *")
+    assert lib.ll_image_options_init(opt, ffi.sizeof("ll_image_options")) == lib.LL_OK
+    assert opt.verify_fetched == 1 and opt.store_fetched == 1
+    opt.disk = disk
+
+    def image():
+        img = ffi.new("ll_image **")
+        assert lib.ll_image_create(idx, sources, opt, img) == lib.LL_OK
+        handles.append(img[0])
+        return img[0]
+
+    stats = ffi.new("ll_image_stats *")
+    try:
+        cold = image()
+        for name, data in want.items():
+            assert _read_file(cold, idx, name, chunk=65536 + 3) == data, name
+        lib.ll_image_get_stats(cold, stats)
+        assert stats.host_calls == counting["calls"] > 0 and stats.digest_errors == 0
+        warm = image()
+        for name, data in want.items():
+            assert _read_file(warm, idx, name) == data, name
+        lib.ll_image_get_stats(warm, stats)
+        assert stats.host_calls == 0 and stats.frames_disk > 0
+        # corrupted bytes from the host: LL_ERR_DIGEST, nothing stored
+        DiskCache(tmp_path / "cache").clear()
+        counting["corrupt"] = True
+        bad = image()
+        ino = ffi.new("uint64_t *")
+        assert lib.ll_index_resolve(idx, b"dir/big.bin", 11, 1, ino) == lib.LL_OK
+        buf = ffi.new("char[]", 4096)
+        assert lib.ll_image_read(bad, ino[0], 0, buf, 4096) == lib.LL_ERR_DIGEST
+        lib.ll_image_get_stats(bad, stats)
+        assert stats.digest_errors >= 1
+        assert DiskCache(tmp_path / "cache").usage().entries == 0
+    finally:
+        for h in handles:
+            lib.ll_image_free(h)
+        lib.ll_index_free(idx)
+        lib.ll_diskcache_free(disk)
+        for fd in fds:
+            os.close(fd)
