@@ -502,6 +502,15 @@ LL_API int ll_index_stat(const ll_index *idx, uint64_t ino, ll_stat *out);
 LL_API int ll_index_readdir(const ll_index *idx, uint64_t dir, uint64_t pos, ll_dirent *out,
                             size_t max, size_t *n, uint64_t *count);
 
+/* A directory's entries packed for a host that pays per call (a Python binding):
+ * every name, NUL-terminated, one after the other in `names` (names_size bytes;
+ * *names_len gets the bytes used), and each entry's inode number and ll_kind in
+ * inos[] and kinds[] (room for `max`; *n gets the count), in name order.  If
+ * something does not fit: LL_ERR_LIMIT with *names_len and *n set to what is
+ * needed (call again with that much room).  LL_ERR_NOTDIR, LL_ERR_ARG. */
+LL_API int ll_index_readdir_names(const ll_index *idx, uint64_t dir, char *names, size_t names_size,
+                                  size_t *names_len, uint64_t *inos, uint8_t *kinds, size_t max, size_t *n);
+
 /* A symlink's target as written in the layer (*target points into the index,
  * NUL-terminated, *len bytes).  LL_ERR_NOTREG if `ino` is not a symlink. */
 LL_API int ll_index_readlink(const ll_index *idx, uint64_t ino, const char **target, size_t *len);

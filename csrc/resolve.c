@@ -105,3 +105,33 @@ int ll_index_resolve_path(const ll_index *idx, const char *path, size_t path_len
     free(stack);
     return rc;
 }
+
+int ll_index_readdir_names(const ll_index *idx, uint64_t dir, char *names, size_t names_size,
+                           size_t *names_len, uint64_t *inos, uint8_t *kinds, size_t max, size_t *n) {
+    if (!idx || !names_len || !n || (max && (!inos || !kinds)) || (names_size && !names)) return LL_ERR_ARG;
+    ll_dirent batch[64];
+    size_t got, used = 0, count = 0;
+    uint64_t pos = 0, total = 0;
+    int fits = 1;
+    do {
+        int rc = ll_index_readdir(idx, dir, pos, batch, 64, &got, &total);
+        if (rc != LL_OK) return rc;
+        for (size_t i = 0; i < got; i++) {
+            size_t len = batch[i].name_len + 1;
+            if (fits && count < max && used + len <= names_size) {
+                memcpy(names + used, batch[i].name, len - 1);
+                names[used + len - 1] = '\0';
+                inos[count] = batch[i].st.ino;
+                kinds[count] = (uint8_t)batch[i].st.kind;
+            } else {
+                fits = 0;
+            }
+            used += len;
+            count++;
+        }
+        pos += got;
+    } while (got == 64);
+    *names_len = used;
+    *n = count;
+    return fits ? LL_OK : LL_ERR_LIMIT;
+}

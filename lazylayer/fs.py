@@ -39,6 +39,7 @@ from fsspec.asyn import AsyncFileSystem
 
 from . import prefetch
 from .core import seek_position
+from .core.index import KIND_DIR
 from .image import DiskCache, Image, Node
 from .remote import ReadAhead
 
@@ -287,23 +288,35 @@ class ImageFileSystem(AsyncFileSystem):
             if on_error == "raise":
                 raise
             return
-        base_depth = top.path.count("/") + (1 if top.path else 0)
         out: list[Any] = []
-        for node, children in self.image.tree.walk(top):
-            depth = (node.path.count("/") + 1 if node.path else 0) - base_depth
-            if maxdepth is not None and depth >= maxdepth:
-                continue
-            dirs = {c.name: c for c in children if c.is_dir}
-            files = {c.name: c for c in children if not c.is_dir}
-            if detail:
-                item: Any = (node.path, {k: v.info() for k, v in dirs.items()},
-                             {k: v.info() for k, v in files.items()})
-            else:
-                item = (node.path, list(dirs), list(files))
-            if topdown:
-                yield item
-            else:
-                out.append(item)
+        if detail:
+            base_depth = top.path.count("/") + (1 if top.path else 0)
+            for node, children in self.image.tree.walk(top):
+                depth = (node.path.count("/") + 1 if node.path else 0) - base_depth
+                if maxdepth is not None and depth >= maxdepth:
+                    continue
+                item: Any = (node.path, {c.name: c.info() for c in children if c.is_dir},
+                             {c.name: c.info() for c in children if not c.is_dir})
+                if topdown:
+                    yield item
+                else:
+                    out.append(item)
+        else:  # names only: one packed listing per directory, no per-entry objects
+            listdir, dir_kind = self.image.index.listdir, KIND_DIR
+            stack = [(top.path, top.inode.ino, 0)]
+            while stack:
+                where, ino, depth = stack.pop()
+                names, inos, kinds = listdir(ino)
+                dirs = [n for n, k in zip(names, kinds) if k == dir_kind]
+                item = (where, dirs, [n for n, k in zip(names, kinds) if k != dir_kind])
+                if topdown:
+                    yield item
+                else:
+                    out.append(item)
+                if maxdepth is None or depth + 1 < maxdepth:
+                    prefix = f"{where}/" if where else ""
+                    stack.extend(reversed([(prefix + n, i, depth + 1) for n, i, k in zip(names, inos, kinds)
+                                           if k == dir_kind]))
         if not topdown:
             yield from reversed(out)
 

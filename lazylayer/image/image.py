@@ -104,12 +104,12 @@ class Layer:
 
 
 def _regular(node: Node) -> Any:
-    """The inode of ``node``, which must be a regular file."""
-    inode = node.inode
-    if inode.kind != "reg":
-        raise IsADirectoryError(f"{node.path}: not a regular file") if inode.kind == "dir" else \
+    """The attributes (a :class:`lazylayer.core.Stat`) of ``node``, which must be a regular file."""
+    st = node._st
+    if st.kind != "reg":
+        raise IsADirectoryError(f"{node.path}: not a regular file") if st.kind == "dir" else \
             OSError(f"{node.path}: not a regular file")
-    return inode
+    return st
 
 
 class Image:
@@ -303,16 +303,15 @@ class Image:
 
     def readinto(self, node: Node, buffer: Any, offset: int) -> int:
         """Read file ``node``'s content at ``offset`` into ``buffer``; the bytes read (short at the end)."""
-        inode = _regular(node)
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), inode.size - offset))
+        st = _regular(node)
+        n = max(0, min(memoryview(buffer).nbytes, st.size - offset))
         if n == 0:
             return 0
         if self.recorder is not None:
-            self.recorder.read(inode.layer, inode.offset + offset, n)
-        got = self.reader.readinto(inode.ino, view[:n], offset, name=node.path)
+            self.recorder.read(st.layer, st.offset + offset, n)
+        got = self.reader.readinto(st.ino, buffer, offset, name=node.path, size=n)
         if got != n:
-            raise errors.FormatError(f"{node.path}: layer {inode.layer} ends inside the file")
+            raise errors.FormatError(f"{node.path}: layer {st.layer} ends inside the file")
         return n
 
     def pread(self, node: Node, size: int, offset: int) -> bytes:

@@ -34,6 +34,7 @@ MAX_SYMLINK_HOPS = 40  # as Linux's ELOOP limit (LL_MAX_SYMLINK_HOPS)
 
 _FSSPEC_TYPE = {"reg": "file", "dir": "directory", "symlink": "link",
                 "char": "other", "block": "other", "fifo": "other"}
+_RESOLVED_MAX = 4096  # paths whose resolution a Tree remembers
 _NO_XATTRS: dict[str, bytes] = {}  # shared by every inode without xattrs; never modified
 
 
@@ -84,37 +85,42 @@ class Inode:
 class Node:
     """One name in the tree: its path, its inode and, for a directory, its children (read on demand)."""
 
-    __slots__ = ("tree", "path", "inode", "_children")
+    __slots__ = ("tree", "path", "name", "_st", "_inode", "_children")
 
-    def __init__(self, tree: Tree, path: str, st: Stat) -> None:
+    def __init__(self, tree: Tree, path: str, st: Stat, name: str | None = None) -> None:
         self.tree = tree
         self.path = path
-        self.inode = Inode(tree.index, st)
+        self.name = path.rpartition("/")[2] if name is None else name
+        self._st = st
+        self._inode: Inode | None = None
         self._children: dict[str, Node] | None = None
 
     @property
-    def name(self) -> str:
-        return self.path.rpartition("/")[2]
+    def inode(self) -> Inode:
+        inode = self._inode
+        if inode is None:
+            inode = self._inode = Inode(self.tree.index, self._st)
+        return inode
 
     @property
     def kind(self) -> str:
         """``reg``, ``dir``, ``symlink``, ``char``, ``block`` or ``fifo``."""
-        return self.inode._st.kind
+        return self._st[1]
 
     @property
     def is_dir(self) -> bool:
-        return self.inode._st.kind == "dir"
+        return self._st[1] == "dir"
 
     @property
     def children(self) -> dict[str, Node] | None:
         """A directory's entries by name, in name order (None for anything else)."""
-        if self.inode._st.kind != "dir":
+        if self._st[1] != "dir":
             return None
         if self._children is None:
             prefix = f"{self.path}/" if self.path else ""
             tree = self.tree
-            self._children = {name: Node(tree, prefix + name, st)
-                              for name, st in tree.index.readdir(self.inode._st.ino)}
+            self._children = {name: Node(tree, prefix + name, st, name)
+                              for name, st in tree.index.readdir(self._st[0])}
         return self._children
 
     def info(self) -> dict[str, Any]:
@@ -127,7 +133,7 @@ class Node:
         with extended attributes ``xattrs`` (name -> bytes); regular files
         ``layer`` (index of the layer holding the content).
         """
-        st = self.inode._st
+        st = self._st
         kind = st.kind
         info = {"name": self.path, "size": st.size if kind != "dir" else 0,
                 "type": _FSSPEC_TYPE[kind], "kind": kind, "mode": st.mode,
@@ -166,6 +172,7 @@ class Tree:
         self.paths = _Paths(self)
         """Every name, by its path (no symlink on the way): a read-only mapping over the tree."""
         self.root = Node(self, "", index.stat(ROOT))
+        self._resolved: dict[tuple[str, bool], tuple[str, Stat]] = {}  # path -> (real path, stat), bounded
 
     @classmethod
     def from_tocs(cls, tocs: Sequence[Toc]) -> Tree:
@@ -191,8 +198,15 @@ class Tree:
         way replaced).  Raises ``FileNotFoundError``, ``NotADirectoryError`` or
         ``OSError(ELOOP)``.
         """
-        ino, real = self.index.resolve_path(path, follow)
-        return Node(self, real, self.index.stat(ino))
+        key = (path, follow)
+        hit = self._resolved.get(key)
+        if hit is None:
+            ino, real = self.index.resolve_path(path, follow)
+            hit = (real, self.index.stat(ino))
+            if len(self._resolved) >= _RESOLVED_MAX:
+                self._resolved.clear()  # (the index never changes: any entry stays right; this bounds memory)
+            self._resolved[key] = hit
+        return Node(self, hit[0], hit[1])
 
     def walk(self, top: Node) -> Iterator[tuple[Node, list[Node]]]:
         """Every directory under ``top`` (itself first) with its children, sorted by name."""
