@@ -383,9 +383,7 @@ class ImageFileSystem(AsyncFileSystem):
         end = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
         if end <= start:
             return b""
-        buf = bytearray(end - start)
-        self.image.readinto(node, buf, start)
-        return bytes(buf)
+        return self.image.pread(node, end - start, start)
 
     def cat_ranges(self, paths: Sequence[str], starts: Any, ends: Any, max_gap: Any = None,
                    on_error: str = "return", **kwargs: Any) -> list[Any]:

@@ -962,3 +962,25 @@ def test_oci_index_platform_selection():
         assert rc == lib.LL_ERR_FORMAT, (bad, msg)
     out = ffi.new("char[71]")
     assert lib.ll_oci_index_manifest(data, len(data), ffi.NULL, ffi.NULL, out, 71, ffi.NULL, 0) == lib.LL_ERR_ARG
+
+
+def test_packed_listing_matches_readdir_and_asks_for_room():
+    """ll_index_readdir_names (fs.walk's listing) gives readdir's names, inodes and kinds; a buffer
+    too small gets LL_ERR_LIMIT with the room it needs, never a partial answer taken as whole."""
+    from lazylayer.core import Index, IndexLayer
+
+    names = [f"d/{'n' * (i % 40)}{i}" for i in range(300)] + ["d/sub/x", "d/é-\udcff"]
+    ly = synth([e("d", "dir")] + [e(n) for n in names])
+    idx = Index.build([IndexLayer(ly.digest, ly.blob_size, ly.toc_digest, ly.toc_offset, len(ly.frame), ly.frame)])
+    d = idx.resolve("d")
+    full = idx.readdir(d)
+    got_names, inos, kinds = idx.listdir(d)
+    assert got_names == [n for n, _ in full] and inos == [st.ino for _, st in full]
+    assert [{lib.LL_KIND_DIR: "dir", lib.LL_KIND_REG: "reg"}[k] for k in kinds] == [st.kind for _, st in full]
+    buf, used, n = ffi.new("char[]", 16), ffi.new("size_t *"), ffi.new("size_t *")
+    ino_arr, kind_arr = ffi.new("uint64_t[]", 2), ffi.new("uint8_t[]", 2)
+    rc = lib.ll_index_readdir_names(idx._ptr, d, buf, 16, used, ino_arr, kind_arr, 2, n)
+    assert rc == lib.LL_ERR_LIMIT and n[0] == len(full)
+    assert used[0] == sum(len(name.encode("utf-8", "surrogateescape")) + 1 for name, _ in full)
+    a_file = inos[kinds.index(lib.LL_KIND_REG)]
+    assert lib.ll_index_readdir_names(idx._ptr, a_file, buf, 16, used, ino_arr, kind_arr, 2, n) == lib.LL_ERR_NOTDIR

@@ -316,13 +316,16 @@ class Image:
 
     def pread(self, node: Node, size: int, offset: int) -> bytes:
         """``size`` bytes of file ``node`` at ``offset`` (fewer at its end)."""
-        inode = _regular(node)
-        n = max(0, min(size, inode.size - offset))
+        st = _regular(node)
+        n = max(0, min(size, st.size - offset))
         if n == 0:
             return b""
-        buf = bytearray(n)
-        self.readinto(node, buf, offset)
-        return bytes(buf)
+        if self.recorder is not None:
+            self.recorder.read(st.layer, st.offset + offset, n)
+        data = self.reader.pread(st.ino, n, offset, name=node.path)
+        if len(data) != n:
+            raise errors.FormatError(f"{node.path}: layer {st.layer} ends inside the file")
+        return data
 
     # -- information ------------------------------------------------------------
 
