@@ -264,7 +264,10 @@ typedef struct {
     const uint8_t *link;          /* linkname ("" if none) */
     const uint8_t *type_str;      /* the type as written (for messages) */
     uint32_t name_len, base;      /* base: offset of the last component in name */
-    uint32_t link_len, type_len;
+    uint32_t link_len;
+    uint8_t type_len;
+    uint8_t whiteout;             /* the last component starts with ".wh." */
+    uint16_t layer;               /* index of the layer (the TOC's `index`) */
     uint8_t type;                 /* LL__T_* */
     uint8_t has_mode;
     uint16_t mode;                /* mode & 07777 */

@@ -204,6 +204,7 @@ static int parse_entry(parser *ps, size_t index, int store) {
     ll__toc_entry e;
     memset(&e, 0, sizeof e);
     e.link = (const uint8_t *)"";
+    e.layer = (uint16_t)ps->layer;   /* < LL__MAX_LAYERS */
     unsigned bad = 0;
     int have_name = 0, have_type = 0, have_link = 0, xattrs_bad = 0, b64_bad = 0;
     size_t x0 = toc->nxattrs;
@@ -228,7 +229,7 @@ static int parse_entry(parser *ps, size_t index, int store) {
                 bad = v.type == LL__J_STR ? bad & ~F_TYPE : bad | F_TYPE;
                 if (v.type == LL__J_STR) {
                     e.type_str = v.s;
-                    e.type_len = v.len > 64 ? 64 : (uint32_t)v.len;
+                    e.type_len = v.len > 64 ? 64 : (uint8_t)v.len;
                     e.type = LL__T_UNKNOWN;
                     static const char *const names[] = {NULL, "reg", "dir", "symlink", "char", "block", "fifo",
                                                         "hardlink"};
@@ -397,6 +398,7 @@ static int parse_entry(parser *ps, size_t index, int store) {
         toc->nxattrs = x0 + o;
         nx = o;
     }
+    e.whiteout = e.name_len - e.base >= 4 && memcmp(e.name + e.base, ".wh.", 4) == 0;
     e.xattr_first = (uint32_t)x0;
     e.nxattrs = (uint32_t)nx;
     if (grow((void **)&toc->entries, &ps->ecap, toc->nentries + 1, sizeof *toc->entries))
