@@ -45,6 +45,8 @@ typedef struct {
 #include <sanitizer/asan_interface.h>
 static void *map_buf(size_t cap) { return malloc(cap); }
 static void unmap_buf(void *p, size_t cap) { (void)cap; free(p); }
+/* No resizing under ASan: a recycled buffer must already fit. */
+static void *resize_buf(void *p, size_t cap, size_t new_cap) { (void)p; (void)cap; (void)new_cap; return NULL; }
 #define POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
 #define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
 #else
@@ -53,6 +55,14 @@ static void *map_buf(size_t cap) {
     return m == MAP_FAILED ? NULL : m;
 }
 static void unmap_buf(void *p, size_t cap) { munmap(p, cap); }
+/* A mapped buffer made `new_cap` bytes long, keeping its first pages (shrunk in
+ * place; grown in place or moved, without copying): only pages past the old
+ * end are new (and faulted in on first use).  NULL if it cannot be: the
+ * buffer is then unchanged. */
+static void *resize_buf(void *p, size_t cap, size_t new_cap) {
+    void *m = mremap(p, cap, new_cap, MREMAP_MAYMOVE);
+    return m == MAP_FAILED ? NULL : m;
+}
 #define POISON(p, n) ((void)(p), (void)(n))
 #define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
@@ -308,13 +318,29 @@ static void note_peak(ll_cache *c, uint64_t now) {
 uint8_t *ll__cache_alloc(ll_cache *c, uint32_t size, uint32_t *cap) {
     if (size == 0) size = 1;
     uint32_t want = (uint32_t)ll__buf_cap(size); /* size <= LL_MAX_FRAME_SIZE: fits */
+    /* An evicted buffer kept for this frame (its bytes stay reserved: `have`),
+     * to be resized to `want`: entries of different sizes (prefixes) recycle
+     * each other's pages instead of unmapping them and faulting in new ones. */
+    uint8_t *keep = NULL;
+    uint32_t have = 0;
     for (;;) {
         uint64_t budget = atomic_load(&c->budget);
-        if (want > budget) return NULL;
+        if (want > budget) break;
         uint64_t cur = atomic_load(&c->bytes);
-        if (cur + want <= budget) {
-            if (!atomic_compare_exchange_weak(&c->bytes, &cur, cur + want)) continue;
-            note_peak(c, cur + want);
+        if (cur + (want - have) <= budget) {
+            if (!atomic_compare_exchange_weak(&c->bytes, &cur, cur + (want - have))) continue;
+            note_peak(c, cur + (want - have));
+            if (keep) {
+                uint8_t *p = resize_buf(keep, have, want);
+                if (p) {
+                    *cap = want;
+                    return p;
+                }
+                ll__buf_put(&c->pool, keep, have);
+                unreserve(c, have);
+                keep = NULL;
+                have = 0;
+            }
             size_t got;
             uint8_t *p = ll__buf_get(&c->pool, size, want, &got); /* exactly `want`: reserved */
             if (!p) { unreserve(c, want); return NULL; }
@@ -322,16 +348,50 @@ uint8_t *ll__cache_alloc(ll_cache *c, uint32_t size, uint32_t *cap) {
             return p;
         }
         ll__entry *v = evict_one(c);
-        if (!v) return NULL;
-        if (v->cap >= want && v->cap / 2 <= size) {
+        if (!v) break;
+        uint8_t *vdata = v->data;
+        uint32_t vcap = v->cap;
+        if (vcap >= want && vcap / 2 <= size) {
             /* Recycle: its bytes stay reserved, now for the new frame. */
-            uint8_t *p = v->data;
-            *cap = v->cap;
             free(v);
-            return p;
+            if (keep) {
+                ll__buf_put(&c->pool, keep, have);
+                unreserve(c, have);
+            }
+            *cap = vcap;
+            return vdata;
+        }
+        /* Resizing keeps a buffer mapped: only between sizes that are both mapped
+         * ones (the capacity tells ll__buf_put how to free it). */
+        if (vcap > want && want >= LL__BUF_MMAP_MIN) { /* too big: shrunk in place, the tail's bytes unreserved */
+            uint8_t *p = resize_buf(vdata, vcap, want);
+            if (p) {
+                free(v);
+                unreserve(c, vcap - want);
+                if (keep) {
+                    ll__buf_put(&c->pool, keep, have);
+                    unreserve(c, have);
+                }
+                *cap = want;
+                return p;
+            }
+        } else if (vcap < want && vcap > have && vcap >= LL__BUF_MMAP_MIN) { /* too small: the biggest one is grown */
+            free(v);
+            if (keep) {
+                ll__buf_put(&c->pool, keep, have);
+                unreserve(c, have);
+            }
+            keep = vdata;
+            have = vcap;
+            continue;
         }
         entry_destroy(c, v);
     }
+    if (keep) {
+        ll__buf_put(&c->pool, keep, have);
+        unreserve(c, have);
+    }
+    return NULL;
 }
 
 void ll__cache_discard(ll_cache *c, uint8_t *data, uint32_t cap) {

@@ -40,13 +40,33 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SUBDIR_MAX 96 /* longest name below the root: "files/index-<64 hex>.v<n>" or a frame */
 
+/* The frame-file memo (see ll__diskcache_get): a bounded, direct-mapped table
+ * keyed by the frame's sha256 (uniformly distributed: its first bytes pick the
+ * slot; a colliding frame just replaces the slot).  It says, for the file this
+ * process last read under that name, which file it was and how it looked
+ * (device, inode, size, mtime, ctime) when its bytes were last hashed and
+ * found right, and when this process last refreshed its mtime. */
+#define MEMO_SLOTS 4096u              /* 4096 * 104 bytes: ~416 KiB per ll_diskcache */
+#define MEMO_INTERVAL_NS (10ull * 1000000000ull) /* touch (and, trusted, re-hash) at most this often */
+typedef struct {
+    uint8_t sha256[32];
+    uint64_t dev, ino, size;
+    int64_t mtime_sec, ctime_sec;
+    uint32_t mtime_nsec, ctime_nsec;
+    uint64_t touched;   /* CLOCK_MONOTONIC ns of this process's last touch; 0: never */
+    int verified;       /* the file with these stamps hashed right (after that touch) */
+} memo_slot;
+
 struct ll_diskcache {
     char *root;      /* "<dir>/v1" */
     size_t root_len;
+    pthread_mutex_t memo_lock;
+    memo_slot *memo; /* MEMO_SLOTS slots, or NULL (out of memory: no memo, every read hashed and touched) */
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -235,6 +255,8 @@ int ll_diskcache_open(const char *dir, ll_diskcache **out, char *err, size_t err
     memcpy(dc->root, dir, n);
     memcpy(dc->root + n, "/v1", 4);
     dc->root_len = n + 3;
+    pthread_mutex_init(&dc->memo_lock, NULL);
+    dc->memo = calloc(MEMO_SLOTS, sizeof *dc->memo); /* NULL: no memo, still correct */
     char bad[PATH_MAX];
     if (make_dirs(dc, bad, sizeof bad) != 0) {
         int e = errno;
@@ -248,14 +270,92 @@ int ll_diskcache_open(const char *dir, ll_diskcache **out, char *err, size_t err
 
 void ll_diskcache_free(ll_diskcache *dc) {
     if (!dc) return;
+    free(dc->memo);
+    pthread_mutex_destroy(&dc->memo_lock);
     free(dc->root);
     free(dc);
 }
 
 /* ---------------------------------------------------------------- frames */
 
-int ll__diskcache_get(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size,
-                      int *corrupt) {
+static uint64_t mono_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static memo_slot *memo_slot_of(const ll_diskcache *dc, const uint8_t sha256[32]) {
+    uint32_t h;
+    memcpy(&h, sha256, sizeof h);
+    return &dc->memo[h % MEMO_SLOTS];
+}
+
+/* The identity and change stamps of a file, as the memo compares them. */
+static void stamps(const struct stat *st, memo_slot *m) {
+    m->dev = (uint64_t)st->st_dev;
+    m->ino = (uint64_t)st->st_ino;
+    m->size = (uint64_t)st->st_size;
+    m->mtime_sec = (int64_t)st->st_mtim.tv_sec;
+    m->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
+    m->ctime_sec = (int64_t)st->st_ctim.tv_sec;
+    m->ctime_nsec = (uint32_t)st->st_ctim.tv_nsec;
+}
+
+static int same_stamps(const memo_slot *a, const memo_slot *b) {
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_sec == b->mtime_sec &&
+           a->mtime_nsec == b->mtime_nsec && a->ctime_sec == b->ctime_sec && a->ctime_nsec == b->ctime_nsec;
+}
+
+/* Read the frame file at fd (open, shared-locked) the old way: up to size + 1
+ * bytes, hashed.  LL_OK, or LL_ERR_NOENT (with *corrupt and the file deleted
+ * if unused when its bytes do not match). */
+static int read_and_hash(int fd, const char *path, const uint8_t sha256[32], uint8_t *dst, size_t size,
+                         int *corrupt) {
+    ssize_t got = read_full(fd, dst, size);
+    if (got < 0) return LL_ERR_NOENT; /* EIO, a directory where a file should be...: a miss */
+    uint8_t h[32];
+    if ((size_t)got < size) {
+        /* Short: either a truncated entry or the caller expects the wrong size.
+         * What we have is the whole file: hash it to tell which. */
+        ll_sha256(dst, (size_t)got, h);
+        if (memcmp(h, sha256, 32) != 0) {
+            if (corrupt) *corrupt = 1;
+            unlink_if_unused(fd, path);
+        }
+        return LL_ERR_NOENT;
+    }
+    uint8_t extra;
+    ssize_t more;
+    do more = read(fd, &extra, 1); /* longer than expected: a miss, not read further */
+    while (more < 0 && errno == EINTR);
+    if (more != 0) return LL_ERR_NOENT;
+    ll_sha256(dst, size, h);
+    if (memcmp(h, sha256, 32) != 0) {
+        if (corrupt) *corrupt = 1;
+        unlink_if_unused(fd, path); /* only if nobody else reads it, and only if still this file */
+        return LL_ERR_NOENT;
+    }
+    return LL_OK;
+}
+
+/* A frame from disk.  Every read takes the shared flock and checks the size;
+ * the memo (MEMO_SLOTS, per ll_diskcache) saves two things:
+ *
+ * - the LRU touch (futimens) is done at most once per MEMO_INTERVAL_NS per
+ *   file per process, not on every read;
+ * - with `trust` (ll_image_options.disk_verify_memo), the sha256 is not
+ *   computed again for a file this process hashed right since its last touch,
+ *   less than MEMO_INTERVAL_NS ago, when the file still has the same device,
+ *   inode, size, mtime and ctime before and after its bytes are read.  Cache
+ *   files are written once (a temporary file renamed into place) and never
+ *   modified in place, so a file with an unchanged identity has unchanged
+ *   bytes; any write(2), truncate or utimes on it changes its ctime; a file
+ *   replaced under the name is another inode.  The order makes the hash cover
+ *   every change the stamps can show: touch first (when due), then fstat,
+ *   read, hash, fstat again, and remember the stamps only if both fstats agree.
+ *   docs/cache.md, "Verified-file memo", says what this gives up. */
+int ll__diskcache_get_ex(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size,
+                         int *corrupt, int trust) {
     if (corrupt) *corrupt = 0;
     if (!dc || !sha256 || (!dst && size)) return LL_ERR_ARG;
     char path[PATH_MAX];
@@ -264,36 +364,64 @@ int ll__diskcache_get(ll_diskcache *dc, const uint8_t sha256[32], void *dst, siz
     if (fd < 0) return LL_ERR_NOENT;
     int rc = LL_ERR_NOENT;
     if (flock_retry(fd, LOCK_SH) != 0) goto done; /* trim skips what we hold */
-    ssize_t got = read_full(fd, dst, size);
-    if (got < 0) goto done; /* EIO, a directory where a file should be...: a miss */
-    if ((size_t)got < size) {
-        /* Short: either a truncated entry or the caller expects the wrong size.
-         * What we have is the whole file: hash it to tell which. */
-        uint8_t h[32];
-        ll_sha256(dst, (size_t)got, h);
-        if (memcmp(h, sha256, 32) != 0) {
-            if (corrupt) *corrupt = 1;
-            unlink_if_unused(fd, path);
+    if (!dc->memo) { /* no memo: hash and touch every time */
+        rc = read_and_hash(fd, path, sha256, dst, size, corrupt);
+        if (rc == LL_OK) touch(fd);
+        goto done;
+    }
+    uint64_t now = mono_ns();
+    memo_slot *slot = memo_slot_of(dc, sha256), seen;
+    pthread_mutex_lock(&dc->memo_lock);
+    seen = *slot;
+    pthread_mutex_unlock(&dc->memo_lock);
+    int known = memcmp(seen.sha256, sha256, 32) == 0 && seen.touched != 0;
+    int due = !known || now - seen.touched >= MEMO_INTERVAL_NS;
+    if (due) touch(fd); /* before the stamps are taken: the touch is in them */
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) goto done;
+    if ((uint64_t)st.st_size != size) { /* the old path tells a corrupt entry from a wrong size */
+        rc = read_and_hash(fd, path, sha256, dst, size, corrupt);
+        goto done;
+    }
+    memo_slot before;
+    stamps(&st, &before);
+    int vouched = trust && known && !due && seen.verified && same_stamps(&seen, &before);
+    if (vouched) {
+        ssize_t got = read_full(fd, dst, size);
+        struct stat st2;
+        memo_slot after;
+        if (got < 0 || (size_t)got != size || fstat(fd, &st2) != 0) goto done;
+        stamps(&st2, &after);
+        if (same_stamps(&before, &after)) {
+            rc = LL_OK;
+            goto done;
         }
-        goto done;
+        /* changed while we read it: hash what we have, from the start */
+        if (lseek(fd, 0, SEEK_SET) != 0) goto done;
     }
-    uint8_t extra;
-    ssize_t more;
-    do more = read(fd, &extra, 1); /* longer than expected: a miss, not read further */
-    while (more < 0 && errno == EINTR);
-    if (more != 0) goto done;
-    uint8_t h[32];
-    ll_sha256(dst, size, h);
-    if (memcmp(h, sha256, 32) != 0) {
-        if (corrupt) *corrupt = 1;
-        unlink_if_unused(fd, path); /* only if nobody else reads it, and only if still this file */
-        goto done;
+    rc = read_and_hash(fd, path, sha256, dst, size, corrupt);
+    struct stat st2;
+    memo_slot after;
+    int settled = rc == LL_OK && fstat(fd, &st2) == 0 && (stamps(&st2, &after), same_stamps(&before, &after));
+    pthread_mutex_lock(&dc->memo_lock);
+    if (settled) { /* hashed right, with these stamps before and after: remembered */
+        *slot = after;
+        memcpy(slot->sha256, sha256, 32);
+        slot->touched = due ? now : seen.touched; /* !due implies known */
+        slot->verified = 1;
+    } else if (memcmp(slot->sha256, sha256, 32) == 0) {
+        slot->verified = 0;
+        if (due && rc == LL_OK) slot->touched = now;
     }
-    touch(fd);
-    rc = LL_OK;
+    pthread_mutex_unlock(&dc->memo_lock);
 done:
     close(fd); /* drops the flock */
     return rc;
+}
+
+int ll__diskcache_get(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size,
+                      int *corrupt) {
+    return ll__diskcache_get_ex(dc, sha256, dst, size, corrupt, 0);
 }
 
 int ll_diskcache_get(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size) {

@@ -32,6 +32,7 @@ struct ll_image {
     ll_diskcache *disk;
     int verify_fetched;
     int store_fetched;
+    int disk_verify_memo;
     uint32_t nlayers;
     layer_t *layers;
     _Atomic uint64_t reads, frames_disk, frames_fetched, host_calls, bytes_fetched, digest_errors;
@@ -42,6 +43,7 @@ static void image_defaults(ll_image_options *o) {
     o->struct_size = sizeof *o;
     o->verify_fetched = 1;
     o->store_fetched = 1;
+    o->disk_verify_memo = 1;
 }
 
 int ll_image_options_init(ll_image_options *opt, size_t struct_size) {
@@ -122,9 +124,11 @@ static int fetch_run(layer_t *l, uint32_t a, uint32_t b, uint8_t *dst, int verif
     return check_and_store(l, a, b, dst, verify, store);
 }
 
-/* The reader's ll_read_fn: the compressed bytes of whole frames [offset, offset + size). */
-static int layer_read(void *opaque, uint64_t offset, size_t size, void *dst) {
+/* The reader's read callback (ll__read_ex_fn): the compressed bytes of whole
+ * frames [offset, offset + size); *local = 1 if every one came from the disk cache. */
+static int layer_read_ex(void *opaque, uint64_t offset, size_t size, void *dst, int *local) {
     layer_t *l = opaque;
+    *local = 0;
     ll_image *img = l->img;
     const uint64_t *c = l->st->c_off;
     int64_t first = frame_starting_at(l, offset);
@@ -145,8 +149,8 @@ static int layer_read(void *opaque, uint64_t offset, size_t size, void *dst) {
         int rc = ll_index_frame(img->idx, l->layer, i, &f);
         if (rc != LL_OK) return rc;
         int corrupt = 0;
-        rc = ll__diskcache_get(img->disk, f.sha256, out + (c[i] - offset), (size_t)(c[i + 1] - c[i]),
-                               &corrupt);
+        rc = ll__diskcache_get_ex(img->disk, f.sha256, out + (c[i] - offset), (size_t)(c[i + 1] - c[i]),
+                                  &corrupt, img->disk_verify_memo);
         if (corrupt) atomic_fetch_add(&img->digest_errors, 1);
         if (rc != LL_OK) {
             if (run == UINT32_MAX) run = i;
@@ -160,7 +164,14 @@ static int layer_read(void *opaque, uint64_t offset, size_t size, void *dst) {
         }
     }
     if (run != UINT32_MAX) return fetch_run(l, run, b, out + (c[run] - offset), verify, store);
+    *local = 1;
     return LL_OK;
+}
+
+/* The same as a plain ll_read_fn (the reader's seek-table-less create wants one). */
+static int layer_read(void *opaque, uint64_t offset, size_t size, void *dst) {
+    int local;
+    return layer_read_ex(opaque, offset, size, dst, &local);
 }
 
 /* Layer l's seek table from the index: data frames, contiguous from 0, then
@@ -233,6 +244,7 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
     img->disk = o.disk;
     img->verify_fetched = o.verify_fetched;
     img->store_fetched = o.store_fetched;
+    img->disk_verify_memo = o.disk_verify_memo != 0;
     img->layers = calloc(n ? n : 1, sizeof *img->layers);
     if (!img->layers) {
         free(img);
@@ -256,12 +268,14 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
         ro.pool = o.pool;
         ro.source_key = cache_key(digest);
         ro.verify_checksums = 0; /* frames are checked by sha256 before decoding */
-        ro.whole_frames = 1;     /* a fetch costs more than a decode */
+        ro.whole_frames = 1;     /* a fetch costs more than a decode (not from disk: layer_read_ex) */
         rc = ll_reader_create(st, layer_read, l, &ro, &l->reader);
         if (rc != LL_OK) {
             ll_seektable_free(st);
             break;
         }
+        /* frames from the disk cache: a partly covered one is decoded only as far as needed */
+        ll__reader_set_read_ex(l->reader, layer_read_ex);
         l->st = ll_reader_seektable(l->reader);
     }
     if (rc != LL_OK) {

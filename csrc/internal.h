@@ -178,6 +178,21 @@ LL_HIDDEN void ll__index_set_release(ll_index *idx, void (*release)(void *arg), 
  * ll_image_stats.digest_errors.  corrupt may be NULL. */
 LL_HIDDEN int ll__diskcache_get(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size,
                                 int *corrupt);
+/* The same; `trust` 1 lets the disk cache's verified-file memo skip the sha256
+ * of a file this process hashed right recently and that is unchanged since
+ * (diskcache.c, ll__diskcache_get_ex; ll_image_options.disk_verify_memo). */
+LL_HIDDEN int ll__diskcache_get_ex(ll_diskcache *dc, const uint8_t sha256[32], void *dst, size_t size,
+                                   int *corrupt, int trust);
+
+/* A reader's internal read callback (image.c's): as ll_read_fn, and *local set
+ * to 1 when every byte came from local storage (the disk cache), where fetching
+ * a frame again costs less than decoding all of it: a read covering part of
+ * such a frame then decodes only the prefix it needs even with whole_frames
+ * (whole_frames stays for bytes that came over the network).  Set once, right
+ * after ll_reader_create, before the reader is shared; used for reads covering
+ * part of one frame (whole frames are decoded whole anyway). */
+typedef int (*ll__read_ex_fn)(void *opaque, uint64_t offset, size_t size, void *dst, int *local);
+LL_HIDDEN void ll__reader_set_read_ex(ll_reader *r, ll__read_ex_fn read_ex);
 
 #define LL__IMAGE_OPTIONS_V1 LL__END_OF(ll_image_options, store_fetched)
 

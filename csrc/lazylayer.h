@@ -594,7 +594,8 @@ LL_API void ll_diskcache_free(ll_diskcache *dc);
 
 /* Read the frame whose compressed bytes have sha256 `sha256` into dst, which
  * has room for `size` bytes; the file must be exactly that long (at most
- * size + 1 bytes are read) and match its sha256; its mtime is refreshed (LRU).
+ * size + 1 bytes are read) and match its sha256 (always hashed here); its mtime
+ * is refreshed (LRU), at most once per 10 s per file by one ll_diskcache.
  * LL_OK, or LL_ERR_NOENT (absent, of another size, unreadable or corrupt: a
  * miss; dst's contents are then undefined).  A corrupt entry is deleted unless
  * another reader holds it. */
@@ -643,12 +644,27 @@ typedef struct {
     int store_fetched;     /* 1 (default): put frames `read` returned into the disk cache
                               (sources with use_disk only; hashed first even with
                               verify_fetched 0); 0: the host stores them */
+    /* --- added after the first version (which ends at store_fetched): read only
+     * if struct_size covers it, else its default */
+    int disk_verify_memo;  /* 1 (default): a disk-cache frame file this process hashed and
+                              found right is not hashed again while it keeps the same
+                              device, inode, size, mtime and ctime (checked before and
+                              after each read), for up to 10 s after it was hashed (then
+                              hashed again); the memo is bounded (4096 files per
+                              ll_diskcache).  Cache files are never modified in place
+                              (written to a temporary file, renamed), so this trusts the
+                              file system to keep an unchanged file's bytes: it does not
+                              re-detect, within those 10 s, corruption below the file
+                              system or a write that leaves both timestamps as they were.
+                              0: every frame read from disk is hashed (docs/cache.md,
+                              "Verified-file memo") */
 } ll_image_options;
 
-/* Fill `opt` with the defaults (no cache, pool or disk cache; verify_fetched
- * and store_fetched 1); struct_size as for ll_reader_options_init (the first
- * version ends at store_fetched).  LL_ERR_ARG if opt is NULL or struct_size too
- * small.  Any thread. */
+/* Fill `opt` with the defaults (no cache, pool or disk cache; verify_fetched,
+ * store_fetched and disk_verify_memo 1); struct_size as for
+ * ll_reader_options_init (the first version ends at store_fetched; a struct
+ * that ends there gets disk_verify_memo's default).  LL_ERR_ARG if opt is NULL
+ * or struct_size too small.  Any thread. */
 LL_API int ll_image_options_init(ll_image_options *opt, size_t struct_size);
 
 /* An image over `idx` (not owned: free it after the image) with one source per

@@ -43,6 +43,7 @@ typedef struct workspace {
 struct ll_reader {
     ll_seektable *st;
     ll_read_fn read;
+    ll__read_ex_fn read_ex; /* image.c's, or NULL */
     void *opaque;
     ll_cache *cache;
     ll_pool *pool;
@@ -123,6 +124,8 @@ void ll_reader_free(ll_reader *r) {
     ll_seektable_free(r->st);
     free(r);
 }
+
+void ll__reader_set_read_ex(ll_reader *r, ll__read_ex_fn read_ex) { r->read_ex = read_ex; }
 
 const ll_seektable *ll_reader_seektable(const ll_reader *r) { return r->st; }
 uint64_t ll_reader_size(const ll_reader *r) { return r->st->d_off[r->st->n]; }
@@ -226,12 +229,15 @@ static int decode(const ll_reader *r, ll__worker *w, uint32_t i, const uint8_t *
     return LL_OK;
 }
 
-/* Fetch the compressed bytes of frames [a, b] into ws->in. */
-static int fetch(ll_reader *r, workspace *ws, uint32_t a, uint32_t b) {
+/* Fetch the compressed bytes of frames [a, b] into ws->in; *local as
+ * ll__read_ex_fn's (0 with a plain ll_read_fn). */
+static int fetch(ll_reader *r, workspace *ws, uint32_t a, uint32_t b, int *local) {
     uint64_t off = r->st->c_off[a], len = r->st->c_off[b + 1] - off;
+    *local = 0;
     if (len > SIZE_MAX) return LL_ERR_LIMIT;
     int rc = grow(r->bufs, &ws->in, &ws->in_cap, (size_t)len);
     if (rc != LL_OK) return rc;
+    if (r->read_ex) return ll__callback_status(r->read_ex(r->opaque, off, (size_t)len, ws->in, local));
     return ll__callback_status(r->read(r->opaque, off, (size_t)len, ws->in));
 }
 
@@ -248,12 +254,17 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
             return LL_OK;
         }
     }
-    int rc = fetch(r, ws, i, i);
+    int local;
+    int rc = fetch(r, ws, i, i, &local);
     if (rc != LL_OK) return rc;
     uint32_t produced;
     if (lo == 0 && hi == ds) /* whole frame: straight into the caller's buffer */
         return decode(r, ws->w, i, ws->in, dst, ds, &produced);
-    uint32_t need = must_verify(r) || r->whole_frames ? ds : hi;
+    /* whole_frames is for frames that were costly to fetch; one read from local
+     * storage is cheaper to fetch again than to decode whole (a later read
+     * further into the frame re-decodes the longer prefix: ll__cache_put keeps
+     * the longest). */
+    uint32_t need = must_verify(r) || (r->whole_frames && !local) ? ds : hi;
     uint32_t room = need == ds ? ds : prefix_room(need, ds);
     if (r->cache) {
         uint32_t cap;

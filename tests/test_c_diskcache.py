@@ -175,7 +175,7 @@ def test_corrupt_entry_in_use_is_not_deleted(pair, tmp_path):
     py.put(digest(data), data)
     path = frame_path(tmp_path / "cache", data)
     with open(path, "r+b") as f:
-        f.write(b"X")
+        f.write(bytes([data[0] ^ 0xFF]))  # always a change (a fixed byte equals data[0] 1 time in 256)
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # another reader holds it

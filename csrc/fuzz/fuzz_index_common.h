@@ -113,6 +113,23 @@ static inline uint64_t ll_fuzz_walk(const ll_index *idx, uint64_t seed) {
             }
             pos += got;
         }
+        /* the packed listing agrees with readdir: same count, names back to back */
+        {
+            char packed[512];
+            uint64_t pinos[8];
+            uint8_t pkinds[8];
+            size_t used = 0, pn = 0;
+            rc = ll_index_readdir_names(idx, ino, packed, sizeof packed, &used, pinos, pkinds, 8, &pn);
+            CHECK(rc == LL_OK || rc == LL_ERR_LIMIT, "readdir_names rc %d", rc);
+            CHECK(pn == count, "readdir_names count %zu vs %llu", pn, (unsigned long long)count);
+            CHECK(used >= count, "readdir_names bytes");
+            if (rc == LL_OK && count > 0) {
+                CHECK(packed[used - 1] == 0, "packed names end with NUL");
+                uint64_t first;
+                CHECK(ll_index_lookup(idx, ino, packed, strlen(packed), &first) == LL_OK && first == pinos[0],
+                      "first packed name");
+            }
+        }
     }
     /* resolutions of paths made of names seen, "..", "." and "/" */
     for (int r = 0; r < 32; r++) {
@@ -137,6 +154,16 @@ static inline uint64_t ll_fuzz_walk(const ll_index *idx, uint64_t seed) {
         if (rc == LL_OK) {
             CHECK(ino >= 1 && ino <= n, "resolved inode in range");
             MIXV(ino);
+        }
+        /* the real-path variant finds the same inode, and its real path leads there again */
+        char real[4096];
+        size_t rl = 0;
+        uint64_t ino2 = 0, ino3 = 0;
+        int rc2 = ll_index_resolve_path(idx, path, pl, follow, &ino2, real, sizeof real, &rl);
+        CHECK(rc2 == rc || (rc == LL_OK && rc2 == LL_ERR_LIMIT), "resolve_path rc %d vs %d", rc2, rc);
+        if (rc2 == LL_OK) {
+            CHECK(ino2 == ino && strlen(real) == rl, "resolve_path inode / length");
+            CHECK(ll_index_resolve(idx, real, rl, 0, &ino3) == LL_OK && ino3 == ino, "the real path leads back");
         }
     }
     uint32_t nl = ll_index_layers(idx);
