@@ -336,8 +336,9 @@ uint8_t *ll__cache_alloc(ll_cache *c, uint32_t size, uint32_t *cap) {
                     *cap = want;
                     return p;
                 }
+                /* Not resized: the kept buffer goes back to the free list, and the `want`
+                 * bytes now reserved (its `have` plus what was just added) are the new one's. */
                 ll__buf_put(&c->pool, keep, have);
-                unreserve(c, have);
                 keep = NULL;
                 have = 0;
             }
