@@ -289,18 +289,20 @@ class ImageFileSystem(AsyncFileSystem):
                 raise
             return
         out: list[Any] = []
-        if detail:
-            base_depth = top.path.count("/") + (1 if top.path else 0)
-            for node, children in self.image.tree.walk(top):
-                depth = (node.path.count("/") + 1 if node.path else 0) - base_depth
-                if maxdepth is not None and depth >= maxdepth:
-                    continue
-                item: Any = (node.path, {c.name: c.info() for c in children if c.is_dir},
-                             {c.name: c.info() for c in children if not c.is_dir})
+        if detail:  # info dicts made straight from one listing per directory
+            tree = self.image.tree
+            stack = [(top.path, top.inode.ino, 0)]
+            while stack:
+                where, ino, depth = stack.pop()
+                entries = tree.listing(where, ino)
+                dirs = {n: i for n, i in entries if i["type"] == "directory"}
+                item: Any = (where, dirs, {n: i for n, i in entries if i["type"] != "directory"})
                 if topdown:
                     yield item
                 else:
                     out.append(item)
+                if maxdepth is None or depth + 1 < maxdepth:
+                    stack.extend(reversed([(i["name"], i["ino"], depth + 1) for i in dirs.values()]))
         else:  # names only: one packed listing per directory, no per-entry objects
             listdir, dir_kind = self.image.index.listdir, KIND_DIR
             stack = [(top.path, top.inode.ino, 0)]
@@ -328,7 +330,7 @@ class ImageFileSystem(AsyncFileSystem):
             node = self._node(path, follow=True)
         except OSError:
             return out if detail else []
-        if node.children is None:
+        if not node.is_dir:
             out[node.path] = node.info()
         else:
             if withdirs and node.path:

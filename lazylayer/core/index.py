@@ -227,15 +227,34 @@ class Index:
         if not _FAST_DIRENT:  # pragma: no cover - an ABI where the struct module's layout differs
             return [(ffi.string(e.name, e.name_len).decode("utf-8", "surrogateescape"), _stat(e.st))
                     for e in (ents[i] for i in range(n[0]))]
-        base, size, pool = self._pool()
         kinds = KINDS
+        return [(t[0], _new_tuple(Stat, (t[1], kinds[t[2]], *t[3:]))) for t in self._raw(ents, n[0])]
+
+    def readdir_raw(self, ino: int) -> list[tuple]:
+        """:meth:`readdir` as plain tuples, ``(name, ino, kind, mode, nlink, uid, gid, mtime_sec,
+        mtime_nsec, devmajor, devminor, size, layer, nxattrs, offset)`` with ``kind`` an ``LL_KIND_*``
+        value: for listings that turn every entry into something else at once (fsspec info dicts)."""
+        n, count = ffi.new("size_t *"), ffi.new("uint64_t *")
+        rc = lib.ll_index_readdir(self._ptr, ino, 0, ffi.NULL, 0, n, count)
+        if rc != lib.LL_OK:
+            raise _path_error(rc, f"inode {ino}") if rc == lib.LL_ERR_NOTDIR else raise_status(rc, "readdir")
+        if count[0] == 0:
+            return []
+        ents = ffi.new("ll_dirent[]", count[0])
+        check(lib.ll_index_readdir(self._ptr, ino, 0, ents, count[0], n, count), "readdir")
+        if not _FAST_DIRENT:  # pragma: no cover
+            return [(name, st.ino, {v: k for k, v in KINDS.items()}[st.kind], *st[2:])
+                    for name, st in self.readdir(ino)]
+        return self._raw(ents, n[0])
+
+    def _raw(self, ents: Any, n: int) -> list[tuple]:
+        base, size, pool = self._pool()
         out = []
-        for t in _DIRENT.iter_unpack(ffi.buffer(ents, n[0] * _DIRENT.size)):
+        for t in _DIRENT.iter_unpack(ffi.buffer(ents, n * _DIRENT.size)):
             at = t[0] - base
             name = pool[at:at + t[1]] if 0 <= at and at + t[1] <= size else \
                 ffi.buffer(ffi.cast("char *", t[0]), t[1])[:]  # (names live in the index buffer)
-            out.append((name.decode("utf-8", "surrogateescape"),
-                        _new_tuple(Stat, (t[2], kinds[t[3]], *t[4:]))))
+            out.append((name.decode("utf-8", "surrogateescape"), *t[2:]))
         return out
 
     def listdir(self, ino: int) -> tuple[list[str], list[int], bytes]:

@@ -316,15 +316,19 @@ class Image:
 
     def pread(self, node: Node, size: int, offset: int) -> bytes:
         """``size`` bytes of file ``node`` at ``offset`` (fewer at its end)."""
-        st = _regular(node)
-        n = max(0, min(size, st.size - offset))
-        if n == 0:
+        ino, kind, _, _, _, _, _, _, _, _, fsize, layer, _, start = node._st  # one unpack: the hot path
+        if kind != "reg":
+            _regular(node)
+        n = fsize - offset
+        if size < n:
+            n = size
+        if n <= 0:
             return b""
         if self.recorder is not None:
-            self.recorder.read(st.layer, st.offset + offset, n)
-        data = self.reader.pread(st.ino, n, offset, name=node.path)
+            self.recorder.read(layer, start + offset, n)
+        data = self.reader.pread(ino, n, offset, name=node.path)
         if len(data) != n:
-            raise errors.FormatError(f"{node.path}: layer {st.layer} ends inside the file")
+            raise errors.FormatError(f"{node.path}: layer {layer} ends inside the file")
         return data
 
     # -- information ------------------------------------------------------------

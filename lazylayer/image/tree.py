@@ -25,6 +25,7 @@ import struct
 from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
+from ..core.index import KINDS as _KIND_NAMES
 from ..core.index import ROOT, Index, IndexLayer, Stat
 from ..format import Toc, TOC_SKIPPABLE_VARIANT
 
@@ -207,6 +208,30 @@ class Tree:
                 self._resolved.clear()  # (the index never changes: any entry stays right; this bounds memory)
             self._resolved[key] = hit
         return Node(self, hit[0], hit[1])
+
+    def listing(self, path: str, ino: int) -> list[tuple[str, dict[str, Any]]]:
+        """Directory ``ino``'s entries as ``(name, info)``, the info dicts :meth:`Node.info` gives,
+        named under ``path``: made in one pass, without a :class:`Node` per entry."""
+        index = self.index
+        prefix = f"{path}/" if path else ""
+        out = []
+        kinds, types = _KIND_NAMES, _FSSPEC_TYPE
+        for name, ino_, kind, mode, nlink, uid, gid, msec, mnsec, dmaj, dmin, size, layer, nx, _ in \
+                index.readdir_raw(ino):
+            k = kinds[kind]
+            info = {"name": prefix + name, "size": size if k != "dir" else 0, "type": types[k], "kind": k,
+                    "mode": mode, "uid": uid, "gid": gid, "mtime": msec + mnsec / 1e9, "ino": ino_,
+                    "nlink": nlink, "islink": k == "symlink"}
+            if k == "reg":
+                info["layer"] = layer
+            elif k == "symlink":
+                info["destination"] = index.readlink(ino_)
+            elif k == "char" or k == "block":
+                info.update(rdev=os.makedev(dmaj, dmin), devmajor=dmaj, devminor=dmin)
+            if nx:
+                info["xattrs"] = index.xattrs(ino_, nx)
+            out.append((name, info))
+        return out
 
     def walk(self, top: Node) -> Iterator[tuple[Node, list[Node]]]:
         """Every directory under ``top`` (itself first) with its children, sorted by name."""
