@@ -542,6 +542,21 @@ def test_walk_find_du_glob(built: Built) -> None:
     assert bottom_up == ["app/lib", "app"]
 
 
+def test_walk_listings_agree_with_info_at_every_depth(built: Built) -> None:
+    """walk's two listings (packed names; info dicts in one pass) name the same entries in the same
+    order, every info dict is what fs.info gives, and maxdepth / topdown cut and order the same."""
+    fs = open_fs(f"oci:{built.lazy}:v1")
+    for maxdepth in (None, 1, 2, 3):
+        plain = list(fs.walk("", maxdepth=maxdepth))
+        detailed = list(fs.walk("", maxdepth=maxdepth, detail=True))
+        assert [(r, d, f) for r, d, f in plain] == [(r, list(d), list(f)) for r, d, f in detailed]
+        for root, dirs, files in detailed:
+            for name, info in {**dirs, **files}.items():
+                assert info == fs.info(f"{root}/{name}" if root else name)
+        assert list(fs.walk("", maxdepth=maxdepth, topdown=False)) == plain[::-1]
+    assert [r for r, _, _ in fs.walk("usr", maxdepth=1)] == ["usr"]
+
+
 def test_cli_cat_of_an_image_file_via_python(built: Built) -> None:
     """The filesystem works from a fresh interpreter by protocol name alone (the entry point)."""
     code = ("import fsspec, sys; fs = fsspec.filesystem('lazylayer', image=sys.argv[1]); "
