@@ -402,10 +402,16 @@ void ll__cache_discard(ll_cache *c, uint8_t *data, uint32_t cap) {
 
 ll__entry *ll__cache_get(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need,
                          int need_verified) {
+    return ll__cache_get_ex(c, source, frame, need, need_verified, NULL);
+}
+
+ll__entry *ll__cache_get_ex(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need,
+                            int need_verified, int *present) {
     uint64_t h = mix(source, frame);
     shard *s = shard_of(c, h);
     pthread_mutex_lock(&s->lock);
     ll__entry *e = *find_slot(s, h, source, frame);
+    if (present) *present = e != NULL;
     if (e && e->valid >= need && (e->verified || !need_verified)) {
         e->pins++;
         if (s->head != e) {

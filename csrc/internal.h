@@ -119,6 +119,10 @@ struct ll__entry {
  * if `need_verified`); pinned on success. */
 LL_HIDDEN ll__entry *ll__cache_get(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need,
                                    int need_verified);
+/* The same; *present (if not NULL) tells whether the frame has an entry at all,
+ * even one too short or not verified enough to serve this read. */
+LL_HIDDEN ll__entry *ll__cache_get_ex(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need,
+                                      int need_verified, int *present);
 /* Reserve `size` bytes of budget and return a buffer of at least that capacity
  * (maybe recycled from an evicted frame).  NULL when the budget cannot be freed
  * (everything pinned) or memory is short: the caller then decodes uncached. */

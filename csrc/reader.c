@@ -246,8 +246,9 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
                          uint8_t *dst) {
     const ll_seektable *st = r->st;
     uint32_t ds = d_size(st, i);
+    int present = 0; /* the cache has a shorter prefix of this frame */
     if (r->cache) {
-        ll__entry *e = ll__cache_get(r->cache, r->source, i, hi, must_verify(r));
+        ll__entry *e = ll__cache_get_ex(r->cache, r->source, i, hi, must_verify(r), &present);
         if (e) {
             memcpy(dst, e->data + lo, hi - lo);
             ll__cache_release(r->cache, e);
@@ -262,9 +263,10 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
         return decode(r, ws->w, i, ws->in, dst, ds, &produced);
     /* whole_frames is for frames that were costly to fetch; one read from local
      * storage is cheaper to fetch again than to decode whole (a later read
-     * further into the frame re-decodes the longer prefix: ll__cache_put keeps
-     * the longest). */
-    uint32_t need = must_verify(r) || (r->whole_frames && !local) ? ds : hi;
+     * further into the frame re-decodes: ll__cache_put keeps the longest).  The
+     * second time a frame is decoded in part, it is decoded whole: reads keep
+     * coming to it, so one more decode now saves the next ones. */
+    uint32_t need = must_verify(r) || (r->whole_frames && (!local || present)) ? ds : hi;
     uint32_t room = need == ds ? ds : prefix_room(need, ds);
     if (r->cache) {
         uint32_t cap;
