@@ -23,7 +23,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from .. import errors
 from ._lib import check, ffi, lib, raise_status, strerror
-from .seekable import _SCRATCH_SIZE, _UNSET, BlockCache, WorkerPool, _CallbackSource, _owned, _scratch
+from .seekable import BlockCache, WorkerPool, _CallbackSource, _owned, scratch_read
 
 __all__ = ["Index", "IndexLayer", "ImageReader", "NativeDiskCache", "Stat", "KINDS", "KIND_DIR", "ROOT"]
 
@@ -415,23 +415,13 @@ class ImageReader:
 
     def pread(self, ino: int, size: int, offset: int, *, name: str = "") -> bytes:
         """Up to ``size`` bytes of file ``ino`` at ``offset`` (fewer at its end)."""
-        # Small reads go through this thread's scratch buffer (taken while in use, so a host
-        # callback that itself reads through lazylayer gets its own) and are copied once.
-        scratch = None
-        if size <= _SCRATCH_SIZE:
-            scratch = getattr(_scratch, "buf", _UNSET)
-            if scratch is _UNSET:
-                scratch = ffi.new("char[]", _SCRATCH_SIZE)
-            _scratch.buf = None
-        buf = scratch if scratch is not None else ffi.new("char[]", size)
-        try:
+        def read(buf: Any) -> int:
             n = lib.ll_image_read(self._ptr, ino, offset, buf, size)
             if n < 0:
                 self._raise(int(n), name or f"inode {ino}")
-            return ffi.unpack(buf, n)
-        finally:
-            if scratch is not None:
-                _scratch.buf = scratch
+            return n
+
+        return scratch_read(size, size, read)
 
     def _raise(self, rc: int, what: str) -> None:
         for cb in self._callbacks:  # the Python exception behind a callback status, if any

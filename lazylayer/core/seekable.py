@@ -292,6 +292,28 @@ _scratch = threading.local()  # per-thread buffer for small pread() calls
 _UNSET: Any = object()
 
 
+def scratch_read(size: int, exact: int, read: Callable[[Any], int]) -> bytes:
+    """``read(buf)`` into a C buffer of at least ``size`` bytes; the ``n`` bytes it says it read.
+
+    Small reads go through this thread's scratch buffer and are copied once, into
+    the bytes returned; a bigger one gets a buffer of ``exact`` bytes (what it can
+    return at most).  The scratch buffer is taken while in use, so a source
+    callback that itself reads through lazylayer allocates its own.
+    """
+    scratch = None
+    if size <= _SCRATCH_SIZE:
+        scratch = getattr(_scratch, "buf", _UNSET)
+        if scratch is _UNSET:
+            scratch = ffi.new("char[]", _SCRATCH_SIZE)
+        _scratch.buf = None
+    buf = scratch if scratch is not None else ffi.new("char[]", exact)
+    try:
+        return ffi.unpack(buf, read(buf))
+    finally:
+        if scratch is not None:
+            _scratch.buf = scratch
+
+
 # What each live C reader or writer works through (its source or sink, cache,
 # pool, file), by the object's address.  A module-level dict, not a closure:
 # the garbage collector, tearing down a cycle that holds a reader, may clear a
@@ -493,24 +515,13 @@ class SeekableReader:
             raise self._closed()
         if size < 0 or offset < 0:
             raise ValueError("size and offset must be >= 0")
-        # Small reads decode into this thread's scratch buffer and are copied once
-        # into the bytes returned.  The buffer is taken while in use, so a source
-        # callback that itself reads through lazylayer allocates its own.
-        scratch = None
-        if size <= _SCRATCH_SIZE:
-            scratch = getattr(_scratch, "buf", _UNSET)
-            if scratch is _UNSET:
-                scratch = ffi.new("char[]", _SCRATCH_SIZE)
-            _scratch.buf = None
-        buf = scratch if scratch is not None else ffi.new("char[]", max(0, min(size, self.size - offset)))
-        try:
+        def read(buf: Any) -> int:
             n = lib.ll_reader_read(ptr, offset, buf, size)
             if n < 0:
                 self._check(n, f"reading {size} bytes at offset {offset}")
-            return ffi.unpack(buf, n)
-        finally:
-            if scratch is not None:
-                _scratch.buf = scratch
+            return n
+
+        return scratch_read(size, max(0, min(size, self.size - offset)), read)
 
     def frame(self, index: int) -> FrameInfo:
         """Position and sizes of frame ``index``."""
