@@ -34,6 +34,8 @@ const char *ll_strerror(int code) {
     case LL_ERR_LOOP: return "too many levels of symbolic links";
     case LL_ERR_NOTREG: return "not a regular file (or, for readlink, not a symlink)";
     case LL_ERR_CACHE: return "the disk cache directory cannot be used";
+    case LL_ERR_MISS: return "a frame must be fetched (not in the memory or disk cache)";
+    case LL_ERR_MOUNT: return "the FUSE mount could not be made or served";
     default: return "unknown error";
     }
 }

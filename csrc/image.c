@@ -18,14 +18,24 @@
 
 #include <stdlib.h>
 
+typedef struct layer layer_t;
+
+/* What a reader's callback gets: its layer, and whether it may call the host. */
 typedef struct {
+    layer_t *l;
+    int no_fetch;            /* 1: a frame missing from disk is LL_ERR_MISS (ll_image_read_cached) */
+} layer_ref;
+
+struct layer {
     ll_image *img;
     uint32_t layer;
     uint32_t nframes;        /* data frames */
     const ll_seektable *st;  /* the reader's (c_off of frame i; c_off[nframes] = end of data) */
     ll_image_source src;
-    ll_reader *reader;
-} layer_t;
+    ll_reader *reader;       /* may call the host */
+    ll_reader *cached;       /* never calls the host: same frames, same block cache */
+    layer_ref ref[2];        /* the callbacks' opaque pointers: [0] reader, [1] cached */
+};
 
 struct ll_image {
     const ll_index *idx;
@@ -111,8 +121,14 @@ static int check_and_store(layer_t *l, uint32_t a, uint32_t b, const uint8_t *bu
     return LL_OK;
 }
 
-/* Frames [a, b] from the host, in one call, into dst (= frame a's start). */
-static int fetch_run(layer_t *l, uint32_t a, uint32_t b, uint8_t *dst, int verify, int store) {
+/* Frames [a, b] from the host, in one call, into dst (= frame a's start);
+ * LL_ERR_MISS instead for a reader that must not call it.  (No thread-local
+ * flag here: a thread's first use of a dlopen'd library's TLS takes the
+ * loader's lock, which a thread of the host may hold while it dlopens a file
+ * from the mount this thread serves.) */
+static int fetch_run(const layer_ref *ref, uint32_t a, uint32_t b, uint8_t *dst, int verify, int store) {
+    layer_t *l = ref->l;
+    if (ref->no_fetch) return LL_ERR_MISS;
     ll_image *img = l->img;
     const uint64_t *c = l->st->c_off;
     uint64_t len = c[b + 1] - c[a];
@@ -127,7 +143,8 @@ static int fetch_run(layer_t *l, uint32_t a, uint32_t b, uint8_t *dst, int verif
 /* The reader's read callback (ll__read_ex_fn): the compressed bytes of whole
  * frames [offset, offset + size); *local = 1 if every one came from the disk cache. */
 static int layer_read_ex(void *opaque, uint64_t offset, size_t size, void *dst, int *local) {
-    layer_t *l = opaque;
+    const layer_ref *ref = opaque;
+    layer_t *l = ref->l;
     *local = 0;
     ll_image *img = l->img;
     const uint64_t *c = l->st->c_off;
@@ -142,7 +159,7 @@ static int layer_read_ex(void *opaque, uint64_t offset, size_t size, void *dst, 
     /* Frames stored on disk are always hashed first, so a host that promised to
      * verify but did not cannot plant wrong bytes under a digest's name. */
     int verify = img->verify_fetched || store;
-    if (!use_disk) return fetch_run(l, a, b, out, verify, 0);
+    if (!use_disk) return fetch_run(ref, a, b, out, verify, 0);
     uint32_t run = UINT32_MAX; /* first frame of the pending run of misses */
     for (uint32_t i = a; i <= b; i++) {
         ll_layer_frame f;
@@ -158,12 +175,12 @@ static int layer_read_ex(void *opaque, uint64_t offset, size_t size, void *dst, 
         }
         atomic_fetch_add(&img->frames_disk, 1);
         if (run != UINT32_MAX) {
-            rc = fetch_run(l, run, i - 1, out + (c[run] - offset), verify, store);
+            rc = fetch_run(ref, run, i - 1, out + (c[run] - offset), verify, store);
             if (rc != 0) return rc;
             run = UINT32_MAX;
         }
     }
-    if (run != UINT32_MAX) return fetch_run(l, run, b, out + (c[run] - offset), verify, store);
+    if (run != UINT32_MAX) return fetch_run(ref, run, b, out + (c[run] - offset), verify, store);
     *local = 1;
     return LL_OK;
 }
@@ -226,6 +243,23 @@ fail:
     return rc;
 }
 
+static int copy_table(const ll_seektable *st, ll_seektable **out) {
+    ll_seektable *c = calloc(1, sizeof *c);
+    if (!c) return LL_ERR_NOMEM;
+    *c = *st;
+    c->checksum = NULL;
+    c->c_off = malloc(((size_t)st->n + 1) * sizeof(uint64_t));
+    c->d_off = malloc(((size_t)st->n + 1) * sizeof(uint64_t));
+    if (!c->c_off || !c->d_off) {
+        ll_seektable_free(c);
+        return LL_ERR_NOMEM;
+    }
+    memcpy(c->c_off, st->c_off, ((size_t)st->n + 1) * sizeof(uint64_t));
+    memcpy(c->d_off, st->d_off, ((size_t)st->n + 1) * sizeof(uint64_t));
+    *out = c;
+    return LL_OK;
+}
+
 int ll_image_create(const ll_index *idx, const ll_image_source *sources, const ll_image_options *opt,
                     ll_image **out) {
     if (!out) return LL_ERR_ARG;
@@ -269,13 +303,28 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
         ro.source_key = cache_key(digest);
         ro.verify_checksums = 0; /* frames are checked by sha256 before decoding */
         ro.whole_frames = 1;     /* a fetch costs more than a decode (not from disk: layer_read_ex) */
-        rc = ll_reader_create(st, layer_read, l, &ro, &l->reader);
+        l->ref[0] = (layer_ref){l, 0};
+        l->ref[1] = (layer_ref){l, 1};
+        ll_seektable *st2 = NULL; /* the cached reader's copy (a reader owns its table) */
+        rc = copy_table(st, &st2);
         if (rc != LL_OK) {
             ll_seektable_free(st);
             break;
         }
+        rc = ll_reader_create(st, layer_read, &l->ref[0], &ro, &l->reader);
+        if (rc != LL_OK) {
+            ll_seektable_free(st);
+            ll_seektable_free(st2);
+            break;
+        }
+        rc = ll_reader_create(st2, layer_read, &l->ref[1], &ro, &l->cached);
+        if (rc != LL_OK) {
+            ll_seektable_free(st2);
+            break;
+        }
         /* frames from the disk cache: a partly covered one is decoded only as far as needed */
         ll__reader_set_read_ex(l->reader, layer_read_ex);
+        ll__reader_set_read_ex(l->cached, layer_read_ex);
         l->st = ll_reader_seektable(l->reader);
     }
     if (rc != LL_OK) {
@@ -286,7 +335,7 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
     return LL_OK;
 }
 
-int64_t ll_image_read(ll_image *img, uint64_t ino, uint64_t offset, void *dst, size_t size) {
+static int64_t image_read(ll_image *img, uint64_t ino, uint64_t offset, void *dst, size_t size, int cached) {
     if (!img || (!dst && size)) return LL_ERR_ARG;
     atomic_fetch_add(&img->reads, 1);
     ll_stat st;
@@ -298,11 +347,21 @@ int64_t ll_image_read(ll_image *img, uint64_t ino, uint64_t offset, void *dst, s
     if (st.layer < 0 || (uint32_t)st.layer >= img->nlayers) return LL_ERR_FORMAT;
     layer_t *l = &img->layers[st.layer];
     if (st.offset > UINT64_MAX - st.size) return LL_ERR_FORMAT;
-    int64_t got = ll_reader_read(l->reader, st.offset + offset, dst, (size_t)n);
+    int64_t got = ll_reader_read(cached ? l->cached : l->reader, st.offset + offset, dst, (size_t)n);
     if (got < 0) return got;
     if ((uint64_t)got != n) return LL_ERR_FORMAT; /* the file runs past its layer's tar */
     return got;
 }
+
+int64_t ll_image_read(ll_image *img, uint64_t ino, uint64_t offset, void *dst, size_t size) {
+    return image_read(img, ino, offset, dst, size, 0);
+}
+
+int64_t ll_image_read_cached(ll_image *img, uint64_t ino, uint64_t offset, void *dst, size_t size) {
+    return image_read(img, ino, offset, dst, size, 1);
+}
+
+const ll_index *ll_image_index(const ll_image *img) { return img ? img->idx : NULL; }
 
 void ll_image_get_stats(ll_image *img, ll_image_stats *out) {
     if (!out) return;
@@ -318,7 +377,10 @@ void ll_image_get_stats(ll_image *img, ll_image_stats *out) {
 
 void ll_image_free(ll_image *img) {
     if (!img) return;
-    for (uint32_t i = 0; i < img->nlayers; i++) ll_reader_free(img->layers[i].reader);
+    for (uint32_t i = 0; i < img->nlayers; i++) {
+        ll_reader_free(img->layers[i].reader);
+        ll_reader_free(img->layers[i].cached);
+    }
     free(img->layers);
     free(img);
 }

@@ -68,7 +68,7 @@ extern "C" {
 /* The version of lazylayer, written here and nowhere else.  While MAJOR is 0, a
  * MINOR change may break the ABI (and changes the soname); see docs/c-api.md, "ABI". */
 #define LL_VERSION_MAJOR 0
-#define LL_VERSION_MINOR 3
+#define LL_VERSION_MINOR 4
 #define LL_VERSION_PATCH 0
 
 #define LL_SKIPPABLE_MAGIC 0x184D2A5E     /* seek table frame's magic */
@@ -101,7 +101,9 @@ typedef enum {
     LL_ERR_NOTDIR = -16,    /* a path component, or the inode given, is not a directory */
     LL_ERR_LOOP = -17,      /* more than LL_MAX_SYMLINK_HOPS symlinks while resolving a path */
     LL_ERR_NOTREG = -18,    /* not a regular file (a read), or not a symlink (readlink) */
-    LL_ERR_CACHE = -19      /* the disk cache directory cannot be used (errno in the message) */
+    LL_ERR_CACHE = -19,     /* the disk cache directory cannot be used (errno in the message) */
+    LL_ERR_MISS = -20,      /* ll_image_read_cached: a frame is neither in memory nor on disk */
+    LL_ERR_MOUNT = -21      /* /dev/fuse, mount(2) or fusermount3 failed (errno in the message) */
     /* New codes are added below the last one, in minor versions too: treat an
      * unknown negative code as a generic failure. */
 } ll_status;
@@ -695,8 +697,140 @@ typedef struct {
 } ll_image_stats;
 
 LL_API void ll_image_get_stats(ll_image *img, ll_image_stats *out);
+
+/* ll_image_read that never calls a host read callback: LL_ERR_MISS if a frame
+ * it needs is neither in the block cache nor in the disk cache (nothing is
+ * fetched; ask again with ll_image_read, on a thread that may wait).  A server
+ * answers cache hits at once this way and hands misses to other threads.  Any
+ * thread, many at once. */
+LL_API int64_t ll_image_read_cached(ll_image *img, uint64_t ino, uint64_t offset, void *dst, size_t size);
+
+/* The index the image was created over.  Any thread. */
+LL_API const ll_index *ll_image_index(const ll_image *img);
 /* Free the image (not concurrent with reads).  The index stays the caller's. */
 LL_API void ll_image_free(ll_image *img);
+
+/* ---------------------------------------------------------------- host over a socket
+ *
+ * Image sources whose bytes come from another process (the Python package's
+ * fetcher: a registry fetch needs Python, which a server thread must not wait
+ * on in the process it serves; docs/mount.md, "Deadlock hazard").  A read of
+ * layer L, `size` bytes at `offset`, takes a free connection of the pool (or
+ * waits for one), sends a request and reads the answer:
+ *
+ *   request  24 bytes: u32 magic 0x3146464c ("LLF1"), u32 layer, u64 offset, u64 size
+ *   answer   16 bytes: i32 status (0, or a negative ll_status), u32 0, u64 length
+ *            then `length` bytes: exactly `size` when status is 0, else an error
+ *            message (at most 4096 bytes) that is read and dropped
+ *
+ * all little-endian.  A connection that breaks or answers out of protocol is
+ * closed and the read is LL_ERR_IO; when none is left every read is LL_ERR_IO.
+ * No timeouts here: the other side has its own deadlines.  The bytes are not
+ * trusted: ll_image verifies them (verify_fetched).
+ *
+ * Threads: ll_sockhost_source and reads from any thread, many at once (one
+ * connection each); ll_sockhost_free once no read is running. */
+
+typedef struct ll_sockhost ll_sockhost;
+
+#define LL_SOCKHOST_MAGIC 0x3146464cu
+
+/* A pool over `n` connected stream sockets (owned: closed by ll_sockhost_free),
+ * serving layers 0..nlayers-1.  LL_ERR_ARG, LL_ERR_NOMEM. */
+LL_API int ll_sockhost_create(const int *fds, unsigned n, uint32_t nlayers, ll_sockhost **out);
+/* The ll_image_source of layer `layer` (use_disk 1).  LL_ERR_ARG. */
+LL_API int ll_sockhost_source(ll_sockhost *h, uint32_t layer, ll_image_source *out);
+LL_API void ll_sockhost_free(ll_sockhost *h);
+
+/* ---------------------------------------------------------------- FUSE server
+ *
+ * A read-only FUSE file system of an ll_image, speaking the kernel's protocol
+ * on /dev/fuse itself (no libfuse; docs/mount.md says why).  The kernel is told
+ * to keep what it learns for long (the image never changes): entries,
+ * attributes and negative lookups for entry/attr/negative_timeout seconds, file
+ * pages across opens (OPEN and OPENDIR answer ENOSYS once: no_open), directory
+ * listings with every entry's attributes (READDIRPLUS), reads of up to 1 MiB.
+ * Cache hits are answered on the server threads (`threads` of them, each with
+ * its own /dev/fuse descriptor); a read that needs a frame from the host goes
+ * to one of `miss_threads` threads that call ll_image_read and answer the
+ * request when it returns, so a waiting miss never holds up hits.  A read that
+ * fails (a frame that does not verify, a failed fetch) is EIO, written to
+ * log_fd with the file's path and the reason; the mount keeps serving.  Every
+ * write is EROFS (the mount is read-only).
+ *
+ * Mounting: as root with mount(2) (/proc/mounts shows `fsname` and type
+ * fuse.<subtype>), otherwise through fusermount3, which hands the /dev/fuse
+ * descriptor back over a socket.
+ *
+ * Threads: ll_fuse_mount, ll_fuse_start, ll_fuse_wait and ll_fuse_free on one
+ * thread, in that order; ll_fuse_unmount and ll_fuse_get_stats from any thread
+ * at any time between ll_fuse_mount and ll_fuse_free.  The image and index
+ * must outlive the server.  The host read callbacks are called on the miss
+ * threads (a Python host takes its GIL there: a thread of the same process
+ * that holds the GIL while touching the mount must not need a miss; see
+ * docs/mount.md, "Deadlock hazard"). */
+
+typedef struct ll_fuse ll_fuse;
+
+typedef struct {
+    size_t struct_size;        /* set by ll_fuse_options_init; first */
+    const char *fsname;        /* the source /proc/mounts shows (default "lazylayer"); ',' and
+                                  ' ' and anything below 0x20 become '_' */
+    const char *subtype;       /* the type is fuse.<subtype> (default "lazylayer") */
+    int allow_other;           /* let other users in (root, or user_allow_other in /etc/fuse.conf) */
+    double entry_timeout;      /* seconds the kernel keeps a name -> inode (default 86400) */
+    double attr_timeout;       /* seconds it keeps attributes (default 86400) */
+    double negative_timeout;   /* seconds it keeps "no such name" (default 86400) */
+    unsigned threads;          /* server threads (default 2; at most 64) */
+    unsigned miss_threads;     /* threads waiting on host reads (default 16; at most 256) */
+    int direct_io;             /* 1: OPEN is answered with FOPEN_DIRECT_IO, so every read reaches
+                                  the server (benchmarks); default 0 (no_open, page cache kept) */
+    int log_fd;                /* where EIO lines go (default -1: nowhere) */
+    /* Called for each READ before it is served (a recorder of what a workload reads);
+     * on a server thread, several at once.  NULL: none. */
+    void (*on_read)(void *opaque, uint64_t ino, uint64_t offset, uint64_t size);
+    void *on_read_opaque;
+} ll_fuse_options;
+
+typedef struct {
+    uint64_t requests;         /* every request read from the kernel, INIT and FORGETs included */
+    uint64_t lookups, getattrs, readdirs, reads, readlinks, xattrs, forgets, others;
+    uint64_t negative;         /* LOOKUPs of names that do not exist */
+    uint64_t bytes_read;       /* bytes answered to READs */
+    uint64_t misses;           /* READs handed to a miss thread */
+    uint64_t eio;              /* READs answered EIO */
+} ll_fuse_stats;
+
+/* Defaults as documented in ll_fuse_options.  LL_ERR_ARG if opt is NULL or
+ * struct_size too small.  Any thread. */
+LL_API int ll_fuse_options_init(ll_fuse_options *opt, size_t struct_size);
+
+/* Mount `img` read-only at `mountpoint`: /dev/fuse opened and mount(2) called
+ * (root), else fusermount3 run.  Nothing is served until ll_fuse_start (a
+ * process touching the mount point waits until then).  LL_ERR_MOUNT with the
+ * reason in err; LL_ERR_ARG; LL_ERR_NOMEM. */
+LL_API int ll_fuse_mount(ll_image *img, const char *mountpoint, const ll_fuse_options *opt, ll_fuse **out,
+                         char *err, size_t err_size);
+
+/* Answer the kernel's INIT, then start the server and miss threads; returns
+ * once the mount answers requests.  LL_ERR_MOUNT (the kernel's handshake
+ * failed), LL_ERR_THREAD. */
+LL_API int ll_fuse_start(ll_fuse *f, char *err, size_t err_size);
+
+/* Block until the mount is gone (unmounted by anyone, or ll_fuse_unmount) and
+ * every thread has ended.  LL_OK. */
+LL_API int ll_fuse_wait(ll_fuse *f);
+
+/* Unmount (lazily: processes still inside keep what they hold): umount2 with
+ * MNT_DETACH as root, else `fusermount3 -u -z`.  LL_OK, or LL_ERR_MOUNT with
+ * the reason in err (already unmounted is LL_OK). */
+LL_API int ll_fuse_unmount(ll_fuse *f, char *err, size_t err_size);
+
+LL_API void ll_fuse_get_stats(ll_fuse *f, ll_fuse_stats *out);
+
+/* Free the server (after ll_fuse_wait, or instead of ll_fuse_start after a
+ * failure: then it unmounts first). */
+LL_API void ll_fuse_free(ll_fuse *f);
 
 /* cffi-end */
 

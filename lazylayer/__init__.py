@@ -7,7 +7,9 @@
   the writer (:class:`SeekableWriter`), and the shared, bounded
   decompressed-frame cache (:class:`BlockCache`).  See ``docs/``.
 
-``ImageFileSystem``, ``Image`` and ``DiskCache`` are imported on first use, so
+- :class:`Mount`: an image mounted read-only with FUSE (:mod:`lazylayer.mount`).
+
+``ImageFileSystem``, ``Image``, ``DiskCache`` and ``Mount`` are imported on first use, so
 ``import lazylayer`` stays light for callers of the core engine only.
 """
 
@@ -35,7 +37,7 @@ from .errors import (
     SourceError,
 )
 
-_LAZY = {"ImageFileSystem": "fs", "Image": "image", "DiskCache": "image"}
+_LAZY = {"ImageFileSystem": "fs", "Image": "image", "DiskCache": "image", "Mount": "mount"}
 
 _compat.install()
 
@@ -61,6 +63,7 @@ __all__ = [
     "IntegrityError",
     "LazyLayerError",
     "LimitError",
+    "Mount",
     "SeekableReader",
     "SeekableWriter",
     "SourceError",

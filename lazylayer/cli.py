@@ -378,22 +378,12 @@ def _prefetch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-readahead", action="store_true", help="no read-ahead of sequential reads")
 
 
-def _open_image(args: argparse.Namespace, *, prefetch: bool = True) -> Image:
-    """The image of an image command; commands with prefetch options (mount) start the prefetcher."""
+def _open_image(args: argparse.Namespace) -> Image:
+    """The image of an image command (a mount's prefetch runs in its fetcher: lazylayer.mount.fetcher)."""
     from .image import DiskCache, Image
 
     cache = None if args.no_cache else DiskCache(args.cache_dir)
-    img = Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache)
-    if prefetch and hasattr(args, "no_prefetch"):
-        from . import prefetch as pf
-
-        try:
-            pf.start(img, None if args.no_prefetch else args.prefetch or "auto", fill=args.fill,
-                     fill_rate=args.fill_rate, readahead=not args.no_readahead)
-        except BaseException:
-            img.close()
-            raise
-    return img
+    return Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache)
 
 
 # ------------------------------------------------------------------------ mount
@@ -409,9 +399,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if is_mounted(mnt):
         raise MountError(f"{mnt}: a lazylayer mount is there already (lazylayer umount {mnt})")
     opts = daemon.ServeOptions(mnt, label=args.image, threads=not args.single_thread, allow_other=args.allow_other,
-                               debug=args.debug, read_ahead=args.read_ahead, verbose=args.verbose)
+                               debug=args.debug, read_ahead=args.read_ahead, verbose=args.verbose,
+                               prefetch=None if args.no_prefetch else args.prefetch or "auto", fill=args.fill,
+                               fill_rate=args.fill_rate, readahead=not args.no_readahead)
 
     def serve(ready_fd: int | None = None) -> int:
+        # The mount's fetcher process runs the prefetcher (it sees the misses read-ahead follows).
         return _run(lambda a: daemon.run(lambda: _open_image(a), opts, ready_fd), args)
 
     if args.foreground:
@@ -428,7 +421,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         print("lazylayer record: give the command after --, e.g. lazylayer record IMAGE -- python3 -c 'import x'",
               file=sys.stderr)
         return 2
-    with _open_image(args, prefetch=False) as img:
+    with _open_image(args) as img:
         result = record(img, argv, timeout=args.timeout, overlay=not args.bare)
         plan = result.plan
         ended = f"exited {result.returncode}" if result.returncode is not None else \

@@ -1,6 +1,6 @@
 """``lazylayer record``: run a command in an image and record what it reads, as a prefetch plan.
 
-The image is FUSE-mounted in this process (:func:`lazylayer.mount.serve`) with a
+The image is FUSE-mounted in this process (:class:`lazylayer.mount.Mount`) with a
 :class:`~lazylayer.prefetch.Recorder` on it; the command runs chrooted into
 an overlay of that mount (a tmpfs takes its writes, ``/proc`` and ``/dev`` are
 there, as in a container), with the image config's environment and working
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from .mount import MountError, serve
+from .mount import Mount, MountError
 from .prefetch import Plan, Recorder
 
 if TYPE_CHECKING:
@@ -53,26 +53,27 @@ def record(image: Image, argv: Sequence[str], *, timeout: float | None = None, o
         raise MountError("lazylayer record mounts the image and runs the command chrooted into it: "
                          "it must run as root")
     recorder = Recorder(image)
-    image.recorder = recorder
+    index = image.index
+
+    def on_read(ino: int, offset: int, size: int) -> None:  # a C server thread, for each READ
+        st = index.stat(ino)
+        n = min(size, st.size - offset)
+        if n > 0 and st.layer >= 0:
+            recorder.read(st.layer, st.offset + offset, n)
+
     top = tempfile.mkdtemp(prefix="lazylayer-record-")
     mnt = os.path.join(top, "image")
     os.mkdir(mnt)
     result: list[tuple[int | None, float]] = []
     failure: list[BaseException] = []
     proc: list[subprocess.Popen[bytes]] = []
-
-    def run() -> None:
-        try:
-            result.append(_run_chrooted(image, mnt, top, argv, timeout, overlay, proc))
-        except BaseException as exc:  # noqa: BLE001 - reported by record() on the main thread
-            failure.append(exc)
-        finally:
-            _fusermount(mnt)
-
     try:
-        serve(image, mnt, on_ready=run)
+        with Mount(image, mnt, on_read=on_read):
+            try:
+                result.append(_run_chrooted(image, mnt, top, argv, timeout, overlay, proc))
+            except BaseException as exc:  # noqa: BLE001 - reported below, after the unmount
+                failure.append(exc)
     finally:
-        image.recorder = None
         for p in proc:  # the mount ended under the command (a signal): do not leave it running
             if p.poll() is None:
                 _stop(p)
@@ -156,13 +157,4 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
         p.wait()
     except ProcessLookupError:
         pass
-
-
-def _fusermount(mnt: str) -> None:
-    for _ in range(50):
-        tool = shutil.which("fusermount3") or "fusermount3"
-        if subprocess.run([tool, "-u", mnt], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.1)
-    subprocess.run([tool, "-uz", mnt], capture_output=True)
 

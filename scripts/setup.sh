@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # Build: gcc, make, pkg-config, libzstd-dev, libxxhash-dev (header-only use), libssl-dev (libcrypto: sha256).
 # Tests: zstd (the CLI, to check our files), clang + its sanitizer runtime (fuzz/ASan tests),
 # umoci and skopeo (to build real images and unpack converted ones).
-# Mounts: fuse3 (libfuse 3 and fusermount3; `lazylayer mount` loads it through mfusepy).
+# Mounts: fuse3 (fusermount3, for mounts without root; the FUSE server itself is in csrc/fuse.c).
 PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev libssl-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -78,8 +78,8 @@ CURRENT = [
     "lazylayer.prefetch.Prefetcher", "lazylayer.prefetch.attach", "lazylayer.prefetch.find_attached",
     "lazylayer.prefetch.plan", "lazylayer.prefetch.recorder", "lazylayer.prefetch.prefetcher",
     "lazylayer.prefetch.start", "lazylayer.fs.ImageFileSystem",
-    "lazylayer.mount.serve", "lazylayer.mount.unmount", "lazylayer.mount.is_mounted",
-    "lazylayer.mount.ImageOperations", "lazylayer.mount.MountError", "lazylayer.mount.fuse",
+    "lazylayer.Mount", "lazylayer.mount.Mount", "lazylayer.mount.AsyncMount", "lazylayer.mount.unmount",
+    "lazylayer.mount.is_mounted", "lazylayer.mount.MountError", "lazylayer.mount.fuse",
     "lazylayer.mount.control", "lazylayer.mount.daemon",
     "lazylayer.convert.Converter", "lazylayer.convert.convert", "lazylayer.convert.ConvertResult",
     "lazylayer.record.record", "lazylayer.record.RecordResult",
@@ -295,10 +295,12 @@ def test_mount_is_a_module_with_its_functions() -> None:
     import lazylayer.mount
 
     assert isinstance(lazylayer.mount, types.ModuleType)
-    for name in ("serve", "unmount", "is_mounted"):
+    for name in ("unmount", "is_mounted"):
         assert callable(getattr(lazylayer.mount, name)), name
     assert issubclass(lazylayer.mount.MountError, lazylayer.errors.LazyLayerError)
-    assert not hasattr(lazylayer, "Mount")  # a worker-agent API that does not exist yet; the docs must not name it
+    # lazylayer.Mount is the class (the worker agents' API), lazylayer.mount stays the package
+    assert isinstance(lazylayer.Mount, type) and lazylayer.Mount is lazylayer.mount.Mount
+    assert not hasattr(lazylayer.mount, "serve")  # replaced by Mount (docs/python-api.md)
 
 
 def test_image_prefetch_keywords_are_deprecated(tmp_path: Path) -> None:

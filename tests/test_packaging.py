@@ -91,7 +91,7 @@ def test_the_wheel_metadata_has_the_entry_points(wheel: Path) -> None:
     assert "[fsspec.specs]" in entry_points and "lazylayer = lazylayer.fs:ImageFileSystem" in entry_points
     assert "[console_scripts]" in entry_points and "lazylayer = lazylayer.cli:main" in entry_points
     metadata = z.read(f"{info}/METADATA").decode()
-    for dep in ("zstandard", "aiohttp", "fsspec", "cffi", "mfusepy"):
+    for dep in ("zstandard", "aiohttp", "fsspec", "cffi"):
         assert f"Requires-Dist: {dep}" in metadata, dep
 
 

@@ -114,7 +114,7 @@ def lazy_umount(cli: str, mnt: Path, timeout: float = 60) -> str:
     return msg
 
 
-COUNTERS = re.compile(r"unmounted .*: (\d+) frames fetched \((\d+) bytes\), (\d+) from disk, (\d+) EIO")
+COUNTERS = re.compile(r"unmounted .*: (?:\d+ requests, )?(\d+) frames fetched \((\d+) bytes\), (\d+) from disk, (\d+) EIO")
 
 
 def daemon_counters(log: Path) -> dict[str, int]:

@@ -45,7 +45,7 @@ from nothing local to the workload's exit; unmounting is not timed)
         /dev/null, hence the pipe); no /proc or /dev in ROOT.
     (g) as (b) with ``--fill`` (the whole image fetched in the background,
         and read-ahead), then (f)'s read-every-file workload.
-    (i) a diagnostic: ``python -c IMPORTS``, the modules (and libfuse) the
+    (i) a diagnostic: ``python -c IMPORTS``, the modules the
         mount command loads before it forks: the part of (b) and (c)'s mount
         that is only starting the command.
     Before every case: the page cache is dropped (``sync; echo 3 >
@@ -346,8 +346,7 @@ CASES = {
     "i": "(diagnostic) starting the command: `python -c IMPORTS` (see below), page cache dropped",
 }
 # What `lazylayer mount docker://...` loads before it forks its daemon.
-IMPORTS = ("import lazylayer.cli, lazylayer.image, lazylayer.mount, lazylayer.registry, lazylayer.remote; "
-           "lazylayer.mount.fuse_module()")
+IMPORTS = "import lazylayer.cli, lazylayer.image, lazylayer.mount, lazylayer.registry, lazylayer.remote"
 PHASES = ("manifest", "pull", "mount", "overlay", "workload")
 
 

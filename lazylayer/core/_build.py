@@ -20,12 +20,13 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(os.path.dirname(HERE)), "csrc")
 SOURCES = ["common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c", "json.c", "toc.c", "index.c", "resolve.c",
-           "oci.c", "diskcache.c", "image.c"]
+           "oci.c", "diskcache.c", "image.c", "sockhost.c", "fuse.c"]
 
 # Callbacks into Python: the read and write callbacks of sources and writers.
 PYTHON_CALLBACKS = """
 extern "Python" int _ll_py_read(void *opaque, uint64_t offset, size_t size, void *dst);
 extern "Python" int _ll_py_write(void *opaque, const void *src, size_t size);
+extern "Python" void _ll_py_on_read(void *opaque, uint64_t ino, uint64_t offset, uint64_t size);
 """
 
 

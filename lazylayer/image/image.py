@@ -149,6 +149,10 @@ class Image:
         self.prefetch_started = threading.Event()
         """Set once the plan (if any) is found and queued."""
         self.prefetch_started.set()
+        self.registry = registry
+        """The :class:`~lazylayer.registry.RegistryConfig` given (None: the defaults)."""
+        self.native: NativeDiskCache | None = None
+        """The disk cache as the C side opens it (None without one)."""
         self._source = open_source(reference, registry)
         if isinstance(self._source, oci.OciLayout):
             self.disk = None  # its blobs are local files already: nothing to keep
@@ -176,7 +180,7 @@ class Image:
 
     def _open_layers(self, descs: list[oci.Descriptor], ids: list[str]) -> None:
         """The index (from the disk cache, else built from the TOCs), each layer's source, the reader."""
-        native = NativeDiskCache(self.disk.path) if self.disk is not None else None
+        native = self.native = NativeDiskCache(self.disk.path) if self.disk is not None else None
         blobs = [self._source.blob(d) if is_lazy_layer(d) else None for d in descs]
         # The index is kept on disk, keyed by the manifest's digest, when every layer is lazy (a layer
         # re-encoded locally is vouched for by nothing the manifest says about its frames).
@@ -330,6 +334,23 @@ class Image:
         if len(data) != n:
             raise errors.FormatError(f"{node.path}: layer {layer} ends inside the file")
         return data
+
+    def pinned(self) -> Any:
+        """The reference of exactly this manifest: a ``docker://`` reference by digest (a tag may
+        move), else the reference as given (layouts and archives are read from local files)."""
+        ref = oci.parse_reference(self.reference)
+        if isinstance(ref, oci.RegistryRef) and _is_digest(self.digest):
+            return oci.RegistryRef(ref.registry, ref.repository, digest=self.digest)
+        return ref
+
+    def local_path(self, layer: Layer) -> str | None:
+        """The local file holding ``layer``'s blob as it is read (an OCI layout's blob, a
+        re-encoded copy), or None if its bytes come over the network."""
+        blob = layer.source.blob
+        fs = getattr(blob, "fs", None)
+        if fs is None or "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            return None
+        return str(blob.path)
 
     # -- information ------------------------------------------------------------
 

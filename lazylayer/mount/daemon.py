@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .. import errors
 from ..image import Image
 from .control import set_read_ahead, state_paths
-from .fuse import fuse_module, serve
+from .fuse import Mount
 
 log = logging.getLogger("lazylayer.mount")
 
@@ -30,11 +31,15 @@ class ServeOptions:
 
     mountpoint: str
     label: str = ""               #: the image reference, for messages
-    threads: bool = True          #: libfuse's multi-threaded loop
+    threads: bool = True          #: two server threads (False: one)
     allow_other: bool = False
-    debug: bool = False           #: libfuse's request log
+    debug: bool = False           #: DEBUG logs
     read_ahead: int | None = None  #: the kernel's read-ahead for the mount (root only)
     verbose: int = 0              #: 1: the INFO logs of prefetch and fetches; 2: every fetch too (DEBUG)
+    prefetch: Any = "auto"        #: the plan: "auto", a plan file, or None (lazylayer.prefetch.start)
+    fill: bool = False            #: fetch the whole image in the background
+    fill_rate: float | None = None
+    readahead: bool = True
 
 
 def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | None = None) -> int:
@@ -69,18 +74,38 @@ def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | Non
     except (errors.LazyLayerError, OSError) as exc:
         tell(f"error: {exc}")
         raise
+    mnt = None
     try:
-        ops = serve(img, opts.mountpoint, on_ready=ready, threads=opts.threads,
-                    allow_other=opts.allow_other, debug=opts.debug)
-    except errors.LazyLayerError as exc:
-        tell(f"error: {exc}")
-        raise
+        try:
+            mnt = Mount(img, opts.mountpoint, threads=2 if opts.threads else 1, allow_other=opts.allow_other,
+                        prefetch=opts.prefetch, fill=opts.fill, fill_rate=opts.fill_rate, readahead=opts.readahead,
+                        verbose=opts.verbose + (2 if opts.debug else 0))
+        except errors.LazyLayerError as exc:
+            tell(f"error: {exc}")
+            raise
+        # SIGINT, SIGTERM and SIGHUP unmount (lazily); the kernel ends the session once
+        # the last process inside lets go, and mnt.wait() returns.
+        def on_signal(signum: int, frame: object) -> None:
+            log.info("%s: signal %d: unmounting", opts.mountpoint, signum)
+            try:
+                mnt.unmount(wait=False)
+            except errors.LazyLayerError as exc:
+                log.error("%s", exc)
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, on_signal)
+        ready()
+        while not mnt.wait(1.0):
+            pass
+        stats = mnt.stats()
     finally:
         tell("error: the mount ended before it was ready")
-        stats = img.stats()
+        if mnt is not None:
+            mnt.close()
         img.close()
-    log.info("unmounted %s: %d frames fetched (%d bytes), %d from disk, %d EIO", opts.mountpoint,
-             stats["frames_fetched"], stats["bytes_fetched"], stats["frames_from_disk"], ops.eio)
+    log.info("unmounted %s: %d requests, %d frames fetched (%d bytes), %d from disk, %d EIO", opts.mountpoint,
+             stats["requests"], stats["fetches"], stats["bytes_fetched"], stats["frames_from_disk"], stats["eio"])
     try:
         with open(pidfile) as f:
             if f.read().strip() == str(os.getpid()):
@@ -100,7 +125,6 @@ def spawn(child: Callable[[int], int], mountpoint: str, *, log_path: str | None 
     point's default log (:func:`~lazylayer.mount.control.state_paths`), started
     afresh by each mount.  No thread may be running when this is called.
     """
-    fuse_module()  # load libfuse before the fork: the child must not fail on it
     _, default_log = state_paths(mountpoint)
     logpath = os.path.abspath(log_path or default_log)
     if threading.active_count() > 1:  # pragma: no cover - nothing before this starts threads

@@ -1,40 +1,46 @@
-"""A read-only FUSE mount of an image's merged root, so real processes run from it.
+"""A read-only FUSE mount of an image, answered by the C server (``ll_fuse``, csrc/fuse.c).
 
-:class:`ImageOperations` answers the kernel's FUSE requests from an opened
-:class:`lazylayer.image.Image`: metadata from the in-memory tree (no network),
-file content through the same verified frame fetches, disk cache and memory
-cache as ``lazylayer://``.  :func:`serve` runs the FUSE loop (libfuse 3 through
-`mfusepy <https://github.com/mxmlnkn/mfusepy>`_; ``docs/mount.md`` says why that
-binding).  The ``lazylayer mount`` and ``lazylayer umount`` commands
-(:mod:`lazylayer.cli`) use :func:`serve`, :func:`unmount` and the state files
-below.
+:class:`Mount` mounts an opened :class:`lazylayer.image.Image` (or a reference
+it opens) and returns once the kernel has the mount and it answers.  Every
+request is answered in C from the image index: lookups, attributes,
+directory listings, symlinks, xattrs, and reads of frames already in the
+memory or disk cache never enter Python.  Only a read that needs a frame from
+the registry calls back into Python (the image's verified, coalesced fetch,
+with the prefetcher's priorities), on one of the server's miss threads, while
+the others keep answering.
 
 Because an image never changes, the kernel is told to keep what it learns:
-attributes, directory entries and negative lookups for a day, and file pages
-in its page cache across opens (``kernel_cache``).  A process that reads a file
-twice, or two processes that map the same library, cost one fetch.
+entries, attributes and negative lookups for a day, file pages across opens,
+and each directory listing with every entry's attributes (READDIRPLUS), so
+``ls -l``, ``find`` and ``tar`` cost one request per directory.
 
-Errors become errno values: a frame that fails its sha256 (or any data error)
-is ``EIO`` and is logged; so is a network failure after the remote layer's own
-retries.  Writes of any kind are ``EROFS``.
+Errors become errno values: a frame that fails its sha256 (or any data error),
+or a fetch that fails after the remote layer's retries, is ``EIO`` and is
+logged (to ``log_fd``) with the file's path; the mount keeps serving.  Writes
+of any kind are ``EROFS``.
 
-A background mount leaves two state files (see :func:`state_paths`) keyed by
-the mount point: the daemon's pid and its log, so ``lazylayer umount`` can wait
-for the daemon to exit after the unmount.
+Deadlock hazard: the miss threads take the GIL to fetch.  A thread of *this*
+process that holds the GIL while it touches the mount (importing an extension
+module from it, faulting on an mmap of a file there) would wait for a miss
+that waits for the GIL.  Serve a mount that this process's own Python code
+reads from a separate process (``lazylayer mount``, whose daemon runs nothing
+else); docs/mount.md, "Deadlock hazard".
 """
 
 from __future__ import annotations
 
-import errno
+import dataclasses
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from .. import errors
-from ..image import Image, Node
+from ..core._lib import check, ffi, lib
+from ..core.seekable import _resolve_pool
+from .fetcher import Fetcher, FetcherSpec
 
-__all__ = ["ImageOperations", "MountError", "serve", "fuse_module", "FSNAME_PREFIX", "SUBTYPE"]
+__all__ = ["Mount", "MountError", "FSNAME_PREFIX", "SUBTYPE", "CACHE_TIMEOUT"]
 
 log = logging.getLogger("lazylayer.mount")
 
@@ -43,227 +49,295 @@ SUBTYPE = "lazylayer"
 FSNAME_PREFIX = "lazylayer:"
 #: How long the kernel may keep attributes, entries and negative lookups: the image is immutable.
 CACHE_TIMEOUT = 86400.0
-_BLOCK = 512  # st_blocks unit
-#: libfuse threads at most: requests waiting on fetches overlap (the fetches release the GIL).
-MAX_THREADS = 16
 
 
 class MountError(errors.LazyLayerError):
     """The mount could not be made, found or removed."""
 
 
-def fuse_module() -> Any:
-    """The mfusepy module, bound to libfuse 3.
+def _err_text(buf: Any, rc: int) -> str:
+    text = ffi.string(buf).decode(errors="replace")
+    return text or ffi.string(lib.ll_strerror(rc)).decode()
 
-    mfusepy would pick libfuse 2 first if both are installed, and finds the
-    library with ``ctypes.util.find_library``, which runs ``ldconfig`` (30 ms);
-    naming libfuse 3's soname skips both.  ``FUSE_LIBRARY_PATH`` still wins.
-    """
-    if "FUSE_LIBRARY_PATH" not in os.environ and "FUSE_LIBRARY_NAME" not in os.environ:
-        try:
-            import ctypes
 
-            ctypes.CDLL("libfuse3.so.3")
-            os.environ["FUSE_LIBRARY_PATH"] = "libfuse3.so.3"
-        except OSError:
-            os.environ["FUSE_LIBRARY_NAME"] = "fuse3"
+class _ReadHook:
+    """Calls ``on_read(ino, offset, size)`` for each READ (from C server threads)."""
+
+    def __init__(self, fn: Callable[[int, int, int], None]) -> None:
+        self.fn = fn
+        self.handle = ffi.new_handle(self)
+
+
+@ffi.def_extern()
+def _ll_py_on_read(opaque: Any, ino: int, offset: int, size: int) -> None:
+    hook: _ReadHook = ffi.from_handle(opaque)
     try:
-        import mfusepy
-    except (ImportError, OSError, EnvironmentError) as exc:  # mfusepy raises EnvironmentError without libfuse
-        raise MountError(f"FUSE is not available: {exc} (Debian: apt-get install fuse3; pip install mfusepy)") \
-            from None
-    return mfusepy
+        hook.fn(ino, offset, size)
+    except Exception:  # noqa: BLE001 - a hook must never break serving
+        log.exception("on_read hook failed")
 
 
-class ImageOperations:
-    """The FUSE operations of a read-only image (mfusepy's high-level, path-based interface).
+class Mount:
+    """``image`` mounted read-only at ``mountpoint``, served by C threads of this process.
 
-    Paths come from the kernel one component at a time, so they never hold a
-    symlink to follow: each is a key of ``image.tree.paths``; reads get the
-    path too, so there is no table of open files.  The kernel is asked for as
-    few round trips as it allows: ``open`` answers ENOSYS once, after which it
-    stops sending OPEN and RELEASE ("no_open"; ``opendir`` cannot do the same,
-    libfuse's high-level readdir needs the handle its opendir makes); ``readdir_plus``
-    gives every entry's attributes with the listing, so no LOOKUP follows;
-    ``release``, ``access`` (the kernel checks permissions itself,
-    ``default_permissions``) and ``flush`` (ENOSYS) are left to libfuse, in C.
-    Every method may be called from several libfuse threads at once.
+    ``image``: an :class:`~lazylayer.image.Image` (kept open; the caller closes
+    it after the mount) or a reference, opened here with ``image_options`` and
+    closed with the mount.  Returns once the kernel has the mount and it
+    answers.  ``threads``: server threads reading ``/dev/fuse`` (each its own
+    clone of the session); ``miss_threads``: threads that wait on fetches.
+    ``timeout``: seconds the kernel keeps entries and attributes (0 makes every
+    stat reach the server: benchmarks).  ``direct_io``: every read reaches the
+    server, bypassing the page cache (benchmarks).  ``on_read(ino, offset,
+    size)``: called for every READ, on a server thread (a recorder).
+    ``log_fd``: where EIO lines go (default stderr; None: nowhere).
+
+    Use as a context manager, or call :meth:`close` (unmount, wait, release).
+    Several mounts in one process share the process-wide memory cache and the
+    default disk cache.  Not for a process whose own Python threads read the
+    mount (see the module's "Deadlock hazard").
     """
 
-    use_ns = True  # timestamps in nanoseconds (mfusepy)
+    def __init__(self, image: Any, mountpoint: str, *, allow_other: bool = False, threads: int = 2,
+                 miss_threads: int = 16, timeout: float = CACHE_TIMEOUT, direct_io: bool = False,
+                 on_read: Callable[[int, int, int], None] | None = None, log_fd: int | None = 2,
+                 prefetch: Any = "auto", fill: bool = False, fill_rate: float | None = None,
+                 readahead: bool = True, verbose: int = 0, **image_options: Any) -> None:
+        from ..image import Image
 
-    def __init__(self, image: Image, *, on_ready: Callable[[], None] | None = None) -> None:
-        self.image = image
-        self.tree = image.tree
-        self.on_ready = on_ready
-        self._fuse = fuse_module()
-        self.eio = 0
-        """How many requests failed with EIO (bad data or a failed fetch)."""
+        self.mountpoint = os.path.abspath(mountpoint)
+        self._own = not isinstance(image, Image)
+        self.image = Image(image, **image_options) if self._own else image
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._closing = False
+        self._ptr: Any = None
+        self._img: Any = None
+        self._fetcher: Fetcher | None = None
+        self._hook = _ReadHook(on_read) if on_read is not None else None
+        try:
+            if isinstance(prefetch, (str, os.PathLike)) and prefetch != "auto":
+                from ..prefetch import load_plan
 
-    # -- helpers ----------------------------------------------------------------
+                prefetch = load_plan(prefetch)  # a bad plan file fails the mount here, with its reason
+            self._open_reader(miss_threads, FetcherSpec(None, prefetch=None if prefetch is False else prefetch,
+                                                        fill=fill, fill_rate=fill_rate, readahead=readahead,
+                                                        verbose=verbose))
+            self._mount(allow_other, threads, miss_threads, timeout, direct_io, log_fd)
+        except BaseException:
+            self._release()
+            raise
 
-    def _node(self, path: str) -> Node:
-        node = self.tree.paths.get(path[1:])
-        if node is None:
-            raise self._fuse.FuseOSError(errno.ENOENT)
-        return node
+    def _open_reader(self, connections: int, spec: FetcherSpec) -> None:
+        """The mount's own ``ll_image`` over the image's index: layers kept in local files are
+        read by C from those files; the others' missing frames are asked of the fetcher process."""
+        img = self.image
+        remote = []
+        arr = ffi.new("ll_image_source[]", max(1, len(img.layers)))
+        keep: list[Any] = [arr]
+        self._fds: list[int] = []
+        for i, layer in enumerate(img.layers):
+            path = img.local_path(layer)
+            if path is None:
+                remote.append(i)
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fds.append(fd)
+            box = ffi.new("int *", fd)
+            keep.append(box)
+            arr[i].read = lib.ll_fd_read
+            arr[i].opaque = box
+            arr[i].use_disk = 0
+        self._sockhost = None
+        if remote:
+            self._fetcher = Fetcher(dataclasses.replace(spec, reference=img.pinned(), registry=img.registry,
+                                                        cache=img.disk.path if img.disk is not None else None,
+                                                        layers=remote), connections)
+            fds = ffi.new("int[]", self._fetcher.fds)
+            out = ffi.new("ll_sockhost **")
+            check(lib.ll_sockhost_create(fds, len(self._fetcher.fds), len(img.layers), out), "starting the fetcher")
+            self._sockhost = out[0]
+            for i in remote:
+                check(lib.ll_sockhost_source(self._sockhost, i, ffi.addressof(arr, i)), "starting the fetcher")
+        elif spec.prefetch not in (None, "auto") or spec.fill:
+            log.warning("%s: no prefetch: every layer is in a local file", img.reference)
+        opts = ffi.new("ll_image_options *")
+        check(lib.ll_image_options_init(opts, ffi.sizeof(opts[0])), "initialising image options")
+        pool = _resolve_pool(img.threads)
+        opts.cache = img.memory._ptr if img.memory is not None else ffi.NULL
+        opts.pool = pool._ptr if pool is not None else ffi.NULL
+        opts.disk = img.native._ptr if img.native is not None else ffi.NULL
+        opts.verify_fetched = 1  # every frame from a file or the fetcher is checked against its sha256
+        opts.store_fetched = 0  # the fetcher stores what it fetched (with the cache's single-flight locks)
+        out_img = ffi.new("ll_image **")
+        check(lib.ll_image_create(img.index._ptr, arr, opts, out_img), "opening the image for the mount")
+        self._img = out_img[0]
+        self._keep = (keep, pool, img.memory, img.native, img.index)
 
-    @staticmethod
-    def stat(node: Node) -> dict[str, Any]:
-        """``struct stat`` of a node, as ``lstat`` on an unpacked image shows it."""
-        i = node.inode
-        mtime = i.mtime_ns
-        size = i.size if i.kind != "dir" else 4096
-        return {"st_mode": i.mode, "st_ino": i.ino, "st_nlink": i.nlink, "st_uid": i.uid, "st_gid": i.gid,
-                "st_size": size, "st_blocks": (size + _BLOCK - 1) // _BLOCK if i.kind in ("reg", "dir") else 0,
-                "st_blksize": 4096, "st_rdev": i.rdev, "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime}
+    def _mount(self, allow_other: bool, threads: int, miss_threads: int, timeout: float, direct_io: bool,
+               log_fd: int | None) -> None:
+        opts = ffi.new("ll_fuse_options *")
+        check(lib.ll_fuse_options_init(opts, ffi.sizeof(opts[0])), "initialising mount options")
+        fsname = ffi.new("char[]", (FSNAME_PREFIX + self.image.reference).encode())
+        subtype = ffi.new("char[]", SUBTYPE.encode())
+        opts.fsname, opts.subtype = fsname, subtype
+        opts.allow_other = int(allow_other)
+        opts.entry_timeout = opts.attr_timeout = opts.negative_timeout = float(timeout)
+        opts.threads = max(1, int(threads))
+        opts.miss_threads = max(1, int(miss_threads))
+        opts.direct_io = int(direct_io)
+        opts.log_fd = -1 if log_fd is None else int(log_fd)
+        if self._hook is not None:
+            opts.on_read = lib._ll_py_on_read
+            opts.on_read_opaque = self._hook.handle
+        if not os.path.isdir(self.mountpoint):
+            raise MountError(f"{self.mountpoint}: mount point is not a directory")
+        err = ffi.new("char[]", lib.LL_ERR_MSG_SIZE)
+        out = ffi.new("ll_fuse **")
+        rc = lib.ll_fuse_mount(self._img, self.mountpoint.encode(), opts, out, err, len(err))
+        if rc != lib.LL_OK:
+            raise MountError(_err_text(err, rc))  # (it names the mount point)
+        ptr = out[0]
+        rc = lib.ll_fuse_start(ptr, err, len(err))
+        if rc != lib.LL_OK:
+            lib.ll_fuse_free(ptr)  # (unmounts)
+            raise MountError(f"{self.mountpoint}: {_err_text(err, rc)}")
+        self._ptr = ptr
+        # ll_fuse_wait blocks (without the GIL) until the kernel lets go of the mount.
+        self._waiter = threading.Thread(target=self._wait, name=f"lazylayer-mount {self.mountpoint}", daemon=True)
+        self._waiter.start()
 
-    # -- FUSE operations ----------------------------------------------------------
+    def _wait(self) -> None:
+        lib.ll_fuse_wait(self._ptr)
+        self._done.set()
+        with self._lock:
+            if self._closing:  # close() returned while the mount was still in use
+                self._release()
 
-    def init_with_config(self, conn: Any, config: Any) -> None:
-        if config is not None:
-            config.use_ino = 1  # st_ino is ours: hardlinks share one
-            config.kernel_cache = 1  # content never changes: keep pages across opens
-            config.entry_timeout = config.attr_timeout = config.negative_timeout = CACHE_TIMEOUT
-        if self.on_ready is not None:
-            threading.Thread(target=self.on_ready, name="lazylayer-ready", daemon=True).start()
+    # -- state ------------------------------------------------------------------
 
-    def destroy(self, path: str) -> None:
-        pass
+    @property
+    def mounted(self) -> bool:
+        """True until the kernel has let go of the mount (unmounted by anyone)."""
+        return self._ptr is not None and not self._done.is_set()
 
-    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        return self.stat(self._node(path))
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the mount is gone (True), or ``timeout`` seconds pass (False)."""
+        return self._done.wait(timeout)
 
-    def readlink(self, path: str) -> str:
-        node = self._node(path)
-        if node.kind != "symlink":
-            raise self._fuse.FuseOSError(errno.EINVAL)
-        return node.inode.linkname
-
-    def readdir(self, path: str, fh: int) -> Iterable[Any]:
-        node = self._node(path)
-        if node.children is None:
-            raise self._fuse.FuseOSError(errno.ENOTDIR)
-        out: list[Any] = [(".", {"st_mode": node.inode.mode, "st_ino": node.inode.ino}, 0), ".."]
-        for name, child in node.children.items():
-            out.append((name, {"st_mode": child.inode.mode, "st_ino": child.inode.ino}, 0))
+    def stats(self) -> dict[str, int]:
+        """Requests the server answered (by kind), bytes read, reads that waited on a fetch
+        (``misses``), EIO answers; frames fetched for reads (``fetches``, ``bytes_fetched``: by the
+        fetcher, or read from local layer files) and found in the disk cache (``frames_from_disk``)."""
+        out: dict[str, int] = {}
+        if self._ptr is not None:
+            s = ffi.new("ll_fuse_stats *")
+            lib.ll_fuse_get_stats(self._ptr, s)
+            for name in ("requests", "lookups", "getattrs", "readdirs", "reads", "readlinks", "xattrs", "forgets",
+                         "others", "negative", "bytes_read", "misses", "eio"):
+                out[name] = int(getattr(s, name))
+        if self._img is not None:
+            s = ffi.new("ll_image_stats *")
+            lib.ll_image_get_stats(self._img, s)
+            out["fetches"] = int(s.frames_fetched)
+            out["bytes_fetched"] = int(s.bytes_fetched)
+            out["frames_from_disk"] = int(s.frames_disk)
+            out["digest_errors"] = int(s.digest_errors)
         return out
 
-    def readdir_plus(self, path: str) -> Iterable[tuple[str, dict[str, Any]]]:
-        """The entries of a directory with their full attributes, for READDIRPLUS (see :class:`_PlusFUSE`)."""
-        node = self._node(path)
-        if node.children is None:
-            raise self._fuse.FuseOSError(errno.ENOTDIR)
-        stat = self.stat
-        yield ".", stat(node)
-        yield "..", {"st_mode": stat(node)["st_mode"]}  # the kernel skips . and .. in READDIRPLUS
-        for name, child in node.children.items():
-            yield name, stat(child)
+    # -- ending -----------------------------------------------------------------
 
-    def open(self, path: str, flags: int) -> int:
-        # ENOSYS makes the kernel stop sending OPEN (and RELEASE) for good, keeping the
-        # page cache across opens ("no_open", Linux 4.19+): one round trip per file saved
-        # twice.  Writes never get here: the mount is read-only, the kernel answers EROFS.
-        raise self._fuse.FuseOSError(errno.ENOSYS)
+    def unmount(self, *, wait: bool = True, timeout: float | None = 30.0) -> None:
+        """Unmount (lazily: processes inside keep what they hold open until they let go), then
+        wait up to ``timeout`` seconds for the kernel to let go of the mount (``wait``)."""
+        if self._ptr is None or self._done.is_set():
+            return
+        err = ffi.new("char[]", lib.LL_ERR_MSG_SIZE)
+        rc = lib.ll_fuse_unmount(self._ptr, err, len(err))
+        if rc != lib.LL_OK:
+            raise MountError(f"{self.mountpoint}: {_err_text(err, rc)}")
+        if wait and not self._done.wait(timeout):
+            raise MountError(f"{self.mountpoint}: still in use {timeout} s after it was detached")
 
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        node = self._node(path)
-        if node.kind != "reg":
-            raise self._fuse.FuseOSError(errno.EINVAL)
-        try:
-            return self.image.pread(node, size, offset)
-        except (errors.LazyLayerError, OSError) as exc:
-            # Bad bytes are never served: the reader refused them (or could not fetch them).
-            self.eio += 1
-            log.error("EIO: read of %d bytes at %d of /%s: %s: %s", size, offset, node.path,
-                      type(exc).__name__, exc)
-            raise self._fuse.FuseOSError(errno.EIO) from None
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Unmount, wait (up to ``timeout`` seconds) for the kernel to let go, and release the
+        server, the fetcher (and the image, if opened here).
 
-    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        value = self._node(path).inode.xattrs.get(name)
-        if value is None:
-            raise self._fuse.FuseOSError(errno.ENODATA)
-        return value
+        The unmount is lazy: the mount leaves the file tree at once, and processes that still
+        hold files there (this one too, say, through an extension module imported from the
+        mount) keep being served.  If the kernel has not let go after ``timeout`` seconds the
+        server keeps running in this process's threads and is released when the last user lets
+        go, or when the process exits."""
+        if self._ptr is not None and not self._done.is_set():
+            self.unmount(wait=False)
+            if not self._done.wait(timeout):
+                with self._lock:
+                    if not self._done.is_set():
+                        self._closing = True
+                        log.warning("%s: unmounted but still in use; served until the last user lets go",
+                                    self.mountpoint)
+                        return
+        with self._lock:
+            self._release()
 
-    def listxattr(self, path: str) -> list[str]:
-        return list(self._node(path).inode.xattrs)
+    def _release(self) -> None:
+        if self._ptr is not None:
+            lib.ll_fuse_free(self._ptr)  # (unmounts first if it never started)
+            self._ptr = None
+        if self._img is not None:  # nothing reads any more
+            lib.ll_image_free(self._img)
+            self._img = None
+        if getattr(self, "_sockhost", None) is not None:
+            lib.ll_sockhost_free(self._sockhost)  # closes our ends of the sockets: the fetcher exits
+            self._sockhost = None
+        if self._fetcher is not None:
+            self._fetcher.close()
+            self._fetcher = None
+        for fd in getattr(self, "_fds", []):
+            os.close(fd)
+        self._fds = []
+        if self._own:
+            self.image.close()
+            self._own = False
 
-    def statfs(self, path: str) -> dict[str, int]:
-        used = sum((layer.toc.frames[-1].offset + layer.toc.frames[-1].size) if layer.toc.frames else 0
-                   for layer in self.image.layers)
-        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": (used + 4095) // 4096, "f_bfree": 0,
-                "f_bavail": 0, "f_files": len(self.tree), "f_ffree": 0, "f_favail": 0, "f_namemax": 255}
+    def __enter__(self) -> Mount:
+        return self
 
-    # Everything that would change the image: EROFS.
-    def _readonly(self, *args: Any) -> int:
-        raise self._fuse.FuseOSError(errno.EROFS)
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    chmod = chown = create = link = mkdir = mknod = rename = rmdir = symlink = truncate = unlink = \
-        utimens = write = setxattr = removexattr = _readonly
-
-
-def _plus_fuse(fuse: Any) -> Any:
-    """mfusepy's ``FUSE`` class, answering READDIRPLUS with full attributes.
-
-    mfusepy 3.1 passes only an entry's mode and inode to libfuse's filler, so
-    the kernel sends a LOOKUP for every name it then stats.  With the
-    attributes (and FUSE_FILL_DIR_PLUS) libfuse answers READDIRPLUS in full and
-    the kernel caches every entry of the directory at once: ``ls -l``, ``find``
-    and ``tar`` cost one request per directory instead of one per file.
-    """
-
-    class PlusFUSE(fuse.FUSE):  # type: ignore[misc, name-defined]
-        def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
-                           flags: int) -> int:
-            if not flags & 1 or path is None:  # FUSE_READDIR_PLUS
-                return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)  # type: ignore[no-any-return]
-            for name, attrs in self.operations.readdir_plus(path.decode(self.encoding, self.errors)):
-                st = fuse.c_stat()
-                fuse.set_st_attrs(st, attrs, use_ns=True)
-                if filler(buf, name.encode(self.encoding, self.errors), st, 0, 2) != 0:  # FUSE_FILL_DIR_PLUS
-                    break
-            return 0
-
-    return PlusFUSE
+    def __repr__(self) -> str:
+        state = "mounted" if self.mounted else "unmounted"
+        return f"<Mount {self.image.reference} at {self.mountpoint} ({state})>"
 
 
-def serve(image: Image, mountpoint: str, *, on_ready: Callable[[], None] | None = None,
-          threads: bool = True, allow_other: bool = False, debug: bool = False) -> ImageOperations:
-    """Mount ``image`` read-only at ``mountpoint`` and answer requests until it is unmounted.
+class AsyncMount:
+    """:class:`Mount` for callers in an event loop: ``mnt = await AsyncMount.open(image, dir)``,
+    ``async with``, ``await mnt.aclose()``.  The blocking steps run in a thread."""
 
-    Blocks.  ``on_ready`` is called (on its own thread) once the kernel has the
-    mount.  SIGINT, SIGTERM and SIGHUP end the loop and unmount (libfuse's
-    handlers), as does :func:`unmount` from anywhere.  ``threads``: libfuse's
-    multi-threaded loop, so a slow fetch for one process does not hold up the
-    others.  Returns the operations object (its counters) after the unmount.
-    """
-    fuse = fuse_module()
-    if not os.path.isdir(mountpoint):
-        raise MountError(f"{mountpoint}: mount point is not a directory")
-    ready = threading.Event()
+    def __init__(self, mount: Mount) -> None:
+        self.mount = mount
 
-    def signal_ready() -> None:
-        ready.set()
-        if on_ready is not None:
-            on_ready()
+    @classmethod
+    async def open(cls, image: Any, mountpoint: str, **options: Any) -> AsyncMount:
+        import asyncio
 
-    ops = ImageOperations(image, on_ready=signal_ready)
-    # No malloc tuning here: decoded frames live in the C core's own mmap'd buffer
-    # pool (docs/c-api.md, "The cache"), not in malloc's per-thread arenas.
-    fsname = (FSNAME_PREFIX + image.reference).replace(",", "_").replace(" ", "_")
-    options: dict[str, Any] = {"ro": True, "fsname": fsname, "subtype": SUBTYPE, "default_permissions": True,
-                               "foreground": True, "nothreads": not threads, "debug": debug,
-                               "max_threads": MAX_THREADS, "max_idle_threads": MAX_THREADS}
-    if allow_other:
-        options["allow_other"] = True
-    try:
-        _plus_fuse(fuse)(ops, mountpoint, **options)
-    except RuntimeError as exc:
-        # libfuse's fuse_main returns 8 when its loop ends by a signal (SIGINT, SIGTERM, SIGHUP),
-        # after it has unmounted: the normal end of a mount that was up.
-        if ready.is_set() and exc.args == (8,):
-            log.info("%s: the FUSE loop ended on a signal; unmounted", mountpoint)
-            return ops
-        raise MountError(f"{mountpoint}: libfuse could not mount ({exc}); is /dev/fuse there, and "
-                         "fusermount3 installed (Debian: fuse3)?") from None
-    return ops
+        return cls(await asyncio.to_thread(Mount, image, mountpoint, **options))
+
+    def stats(self) -> dict[str, int]:
+        return self.mount.stats()
+
+    async def wait(self) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.mount.wait)
+
+    async def aclose(self) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.mount.close)
+
+    async def __aenter__(self) -> AsyncMount:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

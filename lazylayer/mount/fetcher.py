@@ -1,0 +1,169 @@
+"""The fetcher: a process of its own that fetches frames for a mount served by C threads.
+
+A mount's server threads never wait on Python: reads of frames in the memory
+or disk cache are answered in C, and a frame that must come from the registry
+is asked of this process over a socket (``ll_sockhost``, the protocol in
+``csrc/lazylayer.h``).  Why another process: a thread of the serving process
+that holds the GIL and touches the mount (``import`` of an extension module
+that lives there, a fault on an mmap of a file there) would otherwise wait for
+a miss that waits for the GIL; here the fetch has a GIL of its own
+(docs/mount.md, "Deadlock hazard").
+
+The fetcher opens the same manifest (by digest), with the same registry
+settings and disk cache, and answers each request with its layer's
+:class:`~lazylayer.image.FrameSource`: fetched (coalesced, retried), verified
+against the TOC's sha256 and stored in the disk cache, exactly as
+``lazylayer://`` reads.  It also runs the mount's prefetcher (plans,
+read-ahead, fill), since it sees the misses read-ahead follows.  It exits when
+the mount closes its ends of the sockets (or the serving process dies).
+
+:class:`Fetcher` is the serving side's handle: it starts the process and hands
+its socket ends to C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Fetcher", "FetcherSpec"]
+
+log = logging.getLogger("lazylayer.mount")
+
+_REQ = struct.Struct("<IIQQ")
+_ANS = struct.Struct("<iIQ")
+MAGIC = 0x3146464C  # LL_SOCKHOST_MAGIC
+MAX_REQUEST = 1 << 31
+
+
+@dataclass
+class FetcherSpec:
+    """What the fetcher opens and how it prefetches (pickled to its stdin)."""
+
+    reference: Any                      #: the manifest, pinned (Image.pinned())
+    registry: Any = None                #: RegistryConfig without its transport
+    cache: str | None = None            #: the disk cache's directory
+    layers: list[int] = field(default_factory=list)  #: the layers it may be asked for
+    prefetch: Any = None                #: as lazylayer.prefetch.start's (None: no plan)
+    fill: bool = False
+    fill_rate: float | None = None
+    readahead: bool = False
+    verbose: int = 0
+    fds: list[int] = field(default_factory=list)
+
+
+class Fetcher:
+    """Starts the fetcher process with ``connections`` socket pairs; :attr:`fds` are the
+    serving side's ends, for ``ll_sockhost_create`` (which then owns them)."""
+
+    def __init__(self, spec: FetcherSpec, connections: int) -> None:
+        pairs = [socket.socketpair() for _ in range(max(1, connections))]
+        theirs = [b.fileno() for _, b in pairs]
+        spec = dataclasses.replace(spec, fds=theirs)
+        if spec.registry is not None and getattr(spec.registry, "transport", None) is not None:
+            spec.registry = dataclasses.replace(spec.registry, transport=None)  # (threads and sockets)
+        env = dict(os.environ)
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", "from lazylayer.mount.fetcher import main; main()"],
+                                         stdin=subprocess.PIPE, pass_fds=theirs, env=env)
+            assert self.proc.stdin is not None
+            pickle.dump(spec, self.proc.stdin)
+            self.proc.stdin.close()
+        except BaseException:
+            for a, b in pairs:
+                a.close()
+                b.close()
+            raise
+        for _, b in pairs:
+            b.close()
+        self.fds = [a.detach() for a, _ in pairs]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Wait for the process to exit (once the serving side closed its ends); kill it after ``timeout``."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the fetcher (pid %d) did not exit; killing it", self.proc.pid)
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ------------------------------------------------------------------ the process
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _serve(sock: socket.socket, image: Any, allowed: set[int]) -> None:
+    from ..core._lib import callback_status
+
+    with sock:
+        while True:
+            head = _recv_exact(sock, _REQ.size)
+            if head is None:
+                return
+            magic, layer, offset, size = _REQ.unpack(head)
+            if magic != MAGIC or layer not in allowed or size > MAX_REQUEST:
+                log.error("fetcher: bad request (layer %d, %d bytes): closing the connection", layer, size)
+                return
+            try:
+                data = image.layers[layer].source(offset, size)
+                sock.sendmsg([_ANS.pack(0, 0, len(data)), data])
+            except Exception as exc:  # noqa: BLE001 - the read gets EIO, the log says why
+                log.error("fetch of %d bytes at %d of layer %d (%s) failed: %s: %s", size, offset, layer,
+                          image.layers[layer].descriptor.get("digest", "?"), type(exc).__name__, exc)
+                msg = str(exc).encode(errors="replace")[:4096]
+                try:
+                    sock.sendall(_ANS.pack(callback_status(exc), 0, len(msg)) + msg)
+                except OSError:
+                    return
+
+
+def main() -> None:
+    spec: FetcherSpec = pickle.load(sys.stdin.buffer)
+    level = logging.DEBUG if spec.verbose > 1 else logging.INFO if spec.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ..image import DiskCache, Image
+
+    socks = [socket.socket(fileno=fd) for fd in spec.fds]
+    try:
+        image = Image(spec.reference, registry=spec.registry,
+                      cache=DiskCache(spec.cache) if spec.cache else None, memory_cache=None)
+    except Exception as exc:  # noqa: BLE001 - every read of the mount gets EIO, the log says why
+        log.error("fetcher: cannot open %s: %s: %s", spec.reference, type(exc).__name__, exc)
+        for s in socks:
+            s.close()
+        sys.exit(1)
+    with image:
+        if spec.prefetch is not None or spec.fill or spec.readahead:
+            from ..prefetch import start
+
+            try:
+                start(image, spec.prefetch, fill=spec.fill, fill_rate=spec.fill_rate, readahead=spec.readahead)
+            except Exception as exc:  # noqa: BLE001 - prefetch is advice: reads work without it
+                log.warning("fetcher: no prefetch: %s: %s", type(exc).__name__, exc)
+        threads = [threading.Thread(target=_serve, args=(s, image, set(spec.layers)), daemon=True) for s in socks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = image.stats()
+        log.info("fetcher: %d frames fetched (%d bytes)", stats["frames_fetched"], stats["bytes_fetched"])
