@@ -668,3 +668,33 @@ def test_a_user_without_root_mounts_through_fusermount3(small: Small, tmp_path: 
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[0] == "hello from the mount"
     assert int(res.stdout.splitlines()[1]) >= 1
+
+
+def test_a_dead_fetcher_is_eio_for_misses_and_cached_reads_go_on(small: Small, tmp_path: Any) -> None:
+    """If the fetcher process dies, reads that need a fetch get EIO at once (no hang), logged, and
+    reads of frames already cached keep working."""
+    import lazylayer
+
+    where = str(tmp_path / "mnt")
+    os.makedirs(where)
+    before = _fetchers()
+    log_r, log_w = os.pipe()
+    try:
+        with lazylayer.Mount(small.ref, where, cache=lazylayer.DiskCache(str(tmp_path / "cache")), prefetch=None,
+                             readahead=False, log_fd=log_w) as m:
+            with open(os.path.join(where, "data/small.txt"), "rb") as f:
+                assert f.read() == b"hello from the mount\n"
+            (pid,) = _fetchers() - before
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(OSError) as info:
+                with open(os.path.join(where, "data/blob.bin"), "rb") as f:
+                    f.read()
+            assert info.value.errno == errno.EIO
+            with open(os.path.join(where, "data/small.txt"), "rb") as f:  # page cache dropped? still served
+                assert f.read() == b"hello from the mount\n"
+            assert m.stats()["eio"] >= 1
+    finally:
+        os.close(log_w)
+        with os.fdopen(log_r) as r:
+            logged = r.read()
+    assert "EIO: read of" in logged and "/data/blob.bin" in logged, logged

@@ -139,6 +139,12 @@ def _serve(sock: socket.socket, image: Any, allowed: set[int]) -> None:
 
 def main() -> None:
     spec: FetcherSpec = pickle.load(sys.stdin.buffer)
+    # Its start-up and its prefetch are background work: when the CPU is short, the workload
+    # reading from the mount (and the server answering it) go first.  Fetches wait on the network.
+    try:
+        os.nice(5)
+    except OSError:
+        pass
     level = logging.DEBUG if spec.verbose > 1 else logging.INFO if spec.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from ..image import DiskCache, Image

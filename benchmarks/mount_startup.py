@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""How fast a mount of a cached image is ready (issue 17): the command and the Python API, one run.
+
+The image of ``benchmarks/native.py`` (63,000 entries) is pushed to a
+loopback ``docker-registry``; its index goes into a fresh disk cache on the
+first mount (not timed). Then:
+
+    cli     ``lazylayer mount -q --cache-dir C docker://HOST/bench/n63k:v1 DIR``
+            end to end (interpreter start, imports, the tag resolved over the
+            network, the daemon forked, the mount ready), then a ``stat`` in
+            it and ``lazylayer umount``; ``--runs`` times, median.
+    api     in a fresh process each time: the imports, then
+            ``lazylayer.Mount(ref, dir, cache=DiskCache(C))`` until it returns
+            (manifest and config fetched, index mapped, fetcher spawned,
+            mount(2), INIT answered), then the first ``stat``.
+
+Run as root (mount(2)); nothing else running.
+
+    python -m benchmarks.mount_startup [--runs 5]
+
+Results and the exact command go in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import native
+
+API = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+import lazylayer
+from lazylayer.image import DiskCache
+t1 = time.perf_counter()
+ref, mnt, cache = sys.argv[1:4]
+m = lazylayer.Mount(ref, mnt, cache=DiskCache(cache))
+t2 = time.perf_counter()
+os.stat(os.path.join(mnt, "data/big0.bin"))
+t3 = time.perf_counter()
+m.close()
+print(json.dumps({"imports": t1 - t0, "mount": t2 - t1, "first_stat": t3 - t2}))
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--files", type=int, default=63000)
+    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-native"))
+    a = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from servers import RegistryServer
+
+    from lazylayer.convert import Converter
+
+    img = native.build(a)
+    lazylayer_cmd = os.path.join(os.path.dirname(sys.executable), "lazylayer")
+    with tempfile.TemporaryDirectory(prefix="llstart-") as work:
+        os.makedirs(f"{work}/reg")
+        with RegistryServer("plain", workdir=f"{work}/reg") as reg:
+            ref = f"docker://{reg.host}/bench/n63k:v1"
+            Converter(progress=False).convert(f"oci:{img['lazy']}:{native.TAG}", ref)
+            cache, mnt = f"{work}/cache", f"{work}/mnt"
+            os.makedirs(mnt)
+            cli: list[float] = []
+            for i in range(a.runs + 1):  # the first one stores the index (not counted)
+                t = time.perf_counter()
+                subprocess.run([lazylayer_cmd, "mount", "-q", "--cache-dir", cache, ref, mnt], check=True)
+                dt = time.perf_counter() - t
+                os.stat(os.path.join(mnt, "data/big0.bin"))
+                subprocess.run([lazylayer_cmd, "umount", mnt], check=True)
+                if i:
+                    cli.append(dt)
+            api = [json.loads(subprocess.run([sys.executable, "-c", API, ref, mnt, cache], check=True,
+                                             capture_output=True, text=True).stdout) for _ in range(a.runs)]
+    print(f"# {time.strftime('%Y-%m-%d')}: python -m benchmarks.mount_startup --runs {a.runs}")
+    print("| what | median s | runs, s |")
+    print("|---|---:|---|")
+    print(f"| `lazylayer mount` end to end | {statistics.median(cli):.3f} | {', '.join(f'{x:.3f}' for x in cli)} |")
+    for key in ("imports", "mount", "first_stat"):
+        xs = [r[key] for r in api]
+        print(f"| `Mount()`: {key} | {statistics.median(xs):.4f} | {', '.join(f'{x:.4f}' for x in xs)} |")
+
+
+if __name__ == "__main__":
+    main()
