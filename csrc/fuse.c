@@ -20,6 +20,8 @@
  * request is dropped by the kernel (write gives ENOENT). */
 #include "internal.h"
 
+#include <openssl/evp.h>
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -36,7 +38,9 @@
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/file.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -47,6 +51,30 @@ extern char **environ;
 #define MAX_THREADS 64
 #define MAX_MISS_THREADS 256
 #define DIR_BATCH 64
+
+/* Passthrough (protocol 7.40, Linux 6.9); <linux/fuse.h> of bookworm is 7.38. */
+#define PT_FLAG (1ULL << 37)        /* FUSE_PASSTHROUGH, in init flags2 */
+#define PT_FOPEN (1u << 7)          /* FOPEN_PASSTHROUGH */
+struct pt_backing_map {
+    int32_t fd;
+    uint32_t flags;
+    uint64_t padding;
+};
+#define PT_IOC_OPEN _IOW(FUSE_DEV_IOC_MAGIC, 1, struct pt_backing_map)
+#define PT_IOC_CLOSE _IOW(FUSE_DEV_IOC_MAGIC, 2, uint32_t)
+#define PT_XATTR "user.lazylayer.sha256"
+#define PT_RETRY_SECONDS 10
+
+/* An inode's passthrough state: the backing id once registered; while it is
+ * 0, how many opens the kernel holds in cached mode (the kernel refuses to mix
+ * the two modes on one inode) and when the last try to make its file failed. */
+typedef struct {
+    uint64_t ino;
+    int32_t id;
+    int fd;
+    uint32_t cached_opens;
+    time_t failed_at;
+} pt_inode;
 
 typedef struct miss {
     struct miss *next;
@@ -85,6 +113,14 @@ struct ll_fuse {
     pthread_cond_t cv;
     miss_t *head, *tail;
     int stopping;
+    /* passthrough */
+    int pt_on;                     /* asked for, and the kernel agreed at INIT */
+    int pt_disabled;               /* BACKING_OPEN refused: not again */
+    char *pt_dir;
+    pthread_mutex_t pt_mu;
+    pt_inode *pt;
+    size_t npt, cappt;
+    _Atomic uint64_t passthrough_opens;
     _Atomic uint64_t requests, lookups, getattrs, readdirs, reads, readlinks, xattrs, forgets, others, negative,
         bytes_read, misses, eio;
 };
@@ -104,9 +140,10 @@ static void fuse_defaults(ll_fuse_options *o) {
     o->threads = 2;
     o->miss_threads = 16;
     o->log_fd = -1;
+    o->passthrough_min_size = 1u << 20;
 }
 
-#define LL__FUSE_OPTIONS_V1 LL__END_OF(ll_fuse_options, on_read_opaque)
+#define LL__FUSE_OPTIONS_V1 LL__END_OF(ll_fuse_options, passthrough_min_size)
 
 int ll_fuse_options_init(ll_fuse_options *opt, size_t struct_size) {
     ll_fuse_options d;
@@ -215,6 +252,11 @@ int ll_fuse_mount(ll_image *img, const char *mountpoint, const ll_fuse_options *
     f->o = o;
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
+    pthread_mutex_init(&f->pt_mu, NULL);
+    if (o.passthrough_dir && *o.passthrough_dir && !(f->pt_dir = strdup(o.passthrough_dir))) {
+        ll_fuse_free(f);
+        return LL_ERR_NOMEM;
+    }
     f->mountpoint = strdup(mountpoint);
     f->fsname = option_value(o.fsname && *o.fsname ? o.fsname : "lazylayer");
     f->subtype = option_value(o.subtype && *o.subtype ? o.subtype : "lazylayer");
@@ -619,14 +661,216 @@ static void do_getxattr(worker_t *w, const struct fuse_in_header *h, const struc
     reply_buf(w->fd, h->unique, list ? w->out : found, total);
 }
 
+/* ---------------------------------------------------------------- passthrough */
+
+static void hex32(const uint8_t *h, char *out) {
+    static const char d[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = d[h[i] >> 4];
+        out[2 * i + 1] = d[h[i] & 15];
+    }
+    out[64] = 0;
+}
+
+/* sha256 of fd's first `size` bytes (from offset 0) as hex; 0 or -1. */
+static int hash_fd(int fd, uint64_t size, uint8_t *buf, char out[65]) {
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(ctx);
+        return -1;
+    }
+    uint64_t off = 0;
+    int rc = 0;
+    while (off < size) {
+        size_t want = size - off < MAX_READ ? (size_t)(size - off) : MAX_READ;
+        ssize_t n = pread(fd, buf, want, (off_t)off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            rc = -1;
+            break;
+        }
+        EVP_DigestUpdate(ctx, buf, (size_t)n);
+        off += (uint64_t)n;
+    }
+    uint8_t h[32];
+    unsigned hl = 0;
+    if (rc == 0 && EVP_DigestFinal_ex(ctx, h, &hl) == 1 && hl == 32) hex32(h, out);
+    else rc = -1;
+    EVP_MD_CTX_free(ctx);
+    return rc;
+}
+
+/* The file of inode `ino`'s content in pt_dir, checked (size, and the sha256
+ * its xattr names), opened read-only with a shared flock (a trim skips it);
+ * made from the caches if there is none (never fetching: a frame missing
+ * from both is a failure).  The fd, or -1. */
+static int content_file(ll_fuse *f, uint64_t ino, const ll_stat *st, uint8_t *buf) {
+    const char *digest = NULL;
+    if (ll_index_layer_info(f->idx, (uint32_t)st->layer, &digest, NULL, NULL, NULL) != LL_OK || !digest) return -1;
+    char keysrc[256], key[65];
+    int kn = snprintf(keysrc, sizeof keysrc, "%s:%llu:%llu", digest, (unsigned long long)st->offset,
+                      (unsigned long long)st->size);
+    uint8_t kh[32];
+    ll_sha256(keysrc, (size_t)kn, kh);
+    hex32(kh, key);
+    size_t plen = strlen(f->pt_dir) + 100;
+    char *path = malloc(plen), *tmp = malloc(plen);
+    int fd = -1, wfd = -1;
+    if (!path || !tmp) goto done;
+    snprintf(path, plen, "%s/content-%s", f->pt_dir, key);
+    char want[65], got[65];
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        struct stat sb;
+        ssize_t xl = fgetxattr(fd, PT_XATTR, want, 64);
+        if (fstat(fd, &sb) == 0 && (uint64_t)sb.st_size == st->size && xl == 64 &&
+            flock(fd, LOCK_SH) == 0 && hash_fd(fd, st->size, buf, got) == 0 && memcmp(want, got, 64) == 0)
+            goto done; /* checked: serve it */
+        close(fd);
+        fd = -1;
+        unlink(path); /* wrong or unreadable: made again below */
+    }
+    snprintf(tmp, plen, "%s/.content-%s-XXXXXX", f->pt_dir, key);
+    wfd = mkostemp(tmp, O_CLOEXEC);
+    if (wfd < 0) goto done;
+    flock(wfd, LOCK_EX); /* a trim skips it while it is written */
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+    for (uint64_t off = 0; ok && off < st->size;) {
+        size_t want_n = st->size - off < MAX_READ ? (size_t)(st->size - off) : MAX_READ;
+        int64_t n = ll_image_read_cached(f->img, ino, off, buf, want_n);
+        if (n <= 0) {
+            ok = 0;
+            break;
+        }
+        EVP_DigestUpdate(ctx, buf, (size_t)n);
+        for (size_t done_n = 0; ok && done_n < (size_t)n;) {
+            ssize_t w = pwrite(wfd, buf + done_n, (size_t)n - done_n, (off_t)(off + done_n));
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) ok = 0;
+            else done_n += (size_t)w;
+        }
+        off += (uint64_t)n;
+    }
+    uint8_t h[32];
+    unsigned hl = 0;
+    ok = ok && EVP_DigestFinal_ex(ctx, h, &hl) == 1 && hl == 32;
+    EVP_MD_CTX_free(ctx);
+    if (ok) {
+        hex32(h, want);
+        ok = fsetxattr(wfd, PT_XATTR, want, 64, 0) == 0 && rename(tmp, path) == 0;
+    }
+    if (!ok) unlink(tmp);
+    close(wfd); /* drops the exclusive flock before the shared one below (same file) */
+    wfd = -1;
+    if (!ok) goto done;
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0 && flock(fd, LOCK_SH) != 0) {
+        close(fd);
+        fd = -1;
+    }
+done:
+    if (wfd >= 0) close(wfd);
+    free(path);
+    free(tmp);
+    return fd;
+}
+
+static pt_inode *pt_find(ll_fuse *f, uint64_t ino, int create) {
+    for (size_t i = 0; i < f->npt; i++)
+        if (f->pt[i].ino == ino) return &f->pt[i];
+    if (!create) return NULL;
+    if (f->npt == f->cappt) {
+        size_t cap = f->cappt ? f->cappt * 2 : 64;
+        pt_inode *p = realloc(f->pt, cap * sizeof *p);
+        if (!p) return NULL;
+        f->pt = p;
+        f->cappt = cap;
+    }
+    pt_inode *e = &f->pt[f->npt++];
+    memset(e, 0, sizeof *e);
+    e->ino = ino;
+    e->fd = -1;
+    return e;
+}
+
+/* The backing id to answer this OPEN with, or 0 (a cached-mode open, counted). */
+static int32_t pt_open(worker_t *w, uint64_t ino, const ll_stat *st) {
+    ll_fuse *f = w->f;
+    pthread_mutex_lock(&f->pt_mu);
+    pt_inode *e = pt_find(f, ino, 1);
+    int32_t id = 0;
+    if (!e) goto out;
+    if (e->id > 0) {
+        id = e->id;
+        goto out;
+    }
+    /* Only with no cached-mode open of the inode left, and not again right after a failure. */
+    if (!f->pt_disabled && e->cached_opens == 0 && (e->failed_at == 0 || time(NULL) - e->failed_at >= PT_RETRY_SECONDS)) {
+        int fd = content_file(f, ino, st, w->out);
+        if (fd >= 0) {
+            struct pt_backing_map m = {.fd = fd};
+            int bid = ioctl(f->fd, PT_IOC_OPEN, &m);
+            if (bid > 0) {
+                e->id = id = bid;
+                e->fd = fd;
+                goto out;
+            }
+            if (f->o.log_fd >= 0) {
+                char line[200];
+                int n = snprintf(line, sizeof line, "lazylayer: passthrough off: FUSE_DEV_IOC_BACKING_OPEN: %s\n",
+                                 strerror(errno));
+                if (n > 0) (void)!write(f->o.log_fd, line, (size_t)n);
+            }
+            f->pt_disabled = 1;
+            close(fd);
+        }
+        e->failed_at = time(NULL);
+    }
+    e->cached_opens++;
+out:
+    pthread_mutex_unlock(&f->pt_mu);
+    return id;
+}
+
 static void do_open(worker_t *w, const struct fuse_in_header *h, int dir) {
     ll_fuse *f = w->f;
     atomic_fetch_add(&f->others, 1);
-    if (dir || !f->o.direct_io) return reply_err(w->fd, h->unique, ENOSYS); /* no_open / no_opendir */
+    if (dir || (!f->o.direct_io && !f->pt_on))
+        return reply_err(w->fd, h->unique, ENOSYS); /* no_open / no_opendir */
     struct fuse_open_out o;
     memset(&o, 0, sizeof o);
-    o.open_flags = FOPEN_DIRECT_IO;
+    if (f->pt_on) {
+        ll_stat st;
+        int rc = ll_index_stat(f->idx, h->nodeid, &st);
+        if (rc != LL_OK) return reply_err(w->fd, h->unique, status_errno(rc));
+        int32_t id = 0;
+        if (st.kind == LL_KIND_REG && st.size >= f->o.passthrough_min_size && st.layer >= 0)
+            id = pt_open(w, h->nodeid, &st);
+        if (id > 0) {
+            atomic_fetch_add(&f->passthrough_opens, 1);
+            o.open_flags = PT_FOPEN;
+            memcpy(&o.padding, &id, sizeof id); /* backing_id (7.40) */
+        } else {
+            o.open_flags = f->o.direct_io ? FOPEN_DIRECT_IO : FOPEN_KEEP_CACHE;
+        }
+    } else {
+        o.open_flags = FOPEN_DIRECT_IO;
+    }
     reply_buf(w->fd, h->unique, &o, sizeof o);
+}
+
+/* RELEASE of a file: a cached-mode open of a passthrough candidate ends. */
+static void do_release(worker_t *w, const struct fuse_in_header *h) {
+    ll_fuse *f = w->f;
+    atomic_fetch_add(&f->others, 1);
+    if (f->pt_on) {
+        pthread_mutex_lock(&f->pt_mu);
+        pt_inode *e = pt_find(f, h->nodeid, 0);
+        if (e && e->id <= 0 && e->cached_opens > 0) e->cached_opens--;
+        pthread_mutex_unlock(&f->pt_mu);
+    }
+    reply_err(w->fd, h->unique, 0);
 }
 
 static void handle(worker_t *w, size_t len) {
@@ -661,7 +905,7 @@ static void handle(worker_t *w, size_t len) {
     case FUSE_STATFS: return do_statfs(w, h);
     case FUSE_OPEN: return do_open(w, h, 0);
     case FUSE_OPENDIR: return do_open(w, h, 1);
-    case FUSE_RELEASE:
+    case FUSE_RELEASE: return do_release(w, h);
     case FUSE_RELEASEDIR:
         atomic_fetch_add(&f->others, 1);
         return reply_err(w->fd, h->unique, 0);
@@ -764,8 +1008,16 @@ static int handshake(ll_fuse *f, uint8_t *in, char *err, size_t err_size) {
         f->proto_minor = ii->minor < o.minor ? ii->minor : o.minor;
         uint64_t want = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS |
                         FUSE_CACHE_SYMLINKS | FUSE_BIG_WRITES;
-        uint32_t offered = ii->flags;
+        uint64_t offered = ii->flags;
+        if (offered & FUSE_INIT_EXT) offered |= (uint64_t)ii->flags2 << 32;
+        if (f->pt_dir && ii->minor >= 40 && (offered & PT_FLAG)) {
+            want |= PT_FLAG | FUSE_INIT_EXT;
+            o.minor = 40;
+            o.unused[0] = 1; /* max_stack_depth: backing files on a plain file system */
+            f->pt_on = 1;
+        }
         o.flags = (uint32_t)(want & offered);
+        o.flags2 = (uint32_t)((want & offered) >> 32);
         o.max_readahead = ii->max_readahead;
         o.max_background = 64;
         o.congestion_threshold = 48;
@@ -816,6 +1068,7 @@ static void teach_no_flush(ll_fuse *f) {
     for (uint64_t ino = LL_ROOT_INO; ino <= n && tried < 8; ino++) {
         ll_stat st;
         if (ll_index_stat(f->idx, ino, &st) != LL_OK || st.kind != LL_KIND_REG) continue;
+        if (f->pt_on && st.size >= f->o.passthrough_min_size) continue; /* (it would be decoded) */
         tried++;
         char rel[1024];
         path_of(f->idx, ino, rel, sizeof rel);
@@ -904,6 +1157,7 @@ void ll_fuse_get_stats(ll_fuse *f, ll_fuse_stats *out) {
     out->bytes_read = atomic_load(&f->bytes_read);
     out->misses = atomic_load(&f->misses);
     out->eio = atomic_load(&f->eio);
+    out->passthrough = atomic_load(&f->passthrough_opens);
 }
 
 void ll_fuse_free(ll_fuse *f) {
@@ -924,6 +1178,16 @@ void ll_fuse_free(ll_fuse *f) {
         f->head = m->next;
         free(m);
     }
+    for (size_t i = 0; i < f->npt; i++) {
+        if (f->pt[i].id > 0 && f->fd >= 0) {
+            uint32_t id = (uint32_t)f->pt[i].id;
+            (void)ioctl(f->fd, PT_IOC_CLOSE, &id);
+        }
+        if (f->pt[i].fd >= 0) close(f->pt[i].fd);
+    }
+    free(f->pt);
+    free(f->pt_dir);
+    pthread_mutex_destroy(&f->pt_mu);
     if (f->fd >= 0) close(f->fd);
     free(f->miss_threads);
     pthread_mutex_destroy(&f->mu);

@@ -790,6 +790,15 @@ typedef struct {
      * on a server thread, several at once.  NULL: none. */
     void (*on_read)(void *opaque, uint64_t ino, uint64_t offset, uint64_t size);
     void *on_read_opaque;
+    /* FUSE passthrough (Linux >= 6.9, CAP_SYS_ADMIN): a regular file of at least
+     * passthrough_min_size bytes whose frames are all in the memory or disk cache
+     * is decoded once into a file of passthrough_dir (content-<key>, its sha256 in
+     * the xattr user.lazylayer.sha256, checked whenever a server registers it), and
+     * the kernel reads that file itself: no READ reaches the server.  OPEN is then
+     * answered (no no_open).  Off (NULL) by default; where the kernel refuses, the
+     * mount goes on without it. */
+    const char *passthrough_dir;
+    uint64_t passthrough_min_size;   /* default 1 MiB */
 } ll_fuse_options;
 
 typedef struct {
@@ -799,6 +808,7 @@ typedef struct {
     uint64_t bytes_read;       /* bytes answered to READs */
     uint64_t misses;           /* READs handed to a miss thread */
     uint64_t eio;              /* READs answered EIO */
+    uint64_t passthrough;      /* OPENs answered with a backing file */
 } ll_fuse_stats;
 
 /* Defaults as documented in ll_fuse_options.  LL_ERR_ARG if opt is NULL or

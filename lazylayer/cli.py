@@ -401,7 +401,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts = daemon.ServeOptions(mnt, label=args.image, threads=not args.single_thread, allow_other=args.allow_other,
                                debug=args.debug, read_ahead=args.read_ahead, verbose=args.verbose,
                                prefetch=None if args.no_prefetch else args.prefetch or "auto", fill=args.fill,
-                               fill_rate=args.fill_rate, readahead=not args.no_readahead)
+                               fill_rate=args.fill_rate, readahead=not args.no_readahead,
+                               passthrough=args.passthrough)
 
     def serve(ready_fd: int | None = None) -> int:
         # The mount's fetcher process runs the prefetcher (it sees the misses read-ahead follows).
@@ -639,7 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "user_allow_other in /etc/fuse.conf)")
     m.add_argument("--read-ahead", type=_size, default=None, metavar="SIZE",
                    help="the kernel's read-ahead for this mount (root only; kernel default 128K)")
-    m.add_argument("--single-thread", action="store_true", help="answer one FUSE request at a time")
+    m.add_argument("--single-thread", action="store_true", help="one FUSE server thread instead of two")
+    m.add_argument("--passthrough", action="store_true",
+                   help="FUSE passthrough for files of 1 MiB or more once their frames are cached: decoded once "
+                        "into the disk cache, then read by the kernel itself (Linux >= 6.9, root; docs/mount.md)")
     m.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     m.add_argument("-v", "--verbose", action="count", default=0,
                    help="log more than the mount and unmount lines (with counters) logged anyway: -v what "

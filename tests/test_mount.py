@@ -641,6 +641,9 @@ def test_a_user_without_root_mounts_through_fusermount3(small: Small, tmp_path: 
     """Without root the server gets its /dev/fuse descriptor from fusermount3 (setuid)."""
     if shutil.which("setpriv") is None or os.geteuid() != 0:
         pytest.skip("needs setpriv and root (to become another user)")
+    if not os.stat("/dev/fuse").st_mode & 0o006:  # fusermount3 opens it as the user
+        pytest.skip("/dev/fuse is not open to other users here (mode "
+                    f"{os.stat('/dev/fuse').st_mode & 0o777:o}): no mounts without root on this machine")
     import tempfile
 
     user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
@@ -681,11 +684,15 @@ def test_a_dead_fetcher_is_eio_for_misses_and_cached_reads_go_on(small: Small, t
     log_r, log_w = os.pipe()
     try:
         with lazylayer.Mount(small.ref, where, cache=lazylayer.DiskCache(str(tmp_path / "cache")), prefetch=None,
-                             readahead=False, log_fd=log_w) as m:
+                             readahead=False, log_fd=log_w,
+                             memory_cache=lazylayer.BlockCache(64 << 20)) as m:  # (not this process's)
             with open(os.path.join(where, "data/small.txt"), "rb") as f:
                 assert f.read() == b"hello from the mount\n"
             (pid,) = _fetchers() - before
             os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while pid in _fetchers() and time.monotonic() < deadline:  # (gone, or a zombie: no cmdline)
+                time.sleep(0.01)
             with pytest.raises(OSError) as info:
                 with open(os.path.join(where, "data/blob.bin"), "rb") as f:
                     f.read()
@@ -698,3 +705,40 @@ def test_a_dead_fetcher_is_eio_for_misses_and_cached_reads_go_on(small: Small, t
         with os.fdopen(log_r) as r:
             logged = r.read()
     assert "EIO: read of" in logged and "/data/blob.bin" in logged, logged
+
+
+def test_passthrough_serves_a_cached_file_from_a_checked_decoded_copy(small: Small, tmp_path: Any) -> None:
+    """``passthrough=True`` (Linux >= 6.9, root): a file whose frames are all cached is decoded into
+    the disk cache and handed to the kernel, which reads it with no READ to the server; a copy that
+    no longer matches the sha256 in its xattr is made again, never served."""
+    import lazylayer
+
+    cache = lazylayer.DiskCache(str(tmp_path / "cache"))
+    where = str(tmp_path / "mnt")
+    os.makedirs(where)
+    blob = os.path.join(where, "data/blob.bin")
+    memory = lazylayer.BlockCache(64 << 20)  # not this process's default one: earlier tests filled it
+    with lazylayer.Mount(small.ref, where, cache=cache, passthrough=True, memory_cache=memory) as m:
+        with open(blob, "rb") as f:  # frames not cached yet: served the usual way, and cached
+            assert f.read() == small.blob
+        assert m.stats()["passthrough"] == 0
+    for attempt in ("made", "reused", "remade"):
+        with lazylayer.Mount(small.ref, where, cache=cache, passthrough=True, log_fd=None,
+                             memory_cache=lazylayer.BlockCache(64 << 20)) as m:
+            before = m.stats()
+            with open(blob, "rb") as f:
+                assert f.read() == small.blob
+            after = m.stats()
+            if after["passthrough"] == 0:
+                pytest.skip("the kernel refused FUSE passthrough here (needs Linux >= 6.9 and CAP_SYS_ADMIN)")
+            assert after["reads"] == before["reads"], (attempt, before, after)  # the kernel read the copy
+        copies = [n for n in os.listdir(cache.files_dir) if n.startswith("content-")]
+        assert len(copies) == 1
+        path = os.path.join(cache.files_dir, copies[0])
+        assert os.getxattr(path, "user.lazylayer.sha256").decode() == hashlib.sha256(small.blob).hexdigest()
+        if attempt == "reused":  # damage the copy (its xattr still names the right content)
+            with open(path, "r+b") as f:
+                f.seek(12345)
+                byte = f.read(1)
+                f.seek(12345)
+                f.write(bytes([byte[0] ^ 1]))

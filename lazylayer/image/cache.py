@@ -516,6 +516,11 @@ class DiskCache:
 
     # ----------------------------------------------------------------- files
 
+    @property
+    def files_dir(self) -> str:
+        """Where big derived files live (counted and trimmed with the frames)."""
+        return self._files
+
     def _file_path(self, name: str) -> str:
         if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name or name.startswith("."):
             raise ValueError(f"bad cache file name: {name!r} (expected [A-Za-z0-9._-], at most 200, "

@@ -40,6 +40,7 @@ class ServeOptions:
     fill: bool = False            #: fetch the whole image in the background
     fill_rate: float | None = None
     readahead: bool = True
+    passthrough: bool = False     #: FUSE passthrough of large cached files (Mount's option)
 
 
 def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | None = None) -> int:
@@ -79,7 +80,7 @@ def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | Non
         try:
             mnt = Mount(img, opts.mountpoint, threads=2 if opts.threads else 1, allow_other=opts.allow_other,
                         prefetch=opts.prefetch, fill=opts.fill, fill_rate=opts.fill_rate, readahead=opts.readahead,
-                        verbose=opts.verbose + (2 if opts.debug else 0))
+                        verbose=opts.verbose + (2 if opts.debug else 0), passthrough=opts.passthrough)
         except errors.LazyLayerError as exc:
             tell(f"error: {exc}")
             raise

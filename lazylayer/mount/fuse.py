@@ -90,6 +90,10 @@ class Mount:
     server, bypassing the page cache (benchmarks).  ``on_read(ino, offset,
     size)``: called for every READ, on a server thread (a recorder).
     ``log_fd``: where EIO lines go (default stderr; None: nowhere).
+    ``passthrough``: FUSE passthrough (Linux >= 6.9, root) for files of 1 MiB
+    or more whose frames are all cached: each is decoded once into a file of
+    the disk cache and the kernel reads it directly (off by default:
+    docs/mount.md, "Passthrough").
 
     Use as a context manager, or call :meth:`close` (unmount, wait, release).
     Several mounts in one process share the process-wide memory cache and the
@@ -101,7 +105,8 @@ class Mount:
                  miss_threads: int = 16, timeout: float = CACHE_TIMEOUT, direct_io: bool = False,
                  on_read: Callable[[int, int, int], None] | None = None, log_fd: int | None = 2,
                  prefetch: Any = "auto", fill: bool = False, fill_rate: float | None = None,
-                 readahead: bool = True, verbose: int = 0, **image_options: Any) -> None:
+                 readahead: bool = True, verbose: int = 0, passthrough: bool = False,
+                 **image_options: Any) -> None:
         from ..image import Image
 
         self.mountpoint = os.path.abspath(mountpoint)
@@ -122,7 +127,7 @@ class Mount:
             self._open_reader(miss_threads, FetcherSpec(None, prefetch=None if prefetch is False else prefetch,
                                                         fill=fill, fill_rate=fill_rate, readahead=readahead,
                                                         verbose=verbose))
-            self._mount(allow_other, threads, miss_threads, timeout, direct_io, log_fd)
+            self._mount(allow_other, threads, miss_threads, timeout, direct_io, log_fd, passthrough)
         except BaseException:
             self._release()
             raise
@@ -174,7 +179,7 @@ class Mount:
         self._keep = (keep, pool, img.memory, img.native, img.index)
 
     def _mount(self, allow_other: bool, threads: int, miss_threads: int, timeout: float, direct_io: bool,
-               log_fd: int | None) -> None:
+               log_fd: int | None, passthrough: bool) -> None:
         opts = ffi.new("ll_fuse_options *")
         check(lib.ll_fuse_options_init(opts, ffi.sizeof(opts[0])), "initialising mount options")
         fsname = ffi.new("char[]", (FSNAME_PREFIX + self.image.reference).encode())
@@ -189,6 +194,14 @@ class Mount:
         if self._hook is not None:
             opts.on_read = lib._ll_py_on_read
             opts.on_read_opaque = self._hook.handle
+        files = None
+        if passthrough:
+            if self.image.disk is None:
+                log.warning("%s: no passthrough: it keeps decoded files in the disk cache, and there is none",
+                            self.mountpoint)
+            else:
+                files = ffi.new("char[]", self.image.disk.files_dir.encode())
+                opts.passthrough_dir = files
         if not os.path.isdir(self.mountpoint):
             raise MountError(f"{self.mountpoint}: mount point is not a directory")
         err = ffi.new("char[]", lib.LL_ERR_MSG_SIZE)
@@ -233,7 +246,7 @@ class Mount:
             s = ffi.new("ll_fuse_stats *")
             lib.ll_fuse_get_stats(self._ptr, s)
             for name in ("requests", "lookups", "getattrs", "readdirs", "reads", "readlinks", "xattrs", "forgets",
-                         "others", "negative", "bytes_read", "misses", "eio"):
+                         "others", "negative", "bytes_read", "misses", "eio", "passthrough"):
                 out[name] = int(getattr(s, name))
         if self._img is not None:
             s = ffi.new("ll_image_stats *")
