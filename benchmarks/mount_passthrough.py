@@ -29,7 +29,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -69,48 +68,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--files", type=int, default=63000)
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-native"))
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from servers import RegistryServer
-
-    from lazylayer.convert import Converter
-
     img = native.build(a)
     res: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="llpt-", dir=str(a.workdir)) as work:  # on ext4, not tmpfs
-        os.makedirs(f"{work}/reg")
-        with RegistryServer("plain", workdir=f"{work}/reg") as reg:
-            ref = f"docker://{reg.host}/bench/n63k:v1"
-            Converter(progress=False).convert(f"oci:{img['lazy']}:{native.TAG}", ref)
-            cache, mnt = f"{work}/cache", f"{work}/mnt"
-            os.makedirs(mnt)
+    with native.pushed(img, a.workdir) as (ref, work):  # on ext4, not tmpfs: passthrough needs it
+        cache, mnt = f"{work}/cache", f"{work}/mnt"
+        os.makedirs(mnt)
 
-            def child(pt: bool, drop: bool) -> dict[str, float]:
-                out = subprocess.run([sys.executable, "-c", CHILD, ref, mnt, cache, "1" if pt else "0",
-                                      "1" if drop else "0", json.dumps(FILES)], check=True, capture_output=True,
-                                     text=True).stdout
-                return json.loads(out)
+        def child(pt: bool, drop: bool) -> dict[str, float]:
+            out = subprocess.run([sys.executable, "-c", CHILD, ref, mnt, cache, "1" if pt else "0",
+                                  "1" if drop else "0", json.dumps(FILES)], check=True, capture_output=True,
+                                 text=True).stdout
+            return json.loads(out)
 
-            child(False, False)  # every frame into the disk cache
-            t0 = time.time()
-            for run in range(a.runs):
-                for pt in ((False, True) if run % 2 == 0 else (True, False)):
-                    name = "passthrough" if pt else "C server"
-                    for drop in (False, True):
-                        r = child(pt, drop)
-                        key = "cold" if drop else "first"
-                        res.setdefault(f"{name} {key}", []).append(r["first"])
-                        res.setdefault(f"{name} again", []).append(r["again"])
-                        if pt:
-                            res.setdefault("passthrough opens", []).append(r["passthrough"])
-                os.sync()
-                open("/proc/sys/vm/drop_caches", "w").write("3")
-                t = time.perf_counter()
-                n = 0
-                for f in FILES:
-                    with open(os.path.join(img["extracted"], f), "rb", buffering=0) as fh:
-                        while b := fh.read(1 << 20):
-                            n += len(b)
-                res.setdefault("ext4, page cache dropped", []).append(n / (time.perf_counter() - t) / 1e6)
+        child(False, False)  # every frame into the disk cache
+        t0 = time.time()
+        for run in range(a.runs):
+            for pt in ((False, True) if run % 2 == 0 else (True, False)):
+                name = "passthrough" if pt else "C server"
+                for drop in (False, True):
+                    r = child(pt, drop)
+                    key = "cold" if drop else "first"
+                    res.setdefault(f"{name} {key}", []).append(r["first"])
+                    res.setdefault(f"{name} again", []).append(r["again"])
+                    if pt:
+                        res.setdefault("passthrough opens", []).append(r["passthrough"])
+            os.sync()
+            open("/proc/sys/vm/drop_caches", "w").write("3")
+            t = time.perf_counter()
+            n = 0
+            for f in FILES:
+                with open(os.path.join(img["extracted"], f), "rb", buffering=0) as fh:
+                    while b := fh.read(1 << 20):
+                        n += len(b)
+            res.setdefault("ext4, page cache dropped", []).append(n / (time.perf_counter() - t) / 1e6)
     print(f"# {time.strftime('%Y-%m-%d')}: python -m benchmarks.mount_passthrough --runs {a.runs}; "
           f"{time.time() - t0:.0f} s")
     print("| case | MB/s (median) | runs |")

@@ -2,7 +2,7 @@
 """How fast a mount of a cached image is ready (issue 17): the command and the Python API, one run.
 
 The image of ``benchmarks/native.py`` (63,000 entries) is pushed to a
-loopback ``docker-registry``; its index goes into a fresh disk cache on the
+loopback ``docker-registry`` (``native.pushed``); its index goes into a fresh disk cache on the
 first mount (not timed). Then:
 
     cli     ``lazylayer mount -q --cache-dir C docker://HOST/bench/n63k:v1 DIR``
@@ -29,7 +29,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -57,31 +56,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--files", type=int, default=63000)
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-native"))
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from servers import RegistryServer
-
-    from lazylayer.convert import Converter
-
     img = native.build(a)
     lazylayer_cmd = os.path.join(os.path.dirname(sys.executable), "lazylayer")
-    with tempfile.TemporaryDirectory(prefix="llstart-") as work:
-        os.makedirs(f"{work}/reg")
-        with RegistryServer("plain", workdir=f"{work}/reg") as reg:
-            ref = f"docker://{reg.host}/bench/n63k:v1"
-            Converter(progress=False).convert(f"oci:{img['lazy']}:{native.TAG}", ref)
-            cache, mnt = f"{work}/cache", f"{work}/mnt"
-            os.makedirs(mnt)
-            cli: list[float] = []
-            for i in range(a.runs + 1):  # the first one stores the index (not counted)
-                t = time.perf_counter()
-                subprocess.run([lazylayer_cmd, "mount", "-q", "--cache-dir", cache, ref, mnt], check=True)
-                dt = time.perf_counter() - t
-                os.stat(os.path.join(mnt, "data/big0.bin"))
-                subprocess.run([lazylayer_cmd, "umount", mnt], check=True)
-                if i:
-                    cli.append(dt)
-            api = [json.loads(subprocess.run([sys.executable, "-c", API, ref, mnt, cache], check=True,
-                                             capture_output=True, text=True).stdout) for _ in range(a.runs)]
+    with native.pushed(img, a.workdir) as (ref, work):
+        cache, mnt = f"{work}/cache", f"{work}/mnt"
+        os.makedirs(mnt)
+        cli: list[float] = []
+        for i in range(a.runs + 1):  # the first one stores the index (not counted)
+            t = time.perf_counter()
+            subprocess.run([lazylayer_cmd, "mount", "-q", "--cache-dir", cache, ref, mnt], check=True)
+            dt = time.perf_counter() - t
+            os.stat(os.path.join(mnt, "data/big0.bin"))
+            subprocess.run([lazylayer_cmd, "umount", mnt], check=True)
+            if i:
+                cli.append(dt)
+        api = [json.loads(subprocess.run([sys.executable, "-c", API, ref, mnt, cache], check=True,
+                                         capture_output=True, text=True).stdout) for _ in range(a.runs)]
     print(f"# {time.strftime('%Y-%m-%d')}: python -m benchmarks.mount_startup --runs {a.runs}")
     print("| what | median s | runs, s |")
     print("|---|---:|---|")

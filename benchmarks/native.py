@@ -39,6 +39,7 @@ Results and the exact command go in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -50,7 +51,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -112,6 +113,26 @@ def build(a: argparse.Namespace) -> dict[str, Any]:
         tf.extractall(ext, filter="data")
     stamp.write_text(json.dumps(params))
     return {"dir": d, "lazy": d / "lazy", "extracted": d / "extracted"}
+
+
+@contextlib.contextmanager
+def pushed(img: dict[str, Any], workdir: Path) -> Iterator[tuple[str, str]]:
+    """The image pushed to a loopback ``docker-registry`` kept in a temporary directory under
+    ``workdir`` (on disk, not tmpfs): yields its ``docker://`` reference and that directory."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.fetch import Registry
+    from benchmarks.image import convert
+
+    with tempfile.TemporaryDirectory(prefix="native-", dir=workdir) as tmp:
+        registry = Registry(Path(tmp)).start()
+        try:
+            ref = f"docker://127.0.0.1:{registry.port}/bench:{TAG}"
+            t0 = time.perf_counter()
+            convert(img["lazy"], ref)
+            log(f"pushed in {time.perf_counter() - t0:.1f} s; registry on port {registry.port}")
+            yield ref, tmp
+        finally:
+            registry.close()
 
 
 def baseline_tree(a: argparse.Namespace) -> Path | None:
@@ -273,38 +294,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ws-reads", type=int, default=3_000, help="4 KiB reads per ws200 run")
     a = p.parse_args(argv)
     a.workdir.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.fetch import Registry
-
     img = build(a)
     base = baseline_tree(a)
     impls = {"native": None} | ({"before": base} if base is not None else {})
-    with tempfile.TemporaryDirectory(prefix="native-", dir=a.workdir) as tmp:
-        registry = Registry(Path(tmp)).start()
-        try:
-            ref = f"docker://127.0.0.1:{registry.port}/bench:{TAG}"
-            t0 = time.perf_counter()
-            from benchmarks.image import convert
-
-            convert(img["lazy"], ref)
-            log(f"pushed in {time.perf_counter() - t0:.1f} s; registry on port {registry.port}")
-            caches = {k: os.path.join(tmp, f"cache-{k}") for k in impls}
-            for k, tree in impls.items():
-                w = run_child("warm", tree, ref, caches[k], str(img["extracted"]), 0)
-                log(f"{k}: warmed the disk cache ({w['entries']:,} entries)")
-            res: dict[str, dict[str, list[float]]] = {k: {} for k in impls}
-            for r in range(a.runs):
-                for what, n in (("open", 0), ("read4k", a.reads), ("ws200", a.ws_reads), ("find", 0)):
-                    order = list(impls.items()) if r % 2 == 0 else list(reversed(impls.items()))
-                    for k, tree in order:
-                        out = run_child(what, tree, ref, caches[k], str(img["extracted"]), n)
-                        for key, v in out.items():
-                            if isinstance(v, (int, float)):
-                                res[k].setdefault(key, []).append(v)
-                log(f"run {r + 1}/{a.runs} done")
-            idx = run_child("index", None, f"oci:{img['lazy']}:{TAG}", caches["native"], "", 0)
-        finally:
-            registry.close()
+    with pushed(img, a.workdir) as (ref, tmp):
+        caches = {k: os.path.join(tmp, f"cache-{k}") for k in impls}
+        for k, tree in impls.items():
+            w = run_child("warm", tree, ref, caches[k], str(img["extracted"]), 0)
+            log(f"{k}: warmed the disk cache ({w['entries']:,} entries)")
+        res: dict[str, dict[str, list[float]]] = {k: {} for k in impls}
+        for r in range(a.runs):
+            for what, n in (("open", 0), ("read4k", a.reads), ("ws200", a.ws_reads), ("find", 0)):
+                order = list(impls.items()) if r % 2 == 0 else list(reversed(impls.items()))
+                for k, tree in order:
+                    out = run_child(what, tree, ref, caches[k], str(img["extracted"]), n)
+                    for key, v in out.items():
+                        if isinstance(v, (int, float)):
+                            res[k].setdefault(key, []).append(v)
+            log(f"run {r + 1}/{a.runs} done")
+        idx = run_child("index", None, f"oci:{img['lazy']}:{TAG}", caches["native"], "", 0)
     report(a, res, idx)
 
 
