@@ -112,6 +112,16 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
+def _send(sock: socket.socket, head: bytes, data: bytes) -> None:
+    """``head`` then ``data``, whole (``sendmsg`` may send part of them, e.g. after a signal)."""
+    sent = sock.sendmsg([head, data])
+    if sent < len(head):
+        sock.sendall(head[sent:])
+        sent = len(head)
+    if sent - len(head) < len(data):
+        sock.sendall(memoryview(data)[sent - len(head):])
+
+
 def _serve(sock: socket.socket, image: Any, allowed: set[int]) -> None:
     from ..core._lib import callback_status
 
@@ -126,7 +136,7 @@ def _serve(sock: socket.socket, image: Any, allowed: set[int]) -> None:
                 return
             try:
                 data = image.layers[layer].source(offset, size)
-                sock.sendmsg([_ANS.pack(0, 0, len(data)), data])
+                _send(sock, _ANS.pack(0, 0, len(data)), data)
             except Exception as exc:  # noqa: BLE001 - the read gets EIO, the log says why
                 log.error("fetch of %d bytes at %d of layer %d (%s) failed: %s: %s", size, offset, layer,
                           image.layers[layer].descriptor.get("digest", "?"), type(exc).__name__, exc)
