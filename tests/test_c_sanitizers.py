@@ -24,10 +24,11 @@ CSRC = ROOT / "csrc"
 FUZZ = CSRC / "fuzz"
 # Every library source (as csrc/Makefile's SRCS); they link against libzstd, libcrypto and pthreads.
 LIB_SRCS = [str(CSRC / f) for f in ("common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c", "json.c",
-                                    "toc.c", "index.c", "resolve.c", "oci.c", "diskcache.c", "image.c")]
+                                    "toc.c", "index.c", "resolve.c", "oci.c", "diskcache.c", "image.c",
+                                    "sockhost.c", "fuse.c")]
 SAN_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
              "-g", "-O1"]
-TARGETS = ("seektable", "roundtrip", "toc", "index_load", "manifest")
+TARGETS = ("seektable", "roundtrip", "toc", "index_load", "manifest", "sockhost")
 FUZZ_SECONDS = 20
 
 # Lines that mean a sanitizer, a fuzz invariant (CHECK in fuzz_common.h) or
@@ -108,6 +109,7 @@ def test_seed_corpora_are_generated(fuzz_build):
     assert len(names["roundtrip"]) >= 10
     assert {"basic", "layers3", "hostile-name"} <= set(names["toc"])
     assert len(names["index_load"]) >= 3 and {"manifest", "index"} <= set(names["manifest"])
+    assert {"good-two", "error-then-good", "short", "hangup"} <= set(names["sockhost"])
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -458,6 +458,35 @@ static void manifest_seeds_write(void) {
     }
 }
 
+/* Answer streams for fuzz_sockhost: byte 0 = size asked - 1, byte 1 = layer, then answers. */
+static void sockhost_seeds(void) {
+    uint8_t b[2 + 2 * (16 + 64)];
+    memset(b, 0, sizeof b);
+    b[0] = 63; /* 64 bytes */
+    for (int k = 0; k < 2; k++) { /* two good answers */
+        uint8_t *a = b + 2 + k * (16 + 64);
+        a[8] = 64;
+        for (int i = 0; i < 64; i++) a[16 + i] = (uint8_t)(i * 7 + k);
+    }
+    save("sockhost", "good-two", b, sizeof b);
+    uint8_t e[2 + 16 + 5 + 16 + 64];
+    memset(e, 0, sizeof e);
+    e[0] = 63;
+    int32_t st = LL_ERR_DIGEST;
+    memcpy(e + 2, &st, 4); /* little-endian hosts only, as the format */
+    e[2 + 8] = 5;
+    memcpy(e + 2 + 16, "wrong", 5);
+    e[2 + 16 + 5 + 8] = 64;
+    save("sockhost", "error-then-good", e, sizeof e);
+    uint8_t s[2 + 16 + 10];
+    memset(s, 0, sizeof s);
+    s[0] = 63;
+    s[2 + 8] = 64; /* says 64, sends 10 */
+    save("sockhost", "short", s, sizeof s);
+    uint8_t none[2] = {0, 1};
+    save("sockhost", "hangup", none, sizeof none);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
@@ -469,6 +498,7 @@ int main(int argc, char **argv) {
     roundtrip_seeds();
     toc_seeds_write();
     manifest_seeds_write();
+    sockhost_seeds();
     fprintf(stderr, "gen_corpus: %d seeds in %s\n", g_count, g_dir);
     return 0;
 }
