@@ -101,7 +101,6 @@ struct ll_fuse {
     int fd;                        /* the session's first descriptor */
     int mounted;                   /* by us, and not yet unmounted by us */
     int started;
-    uint32_t proto_minor;
     uint64_t entry_sec, attr_sec, neg_sec;
     uint32_t entry_nsec, attr_nsec, neg_nsec;
     uint64_t statfs_blocks;
@@ -1005,7 +1004,6 @@ static int handshake(ll_fuse *f, uint8_t *in, char *err, size_t err_size) {
                     ii->minor);
             return LL_ERR_MOUNT;
         }
-        f->proto_minor = ii->minor < o.minor ? ii->minor : o.minor;
         uint64_t want = FUSE_ASYNC_READ | FUSE_DO_READDIRPLUS | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS |
                         FUSE_CACHE_SYMLINKS | FUSE_BIG_WRITES;
         uint64_t offered = ii->flags;

@@ -378,28 +378,39 @@ class ImageReader:
     returns the compressed bytes of a run of frames the disk cache does not have
     (it must verify and store them: the Python host does both); with ``use_disk``
     False every frame comes from ``fetch`` (a local file).
+
+    ``c_sources`` instead: a filled ``ll_image_source[]`` of C callbacks (no
+    Python on any read: the mount's, lazylayer/mount/fuse.py), kept alive with
+    ``keep``; the frames they return are checked against their sha256 here, and
+    stored by whoever fetched them.
     """
 
     def __init__(self, index: Index, sources: Sequence[tuple[Callable[[int, int], bytes], bool]], *,
-                 cache: BlockCache | None, pool: WorkerPool | None, disk: NativeDiskCache | None) -> None:
+                 cache: BlockCache | None, pool: WorkerPool | None, disk: NativeDiskCache | None,
+                 c_sources: Any = None, keep: object = None) -> None:
         self.index = index
         self._callbacks = [_CallbackSource(fetch) for fetch, _ in sources]
-        arr = ffi.new("ll_image_source[]", max(1, len(sources)))
-        for i, ((_, use_disk), cb) in enumerate(zip(sources, self._callbacks)):
-            arr[i].read = lib._ll_py_read
-            arr[i].opaque = cb.handle
-            arr[i].use_disk = int(bool(use_disk) and disk is not None)
+        if c_sources is None:
+            arr = ffi.new("ll_image_source[]", max(1, len(sources)))
+            for i, ((_, use_disk), cb) in enumerate(zip(sources, self._callbacks)):
+                arr[i].read = lib._ll_py_read
+                arr[i].opaque = cb.handle
+                arr[i].use_disk = int(bool(use_disk) and disk is not None)
+        else:
+            arr = c_sources
         opts = ffi.new("ll_image_options *")
         check(lib.ll_image_options_init(opts, ffi.sizeof(opts[0])), "initialising image options")
         opts.cache = cache._ptr if cache is not None else ffi.NULL
         opts.pool = pool._ptr if pool is not None else ffi.NULL
         opts.disk = disk._ptr if disk is not None else ffi.NULL
-        opts.verify_fetched = 0  # the Python host verifies every fetched frame (remote.read_ranges)
-        opts.store_fetched = 0  # and stores it (DiskCache.fetch_many, with its single-flight locks)
+        # The Python host verifies every frame it fetches (remote.read_ranges); C sources' frames are
+        # verified here.  Either way the fetcher stores them (DiskCache.fetch_many, single-flight locks).
+        opts.verify_fetched = int(c_sources is not None)
+        opts.store_fetched = 0
         out = ffi.new("ll_image **")
         check(lib.ll_image_create(index._ptr, arr, opts, out), "opening the image reader")
         # What C uses lives as long as the reader: the index, caches, pool and callbacks.
-        self._ptr = _owned(out[0], lib.ll_image_free, (index, cache, pool, disk, self._callbacks, arr))
+        self._ptr = _owned(out[0], lib.ll_image_free, (index, cache, pool, disk, self._callbacks, arr, keep))
 
     def readinto(self, ino: int, buffer: Any, offset: int, *, name: str = "", size: int | None = None) -> int:
         """Read file ``ino`` at ``offset`` into ``buffer`` (its first ``size`` bytes: default all of

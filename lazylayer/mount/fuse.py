@@ -4,10 +4,11 @@
 it opens) and returns once the kernel has the mount and it answers.  Every
 request is answered in C from the image index: lookups, attributes,
 directory listings, symlinks, xattrs, and reads of frames already in the
-memory or disk cache never enter Python.  Only a read that needs a frame from
-the registry calls back into Python (the image's verified, coalesced fetch,
-with the prefetcher's priorities), on one of the server's miss threads, while
-the others keep answering.
+memory or disk cache never enter Python.  A read that needs a frame from
+the registry waits on one of the server's miss threads, while the others keep
+answering, and the frame is fetched by a fetcher process
+(:mod:`lazylayer.mount.fetcher`: the image's verified, coalesced fetch and its
+prefetcher); layers held in local files are read by C itself.
 
 Because an image never changes, the kernel is told to keep what it learns:
 entries, attributes and negative lookups for a day, file pages across opens,
@@ -19,12 +20,11 @@ or a fetch that fails after the remote layer's retries, is ``EIO`` and is
 logged (to ``log_fd``) with the file's path; the mount keeps serving.  Writes
 of any kind are ``EROFS``.
 
-Deadlock hazard: the miss threads take the GIL to fetch.  A thread of *this*
-process that holds the GIL while it touches the mount (importing an extension
-module from it, faulting on an mmap of a file there) would wait for a miss
-that waits for the GIL.  Serve a mount that this process's own Python code
-reads from a separate process (``lazylayer mount``, whose daemon runs nothing
-else); docs/mount.md, "Deadlock hazard".
+Deadlock hazard, designed away: a thread of *this* process that holds the GIL
+while it touches the mount (importing an extension module from it, faulting on
+an mmap of a file there) must not wait for a server that needs the GIL.  No
+server thread does: fetches have the fetcher's own GIL.  Only an ``on_read``
+hook runs Python on the server threads (docs/mount.md, "Deadlock hazard").
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from .. import errors
 from ..core._lib import check, ffi, lib
+from ..core.index import ImageReader
 from ..core.seekable import _resolve_pool
 from .fetcher import Fetcher, FetcherSpec
 
@@ -97,8 +98,8 @@ class Mount:
 
     Use as a context manager, or call :meth:`close` (unmount, wait, release).
     Several mounts in one process share the process-wide memory cache and the
-    default disk cache.  Not for a process whose own Python threads read the
-    mount (see the module's "Deadlock hazard").
+    default disk cache.  This process may read the mount itself (see the
+    module's "Deadlock hazard"), unless it passes an ``on_read`` hook.
     """
 
     def __init__(self, image: Any, mountpoint: str, *, allow_other: bool = False, threads: int = 2,
@@ -116,7 +117,7 @@ class Mount:
         self._lock = threading.Lock()
         self._closing = False
         self._ptr: Any = None
-        self._img: Any = None
+        self._reader: ImageReader | None = None
         self._fetcher: Fetcher | None = None
         self._hook = _ReadHook(on_read) if on_read is not None else None
         try:
@@ -165,18 +166,8 @@ class Mount:
                 check(lib.ll_sockhost_source(self._sockhost, i, ffi.addressof(arr, i)), "starting the fetcher")
         elif spec.prefetch not in (None, "auto") or spec.fill:
             log.warning("%s: no prefetch: every layer is in a local file", img.reference)
-        opts = ffi.new("ll_image_options *")
-        check(lib.ll_image_options_init(opts, ffi.sizeof(opts[0])), "initialising image options")
-        pool = _resolve_pool(img.threads)
-        opts.cache = img.memory._ptr if img.memory is not None else ffi.NULL
-        opts.pool = pool._ptr if pool is not None else ffi.NULL
-        opts.disk = img.native._ptr if img.native is not None else ffi.NULL
-        opts.verify_fetched = 1  # every frame from a file or the fetcher is checked against its sha256
-        opts.store_fetched = 0  # the fetcher stores what it fetched (with the cache's single-flight locks)
-        out_img = ffi.new("ll_image **")
-        check(lib.ll_image_create(img.index._ptr, arr, opts, out_img), "opening the image for the mount")
-        self._img = out_img[0]
-        self._keep = (keep, pool, img.memory, img.native, img.index)
+        self._reader = ImageReader(img.index, [], cache=img.memory, pool=_resolve_pool(img.threads), disk=img.native,
+                                   c_sources=arr, keep=keep)
 
     def _mount(self, allow_other: bool, threads: int, miss_threads: int, timeout: float, direct_io: bool,
                log_fd: int | None, passthrough: bool) -> None:
@@ -206,7 +197,8 @@ class Mount:
             raise MountError(f"{self.mountpoint}: mount point is not a directory")
         err = ffi.new("char[]", lib.LL_ERR_MSG_SIZE)
         out = ffi.new("ll_fuse **")
-        rc = lib.ll_fuse_mount(self._img, self.mountpoint.encode(), opts, out, err, len(err))
+        assert self._reader is not None
+        rc = lib.ll_fuse_mount(self._reader._ptr, self.mountpoint.encode(), opts, out, err, len(err))
         if rc != lib.LL_OK:
             raise MountError(_err_text(err, rc))  # (it names the mount point)
         ptr = out[0]
@@ -248,13 +240,10 @@ class Mount:
             for name in ("requests", "lookups", "getattrs", "readdirs", "reads", "readlinks", "xattrs", "forgets",
                          "others", "negative", "bytes_read", "misses", "eio", "passthrough"):
                 out[name] = int(getattr(s, name))
-        if self._img is not None:
-            s = ffi.new("ll_image_stats *")
-            lib.ll_image_get_stats(self._img, s)
-            out["fetches"] = int(s.frames_fetched)
-            out["bytes_fetched"] = int(s.bytes_fetched)
-            out["frames_from_disk"] = int(s.frames_disk)
-            out["digest_errors"] = int(s.digest_errors)
+        if self._reader is not None:
+            s = self._reader.stats()
+            out.update(fetches=s["frames_fetched"], bytes_fetched=s["bytes_fetched"],
+                       frames_from_disk=s["frames_disk"], digest_errors=s["digest_errors"])
         return out
 
     # -- ending -----------------------------------------------------------------
@@ -296,9 +285,7 @@ class Mount:
         if self._ptr is not None:
             lib.ll_fuse_free(self._ptr)  # (unmounts first if it never started)
             self._ptr = None
-        if self._img is not None:  # nothing reads any more
-            lib.ll_image_free(self._img)
-            self._img = None
+        self._reader = None  # (freed with it: nothing reads any more)
         if getattr(self, "_sockhost", None) is not None:
             lib.ll_sockhost_free(self._sockhost)  # closes our ends of the sockets: the fetcher exits
             self._sockhost = None
