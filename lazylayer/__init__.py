@@ -14,6 +14,7 @@
 """
 
 from . import _compat, errors
+from ._exports import lazy_exports
 from .core import (
     BlockCache,
     CacheStats,
@@ -37,17 +38,10 @@ from .errors import (
     SourceError,
 )
 
-_LAZY = {"ImageFileSystem": "fs", "Image": "image", "DiskCache": "image", "Mount": "mount"}
+__getattr__, __dir__, _ = lazy_exports(__name__, {"fs": ("ImageFileSystem",), "image": ("Image", "DiskCache"),
+                                                   "mount": ("Mount",)})
 
 _compat.install()
-
-
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'lazylayer' has no attribute {name!r}")
 
 
 __all__ = [

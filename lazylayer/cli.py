@@ -410,7 +410,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     if args.foreground:
         return serve()
-    return daemon.spawn(serve, mnt, log_path=args.log, label=args.image, quiet=args.quiet)
+    code = daemon.spawn(serve, mnt, log_path=args.log, label=args.image, quiet=args.quiet)
+    # The daemon serves the mount now and this process is done: leave without the interpreter's
+    # teardown, which freed what the imports loaded (aiohttp's TLS contexts above all) in ~40 ms,
+    # a sixth of the command (docs/benchmarks.md).  No thread runs here (spawn checks) and
+    # nothing is buffered but stdio.  So: never call the mount command in-process.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_record(args: argparse.Namespace) -> int:

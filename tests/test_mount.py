@@ -575,6 +575,34 @@ def test_a_process_imports_an_extension_module_from_its_own_cold_mount(small: Sm
     assert not mount.is_mounted(where)
 
 
+_MOUNT_MODULES = r"""
+import json, os, sys
+import lazylayer.cli  # what `lazylayer mount` imports, then what its daemon does
+from lazylayer.image import DiskCache, Image
+from lazylayer.mount import Mount, daemon
+ref, where, cache = sys.argv[1:4]
+with Image(ref, cache=DiskCache(cache)) as img, Mount(img, where):
+    os.listdir(where)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_a_mount_imports_only_what_it_needs(small: Small, tmp_path: Any) -> None:
+    """Start-up (docs/benchmarks.md): the serving process of a docker:// image loads neither the
+    converter and re-encoder, the tar stores, fsspec, nor the prefetch planner (which runs in the
+    fetcher process), and no TLS context when the registry is plain HTTP."""
+    where = str(tmp_path / "mnt")
+    os.makedirs(where)
+    res = subprocess.run([sys.executable, "-c", _MOUNT_MODULES, small.ref, where, str(tmp_path / "cache")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    loaded = set(json.loads(res.stdout))
+    assert "lazylayer.mount.fuse" in loaded and "lazylayer.registry.client" in loaded  # the check can fail
+    unwanted = {"lazylayer.convert", "lazylayer.format.reencode", "lazylayer.oci.archive", "lazylayer.oci.layout",
+                "lazylayer.fs", "fsspec", "lazylayer.prefetch", "lazylayer.record", "lazylayer.registry.referrers"}
+    assert sorted(unwanted & loaded) == []
+
+
 def test_a_waiting_miss_does_not_hold_up_cached_reads(small: Small, registry: RegistryServer, fault_proxy: Any,
                                                       tmp_path: Any) -> None:
     """While one read waits on a stalled fetch, a read of frames already on disk is answered."""

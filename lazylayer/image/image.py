@@ -39,11 +39,9 @@ from ..core.seekable import _resolve_pool
 from ..format import (
     ANNOTATION_TOC_DIGEST,
     Frame,
-    LayerWriter,
     is_lazy_layer,
     parse_toc_position,
     read_toc,
-    reencode_layer,
 )
 from ..progress import Progress
 from ..registry import open_source
@@ -153,8 +151,9 @@ class Image:
         """The :class:`~lazylayer.registry.RegistryConfig` given (None: the defaults)."""
         self.native: NativeDiskCache | None = None
         """The disk cache as the C side opens it (None without one)."""
-        self._source = open_source(reference, registry)
-        if isinstance(self._source, oci.OciLayout):
+        ref = oci.parse_reference(reference) if isinstance(reference, str) else reference
+        self._source = open_source(ref, registry)
+        if isinstance(ref, oci.OciLayoutRef):
             self.disk = None  # its blobs are local files already: nothing to keep
         try:
             self.manifest_image = oci.select_image(self._source, platform)
@@ -273,6 +272,8 @@ class Image:
             warnings.warn(f"{self.reference}: {what} fetched whole and re-encoded before any file in them can "
                           f"be read ({again}); to read the image lazily, convert it: lazylayer convert SRC DST",
                           NotLazyWarning, stacklevel=5)
+        from ..format.reencode import LayerWriter, reencode_layer  # (zstandard, tarfile: not on a lazy image's path)
+
         writer = LayerWriter(threads=self.threads)
 
         def build(out: Any) -> None:

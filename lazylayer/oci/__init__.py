@@ -14,116 +14,22 @@ to open any reference.
 
 from __future__ import annotations
 
-from .archive import DockerArchive
-from .layout import BlobWriter, OciLayout
-from .media import (
-    DOCKER_CONFIG,
-    DOCKER_LAYER_GZIP,
-    DOCKER_LIST,
-    DOCKER_MANIFEST,
-    INDEX_TYPES,
-    MANIFEST_TYPES,
-    MAX_METADATA_BYTES,
-    OCI_CONFIG,
-    OCI_INDEX,
-    OCI_LAYER_GZIP,
-    OCI_LAYER_TAR,
-    OCI_LAYER_ZSTD,
-    OCI_MANIFEST,
-    REF_NAME,
-    TAR_LAYER_TYPES,
-    Descriptor,
-    HashingReader,
-    canonical_json,
-    check_digest,
-    check_json_shape,
-    descriptor,
-    is_tar_layer,
-    load_json,
-    parse_json,
-    sha256_digest,
-)
-from .reference import (
-    DockerArchiveRef,
-    ImageRef,
-    OciLayoutRef,
-    ReferenceError,
-    RegistryRef,
-    host_platform,
-    parse_platform,
-    parse_reference,
-    parse_registry_reference,
-)
-from .store import (
-    EMPTY_DESCRIPTOR,
-    EMPTY_JSON,
-    EMPTY_MEDIA_TYPE,
-    ArtifactStore,
-    ImageDestination,
-    ImageSource,
-    SourceImage,
-    check_annotations,
-    check_descriptor,
-    diff_ids,
-    images,
-    referrers_entries,
-    select_image,
-    select_manifest,
-)
+from .._exports import lazy_exports
 
-__all__ = [
-    "ArtifactStore",
-    "BlobWriter",
-    "DOCKER_CONFIG",
-    "DOCKER_LAYER_GZIP",
-    "DOCKER_LIST",
-    "DOCKER_MANIFEST",
-    "Descriptor",
-    "DockerArchive",
-    "DockerArchiveRef",
-    "EMPTY_DESCRIPTOR",
-    "EMPTY_JSON",
-    "EMPTY_MEDIA_TYPE",
-    "HashingReader",
-    "INDEX_TYPES",
-    "ImageDestination",
-    "ImageRef",
-    "ImageSource",
-    "MANIFEST_TYPES",
-    "MAX_METADATA_BYTES",
-    "OCI_CONFIG",
-    "OCI_INDEX",
-    "OCI_LAYER_GZIP",
-    "OCI_LAYER_TAR",
-    "OCI_LAYER_ZSTD",
-    "OCI_MANIFEST",
-    "OciLayout",
-    "OciLayoutRef",
-    "REF_NAME",
-    "ReferenceError",
-    "RegistryRef",
-    "SourceImage",
-    "TAR_LAYER_TYPES",
-    "canonical_json",
-    "check_json_shape",
-    "check_annotations",
-    "check_descriptor",
-    "check_digest",
-    "descriptor",
-    "diff_ids",
-    "host_platform",
-    "images",
-    "is_tar_layer",
-    "load_json",
-    "parse_json",
-    "parse_platform",
-    "parse_reference",
-    "parse_registry_reference",
-    "referrers_entries",
-    "select_image",
-    "select_manifest",
-    "sha256_digest",
-]
+_getattr, __dir__, __all__ = lazy_exports(__name__, {
+    "archive": ("DockerArchive",),
+    "layout": ("BlobWriter", "OciLayout",),
+    "media": ("DOCKER_CONFIG", "DOCKER_LAYER_GZIP", "DOCKER_LIST", "DOCKER_MANIFEST", "INDEX_TYPES", "MANIFEST_TYPES",
+              "MAX_METADATA_BYTES", "OCI_CONFIG", "OCI_INDEX", "OCI_LAYER_GZIP", "OCI_LAYER_TAR", "OCI_LAYER_ZSTD",
+              "OCI_MANIFEST", "REF_NAME", "TAR_LAYER_TYPES", "Descriptor", "HashingReader", "canonical_json",
+              "check_digest", "check_json_shape", "descriptor", "is_tar_layer", "load_json", "parse_json",
+              "sha256_digest",),
+    "reference": ("DockerArchiveRef", "ImageRef", "OciLayoutRef", "ReferenceError", "RegistryRef", "host_platform",
+                  "parse_platform", "parse_reference", "parse_registry_reference",),
+    "store": ("EMPTY_DESCRIPTOR", "EMPTY_JSON", "EMPTY_MEDIA_TYPE", "ArtifactStore", "ImageDestination", "ImageSource",
+              "SourceImage", "check_annotations", "check_descriptor", "diff_ids", "images", "referrers_entries",
+              "select_image", "select_manifest",),
+})
 
 _MOVED = {"open_source": "lazylayer.registry", "open_destination": "lazylayer.registry"}
 
@@ -137,4 +43,4 @@ def __getattr__(name: str) -> object:
 
         warnings.warn(f"lazylayer.oci.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
         return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'lazylayer.oci' has no attribute {name!r}")
+    return _getattr(name)

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..oci import (
-    DockerArchive,
     DockerArchiveRef,
     ImageDestination,
     ImageRef,
     ImageSource,
-    OciLayout,
     OciLayoutRef,
     ReferenceError,
     RegistryRef,
@@ -22,9 +20,14 @@ from .client import Registry, RegistryDestination, RegistrySource
 def open_source(ref: str | ImageRef, registry: Any = None) -> ImageSource:
     """An image to read.  ``registry``: a :class:`lazylayer.registry.RegistryConfig` for ``docker://``."""
     r = parse_reference(ref) if isinstance(ref, str) else ref
+    # The stores are imported where used: a mount of a docker:// image loads no tar reader (start-up).
     if isinstance(r, OciLayoutRef):
+        from ..oci.layout import OciLayout
+
         return OciLayout(r.path, r.tag)
     if isinstance(r, DockerArchiveRef):
+        from ..oci.archive import DockerArchive
+
         return DockerArchive(r.path, r.ref)
     return RegistrySource(r, Registry(r.registry, registry))
 
@@ -33,6 +36,8 @@ def open_destination(ref: str | ImageRef, registry: Any = None) -> ImageDestinat
     """Where to write an image: an :class:`OciLayout` or a registry (``docker://``)."""
     r = parse_reference(ref) if isinstance(ref, str) else ref
     if isinstance(r, OciLayoutRef):
+        from ..oci.layout import OciLayout
+
         return OciLayout(r.path, r.tag, create=True)
     if isinstance(r, RegistryRef):
         return RegistryDestination(r, Registry(r.registry, registry))

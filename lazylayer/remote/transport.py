@@ -323,9 +323,6 @@ class Transport:
         self._reached: set[str] = set()  # base URLs that have answered (an outage there is ridden out)
         self._insecure: set[str] = set()
         self._closed = False
-        self._insecure_ssl = ssl.create_default_context()
-        self._insecure_ssl.check_hostname = False
-        self._insecure_ssl.verify_mode = ssl.CERT_NONE
 
     # -- running coroutines
 
@@ -401,11 +398,11 @@ class Transport:
         self._insecure.add(netloc)
 
     def _ssl(self, url: str) -> Any:
-        if not url.startswith("https:"):
-            return None
-        if not self.options.tls_verify or urlsplit(url).netloc in self._insecure:
-            return self._insecure_ssl
-        return None
+        # False: aiohttp's own context that skips verification (no certificate store to load, so
+        # a transport costs nothing at start-up); True: aiohttp's default, verifying context.
+        if url.startswith("https:") and (not self.options.tls_verify or urlsplit(url).netloc in self._insecure):
+            return False
+        return True
 
     @asynccontextmanager
     async def open(self, method: str, url: str, *, headers: dict[str, str] | None = None,
