@@ -16,6 +16,9 @@ the loop is divided by the requests the server answered in that time.
               the mfusepy mount has no direct-I/O mode; its reads went through
               the page cache).
 
+``c, one CPU`` is the C server with the server and the client both pinned to
+CPU 0: a diagnostic (no thread is woken on another CPU).
+
 The client's own rate (operations/s, wall) is reported next to the same loop
 on the files extracted to local disk (ext4, page cache warm), the physical
 limit.  Implementations alternate within each run; medians of ``--runs``.
@@ -103,8 +106,9 @@ def log(msg: str) -> None:
 
 
 class Server:
-    def __init__(self, tree: Path, kind: str, ref: str, mnt: str) -> None:
-        self.p = subprocess.Popen([PY, "-c", SERVER, str(tree), kind, ref, mnt], stdin=subprocess.PIPE,
+    def __init__(self, tree: Path, kind: str, ref: str, mnt: str, cpu: int | None = None) -> None:
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        self.p = subprocess.Popen([*pin, PY, "-c", SERVER, str(tree), kind, ref, mnt], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
         assert self.p.stdout is not None and self.p.stdin is not None
         line = self.p.stdout.readline()
@@ -149,7 +153,17 @@ def read_loop(root: str, ops: int, warm: bool = False) -> float:
         os.close(fd)
 
 
-def measure(server: Server | None, root: str, what: str, ops: int) -> dict[str, float]:
+def measure(server: Server | None, root: str, what: str, ops: int, cpu: int | None = None) -> dict[str, float]:
+    allowed = os.sched_getaffinity(0)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    try:
+        return _measure(server, root, what, ops)
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def _measure(server: Server | None, root: str, what: str, ops: int) -> dict[str, float]:
     loop = stat_loop if what == "stat" else read_loop
     if what == "read4k":
         read_loop(root, 16, warm=True)  # the file read once, before the timed part
@@ -178,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     img = native.build(a)
     ref = f"oci:{img['lazy']}:{native.TAG}"
     old_tree = native.baseline_tree(a)
-    kinds = [("c", ROOT)] + ([("mfusepy", old_tree)] if old_tree else [])
+    # "c, one CPU": the C server and the client both pinned to CPU 0, a diagnostic of what a request
+    # costs without waking a thread on another (idle) CPU, which is most of it on this VM.
+    kinds = [("c", ROOT), ("c, one CPU", ROOT)] + ([("mfusepy", old_tree)] if old_tree else [])
     res: dict[str, list[dict[str, float]]] = {}
     t0 = time.time()
     for run in range(a.runs):
@@ -187,10 +203,11 @@ def main(argv: list[str] | None = None) -> None:
             for kind, tree in kinds if run % 2 == 0 else kinds[::-1]:
                 if kind == "mfusepy" and what == "read4k":
                     continue
+                cpu = 0 if "one CPU" in kind else None
                 with tempfile.TemporaryDirectory(prefix="llmnt-") as mnt:
-                    s = Server(tree, kind, ref, mnt)
+                    s = Server(tree, kind.split(",")[0], ref, mnt, cpu)
                     try:
-                        res.setdefault(f"{kind} {what}", []).append(measure(s, mnt, what, a.ops))
+                        res.setdefault(f"{kind} {what}", []).append(measure(s, mnt, what, a.ops, cpu))
                     finally:
                         s.close()
         log(f"run {run + 1}/{a.runs} done")

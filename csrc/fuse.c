@@ -1050,6 +1050,7 @@ static int start_worker(ll_fuse *f, unsigned i) {
         w->fd = -1;
         return LL_ERR_THREAD;
     }
+    pthread_setname_np(w->thread, "ll-fuse"); /* as top -H and /proc/PID/task/TID/comm show it */
     w->started = 1;
     f->nworkers = i + 1;
     return LL_OK;
@@ -1102,6 +1103,7 @@ int ll_fuse_start(ll_fuse *f, char *err, size_t err_size) {
             rc = LL_ERR_THREAD;
             break;
         }
+        pthread_setname_np(f->miss_threads[i], "ll-fuse-miss");
         f->nmiss = i + 1;
     }
     for (unsigned i = 0; rc == LL_OK && i < f->o.threads; i++) {
