@@ -539,6 +539,36 @@ def test_mount_api_serves_in_c_with_no_lookup_per_entry(built: Built, tmp_path: 
     assert not _fetchers() - before, "the fetcher outlived its mount"
 
 
+def test_an_image_without_xattrs_stops_the_kernel_asking(built: Built, small: Small, tmp_path: Any) -> None:
+    """An image with no extended attribute at all answers the first GETXATTR and LISTXATTR with
+    ENOSYS, so the kernel asks no more (callers get EOPNOTSUPP); an image with some answers each
+    name (ENODATA for one it does not have)."""
+    import lazylayer
+
+    where = str(tmp_path / "mnt")
+    os.makedirs(where)
+    with lazylayer.Mount(small.ref, where, cache=None) as m:
+        files = [os.path.join(where, f) for f in os.listdir(where)]
+        for path in files * 3:
+            with pytest.raises(OSError) as err:
+                os.getxattr(path, "security.capability", follow_symlinks=False)
+            assert err.value.errno == errno.EOPNOTSUPP
+            with pytest.raises(OSError) as err:
+                os.listxattr(path, follow_symlinks=False)
+            assert err.value.errno == errno.EOPNOTSUPP
+        assert m.stats()["xattrs"] == 2  # one GETXATTR and one LISTXATTR, then the kernel knows
+    want = os.listxattr(os.path.join(built.rootfs, "etc/hostname"), follow_symlinks=False)
+    if not want:
+        pytest.skip("the image was built where user xattrs are not kept (images.build_umoci_image)")
+    with lazylayer.Mount(built.ref, where, cache=None) as m:
+        hostname = os.path.join(where, "etc/hostname")
+        assert os.listxattr(hostname, follow_symlinks=False) == want
+        with pytest.raises(OSError) as err:
+            os.getxattr(hostname, "user.not-there", follow_symlinks=False)
+        assert err.value.errno == errno.ENODATA
+        assert m.stats()["xattrs"] >= 2
+
+
 _IMPORT_FROM_OWN_MOUNT = r"""
 import importlib, mmap, os, sys, hashlib
 import lazylayer
