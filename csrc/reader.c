@@ -265,8 +265,11 @@ static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, u
      * storage is cheaper to fetch again than to decode whole (a later read
      * further into the frame re-decodes: ll__cache_put keeps the longest).  The
      * second time a frame is decoded in part, it is decoded whole: reads keep
-     * coming to it, so one more decode now saves the next ones. */
-    uint32_t need = must_verify(r) || (r->whole_frames && (!local || present)) ? ds : hi;
+     * coming to it, so one more decode now saves the next ones.  A read that
+     * needs half the frame or more decodes it whole at once: a prefix would save
+     * little, and a sequential reader (1 MiB kernel reads of 2 MiB frames) would
+     * load, hash and decode every frame twice. */
+    uint32_t need = must_verify(r) || (r->whole_frames && (!local || present)) || hi >= ds / 2 ? ds : hi;
     uint32_t room = need == ds ? ds : prefix_room(need, ds);
     if (r->cache) {
         uint32_t cap;

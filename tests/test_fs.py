@@ -363,7 +363,8 @@ def test_corruption_in_transit_is_refetched_or_refused(built: Built, fault_proxy
     proxy = fault_proxy(built.registry.url)
     host = proxy.url.split("://", 1)[1]
     cfg = RegistryConfig(transport=Transport(RemoteOptions(deadline=20)))
-    fs = open_fs(f"docker://{host}/{built.repo}:v1", str(tmp_path / "cache"), registry=cfg)
+    # no read-ahead: the frames of the second read must be fetched by that read, under the fault
+    fs = open_fs(f"docker://{host}/{built.repo}:v1", str(tmp_path / "cache"), registry=cfg, readahead=False)
     fs.image  # noqa: B018 - open (manifest, TOCs) before breaking blob reads
     want = open(os.path.join(built.rootfs, "big/large.bin"), "rb").read()
     proxy.add_fault("flip", path="/blobs/", times=1, after_bytes=1000)  # once: refetched, right bytes

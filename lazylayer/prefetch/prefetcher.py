@@ -2,10 +2,11 @@
 
 - the plan's frames, in plan order, in requests of up to ``request_bytes`` of
   adjacent frames, ``workers`` at a time;
-- *read-ahead*: a layer read frame after frame gets the frames after it
-  fetched too, as :class:`lazylayer.remote.ReadAhead` decides (docs/filesystem.md,
-  "Read-ahead"): a window of frames that doubles with every sequential
-  step up to ``max(32 MiB, 8 x the measured bandwidth-delay product)``;
+- *read-ahead*: a frame a read missed gets the ``neighbours`` frames after
+  it fetched too, and a layer read frame after frame a window that doubles
+  with every sequential step up to ``max(32 MiB, 8 x the measured
+  bandwidth-delay product)``, as :class:`lazylayer.remote.ReadAhead` decides
+  (docs/filesystem.md, "Read-ahead");
 - optionally the rest of the image (*fill*), at a rate limit if asked.
 
 Everything it fetches goes to the disk cache, checked against the TOC's sha256
@@ -48,11 +49,14 @@ class Prefetcher:
     ``background_connections`` are used).  ``request_bytes``: most bytes of
     adjacent frames fetched by one request.  ``budget``: most bytes it fetches
     in all (default: half the disk cache's limit, so prefetch cannot evict
-    what it fetched).  Counters: ``frames``, ``bytes``, ``errors``.
+    what it fetched).  ``neighbours``: with read-ahead on, frames fetched after
+    any frame a read missed, sequential or not (4, about 2.4 MB of a layer's
+    2 MiB frames: SOCI fetches 4 MiB spans; 0: read-ahead only for sequential
+    reads).  Counters: ``frames``, ``bytes``, ``errors``.
     """
 
     def __init__(self, image: Image, *, workers: int = 8, request_bytes: int = 4 << 20,
-                 budget: int | None = None, readahead: bool = True) -> None:
+                 budget: int | None = None, readahead: bool = True, neighbours: int = 4) -> None:
         if image.disk is None:
             raise ValueError("prefetch needs a disk cache to fetch into")
         self.image = image
@@ -65,9 +69,13 @@ class Prefetcher:
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._queued: list[bytearray] = [bytearray(len(layer.toc.frames)) for layer in image.layers]
-        # Read-ahead, per layer, in frames: after two sequential reads 2 frames, doubling per read up to
+        # Read-ahead, per layer, in frames: `neighbours` frames after any read that missed (a program's
+        # next files are mostly the tar's next ones), doubling with every sequential read up to
         # max_window() bytes' worth; the frames ahead are topped up once half the window is read.
-        self._ra = [remote.ReadAhead(2, self._frames_in(layer.toc.frames), after=2, gap=1, refill=0.5)
+        # With neighbours=0: 2 frames once two reads in a row were sequential.
+        self.neighbours = max(0, neighbours)
+        self._ra = [remote.ReadAhead(self.neighbours or 2, self._frames_in(layer.toc.frames),
+                                     after=0 if self.neighbours else 2, gap=1, refill=0.5)
                     for layer in image.layers]
         self._ra_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
