@@ -176,9 +176,21 @@ static void pool_destroy(ll__bufpool *p) {
 
 /* ---- the cache */
 
+#define CLAIMS 64 /* frames being loaded at once that other readers can wait for */
+
+typedef struct {
+    uint64_t source;
+    uint32_t frame;
+    int used;
+    int slow; /* its holder may fetch over the network (not only read local storage) */
+} claim;
+
 struct ll_cache {
     ll__bufpool pool;
     shard shards[SHARDS];
+    pthread_mutex_t claim_lock;
+    pthread_cond_t claim_cv;
+    claim claims[CLAIMS];
     _Atomic uint64_t budget;
     _Atomic uint64_t bytes;
     _Atomic uint64_t peak;
@@ -217,6 +229,8 @@ int ll_cache_create(uint64_t budget_bytes, ll_cache **out) {
         pthread_mutex_init(&s->lock, NULL);
     }
     pthread_mutex_init(&c->pool.lock, NULL);
+    pthread_mutex_init(&c->claim_lock, NULL);
+    pthread_cond_init(&c->claim_cv, NULL);
     c->pool.limit = pool_limit(budget_bytes);
     atomic_init(&c->budget, budget_bytes);
     atomic_init(&c->next_source, 1);
@@ -547,5 +561,49 @@ void ll_cache_free(ll_cache *c) {
         pthread_mutex_destroy(&s->lock);
     }
     pool_destroy(&c->pool);
+    pthread_mutex_destroy(&c->claim_lock);
+    pthread_cond_destroy(&c->claim_cv);
     free(c);
+}
+
+int ll__cache_claim(ll_cache *c, uint64_t source, uint32_t frame, int slow, int *slot) {
+    *slot = -1;
+    pthread_mutex_lock(&c->claim_lock);
+    int waited = 0;
+    for (;;) {
+        int held = -1, free_slot = -1;
+        for (int k = 0; k < CLAIMS; k++) {
+            if (!c->claims[k].used) {
+                if (free_slot < 0) free_slot = k;
+            } else if (c->claims[k].source == source && c->claims[k].frame == frame) {
+                held = k;
+                break;
+            }
+        }
+        if (held < 0) {
+            if (waited) break; /* released while we waited: look in the cache again */
+            if (free_slot >= 0) {
+                c->claims[free_slot] = (claim){.source = source, .frame = frame, .used = 1, .slow = slow};
+                *slot = free_slot;
+            }
+            pthread_mutex_unlock(&c->claim_lock);
+            return LL__CLAIM_MINE; /* (a full table: load it unrecorded, as before claims) */
+        }
+        if (c->claims[held].slow) { /* its holder may be waiting on a host (a GIL): never wait for it */
+            pthread_mutex_unlock(&c->claim_lock);
+            return LL__CLAIM_BUSY;
+        }
+        waited = 1;
+        pthread_cond_wait(&c->claim_cv, &c->claim_lock);
+    }
+    pthread_mutex_unlock(&c->claim_lock);
+    return LL__CLAIM_LOADED;
+}
+
+void ll__cache_unclaim(ll_cache *c, int slot) {
+    if (slot < 0 || slot >= CLAIMS) return;
+    pthread_mutex_lock(&c->claim_lock);
+    c->claims[slot].used = 0;
+    pthread_cond_broadcast(&c->claim_cv);
+    pthread_mutex_unlock(&c->claim_lock);
 }

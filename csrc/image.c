@@ -325,6 +325,7 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
         /* frames from the disk cache: a partly covered one is decoded only as far as needed */
         ll__reader_set_read_ex(l->reader, layer_read_ex);
         ll__reader_set_read_ex(l->cached, layer_read_ex);
+        ll__reader_set_local_only(l->cached); /* its loads never wait on the host, nor on others' fetches */
         l->st = ll_reader_seektable(l->reader);
     }
     if (rc != LL_OK) {

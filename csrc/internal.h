@@ -123,6 +123,21 @@ LL_HIDDEN ll__entry *ll__cache_get(ll_cache *c, uint64_t source, uint32_t frame,
  * even one too short or not verified enough to serve this read. */
 LL_HIDDEN ll__entry *ll__cache_get_ex(ll_cache *c, uint64_t source, uint32_t frame, uint32_t need,
                                       int need_verified, int *present);
+/* Single flight for local loads: a reader that misses a frame claims it before
+ * loading it, so that readers of the same frame at the same time wait for that
+ * one load instead of each reading, hashing and decoding it.  `slow`: the
+ * claimant may call its host (fetch over the network, through a callback that
+ * may need a GIL).  LL__CLAIM_MINE: load it, put it, then
+ * ll__cache_unclaim(*slot) (*slot -1 when the table was full: nothing to
+ * release).  LL__CLAIM_LOADED: a claimant that reads local storage only held it
+ * and has let go: look in the cache again.  LL__CLAIM_BUSY: a slow claimant
+ * holds it; nobody waits for those (a thread waiting on a host callback that
+ * waits on a GIL held by a thread faulting on our own mount would never end):
+ * the caller loads it itself, or (a local-only reader) answers LL_ERR_MISS.
+ * Claims are held for one frame's load at a time, never nested. */
+enum { LL__CLAIM_BUSY = -1, LL__CLAIM_LOADED = 0, LL__CLAIM_MINE = 1 };
+LL_HIDDEN int ll__cache_claim(ll_cache *c, uint64_t source, uint32_t frame, int slow, int *slot);
+LL_HIDDEN void ll__cache_unclaim(ll_cache *c, int slot);
 /* Reserve `size` bytes of budget and return a buffer of at least that capacity
  * (maybe recycled from an evicted frame).  NULL when the budget cannot be freed
  * (everything pinned) or memory is short: the caller then decodes uncached. */
@@ -197,6 +212,11 @@ LL_HIDDEN int ll__diskcache_get_ex(ll_diskcache *dc, const uint8_t sha256[32], v
  * part of one frame (whole frames are decoded whole anyway). */
 typedef int (*ll__read_ex_fn)(void *opaque, uint64_t offset, size_t size, void *dst, int *local);
 LL_HIDDEN void ll__reader_set_read_ex(ll_reader *r, ll__read_ex_fn read_ex);
+/* The reader's loads read local storage only (its callback answers LL_ERR_MISS
+ * for anything else): it never waits for a frame another reader is fetching
+ * over the network (LL_ERR_MISS instead), and others may wait for its loads.
+ * Set once, right after ll_reader_create, before the reader is shared. */
+LL_HIDDEN void ll__reader_set_local_only(ll_reader *r);
 
 #define LL__IMAGE_OPTIONS_V1 LL__END_OF(ll_image_options, store_fetched)
 

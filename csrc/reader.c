@@ -51,6 +51,7 @@ struct ll_reader {
     uint64_t source;
     int verify;
     int whole_frames;
+    int local_only;      /* ll__reader_set_local_only */
     uint64_t max_fetch;
     pthread_mutex_t ws_lock;
     workspace *free_ws;
@@ -126,6 +127,7 @@ void ll_reader_free(ll_reader *r) {
 }
 
 void ll__reader_set_read_ex(ll_reader *r, ll__read_ex_fn read_ex) { r->read_ex = read_ex; }
+void ll__reader_set_local_only(ll_reader *r) { r->local_only = 1; }
 
 const ll_seektable *ll_reader_seektable(const ll_reader *r) { return r->st; }
 uint64_t ll_reader_size(const ll_reader *r) { return r->st->d_off[r->st->n]; }
@@ -241,20 +243,40 @@ static int fetch(ll_reader *r, workspace *ws, uint32_t a, uint32_t b, int *local
     return ll__callback_status(r->read(r->opaque, off, (size_t)len, ws->in));
 }
 
-/* Bytes [lo, hi) of frame i into dst, through the cache when there is one. */
+static int load_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, uint32_t hi, uint8_t *dst,
+                         int present);
+
+/* Bytes [lo, hi) of frame i into dst, through the cache when there is one; one
+ * load of a frame at a time (ll__cache_claim): readers of it meanwhile wait. */
 static int read_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, uint32_t hi,
                          uint8_t *dst) {
-    const ll_seektable *st = r->st;
-    uint32_t ds = d_size(st, i);
-    int present = 0; /* the cache has a shorter prefix of this frame */
-    if (r->cache) {
+    if (!r->cache) return load_in_frame(r, ws, i, lo, hi, dst, 0);
+    for (;;) {
+        int present = 0; /* the cache has a shorter prefix of this frame */
         ll__entry *e = ll__cache_get_ex(r->cache, r->source, i, hi, must_verify(r), &present);
         if (e) {
             memcpy(dst, e->data + lo, hi - lo);
             ll__cache_release(r->cache, e);
             return LL_OK;
         }
+        int slot;
+        int c = ll__cache_claim(r->cache, r->source, i, !r->local_only, &slot);
+        if (c == LL__CLAIM_LOADED) continue;
+        if (c == LL__CLAIM_BUSY) {
+            if (r->local_only) return LL_ERR_MISS; /* being fetched: (FUSE) a miss thread reads it instead */
+            return load_in_frame(r, ws, i, lo, hi, dst, present); /* unclaimed, as two loads were before */
+        }
+        int rc = load_in_frame(r, ws, i, lo, hi, dst, present);
+        ll__cache_unclaim(r->cache, slot);
+        return rc;
     }
+}
+
+/* read_in_frame's load: fetch frame i, decode (into the cache if there is one). */
+static int load_in_frame(ll_reader *r, workspace *ws, uint32_t i, uint32_t lo, uint32_t hi, uint8_t *dst,
+                         int present) {
+    const ll_seektable *st = r->st;
+    uint32_t ds = d_size(st, i);
     int local;
     int rc = fetch(r, ws, i, i, &local);
     if (rc != LL_OK) return rc;

@@ -631,3 +631,82 @@ def test_cffi_disk_hits_partial_frames_and_verified_memo(layout, tmp_path, memo)
         lib.ll_diskcache_free(disk)
         for fd in fds:
             os.close(fd)
+
+
+@pytest.mark.parametrize("cached", [1, 0])
+def test_readers_of_one_frame_at_once_share_one_load(layout, tmp_path, cached):
+    """Single flight (cache.c, ll__cache_claim): 8 threads reading the same frame at the same
+    time from the disk cache with ll_image_read_cached (as the FUSE server threads do) load,
+    hash and decode it once; the others wait for that load.  Repeated for each of
+    dir/big.bin's ~16 frames, each round started together behind a barrier.  ll_image_read
+    (which may call the host) is never waited for, by design: its readers get the right bytes,
+    each load their own."""
+    import threading
+
+    path, want = layout
+    idx, keep, fds = _index_of_layout(path)
+
+    @ffi.callback("int(void *, uint64_t, size_t, void *)")
+    def host(opaque, offset, size, dst):
+        ffi.memmove(dst, os.pread(fds[int(ffi.cast("intptr_t", opaque))], size, offset), size)
+        return 0
+
+    out = ffi.new("ll_diskcache **")
+    assert lib.ll_diskcache_open(str(tmp_path / "cache").encode(), out, ffi.NULL, 0) == lib.LL_OK
+    disk = out[0]
+    cout = ffi.new("ll_cache **")
+    assert lib.ll_cache_create(64 << 20, cout) == lib.LL_OK
+    cache = cout[0]
+    n = lib.ll_index_layers(idx)
+    sources = ffi.new("ll_image_source[]", n)
+    for i in range(n):
+        sources[i].read, sources[i].opaque, sources[i].use_disk = host, ffi.cast("void *", i), 1
+    opt = ffi.new("ll_image_options *")
+    assert lib.ll_image_options_init(opt, ffi.sizeof("ll_image_options")) == lib.LL_OK
+    opt.disk, opt.cache = disk, cache
+    imgs = []
+    try:
+        for _ in range(2):
+            p = ffi.new("ll_image **")
+            assert lib.ll_image_create(idx, sources, opt, p) == lib.LL_OK
+            imgs.append(p[0])
+        warm, img = imgs
+        big = want["dir/big.bin"]
+        assert _read_file(warm, idx, "dir/big.bin") == big  # every frame on disk now
+        lib.ll_cache_clear(cache)
+        ino = ffi.new("uint64_t *")
+        assert lib.ll_index_resolve(idx, b"dir/big.bin", len(b"dir/big.bin"), 1, ino) == lib.LL_OK
+        frames = range(0, len(big) - 100, 1 << 16)  # one read inside each 64 KiB frame
+        barrier = threading.Barrier(8)
+        bad: list[str] = []
+        read = lib.ll_image_read_cached if cached else lib.ll_image_read
+
+        def reader() -> None:
+            buf = ffi.new("char[]", 100)
+            for off in frames:
+                barrier.wait()
+                got = read(img, ino[0], off + 10, buf, 100)  # (cffi releases the GIL in the call)
+                if got != 100 or ffi.buffer(buf, 100)[:] != big[off + 10:off + 110]:
+                    bad.append(f"{off}: {got}")
+
+        threads = [threading.Thread(target=reader) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not bad, bad
+        stats = ffi.new("ll_image_stats *")
+        lib.ll_image_get_stats(img, stats)
+        assert stats.host_calls == 0
+        if cached:
+            assert stats.frames_disk == len(frames), (stats.frames_disk, len(frames))
+        else:
+            assert stats.frames_disk >= len(frames)
+    finally:
+        for h in imgs:
+            lib.ll_image_free(h)
+        lib.ll_cache_free(cache)
+        lib.ll_index_free(idx)
+        lib.ll_diskcache_free(disk)
+        for fd in fds:
+            os.close(fd)
