@@ -456,6 +456,49 @@ def _index_of_layout(path: Path):
     return out[0], keep, fds
 
 
+def _pread_host(fds, calls: dict | None = None):
+    """A host read callback over the layout's blobs (pread), counted in ``calls["n"]``."""
+    @ffi.callback("int(void *, uint64_t, size_t, void *)")
+    def host(opaque, offset, size, dst):
+        if calls is not None:
+            calls["n"] += 1
+        ffi.memmove(dst, os.pread(fds[int(ffi.cast("intptr_t", opaque))], size, offset), size)
+        return 0
+
+    return host
+
+
+def _disk_image_parts(idx, host, cache_dir, cache_bytes: int = 0):
+    """For ll_image_create: a disk cache at ``cache_dir``, a memory cache of ``cache_bytes``
+    (0: none), every layer read through ``host`` and the disk cache, and options naming both."""
+    out = ffi.new("ll_diskcache **")
+    assert lib.ll_diskcache_open(str(cache_dir).encode(), out, ffi.NULL, 0) == lib.LL_OK
+    cache = ffi.NULL
+    if cache_bytes:
+        cout = ffi.new("ll_cache **")
+        assert lib.ll_cache_create(cache_bytes, cout) == lib.LL_OK
+        cache = cout[0]
+    n = lib.ll_index_layers(idx)
+    sources = ffi.new("ll_image_source[]", n)
+    for i in range(n):
+        sources[i].read, sources[i].opaque, sources[i].use_disk = host, ffi.cast("void *", i), 1
+    opt = ffi.new("ll_image_options *")
+    assert lib.ll_image_options_init(opt, ffi.sizeof("ll_image_options")) == lib.LL_OK
+    opt.disk, opt.cache = out[0], cache
+    return out[0], cache, sources, opt
+
+
+def _free_all(images, cache, idx, disk, fds) -> None:
+    """Free what _disk_image_parts and _index_of_layout made, images first."""
+    for h in images:
+        lib.ll_image_free(h)
+    lib.ll_cache_free(cache)
+    lib.ll_index_free(idx)
+    lib.ll_diskcache_free(disk)
+    for fd in fds:
+        os.close(fd)
+
+
 def _read_file(img, idx, name: str, chunk: int = 1 << 20) -> bytes:
     ino = ffi.new("uint64_t *")
     assert lib.ll_index_resolve(idx, name.encode(), len(name.encode()), 1, ino) == lib.LL_OK
@@ -486,17 +529,8 @@ def test_cffi_reads_zero_host_calls_from_a_warm_disk_cache(layout, tmp_path):
         ffi.memmove(dst, data, size)
         return 0
 
-    out = ffi.new("ll_diskcache **")
-    assert lib.ll_diskcache_open(str(tmp_path / "cache").encode(), out, ffi.NULL, 0) == lib.LL_OK
-    disk = out[0]
-    n = lib.ll_index_layers(idx)
-    sources = ffi.new("ll_image_source[]", n)
-    for i in range(n):
-        sources[i].read, sources[i].opaque, sources[i].use_disk = host, ffi.cast("void *", i), 1
-    opt = ffi.new("ll_image_options *")
-    assert lib.ll_image_options_init(opt, ffi.sizeof("ll_image_options")) == lib.LL_OK
+    disk, cache, sources, opt = _disk_image_parts(idx, host, tmp_path / "cache")
     assert opt.verify_fetched == 1 and opt.store_fetched == 1
-    opt.disk = disk
 
     def image():
         img = ffi.new("ll_image **")
@@ -528,12 +562,7 @@ def test_cffi_reads_zero_host_calls_from_a_warm_disk_cache(layout, tmp_path):
         assert stats.digest_errors >= 1
         assert DiskCache(tmp_path / "cache").usage().entries == 0
     finally:
-        for h in handles:
-            lib.ll_image_free(h)
-        lib.ll_index_free(idx)
-        lib.ll_diskcache_free(disk)
-        for fd in fds:
-            os.close(fd)
+        _free_all(handles, cache, idx, disk, fds)
 
 
 @needs_index
@@ -547,27 +576,11 @@ def test_cffi_disk_hits_partial_frames_and_verified_memo(layout, tmp_path, memo)
     path, want = layout
     idx, keep, fds = _index_of_layout(path)
     calls = {"n": 0}
-
-    @ffi.callback("int(void *, uint64_t, size_t, void *)")
-    def host(opaque, offset, size, dst):
-        calls["n"] += 1
-        ffi.memmove(dst, os.pread(fds[int(ffi.cast("intptr_t", opaque))], size, offset), size)
-        return 0
-
-    out = ffi.new("ll_diskcache **")
-    assert lib.ll_diskcache_open(str(tmp_path / "cache").encode(), out, ffi.NULL, 0) == lib.LL_OK
-    disk = out[0]
-    cout = ffi.new("ll_cache **")
-    assert lib.ll_cache_create(256 << 10, cout) == lib.LL_OK  # 4 frames of 64 KiB: evictions
-    cache = cout[0]
-    n = lib.ll_index_layers(idx)
-    sources = ffi.new("ll_image_source[]", n)
-    for i in range(n):
-        sources[i].read, sources[i].opaque, sources[i].use_disk = host, ffi.cast("void *", i), 1
-    opt = ffi.new("ll_image_options *")
-    assert lib.ll_image_options_init(opt, ffi.sizeof("ll_image_options")) == lib.LL_OK
+    host = _pread_host(fds, calls)
+    # 4 frames of 64 KiB in the memory cache: evictions
+    disk, cache, sources, opt = _disk_image_parts(idx, host, tmp_path / "cache", 256 << 10)
     assert opt.disk_verify_memo == 1  # the default
-    opt.disk, opt.cache, opt.disk_verify_memo = disk, cache, memo
+    opt.disk_verify_memo = memo
     handles = []
     stats = ffi.new("ll_image_stats *")
     ino = ffi.new("uint64_t *")
@@ -624,13 +637,7 @@ def test_cffi_disk_hits_partial_frames_and_verified_memo(layout, tmp_path, memo)
         lib.ll_image_get_stats(img, stats)
         assert stats.digest_errors > 0 and stats.host_calls > 0
     finally:
-        for h in handles:
-            lib.ll_image_free(h)
-        lib.ll_cache_free(cache)
-        lib.ll_index_free(idx)
-        lib.ll_diskcache_free(disk)
-        for fd in fds:
-            os.close(fd)
+        _free_all(handles, cache, idx, disk, fds)
 
 
 @pytest.mark.parametrize("cached", [1, 0])
@@ -645,25 +652,8 @@ def test_readers_of_one_frame_at_once_share_one_load(layout, tmp_path, cached):
 
     path, want = layout
     idx, keep, fds = _index_of_layout(path)
-
-    @ffi.callback("int(void *, uint64_t, size_t, void *)")
-    def host(opaque, offset, size, dst):
-        ffi.memmove(dst, os.pread(fds[int(ffi.cast("intptr_t", opaque))], size, offset), size)
-        return 0
-
-    out = ffi.new("ll_diskcache **")
-    assert lib.ll_diskcache_open(str(tmp_path / "cache").encode(), out, ffi.NULL, 0) == lib.LL_OK
-    disk = out[0]
-    cout = ffi.new("ll_cache **")
-    assert lib.ll_cache_create(64 << 20, cout) == lib.LL_OK
-    cache = cout[0]
-    n = lib.ll_index_layers(idx)
-    sources = ffi.new("ll_image_source[]", n)
-    for i in range(n):
-        sources[i].read, sources[i].opaque, sources[i].use_disk = host, ffi.cast("void *", i), 1
-    opt = ffi.new("ll_image_options *")
-    assert lib.ll_image_options_init(opt, ffi.sizeof("ll_image_options")) == lib.LL_OK
-    opt.disk, opt.cache = disk, cache
+    host = _pread_host(fds)
+    disk, cache, sources, opt = _disk_image_parts(idx, host, tmp_path / "cache", 64 << 20)
     imgs = []
     try:
         for _ in range(2):
@@ -703,10 +693,4 @@ def test_readers_of_one_frame_at_once_share_one_load(layout, tmp_path, cached):
         else:
             assert stats.frames_disk >= len(frames)
     finally:
-        for h in imgs:
-            lib.ll_image_free(h)
-        lib.ll_cache_free(cache)
-        lib.ll_index_free(idx)
-        lib.ll_diskcache_free(disk)
-        for fd in fds:
-            os.close(fd)
+        _free_all(imgs, cache, idx, disk, fds)
