@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from benchmarks import native
 
@@ -64,9 +63,7 @@ with lazylayer.Mount(ref, mnt, cache=DiskCache(cache), passthrough=pt, prefetch=
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--files", type=int, default=63000)
-    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-native"))
+    native.image_arguments(ap)
     a = ap.parse_args(argv)
     img = native.build(a)
     res: dict[str, list[float]] = {}

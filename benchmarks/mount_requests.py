@@ -47,7 +47,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from benchmarks import native
 
@@ -182,11 +181,9 @@ def _measure(server: Server | None, root: str, what: str, ops: int) -> dict[str,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=5)
+    native.image_arguments(ap)
     ap.add_argument("--ops", type=int, default=20000)
-    ap.add_argument("--files", type=int, default=63000)
     ap.add_argument("--baseline", default="7beb0c5")
-    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-native"))
     a = ap.parse_args(argv)
     a.workdir.mkdir(parents=True, exist_ok=True)
     img = native.build(a)

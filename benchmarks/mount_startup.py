@@ -53,9 +53,7 @@ print(json.dumps({"imports": t1 - t0, "mount": t2 - t1, "first_stat": t3 - t2}))
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--files", type=int, default=63000)
-    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-native"))
+    native.image_arguments(ap)
     a = ap.parse_args(argv)
     img = native.build(a)
     # pip compiles an installed package's bytecode; an editable checkout under PYTHONDONTWRITEBYTECODE

@@ -91,6 +91,14 @@ def data_tar(seed: int) -> bytes:
     return b"".join(out)
 
 
+def image_arguments(p: argparse.ArgumentParser) -> None:
+    """``--runs`` and the arguments :func:`build` reads (``--files``, ``--workdir``): the benchmarks
+    on this image (this one, mount_requests, mount_startup, mount_passthrough) share them."""
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--files", type=int, default=63_000)
+    p.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-native"))
+
+
 def build(a: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.image import convert, gz_layout, t1_model, t1_pool, t1_tar
 
@@ -286,10 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(what, ref, cache, extracted, int(n))))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--files", type=int, default=63_000)
+    image_arguments(p)
     p.add_argument("--baseline", default="7beb0c5", help="git revision to compare with ('none': skip)")
-    p.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-native"))
     p.add_argument("--reads", type=int, default=20_000, help="4 KiB reads per read4k run")
     p.add_argument("--ws-reads", type=int, default=3_000, help="4 KiB reads per ws200 run")
     a = p.parse_args(argv)

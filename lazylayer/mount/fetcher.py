@@ -39,9 +39,8 @@ __all__ = ["Fetcher", "FetcherSpec"]
 
 log = logging.getLogger("lazylayer.mount")
 
-_REQ = struct.Struct("<IIQQ")
+_REQ = struct.Struct("<IIQQ")  # magic (LL_SOCKHOST_MAGIC), layer, offset, size: csrc/lazylayer.h
 _ANS = struct.Struct("<iIQ")
-MAGIC = 0x3146464C  # LL_SOCKHOST_MAGIC
 MAX_REQUEST = 1 << 31
 
 
@@ -123,7 +122,7 @@ def _send(sock: socket.socket, head: bytes, data: bytes) -> None:
 
 
 def _serve(sock: socket.socket, image: Any, allowed: set[int]) -> None:
-    from ..core._lib import callback_status
+    from ..core._lib import callback_status, lib
 
     with sock:
         while True:
@@ -131,7 +130,7 @@ def _serve(sock: socket.socket, image: Any, allowed: set[int]) -> None:
             if head is None:
                 return
             magic, layer, offset, size = _REQ.unpack(head)
-            if magic != MAGIC or layer not in allowed or size > MAX_REQUEST:
+            if magic != lib.LL_SOCKHOST_MAGIC or layer not in allowed or size > MAX_REQUEST:
                 log.error("fetcher: bad request (layer %d, %d bytes): closing the connection", layer, size)
                 return
             try:

@@ -119,6 +119,8 @@ class Mount:
         self._ptr: Any = None
         self._reader: ImageReader | None = None
         self._fetcher: Fetcher | None = None
+        self._sockhost: Any = None
+        self._fds: list[int] = []  # local layer files C reads
         self._hook = _ReadHook(on_read) if on_read is not None else None
         try:
             if isinstance(prefetch, (str, os.PathLike)) and prefetch != "auto":
@@ -140,7 +142,6 @@ class Mount:
         remote = []
         arr = ffi.new("ll_image_source[]", max(1, len(img.layers)))
         keep: list[Any] = [arr]
-        self._fds: list[int] = []
         for i, layer in enumerate(img.layers):
             path = img.local_path(layer)
             if path is None:
@@ -153,7 +154,6 @@ class Mount:
             arr[i].read = lib.ll_fd_read
             arr[i].opaque = box
             arr[i].use_disk = 0
-        self._sockhost = None
         if remote:
             self._fetcher = Fetcher(dataclasses.replace(spec, reference=img.pinned(), registry=img.registry,
                                                         cache=img.disk.path if img.disk is not None else None,
@@ -286,13 +286,13 @@ class Mount:
             lib.ll_fuse_free(self._ptr)  # (unmounts first if it never started)
             self._ptr = None
         self._reader = None  # (freed with it: nothing reads any more)
-        if getattr(self, "_sockhost", None) is not None:
+        if self._sockhost is not None:
             lib.ll_sockhost_free(self._sockhost)  # closes our ends of the sockets: the fetcher exits
             self._sockhost = None
         if self._fetcher is not None:
             self._fetcher.close()
             self._fetcher = None
-        for fd in getattr(self, "_fds", []):
+        for fd in self._fds:
             os.close(fd)
         self._fds = []
         if self._own:
