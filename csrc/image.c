@@ -45,7 +45,8 @@ struct ll_image {
     int disk_verify_memo;
     uint32_t nlayers;
     layer_t *layers;
-    _Atomic uint64_t reads, frames_disk, frames_fetched, host_calls, bytes_fetched, digest_errors;
+    _Atomic uint64_t reads, frames_disk, frames_fetched, host_calls, bytes_fetched, digest_errors, frames_local,
+        bytes_local;
 };
 
 static void image_defaults(ll_image_options *o) {
@@ -135,8 +136,8 @@ static int fetch_run(const layer_ref *ref, uint32_t a, uint32_t b, uint8_t *dst,
     atomic_fetch_add(&img->host_calls, 1);
     int rc = l->src.read(l->src.opaque, c[a], (size_t)len, dst);
     if (rc != 0) return rc; /* the reader maps it (ll__callback_status) */
-    atomic_fetch_add(&img->frames_fetched, b - a + 1);
-    atomic_fetch_add(&img->bytes_fetched, len);
+    atomic_fetch_add(l->src.local ? &img->frames_local : &img->frames_fetched, b - a + 1);
+    atomic_fetch_add(l->src.local ? &img->bytes_local : &img->bytes_fetched, len);
     return check_and_store(l, a, b, dst, verify, store);
 }
 
@@ -374,6 +375,8 @@ void ll_image_get_stats(ll_image *img, ll_image_stats *out) {
     out->host_calls = atomic_load(&img->host_calls);
     out->bytes_fetched = atomic_load(&img->bytes_fetched);
     out->digest_errors = atomic_load(&img->digest_errors);
+    out->frames_local = atomic_load(&img->frames_local);
+    out->bytes_local = atomic_load(&img->bytes_local);
 }
 
 void ll_image_free(ll_image *img) {

@@ -68,7 +68,7 @@ extern "C" {
 /* The version of lazylayer, written here and nowhere else.  While MAJOR is 0, a
  * MINOR change may break the ABI (and changes the soname); see docs/c-api.md, "ABI". */
 #define LL_VERSION_MAJOR 0
-#define LL_VERSION_MINOR 4
+#define LL_VERSION_MINOR 5
 #define LL_VERSION_PATCH 0
 
 #define LL_SKIPPABLE_MAGIC 0x184D2A5E     /* seek table frame's magic */
@@ -327,6 +327,13 @@ typedef struct {
     uint32_t frame_size;   /* decompressed bytes per frame, 1..LL_MAX_FRAME_SIZE (default 1 MiB) */
     int checksum;          /* write XXH64 checksums in the seek table (default 1) */
     ll_pool *pool;         /* compress several frames at once, or NULL */
+    /* --- added after the first version (which ends at pool): read only if
+     * struct_size covers it, else its default */
+    int stored;            /* 1: no compression: each frame is a zstd frame of raw blocks
+                              (the data as is, 3 bytes of header per 128 KiB), which any
+                              zstd decoder reads at the speed of a copy; `level` is then
+                              not used.  For data kept locally, where disk is cheaper than
+                              the CPU time of compressing (default 0) */
 } ll_writer_options;
 
 /* Fill `opt` with the defaults; struct_size as for ll_reader_options_init (the
@@ -357,6 +364,11 @@ LL_API uint64_t ll_writer_bytes_out(const ll_writer *w);
 LL_API uint32_t ll_writer_frames(const ll_writer *w);
 /* Sizes of frame i written so far (i < ll_writer_frames); LL_ERR_ARG otherwise. */
 LL_API int ll_writer_frame(const ll_writer *w, uint32_t i, uint32_t *c_size, uint32_t *d_size);
+/* The sha256 of frame i as written (its compressed bytes; a skippable frame's
+ * header included), computed on the pool's threads with the compression, so a
+ * host that names frames by digest need not hash them again; LL_ERR_ARG if
+ * i >= ll_writer_frames. */
+LL_API int ll_writer_frame_sha256(const ll_writer *w, uint32_t i, uint8_t out[32]);
 LL_API void ll_writer_free(ll_writer *w);
 
 /* ---------------------------------------------------------------- image index
@@ -634,6 +646,8 @@ typedef struct {
     ll_read_fn read;      /* compressed bytes of frames missing from the disk cache */
     void *opaque;
     int use_disk;         /* 1: look in the disk cache first; 0: always `read` (a local file) */
+    int local;            /* 1: `read` gives bytes from local storage (a file on this machine):
+                             counted as frames_local / bytes_local, not as fetched */
 } ll_image_source;
 
 typedef struct {
@@ -690,10 +704,12 @@ LL_API int64_t ll_image_read(ll_image *img, uint64_t ino, uint64_t offset, void 
 typedef struct {
     uint64_t reads;          /* ll_image_read calls */
     uint64_t frames_disk;    /* frames read from the disk cache */
-    uint64_t frames_fetched; /* frames the host's read callbacks returned */
+    uint64_t frames_fetched; /* frames the host's read callbacks returned (sources not `local`) */
     uint64_t host_calls;     /* host read callback calls */
     uint64_t bytes_fetched;  /* compressed bytes they returned */
     uint64_t digest_errors;  /* frames that failed their sha256 (disk or host) */
+    uint64_t frames_local;   /* frames read from sources marked `local` (not counted above) */
+    uint64_t bytes_local;    /* their bytes */
 } ll_image_stats;
 
 LL_API void ll_image_get_stats(ll_image *img, ll_image_stats *out);

@@ -17,6 +17,7 @@ typedef struct {
     size_t dst_cap;
     size_t out_len;
     uint32_t checksum;
+    uint8_t sha256[32];  /* of dst[0 .. out_len) */
     int status;
 } slot;
 
@@ -35,6 +36,7 @@ struct ll_writer {
     size_t pending_n;    /* its frames; 0 when nothing is pending */
     /* frame log */
     uint32_t *log;       /* 3 words per frame: c_size, d_size, checksum */
+    uint8_t *digests;    /* 32 bytes per frame: its sha256 */
     uint32_t nframes, log_cap;
     uint64_t bytes_in, bytes_out;
     int state;           /* 0 open, 1 finished, <0 failed with that status */
@@ -65,6 +67,7 @@ void ll_writer_free(ll_writer *w) {
     free(w->slots);
     free(w->in);
     free(w->log);
+    free(w->digests);
     ll__worker_free(w->self);
     free(w);
 }
@@ -78,7 +81,8 @@ int ll_writer_create(const ll_writer_options *opt, ll_write_fn write, void *opaq
     if (opt && ll__options_copy(&o, sizeof o, opt, LL__WRITER_OPTIONS_V1) != LL_OK) return LL_ERR_ARG;
     opt = &o;
     if (opt->frame_size == 0 || opt->frame_size > LL_MAX_FRAME_SIZE) return LL_ERR_ARG;
-    if (opt->level < ZSTD_minCLevel() || opt->level > ZSTD_maxCLevel()) return LL_ERR_ARG;
+    if (!opt->stored && (opt->level < ZSTD_minCLevel() || opt->level > ZSTD_maxCLevel())) return LL_ERR_ARG;
+    if (opt->stored != 0 && opt->stored != 1) return LL_ERR_ARG;
     ll_writer *w = calloc(1, sizeof *w);
     if (!w) return LL_ERR_NOMEM;
     w->opt = *opt;
@@ -92,6 +96,7 @@ int ll_writer_create(const ll_writer_options *opt, ll_write_fn write, void *opaq
         ll_writer_free(w);
         return LL_ERR_NOMEM;
     }
+    /* (A stored frame needs 9 + 3 bytes per 128 KiB more than its data: within the bound.) */
     size_t bound = ZSTD_compressBound(opt->frame_size);
     for (size_t i = 0; i < 2 * w->nslots; i++) {
         w->slots[i].opt = &w->opt;
@@ -111,26 +116,62 @@ static int fail(ll_writer *w, int rc) {
     return rc;
 }
 
-static int log_frame(ll_writer *w, uint32_t c, uint32_t d, uint32_t sum) {
+static int log_frame(ll_writer *w, uint32_t c, uint32_t d, uint32_t sum, const uint8_t sha256[32]) {
     if (w->nframes >= LL_MAX_FRAMES) return LL_ERR_LIMIT;
     if (w->nframes == w->log_cap) {
         uint32_t cap = w->log_cap ? w->log_cap * 2 : 256;
         uint32_t *p = realloc(w->log, (size_t)cap * 3 * sizeof *p);
         if (!p) return LL_ERR_NOMEM;
         w->log = p;
+        uint8_t *q = realloc(w->digests, (size_t)cap * 32);
+        if (!q) return LL_ERR_NOMEM;
+        w->digests = q;
         w->log_cap = cap;
     }
     uint32_t *e = &w->log[(size_t)w->nframes * 3];
     e[0] = c;
     e[1] = d;
     e[2] = sum;
+    memcpy(w->digests + (size_t)w->nframes * 32, sha256, 32);
     w->nframes++;
     return LL_OK;
+}
+
+/* A zstd frame of raw blocks holding src as is (RFC 8878: a single-segment frame
+ * header with a 4-byte content size, then blocks of at most 128 KiB, each a
+ * 3-byte header: last-block bit, block type 0 = raw, size).  Its size, or 0 if it
+ * does not fit in cap. */
+static size_t store_frame(uint8_t *dst, size_t cap, const uint8_t *src, size_t len) {
+    enum { BLOCK = 128 * 1024 };
+    if (len == 0 || len > UINT32_MAX || 9 + 3 * ((len + BLOCK - 1) / BLOCK) + len > cap) return 0;
+    uint8_t *p = dst;
+    ll__put_le32(p, ZSTD_MAGICNUMBER);
+    p[4] = 0xA0; /* Frame_Header_Descriptor: FCS_Field_Size 2 (4 bytes), Single_Segment */
+    ll__put_le32(p + 5, (uint32_t)len);
+    p += 9;
+    for (size_t done = 0; done < len;) {
+        size_t n = len - done < BLOCK ? len - done : BLOCK;
+        uint32_t header = (uint32_t)(done + n == len) | (uint32_t)n << 3; /* type 0: raw */
+        p[0] = (uint8_t)header;
+        p[1] = (uint8_t)(header >> 8);
+        p[2] = (uint8_t)(header >> 16);
+        memcpy(p + 3, src + done, n);
+        p += 3 + n;
+        done += n;
+    }
+    return (size_t)(p - dst);
 }
 
 static void compress_task(void *arg, size_t index, ll__worker *wk) {
     slot *s = &((slot *)arg)[index];
     const ll_writer_options *opt = s->opt;
+    if (opt->stored) {
+        s->out_len = store_frame(s->dst, s->dst_cap, s->src, s->len);
+        s->checksum = opt->checksum ? ll__frame_checksum(s->src, s->len) : 0;
+        s->status = s->out_len ? LL_OK : LL_ERR_COMPRESS;
+        if (s->out_len) ll_sha256(s->dst, s->out_len, s->sha256);
+        return;
+    }
     ZSTD_CCtx *cctx = ll__worker_cctx(wk);
     if (!cctx) {
         s->status = LL_ERR_NOMEM;
@@ -146,6 +187,7 @@ static void compress_task(void *arg, size_t index, ll__worker *wk) {
     }
     s->out_len = n;
     s->checksum = opt->checksum ? ll__frame_checksum(s->src, s->len) : 0;
+    ll_sha256(s->dst, n, s->sha256);
     s->status = LL_OK;
 }
 
@@ -161,7 +203,7 @@ static int complete_pending(ll_writer *w) {
         if (s->status != LL_OK) return s->status;
         int rc = ll__callback_status(w->write(w->opaque, s->dst, s->out_len));
         if (rc != LL_OK) return rc;
-        rc = log_frame(w, (uint32_t)s->out_len, (uint32_t)s->len, s->checksum);
+        rc = log_frame(w, (uint32_t)s->out_len, (uint32_t)s->len, s->checksum, s->sha256);
         if (rc != LL_OK) return rc;
         w->bytes_out += s->out_len;
     }
@@ -241,10 +283,12 @@ int ll_writer_add_skippable(ll_writer *w, unsigned variant, const void *data, si
     ll__put_le32(frame, 0x184D2A50u + variant);
     ll__put_le32(frame + 4, (uint32_t)size);
     if (size) memcpy(frame + LL_SKIPPABLE_HEADER_SIZE, data, size);
+    uint8_t digest[32];
+    ll_sha256(frame, LL_SKIPPABLE_HEADER_SIZE + size, digest);
     rc = ll__callback_status(w->write(w->opaque, frame, LL_SKIPPABLE_HEADER_SIZE + size));
     free(frame);
     if (rc != LL_OK) return fail(w, rc);
-    rc = log_frame(w, (uint32_t)(LL_SKIPPABLE_HEADER_SIZE + size), 0, ll__frame_checksum("", 0));
+    rc = log_frame(w, (uint32_t)(LL_SKIPPABLE_HEADER_SIZE + size), 0, ll__frame_checksum("", 0), digest);
     if (rc != LL_OK) return fail(w, rc);
     w->bytes_out += LL_SKIPPABLE_HEADER_SIZE + size;
     return LL_OK;
@@ -285,5 +329,11 @@ int ll_writer_frame(const ll_writer *w, uint32_t i, uint32_t *c_size, uint32_t *
     if (!w || i >= w->nframes) return LL_ERR_ARG;
     if (c_size) *c_size = w->log[(size_t)i * 3];
     if (d_size) *d_size = w->log[(size_t)i * 3 + 1];
+    return LL_OK;
+}
+
+int ll_writer_frame_sha256(const ll_writer *w, uint32_t i, uint8_t out[32]) {
+    if (!w || !out || i >= w->nframes) return LL_ERR_ARG;
+    memcpy(out, w->digests + (size_t)i * 32, 32);
     return LL_OK;
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -165,6 +166,56 @@ def test_writer_frame_cuts(corpus):
         sizes = [r.frame(i).size for i in range(r.frames)]
         assert sizes == [1000, 1000, 500, 100]
         assert r.pread(3000, 0) == corpus[:2600]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_stored_frames_are_raw_blocks_any_zstd_reads(corpus, threads):
+    """stored=True: no compression; each frame a zstd frame of raw blocks (<= 128 KiB each), which the
+    zstd CLI, pyzstd and our reader decode to the data; sizes are the data plus 9 + 3 bytes per block."""
+    data = corpus[:700_000] + bytes(300_000) + b"z"  # compressible too: stored all the same
+    cuts = [0, 1, 131_072, 131_073, 262_144, 400_000, 1_000_001]
+    out = io.BytesIO()
+    with SeekableWriter(out, frame_size=300_000, stored=True, threads=threads) as w:
+        for a, b in zip(cuts, cuts[1:]):
+            w.write(data[a:b])
+            w.end_frame()
+        w.flush()  # (frames still in the pool's batch are not written, nor hashed, before)
+        digests = w.frame_sha256s()
+    blob = out.getvalue()
+    assert subprocess.run(["zstd", "-dc"], input=blob, capture_output=True, check=True).stdout == data
+    assert pyzstd.decompress(blob) == data
+    with SeekableReader(blob) as r:
+        frames = [r.frame(i) for i in range(r.frames)]
+        assert r.pread(len(data) + 10, 0) == data and r.pread(5, 131_070) == data[131_070:131_075]
+    sizes = [b - a for a, b in zip(cuts, cuts[1:])]
+    sizes = [n for s in sizes for n in ([300_000] * (s // 300_000) + ([s % 300_000] if s % 300_000 else []))]
+    assert [f.size for f in frames] == sizes
+    assert [f.compressed_size for f in frames] == [n + 9 + 3 * -(-n // 131_072) for n in sizes]
+    # the writer's sha256 of each frame is the frame's as written
+    assert digests == [hashlib.sha256(blob[f.compressed_offset:f.compressed_offset + f.compressed_size]).hexdigest()
+                       for f in frames]
+
+
+def test_writer_hashes_every_frame_it_writes(corpus):
+    """frame_sha256s(): compressed and skippable frames, in order, as the sink received them."""
+    got: list[bytes] = []
+
+    class Sink(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, b):
+            got.append(bytes(b))
+            return len(b)
+
+    w = SeekableWriter(Sink(), frame_size=100_000, threads=2)
+    w.write(corpus[:250_000])
+    w.add_skippable(b"toc", variant=3)
+    w.write(corpus[:1000])
+    w.flush()
+    assert w.frame_sha256s() == [hashlib.sha256(b).hexdigest() for b in got]
+    assert len(got) == 5
+    w.close()
 
 
 def test_writer_abort_leaves_no_seek_table(tmp_path, corpus):

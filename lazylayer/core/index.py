@@ -377,7 +377,8 @@ class ImageReader:
     ``sources[i]`` is ``(fetch, use_disk)`` for layer ``i``: ``fetch(offset, size)``
     returns the compressed bytes of a run of frames the disk cache does not have
     (it must verify and store them: the Python host does both); with ``use_disk``
-    False every frame comes from ``fetch`` (a local file).
+    False every frame comes from ``fetch``; a ``fetch`` whose ``local`` attribute is
+    true reads a local file (C counts its frames as ``frames_local``).
 
     ``c_sources`` instead: a filled ``ll_image_source[]`` of C callbacks (no
     Python on any read: the mount's, lazylayer/mount/fuse.py), kept alive with
@@ -392,10 +393,11 @@ class ImageReader:
         self._callbacks = [_CallbackSource(fetch) for fetch, _ in sources]
         if c_sources is None:
             arr = ffi.new("ll_image_source[]", max(1, len(sources)))
-            for i, ((_, use_disk), cb) in enumerate(zip(sources, self._callbacks)):
+            for i, ((fetch, use_disk), cb) in enumerate(zip(sources, self._callbacks)):
                 arr[i].read = lib._ll_py_read
                 arr[i].opaque = cb.handle
                 arr[i].use_disk = int(bool(use_disk) and disk is not None)
+                arr[i].local = int(bool(getattr(fetch, "local", False)))
         else:
             arr = c_sources
         opts = ffi.new("ll_image_options *")
@@ -449,4 +451,5 @@ class ImageReader:
         s = ffi.new("ll_image_stats *")
         lib.ll_image_get_stats(self._ptr, s)
         return {"reads": s.reads, "frames_disk": s.frames_disk, "frames_fetched": s.frames_fetched,
-                "host_calls": s.host_calls, "bytes_fetched": s.bytes_fetched, "digest_errors": s.digest_errors}
+                "host_calls": s.host_calls, "bytes_fetched": s.bytes_fetched, "digest_errors": s.digest_errors,
+                "frames_local": s.frames_local, "bytes_local": s.bytes_local}

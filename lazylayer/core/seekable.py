@@ -636,7 +636,9 @@ class SeekableWriter(io.RawIOBase):
     with :meth:`end_frame`.  ``close()`` writes the seek table; leaving a
     ``with`` block by an exception does *not*, so a failed write never looks
     like a complete file.  ``threads`` compresses that many frames at once
-    (``None``: the shared pool, one per CPU).
+    (``None``: the shared pool, one per CPU).  ``stored``: no compression, each
+    frame a zstd frame of raw blocks (any zstd decoder reads it at the speed of
+    a copy): for data kept on local disk, where CPU time costs more than space.
     """
 
     def __init__(
@@ -647,6 +649,7 @@ class SeekableWriter(io.RawIOBase):
         level: int = 3,
         checksum: bool = True,
         threads: int | None = None,
+        stored: bool = False,
     ) -> None:
         super().__init__()
         if not 0 < frame_size <= lib.LL_MAX_FRAME_SIZE:
@@ -660,6 +663,7 @@ class SeekableWriter(io.RawIOBase):
         opts.level = level
         opts.frame_size = frame_size
         opts.checksum = int(bool(checksum))
+        opts.stored = int(bool(stored))
         opts.pool = self._pool._ptr if self._pool is not None else ffi.NULL
         out = ffi.new("ll_writer **")
         rc = lib.ll_writer_create(opts, lib._ll_py_write, self._sink.handle, out)
@@ -731,6 +735,16 @@ class SeekableWriter(io.RawIOBase):
             lib.ll_writer_frame(self._ptr, i, ffi.NULL, d)
             sizes.append(d[0])
         return sizes
+
+    def frame_sha256s(self) -> list[str]:
+        """The sha256 (hex) of each frame written so far, as written (hashed in C, on the threads
+        that compressed them)."""
+        out = ffi.new("uint8_t[32]")
+        digests = []
+        for i in range(lib.ll_writer_frames(self._ptr)):
+            lib.ll_writer_frame_sha256(self._ptr, i, out)
+            digests.append(bytes(ffi.buffer(out, 32)).hex())
+        return digests
 
     def close(self) -> None:
         """Write the last frame and the seek table, then close (and the file, if we opened it)."""

@@ -325,21 +325,24 @@ class LayerInfo:
 
 
 class _FrameSink:
-    """The writer's destination: passes bytes on and records each frame's place and sha256.
+    """The writer's destination: passes bytes on, records each frame's place and hashes the blob.
 
-    The C writer hands every frame to ``write`` in exactly one call.
+    The C writer hands every frame to ``write`` in exactly one call (and hashes
+    each frame itself, on its pool).  ``digest`` False: the blob is not hashed
+    (a copy kept locally, whose digest nothing asks for).
     """
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, digest: bool = True) -> None:
         self.out = out
-        self.blob = hashlib.sha256()
+        self.blob = hashlib.sha256() if digest else None
         self.pos = 0
-        self.records: list[tuple[int, int, str]] = []  # (offset, size, sha256 hex) per write
+        self.records: list[tuple[int, int]] = []  # (offset, size) per write
 
     def write(self, data: Any) -> int:
         mv = memoryview(data)
-        self.records.append((self.pos, len(mv), hashlib.sha256(mv).hexdigest()))
-        self.blob.update(mv)
+        self.records.append((self.pos, len(mv)))
+        if self.blob is not None:
+            self.blob.update(mv)
         self.out.write(mv)
         self.pos += len(mv)
         return len(mv)
@@ -350,12 +353,16 @@ class LayerWriter:
 
     ``frame_size``: uncompressed bytes per frame (see docs/format.md for why
     the default); ``threads``: compression threads (None: one per CPU).
+    ``stored``: data frames are not compressed (zstd frames of raw blocks, read
+    at the speed of a copy): for a layer kept on this machine's disk, where
+    compressing would cost more time than the space saves.
     """
 
     def __init__(self, frame_size: int = LAYER_FRAME_SIZE, level: int = 3,
                  threads: int | None = None, toc_level: int = 9,
-                 max_members: int = MAX_TOC_ENTRIES) -> None:
+                 max_members: int = MAX_TOC_ENTRIES, stored: bool = False) -> None:
         self.frame_size = frame_size
+        self.stored = stored
         self.level = level
         self.threads = threads
         self.toc_level = toc_level
@@ -364,11 +371,12 @@ class LayerWriter:
     def write(self, read: Callable[[int], bytes], out: BinaryIO,
               progress: Callable[[int], object] | None = None,
               prefetch: Iterable[tuple[int, int]] = ()) -> LayerInfo:
-        """Read a tar through ``read(n)``, write the blob to ``out``; return its description."""
-        sink = _FrameSink(out)
+        """Read a tar through ``read(n)``, write the blob to ``out``; return its description
+        (with ``digest`` "" for a ``stored`` writer: the blob of a local copy is not hashed)."""
+        sink = _FrameSink(out, digest=not self.stored)
         tar_hash = hashlib.sha256()
         writer = SeekableWriter(sink, frame_size=self.frame_size, level=self.level,
-                                checksum=True, threads=self.threads)
+                                checksum=True, threads=self.threads, stored=self.stored)
         state = {"cut": 0}  # uncompressed offset where the open frame began (mod frame_size)
         entries: list[dict[str, Any]] = []
 
@@ -395,13 +403,14 @@ class LayerWriter:
             toc = Toc(frames=seek, entries=entries, frame_size=self.frame_size, tar_size=tar_size,
                       prefetch=[[int(o), int(n)] for o, n in prefetch])
             writer.add_skippable(toc.frame_payload(self.toc_level), variant=TOC_SKIPPABLE_VARIANT)
-            toc_offset, toc_length, toc_sha = sink.records[-1]
+            toc_offset, toc_length = sink.records[-1]
+            toc_sha = writer.frame_sha256s()[-1]
             writer.close()
         except BaseException:
             writer.abort()
             raise
         return LayerInfo(
-            digest="sha256:" + sink.blob.hexdigest(), size=sink.pos,
+            digest="sha256:" + sink.blob.hexdigest() if sink.blob is not None else "", size=sink.pos,
             diff_id="sha256:" + tar_hash.hexdigest(), tar_size=tar_size,
             toc_digest="sha256:" + toc_sha, toc_offset=toc_offset, toc_length=toc_length,
             frames=len(seek), entries=len(entries),
@@ -414,7 +423,7 @@ def _seek_records(sink: _FrameSink, writer: SeekableWriter) -> list[Frame]:
     if len(sizes) != len(sink.records):
         raise AssertionError("writer and sink disagree on the number of frames")
     frames, d = [], 0
-    for (off, size, sha), dsize in zip(sink.records, sizes, strict=True):
+    for (off, size), dsize, sha in zip(sink.records, sizes, writer.frame_sha256s(), strict=True):
         frames.append(Frame(off, size, d, dsize, sha))
         d += dsize
     return frames
