@@ -22,6 +22,7 @@ from lazylayer.format import (
     parse_toc_position,
     read_toc,
 )
+from lazylayer.format.tar import parse_header
 
 
 def make_tar(members, fmt=tarfile.PAX_FORMAT) -> bytes:
@@ -268,6 +269,84 @@ def test_scanner_reports_offsets_like_tarfile():
         seen.append((m.name, m.offset, m.size))
     ref = [(normalize_name(t.name), t.offset_data, t.size) for t in tarfile.open(fileobj=io.BytesIO(tar))]
     assert seen == ref and bytes(out) == tar
+
+
+def _frombuf(buf: bytes):
+    """tarfile's answer for a header block: its fields, or None if it refuses the block."""
+    try:
+        ti = tarfile.TarInfo.frombuf(buf, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return None
+    return tuple(getattr(ti, k) for k in ("name", "mode", "uid", "gid", "size", "mtime", "type", "linkname",
+                                          "uname", "gname", "devmajor", "devminor"))
+
+
+def _ours(buf: bytes):
+    try:
+        h = parse_header(buf)
+    except errors.FormatError:
+        return None
+    return tuple(getattr(h, k) for k in h.__slots__)
+
+
+def _with_checksum(block: bytearray) -> bytes:
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def test_header_parser_agrees_with_tarfile_on_every_block():
+    """parse_header is a faster tarfile.TarInfo.frombuf: the same fields, or a refusal where it
+    refuses, for real headers of every format and for hostile ones (random bytes in every field,
+    numbers in base 256, white space and junk in number fields, bad checksums, signed checksums)."""
+    rng = random.Random(7)
+    blocks = []
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        tar = make_tar([({"name": "d/" + "x" * 90 + "/f", "uid": 7, "mtime": 1 << 33 if fmt == tarfile.GNU_FORMAT
+                          else 12345, "uname": "ü", "mode": 0o4755}, b"data"),
+                        ({"name": "dir/", "type": tarfile.DIRTYPE}, None),
+                        ({"name": "p" * 120 + "/q", "type": tarfile.SYMTYPE, "linkname": "t"}, None),
+                        ({"name": "dev", "type": tarfile.CHRTYPE, "devmajor": 4, "devminor": 64}, None)], fmt=fmt)
+        blocks += [tar[i:i + 512] for i in range(0, len(tar), 512)]
+    base = bytearray(blocks[0])
+    for _ in range(3000):
+        b = bytearray(base)
+        kind = rng.randrange(6)
+        if kind == 0:  # random bytes somewhere, checksum fixed
+            for _ in range(rng.randrange(1, 8)):
+                b[rng.randrange(512)] = rng.randrange(256)
+            blocks.append(_with_checksum(b))
+        elif kind == 1:  # a number field in base 256, positive or negative
+            start, width = rng.choice([(100, 8), (108, 8), (124, 12), (136, 12), (329, 8)])
+            b[start] = rng.choice([0o200, 0o377])
+            b[start + 1:start + width] = bytes(rng.randrange(256) for _ in range(width - 1))
+            blocks.append(_with_checksum(b))
+        elif kind == 2:  # junk and white space in a number field
+            start, width = rng.choice([(100, 8), (108, 8), (124, 12), (136, 12)])
+            field = bytes(rng.choice(b"0123456789 \t\0\x1c_+-abc\xff") for _ in range(width))
+            b[start:start + width] = field
+            blocks.append(_with_checksum(b))
+        elif kind == 3:  # a wrong checksum
+            b[rng.randrange(512)] ^= 1 + rng.randrange(255)
+            blocks.append(bytes(b))
+        elif kind == 4:  # high bytes: the signed checksum some old tars wrote
+            for i in range(rng.randrange(1, 40)):
+                b[rng.randrange(0, 100)] = 0x80 + rng.randrange(128)
+            b[148:156] = b" " * 8
+            signed = sum(x - 256 if x > 127 else x for x in b)
+            b[148:156] = b"%06o\0 " % signed
+            blocks.append(bytes(b))
+        else:  # a type flag and prefix of any kind
+            b[156] = rng.choice(b"\x000123456LKSxgX")
+            b[345:345 + 10] = bytes(rng.choice(b"ab/\0") for _ in range(10))
+            b[0:5] = rng.choice([b"name/", b"name\0", b"/////"])
+            blocks.append(_with_checksum(b))
+    refused = 0
+    for block in blocks:
+        want = _frombuf(block)
+        assert _ours(block) == want, block
+        refused += want is None
+    assert 100 < refused < len(blocks) - 1000  # both kinds of answer were exercised
 
 
 def test_normalize_name():

@@ -4,17 +4,21 @@ The converter must keep a layer's tar byte for byte (its sha256 is the
 layer's diff_id), yet know where each member's content starts so a frame can
 start there.  :class:`TarScanner` reads the stream once, hands every byte on to
 a sink unchanged, and reports each member with the offsets of its headers and
-its content.  Header blocks are decoded by :meth:`tarfile.TarInfo.frombuf`
-(checksums, octal and base-256 numbers, ustar prefixes, GNU headers); PAX
-extended headers and GNU long names, which :mod:`tarfile` only handles with a
-seekable file, are decoded here.
+its content.  Header blocks are decoded by :func:`parse_header`, which reads
+them exactly as :meth:`tarfile.TarInfo.frombuf` does (checksums, octal and
+base-256 numbers, ustar prefixes, GNU headers; a test holds the two to the
+same answers) at a fifth of its cost: a layer has tens of thousands of them.
+PAX extended headers and GNU long names, which :mod:`tarfile` only handles
+with a seekable file, are decoded here too.
 """
 
 from __future__ import annotations
 
 import base64
 import math
+import struct
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote
@@ -49,6 +53,73 @@ _TYPES = {
 _NO_DATA = {tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.DIRTYPE,
             tarfile.FIFOTYPE}
 _XATTR_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
+
+
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8x32s32s8s8s155s12x")
+_SIGNED = struct.Struct("148b8x356b")
+_GNU_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE)
+
+
+class TarHeader:
+    """The fields of one 512-byte tar header block (what :class:`tarfile.TarInfo` would hold)."""
+
+    __slots__ = ("name", "mode", "uid", "gid", "size", "mtime", "type", "linkname", "uname", "gname",
+                 "devmajor", "devminor")
+
+    def __init__(self, *fields: Any) -> None:
+        (self.name, self.mode, self.uid, self.gid, self.size, self.mtime, self.type, self.linkname,
+         self.uname, self.gname, self.devmajor, self.devminor) = fields
+
+
+def _number(field: bytes) -> int:
+    """A numeric header field: octal text (NUL- or space-terminated), or GNU base-256."""
+    if field[0] in (0o200, 0o377):
+        n = int.from_bytes(field[1:], "big")
+        return -(256 ** (len(field) - 1) - n) if field[0] == 0o377 else n
+    end = field.find(b"\0")
+    text = field if end < 0 else field[:end]
+    try:
+        return int(text, 8)  # (bytes: ASCII digits, ASCII white space around; what tarfile takes too)
+    except ValueError:
+        pass
+    try:  # tarfile's own rule, for the rest: "" is 0, str.strip()'s white space
+        return int(text.decode("ascii").strip() or "0", 8)
+    except ValueError:  # (and UnicodeDecodeError, a subclass)
+        raise FormatError("invalid header: a number field is not octal") from None
+
+
+def _byte_sum(buf: bytes) -> int:
+    """The sum of a header block's 512 bytes: Adler-32's first half over each 256 bytes (at most
+    65,280, below Adler's modulus 65,521, so exact), ten times quicker than ``sum(buf)``."""
+    return (zlib.adler32(buf[:256]) & 0xFFFF) + (zlib.adler32(buf[256:]) & 0xFFFF) - 2
+
+
+def _string(field: bytes) -> str:
+    end = field.find(b"\0")
+    return (field if end < 0 else field[:end]).decode("utf-8", "surrogateescape")
+
+
+def parse_header(buf: bytes) -> TarHeader:
+    """Decode one 512-byte header block as :meth:`tarfile.TarInfo.frombuf` does (names as UTF-8
+    with surrogate escapes); :class:`FormatError` for a bad checksum or number field."""
+    if len(buf) != BLOCK:
+        raise FormatError("truncated header")
+    (name, mode, uid, gid, size, mtime, chksum, typ, linkname, uname, gname, devmajor, devminor,
+     prefix) = _HEADER.unpack(buf)
+    want = _number(chksum)
+    if want != 256 + _byte_sum(buf) - sum(chksum) and want != 256 + sum(_SIGNED.unpack(buf)):
+        raise FormatError("bad checksum")
+    text = _string(name)
+    if typ == tarfile.AREGTYPE and text.endswith("/"):
+        typ = tarfile.DIRTYPE
+    if typ == tarfile.DIRTYPE:
+        text = text.rstrip("/")
+    if prefix[0] and typ not in _GNU_TYPES:
+        pre = _string(prefix)
+        if pre:
+            text = pre + "/" + text
+    return TarHeader(text, _number(mode), _number(uid), _number(gid), _number(size), _number(mtime), typ,
+                     _string(linkname), _string(uname), _string(gname), _number(devmajor), _number(devminor))
 
 
 @dataclass
@@ -221,8 +292,8 @@ class TarScanner:
                 self._drain()  # end of archive: keep the rest as it is
                 return
             try:
-                info = tarfile.TarInfo.frombuf(first, "utf-8", "surrogateescape")
-            except tarfile.HeaderError as exc:
+                info = parse_header(first)
+            except FormatError as exc:
                 raise FormatError(f"bad tar header at offset {start}: {exc}") from None
             if header_offset is None:
                 header_offset = start
@@ -260,7 +331,7 @@ class TarScanner:
                 self._take(_padded(size) - size)
             yield member
 
-    def _member(self, info: tarfile.TarInfo, pax: dict[str, bytes], longname: bytes | None,
+    def _member(self, info: TarHeader, pax: dict[str, bytes], longname: bytes | None,
                 longlink: bytes | None, header_offset: int) -> TarMember:
         name = _text(pax["path"]) if "path" in pax else (_text(longname) if longname else info.name)
         link = _text(pax["linkpath"]) if "linkpath" in pax else (_text(longlink) if longlink else info.linkname)
