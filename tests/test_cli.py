@@ -152,10 +152,10 @@ def test_not_lazy_warning_says_once_in_words_and_progress_never_goes_to_stdout(t
     second = run("cat", ref, "/data/f1.bin", "--cache-dir", cache)
     assert second.returncode == 0 and second.stdout == first.stdout and second.stderr == b""
 
-    # On a terminal the re-encode draws a bar naming what it does, on stderr only.
+    # On a terminal the fetch draws one bar for all the layers, naming what it does, on stderr only.
     stdout, stderr = _with_tty_stderr("cat", ref, "/data/f0.bin", "--no-cache")
     assert stdout == tars[0][512:512 + 300_000]
-    assert "fetching layer sha256:" in stderr and "(not lazy)" in stderr and "100%" in stderr, stderr
+    assert "fetching 2 layers whole (not lazy)" in stderr and "100%" in stderr, stderr
 
 
 def _with_tty_stderr(*args: str) -> tuple[bytes, str]:

@@ -141,6 +141,70 @@ def test_a_plain_image_works_with_a_warning(built: Built, tmp_path: Any) -> None
         assert again.cat("etc/passwd") == fs.cat("etc/passwd")
 
 
+def test_layers_that_are_not_lazy_are_fetched_at_once_and_kept_uncompressed(tmp_path: Any, registry: Any,
+                                                                            monkeypatch: Any) -> None:
+    """A gzip image in a registry: its layers stream in at the same time (a barrier that two fetches
+    must reach together: fetched one after the other, the open fails), each decoded into a copy of
+    stored frames in the disk cache (the tar as is: zstd decodes it to the layer's diff_id); reads
+    of it count as local, not fetched; the next open fetches nothing.  A layer whose blob does not
+    match its digest fails the open and leaves no copy."""
+    from lazylayer.registry.client import RegistrySource
+
+    tars = [images.make_tar([images.reg(f"data/f{i}.bin", os.urandom(3_000_000 + i))]) for i in range(2)]
+    repo = unique_repo("whole")
+    registry.push(images.build_layout(str(tmp_path / "plain"), tars, tag="v1"), f"{repo}:v1")
+    ref = f"docker://{registry.host}/{repo}:v1"
+    together = threading.Barrier(2, timeout=30)
+    opened = RegistrySource.open_blob
+
+    def open_blob(self: Any, desc: Any) -> Any:
+        together.wait()  # both layers' streams are open at once, or this times out
+        return opened(self, desc)
+
+    monkeypatch.setattr(RegistrySource, "open_blob", open_blob)
+    cache = tmp_path / "cache"
+    with pytest.warns(NotLazyWarning, match="2 of its 2 layers .* fetched whole, all at once"):
+        fs = open_fs(ref, str(cache))
+        img = fs.image
+    try:
+        sizes = [layer.descriptor["size"] for layer in img.layers]
+        assert img.stats()["layers_fetched_whole"] == 2 and img.stats()["bytes_fetched_whole"] == sum(sizes)
+        assert fs.cat("data/f1.bin") == tars[1][512:512 + 3_000_001]
+        stats = img.stats()
+        assert stats["frames_fetched"] == stats["bytes_fetched"] == 0
+        assert stats["frames_local"] >= 2 and stats["bytes_local"] >= 3_000_001
+        for layer, tar in zip(img.layers, tars):
+            path = img.local_path(layer)
+            assert path is not None and path.endswith(f"sha256-{layer.digest[7:]}.stored")
+            assert os.path.getsize(path) > len(tar)  # stored: no compression
+            assert subprocess.run(["zstd", "-dc", path], capture_output=True, check=True).stdout == tar
+    finally:
+        fs.close()
+    monkeypatch.setattr(RegistrySource, "open_blob", opened)
+    again = open_fs(ref, str(cache))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", NotLazyWarning)  # nothing to fetch: nothing to say
+            assert again.cat("data/f0.bin") == tars[0][512:512 + 3_000_000]
+        assert again.image.stats()["layers_fetched_whole"] == 0
+    finally:
+        again.close()
+
+    bad = unique_repo("whole-bad")
+    blobs = [images.compress(t, "gzip") for t in tars]
+    blobs[1] = images.compress(images.make_tar([images.reg("data/f1.bin", b"not this")]), "gzip")
+    layout = str(tmp_path / "bad")
+    images.write_index(layout, [images.tagged(images.write_image(layout, tars, blobs=blobs), "v1")])
+    # (the registry checks digests on push: the manifest here names the blob it got, so the diff_id is what fails)
+    registry.push(f"oci:{layout}:v1", f"{bad}:v1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)
+        with pytest.raises(errors.IntegrityError, match="diff_id"):
+            open_fs(f"docker://{registry.host}/{bad}:v1", str(tmp_path / "cache2")).image
+    kept = [p.name for p in (tmp_path / "cache2" / "v1" / "files").glob("*.stored")]
+    assert f"sha256-{images.sha256(blobs[1])[7:]}.stored" not in kept  # (the good layer's copy may stay)
+
+
 def test_symlinks_resolve_inside_the_image_root(built: Built) -> None:
     fs = open_fs(f"oci:{built.lazy}:v1")
     passwd = fs.cat("etc/passwd")

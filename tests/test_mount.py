@@ -539,6 +539,29 @@ def test_mount_api_serves_in_c_with_no_lookup_per_entry(built: Built, tmp_path: 
     assert not _fetchers() - before, "the fetcher outlived its mount"
 
 
+def test_a_mount_of_layers_kept_whole_reads_them_in_c_as_local(tmp_path: Any) -> None:
+    """A plain gzip image: its layers are fetched whole into local files before the mount is
+    ready; the server reads them in C and counts them as local frames, not fetches."""
+    import warnings
+
+    import lazylayer
+    from lazylayer.image import NotLazyWarning
+
+    data = os.urandom(5_000_000)
+    tar = images.make_tar([images.reg("big.bin", data), images.reg("small.txt", b"hello\n")])
+    ref = images.build_layout(str(tmp_path / "plain"), [tar], tag="v1")
+    where = str(tmp_path / "mnt")
+    os.makedirs(where)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)
+        with lazylayer.Mount(ref, where, cache=lazylayer.DiskCache(str(tmp_path / "cache"))) as m:
+            with open(os.path.join(where, "big.bin"), "rb") as f:
+                assert f.read() == data
+            s = m.stats()
+            assert s["fetches"] == s["bytes_fetched"] == 0 and s["eio"] == 0, s
+            assert s["frames_local"] >= 3 and s["bytes_local"] >= len(data), s  # 2 MiB stored frames
+
+
 def test_an_image_without_xattrs_stops_the_kernel_asking(built: Built, small: Small, tmp_path: Any) -> None:
     """An image with no extended attribute at all answers the first GETXATTR and LISTXATTR with
     ENOSYS, so the kernel asks no more (callers get EOPNOTSUPP); an image with some answers each

@@ -1,5 +1,9 @@
 """Re-encode a layer blob of any compression (gzip, zstd, plain tar) as a lazy layer.
 
+The converter writes compressed frames; the image reader, for a layer that is
+not lazy, stored ones (``LayerWriter(stored=True)``: the tar kept as is in zstd
+raw blocks, so the decoding keeps up with the stream and reads cost a copy).
+
 One pass over the source: a background thread reads the blob and decompresses
 it (gzip with ISA-L's inflate, zstd, or plain tar) into a bounded queue; the
 calling thread walks the tar and feeds the :class:`~lazylayer.format.LayerWriter`,
@@ -169,23 +173,30 @@ class _Pipe:
 
 
 class _Counted:
-    """Counts bytes read from a stream into a progress bar."""
+    """Counts bytes read from a stream into a progress bar; stops with an error once ``cancel`` is set."""
 
-    def __init__(self, raw: Any, progress: Progress) -> None:
+    def __init__(self, raw: Any, progress: Progress | None, cancel: threading.Event | None) -> None:
         self.raw = raw
         self.progress = progress
+        self.cancel = cancel
 
     def read(self, n: int = -1) -> bytes:
+        if self.cancel is not None and self.cancel.is_set():
+            raise errors.LazyLayerError("cancelled")
         data = self.raw.read(n)
-        self.progress.update(len(data))
+        if self.progress is not None:
+            self.progress.update(len(data))
         return data
 
 
 def reencode_layer(source: oci.ImageSource, layer: oci.Descriptor, diff_id: str | None, out: Any,
-                   writer: LayerWriter, bar: Progress | None = None, prefetch: Any = ()) -> LayerInfo:
+                   writer: LayerWriter, bar: Progress | None = None, prefetch: Any = (),
+                   cancel: threading.Event | None = None) -> LayerInfo:
     """Stream layer ``layer`` of ``source`` (any compression), written as a lazy layer to ``out``.
 
     ``prefetch``: ``(offset, length)`` tar ranges for the TOC's prefetch plan.
+    ``bar`` counts the source's bytes as they are read; setting ``cancel`` makes
+    the stream stop with an error at its next read.
 
     The source blob's digest, and the tar's sha256 against ``diff_id`` (when
     given), are checked once the stream ends: on a mismatch this raises
@@ -193,7 +204,7 @@ def reencode_layer(source: oci.ImageSource, layer: oci.Descriptor, diff_id: str 
     """
     what = layer.get("digest") or layer.get("annotations", {}).get(ARCHIVE_MEMBER)
     raw = oci.HashingReader(source.open_blob(layer))
-    pipe = _Pipe(decompressed_chunks(_Counted(raw, bar) if bar is not None else raw))
+    pipe = _Pipe(decompressed_chunks(_Counted(raw, bar, cancel) if bar is not None or cancel is not None else raw))
     try:
         info = writer.write(pipe.read, out, prefetch=prefetch)
         pipe.finish()

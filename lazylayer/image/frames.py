@@ -22,19 +22,25 @@ class FrameSource:
     Frames come from the disk cache when it has them; the others are fetched
     in one :meth:`read_ranges` batch (coalesced, parallel), each checked
     against the sha256 the TOC gives it.  Counters: ``frames_fetched``,
-    ``bytes_fetched``, ``frames_from_disk``.
+    ``bytes_fetched``, ``frames_from_disk``; for a ``local`` blob (a file on
+    this machine: a layout's blob, a layer kept whole in the disk cache) the
+    frames read are ``frames_local`` and ``bytes_local`` instead of fetched.
     """
 
-    def __init__(self, blob: Any, frames: Sequence[Frame], disk: DiskCache | None, name: str) -> None:
+    def __init__(self, blob: Any, frames: Sequence[Frame], disk: DiskCache | None, name: str,
+                 local: bool = False) -> None:
         self.blob = blob
         self.frames = list(frames)
         self.disk = disk
+        self.local = local
         self.__name__ = name
         self._starts = [f.compressed_offset for f in self.frames]
         self._lock = threading.Lock()
         self.frames_fetched = 0
         self.bytes_fetched = 0
         self.frames_from_disk = 0
+        self.frames_local = 0
+        self.bytes_local = 0
         self.on_read: Callable[[int, int], None] | None = None
         """Called with the first and last frame index of every read (the prefetcher's read-ahead)."""
 
@@ -59,8 +65,12 @@ class FrameSource:
         got = self.blob.read_ranges([(f.compressed_offset, f.compressed_size) for f in frames],
                                     ["sha256:" + f.sha256 for f in frames])
         with self._lock:
-            self.frames_fetched += len(frames)
-            self.bytes_fetched += sum(f.compressed_size for f in frames)
+            if self.local:
+                self.frames_local += len(frames)
+                self.bytes_local += sum(f.compressed_size for f in frames)
+            else:
+                self.frames_fetched += len(frames)
+                self.bytes_fetched += sum(f.compressed_size for f in frames)
         return got
 
     def __call__(self, offset: int, size: int) -> bytes:

@@ -151,6 +151,7 @@ class Image:
         """The :class:`~lazylayer.registry.RegistryConfig` given (None: the defaults)."""
         self.native: NativeDiskCache | None = None
         """The disk cache as the C side opens it (None without one)."""
+        self._whole = (0, 0)  # layers fetched whole by this open, and their bytes
         ref = oci.parse_reference(reference) if isinstance(reference, str) else reference
         self._source = open_source(ref, registry)
         if isinstance(ref, oci.OciLayoutRef):
@@ -190,16 +191,18 @@ class Image:
             index = None  # (cannot happen for a digest-keyed manifest; never trust a mismatch)
         keeps: list[Any] = [None] * len(descs)
         if index is None:
-            layers = []
+            layers: list[Any] = [None] * len(descs)
+            plain = _WholeLayers(self, [i for i, b in enumerate(blobs) if b is None], descs, ids)
             try:
-                for i, desc in enumerate(descs):
+                for i, desc in enumerate(descs):  # the lazy layers' TOCs while the others stream in
                     if blobs[i] is not None:
-                        layers.append(self._lazy_toc(desc, blobs[i]))
-                    else:
-                        spec, blobs[i], keeps[i] = self._plain_layer(i, desc, ids[i])
-                        layers.append(spec)
+                        layers[i] = self._lazy_toc(desc, blobs[i])
+                for i, (spec, blob, keep) in plain.results().items():
+                    layers[i], blobs[i], keeps[i] = spec, blob, keep
+                self._whole = (plain.layers_fetched, plain.bytes_fetched)
                 index = Index.build(layers)
             except BaseException:
+                plain.cancel()
                 for keep in keeps:
                     if keep is not None:
                         keep.close()
@@ -215,7 +218,8 @@ class Image:
             _, _, tar_size, _ = index.layer_info(i)
             frames = [Frame(*f) for f in index.frames(i)]
             lazy = keeps[i] is None
-            source = FrameSource(blobs[i], frames, self.disk if lazy else None, f"layer {desc.get('digest', '')}")
+            source = FrameSource(blobs[i], frames, self.disk if lazy else None, f"layer {desc.get('digest', '')}",
+                                 local=_local_file(blobs[i]) is not None)
             toc = LayerToc(frames, tar_size, [list(r) for r in index.prefetch(i)])
             self.layers.append(Layer(i, desc, toc, source, lazy, keeps[i], ids[i]))
         # Frames on disk are read, checked against their sha256 and decoded in C; only missing
@@ -249,53 +253,57 @@ class Image:
                                      f"bytes, its position annotation says {toc_length}")
         return IndexLayer(desc.get("digest", ""), size, toc_digest, toc_offset, toc_length, frame)
 
-    def _plain_layer(self, i: int, desc: oci.Descriptor, diff_id: str) -> tuple[IndexLayer, Any, Any]:
-        """A layer that is not lazy (or whose source cannot read ranges): fetched whole, re-encoded
-        locally (once, into the disk cache if there is one); its TOC spec, local blob and pin."""
-        # Say it once per image, in words, and only when a layer really is fetched and re-encoded
-        # now: not when the disk cache has the copy from an earlier open.
-        hexd = oci.check_digest(desc.get("digest", ""))
-        cached = self.disk is not None and os.path.exists(self.disk._file_path(f"sha256-{hexd}.lazy"))
-        if not cached and not getattr(self, "_told_not_lazy", False):
-            from ..units import human_size
+    def _tell_not_lazy(self, plain: list[int], descs: list[oci.Descriptor]) -> None:
+        """Say once, in words, that layers are fetched whole (only when some really will be now:
+        not when the disk cache has their copies from an earlier open)."""
+        todo = [i for i in plain if not self._whole_cached(descs[i])]
+        if not todo:
+            return
+        from ..units import human_size
 
-            self._told_not_lazy = True
-            again = "once: the disk cache keeps the copy" if self.disk is not None else \
-                "on every open: nothing keeps the copy"
-            if is_lazy_layer(desc):
-                what = "its source cannot read byte ranges, so its layers are"
-            else:
-                tars = [d for d in self.manifest.get("layers", []) if oci.is_tar_layer(d)]
-                plain = [d for d in tars if not is_lazy_layer(d)]
-                size = human_size(sum(int(d.get("size") or 0) for d in plain))
-                what = f"{len(plain)} of its {len(tars)} layers ({size}) are not lazy layers: they are"
-            warnings.warn(f"{self.reference}: {what} fetched whole and re-encoded before any file in them can "
-                          f"be read ({again}); to read the image lazily, convert it: lazylayer convert SRC DST",
-                          NotLazyWarning, stacklevel=5)
+        again = "once: the disk cache keeps the copy" if self.disk is not None else \
+            "on every open: nothing keeps the copy"
+        if all(is_lazy_layer(descs[i]) for i in todo):
+            what = "its source cannot read byte ranges, so its layers are"
+        else:
+            size = human_size(sum(int(descs[i].get("size") or 0) for i in todo))
+            what = f"{len(todo)} of its {len(descs)} layers ({size}) are not lazy layers: they are"
+        warnings.warn(f"{self.reference}: {what} fetched whole, all at once, before any file in them can "
+                      f"be read ({again}); to read the image lazily, convert it: lazylayer convert SRC DST",
+                      NotLazyWarning, stacklevel=5)
+
+    def _whole_cached(self, desc: oci.Descriptor) -> bool:
+        hexd = oci.check_digest(desc.get("digest", ""))
+        return self.disk is not None and os.path.exists(self.disk._file_path(f"sha256-{hexd}.{_WHOLE_SUFFIX}"))
+
+    def _plain_layer(self, desc: oci.Descriptor, diff_id: str, bar: Progress,
+                     cancel: threading.Event) -> tuple[IndexLayer, Any, Any]:
+        """A layer that is not lazy (or whose source cannot read ranges): fetched whole, decoded as
+        it streams and kept uncompressed (once, into the disk cache if there is one) as a lazy layer
+        of stored frames; its TOC spec, local blob and pin.  Nothing of it is read before its blob
+        digest and its tar's diff_id have been checked (the copy is only kept once both match)."""
+        hexd = oci.check_digest(desc.get("digest", ""))
         from ..format.reencode import LayerWriter, reencode_layer  # (zstandard, tarfile: not on a lazy image's path)
 
-        writer = LayerWriter(threads=self.threads)
+        # Stored frames, not compressed ones: decoding a layer as it streams keeps up with the link;
+        # compressing it again did not (docs/filesystem.md, "Layers that are not lazy").
+        writer = LayerWriter(threads=self.threads, stored=True)
 
         def build(out: Any) -> None:
-            # A bar on stderr when it is a terminal (never on stdout, which scripts parse).
-            bar = Progress(desc.get("size"), f"fetching layer sha256:{hexd[:12]}… (not lazy)")
-            try:
-                reencode_layer(self._source, desc, diff_id, out, writer, bar)
-            finally:
-                bar.close()
+            reencode_layer(self._source, desc, diff_id, out, writer, bar, cancel=cancel)
 
         keep: Any
         if self.disk is not None:
-            keep = self.disk.ensure_pinned(f"sha256-{hexd}.lazy", build)
+            keep = self.disk.ensure_pinned(f"sha256-{hexd}.{_WHOLE_SUFFIX}", build)
             path = keep.path
         else:
-            keep = tempfile.NamedTemporaryFile(prefix="lazylayer-", suffix=".lazy")
+            keep = tempfile.NamedTemporaryFile(prefix="lazylayer-", suffix=f".{_WHOLE_SUFFIX}")
             build(keep)
             keep.flush()
             path = keep.name
         try:
             blob = FsspecBlob(path, size=os.path.getsize(path))
-            index = read_toc(blob, blob.size)  # our own re-encoding of bytes checked against the layer digest
+            index = read_toc(blob, blob.size)  # our own encoding of bytes checked against the layer digest
             frame = index.frame
             spec = IndexLayer(desc.get("digest", ""), blob.size, "sha256:" + hashlib.sha256(frame).hexdigest(),
                               index.toc_offset, len(frame), frame)
@@ -347,18 +355,18 @@ class Image:
     def local_path(self, layer: Layer) -> str | None:
         """The local file holding ``layer``'s blob as it is read (an OCI layout's blob, a
         re-encoded copy), or None if its bytes come over the network."""
-        blob = layer.source.blob
-        fs = getattr(blob, "fs", None)
-        if fs is None or "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-            return None
-        return str(blob.path)
+        return _local_file(layer.source.blob)
 
     # -- information ------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Frames and compressed bytes fetched over the network, frames found on disk (by C or by
-        the Python fetch path), and calls into Python for missing frames (``host_calls``), so far."""
-        out = {"frames_fetched": 0, "bytes_fetched": 0, "frames_from_disk": 0}
+        """What reads cost so far: frames and compressed bytes fetched over the network
+        (``frames_fetched``, ``bytes_fetched``), frames found in the disk cache (by C or by the
+        Python fetch path), frames read from local files (``frames_local``, ``bytes_local``: an
+        OCI layout's blobs, layers kept whole), calls into Python for missing frames
+        (``host_calls``); and what opening cost: layers that were not lazy, fetched whole
+        (``layers_fetched_whole``, ``bytes_fetched_whole``; 0 when the disk cache had them)."""
+        out = {"frames_fetched": 0, "bytes_fetched": 0, "frames_from_disk": 0, "frames_local": 0, "bytes_local": 0}
         for layer in self.layers:
             for k in out:
                 out[k] += getattr(layer.source, k)
@@ -367,6 +375,7 @@ class Image:
             native = reader.stats()
             out["frames_from_disk"] += native["frames_disk"]
             out["host_calls"] = native["host_calls"]
+        out["layers_fetched_whole"], out["bytes_fetched_whole"] = self._whole
         if self.prefetcher is not None:
             out.update(self.prefetcher.stats())
         return out
@@ -389,6 +398,89 @@ class Image:
 
     def __repr__(self) -> str:
         return f"<Image {self.reference} {self.digest[:19]} layers={len(self.layers)}>"
+
+
+_WHOLE_SUFFIX = "stored"  # disk-cache name of a layer kept whole: sha256-<layer hex>.stored
+
+
+class _WholeLayers:
+    """The layers an open must fetch whole, fetched all at once (at most :attr:`PARALLEL` at a
+    time, as a full pull does), each decoded as it streams into stored frames; one progress bar
+    for all of them (on a terminal only)."""
+
+    PARALLEL = 4  # layers at once: each holds ~45 MB of buffers while it streams
+
+    def __init__(self, image: Image, plain: list[int], descs: list[oci.Descriptor], ids: list[str]) -> None:
+        self._cancel = threading.Event()
+        self.layers_fetched = 0
+        """Layers fetched now (the others were in the disk cache)."""
+        self.bytes_fetched = 0
+        """Their compressed bytes, streamed over the network (or read from the source)."""
+        self._futures: dict[int, Any] = {}
+        self._pool: Any = None
+        self._bar: Progress | None = None
+        if not plain:
+            return
+        image._tell_not_lazy(plain, descs)
+        todo = [i for i in plain if not image._whole_cached(descs[i])]
+        self.layers_fetched = len(todo)
+        total = sum(int(descs[i].get("size") or 0) for i in todo)
+        self._bar = Progress(total or None, f"fetching {len(todo)} layer{'s' if len(todo) != 1 else ''} whole "
+                             f"(not lazy)", enabled=None if todo else False)
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(min(self.PARALLEL, len(plain)), thread_name_prefix="lazylayer-layer")
+        for i in plain:
+            self._futures[i] = self._pool.submit(image._plain_layer, descs[i], ids[i], self._bar, self._cancel)
+
+    def results(self) -> dict[int, tuple[IndexLayer, Any, Any]]:
+        """Each layer's (TOC spec, local blob, pin), once all are done; the first failure (in layer
+        order) is raised after the others have stopped, and their pins are released."""
+        out: dict[int, tuple[IndexLayer, Any, Any]] = {}
+        failure: BaseException | None = None
+        try:
+            for i, future in self._futures.items():
+                try:
+                    out[i] = future.result()
+                except BaseException as exc:  # noqa: BLE001 - the first is raised below
+                    if failure is None:
+                        failure = exc
+                        self._cancel.set()
+        finally:
+            self.close()
+        if failure is not None:
+            for _, _, keep in out.values():
+                keep.close()
+            raise failure
+        return out
+
+    def cancel(self) -> None:
+        """Stop the layers still streaming (they fail with 'cancelled'), and wait for them."""
+        self._cancel.set()
+        for future in self._futures.values():
+            try:
+                _, _, keep = future.result()
+                keep.close()
+            except BaseException:  # noqa: BLE001 - cancelled or failed: nothing to release
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._bar is not None:
+            self.bytes_fetched = self._bar.done
+            self._bar.close()
+            self._bar = None
+
+
+def _local_file(blob: Any) -> str | None:
+    """The path of the local file ``blob`` reads, or None if its bytes come over the network."""
+    fs = getattr(blob, "fs", None)
+    if fs is None or "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return None
+    return str(blob.path)
 
 
 def _deprecated_prefetch(image: Image, prefetch: Any, fill: bool, fill_rate: float | None, readahead: Any) -> None:

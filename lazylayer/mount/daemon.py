@@ -105,8 +105,9 @@ def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | Non
         if mnt is not None:
             mnt.close()
         img.close()
-    log.info("unmounted %s: %d requests, %d frames fetched (%d bytes), %d from disk, %d EIO", opts.mountpoint,
-             stats["requests"], stats["fetches"], stats["bytes_fetched"], stats["frames_from_disk"], stats["eio"])
+    log.info("unmounted %s: %d requests, %d frames fetched (%d bytes), %d from disk, %d EIO, %d from local layer "
+             "files", opts.mountpoint, stats["requests"], stats["fetches"], stats["bytes_fetched"],
+             stats["frames_from_disk"], stats["eio"], stats["frames_local"])
     try:
         with open(pidfile) as f:
             if f.read().strip() == str(os.getpid()):

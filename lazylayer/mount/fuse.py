@@ -154,6 +154,7 @@ class Mount:
             arr[i].read = lib.ll_fd_read
             arr[i].opaque = box
             arr[i].use_disk = 0
+            arr[i].local = 1
         if remote:
             self._fetcher = Fetcher(dataclasses.replace(spec, reference=img.pinned(), registry=img.registry,
                                                         cache=img.disk.path if img.disk is not None else None,
@@ -231,8 +232,9 @@ class Mount:
 
     def stats(self) -> dict[str, int]:
         """Requests the server answered (by kind), bytes read, reads that waited on a fetch
-        (``misses``), EIO answers; frames fetched for reads (``fetches``, ``bytes_fetched``: by the
-        fetcher, or read from local layer files) and found in the disk cache (``frames_from_disk``)."""
+        (``misses``), EIO answers; frames fetched for reads by the fetcher (``fetches``,
+        ``bytes_fetched``), read from local layer files (``frames_local``, ``bytes_local``) and
+        found in the disk cache (``frames_from_disk``)."""
         out: dict[str, int] = {}
         if self._ptr is not None:
             s = ffi.new("ll_fuse_stats *")
@@ -243,7 +245,8 @@ class Mount:
         if self._reader is not None:
             s = self._reader.stats()
             out.update(fetches=s["frames_fetched"], bytes_fetched=s["bytes_fetched"],
-                       frames_from_disk=s["frames_disk"], digest_errors=s["digest_errors"])
+                       frames_from_disk=s["frames_disk"], frames_local=s["frames_local"],
+                       bytes_local=s["bytes_local"], digest_errors=s["digest_errors"])
         return out
 
     # -- ending -----------------------------------------------------------------
