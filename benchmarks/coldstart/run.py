@@ -45,6 +45,10 @@ from nothing local to the workload's exit; unmounting is not timed)
         /dev/null, hence the pipe); no /proc or /dev in ROOT.
     (g) as (b) with ``--fill`` (the whole image fetched in the background,
         and read-ahead), then (f)'s read-every-file workload.
+    (z) as (b), but of the gzip image itself (``cs-gzip``: no lazy layer, no
+        index): the mount fetches every layer whole, all at once, decoding
+        each as it streams into a local copy, before it is ready; then the
+        workload reads the local copies.  Not in the default cases.
     (i) a diagnostic: ``python -c IMPORTS``, the modules the
         mount command loads before it forks: the part of (b) and (c)'s mount
         that is only starting the command.
@@ -66,7 +70,7 @@ Check (untimed, before the runs; ``--no-verify`` skips it)
     (``verify.py``).
 
 Targets (from the issues)
-    (b) <= 0.15x (a); (c) <= 1.5x (d); (p) <= 0.08x (a); (g) <= 1.0x (f).  Ratios are between medians over
+    (b) <= 0.15x (a); (c) <= 1.5x (d); (p) <= 0.08x (a); (g) <= 1.0x (f); (z) <= 1.0x (a).  Ratios are between medians over
     ``--runs`` runs; every run is listed.  CPU-s of the whole machine and of
     the proxy are recorded from each clock's start to its stop: the machine
     has 2 cores, so (a)'s decompression, the proxy and anything else running
@@ -107,7 +111,7 @@ from benchmarks.netem import ShapedProxy
 
 TAG = build.TAG
 REPO_GZIP, REPO_LAZY = "cs-gzip", "cs-lazy"
-TARGET_B, TARGET_C, TARGET_P, TARGET_G = 0.15, 1.5, 0.08, 1.0
+TARGET_B, TARGET_C, TARGET_P, TARGET_G, TARGET_Z = 0.15, 1.5, 0.08, 1.0, 1.0
 MB = 10**6
 VERIFY_SAMPLE = 100
 CLI = str(Path(sys.executable).with_name("lazylayer"))
@@ -250,10 +254,10 @@ class Bench:
         ov, w = self.workload(self.dirs)
         return {"total": ov + w, "overlay": ov, "workload": w}
 
-    def mount(self, *extra: str) -> float:
+    def mount(self, *extra: str, repo: str = REPO_LAZY) -> float:
         self.log.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        mounts.lazy_mount(CLI, f"docker://127.0.0.1:{self.proxy.port}/{REPO_LAZY}:{TAG}", self.mnt, self.cache,
+        mounts.lazy_mount(CLI, f"docker://127.0.0.1:{self.proxy.port}/{repo}:{TAG}", self.mnt, self.cache,
                           self.log, self.env, extra=extra)
         return time.perf_counter() - t0
 
@@ -278,12 +282,12 @@ class Bench:
             self.notes.append(f"the daemon counted {counters['eio']} EIO: {self.log.read_text()[-1000:]}")
         return counters
 
-    def lazy(self, empty_cache: bool, *extra: str, read_all: bool = False) -> dict[str, float]:
+    def lazy(self, empty_cache: bool, *extra: str, read_all: bool = False, repo: str = REPO_LAZY) -> dict[str, float]:
         if empty_cache:
             mounts.empty_dir(self.cache)
         self.drop()
         try:
-            m = self.mount(*extra)
+            m = self.mount(*extra, repo=repo)
             ov, w = self.workload([self.mnt], read_all)
         finally:
             counters = self.umount()
@@ -297,6 +301,10 @@ class Bench:
 
     def case_p(self) -> dict[str, float]:
         return self.lazy(True)  # the plan attached to the image (record()) is found and used by default
+
+    def case_z(self) -> dict[str, float]:
+        """The gzip image itself (no lazy layers, no index): the mount fetches every layer whole first."""
+        return self.lazy(True, "--no-prefetch", repo=REPO_GZIP)
 
     def case_f(self) -> dict[str, float]:
         pulled = self.pull()
@@ -343,6 +351,8 @@ CASES = {
     "p": "(p) `lazylayer mount` with the recorded plan (attached in the registry), empty cache + overlay + workload",
     "f": "(f) full pull as (a) + overlay + read every file (`tar -cf - -C ROOT . \\| wc -c`)",
     "g": "(g) `lazylayer mount --fill`, empty cache + overlay + read every file (as f)",
+    "z": "(z) `lazylayer mount` of the gzip image itself (not lazy, no index: every layer fetched whole first), "
+         "empty cache + overlay + workload",
     "i": "(diagnostic) starting the command: `python -c IMPORTS` (see below), page cache dropped",
 }
 # What `lazylayer mount docker://...` loads before it forks its daemon.
@@ -440,6 +450,7 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
     ratio_row("c", "d", TARGET_C, f"(c) lazy mount, warm disk cache <= {TARGET_C}x (d) extracted root")
     ratio_row("p", "a", TARGET_P, f"(p) lazy mount with the recorded plan <= {TARGET_P}x (a) full pull")
     ratio_row("g", "f", TARGET_G, f"(g) lazy mount, read every file <= {TARGET_G}x (f) full pull + the same read")
+    ratio_row("z", "a", TARGET_Z, f"(z) mount of the gzip image, no index <= {TARGET_Z}x (a) full pull + workload")
     L += ["", "#### Time taken by the benchmark", "",
           ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + "."]
     if info.get("phases"):
@@ -484,10 +495,10 @@ def main(argv: list[str] | None = None) -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
     skipped = ""
-    if ({"b", "c", "p", "g"} & set(cases)) and not mount_cli_ready():
+    if ({"b", "c", "p", "g", "z"} & set(cases)) and not mount_cli_ready():
         skipped = f" (`{CLI} mount --help` failed: the mount command is missing)"
-        log("lazylayer mount is not available: skipping (b), (c), (p) and (g)")
-        cases = [c for c in cases if c not in "bcpg"]
+        log("lazylayer mount is not available: skipping (b), (c), (p), (g) and (z)")
+        cases = [c for c in cases if c not in "bcpgz"]
 
     phases: dict[str, float] = {}
     t = time.perf_counter()
