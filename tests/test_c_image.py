@@ -190,7 +190,7 @@ int main(int argc, char **argv) {
     ll_pool_create(2, &pool);
     uint32_t n = ll_index_layers(idx);
     ll_image_source *sources = calloc(n, sizeof *sources);
-    for (uint32_t i = 0; i < n; i++) sources[i] = (ll_image_source){host_read, &s, atoi(argv[5])};
+    for (uint32_t i = 0; i < n; i++) sources[i] = (ll_image_source){host_read, &s, atoi(argv[5]), 0};
     ll_image_options opt;
     ll_image_options_init(&opt, sizeof opt);
     opt.cache = cache; opt.pool = pool; opt.disk = dc; opt.verify_fetched = atoi(argv[6]);
@@ -416,6 +416,8 @@ def test_example_prints_files(example, layout, tmp_path):
                            capture_output=True)
         assert p.returncode == 0 and p.stdout == want["dir/big.bin"], p.stderr
         stats = dict(zip(*[iter(p.stderr.split(b"\n")[-2].decode().split())] * 2))
+        if run == 0:  # the layout's blob is a local file: its frames count as local, not fetched
+            assert stats["frames_fetched"] == "0" and int(stats["frames_local"]) > 0
         if run == 1:
             assert stats["host_calls"] == "0" and int(stats["frames_disk"]) > 0
     assert DiskCache(cache).usage().files == 1

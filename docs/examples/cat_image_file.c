@@ -168,8 +168,10 @@ int main(int argc, char **argv) {
                                      .toc_length = d.toc_length, .read = ll_fd_read,
                                      .opaque = &fds[k]};
         /* use_disk 0: a local file is read directly (1 with --cache, to show the
-         * path a remote source takes: disk cache first, then the callback). */
-        sources[k] = (ll_image_source){.read = ll_fd_read, .opaque = &fds[k], .use_disk = cache_dir != NULL};
+         * path a remote source takes: disk cache first, then the callback);
+         * local 1: what the callback reads is counted as local, not fetched. */
+        sources[k] = (ll_image_source){.read = ll_fd_read, .opaque = &fds[k], .use_disk = cache_dir != NULL,
+                                       .local = 1};
     }
 
     /* 4. the index: from the disk cache if it has it, else built from the TOCs */
@@ -237,10 +239,11 @@ int main(int argc, char **argv) {
         ll_image_stats s;
         ll_image_get_stats(img, &s);
         fprintf(stderr, "reads %llu frames_disk %llu frames_fetched %llu host_calls %llu "
-                "bytes_fetched %llu digest_errors %llu\n", (unsigned long long)s.reads,
-                (unsigned long long)s.frames_disk, (unsigned long long)s.frames_fetched,
-                (unsigned long long)s.host_calls, (unsigned long long)s.bytes_fetched,
-                (unsigned long long)s.digest_errors);
+                "bytes_fetched %llu digest_errors %llu frames_local %llu bytes_local %llu\n",
+                (unsigned long long)s.reads, (unsigned long long)s.frames_disk,
+                (unsigned long long)s.frames_fetched, (unsigned long long)s.host_calls,
+                (unsigned long long)s.bytes_fetched, (unsigned long long)s.digest_errors,
+                (unsigned long long)s.frames_local, (unsigned long long)s.bytes_local);
     }
 out:
     free(buf);
