@@ -114,7 +114,8 @@ def lazy_umount(cli: str, mnt: Path, timeout: float = 60) -> str:
     return msg
 
 
-COUNTERS = re.compile(r"unmounted .*: (?:\d+ requests, )?(\d+) frames fetched \((\d+) bytes\), (\d+) from disk, (\d+) EIO")
+COUNTERS = re.compile(r"unmounted .*: (?:\d+ requests, )?(\d+) frames fetched \((\d+) bytes\), (\d+) from disk, (\d+) EIO"
+                      r"(?:, (\d+) from local layer files)?")
 
 
 def daemon_counters(log: Path) -> dict[str, int]:
@@ -122,7 +123,8 @@ def daemon_counters(log: Path) -> dict[str, int]:
     found = COUNTERS.findall(log.read_text(errors="replace")) if log.exists() else []
     if not found:
         return {}
-    return dict(zip(("frames_fetched", "bytes_fetched", "frames_from_disk", "eio"), map(int, found[-1]), strict=True))
+    keys = ("frames_fetched", "bytes_fetched", "frames_from_disk", "eio", "frames_local")
+    return {k: int(v or 0) for k, v in zip(keys, found[-1], strict=True)}
 
 
 def warm(paths: Sequence[Path]) -> None:

@@ -409,7 +409,7 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
           "lazy layers by lazylayer's `Converter`."), "", *image_lines(info), "",
          "#### Results", "",
          ("| case | median s | runs, s | phases (median s) | MB via proxy | requests | CPU-s: machine, proxy | "
-         "daemon: frames fetched, from disk |"),
+         "daemon: frames fetched, from disk, from local files |"),
          "|---|---:|---|---|---:|---:|---|---|"]
     for key, label in CASES.items():
         runs = res.get(key)
@@ -417,15 +417,16 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
             continue
         tot = [r["total"] for r in runs]
         ph = ", ".join(f"{p} {med([r[p] for r in runs]):.3f}" for p in runs[0] if p in PHASES or p.endswith(" done"))
-        daemon = (f"{med([r['frames_fetched'] for r in runs]):.0f}, {med([r['frames_from_disk'] for r in runs]):.0f}"
-                  if "frames_fetched" in runs[0] else "—")
+        daemon = (f"{med([r['frames_fetched'] for r in runs]):.0f}, {med([r['frames_from_disk'] for r in runs]):.0f}, "
+                  f"{med([r.get('frames_local', 0) for r in runs]):.0f}" if "frames_fetched" in runs[0] else "—")
         L.append(f"| {label} | {med(tot):.3f} | {', '.join(f'{t:.3f}' for t in tot)} | {ph} | "
                  f"{med([r['bytes'] for r in runs]) / MB:,.1f} | {med([r['requests'] for r in runs]):.0f} | "
                  f"{med([r['machine_cpu'] for r in runs]):.1f}, {med([r['proxy_cpu'] for r in runs]):.1f} | "
                  f"{daemon} |")
     L += ["", ("Medians over the runs; CPU-s are the whole machine's busy time and the proxy's own, from the clock's "
           "start to the workload's exit. Daemon counters are the mount's own (`-v` log line at unmount): frames "
-          "fetched from the registry, and frame loads served from the disk cache.")]
+          "fetched from the registry, frame loads served from the disk cache, and frames read from local layer "
+          "files (the copies of (z)'s layers, fetched whole).")]
     if res.get("i"):
         L += ["", f"IMPORTS = `{IMPORTS}`"]
     if verified:
