@@ -858,6 +858,64 @@ LL_API void ll_fuse_get_stats(ll_fuse *f, ll_fuse_stats *out);
  * failure: then it unmounts first). */
 LL_API void ll_fuse_free(ll_fuse *f);
 
+/* ---------------------------------------------------------------- gzip checkpoints
+ *
+ * Random access into a gzip stream as it is, the idea of zlib's examples/zran.c.
+ * An ll_gzindexer inflates a gzip stream once (one gzip member or several,
+ * concatenated) and takes a checkpoint at a deflate block boundary after every
+ * `span` bytes of output or more: where the block starts in the compressed
+ * stream (a byte offset, plus 0..7 bits of the byte before it), its offset in
+ * the output, and the 32 KiB of output before it (the window deflate may refer
+ * back into).  ll_gz_inflate_span then inflates the output from one checkpoint
+ * to the next from nothing but that checkpoint and the compressed bytes between
+ * them.  Both parse untrusted bytes: corrupt input is LL_ERR_FRAME, never a
+ * crash or output past the caller's buffer (fuzzed: csrc/fuzz/fuzz_gzindex.c). */
+
+#define LL_GZ_WINDOW 32768
+
+typedef struct ll_gzindexer ll_gzindexer;
+
+typedef struct {
+    uint64_t in;           /* compressed offset of the first whole byte of the span */
+    uint64_t out;          /* uncompressed offset of the checkpoint */
+    uint32_t bits;         /* 0..7: low bits of the byte before `in` that start the span */
+    uint32_t byte;         /* that byte (meaningful when bits > 0) */
+    uint32_t window_size;  /* bytes of window: LL_GZ_WINDOW, or less within 32 KiB of the start */
+    uint8_t window[LL_GZ_WINDOW];
+} ll_gz_checkpoint;
+
+/* An indexer taking a checkpoint every `span` (>= 1) bytes of output or more
+ * (the first one where the first deflate block starts).  One thread at a time. */
+LL_API int ll_gzindexer_create(uint64_t span, ll_gzindexer **out);
+/* Inflate the next compressed bytes: like zlib's inflate, it consumes some of
+ * `in` (*in_used) and writes up to out_cap bytes of output (*out_len); call it
+ * again with the rest of the input when it has not used it all (out_cap was
+ * full).  A member's end is followed by the next member or the end of the
+ * input.  LL_OK; LL_ERR_FRAME for bytes that are not gzip or are corrupt (a
+ * member's CRC-32 or length included), with *in_used and *out_len saying what
+ * was consumed and produced before the error; LL_ERR_STATE after a failure. */
+LL_API int ll_gzindexer_inflate(ll_gzindexer *g, const void *in, size_t in_len, size_t *in_used,
+                                void *out, size_t out_cap, size_t *out_len);
+/* 1 if the input so far ends exactly at the end of a member (a complete
+ * stream, if nothing follows), else 0. */
+LL_API int ll_gzindexer_complete(const ll_gzindexer *g);
+/* Bytes consumed and produced so far. */
+LL_API void ll_gzindexer_totals(const ll_gzindexer *g, uint64_t *in, uint64_t *out);
+/* Move the oldest checkpoint not yet taken into *cp: LL_OK, or LL_ERR_NOENT if
+ * there is none.  Take them after each inflate call: each call adds at most
+ * one per block boundary it crossed, so they stay few. */
+LL_API int ll_gzindexer_take(ll_gzindexer *g, ll_gz_checkpoint *cp);
+LL_API void ll_gzindexer_free(ll_gzindexer *g);
+
+/* Inflate exactly `size` bytes of output from checkpoint (bits, byte, window)
+ * and the compressed bytes `src` that follow it (the span to the next
+ * checkpoint: any member end, CRC-32 and next member header within it are
+ * handled; the CRC-32 of a member that began before the checkpoint cannot be
+ * checked, the span's sha256 vouches for it).  LL_OK, LL_ERR_FRAME if the
+ * bytes are corrupt or give less, LL_ERR_ARG for a bad argument.  Any thread. */
+LL_API int ll_gz_inflate_span(uint32_t bits, uint32_t byte, const void *window, size_t window_size,
+                              const void *src, size_t src_len, void *dst, size_t size);
+
 /* cffi-end */
 
 #ifdef __cplusplus

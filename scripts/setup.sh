@@ -8,11 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Build: gcc, make, pkg-config, libzstd-dev, libxxhash-dev (header-only use), libssl-dev (libcrypto: sha256).
+# Build: gcc, make, pkg-config, libzstd-dev, libxxhash-dev (header-only use), libssl-dev (libcrypto: sha256),
+# zlib1g-dev (inflate from gzip checkpoints).
 # Tests: zstd (the CLI, to check our files), clang + its sanitizer runtime (fuzz/ASan tests),
 # umoci and skopeo (to build real images and unpack converted ones).
 # Mounts: fuse3 (fusermount3, for mounts without root; the FUSE server itself is in csrc/fuse.c).
-PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev libssl-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3)
+PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev libssl-dev zlib1g-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

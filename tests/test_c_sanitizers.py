@@ -25,10 +25,10 @@ FUZZ = CSRC / "fuzz"
 # Every library source (as csrc/Makefile's SRCS); they link against libzstd, libcrypto and pthreads.
 LIB_SRCS = [str(CSRC / f) for f in ("common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c", "json.c",
                                     "toc.c", "index.c", "resolve.c", "oci.c", "diskcache.c", "image.c",
-                                    "sockhost.c", "fuse.c")]
+                                    "sockhost.c", "fuse.c", "gzindex.c")]
 SAN_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
              "-g", "-O1"]
-TARGETS = ("seektable", "roundtrip", "toc", "index_load", "manifest", "sockhost")
+TARGETS = ("seektable", "roundtrip", "toc", "index_load", "manifest", "sockhost", "gzindex")
 FUZZ_SECONDS = 20
 
 # Lines that mean a sanitizer, a fuzz invariant (CHECK in fuzz_common.h) or
@@ -110,6 +110,7 @@ def test_seed_corpora_are_generated(fuzz_build):
     assert {"basic", "layers3", "hostile-name"} <= set(names["toc"])
     assert len(names["index_load"]) >= 3 and {"manifest", "index"} <= set(names["manifest"])
     assert {"good-two", "error-then-good", "short", "hangup"} <= set(names["sockhost"])
+    assert {"text-level6", "gzip-two-members", "gzip-truncated"} <= set(names["gzindex"])
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -183,7 +184,7 @@ def test_read_range_example_under_asan(toolchain, tmp_path):
     exe = tmp_path / "read_range"
     res = subprocess.run(["clang", "-std=c11", "-D_GNU_SOURCE", "-Wall", *SAN_FLAGS, f"-I{CSRC}",
                           str(ROOT / "docs/examples/read_range.c"), *LIB_SRCS, "-o", str(exe),
-                          "-lzstd", "-lcrypto", "-lpthread"], capture_output=True, text=True)
+                          "-lzstd", "-lcrypto", "-lz", "-lpthread"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     data = _read_range_data()
     blob = tmp_path / "data.zst"
@@ -296,7 +297,7 @@ def test_buffer_pool_under_asan(toolchain, tmp_path):
     src.write_text(POOL_STRESS)
     exe = tmp_path / "pool_stress"
     res = subprocess.run(["clang", "-std=c11", "-D_GNU_SOURCE", "-Wall", *SAN_FLAGS, f"-I{CSRC}", str(src),
-                          *LIB_SRCS, "-o", str(exe), "-lzstd", "-lcrypto", "-lpthread"],
+                          *LIB_SRCS, "-o", str(exe), "-lzstd", "-lcrypto", "-lz", "-lpthread"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     res = subprocess.run([str(exe)], capture_output=True, text=True, env=sanitizer_env(), timeout=300)

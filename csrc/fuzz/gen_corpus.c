@@ -20,6 +20,8 @@
 #include "../lazylayer.h"
 #include "fuzz_index_common.h"
 
+#include <zlib.h>
+
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
@@ -487,6 +489,56 @@ static void sockhost_seeds(void) {
     save("sockhost", "hangup", none, sizeof none);
 }
 
+/* gzindex seeds: 4-byte header (see fuzz_gzindex.c) + body.  Odd mode: data the
+ * harness gzips; even: gzip bytes made here (one member and two, a header with
+ * a name and a header CRC), so hostile mutations start from real streams. */
+static void gz_seed(const char *name, uint8_t mode, uint8_t p1, uint8_t p2, uint8_t p3, const uint8_t *body,
+                    size_t n) {
+    buf b = {0};
+    put8(&b, mode);
+    put8(&b, p1);
+    put8(&b, p2);
+    put8(&b, p3);
+    put(&b, body, n);
+    save("gzindex", name, b.p, b.len);
+    free(b.p);
+}
+
+static size_t gzip_into(const uint8_t *data, size_t n, int level, int with_name, uint8_t *out, size_t cap) {
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (deflateInit2(&zs, level, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY) != Z_OK) exit(1);
+    gz_header h;
+    memset(&h, 0, sizeof h);
+    h.name = (Bytef *)"layer.tar";
+    h.hcrc = 1;
+    if (with_name) deflateSetHeader(&zs, &h);
+    zs.next_in = (Bytef *)(uintptr_t)data;
+    zs.avail_in = (uInt)n;
+    zs.next_out = out;
+    zs.avail_out = (uInt)cap;
+    if (deflate(&zs, Z_FINISH) != Z_STREAM_END) exit(1);
+    size_t len = zs.total_out;
+    deflateEnd(&zs);
+    return len;
+}
+
+static void gzindex_seeds(void) {
+    uint8_t *t = text(60000, 3);
+    gz_seed("text-level6", 1, 6, 0x10, 40, t, 20000);
+    gz_seed("text-level1-3members", 1, 1, 0x0e, 3, t, 30000);
+    gz_seed("text-huffman-only", 1, 22, 0x40, 200, t, 12000);
+    gz_seed("text-stored", 1, 0, 0x03, 9, t, 9000);
+    gz_seed("empty", 1, 6, 0, 1, t, 0);
+    static uint8_t gz[140000];
+    size_t n = gzip_into(t, 60000, 6, 1, gz, sizeof gz);
+    gz_seed("gzip-named-hcrc", 0, 0, 0x08, 100, gz, n);
+    size_t m = gzip_into(t + 100, 5000, 9, 0, gz + n, sizeof gz - n);
+    gz_seed("gzip-two-members", 0, 0, 0x20, 255, gz, n + m);
+    gz_seed("gzip-truncated", 0, 0, 0x08, 100, gz, n / 2);
+    free(t);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
@@ -499,6 +551,7 @@ int main(int argc, char **argv) {
     toc_seeds_write();
     manifest_seeds_write();
     sockhost_seeds();
+    gzindex_seeds();
     fprintf(stderr, "gen_corpus: %d seeds in %s\n", g_count, g_dir);
     return 0;
 }

@@ -20,7 +20,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(os.path.dirname(HERE)), "csrc")
 SOURCES = ["common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c", "json.c", "toc.c", "index.c", "resolve.c",
-           "oci.c", "diskcache.c", "image.c", "sockhost.c", "fuse.c"]
+           "oci.c", "diskcache.c", "image.c", "sockhost.c", "fuse.c", "gzindex.c"]
 
 # Callbacks into Python: the read and write callbacks of sources and writers.
 PYTHON_CALLBACKS = """
@@ -68,7 +68,7 @@ ffibuilder.set_source(
     '#include "lazylayer.h"',
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
     include_dirs=[CSRC],
-    libraries=["zstd", "crypto", "pthread"],
+    libraries=["zstd", "crypto", "z", "pthread"],
     extra_compile_args=["-std=c11", "-D_GNU_SOURCE", "-O2", "-fvisibility=hidden"],
 )
 
