@@ -13,7 +13,10 @@ cd "$(dirname "$0")/.."
 # Tests: zstd (the CLI, to check our files), clang + its sanitizer runtime (fuzz/ASan tests),
 # umoci and skopeo (to build real images and unpack converted ones).
 # Mounts: fuse3 (fusermount3, for mounts without root; the FUSE server itself is in csrc/fuse.c).
-PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev libssl-dev zlib1g-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3)
+# Peers' formats: golang-go and golang-github-containerd-stargz-snapshotter-dev (stargz-snapshotter's
+# own Go library, built offline by the tests into tests/estargz_gen to write eStargz and zstd:chunked).
+PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev libssl-dev zlib1g-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3
+          golang-go golang-github-containerd-stargz-snapshotter-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,7 +2,8 @@
 
 - :mod:`.tar`: a streaming tar scanner that keeps every byte (pax, GNU long names);
 - :mod:`.layer`: the TOC, :class:`LayerWriter`, :func:`read_toc` and :func:`parse_toc_position`;
-- :mod:`.reencode`: a layer blob of any compression to a lazy layer, in one pass.
+- :mod:`.reencode`: a layer blob of any compression to a lazy layer, in one pass;
+- :mod:`.estargz`: what is known of the peers' eStargz and zstd:chunked layers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
               "Frame", "LayerIndex", "LayerInfo", "LayerWriter", "Toc", "check_json_shape", "check_toc_frames",
               "is_lazy_layer", "parse_toc_position", "read_toc", "toc_entry",),
     "reencode": ("ARCHIVE_MEMBER", "decompressed_chunks", "reencode_layer",),
+    "estargz": ("is_stargz",),
     "tar": ("MAX_NAME_BYTES", "MAX_PATH_BYTES", "MAX_PATH_DEPTH", "MAX_PLAN_RANGES", "MAX_TOC_BYTES", "MAX_TOC_ENTRIES",
             "MAX_TOC_FRAMES", "TarMember", "TarScanner", "check_name", "normalize_name",),
 })

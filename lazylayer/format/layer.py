@@ -31,7 +31,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Container, Iterable
 
 import zstandard
 
@@ -370,9 +370,11 @@ class LayerWriter:
 
     def write(self, read: Callable[[int], bytes], out: BinaryIO,
               progress: Callable[[int], object] | None = None,
-              prefetch: Iterable[tuple[int, int]] = ()) -> LayerInfo:
+              prefetch: Iterable[tuple[int, int]] = (), hide: Container[str] = ()) -> LayerInfo:
         """Read a tar through ``read(n)``, write the blob to ``out``; return its description
-        (with ``digest`` "" for a ``stored`` writer: the blob of a local copy is not hashed)."""
+        (with ``digest`` "" for a ``stored`` writer: the blob of a local copy is not hashed).
+        ``hide``: member names (normalised) left out of the TOC, their bytes kept in the tar
+        (an eStargz layer's own TOC and landmark files, which its readers hide too)."""
         sink = _FrameSink(out, digest=not self.stored)
         tar_hash = hashlib.sha256()
         writer = SeekableWriter(sink, frame_size=self.frame_size, level=self.level,
@@ -395,7 +397,8 @@ class LayerWriter:
         try:
             scanner = TarScanner(read, feed, before_content, max_members=self.max_members)
             for member in scanner.members():
-                entries.append(toc_entry(member))
+                if member.name not in hide:
+                    entries.append(toc_entry(member))
             tar_size = scanner.pos
             writer.flush()
             _count_hardlinks(entries)

@@ -191,12 +191,13 @@ class _Counted:
 
 def reencode_layer(source: oci.ImageSource, layer: oci.Descriptor, diff_id: str | None, out: Any,
                    writer: LayerWriter, bar: Progress | None = None, prefetch: Any = (),
-                   cancel: threading.Event | None = None) -> LayerInfo:
+                   cancel: threading.Event | None = None, hide: Any = ()) -> LayerInfo:
     """Stream layer ``layer`` of ``source`` (any compression), written as a lazy layer to ``out``.
 
     ``prefetch``: ``(offset, length)`` tar ranges for the TOC's prefetch plan.
     ``bar`` counts the source's bytes as they are read; setting ``cancel`` makes
-    the stream stop with an error at its next read.
+    the stream stop with an error at its next read.  ``hide``: names left out
+    of the TOC (:meth:`LayerWriter.write`).
 
     The source blob's digest, and the tar's sha256 against ``diff_id`` (when
     given), are checked once the stream ends: on a mismatch this raises
@@ -206,7 +207,7 @@ def reencode_layer(source: oci.ImageSource, layer: oci.Descriptor, diff_id: str 
     raw = oci.HashingReader(source.open_blob(layer))
     pipe = _Pipe(decompressed_chunks(_Counted(raw, bar, cancel) if bar is not None or cancel is not None else raw))
     try:
-        info = writer.write(pipe.read, out, prefetch=prefetch)
+        info = writer.write(pipe.read, out, prefetch=prefetch, hide=hide)
         pipe.finish()
         if layer.get("digest") and raw.digest() != layer["digest"]:
             raise errors.IntegrityError(f"layer {what}: the source blob's digest is {raw.digest()}")

@@ -43,6 +43,7 @@ from ..format import (
     parse_toc_position,
     read_toc,
 )
+from ..format.estargz import hidden_names
 from ..progress import Progress
 from ..registry import open_source
 from ..remote import FsspecBlob
@@ -290,7 +291,7 @@ class Image:
         writer = LayerWriter(threads=self.threads, stored=True)
 
         def build(out: Any) -> None:
-            reencode_layer(self._source, desc, diff_id, out, writer, bar, cancel=cancel)
+            reencode_layer(self._source, desc, diff_id, out, writer, bar, cancel=cancel, hide=hidden_names(desc))
 
         keep: Any
         if self.disk is not None:

@@ -1,0 +1,156 @@
+"""Layers written by stargz-snapshotter's own library (eStargz, and its zstd:chunked dialect).
+
+The layers are made by tests/estargz_gen (Go, built here offline against the
+library's source from Debian's golang-github-containerd-stargz-snapshotter-dev),
+from tars made here.  Until lazy reads of these formats exist (issue 18, items
+1 and 2) such layers are fetched whole (docs/filesystem.md): every file must
+read back as the original tar has it, and the format's own files (the TOC entry
+``stargz.index.json`` and the prefetch landmarks) must not show in the tree, as
+stargz-snapshotter hides them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import images
+import pytest
+import zstandard
+
+from lazylayer.fs import ImageFileSystem
+from lazylayer.image import NotLazyWarning
+
+GEN_SRC = Path(__file__).parent / "estargz_gen"
+GOCODE = Path("/usr/share/gocode/src/github.com/containerd/stargz-snapshotter/estargz")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("go") is None or not GOCODE.is_dir(),
+    reason="needs go and stargz-snapshotter's source (apt install golang-go "
+           "golang-github-containerd-stargz-snapshotter-dev; scripts/setup.sh does)")
+needs_fuse = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root (a mount)")
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/estargz_gen built in GOPATH mode against Debian's Go sources (no network)."""
+    work = tmp_path_factory.mktemp("estargz-gen")
+    exe = work / "estargz_gen"
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{work / 'gopath'}:/usr/share/gocode",
+           "GOCACHE": str(work / "gocache"), "GOFLAGS": ""}
+    r = subprocess.run(["go", "build", "-o", str(exe), "."], cwd=GEN_SRC, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"building tests/estargz_gen failed:\n{r.stderr[-3000:]}"
+    return exe
+
+
+def _files(n: int, seed: int) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    rng = __import__("random").Random(seed)
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    d = tarfile.TarInfo("app")
+    d.type, d.mode = tarfile.DIRTYPE, 0o755
+    members.append((d, None))
+    for i in range(n):
+        size = rng.choice([0, 10, 4000, 70_000, 300_000, 1_500_000])  # some over the 64 KiB chunks below
+        members.append(images.reg(f"app/f{seed}-{i}.bin", rng.randbytes(size // 2) + bytes(size - size // 2)))
+    link = tarfile.TarInfo("app/link")
+    link.type, link.linkname = tarfile.SYMTYPE, f"f{seed}-0.bin"
+    members.append((link, None))
+    return members
+
+
+class Variant:
+    def __init__(self, gen: Path, work: Path, zstd: bool, members: list[Any], prioritized: str) -> None:
+        self.tar = images.make_tar(members)
+        src, self.blob_path = work / "in.tar", work / ("layer.zstdchunked" if zstd else "layer.esgz")
+        src.write_bytes(self.tar)
+        argv = [str(gen), "-chunk", "65536", "-prioritized", prioritized, str(src), str(self.blob_path)]
+        if zstd:
+            argv.insert(1, "-zstdchunked")
+        r = subprocess.run(argv, capture_output=True, text=True, check=True)
+        meta = json.loads(r.stdout)
+        self.annotations, self.diff_id = meta["annotations"], meta["diff_id"]
+        self.blob = self.blob_path.read_bytes()
+        self.zstd = zstd
+        self.media_type = images.LAYER_MEDIA["zstd" if zstd else "gzip"]
+        self.want = {m.name: data for m, data in members if m.isreg()}
+
+
+@pytest.fixture(scope="module")
+def image(gen: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Variant]]:
+    """An OCI layout of two layers: eStargz (gzip) and stargz's zstd:chunked, with landmarks."""
+    work = tmp_path_factory.mktemp("estargz-image")
+    variants = []
+    for i, zstd in enumerate((False, True)):
+        (work / str(i)).mkdir()
+        variants.append(Variant(gen, work / str(i), zstd, _files(8, i), prioritized=f"app/f{i}-3.bin,app/f{i}-1.bin"))
+    layout = str(work / "layout")
+    images.init_layout(layout)
+    config = {"architecture": "amd64", "os": "linux",
+              "rootfs": {"type": "layers", "diff_ids": [v.diff_id for v in variants]}}
+    cdesc = images.write_blob(layout, json.dumps(config).encode(), images.OCI_CONFIG)
+    ldescs = [images.write_blob(layout, v.blob, v.media_type, annotations=v.annotations) for v in variants]
+    manifest = {"schemaVersion": 2, "mediaType": images.OCI_MANIFEST, "config": cdesc, "layers": ldescs}
+    mdesc = images.write_blob(layout, json.dumps(manifest).encode(), images.OCI_MANIFEST)
+    images.write_index(layout, [images.tagged(mdesc, "v1")])
+    return f"oci:{layout}:v1", variants
+
+
+def _tar_names(v: Variant) -> list[str]:
+    """The member names of the layer's tar as the peers' tools unpack it (gzip or zstd: the stream)."""
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(v.blob), read_across_frames=True).read() \
+        if v.zstd else __import__("gzip").decompress(v.blob)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as t:
+        return [m.name for m in t.getmembers()]
+
+
+def test_the_library_writes_what_the_format_says(image: tuple[str, list[Variant]]) -> None:
+    """The fixtures are what the tests below need: the format's own files are in the tars (so hiding
+    them is tested), and the annotations are the ones each dialect writes."""
+    _, (esgz, zchunk) = image
+    assert "stargz.index.json" in _tar_names(esgz) and ".prefetch.landmark" in _tar_names(esgz)
+    assert ".prefetch.landmark" in _tar_names(zchunk) and "stargz.index.json" not in _tar_names(zchunk)
+    assert esgz.blob[-51:][:2] == b"\x1f\x8b"  # the 51-byte footer is an empty gzip member
+    assert zchunk.blob[-8:] == b"GnUlInUx" and "io.containers.zstd-chunked.manifest-position" in zchunk.annotations
+    assert all("containerd.io/snapshot/stargz/toc.digest" in v.annotations for v in (esgz, zchunk))
+
+
+def test_every_file_reads_back_and_the_formats_own_files_are_hidden(image: tuple[str, list[Variant]],
+                                                                    tmp_path: Path) -> None:
+    ref, variants = image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)
+        fs = ImageFileSystem(image=ref, cache_dir=str(tmp_path / "cache"), use_cache=True, skip_instance_cache=True)
+        try:
+            assert fs.ls("/", detail=False) == ["app"]
+            for v in variants:
+                for name, data in v.want.items():
+                    assert fs.cat(name) == data, name
+            assert fs.readlink("app/link") == "f1-0.bin"  # the upper layer's
+            assert fs.image.stats()["layers_fetched_whole"] == 2
+        finally:
+            fs.close()
+
+
+@needs_fuse
+def test_through_the_mount(image: tuple[str, list[Variant]], tmp_path: Path) -> None:
+    import lazylayer
+
+    ref, variants = image
+    where = tmp_path / "mnt"
+    where.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)
+        with lazylayer.Mount(ref, str(where), cache=lazylayer.DiskCache(str(tmp_path / "cache"))) as m:
+            assert sorted(os.listdir(where)) == ["app"]
+            for v in variants:
+                for name, data in v.want.items():
+                    assert (where / name).read_bytes() == data, name
+            assert m.stats()["eio"] == 0
