@@ -17,9 +17,10 @@ is fetched when read, a frame at a time:
   gives it before the decoder sees it) and stores them, once across threads
   and processes.
 
-Layers that are not lazy layers (plain gzip/zstd/tar) still work: the whole
-blob is fetched once, checked against its digest and re-encoded locally into a
-lazy layer in the disk cache — slow, and a warning says so.
+Layers that are not lazy layers (plain gzip/zstd/tar, eStargz for now) still
+work: they are fetched whole, all at once, each decoded as it streams into a
+local copy of stored (uncompressed) frames, checked against its digest and
+diff_id before anything reads it; a warning says so.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ class Layer:
         self.toc = toc
         self.source = source
         self.lazy = lazy
-        """False for a layer that was fetched whole and re-encoded locally."""
-        self._keep = keep  # a pin on (or the temporary file of) a locally re-encoded layer
+        """False for a layer that was fetched whole into a local copy."""
+        self._keep = keep  # a pin on (or the temporary file of) a layer's local copy
 
     def close(self) -> None:
         if self._keep is not None:
@@ -184,7 +185,7 @@ class Image:
         native = self.native = NativeDiskCache(self.disk.path) if self.disk is not None else None
         blobs = [self._source.blob(d) if is_lazy_layer(d) else None for d in descs]
         # The index is kept on disk, keyed by the manifest's digest, when every layer is lazy (a layer
-        # re-encoded locally is vouched for by nothing the manifest says about its frames).
+        # copied locally is vouched for by nothing the manifest says about its frames).
         cacheable = native is not None and all(b is not None for b in blobs) and _is_digest(self.digest)
         index = native.load_index(self.digest) if cacheable and native is not None else None
         if index is not None and [index.layer_info(i)[0] for i in range(index.layers)] != \
@@ -287,7 +288,7 @@ class Image:
         from ..format.reencode import LayerWriter, reencode_layer  # (zstandard, tarfile: not on a lazy image's path)
 
         # Stored frames, not compressed ones: decoding a layer as it streams keeps up with the link;
-        # compressing it again did not (docs/filesystem.md, "Layers that are not lazy").
+        # compressing it again did not (docs/filesystem.md, "Images not in the lazy format").
         writer = LayerWriter(threads=self.threads, stored=True)
 
         def build(out: Any) -> None:
@@ -354,8 +355,8 @@ class Image:
         return ref
 
     def local_path(self, layer: Layer) -> str | None:
-        """The local file holding ``layer``'s blob as it is read (an OCI layout's blob, a
-        re-encoded copy), or None if its bytes come over the network."""
+        """The local file holding ``layer``'s blob as it is read (an OCI layout's blob, the
+        stored copy of a layer fetched whole), or None if its bytes come over the network."""
         return _local_file(layer.source.blob)
 
     # -- information ------------------------------------------------------------
@@ -435,18 +436,24 @@ class _WholeLayers:
             self._futures[i] = self._pool.submit(image._plain_layer, descs[i], ids[i], self._bar, self._cancel)
 
     def results(self) -> dict[int, tuple[IndexLayer, Any, Any]]:
-        """Each layer's (TOC spec, local blob, pin), once all are done; the first failure (in layer
-        order) is raised after the others have stopped, and their pins are released."""
+        """Each layer's (TOC spec, local blob, pin), once all are done.  The first layer to fail
+        stops the others (they fail as 'cancelled' at their next read); its error is raised once
+        they have stopped, and the pins of those that finished are released."""
+        from concurrent.futures import FIRST_EXCEPTION, wait
+
         out: dict[int, tuple[IndexLayer, Any, Any]] = {}
         failure: BaseException | None = None
         try:
+            done, _ = wait(self._futures.values(), return_when=FIRST_EXCEPTION)
+            first = next((f for f in done if f.exception() is not None), None)
+            if first is not None:
+                failure = first.exception()
+                self._cancel.set()
             for i, future in self._futures.items():
                 try:
                     out[i] = future.result()
                 except BaseException as exc:  # noqa: BLE001 - the first is raised below
-                    if failure is None:
-                        failure = exc
-                        self._cancel.set()
+                    failure = failure or exc
         finally:
             self.close()
         if failure is not None:
