@@ -349,6 +349,18 @@ def test_header_parser_agrees_with_tarfile_on_every_block():
     assert 100 < refused < len(blocks) - 1000  # both kinds of answer were exercised
 
 
+def test_missing_padding_finds_dropped_zero_blocks_only():
+    from lazylayer.format.layer import missing_padding
+
+    tar = make_tar([({"name": "a"}, b"x" * 700)])  # tarfile pads to a 10240-byte record
+    want = "sha256:" + hashlib.sha256(tar).hexdigest()
+    for cut in (512, 3072, 8704):  # (8704: every zero byte after the content)
+        assert missing_padding(hashlib.sha256(tar[:-cut]), want) == cut
+    assert missing_padding(hashlib.sha256(tar[:-100]), want) == 0  # not a whole block
+    assert missing_padding(hashlib.sha256(tar + b"\0" * 512), want) == 0  # too long: never cut
+    assert missing_padding(hashlib.sha256(tar[:-512]), "sha256:" + "0" * 64) == 0  # no padding gives it
+
+
 def test_normalize_name():
     assert normalize_name("./a//b/") == "a/b"
     assert normalize_name("/") == "."

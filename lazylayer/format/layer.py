@@ -370,11 +370,14 @@ class LayerWriter:
 
     def write(self, read: Callable[[int], bytes], out: BinaryIO,
               progress: Callable[[int], object] | None = None,
-              prefetch: Iterable[tuple[int, int]] = (), hide: Container[str] = ()) -> LayerInfo:
+              prefetch: Iterable[tuple[int, int]] = (), hide: Container[str] = (),
+              diff_id: str | None = None) -> LayerInfo:
         """Read a tar through ``read(n)``, write the blob to ``out``; return its description
         (with ``digest`` "" for a ``stored`` writer: the blob of a local copy is not hashed).
         ``hide``: member names (normalised) left out of the TOC, their bytes kept in the tar
-        (an eStargz layer's own TOC and landmark files, which its readers hide too)."""
+        (an eStargz layer's own TOC and landmark files, which its readers hide too).
+        ``diff_id``: the sha256 the tar should have; a tar that has it only with zero bytes
+        appended gets them back (:func:`missing_padding`).  The caller still checks the result."""
         sink = _FrameSink(out, digest=not self.stored)
         tar_hash = hashlib.sha256()
         writer = SeekableWriter(sink, frame_size=self.frame_size, level=self.level,
@@ -400,6 +403,11 @@ class LayerWriter:
                 if member.name not in hide:
                     entries.append(toc_entry(member))
             tar_size = scanner.pos
+            if diff_id is not None and "sha256:" + tar_hash.hexdigest() != diff_id:
+                pad = missing_padding(tar_hash, diff_id)
+                if pad:
+                    feed(bytes(pad))
+                    tar_size += pad
             writer.flush()
             _count_hardlinks(entries)
             seek = _seek_records(sink, writer)
@@ -418,6 +426,28 @@ class LayerWriter:
             toc_digest="sha256:" + toc_sha, toc_offset=toc_offset, toc_length=toc_length,
             frames=len(seek), entries=len(entries),
         )
+
+
+MAX_MISSING_PADDING = 20 * 512  # tar's default record: 10240 bytes
+
+
+def missing_padding(tar_hash: Any, diff_id: str) -> int:
+    """How many zero bytes (a multiple of 512, at most 10240) the tar hashed so far by
+    ``tar_hash`` lacks to have sha256 ``diff_id``; 0 if no such padding gives it.
+
+    Some writers drop a tar's trailing zero blocks (the end-of-archive blocks
+    and the padding to tar's 10240-byte record): skopeo 1.9.3's zstd:chunked
+    layers decompress to the source tar without its last 3072 bytes, while the
+    image config keeps the source tar's diff_id.  Zero bytes past a tar's end
+    change none of its files, so such a layer is read, and converted, with the
+    zeros put back, and its diff_id then holds exactly.
+    """
+    h = tar_hash.copy()
+    for n in range(512, MAX_MISSING_PADDING + 1, 512):
+        h.update(bytes(512))
+        if "sha256:" + h.hexdigest() == diff_id:
+            return n
+    return 0
 
 
 def _seek_records(sink: _FrameSink, writer: SeekableWriter) -> list[Frame]:

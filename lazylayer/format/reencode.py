@@ -207,7 +207,7 @@ def reencode_layer(source: oci.ImageSource, layer: oci.Descriptor, diff_id: str 
     raw = oci.HashingReader(source.open_blob(layer))
     pipe = _Pipe(decompressed_chunks(_Counted(raw, bar, cancel) if bar is not None or cancel is not None else raw))
     try:
-        info = writer.write(pipe.read, out, prefetch=prefetch, hide=hide)
+        info = writer.write(pipe.read, out, prefetch=prefetch, hide=hide, diff_id=diff_id)
         pipe.finish()
         if layer.get("digest") and raw.digest() != layer["digest"]:
             raise errors.IntegrityError(f"layer {what}: the source blob's digest is {raw.digest()}")

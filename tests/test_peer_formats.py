@@ -1,12 +1,15 @@
-"""Layers written by stargz-snapshotter's own library (eStargz, and its zstd:chunked dialect).
+"""Layers in the peers' formats, written by the peers' own tools: eStargz and stargz's zstd:chunked
+(stargz-snapshotter's library), zstd:chunked as skopeo writes it (containers/image).
 
-The layers are made by tests/estargz_gen (Go, built here offline against the
-library's source from Debian's golang-github-containerd-stargz-snapshotter-dev),
-from tars made here.  Until lazy reads of these formats exist (issue 18, items
-1 and 2) such layers are fetched whole (docs/filesystem.md): every file must
-read back as the original tar has it, and the format's own files (the TOC entry
-``stargz.index.json`` and the prefetch landmarks) must not show in the tree, as
-stargz-snapshotter hides them.
+The stargz layers are made by tests/estargz_gen (Go, built here offline
+against the library's source from Debian's
+golang-github-containerd-stargz-snapshotter-dev), skopeo's by ``skopeo copy
+--dest-compress-format zstd:chunked``, all from tars made here.  Until lazy
+reads of these formats exist (issue 18, items 1 and 2) such layers are fetched
+whole (docs/filesystem.md): every file must read back as the original tar has
+it, and the stargz formats' own files (the TOC entry ``stargz.index.json`` and
+the prefetch landmarks) must not show in the tree, as stargz-snapshotter hides
+them.
 """
 
 from __future__ import annotations
@@ -154,3 +157,47 @@ def test_through_the_mount(image: tuple[str, list[Variant]], tmp_path: Path) -> 
                 for name, data in v.want.items():
                     assert (where / name).read_bytes() == data, name
             assert m.stats()["eio"] == 0
+
+
+def test_skopeo_zstd_chunked_reads_back_and_converts(tmp_path: Path) -> None:
+    """Debian's skopeo (1.9.3) writes zstd:chunked: zstd frames per file, the TOC in a skippable
+    frame, the io.containers.zstd-chunked annotations; every file reads back as the tar has it.
+    Its stream lacks the source tar's last zero blocks while the config keeps the source's diff_id
+    (checked here): reading and converting put them back, and the converted layer's tar has that
+    diff_id exactly."""
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed")
+    members = _files(10, 7)
+    tar = images.make_tar(members)
+    src = images.build_layout(str(tmp_path / "src"), [tar], tag="v1")
+    dst = tmp_path / "dst"
+    subprocess.run(["skopeo", "copy", "-q", "--dest-compress-format", "zstd:chunked", src, f"oci:{dst}:v1"],
+                   check=True, capture_output=True)
+    index = json.loads((dst / "index.json").read_text())
+    manifest = json.loads((dst / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_text())
+    layer = manifest["layers"][0]
+    assert any(k.startswith("io.containers.zstd-chunked") for k in layer.get("annotations", {}))
+    stream = zstandard.ZstdDecompressor().stream_reader(
+        io.BytesIO((dst / "blobs" / "sha256" / layer["digest"][7:]).read_bytes()), read_across_frames=True).read()
+    assert stream != tar and tar.startswith(stream) and not tar[len(stream):].strip(b"\0")  # zeros dropped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)
+        fs = ImageFileSystem(image=f"oci:{dst}:v1", use_cache=False, skip_instance_cache=True)
+        try:
+            for m, data in members:
+                if m.isreg():
+                    assert fs.cat(m.name) == data, m.name
+            assert fs.ls("/", detail=False) == ["app"]
+        finally:
+            fs.close()
+
+    from lazylayer.convert import Converter
+
+    Converter(progress=False).convert(f"oci:{dst}:v1", f"oci:{tmp_path / 'lazy'}:v1")
+    lazy = tmp_path / "lazy"
+    index = json.loads((lazy / "index.json").read_text())
+    manifest = json.loads((lazy / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_text())
+    config = json.loads((lazy / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_text())
+    blob = (lazy / "blobs" / "sha256" / manifest["layers"][0]["digest"][7:]).read_bytes()
+    out = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob), read_across_frames=True).read()
+    assert out == tar and images.sha256(out) == config["rootfs"]["diff_ids"][0]
