@@ -201,3 +201,96 @@ def test_skopeo_zstd_chunked_reads_back_and_converts(tmp_path: Path) -> None:
     blob = (lazy / "blobs" / "sha256" / manifest["layers"][0]["digest"][7:]).read_bytes()
     out = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob), read_across_frames=True).read()
     assert out == tar and images.sha256(out) == config["rootfs"]["diff_ids"][0]
+
+
+# ---------------------------------------------------------------- the eStargz TOC (item 1, first half)
+
+
+def test_the_estargz_toc_is_found_checked_and_parsed(image: tuple[str, list[Variant]]) -> None:
+    """read_toc on a blob the reference library wrote: two range reads, the entries as the tar has
+    them (the format's own files left out), each file's chunks tiling it, each chunk's gzip member
+    inflating to the file's bytes with the chunkDigest's sha256; the prioritized files in order."""
+    import gzip
+    import hashlib
+    import zlib
+
+    from lazylayer.format import estargz
+
+    _, (esgz, _) = image
+    reads = []
+
+    def fetch(offset: int, size: int) -> bytes:
+        reads.append((offset, size))
+        return esgz.blob[offset:offset + size]
+
+    toc = estargz.read_toc(fetch, len(esgz.blob), esgz.annotations[estargz.ANNOTATION_TOC_DIGEST])
+    assert len(reads) == 2
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(esgz.blob))) as t:
+        members = {m.name: m for m in t.getmembers() if m.name not in estargz.HIDDEN}
+    assert [e["name"] for e in toc.entries] == list(members)
+    for e in toc.entries:
+        m = members[e["name"]]
+        assert e["mode"] == m.mode and e.get("size", 0) == (m.size if m.isreg() else 0)
+        assert e["type"] == ("reg" if m.isreg() else "dir" if m.isdir() else "symlink")
+        assert e.get("linkname", "") == m.linkname
+    assert toc.prioritized == ["app/f0-3.bin", "app/f0-1.bin"]
+    multi = 0
+    for name, chunks in toc.chunks.items():
+        data = esgz.want[name]
+        assert sum(c.size for c in chunks) == len(data)
+        multi += len(chunks) > 1
+        for c in chunks:
+            got = zlib.decompressobj(31).decompress(esgz.blob[c.offset:c.end], c.size)[:c.size]
+            assert got == data[c.file_offset:c.file_offset + c.size], name
+            assert "sha256:" + hashlib.sha256(got).hexdigest() == c.digest
+    assert multi >= 2  # files over the 64 KiB chunk size are in several chunks
+
+
+def test_a_hostile_estargz_blob_or_toc_is_refused(image: tuple[str, list[Variant]]) -> None:
+    import json as _json
+
+    from lazylayer import errors
+    from lazylayer.format import estargz
+
+    _, (esgz, _) = image
+    blob, want = esgz.blob, esgz.annotations[estargz.ANNOTATION_TOC_DIGEST]
+
+    def read(b: bytes, digest: str = want) -> Any:
+        return estargz.read_toc(lambda o, n: b[o:o + n], len(b), digest)
+
+    with pytest.raises(errors.IntegrityError, match="sha256"):
+        read(blob, "sha256:" + "0" * 64)
+    with pytest.raises(errors.FormatError, match="sha256: and 64 hex"):
+        read(blob, "md5:abc")
+    bad = bytearray(blob)
+    bad[-51 + 16] ^= 0x01  # a hex digit of the offset: no longer hex, or elsewhere
+    with pytest.raises(errors.FormatError):
+        read(bytes(bad))
+    with pytest.raises(errors.FormatError, match="not an eStargz blob"):
+        read(blob[:-1])
+    with pytest.raises(errors.FormatError, match="too small"):
+        read(blob[-100:])
+    off = estargz.parse_footer(blob[-51:], len(blob))
+    with pytest.raises(errors.FormatError):  # the TOC member cut: it does not end at the footer
+        read(blob[:off + 20] + blob[-51:].replace(b"%016x" % off, b"%016x" % off))
+    # hostile JSON, vouched for by its digest all the same
+    good = [{"name": "a", "type": "reg", "size": 3, "offset": 10, "chunkDigest": "sha256:" + "a" * 64}]
+    assert estargz.parse_toc(_json.dumps({"version": 1, "entries": good}).encode(), 100).chunks["a"][0].end == 100
+    for entries, match in (
+        ([{**good[0], "name": "../x"}], r"'\.\.'"),
+        ([{**good[0], "offset": 100}], "at or past the TOC"),
+        ([{**good[0], "chunkDigest": "sha256:xyz"}], "chunkDigest"),
+        ([{**good[0], "innerOffset": 5}], "innerOffset"),
+        ([{**good[0], "chunkSize": 2}], "hold 2 of its 3"),
+        ([{**good[0], "chunkSize": 4}], "outside the file"),
+        ([{**good[0], "size": -1}], "bad size"),
+        ([{**good[0], "type": "socket"}], "unknown type"),
+        ([{"name": "l", "type": "symlink"}], "without linkName"),
+        ([{"name": "b", "type": "chunk", "offset": 1}], "does not follow"),
+        ([{**good[0], "modtime": "yesterday"}], "RFC 3339"),
+        ([{**good[0], "xattrs": {"user.a": 5}}], "xattrs"),
+    ):
+        with pytest.raises(errors.FormatError, match=match):
+            estargz.parse_toc(_json.dumps({"version": 1, "entries": entries}).encode(), 100)
+    with pytest.raises(errors.FormatError, match="version 1"):
+        estargz.parse_toc(b'{"version": 2, "entries": []}', 100)

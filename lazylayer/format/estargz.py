@@ -1,15 +1,28 @@
 """What lazylayer knows of eStargz (stargz-snapshotter's docs/estargz.md) and stargz's zstd:chunked.
 
-For now, only what reading such a layer whole needs: how to tell one (the layer
-descriptor's TOC-digest annotation, which both write) and the files of its own
-that stargz-snapshotter hides from the merged root (its TOC, a tar entry in
-eStargz, and the prefetch landmarks).  Lazy reads of these layers are issue 18,
-items 1 and 2.
+What reading such a layer whole needs: how to tell one (the layer descriptor's
+TOC-digest annotation, which both write) and the files of its own that
+stargz-snapshotter hides from the merged root (its TOC, a tar entry in eStargz,
+and the prefetch landmarks).  And the first half of reading one lazily
+(issue 18, item 1): :func:`read_toc` finds, checks and parses an eStargz TOC
+into lazylayer's TOC entries and each file's chunks.  Serving reads from those
+chunks is not built yet: images still fetch these layers whole.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+import datetime
+import hashlib
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .. import errors
+from ..oci.media import load_json
+from .tar import MAX_TOC_BYTES, MAX_TOC_ENTRIES, MAX_TOC_VALUES, normalize_name, parse_header
 
 ANNOTATION_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 """The sha256 of a layer's eStargz TOC JSON (stargz-snapshotter's ``estargz.TOCJSONDigestAnnotation``)."""
@@ -28,3 +41,228 @@ def is_stargz(desc: dict[str, Any]) -> bool:
 def hidden_names(desc: dict[str, Any]) -> frozenset[str]:
     """The names to leave out of layer ``desc``'s tree (none for other layers)."""
     return HIDDEN if is_stargz(desc) else frozenset()
+
+
+# ------------------------------------------------------------------ reading the TOC
+#
+# The layout (docs/estargz.md of stargz-snapshotter): the blob is gzip members;
+# the TOC is the last tar entry, stargz.index.json, alone in the member that
+# starts at the TOC offset; the blob ends with a 51-byte footer, an empty gzip
+# member whose header's extra field (subfield 'S','G', 22 bytes) is the TOC
+# offset as 16 hex digits and "STARGZ".
+
+FOOTER_SIZE = 51
+_FOOTER_HEAD = b"\x1f\x8b\x08\x04"  # gzip, deflate, FEXTRA
+_MTIME_MAX = 253402214400  # (format.layer.MTIME_MAX: 9999-12-31)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a regular file's content: ``size`` bytes at ``file_offset`` in the file, the start
+    of the gzip member at ``offset`` in the blob (its compressed bytes end at ``end``, the next
+    member with data), whose uncompressed bytes have sha256 ``digest``."""
+
+    file_offset: int
+    size: int
+    offset: int
+    end: int
+    digest: str
+
+
+@dataclass
+class EstargzToc:
+    """A layer's eStargz TOC, checked: ``entries`` in lazylayer's TOC form (docs/format.md; no
+    ``offset``: content is in ``chunks``), ``chunks`` for each regular file by name, the TOC's
+    offset in the blob, and the files named before the prefetch landmark (the prioritized files)."""
+
+    entries: list[dict[str, Any]]
+    chunks: dict[str, list[Chunk]]
+    toc_offset: int
+    prioritized: list[str]
+
+
+def parse_footer(footer: bytes, blob_size: int) -> int:
+    """The TOC offset an eStargz footer (the blob's last 51 bytes) gives; FormatError if it is not one."""
+    if len(footer) != FOOTER_SIZE or not footer.startswith(_FOOTER_HEAD):
+        raise errors.FormatError("not an eStargz blob: its last 51 bytes are not the eStargz footer")
+    xlen, si, sublen = struct.unpack_from("<H2sH", footer, 10)
+    payload = footer[16:16 + 22]
+    if xlen != 26 or si != b"SG" or sublen != 22 or not payload.endswith(b"STARGZ") or \
+            not re.fullmatch(rb"[0-9a-f]{16}", payload[:16]):
+        raise errors.FormatError("not an eStargz footer (its extra field is not 'SG' + 16 hex digits + STARGZ)")
+    try:
+        if zlib.decompress(footer, 31) != b"":  # the rest must be a whole, empty gzip member
+            raise zlib.error("not empty")
+    except zlib.error:
+        raise errors.FormatError("the eStargz footer is not an empty gzip member") from None
+    offset = int(payload[:16], 16)
+    if offset >= blob_size - FOOTER_SIZE:
+        raise errors.FormatError(f"the eStargz footer puts the TOC at {offset}, past the blob's data "
+                                 f"({blob_size - FOOTER_SIZE} bytes)")
+    return offset
+
+
+def read_toc(fetch: Callable[[int, int], bytes], blob_size: int, toc_digest: str,
+             max_bytes: int = MAX_TOC_BYTES) -> EstargzToc:
+    """Read and check the eStargz TOC of a blob of ``blob_size`` bytes: two range reads
+    (``fetch(offset, size)``: the footer, then the TOC's gzip member), the TOC JSON's sha256
+    against ``toc_digest`` (the layer's annotation) before it is parsed, at most ``max_bytes``
+    of it.  FormatError (LimitError, IntegrityError for a digest mismatch) naming what is wrong."""
+    check_digest_form(toc_digest, "the layer's toc.digest annotation")
+    if blob_size < FOOTER_SIZE + 512:
+        raise errors.FormatError(f"a {blob_size}-byte blob is too small for eStargz")
+    offset = parse_footer(fetch(blob_size - FOOTER_SIZE, FOOTER_SIZE), blob_size)
+    member = fetch(offset, blob_size - FOOTER_SIZE - offset)
+    d = zlib.decompressobj(31)
+    try:
+        tar = d.decompress(member, max_bytes + 1024 + 1)
+    except zlib.error as exc:
+        raise errors.FormatError(f"the eStargz TOC member at {offset} is not gzip: {exc}") from None
+    if len(tar) > max_bytes + 1024:
+        raise errors.LimitError(f"the eStargz TOC is larger than {max_bytes} bytes")
+    if not d.eof or d.unused_data:
+        raise errors.FormatError(f"the eStargz TOC member at {offset} does not end where the footer begins")
+    head = parse_header(tar[:512])
+    if head.name != TOC_TAR_NAME or head.type not in (b"0", b"\0") or head.size > len(tar) - 512:
+        raise errors.FormatError(f"the eStargz TOC member holds {head.name!r}, not {TOC_TAR_NAME}")
+    data = tar[512:512 + head.size]
+    if "sha256:" + hashlib.sha256(data).hexdigest() != toc_digest:
+        raise errors.IntegrityError(f"the eStargz TOC's sha256 is not {toc_digest}, the digest the layer names")
+    return parse_toc(data, offset)
+
+
+def parse_toc(data: bytes, toc_offset: int) -> EstargzToc:
+    """Check an eStargz TOC's JSON (already vouched for by its digest: still treated as hostile)."""
+    doc = load_json(data, "eStargz TOC", MAX_TOC_VALUES)
+    if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("entries"), list):
+        raise errors.FormatError("the eStargz TOC is not a version 1 object with an entries list")
+    raw = doc["entries"]
+    if len(raw) > MAX_TOC_ENTRIES:
+        raise errors.LimitError(f"the eStargz TOC has more than {MAX_TOC_ENTRIES} entries")
+    try:
+        return _convert(raw, toc_offset)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, errors.FormatError):
+            raise
+        raise errors.FormatError(f"malformed eStargz TOC entry: {type(exc).__name__}: {exc}") from None
+
+
+_KINDS = {"dir": "dir", "reg": "reg", "symlink": "symlink", "hardlink": "hardlink", "char": "char",
+          "block": "block", "fifo": "fifo"}
+
+
+def _nonneg(e: dict[str, Any], key: str, limit: int = 1 << 62) -> int:
+    v = e.get(key, 0)
+    if type(v) is not int or not 0 <= v < limit:
+        raise errors.FormatError(f"eStargz TOC entry {str(e.get('name'))[:100]!r}: bad {key} {str(v)[:40]}")
+    return v
+
+
+def _convert(raw: list[Any], toc_offset: int) -> EstargzToc:
+    entries: list[dict[str, Any]] = []
+    chunks: dict[str, list[Chunk]] = {}
+    starts: list[tuple[int, str]] = []  # (member offset, name) of every chunk, to find where each ends
+    prioritized: list[str] = []
+    landmark_seen = False
+    current: str | None = None  # the regular file that "chunk" entries continue
+    size = 0  # its size
+    for e in raw:
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not isinstance(e.get("type"), str):
+            raise errors.FormatError("eStargz TOC entry without a name and a type")
+        name = normalize_name(e["name"])
+        kind = e["type"]
+        if kind == "chunk":
+            if current != name:
+                raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} does not follow its file")
+            starts.append((_chunk(e, name, chunks[name], toc_offset, size), name))
+            continue
+        if kind not in _KINDS:
+            raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: unknown type {kind[:20]!r}")
+        current = None
+        if name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK):
+            landmark_seen = True
+        if name in HIDDEN:
+            continue
+        out: dict[str, Any] = {"name": name, "type": kind, "mode": _nonneg(e, "mode", 1 << 32) & 0o7777}
+        for src, dst in (("uid", "uid"), ("gid", "gid"), ("devMajor", "devmajor"), ("devMinor", "devminor")):
+            if _nonneg(e, src, 1 << 32):
+                out[dst] = e[src]
+        for src, dst in (("userName", "uname"), ("groupName", "gname"), ("linkName", "linkname")):
+            v = e.get(src, "")
+            if not isinstance(v, str):
+                raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: {src} is not a string")
+            if v:
+                out[dst] = normalize_name(v, "hardlink target") if (kind, dst) == ("hardlink", "linkname") else v
+        if kind in ("symlink", "hardlink") and "linkname" not in out:
+            raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: a {kind} without linkName")
+        mtime = _mtime(e.get("modtime"), name)
+        if mtime:
+            out["mtime"] = mtime
+        xattrs = e.get("xattrs") or {}
+        if not isinstance(xattrs, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in xattrs.items()):
+            raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: xattrs are not name -> base64")
+        if xattrs:
+            out["xattrs"] = dict(sorted(xattrs.items()))
+        if kind == "reg":
+            size = _nonneg(e, "size")
+            out["size"] = size
+            chunks[name] = []
+            if size:
+                starts.append((_chunk(e, name, chunks[name], toc_offset, size), name))
+                current = name
+            if not landmark_seen:
+                prioritized.append(name)
+        entries.append(out)
+    # each chunk's compressed bytes end where the next chunk's member begins (or at the TOC)
+    ends = sorted({o for o, _ in starts} | {toc_offset})
+    for name, cs in chunks.items():
+        done = 0
+        for i, c in enumerate(cs):
+            if c.file_offset != done:
+                raise errors.FormatError(f"eStargz TOC: the chunks of {name[:100]!r} do not tile the file")
+            done += c.size
+            cs[i] = Chunk(c.file_offset, c.size, c.offset, ends[bisect.bisect_right(ends, c.offset)], c.digest)
+        size = next(e["size"] for e in entries if e["name"] == name) if cs else 0
+        if done != size:
+            raise errors.FormatError(f"eStargz TOC: the chunks of {name[:100]!r} hold {done} of its {size} bytes")
+    return EstargzToc(entries, chunks, toc_offset, prioritized if landmark_seen else [])
+
+
+def _chunk(e: dict[str, Any], name: str, into: list[Chunk], toc_offset: int, file_size: int) -> int:
+    """Add entry ``e``'s chunk of file ``name`` (``file_size`` bytes); its member's offset.  A chunk
+    without chunkSize runs to the end of the file (the writer omits it for a file's last chunk)."""
+    offset = _nonneg(e, "offset")
+    if offset >= toc_offset:
+        raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} lies at or past the TOC")
+    if e.get("innerOffset"):
+        raise errors.FormatError(f"eStargz TOC: {name[:100]!r} uses innerOffset, which this lazylayer "
+                                 "does not read yet")
+    start = _nonneg(e, "chunkOffset")
+    size = _nonneg(e, "chunkSize") or file_size - start
+    if size <= 0 or start + size > file_size:
+        raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} lies outside the file")
+    digest = e.get("chunkDigest")
+    check_digest_form(digest, f"the chunkDigest of {name[:100]!r}")
+    into.append(Chunk(start, size, offset, 0, digest))
+    return offset
+
+
+def _mtime(value: Any, name: str) -> int:
+    if value in (None, ""):
+        return 0
+    if not isinstance(value, str) or len(value) > 64:
+        raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: modtime is not an RFC 3339 time")
+    try:
+        t = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: modtime {value[:40]!r} is not RFC 3339") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=datetime.timezone.utc)
+    return max(0, min(int(t.timestamp()), _MTIME_MAX))
+
+
+def check_digest_form(digest: Any, what: str) -> str:
+    if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise errors.FormatError(f"{what} is not sha256: and 64 hex digits")
+    return digest

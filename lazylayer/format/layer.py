@@ -44,6 +44,7 @@ from .tar import (
     MAX_TOC_BYTES,
     MAX_TOC_ENTRIES,
     MAX_TOC_FRAMES,
+    MAX_TOC_VALUES,
     TarMember,
     TarScanner,
     check_name,
@@ -55,7 +56,6 @@ FORMAT_VERSION = 1
 TOC_MAGIC = b"LZLYTOC1"
 TOC_SKIPPABLE_VARIANT = 0xA  # the TOC frame's magic is 0x184D2A5A
 # MAX_TOC_BYTES (uncompressed JSON) and the other limits live in .tar, with the name checks.
-MAX_TOC_VALUES = 8_000_000  # JSON values (objects, arrays, numbers, strings; keys not counted) in one TOC
 # Clamped on read, with a warning (docs/format.md, "Limits"): what the kernel, os.makedev and ls carry.
 MTIME_MAX = 253402214400  # 9999-12-31T00:00:00Z: Python's datetime (and ls) print it in any time zone
 ID_MAX = (1 << 32) - 1
