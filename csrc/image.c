@@ -327,6 +327,10 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
         ll__reader_set_read_ex(l->reader, layer_read_ex);
         ll__reader_set_read_ex(l->cached, layer_read_ex);
         ll__reader_set_local_only(l->cached); /* its loads never wait on the host, nor on others' fetches */
+        if (ll_index_layer_codec(idx, i) == LL_CODEC_RAW) {
+            ll__reader_set_raw(l->reader);
+            ll__reader_set_raw(l->cached);
+        }
         l->st = ll_reader_seektable(l->reader);
     }
     if (rc != LL_OK) {

@@ -62,7 +62,7 @@
 #define INODE_SIZE 80
 #define DIRENT_SIZE 16
 #define XATTR_SIZE 24
-#define LAYER_SIZE 72
+#define LAYER_SIZE 80
 #define FRAME_SIZE 56
 #define RANGE_SIZE 16
 #define CHECKSUM_FROM 24   /* the checksum covers bytes 24..end */
@@ -105,6 +105,7 @@
 #define L_FCOUNT 48
 #define L_PFIRST 56
 #define L_PCOUNT 64
+#define L_CODEC 72   /* u32 LL_CODEC_ZSTD / LL_CODEC_RAW, then u32 reserved (0) */
 
 static inline uint32_t rd32(const uint8_t *p) {
     uint32_t v;
@@ -907,6 +908,8 @@ static int finish(builder *b, const ll_index_layer *layers, const ll__toc *tocs,
         wr64(r + L_TOCLEN, layers[l].toc_length);
         wr64(r + L_FFIRST, fo);
         wr64(r + L_FCOUNT, t->nframes);
+        wr32(r + L_CODEC, t->codec);
+        wr32(r + L_CODEC + 4, 0);
         wr64(r + L_PFIRST, ro);
         wr64(r + L_PCOUNT, t->nprefetch);
         for (size_t i = 0; i < t->nframes; i++) {
@@ -1055,11 +1058,15 @@ static int validate(ll_index *x, char *err, size_t err_size) {
         uint64_t ff = rd64(r + L_FFIRST), fc = rd64(r + L_FCOUNT), pf = rd64(r + L_PFIRST), pc = rd64(r + L_PCOUNT);
         if (ff != fo || fc > x->nframes - fo || fc > UINT32_MAX) BAD("layer %u: frames out of place", l);
         if (pf != ro || pc > x->nranges - ro) BAD("layer %u: prefetch ranges out of place", l);
+        uint32_t codec = rd32(r + L_CODEC);
+        if (codec > LL_CODEC_RAW || rd32(r + L_CODEC + 4) != 0) BAD("layer %u: unknown codec", l);
         uint64_t c = 0, dd = 0;
         for (uint64_t i = 0; i < fc; i++) {
             const uint8_t *f = x->frames + (fo + i) * FRAME_SIZE;
             if (rd64(f) != c || rd64(f + 8) != dd || rd32(f + 16) == 0 || rd32(f + 20) > LL_MAX_FRAME_SIZE)
                 BAD("layer %u: frame %llu is out of place", l, (unsigned long long)i);
+            if (codec == LL_CODEC_RAW && rd32(f + 16) != rd32(f + 20))
+                BAD("layer %u: raw frame %llu is not its data as is", l, (unsigned long long)i);
             c += rd32(f + 16);
             dd += rd32(f + 20);
         }
@@ -1276,6 +1283,11 @@ int ll_index_layer_info(const ll_index *idx, uint32_t layer, const char **digest
     if (tar_size) *tar_size = rd64(r + L_TAR);
     if (frames) *frames = (uint32_t)rd64(r + L_FCOUNT);
     return LL_OK;
+}
+
+int ll_index_layer_codec(const ll_index *idx, uint32_t layer) {
+    if (!idx || layer >= idx->nlayers) return LL_ERR_ARG;
+    return (int)rd32(idx->layers + (size_t)layer * LAYER_SIZE + L_CODEC);
 }
 
 int ll_index_frame(const ll_index *idx, uint32_t layer, uint32_t i, ll_layer_frame *out) {

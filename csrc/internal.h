@@ -217,6 +217,10 @@ LL_HIDDEN void ll__reader_set_read_ex(ll_reader *r, ll__read_ex_fn read_ex);
  * over the network (LL_ERR_MISS instead), and others may wait for its loads.
  * Set once, right after ll_reader_create, before the reader is shared. */
 LL_HIDDEN void ll__reader_set_local_only(ll_reader *r);
+/* The reader's frames are raw (LL_CODEC_RAW): each is its data as is, copied
+ * instead of decoded; the table's compressed sizes equal its sizes (checked by
+ * the index).  Set once, right after ll_reader_create, before the reader is shared. */
+LL_HIDDEN void ll__reader_set_raw(ll_reader *r);
 
 #define LL__IMAGE_OPTIONS_V1 LL__END_OF(ll_image_options, store_fetched)
 
@@ -332,6 +336,7 @@ typedef struct {
     uint64_t *prefetch;           /* (offset, length) pairs */
     size_t nprefetch;
     uint64_t tar_size;
+    uint32_t codec;               /* LL_CODEC_ZSTD, or LL_CODEC_RAW ("codec": "raw") */
 } ll__toc;
 /* Read (or take), verify against toc_digest, decompress and parse layer `index`'s TOC. */
 LL_HIDDEN int ll__toc_load(const ll_index_layer *layer, uint32_t index, ll__toc *out, char *err,

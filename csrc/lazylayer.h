@@ -397,7 +397,7 @@ typedef struct ll_index ll_index;
 
 #define LL_ROOT_INO 1
 #define LL_MAX_SYMLINK_HOPS 40          /* as Linux: LL_ERR_LOOP beyond */
-#define LL_INDEX_FORMAT_VERSION 1        /* of the stored index buffer */
+#define LL_INDEX_FORMAT_VERSION 2        /* of the stored index buffer (2: layers have a codec) */
 #define LL_ERR_MSG_SIZE 256              /* a good size for the err buffers below */
 
 typedef enum {
@@ -538,6 +538,13 @@ LL_API int ll_index_xattr(const ll_index *idx, uint64_t ino, uint32_t i, const c
  * data frames; NULL pointers are skipped.  LL_ERR_ARG. */
 LL_API int ll_index_layer_info(const ll_index *idx, uint32_t layer, const char **digest,
                           uint64_t *blob_size, uint64_t *tar_size, uint32_t *frames);
+/* How layer `layer`'s data frames are stored: LL_CODEC_ZSTD (zstd frames, the
+ * lazy layer format) or LL_CODEC_RAW (each frame is its data as is: compressed
+ * size = size, sha256 of the data; what a host builds for another format, whose
+ * reads it answers with data it decoded itself).  LL_ERR_ARG. */
+#define LL_CODEC_ZSTD 0
+#define LL_CODEC_RAW 1
+LL_API int ll_index_layer_codec(const ll_index *idx, uint32_t layer);
 /* Data frame `i` of `layer`.  LL_ERR_ARG. */
 LL_API int ll_index_frame(const ll_index *idx, uint32_t layer, uint32_t i, ll_layer_frame *out);
 /* The layer's prefetch plan from its TOC: range `i` of `*count`, (offset, length)

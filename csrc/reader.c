@@ -52,6 +52,7 @@ struct ll_reader {
     int verify;
     int whole_frames;
     int local_only;      /* ll__reader_set_local_only */
+    int raw;             /* ll__reader_set_raw */
     uint64_t max_fetch;
     pthread_mutex_t ws_lock;
     workspace *free_ws;
@@ -128,6 +129,7 @@ void ll_reader_free(ll_reader *r) {
 
 void ll__reader_set_read_ex(ll_reader *r, ll__read_ex_fn read_ex) { r->read_ex = read_ex; }
 void ll__reader_set_local_only(ll_reader *r) { r->local_only = 1; }
+void ll__reader_set_raw(ll_reader *r) { r->raw = 1; }
 
 const ll_seektable *ll_reader_seektable(const ll_reader *r) { return r->st; }
 uint64_t ll_reader_size(const ll_reader *r) { return r->st->d_off[r->st->n]; }
@@ -197,6 +199,12 @@ static int decode(const ll_reader *r, ll__worker *w, uint32_t i, const uint8_t *
                   uint8_t *dst, uint32_t len, uint32_t *produced) {
     const ll_seektable *st = r->st;
     uint32_t cs = c_size(st, i), ds = d_size(st, i);
+    if (r->raw) { /* a raw frame is its data: (a prefix of) it is copied */
+        if (cs != ds || len > ds) return LL_ERR_FRAME;
+        memcpy(dst, src, len);
+        *produced = len;
+        return LL_OK;
+    }
     ZSTD_DCtx *dctx = ll__worker_dctx(w);
     if (!dctx) return LL_ERR_NOMEM;
     /* A size in the frame header must agree with the table (a prefix decode

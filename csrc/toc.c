@@ -156,6 +156,7 @@ typedef struct {
     size_t prefetch_seen;
     int prefetch_bad;
     int have_frame_size, frame_size_int, have_tar_size, tar_size_int;
+    int codec;                 /* LL_CODEC_ZSTD (absent or "zstd"), LL_CODEC_RAW ("raw"), -1 anything else */
     ll__jint tar_size;
 } parser;
 
@@ -571,6 +572,9 @@ static int parse_doc(parser *ps) {
         if (KEY(&k, "version")) {
             ps->have_version = 1;
             ps->version_one = v.type == LL__J_TRUE || (ll__json_int(&v, &n) && !n.neg && !n.big && n.mag == 1);
+        } else if (KEY(&k, "codec")) {
+            ps->codec = v.type == LL__J_STR && KEY(&v, "raw") ? LL_CODEC_RAW
+                        : v.type == LL__J_STR && KEY(&v, "zstd") ? LL_CODEC_ZSTD : -1;
         } else if (KEY(&k, "frame_size")) {
             ps->have_frame_size = 1;
             ps->frame_size_int = ll__json_int(&v, &n);
@@ -682,6 +686,14 @@ int ll__toc_parse(uint8_t *json, size_t len, uint64_t toc_offset, uint32_t index
         FAIL(LL_ERR_FORMAT, "layer %u: the TOC's prefetch plan is not a list of [offset, length] pairs", index);
     if (ps->entry_err)
         FAIL(LL_ERR_FORMAT, "layer %u, entry %zu: %s", index, ps->entry_err - 1, ps->entry_msg);
+    if (ps->codec < 0)
+        FAIL(LL_ERR_FORMAT, "layer %u: the TOC's codec is neither \"zstd\" nor \"raw\"", index);
+    out->codec = (uint32_t)ps->codec;
+    if (ps->codec == LL_CODEC_RAW)
+        for (size_t i = 0; i < out->nframes; i++)
+            if (out->frames[i].c_size != out->frames[i].d_size)
+                FAIL(LL_ERR_FORMAT, "layer %u: TOC frame %zu of a raw layer is not its data as is (%u bytes for %u)",
+                     index, i, out->frames[i].c_size, out->frames[i].d_size);
     if (!ps->have_frame_size || !ps->frame_size_int)
         FAIL(LL_ERR_FORMAT, "layer %u: malformed TOC: frame_size is missing or not an integer", index);
     if (!ps->have_tar_size || !ps->tar_size_int)

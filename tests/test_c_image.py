@@ -132,6 +132,9 @@ int ll_index_layer_info(const ll_index *x, uint32_t layer, const char **digest, 
     if (frames) *frames = x->l[layer].n;
     return LL_OK;
 }
+int ll_index_layer_codec(const ll_index *x, uint32_t layer) {
+    return layer < x->nl ? LL_CODEC_ZSTD : LL_ERR_ARG; /* the fake's frames are zstd frames */
+}
 int ll_index_frame(const ll_index *x, uint32_t layer, uint32_t i, ll_layer_frame *out) {
     if (layer >= x->nl || i >= x->l[layer].n) return LL_ERR_ARG;
     *out = x->l[layer].f[i];
@@ -696,3 +699,111 @@ def test_readers_of_one_frame_at_once_share_one_load(layout, tmp_path, cached):
             assert stats.frames_disk >= len(frames)
     finally:
         _free_all(imgs, cache, idx, disk, fds)
+
+
+# ---------------------------------------------------------------- raw layers (LL_CODEC_RAW)
+
+
+def _raw_layer(files: dict[str, bytes], frame: int) -> tuple[object, bytes]:
+    """A raw layer as a host builds one for another format: each file's bytes laid out in a
+    virtual stream, cut into frames that are their data as is, named by the data's sha256;
+    the TOC says "codec": "raw".  (The IndexLayer, the virtual stream.)"""
+    import struct
+
+    from lazylayer.core import IndexLayer
+    from lazylayer.format import TOC_SKIPPABLE_VARIANT, Frame, Toc
+
+    stream, entries, frames = b"", [], []
+    for name, data in files.items():
+        entries.append({"name": name, "type": "reg", "mode": 0o644, "size": len(data), "offset": len(stream)})
+        for i in range(0, len(data), frame):
+            piece = data[i:i + frame]
+            frames.append(Frame(len(stream), len(piece), len(stream), len(piece), hashlib.sha256(piece).hexdigest()))
+            stream += piece
+    toc = Toc(frames=frames, entries=entries, frame_size=frame, tar_size=len(stream), codec="raw")
+    payload = toc.frame_payload()
+    toc_frame = struct.pack("<II", 0x184D2A50 + TOC_SKIPPABLE_VARIANT, len(payload)) + payload
+    layer = IndexLayer("sha256:" + hashlib.sha256(stream).hexdigest(), len(stream) + len(toc_frame),
+                       "sha256:" + hashlib.sha256(toc_frame).hexdigest(), len(stream), len(toc_frame), toc_frame)
+    return layer, stream
+
+
+def test_a_raw_layer_is_served_from_the_data_its_host_returns(tmp_path):
+    """LL_CODEC_RAW: the index keeps the layer's codec (also once stored and reopened), reads copy
+    the frames the host returns (no zstd), whole and in part, from memory and from the disk cache;
+    a frame that is not the data its sha256 names is refused."""
+    from lazylayer import errors
+    from lazylayer.core import BlockCache, ImageReader, Index, NativeDiskCache
+
+    rng = random.Random(9)
+    files = {"a.bin": rng.randbytes(300_000), "b.txt": b"hello\n", "c.bin": bytes(100_000) + rng.randbytes(5)}
+    layer, stream = _raw_layer(files, 65536)
+    idx = Index.build([layer])
+    assert idx.layer_codec(0) == "raw" and Index.from_buffer(idx.data()).layer_codec(0) == "raw"
+    calls = []
+
+    def host(offset: int, size: int) -> bytes:
+        calls.append((offset, size))
+        return stream[offset:offset + size]
+
+    def no_host(offset: int, size: int) -> bytes:
+        raise AssertionError("every frame is on disk")
+
+    cache = DiskCache(str(tmp_path / "cache"))
+    for off, size, _, _, sha in idx.frames(0):  # frames named by their data's sha256, as a host stores them
+        cache.put("sha256:" + sha, stream[off:off + size])
+    for fetch, disk in ((host, None), (no_host, NativeDiskCache(str(tmp_path / "cache")))):
+        reader = ImageReader(idx, [(fetch, True)], cache=BlockCache(8 << 20), pool=None, disk=disk)
+        for name, data in files.items():
+            st = idx.stat(idx.resolve_path(name)[0])
+            assert reader.pread(st.ino, len(data) + 10, 0) == data
+            assert reader.pread(st.ino, 1000, len(data) // 2) == data[len(data) // 2:len(data) // 2 + 1000]
+        assert reader.stats()["frames_disk" if disk else "frames_fetched"] >= len(idx.frames(0))
+    # C checks what a C source returns (the mount's path): a frame that is not its data is refused
+    bad = bytearray(stream)
+    bad[70_000] ^= 1
+    for source, ok in ((stream, True), (bytes(bad), False)):
+        buf = ffi.from_buffer(source)
+        mem = ffi.new("ll_mem_source *", {"data": buf, "size": len(source)})
+        arr = ffi.new("ll_image_source[]", 1)
+        arr[0].read, arr[0].opaque = lib.ll_mem_read, mem
+        reader = ImageReader(idx, [], cache=None, pool=None, disk=None, c_sources=arr, keep=(buf, mem))
+        st = idx.stat(idx.resolve_path("a.bin")[0])
+        if ok:
+            assert reader.pread(st.ino, 300_000, 0) == files["a.bin"]
+        else:
+            assert reader.pread(st.ino, 1000, 0) == files["a.bin"][:1000]  # frame 0 is intact
+            with pytest.raises(errors.IntegrityError):
+                reader.pread(st.ino, 1000, 69_000)
+
+
+def test_a_raw_toc_whose_frames_are_not_their_data_is_refused():
+    from lazylayer import errors
+    from lazylayer.core import Index
+    from lazylayer.format import Toc
+
+    layer, _ = _raw_layer({"a": b"x" * 1000}, 512)
+    doc = Toc.from_frame(layer.toc_frame)
+    assert doc.codec == "raw"
+    import json
+    import struct
+
+    import zstandard
+
+    from lazylayer.format import TOC_MAGIC, TOC_SKIPPABLE_VARIANT
+
+    def shift(d: dict) -> None:  # frames still tile the stream; frame 0 is 511 bytes for 512 of data
+        d["frames"][0][1] = 511
+        d["frames"][1][0], d["frames"][1][1] = 511, d["frames"][1][1] + 1
+
+    for change, match in ((shift, "not its data as is"), (lambda d: d.__setitem__("codec", "gzip"), "codec")):
+        d = json.loads(doc.to_json())
+        change(d)
+        body = TOC_MAGIC + zstandard.ZstdCompressor().compress(json.dumps(d).encode())
+        frame = struct.pack("<II", 0x184D2A50 + TOC_SKIPPABLE_VARIANT, len(body)) + body
+        bad = layer._replace(toc_frame=frame, toc_length=len(frame), blob_size=layer.toc_offset + len(frame),
+                             toc_digest="sha256:" + hashlib.sha256(frame).hexdigest())
+        with pytest.raises(errors.FormatError, match=match):
+            Index.build([bad])
+        with pytest.raises(errors.FormatError, match=match):
+            Toc.from_frame(frame)

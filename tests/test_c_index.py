@@ -837,7 +837,7 @@ def test_truncated_and_flipped_buffers_are_refused():
 def test_index_version_and_argument_errors():
     rc, idx, _ = c_build([synth([e("a")])])
     data = bytearray(idx.data())
-    data[8] = 2
+    data[8] = lib.LL_INDEX_FORMAT_VERSION + 1  # a newer version: refused by name
     rc, _, err = c_open(bytes(data))
     assert rc == lib.LL_ERR_FORMAT and "version" in err
     out = ffi.new("ll_index **")

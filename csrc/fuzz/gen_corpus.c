@@ -394,6 +394,10 @@ static const char *const toc_seeds[][2] = {
                        "\"entries\":[]}"},
     {"hostile-json", "{\"version\":1,\"entries\":[{\"name\":\"a\\ud800\"}]}"},
     {"empty", "{\"version\":1,\"frame_size\":1,\"tar_size\":0,\"frames\":[],\"entries\":[]}"},
+    {"raw", "{\"version\":1,\"codec\":\"raw\",\"frame_size\":4096,\"tar_size\":100,\"frames\":[[0,60,0,60,\"" SHA_A
+            "\"],[60,40,60,40,\"" SHA_C "\"]],\"entries\":[{\"name\":\"f\",\"type\":\"reg\",\"size\":100,\"offset\":0}]}"},
+    {"hostile-raw", "{\"version\":1,\"codec\":\"raw\",\"frame_size\":4096,\"tar_size\":100,\"frames\":[[0,60,0,61,\""
+                    SHA_A "\"],[60,40,61,39,\"" SHA_C "\"]],\"entries\":[]}"},
 };
 
 static void toc_seeds_write(void) {

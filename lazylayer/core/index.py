@@ -315,6 +315,14 @@ class Index:
         check(lib.ll_index_layer_info(self._ptr, layer, digest, blob, tar, frames), f"layer {layer}")
         return ffi.string(digest[0]).decode(), blob[0], tar[0], frames[0]
 
+    def layer_codec(self, layer: int) -> str:
+        """How ``layer``'s frames are stored: ``zstd`` (the lazy layer format) or ``raw`` (each frame
+        its data as is: a layer of another format, decoded by its host)."""
+        rc = lib.ll_index_layer_codec(self._ptr, layer)
+        if rc < 0:
+            check(rc, f"layer {layer}")
+        return "raw" if rc == lib.LL_CODEC_RAW else "zstd"
+
     def frames(self, layer: int) -> list[tuple[int, int, int, int, str]]:
         """``(compressed_offset, compressed_size, offset, size, sha256 hex)`` of every data frame of ``layer``."""
         count = self.layer_info(layer)[3]

@@ -100,9 +100,13 @@ class Toc:
     tar_size: int = 0
     prefetch: list[list[int]] = field(default_factory=list)  # [offset, length] ranges of the tar, in order
     version: int = FORMAT_VERSION
+    codec: str = "zstd"
+    """``zstd``: frames are zstd frames (every lazy layer blob).  ``raw``: each frame is its data
+    as is, named by the data's sha256 — only in TOCs lazylayer builds for a layer of another
+    format, whose frames its host decodes itself (docs/format.md, "Raw frames")."""
 
     def to_json(self) -> bytes:
-        doc = {
+        doc: dict[str, Any] = {
             "version": self.version,
             "frame_size": self.frame_size,
             "tar_size": self.tar_size,
@@ -110,6 +114,8 @@ class Toc:
             "entries": self.entries,
             "prefetch": self.prefetch,
         }
+        if self.codec != "zstd":  # (absent: a lazy layer's TOC is byte for byte what it always was)
+            doc["codec"] = self.codec
         # ASCII with \u escapes: names that are not UTF-8 (kept as lone surrogates
         # by the tar scanner) survive the round trip exactly.
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
@@ -148,9 +154,14 @@ class Toc:
                     isinstance(r, list) and len(r) == 2 and all(type(x) is int and 0 <= x < 1 << 62 for x in r)
                     for r in prefetch):
                 raise errors.FormatError("the TOC's prefetch plan is not a list of [offset, length] pairs")
+            codec = doc.get("codec", "zstd")
+            if codec not in ("zstd", "raw"):
+                raise errors.FormatError("the TOC's codec is neither \"zstd\" nor \"raw\"")
+            if codec == "raw" and any(f.compressed_size != f.size for f in frames):
+                raise errors.FormatError("a frame of a raw TOC is not its data as is (compressed size != size)")
             _check_entries(entries)
             return cls(frames=frames, entries=entries, frame_size=_int(doc["frame_size"]),
-                       tar_size=_int(doc["tar_size"]), prefetch=prefetch)
+                       tar_size=_int(doc["tar_size"]), prefetch=prefetch, codec=codec)
         except errors.FormatError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
