@@ -70,13 +70,16 @@ def _files(n: int, seed: int) -> list[tuple[tarfile.TarInfo, bytes | None]]:
 
 
 class Variant:
-    def __init__(self, gen: Path, work: Path, zstd: bool, members: list[Any], prioritized: str) -> None:
+    def __init__(self, gen: Path, work: Path, zstd: bool, members: list[Any], prioritized: str,
+                 level: int | None = None) -> None:
         self.tar = images.make_tar(members)
         src, self.blob_path = work / "in.tar", work / ("layer.zstdchunked" if zstd else "layer.esgz")
         src.write_bytes(self.tar)
         argv = [str(gen), "-chunk", "65536", "-prioritized", prioritized, str(src), str(self.blob_path)]
         if zstd:
             argv.insert(1, "-zstdchunked")
+        if level is not None:
+            argv[1:1] = ["-level", str(level)]
         r = subprocess.run(argv, capture_output=True, text=True, check=True)
         meta = json.loads(r.stdout)
         self.annotations, self.diff_id = meta["annotations"], meta["diff_id"]
@@ -137,7 +140,9 @@ def test_every_file_reads_back_and_the_formats_own_files_are_hidden(image: tuple
                 for name, data in v.want.items():
                     assert fs.cat(name) == data, name
             assert fs.readlink("app/link") == "f1-0.bin"  # the upper layer's
-            assert fs.image.stats()["layers_fetched_whole"] == 2
+            # eStargz is read lazily, chunk by chunk; stargz's zstd:chunked is fetched whole for now
+            assert [layer.lazy for layer in fs.image.layers] == [True, False]
+            assert fs.image.stats()["layers_fetched_whole"] == 1
         finally:
             fs.close()
 
@@ -235,8 +240,9 @@ def test_the_estargz_toc_is_found_checked_and_parsed(image: tuple[str, list[Vari
         assert e.get("linkname", "") == m.linkname
     assert toc.prioritized == ["app/f0-3.bin", "app/f0-1.bin"]
     multi = 0
-    for name, chunks in toc.chunks.items():
-        data = esgz.want[name]
+    for k, chunks in toc.chunks.items():
+        data = esgz.want[toc.entries[k]["name"]]
+        name = toc.entries[k]["name"]
         assert sum(c.size for c in chunks) == len(data)
         multi += len(chunks) > 1
         for c in chunks:
@@ -275,7 +281,7 @@ def test_a_hostile_estargz_blob_or_toc_is_refused(image: tuple[str, list[Variant
         read(blob[:off + 20] + blob[-51:].replace(b"%016x" % off, b"%016x" % off))
     # hostile JSON, vouched for by its digest all the same
     good = [{"name": "a", "type": "reg", "size": 3, "offset": 10, "chunkDigest": "sha256:" + "a" * 64}]
-    assert estargz.parse_toc(_json.dumps({"version": 1, "entries": good}).encode(), 100).chunks["a"][0].end == 100
+    assert estargz.parse_toc(_json.dumps({"version": 1, "entries": good}).encode(), 100).chunks[0][0].end == 100
     for entries, match in (
         ([{**good[0], "name": "../x"}], r"'\.\.'"),
         ([{**good[0], "offset": 100}], "at or past the TOC"),
@@ -294,3 +300,79 @@ def test_a_hostile_estargz_blob_or_toc_is_refused(image: tuple[str, list[Variant
             estargz.parse_toc(_json.dumps({"version": 1, "entries": entries}).encode(), 100)
     with pytest.raises(errors.FormatError, match="version 1"):
         estargz.parse_toc(b'{"version": 2, "entries": []}', 100)
+
+
+# ---------------------------------------------------------------- eStargz read lazily (item 1)
+
+
+def _esgz_layout(work: Path, v: Variant, blob: bytes | None = None, annotations: dict | None = None) -> str:
+    """A one-layer OCI layout of variant ``v`` (or of ``blob`` in its place, with its annotations)."""
+    layout = str(work)
+    images.init_layout(layout)
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [v.diff_id]}}
+    cdesc = images.write_blob(layout, json.dumps(config).encode(), images.OCI_CONFIG)
+    ldesc = images.write_blob(layout, blob if blob is not None else v.blob, v.media_type,
+                              annotations=annotations if annotations is not None else v.annotations)
+    manifest = {"schemaVersion": 2, "mediaType": images.OCI_MANIFEST, "config": cdesc, "layers": [ldesc]}
+    mdesc = images.write_blob(layout, json.dumps(manifest).encode(), images.OCI_MANIFEST)
+    images.write_index(layout, [images.tagged(mdesc, "v1")])
+    return f"oci:{layout}:v1"
+
+
+def test_an_estargz_layer_is_read_chunk_by_chunk(image: tuple[str, list[Variant]], tmp_path: Path) -> None:
+    """No warning, nothing fetched whole: reading one file reads its chunks' members and nothing
+    else; each chunk is checked against its chunkDigest; the prioritized files are the plan."""
+    from lazylayer.format import estargz
+
+    _, (esgz, _) = image
+    ref = _esgz_layout(tmp_path / "one", esgz)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotLazyWarning)
+        fs = ImageFileSystem(image=ref, use_cache=False, skip_instance_cache=True)
+        try:
+            img = fs.image
+            assert img.layers[0].lazy and img.stats()["layers_fetched_whole"] == 0
+            toc = estargz.read_toc(lambda o, n: esgz.blob[o:o + n], len(esgz.blob),
+                                   esgz.annotations[estargz.ANNOTATION_TOC_DIGEST])
+            k = next(k for k, e in enumerate(toc.entries) if e["name"] == "app/f0-0.bin")
+            assert fs.cat("app/f0-0.bin") == esgz.want["app/f0-0.bin"]
+            s = img.stats()
+            assert s["frames_local"] == len(toc.chunks[k]) >= 2  # its chunks, no more
+            assert s["bytes_local"] == sum(c.end - c.offset for c in toc.chunks[k])  # their members only
+            plan = img.layers[0].toc.prefetch  # the prioritized files, in order
+            sizes = [len(esgz.want[n]) for n in ("app/f0-3.bin", "app/f0-1.bin")]
+            assert [n for _, n in plan] == sizes
+        finally:
+            fs.close()
+
+
+def test_a_tampered_estargz_chunk_or_toc_is_never_data(gen: Path, image: tuple[str, list[Variant]],
+                                                       tmp_path: Path) -> None:
+    """A flipped byte in a chunk's member is an IntegrityError, never data: in the compressed layer a
+    zlib error; in one written with gzip level 0 (stored blocks), in a file's last chunk (its member
+    goes on with the next tar header, so the member's CRC-32 is not reached), the bytes inflate fine,
+    wrong, and only the chunkDigest stands in the way.  A TOC that is not the layer's is refused."""
+    from lazylayer import errors
+    from lazylayer.format import estargz
+
+    _, (esgz, _) = image
+    (tmp_path / "stored").mkdir()
+    stored = Variant(gen, tmp_path / "stored", False, _files(8, 0), prioritized="app/f0-3.bin", level=0)
+    for v, which, at, match in ((esgz, 0, 200, "not gzip"), (stored, -1, 100, "chunkDigest")):
+        toc = estargz.read_toc(lambda o, n: v.blob[o:o + n], len(v.blob), v.annotations[estargz.ANNOTATION_TOC_DIGEST])
+        k = next(k for k, e in enumerate(toc.entries) if e["name"] == "app/f0-4.bin")
+        c = toc.chunks[k][which]
+        bad = bytearray(v.blob)
+        bad[c.offset + at] ^= 0x20  # inside the chunk's data in its member
+        fs = ImageFileSystem(image=_esgz_layout(tmp_path / f"bad{id(v)}", v, bytes(bad)), use_cache=False,
+                             skip_instance_cache=True)
+        try:
+            assert fs.cat("app/f0-1.bin") == v.want["app/f0-1.bin"]  # other files are intact
+            with pytest.raises(errors.IntegrityError, match=match):
+                fs.cat("app/f0-4.bin")
+        finally:
+            fs.close()
+    wrong = {**esgz.annotations, estargz.ANNOTATION_TOC_DIGEST: "sha256:" + "1" * 64}
+    with pytest.raises(errors.IntegrityError, match="TOC"):
+        ImageFileSystem(image=_esgz_layout(tmp_path / "toc", esgz, annotations=wrong), use_cache=False,
+                        skip_instance_cache=True).image

@@ -1,12 +1,13 @@
 """What lazylayer knows of eStargz (stargz-snapshotter's docs/estargz.md) and stargz's zstd:chunked.
 
-What reading such a layer whole needs: how to tell one (the layer descriptor's
-TOC-digest annotation, which both write) and the files of its own that
-stargz-snapshotter hides from the merged root (its TOC, a tar entry in eStargz,
-and the prefetch landmarks).  And the first half of reading one lazily
-(issue 18, item 1): :func:`read_toc` finds, checks and parses an eStargz TOC
-into lazylayer's TOC entries and each file's chunks.  Serving reads from those
-chunks is not built yet: images still fetch these layers whole.
+How to tell such a layer (the layer descriptor's TOC-digest annotation, which
+both write), the files of its own that stargz-snapshotter hides from the merged
+root (its TOC, a tar entry in eStargz, and the prefetch landmarks), and how to
+read an eStargz layer lazily: :func:`read_toc` finds, checks and parses its TOC
+into lazylayer's TOC entries and each file's chunks, :func:`raw_layer` makes
+that a raw layer for the image index (docs/format.md, "Raw frames") whose
+frames :class:`lazylayer.image.frames.ChunkSource` fetches and checks chunk by
+chunk.  stargz's zstd:chunked is still fetched whole.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def hidden_names(desc: dict[str, Any]) -> frozenset[str]:
 # member whose header's extra field (subfield 'S','G', 22 bytes) is the TOC
 # offset as 16 hex digits and "STARGZ".
 
+class NotSupported(errors.FormatError):
+    """An eStargz layer using what this lazylayer does not read lazily yet (``innerOffset``):
+    it is fetched whole instead."""
+
+
 FOOTER_SIZE = 51
 _FOOTER_HEAD = b"\x1f\x8b\x08\x04"  # gzip, deflate, FEXTRA
 _MTIME_MAX = 253402214400  # (format.layer.MTIME_MAX: 9999-12-31)
@@ -72,11 +78,12 @@ class Chunk:
 @dataclass
 class EstargzToc:
     """A layer's eStargz TOC, checked: ``entries`` in lazylayer's TOC form (docs/format.md; no
-    ``offset``: content is in ``chunks``), ``chunks`` for each regular file by name, the TOC's
-    offset in the blob, and the files named before the prefetch landmark (the prioritized files)."""
+    ``offset``: content is in ``chunks``), ``chunks`` of each regular file by its index in
+    ``entries``, the TOC's offset in the blob, and the files named before the prefetch landmark
+    (the prioritized files)."""
 
     entries: list[dict[str, Any]]
-    chunks: dict[str, list[Chunk]]
+    chunks: dict[int, list[Chunk]]
     toc_offset: int
     prioritized: list[str]
 
@@ -160,12 +167,13 @@ def _nonneg(e: dict[str, Any], key: str, limit: int = 1 << 62) -> int:
 
 def _convert(raw: list[Any], toc_offset: int) -> EstargzToc:
     entries: list[dict[str, Any]] = []
-    chunks: dict[str, list[Chunk]] = {}
-    starts: list[tuple[int, str]] = []  # (member offset, name) of every chunk, to find where each ends
+    chunks: dict[int, list[Chunk]] = {}
+    starts: list[int] = []  # the member offset of every chunk, to find where each ends
     prioritized: list[str] = []
     landmark_seen = False
     current: str | None = None  # the regular file that "chunk" entries continue
     size = 0  # its size
+    into: list[Chunk] = []  # its chunks
     for e in raw:
         if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not isinstance(e.get("type"), str):
             raise errors.FormatError("eStargz TOC entry without a name and a type")
@@ -174,7 +182,7 @@ def _convert(raw: list[Any], toc_offset: int) -> EstargzToc:
         if kind == "chunk":
             if current != name:
                 raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} does not follow its file")
-            starts.append((_chunk(e, name, chunks[name], toc_offset, size), name))
+            starts.append(_chunk(e, name, into, toc_offset, size))
             continue
         if kind not in _KINDS:
             raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: unknown type {kind[:20]!r}")
@@ -207,23 +215,22 @@ def _convert(raw: list[Any], toc_offset: int) -> EstargzToc:
         if kind == "reg":
             size = _nonneg(e, "size")
             out["size"] = size
-            chunks[name] = []
+            into = chunks[len(entries)] = []
             if size:
-                starts.append((_chunk(e, name, chunks[name], toc_offset, size), name))
+                starts.append(_chunk(e, name, into, toc_offset, size))
                 current = name
             if not landmark_seen:
                 prioritized.append(name)
         entries.append(out)
     # each chunk's compressed bytes end where the next chunk's member begins (or at the TOC)
-    ends = sorted({o for o, _ in starts} | {toc_offset})
-    for name, cs in chunks.items():
-        done = 0
+    ends = sorted(set(starts) | {toc_offset})
+    for k, cs in chunks.items():
+        name, size, done = entries[k]["name"], entries[k]["size"], 0
         for i, c in enumerate(cs):
             if c.file_offset != done:
                 raise errors.FormatError(f"eStargz TOC: the chunks of {name[:100]!r} do not tile the file")
             done += c.size
             cs[i] = Chunk(c.file_offset, c.size, c.offset, ends[bisect.bisect_right(ends, c.offset)], c.digest)
-        size = next(e["size"] for e in entries if e["name"] == name) if cs else 0
         if done != size:
             raise errors.FormatError(f"eStargz TOC: the chunks of {name[:100]!r} hold {done} of its {size} bytes")
     return EstargzToc(entries, chunks, toc_offset, prioritized if landmark_seen else [])
@@ -236,8 +243,8 @@ def _chunk(e: dict[str, Any], name: str, into: list[Chunk], toc_offset: int, fil
     if offset >= toc_offset:
         raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} lies at or past the TOC")
     if e.get("innerOffset"):
-        raise errors.FormatError(f"eStargz TOC: {name[:100]!r} uses innerOffset, which this lazylayer "
-                                 "does not read yet")
+        raise NotSupported(f"eStargz TOC: {name[:100]!r} uses innerOffset, which this lazylayer does not read "
+                           "lazily yet")
     start = _nonneg(e, "chunkOffset")
     size = _nonneg(e, "chunkSize") or file_size - start
     if size <= 0 or start + size > file_size:
@@ -260,6 +267,40 @@ def _mtime(value: Any, name: str) -> int:
     if t.tzinfo is None:
         t = t.replace(tzinfo=datetime.timezone.utc)
     return max(0, min(int(t.timestamp()), _MTIME_MAX))
+
+
+def is_estargz(desc: dict[str, Any]) -> bool:
+    """A stargz layer compressed with gzip: eStargz (stargz's zstd:chunked is a zstd layer)."""
+    return is_stargz(desc) and str(desc.get("mediaType", "")).endswith(("gzip", "tar.gzip"))
+
+
+def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
+    """The layer as the image index takes it: a raw layer (docs/format.md, "Raw frames") whose
+    frames are the chunks, each file's laid end to end in a virtual stream, named by their
+    chunkDigest; the prioritized files are its prefetch plan.  (The ``IndexLayer``, and the
+    chunks in frame order for the host that fetches them.)"""
+    from ..core import IndexLayer
+    from .layer import TOC_SKIPPABLE_VARIANT, Frame, Toc, count_hardlinks
+
+    entries, frames, chunks, at, where = [], [], [], 0, {}
+    for k, e in enumerate(toc.entries):
+        e = dict(e)
+        if e["type"] == "reg":
+            e["offset"] = where[e["name"]] = at
+            for c in toc.chunks[k]:
+                frames.append(Frame(at, c.size, at, c.size, c.digest[7:]))
+                chunks.append(c)
+                at += c.size
+        entries.append(e)
+    count_hardlinks(entries)
+    sizes = {e["name"]: e["size"] for e in entries if e["type"] == "reg"}
+    plan = [[where[n], sizes[n]] for n in toc.prioritized if sizes.get(n)]
+    doc = Toc(frames=frames, entries=entries, frame_size=max([f.size for f in frames], default=1), tar_size=at,
+              prefetch=plan, codec="raw")
+    payload = doc.frame_payload()
+    frame = struct.pack("<II", 0x184D2A50 + TOC_SKIPPABLE_VARIANT, len(payload)) + payload
+    layer = IndexLayer(digest, at + len(frame), "sha256:" + hashlib.sha256(frame).hexdigest(), at, len(frame), frame)
+    return layer, chunks
 
 
 def check_digest_form(digest: Any, what: str) -> str:

@@ -420,7 +420,7 @@ class LayerWriter:
                     feed(bytes(pad))
                     tar_size += pad
             writer.flush()
-            _count_hardlinks(entries)
+            count_hardlinks(entries)
             seek = _seek_records(sink, writer)
             toc = Toc(frames=seek, entries=entries, frame_size=self.frame_size, tar_size=tar_size,
                       prefetch=[[int(o), int(n)] for o, n in prefetch])
@@ -473,7 +473,7 @@ def _seek_records(sink: _FrameSink, writer: SeekableWriter) -> list[Frame]:
     return frames
 
 
-def _count_hardlinks(entries: list[dict[str, Any]]) -> None:
+def count_hardlinks(entries: list[dict[str, Any]]) -> None:
     """Give each regular file that hardlinks point to its link count (``nlink``)."""
     last: dict[str, dict[str, Any]] = {}
     links: dict[str, int] = {}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import threading
 import time
+import zlib
 from typing import Any, Callable, Sequence
 
 from .. import errors
@@ -64,14 +66,18 @@ class FrameSource:
     def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
         got = self.blob.read_ranges([(f.compressed_offset, f.compressed_size) for f in frames],
                                     ["sha256:" + f.sha256 for f in frames])
+        self._count(len(frames), sum(f.compressed_size for f in frames))
+        return got
+
+    def _count(self, frames: int, nbytes: int) -> None:
+        """Count frames read from the blob: fetched, or local for a local blob."""
         with self._lock:
             if self.local:
-                self.frames_local += len(frames)
-                self.bytes_local += sum(f.compressed_size for f in frames)
+                self.frames_local += frames
+                self.bytes_local += nbytes
             else:
-                self.frames_fetched += len(frames)
-                self.bytes_fetched += sum(f.compressed_size for f in frames)
-        return got
+                self.frames_fetched += frames
+                self.bytes_fetched += nbytes
 
     def __call__(self, offset: int, size: int) -> bytes:
         frames = self.span(offset, size)
@@ -116,3 +122,39 @@ class FrameSource:
 
         self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch)
         return sum(frames[i].compressed_size for i in fetched)
+
+
+class ChunkSource(FrameSource):
+    """The frames of a layer in another format, as raw frames (docs/format.md, "Raw frames").
+
+    Each frame of the layer's index is one chunk of that format — for eStargz, a
+    gzip member whose first ``size`` uncompressed bytes are the chunk — named by
+    the sha256 of its data.  A missing chunk's compressed bytes (from its
+    member's start to the next chunk's) are fetched, inflated to exactly its
+    size and checked against that sha256 before anything sees them; the disk
+    cache keeps the data under it (the same chunk in any layer, image or
+    format is fetched once).  Everything else is :class:`FrameSource`'s.
+    """
+
+    def __init__(self, blob: Any, frames: Sequence[Frame], chunks: Sequence[Any], disk: DiskCache | None,
+                 name: str, local: bool = False) -> None:
+        super().__init__(blob, frames, disk, name, local)
+        if len(chunks) != len(self.frames):
+            raise errors.FormatError(f"{name}: {len(chunks)} chunks for {len(self.frames)} frames")
+        self._chunks = {f.compressed_offset: c for f, c in zip(self.frames, chunks)}
+
+    def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
+        chunks = [self._chunks[f.compressed_offset] for f in frames]
+        raw = self.blob.read_ranges([(c.offset, c.end - c.offset) for c in chunks])
+        out = []
+        for f, c, data in zip(frames, chunks, raw):
+            try:
+                got = zlib.decompressobj(31).decompress(data, c.size)
+            except zlib.error as exc:
+                raise errors.CorruptFrameError(f"{self.__name__}: the chunk at {c.offset} is not gzip: {exc}") from None
+            if len(got) != c.size or hashlib.sha256(got).hexdigest() != f.sha256:
+                raise errors.IntegrityError(f"{self.__name__}: the chunk at {c.offset} does not match its "
+                                            f"chunkDigest sha256:{f.sha256}")
+            out.append(got)
+        self._count(len(frames), sum(len(d) for d in raw))
+        return out

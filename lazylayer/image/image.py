@@ -40,6 +40,7 @@ from ..core.seekable import _resolve_pool
 from ..format import (
     ANNOTATION_TOC_DIGEST,
     Frame,
+    estargz,
     is_lazy_layer,
     parse_toc_position,
     read_toc,
@@ -49,7 +50,7 @@ from ..progress import Progress
 from ..registry import open_source
 from ..remote import FsspecBlob
 from .cache import DiskCache
-from .frames import FrameSource
+from .frames import ChunkSource, FrameSource
 from .tree import Node, Tree
 
 __all__ = ["FrameSource", "Image", "Layer", "LayerToc", "NotLazyWarning"]
@@ -184,9 +185,12 @@ class Image:
         """The index (from the disk cache, else built from the TOCs), each layer's source, the reader."""
         native = self.native = NativeDiskCache(self.disk.path) if self.disk is not None else None
         blobs = [self._source.blob(d) if is_lazy_layer(d) else None for d in descs]
+        stargz = self._stargz_layers(descs, blobs)
         # The index is kept on disk, keyed by the manifest's digest, when every layer is lazy (a layer
-        # copied locally is vouched for by nothing the manifest says about its frames).
-        cacheable = native is not None and all(b is not None for b in blobs) and _is_digest(self.digest)
+        # copied locally is vouched for by nothing the manifest says about its frames; an eStargz
+        # layer's chunk table is not in the index).
+        cacheable = native is not None and all(b is not None for b in blobs) and _is_digest(self.digest) \
+            and not stargz
         index = native.load_index(self.digest) if cacheable and native is not None else None
         if index is not None and [index.layer_info(i)[0] for i in range(index.layers)] != \
                 [d.get("digest") for d in descs]:
@@ -197,7 +201,9 @@ class Image:
             plain = _WholeLayers(self, [i for i, b in enumerate(blobs) if b is None], descs, ids)
             try:
                 for i, desc in enumerate(descs):  # the lazy layers' TOCs while the others stream in
-                    if blobs[i] is not None:
+                    if i in stargz:
+                        layers[i] = stargz[i][0]
+                    elif blobs[i] is not None:
                         layers[i] = self._lazy_toc(desc, blobs[i])
                 for i, (spec, blob, keep) in plain.results().items():
                     layers[i], blobs[i], keeps[i] = spec, blob, keep
@@ -220,14 +226,38 @@ class Image:
             _, _, tar_size, _ = index.layer_info(i)
             frames = [Frame(*f) for f in index.frames(i)]
             lazy = keeps[i] is None
-            source = FrameSource(blobs[i], frames, self.disk if lazy else None, f"layer {desc.get('digest', '')}",
-                                 local=_local_file(blobs[i]) is not None)
+            name, local = f"layer {desc.get('digest', '')}", _local_file(blobs[i]) is not None
+            source = ChunkSource(blobs[i], frames, stargz[i][1], self.disk, name, local) if i in stargz else \
+                FrameSource(blobs[i], frames, self.disk if lazy else None, name, local)
             toc = LayerToc(frames, tar_size, [list(r) for r in index.prefetch(i)])
             self.layers.append(Layer(i, desc, toc, source, lazy, keeps[i], ids[i]))
         # Frames on disk are read, checked against their sha256 and decoded in C; only missing
         # ones call FrameSource (fetched, verified and stored by Python, once across processes).
         self.reader = ImageReader(index, [(layer.source, layer.lazy) for layer in self.layers],
                                   cache=self.memory, pool=_resolve_pool(self.threads), disk=native)
+
+    def _stargz_layers(self, descs: list[oci.Descriptor], blobs: list[Any]) -> dict[int, tuple[IndexLayer, list[Any]]]:
+        """The eStargz layers read lazily: their TOCs (two range requests each), checked against
+        the layer's toc.digest, as raw layers of their chunks (``blobs`` gets their blobs).  One
+        that uses what is not read lazily yet is fetched whole instead (said in the log)."""
+        out: dict[int, tuple[IndexLayer, list[Any]]] = {}
+        for i, desc in enumerate(descs):
+            if blobs[i] is not None or not estargz.is_estargz(desc):
+                continue
+            blob = self._source.blob(desc)
+            size = desc.get("size")
+            if blob is None or not isinstance(size, int):
+                continue
+            try:
+                toc = estargz.read_toc(blob.read, size, desc["annotations"][estargz.ANNOTATION_TOC_DIGEST])
+            except estargz.NotSupported as exc:
+                log.info("%s: layer %s is fetched whole: %s", self.reference, desc.get("digest"), exc)
+                continue
+            except errors.LazyLayerError as exc:
+                raise type(exc)(f"layer {desc.get('digest')}: {exc}") from exc
+            out[i] = estargz.raw_layer(toc, desc.get("digest", ""))
+            blobs[i] = blob
+        return out
 
     def _lazy_toc(self, desc: oci.Descriptor, blob: Any) -> IndexLayer:
         """A lazy layer's TOC frame (from the disk cache, else one range request) and position."""
@@ -355,8 +385,11 @@ class Image:
         return ref
 
     def local_path(self, layer: Layer) -> str | None:
-        """The local file holding ``layer``'s blob as it is read (an OCI layout's blob, the
-        stored copy of a layer fetched whole), or None if its bytes come over the network."""
+        """The local file holding ``layer``'s frames as they are read (an OCI layout's blob, the
+        stored copy of a layer fetched whole), or None if they come over the network or are
+        decoded by a host (a layer of another format, read chunk by chunk: :class:`ChunkSource`)."""
+        if isinstance(layer.source, ChunkSource):
+            return None
         return _local_file(layer.source.blob)
 
     # -- information ------------------------------------------------------------

@@ -22,6 +22,9 @@ import (
 	kzstd "github.com/klauspost/compress/zstd"
 )
 
+// unset: no -level given (gzip's 0 means "store", so it cannot be the default).
+const unset = -100
+
 // zstdCompression pairs stargz's zstd:chunked compressor and decompressor (as its own converter does).
 type zstdCompression struct {
 	*zstdchunked.Compressor
@@ -31,7 +34,7 @@ type zstdCompression struct {
 func main() {
 	zstd := flag.Bool("zstdchunked", false, "write zstd:chunked (stargz's dialect) instead of eStargz")
 	chunk := flag.Int("chunk", 0, "chunk size in bytes (0: the library's default, 4 MiB)")
-	level := flag.Int("level", 0, "compression level (0: the library's default)")
+	level := flag.Int("level", unset, "compression level (gzip: 0 stores, 9 is the library's default; zstd: 3)")
 	prio := flag.String("prioritized", "", "comma-separated files to put first, ending at the landmark")
 	flag.Parse()
 	if flag.NArg() != 2 {
@@ -61,11 +64,15 @@ func run(in, out string, zstd bool, chunk, level int, prio string) error {
 	ann := map[string]string{}
 	if zstd {
 		// klauspost's levels: SpeedDefault (1 of its 4) is about zstd's level 3.
+		zl := 3
+		if level != unset {
+			zl = level
+		}
 		opts = append(opts, estargz.WithCompression(zstdCompression{&zstdchunked.Compressor{
-			CompressionLevel: kzstd.EncoderLevelFromZstd(map[bool]int{true: level, false: 3}[level != 0]),
+			CompressionLevel: kzstd.EncoderLevelFromZstd(zl),
 			Metadata:         ann,
 		}, &zstdchunked.Decompressor{}}))
-	} else if level != 0 {
+	} else if level != unset {
 		opts = append(opts, estargz.WithCompressionLevel(level))
 	}
 	if prio != "" {
