@@ -168,3 +168,77 @@ def build(workdir: Path, rebuild: bool = False) -> dict[str, Any]:
 if __name__ == "__main__":
     print(json.dumps(build(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/var/tmp/lazylayer-coldstart"),
                            rebuild="--rebuild" in sys.argv), indent=1))
+
+
+ESGZ_STAMP_VERSION = 1
+
+
+def build_estargz(workdir: Path, rebuild: bool = False) -> dict[str, Any] | None:
+    """The same image as eStargz, written by stargz-snapshotter's own library (tests/estargz_gen,
+    built here offline against Debian's golang-github-containerd-stargz-snapshotter-dev) with its
+    defaults (4 MiB chunks, gzip level 9), layer by layer from the gzip image's tars, into
+    ``WORKDIR/esgz`` with the config's diff_ids rewritten (an eStargz tar holds its TOC entry and a
+    landmark too).  None when go or that source is missing."""
+    gen_src = Path(__file__).resolve().parents[2] / "tests" / "estargz_gen"
+    if shutil.which("go") is None or not Path("/usr/share/gocode/src/github.com/containerd/stargz-snapshotter").is_dir():
+        log("eStargz image: needs go and golang-github-containerd-stargz-snapshotter-dev: skipped")
+        return None
+    out, stamp = workdir / "esgz", workdir / "esgz.json"
+    if not rebuild and stamp.exists() and out.exists():
+        info = json.loads(stamp.read_text())
+        if info.get("version") == ESGZ_STAMP_VERSION:
+            return info
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    gen = workdir / "estargz_gen"
+    env = {**__import__("os").environ, "GO111MODULE": "off", "GOPATH": f"{workdir / 'gopath'}:/usr/share/gocode",
+           "GOCACHE": str(workdir / "gocache"), "GOFLAGS": ""}
+    subprocess.run(["go", "build", "-o", str(gen), "."], cwd=gen_src, env=env, check=True)
+    gz = workdir / "gzip"
+    manifest = layout_manifest(gz)
+    config = json.loads((gz / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_bytes())
+    (out / "blobs" / "sha256").mkdir(parents=True)
+    (out / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    layers, diff_ids = [], []
+    for i, desc in enumerate(manifest["layers"]):
+        log(f"eStargz image: layer {i + 1} of {len(manifest['layers'])}")
+        tar, blob = workdir / "esgz-in.tar", workdir / "esgz-out.blob"
+        with open(tar, "wb") as f:
+            subprocess.run(["pigz", "-dc", str(gz / "blobs" / "sha256" / desc["digest"][7:])], stdout=f, check=True)
+        meta = json.loads(subprocess.run([str(gen), str(tar), str(blob)], check=True, capture_output=True,
+                                         text=True).stdout)
+        digest = _sha256_file(blob)
+        blob.rename(out / "blobs" / "sha256" / digest)
+        tar.unlink()
+        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + digest,
+                       "size": (out / "blobs" / "sha256" / digest).stat().st_size, "annotations": meta["annotations"]})
+        diff_ids.append(meta["diff_id"])
+    config["rootfs"]["diff_ids"] = diff_ids
+    cdesc = _write_json_blob(out, config, manifest["config"].get("mediaType", "application/vnd.oci.image.config.v1+json"))
+    mdesc = _write_json_blob(out, {**manifest, "config": cdesc, "layers": layers},
+                             manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json"))
+    mdesc["annotations"] = {"org.opencontainers.image.ref.name": TAG}
+    (out / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
+    info = {"version": ESGZ_STAMP_VERSION, "sizes": [x["size"] for x in layers], "build_s": time.perf_counter() - t0}
+    stamp.write_text(json.dumps(info))
+    return info
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json_blob(layout: Path, doc: dict[str, Any], media_type: str) -> dict[str, Any]:
+    import hashlib
+
+    data = json.dumps(doc).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"mediaType": media_type, "digest": "sha256:" + digest, "size": len(data)}

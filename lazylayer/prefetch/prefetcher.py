@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from .. import remote
 from .plan import Plan
 
+_LAZY_FRAME = 2 << 20  # a lazy layer's frame size (format.LAYER_FRAME_SIZE; format is not imported here)
+
 if TYPE_CHECKING:
     from ..image import Image
 
@@ -69,12 +71,12 @@ class Prefetcher:
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._queued: list[bytearray] = [bytearray(len(layer.toc.frames)) for layer in image.layers]
-        # Read-ahead, per layer, in frames: `neighbours` frames after any read that missed (a program's
-        # next files are mostly the tar's next ones), doubling with every sequential read up to
-        # max_window() bytes' worth; the frames ahead are topped up once half the window is read.
-        # With neighbours=0: 2 frames once two reads in a row were sequential.
+        # Read-ahead, per layer, in frames: `neighbours` frames' worth of bytes after any read that
+        # missed (a program's next files are mostly the tar's next ones), doubling with every
+        # sequential read up to max_window() bytes' worth; the frames ahead are topped up once half
+        # the window is read.  With neighbours=0: 2 frames once two reads in a row were sequential.
         self.neighbours = max(0, neighbours)
-        self._ra = [remote.ReadAhead(self.neighbours or 2, self._frames_in(layer.toc.frames),
+        self._ra = [remote.ReadAhead(self._neighbour_frames(layer.toc.frames) or 2, self._frames_in(layer.toc.frames),
                                      after=0 if self.neighbours else 2, gap=1, refill=0.5)
                     for layer in image.layers]
         self._ra_lock = threading.Lock()
@@ -137,6 +139,14 @@ class Prefetcher:
         if ahead is not None:
             lo, hi = ahead
             self._enqueue(_READAHEAD, layer, range(lo, min(hi, len(self.image.layers[layer].toc.frames))))
+
+    def _neighbour_frames(self, frames: Sequence[Any]) -> int:
+        """``neighbours`` frames of a lazy layer's size (2 MiB), in this layer's mean frame: 4 frames
+        of a lazy layer, a few hundred of an eStargz layer, whose frames are its files' chunks."""
+        if not self.neighbours:
+            return 0
+        mean = max(1, sum(f.size for f in frames) // max(1, len(frames)))
+        return max(self.neighbours, self.neighbours * _LAZY_FRAME // mean)
 
     def _frames_in(self, frames: Sequence[Any]) -> Callable[[], int]:
         """The read-ahead maximum of a layer, in frames: max_window() bytes of its mean frame (at least 2)."""
