@@ -17,10 +17,12 @@ is fetched when read, a frame at a time:
   gives it before the decoder sees it) and stores them, once across threads
   and processes.
 
-Layers that are not lazy layers (plain gzip/zstd/tar, eStargz for now) still
-work: they are fetched whole, all at once, each decoded as it streams into a
-local copy of stored (uncompressed) frames, checked against its digest and
-diff_id before anything reads it; a warning says so.
+eStargz layers are read lazily as they are: their TOC becomes a raw layer whose
+frames are the chunks (:class:`ChunkSource`).  Other layers that are not lazy
+(plain gzip/zstd/tar, zstd:chunked for now) still work: they are fetched
+whole, all at once, each decoded as it streams into a local copy of stored
+(uncompressed) frames, checked against its digest and diff_id before anything
+reads it; a warning says so.
 """
 
 from __future__ import annotations
