@@ -708,10 +708,8 @@ def _raw_layer(files: dict[str, bytes], frame: int) -> tuple[object, bytes]:
     """A raw layer as a host builds one for another format: each file's bytes laid out in a
     virtual stream, cut into frames that are their data as is, named by the data's sha256;
     the TOC says "codec": "raw".  (The IndexLayer, the virtual stream.)"""
-    import struct
-
     from lazylayer.core import IndexLayer
-    from lazylayer.format import TOC_SKIPPABLE_VARIANT, Frame, Toc
+    from lazylayer.format import Frame, Toc
 
     stream, entries, frames = b"", [], []
     for name, data in files.items():
@@ -720,9 +718,7 @@ def _raw_layer(files: dict[str, bytes], frame: int) -> tuple[object, bytes]:
             piece = data[i:i + frame]
             frames.append(Frame(len(stream), len(piece), len(stream), len(piece), hashlib.sha256(piece).hexdigest()))
             stream += piece
-    toc = Toc(frames=frames, entries=entries, frame_size=frame, tar_size=len(stream), codec="raw")
-    payload = toc.frame_payload()
-    toc_frame = struct.pack("<II", 0x184D2A50 + TOC_SKIPPABLE_VARIANT, len(payload)) + payload
+    toc_frame = Toc(frames=frames, entries=entries, frame_size=frame, tar_size=len(stream), codec="raw").to_frame()
     layer = IndexLayer("sha256:" + hashlib.sha256(stream).hexdigest(), len(stream) + len(toc_frame),
                        "sha256:" + hashlib.sha256(toc_frame).hexdigest(), len(stream), len(toc_frame), toc_frame)
     return layer, stream

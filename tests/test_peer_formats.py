@@ -14,9 +14,11 @@ them.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import tarfile
@@ -55,7 +57,7 @@ def gen(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _files(n: int, seed: int) -> list[tuple[tarfile.TarInfo, bytes | None]]:
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
     members: list[tuple[tarfile.TarInfo, bytes | None]] = []
     d = tarfile.TarInfo("app")
     d.type, d.mode = tarfile.DIRTYPE, 0o755
@@ -112,7 +114,7 @@ def image(gen: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, lis
 def _tar_names(v: Variant) -> list[str]:
     """The member names of the layer's tar as the peers' tools unpack it (gzip or zstd: the stream)."""
     raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(v.blob), read_across_frames=True).read() \
-        if v.zstd else __import__("gzip").decompress(v.blob)
+        if v.zstd else gzip.decompress(v.blob)
     with tarfile.open(fileobj=io.BytesIO(raw)) as t:
         return [m.name for m in t.getmembers()]
 
@@ -215,7 +217,6 @@ def test_the_estargz_toc_is_found_checked_and_parsed(image: tuple[str, list[Vari
     """read_toc on a blob the reference library wrote: two range reads, the entries as the tar has
     them (the format's own files left out), each file's chunks tiling it, each chunk's gzip member
     inflating to the file's bytes with the chunkDigest's sha256; the prioritized files in order."""
-    import gzip
     import hashlib
     import zlib
 

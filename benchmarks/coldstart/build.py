@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import tarfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import file_sha256
 
 TAG = "cs"
 MIRROR = "http://deb.debian.org/debian"
@@ -180,7 +183,8 @@ def build_estargz(workdir: Path, rebuild: bool = False) -> dict[str, Any] | None
     ``WORKDIR/esgz`` with the config's diff_ids rewritten (an eStargz tar holds its TOC entry and a
     landmark too).  None when go or that source is missing."""
     gen_src = Path(__file__).resolve().parents[2] / "tests" / "estargz_gen"
-    if shutil.which("go") is None or not Path("/usr/share/gocode/src/github.com/containerd/stargz-snapshotter").is_dir():
+    gocode = Path("/usr/share/gocode/src/github.com/containerd/stargz-snapshotter")
+    if shutil.which("go") is None or not gocode.is_dir():
         log("eStargz image: needs go and golang-github-containerd-stargz-snapshotter-dev: skipped")
         return None
     out, stamp = workdir / "esgz", workdir / "esgz.json"
@@ -192,7 +196,7 @@ def build_estargz(workdir: Path, rebuild: bool = False) -> dict[str, Any] | None
         shutil.rmtree(out)
     t0 = time.perf_counter()
     gen = workdir / "estargz_gen"
-    env = {**__import__("os").environ, "GO111MODULE": "off", "GOPATH": f"{workdir / 'gopath'}:/usr/share/gocode",
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{workdir / 'gopath'}:/usr/share/gocode",
            "GOCACHE": str(workdir / "gocache"), "GOFLAGS": ""}
     subprocess.run(["go", "build", "-o", str(gen), "."], cwd=gen_src, env=env, check=True)
     gz = workdir / "gzip"
@@ -208,14 +212,15 @@ def build_estargz(workdir: Path, rebuild: bool = False) -> dict[str, Any] | None
             subprocess.run(["pigz", "-dc", str(gz / "blobs" / "sha256" / desc["digest"][7:])], stdout=f, check=True)
         meta = json.loads(subprocess.run([str(gen), str(tar), str(blob)], check=True, capture_output=True,
                                          text=True).stdout)
-        digest = _sha256_file(blob)
-        blob.rename(out / "blobs" / "sha256" / digest)
+        digest, size = file_sha256(blob), blob.stat().st_size
+        blob.rename(blob_path(out, digest))
         tar.unlink()
-        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + digest,
-                       "size": (out / "blobs" / "sha256" / digest).stat().st_size, "annotations": meta["annotations"]})
+        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size,
+                       "annotations": meta["annotations"]})
         diff_ids.append(meta["diff_id"])
     config["rootfs"]["diff_ids"] = diff_ids
-    cdesc = _write_json_blob(out, config, manifest["config"].get("mediaType", "application/vnd.oci.image.config.v1+json"))
+    cdesc = _write_json_blob(out, config,
+                             manifest["config"].get("mediaType", "application/vnd.oci.image.config.v1+json"))
     mdesc = _write_json_blob(out, {**manifest, "config": cdesc, "layers": layers},
                              manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json"))
     mdesc["annotations"] = {"org.opencontainers.image.ref.name": TAG}
@@ -225,20 +230,10 @@ def build_estargz(workdir: Path, rebuild: bool = False) -> dict[str, Any] | None
     return info
 
 
-def _sha256_file(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_json_blob(layout: Path, doc: dict[str, Any], media_type: str) -> dict[str, Any]:
-    import hashlib
+    from lazylayer.oci.media import descriptor
 
     data = json.dumps(doc).encode()
-    digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256" / digest).write_bytes(data)
-    return {"mediaType": media_type, "digest": "sha256:" + digest, "size": len(data)}
+    desc = descriptor(media_type, data)
+    blob_path(layout, desc["digest"]).write_bytes(data)
+    return desc

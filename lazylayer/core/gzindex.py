@@ -60,9 +60,10 @@ class GzipIndexer:
         src = bytes(data)
         room = max_length if max_length > 0 else max(4 * len(src), 1 << 16)
         parts, pos = [], 0
+        base = ffi.from_buffer(src)  # (no copy of the rest of the input per round)
         while True:
             buf = ffi.new("uint8_t[]", room)
-            rc = lib.ll_gzindexer_inflate(self._ptr, src[pos:], len(src) - pos, self._used, buf, room, self._made)
+            rc = lib.ll_gzindexer_inflate(self._ptr, base + pos, len(src) - pos, self._used, buf, room, self._made)
             check(rc, "inflating a gzip stream")
             pos += self._used[0]
             parts.append(bytes(ffi.buffer(buf, self._made[0])))

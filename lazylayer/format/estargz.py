@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import errors
-from ..oci.media import load_json
-from .tar import MAX_TOC_BYTES, MAX_TOC_ENTRIES, MAX_TOC_VALUES, normalize_name, parse_header
+from ..oci.media import DIGEST, load_json
+from .tar import MAX_TOC_BYTES, MAX_TOC_ENTRIES, MAX_TOC_VALUES, MTIME_MAX, normalize_name, parse_header
 
 ANNOTATION_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 """The sha256 of a layer's eStargz TOC JSON (stargz-snapshotter's ``estargz.TOCJSONDigestAnnotation``)."""
@@ -59,7 +59,6 @@ class NotSupported(errors.FormatError):
 
 FOOTER_SIZE = 51
 _FOOTER_HEAD = b"\x1f\x8b\x08\x04"  # gzip, deflate, FEXTRA
-_MTIME_MAX = 253402214400  # (format.layer.MTIME_MAX: 9999-12-31)
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ def read_toc(fetch: Callable[[int, int], bytes], blob_size: int, toc_digest: str
     (``fetch(offset, size)``: the footer, then the TOC's gzip member), the TOC JSON's sha256
     against ``toc_digest`` (the layer's annotation) before it is parsed, at most ``max_bytes``
     of it.  FormatError (LimitError, IntegrityError for a digest mismatch) naming what is wrong."""
-    check_digest_form(toc_digest, "the layer's toc.digest annotation")
+    _check_digest(toc_digest, "the layer's toc.digest annotation")
     if blob_size < FOOTER_SIZE + 512:
         raise errors.FormatError(f"a {blob_size}-byte blob is too small for eStargz")
     offset = parse_footer(fetch(blob_size - FOOTER_SIZE, FOOTER_SIZE), blob_size)
@@ -250,7 +249,7 @@ def _chunk(e: dict[str, Any], name: str, into: list[Chunk], toc_offset: int, fil
     if size <= 0 or start + size > file_size:
         raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} lies outside the file")
     digest = e.get("chunkDigest")
-    check_digest_form(digest, f"the chunkDigest of {name[:100]!r}")
+    _check_digest(digest, f"the chunkDigest of {name[:100]!r}")
     into.append(Chunk(start, size, offset, 0, digest))
     return offset
 
@@ -266,7 +265,7 @@ def _mtime(value: Any, name: str) -> int:
         raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: modtime {value[:40]!r} is not RFC 3339") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=datetime.timezone.utc)
-    return max(0, min(int(t.timestamp()), _MTIME_MAX))
+    return max(0, min(int(t.timestamp()), MTIME_MAX))
 
 
 def is_estargz(desc: dict[str, Any]) -> bool:
@@ -280,7 +279,7 @@ def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
     chunkDigest; the prioritized files are its prefetch plan.  (The ``IndexLayer``, and the
     chunks in frame order for the host that fetches them.)"""
     from ..core import IndexLayer
-    from .layer import TOC_SKIPPABLE_VARIANT, Frame, Toc, count_hardlinks
+    from .layer import Frame, Toc, count_hardlinks
 
     entries, frames, chunks, at, where = [], [], [], 0, {}
     for k, e in enumerate(toc.entries):
@@ -297,13 +296,12 @@ def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
     plan = [[where[n], sizes[n]] for n in toc.prioritized if sizes.get(n)]
     doc = Toc(frames=frames, entries=entries, frame_size=max([f.size for f in frames], default=1), tar_size=at,
               prefetch=plan, codec="raw")
-    payload = doc.frame_payload(level=1)  # (it never leaves this process: the quickest level)
-    frame = struct.pack("<II", 0x184D2A50 + TOC_SKIPPABLE_VARIANT, len(payload)) + payload
+    frame = doc.to_frame(level=1)  # (it never leaves this process: the quickest level)
     layer = IndexLayer(digest, at + len(frame), "sha256:" + hashlib.sha256(frame).hexdigest(), at, len(frame), frame)
     return layer, chunks
 
 
-def check_digest_form(digest: Any, what: str) -> str:
-    if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+def _check_digest(digest: Any, what: str) -> str:
+    if not isinstance(digest, str) or not DIGEST.fullmatch(digest):  # (oci.media.check_digest's rule)
         raise errors.FormatError(f"{what} is not sha256: and 64 hex digits")
     return digest

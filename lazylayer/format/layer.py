@@ -45,6 +45,7 @@ from .tar import (
     MAX_TOC_ENTRIES,
     MAX_TOC_FRAMES,
     MAX_TOC_VALUES,
+    MTIME_MAX,
     TarMember,
     TarScanner,
     check_name,
@@ -56,8 +57,8 @@ FORMAT_VERSION = 1
 TOC_MAGIC = b"LZLYTOC1"
 TOC_SKIPPABLE_VARIANT = 0xA  # the TOC frame's magic is 0x184D2A5A
 # MAX_TOC_BYTES (uncompressed JSON) and the other limits live in .tar, with the name checks.
-# Clamped on read, with a warning (docs/format.md, "Limits"): what the kernel, os.makedev and ls carry.
-MTIME_MAX = 253402214400  # 9999-12-31T00:00:00Z: Python's datetime (and ls) print it in any time zone
+# Clamped on read, with a warning (docs/format.md, "Limits"): what the kernel, os.makedev and ls carry
+# (MTIME_MAX, 9999-12-31, lives in .tar: eStargz's reader clamps with it too).
 ID_MAX = (1 << 32) - 1
 DEVMAJOR_MAX, DEVMINOR_MAX = (1 << 12) - 1, (1 << 20) - 1  # Linux dev_t as FUSE and stat carry it
 LAYER_FRAME_SIZE = 2 << 20  # default frame size of lazy layers: see docs/format.md for the measurements
@@ -170,6 +171,12 @@ class Toc:
     def frame_payload(self, level: int = 9) -> bytes:
         """The TOC skippable frame's payload: magic + compressed JSON."""
         return TOC_MAGIC + zstandard.ZstdCompressor(level=level).compress(self.check_size())
+
+    def to_frame(self, level: int = 9) -> bytes:
+        """The whole TOC skippable frame (header included), as :meth:`from_frame` reads it (and as
+        a layer's writer would write it: the index builds raw layers' TOCs with it)."""
+        payload = self.frame_payload(level)
+        return struct.pack("<II", 0x184D2A50 + TOC_SKIPPABLE_VARIANT, len(payload)) + payload
 
     @classmethod
     def from_frame(cls, frame: bytes) -> Toc:

@@ -37,6 +37,7 @@ MAX_TOC_ENTRIES = 500_000      #: tar members in one layer (the converter's defa
 MAX_TOC_FRAMES = 1_000_000     #: data frames in one layer
 MAX_TOC_BYTES = 64 << 20       #: the TOC's JSON, decompressed
 MAX_TOC_VALUES = 8_000_000     #: JSON values (objects, arrays, numbers, strings; keys not counted) in one TOC
+MTIME_MAX = 253402214400       #: 9999-12-31T00:00:00Z, where mtimes are clamped: Python's datetime (and ls) print it
 MAX_PLAN_RANGES = 4_000_000    #: prefetch ranges in one TOC, or in one plan over all its layers
 
 # typeflag -> TOC type name.  Types tarfile treats as having no data blocks.

@@ -42,12 +42,10 @@ from ..core.seekable import _resolve_pool
 from ..format import (
     ANNOTATION_TOC_DIGEST,
     Frame,
-    estargz,
     is_lazy_layer,
     parse_toc_position,
     read_toc,
 )
-from ..format.estargz import hidden_names
 from ..progress import Progress
 from ..registry import open_source
 from ..remote import FsspecBlob
@@ -243,6 +241,10 @@ class Image:
         the layer's toc.digest, as raw layers of their chunks (``blobs`` gets their blobs).  One
         that uses what is not read lazily yet is fetched whole instead (said in the log)."""
         out: dict[int, tuple[IndexLayer, list[Any]]] = {}
+        if all(b is not None for b in blobs):
+            return out  # every layer is a lazy layer: nothing of eStargz on this (the mount's) path
+        from ..format import estargz
+
         for i, desc in enumerate(descs):
             if blobs[i] is not None or not estargz.is_estargz(desc):
                 continue
@@ -287,10 +289,9 @@ class Image:
                                      f"bytes, its position annotation says {toc_length}")
         return IndexLayer(desc.get("digest", ""), size, toc_digest, toc_offset, toc_length, frame)
 
-    def _tell_not_lazy(self, plain: list[int], descs: list[oci.Descriptor]) -> None:
-        """Say once, in words, that layers are fetched whole (only when some really will be now:
-        not when the disk cache has their copies from an earlier open)."""
-        todo = [i for i in plain if not self._whole_cached(descs[i])]
+    def _tell_not_lazy(self, todo: list[int], descs: list[oci.Descriptor]) -> None:
+        """Say once, in words, that layers ``todo`` are fetched whole now (not said when the disk
+        cache has every copy from an earlier open: ``todo`` is then empty)."""
         if not todo:
             return
         from ..units import human_size
@@ -317,6 +318,7 @@ class Image:
         of stored frames; its TOC spec, local blob and pin.  Nothing of it is read before its blob
         digest and its tar's diff_id have been checked (the copy is only kept once both match)."""
         hexd = oci.check_digest(desc.get("digest", ""))
+        from ..format.estargz import hidden_names
         from ..format.reencode import LayerWriter, reencode_layer  # (zstandard, tarfile: not on a lazy image's path)
 
         # Stored frames, not compressed ones: decoding a layer as it streams keeps up with the link;
@@ -458,8 +460,8 @@ class _WholeLayers:
         self._bar: Progress | None = None
         if not plain:
             return
-        image._tell_not_lazy(plain, descs)
         todo = [i for i in plain if not image._whole_cached(descs[i])]
+        image._tell_not_lazy(todo, descs)
         self.layers_fetched = len(todo)
         total = sum(int(descs[i].get("size") or 0) for i in todo)
         self._bar = Progress(total or None, f"fetching {len(todo)} layer{'s' if len(todo) != 1 else ''} whole "

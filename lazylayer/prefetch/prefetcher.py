@@ -28,9 +28,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .. import remote
+from ..format import LAYER_FRAME_SIZE
 from .plan import Plan
-
-_LAZY_FRAME = 2 << 20  # a lazy layer's frame size (format.LAYER_FRAME_SIZE; format is not imported here)
 
 if TYPE_CHECKING:
     from ..image import Image
@@ -146,7 +145,7 @@ class Prefetcher:
         if not self.neighbours:
             return 0
         mean = max(1, sum(f.size for f in frames) // max(1, len(frames)))
-        return max(self.neighbours, self.neighbours * _LAZY_FRAME // mean)
+        return max(self.neighbours, self.neighbours * LAYER_FRAME_SIZE // mean)
 
     def _frames_in(self, frames: Sequence[Any]) -> Callable[[], int]:
         """The read-ahead maximum of a layer, in frames: max_window() bytes of its mean frame (at least 2)."""
