@@ -3,7 +3,8 @@
 - :mod:`.tar`: a streaming tar scanner that keeps every byte (pax, GNU long names);
 - :mod:`.layer`: the TOC, :class:`LayerWriter`, :func:`read_toc` and :func:`parse_toc_position`;
 - :mod:`.reencode`: a layer blob of any compression to a lazy layer, in one pass;
-- :mod:`.estargz`: what is known of the peers' eStargz and zstd:chunked layers.
+- :mod:`.estargz`: eStargz layers, and the TOC schema they share with zstd:chunked;
+- :mod:`.zstdchunked`: zstd:chunked layers (all three dialects), read lazily.
 """
 
 from __future__ import annotations

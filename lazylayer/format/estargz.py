@@ -1,13 +1,19 @@
-"""What lazylayer knows of eStargz (stargz-snapshotter's docs/estargz.md) and stargz's zstd:chunked.
+"""What lazylayer knows of eStargz (stargz-snapshotter's docs/estargz.md), and the TOC schema
+eStargz and zstd:chunked share.
 
-How to tell such a layer (the layer descriptor's TOC-digest annotation, which
-both write), the files of its own that stargz-snapshotter hides from the merged
-root (its TOC, a tar entry in eStargz, and the prefetch landmarks), and how to
-read an eStargz layer lazily: :func:`read_toc` finds, checks and parses its TOC
-into lazylayer's TOC entries and each file's chunks, :func:`raw_layer` makes
-that a raw layer for the image index (docs/format.md, "Raw frames") whose
-frames :class:`lazylayer.image.frames.ChunkSource` fetches and checks chunk by
-chunk.  stargz's zstd:chunked is still fetched whole.
+How to tell a stargz layer (the layer descriptor's TOC-digest annotation, which
+eStargz and stargz's zstd:chunked write), the files of its own that
+stargz-snapshotter hides from the merged root (its TOC, a tar entry in
+eStargz, and the prefetch landmarks), and how to read an eStargz layer lazily:
+:func:`read_toc` finds, checks and parses its TOC into lazylayer's TOC entries
+and each file's chunks, :func:`raw_layer` makes that a raw layer for the image
+index (docs/format.md, "Raw frames") whose frames
+:class:`lazylayer.image.frames.ChunkSource` fetches and checks chunk by chunk.
+
+zstd:chunked (:mod:`.zstdchunked`) keeps the same TOC schema in a skippable
+frame, with containers/storage's additions (``endOffset``, ``chunkType``
+``zeros``, files left whole with only ``digest``): :func:`parse_toc` reads
+both, :func:`raw_layer` serves both.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ def hidden_names(desc: dict[str, Any]) -> frozenset[str]:
 # offset as 16 hex digits and "STARGZ".
 
 class NotSupported(errors.FormatError):
-    """An eStargz layer using what this lazylayer does not read lazily yet (``innerOffset``):
+    """An eStargz or zstd:chunked layer using what this lazylayer does not read lazily (``innerOffset``,
+    a chunk over :data:`MAX_CHUNK_SIZE`, over :data:`MAX_ZERO_CHECK` bytes of zeros chunks to check):
     it is fetched whole instead."""
 
 
@@ -61,17 +68,29 @@ FOOTER_SIZE = 51
 _FOOTER_HEAD = b"\x1f\x8b\x08\x04"  # gzip, deflate, FEXTRA
 
 
+MAX_CHUNK_SIZE = 64 << 20
+"""The largest chunk read lazily (the C reader's default frame limit); a layer with a larger one
+(other than a run of zeros) is fetched whole."""
+ZERO_PIECE = 1 << 20
+"""A zstd:chunked ``zeros`` chunk becomes frames of this many zero bytes (never fetched)."""
+MAX_ZERO_CHECK = 4 << 30
+"""Zero bytes hashed, at most, to check the digests of one TOC's ``zeros`` chunks (distinct sizes)."""
+
+
 @dataclass(frozen=True)
 class Chunk:
     """A piece of a regular file's content: ``size`` bytes at ``file_offset`` in the file, the start
-    of the gzip member at ``offset`` in the blob (its compressed bytes end at ``end``, the next
-    member with data), whose uncompressed bytes have sha256 ``digest``."""
+    of the compressed member or frame at ``offset`` in the blob (its compressed bytes end at
+    ``end``: the next member with data), whose uncompressed bytes have sha256 ``digest``; ``codec``
+    says how they are compressed: ``gzip`` (eStargz), ``zstd`` (zstd:chunked) or ``zeros`` (a
+    zstd:chunked run of zeros, made here, not fetched)."""
 
     file_offset: int
     size: int
     offset: int
     end: int
     digest: str
+    codec: str = "gzip"
 
 
 @dataclass
@@ -137,8 +156,10 @@ def read_toc(fetch: Callable[[int, int], bytes], blob_size: int, toc_digest: str
     return parse_toc(data, offset)
 
 
-def parse_toc(data: bytes, toc_offset: int) -> EstargzToc:
-    """Check an eStargz TOC's JSON (already vouched for by its digest: still treated as hostile)."""
+def parse_toc(data: bytes, toc_offset: int, codec: str = "gzip", hidden: frozenset[str] = HIDDEN) -> EstargzToc:
+    """Check an eStargz or zstd:chunked TOC's JSON (already vouched for by its digest: still treated
+    as hostile); its chunks are compressed with ``codec`` and lie before ``toc_offset``; ``hidden``
+    names are left out of the entries."""
     doc = load_json(data, "eStargz TOC", MAX_TOC_VALUES)
     if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("entries"), list):
         raise errors.FormatError("the eStargz TOC is not a version 1 object with an entries list")
@@ -146,7 +167,7 @@ def parse_toc(data: bytes, toc_offset: int) -> EstargzToc:
     if len(raw) > MAX_TOC_ENTRIES:
         raise errors.LimitError(f"the eStargz TOC has more than {MAX_TOC_ENTRIES} entries")
     try:
-        return _convert(raw, toc_offset)
+        return _convert(raw, toc_offset, codec, hidden)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, errors.FormatError):
             raise
@@ -164,10 +185,11 @@ def _nonneg(e: dict[str, Any], key: str, limit: int = 1 << 62) -> int:
     return v
 
 
-def _convert(raw: list[Any], toc_offset: int) -> EstargzToc:
+def _convert(raw: list[Any], toc_offset: int, codec: str, hidden: frozenset[str]) -> EstargzToc:
     entries: list[dict[str, Any]] = []
     chunks: dict[int, list[Chunk]] = {}
     starts: list[int] = []  # the member offset of every chunk, to find where each ends
+    ends: set[int] = {toc_offset}  # and where a file's compressed bytes end (zstd:chunked's endOffset)
     prioritized: list[str] = []
     landmark_seen = False
     current: str | None = None  # the regular file that "chunk" entries continue
@@ -181,14 +203,14 @@ def _convert(raw: list[Any], toc_offset: int) -> EstargzToc:
         if kind == "chunk":
             if current != name:
                 raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} does not follow its file")
-            starts.append(_chunk(e, name, into, toc_offset, size))
+            starts.append(_chunk(e, name, into, toc_offset, size, codec))
             continue
         if kind not in _KINDS:
             raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: unknown type {kind[:20]!r}")
         current = None
         if name in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK):
             landmark_seen = True
-        if name in HIDDEN:
+        if name in hidden:
             continue
         out: dict[str, Any] = {"name": name, "type": kind, "mode": _nonneg(e, "mode", 1 << 32) & 0o7777}
         for src, dst in (("uid", "uid"), ("gid", "gid"), ("devMajor", "devmajor"), ("devMinor", "devminor")):
@@ -216,28 +238,42 @@ def _convert(raw: list[Any], toc_offset: int) -> EstargzToc:
             out["size"] = size
             into = chunks[len(entries)] = []
             if size:
-                starts.append(_chunk(e, name, into, toc_offset, size))
+                starts.append(_chunk(e, name, into, toc_offset, size, codec))
                 current = name
+                if "endOffset" in e:
+                    end = _nonneg(e, "endOffset")
+                    if not e["offset"] < end <= toc_offset:
+                        raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: endOffset {end} outside "
+                                                 f"{e['offset']}..{toc_offset}")
+                    ends.add(end)
             if not landmark_seen:
                 prioritized.append(name)
         entries.append(out)
     # each chunk's compressed bytes end where the next chunk's member begins (or at the TOC)
-    ends = sorted(set(starts) | {toc_offset})
+    ends = sorted(ends.union(starts))
+    zeros = _ZeroCheck()
     for k, cs in chunks.items():
         name, size, done = entries[k]["name"], entries[k]["size"], 0
         for i, c in enumerate(cs):
             if c.file_offset != done:
                 raise errors.FormatError(f"eStargz TOC: the chunks of {name[:100]!r} do not tile the file")
             done += c.size
-            cs[i] = Chunk(c.file_offset, c.size, c.offset, ends[bisect.bisect_right(ends, c.offset)], c.digest)
+            if c.codec == "zeros":
+                zeros.check(c, name)
+            elif c.size > MAX_CHUNK_SIZE:
+                raise NotSupported(f"eStargz TOC: a chunk of {name[:100]!r} holds {c.size} bytes, more than the "
+                                   f"{MAX_CHUNK_SIZE} read lazily")
+            cs[i] = Chunk(c.file_offset, c.size, c.offset, ends[bisect.bisect_right(ends, c.offset)], c.digest,
+                          c.codec)
         if done != size:
             raise errors.FormatError(f"eStargz TOC: the chunks of {name[:100]!r} hold {done} of its {size} bytes")
     return EstargzToc(entries, chunks, toc_offset, prioritized if landmark_seen else [])
 
 
-def _chunk(e: dict[str, Any], name: str, into: list[Chunk], toc_offset: int, file_size: int) -> int:
+def _chunk(e: dict[str, Any], name: str, into: list[Chunk], toc_offset: int, file_size: int, codec: str) -> int:
     """Add entry ``e``'s chunk of file ``name`` (``file_size`` bytes); its member's offset.  A chunk
-    without chunkSize runs to the end of the file (the writer omits it for a file's last chunk)."""
+    without chunkSize runs to the end of the file (the writer omits it for a file's last chunk); a
+    file left whole (zstd:chunked: no chunkSize, no chunkDigest) is one chunk named by its digest."""
     offset = _nonneg(e, "offset")
     if offset >= toc_offset:
         raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} lies at or past the TOC")
@@ -249,9 +285,44 @@ def _chunk(e: dict[str, Any], name: str, into: list[Chunk], toc_offset: int, fil
     if size <= 0 or start + size > file_size:
         raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} lies outside the file")
     digest = e.get("chunkDigest")
+    if digest is None and start == 0 and size == file_size:
+        digest = e.get("digest")
     _check_digest(digest, f"the chunkDigest of {name[:100]!r}")
-    into.append(Chunk(start, size, offset, 0, digest))
+    kind = e.get("chunkType", "")
+    if kind not in ("", "zeros"):
+        raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} has unknown chunkType {str(kind)[:20]!r}")
+    into.append(Chunk(start, size, offset, 0, digest, "zeros" if kind == "zeros" else codec))
     return offset
+
+
+class _ZeroCheck:
+    """Checks ``zeros`` chunks' digests against runs of zeros of their size, each size hashed once,
+    at most :data:`MAX_ZERO_CHECK` bytes in all (a layer asking for more is fetched whole)."""
+
+    def __init__(self) -> None:
+        self.known: dict[int, str] = {}
+        self.hashed = 0
+
+    def check(self, c: Chunk, name: str) -> None:
+        want = self.known.get(c.size)
+        if want is None:
+            self.hashed += c.size
+            if self.hashed > MAX_ZERO_CHECK:
+                raise NotSupported(f"eStargz TOC: more than {MAX_ZERO_CHECK} bytes of zeros chunks to check")
+            want = self.known[c.size] = "sha256:" + zero_sha256(c.size)
+        if c.digest != want:
+            raise errors.FormatError(f"eStargz TOC: a zeros chunk of {name[:100]!r} has a chunkDigest that is "
+                                     f"not that of {c.size} zero bytes")
+
+
+def zero_sha256(size: int) -> str:
+    """The sha256 (hex) of ``size`` zero bytes, hashed in pieces of at most 1 MiB."""
+    h, block = hashlib.sha256(), bytes(min(size, 1 << 20))
+    while size:
+        n = min(size, len(block))
+        h.update(memoryview(block)[:n])
+        size -= n
+    return h.hexdigest()
 
 
 def _mtime(value: Any, name: str) -> int:
@@ -282,14 +353,16 @@ def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
     from .layer import Frame, Toc, count_hardlinks
 
     entries, frames, chunks, at, where = [], [], [], 0, {}
+    zeros: dict[int, str] = {}
     for k, e in enumerate(toc.entries):
         e = dict(e)
         if e["type"] == "reg":
             e["offset"] = where[e["name"]] = at
             for c in toc.chunks[k]:
-                frames.append(Frame(at, c.size, at, c.size, c.digest[7:]))
-                chunks.append(c)
-                at += c.size
+                for piece in _pieces(c, zeros):
+                    frames.append(Frame(at, piece.size, at, piece.size, piece.digest[7:]))
+                    chunks.append(piece)
+                    at += piece.size
         entries.append(e)
     count_hardlinks(entries)
     sizes = {e["name"]: e["size"] for e in entries if e["type"] == "reg"}
@@ -299,6 +372,20 @@ def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
     frame = doc.to_frame(level=1)  # (it never leaves this process: the quickest level)
     layer = IndexLayer(digest, at + len(frame), "sha256:" + hashlib.sha256(frame).hexdigest(), at, len(frame), frame)
     return layer, chunks
+
+
+def _pieces(c: Chunk, known: dict[int, str]) -> list[Chunk]:
+    """A chunk as frames: itself, or a ``zeros`` chunk as pieces of at most :data:`ZERO_PIECE`
+    bytes named by their own digests (``known``: those of the sizes seen)."""
+    if c.codec != "zeros" or c.size <= ZERO_PIECE:
+        return [c]
+    out = []
+    for at in range(0, c.size, ZERO_PIECE):
+        n = min(ZERO_PIECE, c.size - at)
+        if n not in known:
+            known[n] = "sha256:" + zero_sha256(n)
+        out.append(Chunk(c.file_offset + at, n, c.offset, c.end, known[n], "zeros"))
+    return out
 
 
 def _check_digest(digest: Any, what: str) -> str:

@@ -128,12 +128,14 @@ class ChunkSource(FrameSource):
     """The frames of a layer in another format, as raw frames (docs/format.md, "Raw frames").
 
     Each frame of the layer's index is one chunk of that format — for eStargz, a
-    gzip member whose first ``size`` uncompressed bytes are the chunk — named by
-    the sha256 of its data.  A missing chunk's compressed bytes (from its
-    member's start to the next chunk's) are fetched, inflated to exactly its
-    size and checked against that sha256 before anything sees them; the disk
-    cache keeps the data under it (the same chunk in any layer, image or
-    format is fetched once).  Everything else is :class:`FrameSource`'s.
+    gzip member whose first ``size`` uncompressed bytes are the chunk; for
+    zstd:chunked, zstd frames — named by the sha256 of its data.  A missing
+    chunk's compressed bytes (from its member's start to the next chunk's) are
+    fetched, decompressed to exactly its size and checked against that sha256
+    before anything sees them; a zstd:chunked run of zeros is made here, not
+    fetched.  The disk cache keeps the data under its sha256 (the same chunk in
+    any layer, image or format is fetched once).  Everything else is
+    :class:`FrameSource`'s.
     """
 
     def __init__(self, blob: Any, frames: Sequence[Frame], chunks: Sequence[Any], disk: DiskCache | None,
@@ -145,16 +147,32 @@ class ChunkSource(FrameSource):
 
     def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
         chunks = [self._chunks[f.compressed_offset] for f in frames]
-        raw = self.blob.read_ranges([(c.offset, c.end - c.offset) for c in chunks])
+        remote = [c for c in chunks if c.codec != "zeros"]
+        raw = iter(self.blob.read_ranges([(c.offset, c.end - c.offset) for c in remote]) if remote else ())
         out = []
-        for f, c, data in zip(frames, chunks, raw):
-            try:
-                got = zlib.decompressobj(31).decompress(data, c.size)
-            except zlib.error as exc:
-                raise errors.CorruptFrameError(f"{self.__name__}: the chunk at {c.offset} is not gzip: {exc}") from None
+        for f, c in zip(frames, chunks):
+            got = bytes(c.size) if c.codec == "zeros" else _decode(c, next(raw), self.__name__)
             if len(got) != c.size or hashlib.sha256(got).hexdigest() != f.sha256:
                 raise errors.IntegrityError(f"{self.__name__}: the chunk at {c.offset} does not match its "
                                             f"chunkDigest sha256:{f.sha256}")
             out.append(got)
-        self._count(len(frames), sum(len(d) for d in raw))
+        self._count(len(remote), sum(c.end - c.offset for c in remote))
         return out
+
+
+def _decode(c: Any, data: bytes, name: str) -> bytes:
+    """The first ``c.size`` bytes chunk ``c``'s compressed bytes decompress to (its member or
+    frames may go on with the next tar header: that is not read)."""
+    if c.codec == "gzip":
+        try:
+            return zlib.decompressobj(31).decompress(data, c.size)
+        except zlib.error as exc:
+            raise errors.CorruptFrameError(f"{name}: the chunk at {c.offset} is not gzip: {exc}") from None
+    import zstandard  # (zstd:chunked only: kept off the import path of images without it)
+
+    from ..format.zstdchunked import decompress_prefix
+
+    try:
+        return decompress_prefix(data, c.size)
+    except zstandard.ZstdError as exc:
+        raise errors.CorruptFrameError(f"{name}: the chunk at {c.offset} is not zstd: {exc}") from None

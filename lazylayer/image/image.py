@@ -17,9 +17,9 @@ is fetched when read, a frame at a time:
   gives it before the decoder sees it) and stores them, once across threads
   and processes.
 
-eStargz layers are read lazily as they are: their TOC becomes a raw layer whose
-frames are the chunks (:class:`ChunkSource`).  Other layers that are not lazy
-(plain gzip/zstd/tar, zstd:chunked for now) still work: they are fetched
+eStargz and zstd:chunked layers are read lazily as they are: their TOC becomes a
+raw layer whose frames are the chunks (:class:`ChunkSource`).  Other layers
+that are not lazy (plain gzip/zstd/tar) still work: they are fetched
 whole, all at once, each decoded as it streams into a local copy of stored
 (uncompressed) frames, checked against its digest and diff_id before anything
 reads it; a warning says so.
@@ -185,12 +185,12 @@ class Image:
         """The index (from the disk cache, else built from the TOCs), each layer's source, the reader."""
         native = self.native = NativeDiskCache(self.disk.path) if self.disk is not None else None
         blobs = [self._source.blob(d) if is_lazy_layer(d) else None for d in descs]
-        stargz = self._stargz_layers(descs, blobs)
+        chunked = self._chunked_layers(descs, blobs)
         # The index is kept on disk, keyed by the manifest's digest, when every layer is lazy (a layer
         # copied locally is vouched for by nothing the manifest says about its frames; an eStargz
         # layer's chunk table is not in the index).
         cacheable = native is not None and all(b is not None for b in blobs) and _is_digest(self.digest) \
-            and not stargz
+            and not chunked
         index = native.load_index(self.digest) if cacheable and native is not None else None
         if index is not None and [index.layer_info(i)[0] for i in range(index.layers)] != \
                 [d.get("digest") for d in descs]:
@@ -201,8 +201,8 @@ class Image:
             plain = _WholeLayers(self, [i for i, b in enumerate(blobs) if b is None], descs, ids)
             try:
                 for i, desc in enumerate(descs):  # the lazy layers' TOCs while the others stream in
-                    if i in stargz:
-                        layers[i] = stargz[i][0]
+                    if i in chunked:
+                        layers[i] = chunked[i][0]
                     elif blobs[i] is not None:
                         layers[i] = self._lazy_toc(desc, blobs[i])
                 for i, (spec, blob, keep) in plain.results().items():
@@ -227,7 +227,7 @@ class Image:
             frames = [Frame(*f) for f in index.frames(i)]
             lazy = keeps[i] is None
             name, local = f"layer {desc.get('digest', '')}", _local_file(blobs[i]) is not None
-            source = ChunkSource(blobs[i], frames, stargz[i][1], self.disk, name, local) if i in stargz else \
+            source = ChunkSource(blobs[i], frames, chunked[i][1], self.disk, name, local) if i in chunked else \
                 FrameSource(blobs[i], frames, self.disk if lazy else None, name, local)
             toc = LayerToc(frames, tar_size, [list(r) for r in index.prefetch(i)])
             self.layers.append(Layer(i, desc, toc, source, lazy, keeps[i], ids[i]))
@@ -236,24 +236,27 @@ class Image:
         self.reader = ImageReader(index, [(layer.source, layer.lazy) for layer in self.layers],
                                   cache=self.memory, pool=_resolve_pool(self.threads), disk=native)
 
-    def _stargz_layers(self, descs: list[oci.Descriptor], blobs: list[Any]) -> dict[int, tuple[IndexLayer, list[Any]]]:
-        """The eStargz layers read lazily: their TOCs (two range requests each), checked against
-        the layer's toc.digest, as raw layers of their chunks (``blobs`` gets their blobs).  One
-        that uses what is not read lazily yet is fetched whole instead (said in the log)."""
+    def _chunked_layers(self, descs: list[oci.Descriptor], blobs: list[Any]) -> dict[int, tuple[IndexLayer, list[Any]]]:
+        """The eStargz and zstd:chunked layers read lazily: their TOCs (one or two range requests
+        each), checked against the layer's annotations, as raw layers of their chunks (``blobs``
+        gets their blobs).  One that uses what is not read lazily is fetched whole instead (said
+        in the log)."""
         out: dict[int, tuple[IndexLayer, list[Any]]] = {}
         if all(b is not None for b in blobs):
-            return out  # every layer is a lazy layer: nothing of eStargz on this (the mount's) path
-        from ..format import estargz
+            return out  # every layer is a lazy layer: nothing of the peers' formats on this (the mount's) path
+        from ..format import estargz, zstdchunked
 
         for i, desc in enumerate(descs):
-            if blobs[i] is not None or not estargz.is_estargz(desc):
+            if blobs[i] is not None:
                 continue
-            blob = self._source.blob(desc)
+            gz, zc = estargz.is_estargz(desc), zstdchunked.is_zstd_chunked(desc)
+            blob = self._source.blob(desc) if gz or zc else None
             size = desc.get("size")
             if blob is None or not isinstance(size, int):
                 continue
             try:
-                toc = estargz.read_toc(blob.read, size, desc["annotations"][estargz.ANNOTATION_TOC_DIGEST])
+                toc = estargz.read_toc(blob.read, size, desc["annotations"][estargz.ANNOTATION_TOC_DIGEST]) if gz \
+                    else zstdchunked.read_toc(blob.read, desc)
             except estargz.NotSupported as exc:
                 log.info("%s: layer %s is fetched whole: %s", self.reference, desc.get("digest"), exc)
                 continue
