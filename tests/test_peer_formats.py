@@ -620,3 +620,43 @@ def test_a_tampered_zstd_chunked_chunk_or_toc_is_never_data(zchunked: tuple[str,
     big = {**good, "size": 65 << 20, "chunkSize": 65 << 20}
     with pytest.raises(estargz.NotSupported, match="more than"):
         estargz.parse_toc(json.dumps({"version": 1, "entries": [big]}).encode(), 100, codec="zstd")
+
+
+def test_a_chunked_layers_index_is_kept_in_the_disk_cache(image: tuple[str, list[Variant]], registry: Any,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """From a registry: the first open reads each chunked layer's TOC and keeps its raw layer in
+    the disk cache; a later open (another process: the mount's fetcher, the next mount) reads
+    neither TOC again; a damaged copy is never trusted: it is said, and the TOC read again."""
+    from lazylayer.format import estargz, zstdchunked
+
+    layout, variants = image
+    registry.push(layout, "peer-formats/chunked:v1")
+    ref = f"docker://{registry.host}/peer-formats/chunked:v1"
+    calls: list[str] = []
+    for mod in (estargz, zstdchunked):
+        real = mod.read_toc
+        monkeypatch.setattr(mod, "read_toc", lambda *a, _real=real, _m=mod.__name__, **k: calls.append(_m) or
+                            _real(*a, **k))
+
+    def read_all() -> None:
+        fs = ImageFileSystem(image=ref, cache_dir=str(tmp_path / "cache"), use_cache=True, skip_instance_cache=True)
+        try:
+            for v in variants:
+                for name, data in v.want.items():
+                    assert fs.cat(name) == data, name
+        finally:
+            fs.close()
+
+    read_all()
+    assert sorted(calls) == ["lazylayer.format.estargz", "lazylayer.format.zstdchunked"]
+    calls.clear()
+    read_all()
+    assert calls == []
+    kept = sorted((tmp_path / "cache").rglob("files/chunked-*"))
+    assert len(kept) == 2
+    data = bytearray(kept[0].read_bytes())
+    data[len(data) // 2] ^= 1
+    kept[0].write_bytes(bytes(data))
+    read_all()
+    assert len(calls) == 1 and "damaged" in caplog.text

@@ -176,18 +176,20 @@ if __name__ == "__main__":
 ESGZ_STAMP_VERSION = 1
 
 
-def build_estargz(workdir: Path, rebuild: bool = False) -> dict[str, Any] | None:
+def build_estargz(workdir: Path, rebuild: bool = False, zstd: bool = False) -> dict[str, Any] | None:
     """The same image as eStargz, written by stargz-snapshotter's own library (tests/estargz_gen,
     built here offline against Debian's golang-github-containerd-stargz-snapshotter-dev) with its
     defaults (4 MiB chunks, gzip level 9), layer by layer from the gzip image's tars, into
     ``WORKDIR/esgz`` with the config's diff_ids rewritten (an eStargz tar holds its TOC entry and a
-    landmark too).  None when go or that source is missing."""
+    landmark too).  With ``zstd``, stargz's zstd:chunked instead (its defaults: 4 MiB chunks, zstd
+    level 3), into ``WORKDIR/szchunk``.  None when go or that source is missing."""
     gen_src = Path(__file__).resolve().parents[2] / "tests" / "estargz_gen"
     gocode = Path("/usr/share/gocode/src/github.com/containerd/stargz-snapshotter")
     if shutil.which("go") is None or not gocode.is_dir():
         log("eStargz image: needs go and golang-github-containerd-stargz-snapshotter-dev: skipped")
         return None
-    out, stamp = workdir / "esgz", workdir / "esgz.json"
+    name = "szchunk" if zstd else "esgz"
+    out, stamp = workdir / name, workdir / f"{name}.json"
     if not rebuild and stamp.exists() and out.exists():
         info = json.loads(stamp.read_text())
         if info.get("version") == ESGZ_STAMP_VERSION:
@@ -206,16 +208,17 @@ def build_estargz(workdir: Path, rebuild: bool = False) -> dict[str, Any] | None
     (out / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     layers, diff_ids = [], []
     for i, desc in enumerate(manifest["layers"]):
-        log(f"eStargz image: layer {i + 1} of {len(manifest['layers'])}")
+        log(f"{name} image: layer {i + 1} of {len(manifest['layers'])}")
         tar, blob = workdir / "esgz-in.tar", workdir / "esgz-out.blob"
         with open(tar, "wb") as f:
             subprocess.run(["pigz", "-dc", str(gz / "blobs" / "sha256" / desc["digest"][7:])], stdout=f, check=True)
-        meta = json.loads(subprocess.run([str(gen), str(tar), str(blob)], check=True, capture_output=True,
-                                         text=True).stdout)
+        argv = [str(gen), *(["-zstdchunked"] if zstd else []), str(tar), str(blob)]
+        meta = json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
         digest, size = file_sha256(blob), blob.stat().st_size
         blob.rename(blob_path(out, digest))
         tar.unlink()
-        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size,
+        media = "application/vnd.oci.image.layer.v1.tar+" + ("zstd" if zstd else "gzip")
+        layers.append({"mediaType": media, "digest": digest, "size": size,
                        "annotations": meta["annotations"]})
         diff_ids.append(meta["diff_id"])
     config["rootfs"]["diff_ids"] = diff_ids
@@ -226,6 +229,30 @@ def build_estargz(workdir: Path, rebuild: bool = False) -> dict[str, Any] | None
     mdesc["annotations"] = {"org.opencontainers.image.ref.name": TAG}
     (out / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
     info = {"version": ESGZ_STAMP_VERSION, "sizes": [x["size"] for x in layers], "build_s": time.perf_counter() - t0}
+    stamp.write_text(json.dumps(info))
+    return info
+
+
+ZCHUNK_STAMP_VERSION = 1
+
+
+def build_zstd_chunked(workdir: Path, rebuild: bool = False) -> dict[str, Any]:
+    """The same image as zstd:chunked, as Debian's skopeo (1.9.3) writes it with its defaults
+    (``skopeo copy --dest-compress-format zstd:chunked``: level 10, content-defined chunks), from
+    the gzip image, into ``WORKDIR/zchunk``."""
+    out, stamp = workdir / "zchunk", workdir / "zchunk.json"
+    if not rebuild and stamp.exists() and out.exists():
+        info = json.loads(stamp.read_text())
+        if info.get("version") == ZCHUNK_STAMP_VERSION:
+            return info
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    log("zstd:chunked image: skopeo copy (level 10, its default: a few minutes)")
+    subprocess.run(["skopeo", "copy", "-q", "--dest-compress-format", "zstd:chunked", f"oci:{workdir / 'gzip'}:{TAG}",
+                    f"oci:{out}:{TAG}"], check=True)
+    info = {"version": ZCHUNK_STAMP_VERSION, "sizes": [x["size"] for x in layout_manifest(out)["layers"]],
+            "build_s": time.perf_counter() - t0}
     stamp.write_text(json.dumps(info))
     return info
 

@@ -54,6 +54,12 @@ from nothing local to the workload's exit; unmounting is not timed)
         gzip level 9, from the gzip image's tars; ``build.build_estargz``),
         read lazily as it is.  Built, and pushed, only when case (e) is asked
         for and go is installed.  Not in the default cases.
+    (k) as (e), but of the image as zstd:chunked written by Debian's skopeo
+        (``cs-zchunk``: ``skopeo copy --dest-compress-format zstd:chunked``,
+        its defaults: level 10, content-defined chunks; ``build.build_zstd_chunked``).
+    (s) as (e), but of the image as stargz's zstd:chunked (``cs-szchunk``:
+        the same library with ``-zstdchunked``, its defaults: 4 MiB chunks,
+        zstd level 3).  (k) and (s) are built, and pushed, only when asked for.
     (i) a diagnostic: ``python -c IMPORTS``, the modules the
         mount command loads before it forks: the part of (b) and (c)'s mount
         that is only starting the command.
@@ -75,7 +81,8 @@ Check (untimed, before the runs; ``--no-verify`` skips it)
     (``verify.py``).
 
 Targets (from the issues)
-    (b) <= 0.15x (a); (c) <= 1.5x (d); (p) <= 0.08x (a); (g) <= 1.0x (f); (z) <= 1.0x (a); (e) <= 1.25x (b).  Ratios are between medians over
+    (b) <= 0.15x (a); (c) <= 1.5x (d); (p) <= 0.08x (a); (g) <= 1.0x (f); (z) <= 1.0x (a);
+    (e), (k), (s) <= 1.25x (b).  Ratios are between medians over
     ``--runs`` runs; every run is listed.  CPU-s of the whole machine and of
     the proxy are recorded from each clock's start to its stop: the machine
     has 2 cores, so (a)'s decompression, the proxy and anything else running
@@ -115,7 +122,7 @@ from benchmarks.fetch import Registry, machine_busy
 from benchmarks.netem import ShapedProxy
 
 TAG = build.TAG
-REPO_GZIP, REPO_LAZY, REPO_ESGZ = "cs-gzip", "cs-lazy", "cs-esgz"
+REPO_GZIP, REPO_LAZY, REPO_ESGZ, REPO_ZCHUNK, REPO_SZCHUNK = "cs-gzip", "cs-lazy", "cs-esgz", "cs-zchunk", "cs-szchunk"
 TARGET_B, TARGET_C, TARGET_P, TARGET_G, TARGET_Z, TARGET_E = 0.15, 1.5, 0.08, 1.0, 1.0, 1.25
 MB = 10**6
 VERIFY_SAMPLE = 100
@@ -153,9 +160,10 @@ def layout_digest(layout: Path) -> str:
 
 def push(workdir: Path, port: int) -> None:
     """Push both layouts with skopeo (blobs already in the kept storage are skipped); check the digests."""
-    for layout, repo in ((workdir / "gzip", REPO_GZIP), (workdir / "lazy", REPO_LAZY), (workdir / "esgz", REPO_ESGZ)):
+    for layout, repo in ((workdir / "gzip", REPO_GZIP), (workdir / "lazy", REPO_LAZY), (workdir / "esgz", REPO_ESGZ),
+                         (workdir / "zchunk", REPO_ZCHUNK), (workdir / "szchunk", REPO_SZCHUNK)):
         if not layout.exists():
-            continue  # (the eStargz image is built only for case e)
+            continue  # (the peers' formats are built only for cases e, k, s)
         want = layout_digest(layout)
         if manifest_digest(port, repo) != want:
             subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:{TAG}",
@@ -317,6 +325,14 @@ class Bench:
         """The image as eStargz (stargz-snapshotter's library, its defaults), read lazily as it is."""
         return self.lazy(True, "--no-prefetch", repo=REPO_ESGZ)
 
+    def case_k(self) -> dict[str, float]:
+        """The image as zstd:chunked (skopeo, its defaults), read lazily as it is."""
+        return self.lazy(True, "--no-prefetch", repo=REPO_ZCHUNK)
+
+    def case_s(self) -> dict[str, float]:
+        """The image as stargz's zstd:chunked (its defaults), read lazily as it is."""
+        return self.lazy(True, "--no-prefetch", repo=REPO_SZCHUNK)
+
     def case_f(self) -> dict[str, float]:
         pulled = self.pull()
         ov, w = self.workload(self.dirs, read_all=True)
@@ -364,6 +380,10 @@ CASES = {
     "g": "(g) `lazylayer mount --fill`, empty cache + overlay + read every file (as f)",
     "e": "(e) `lazylayer mount` of the image as eStargz (4 MiB chunks, gzip -9: stargz's defaults), read lazily "
          "as it is, empty cache + overlay + workload",
+    "k": "(k) `lazylayer mount` of the image as zstd:chunked (skopeo 1.9.3, its defaults: level 10), read lazily "
+         "as it is, empty cache + overlay + workload",
+    "s": "(s) `lazylayer mount` of the image as stargz's zstd:chunked (4 MiB chunks, level 3: its defaults), read "
+         "lazily as it is, empty cache + overlay + workload",
     "z": "(z) `lazylayer mount` of the gzip image itself (not lazy, no index: every layer fetched whole first), "
          "empty cache + overlay + workload",
     "i": "(diagnostic) starting the command: `python -c IMPORTS` (see below), page cache dropped",
@@ -466,6 +486,8 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
     ratio_row("g", "f", TARGET_G, f"(g) lazy mount, read every file <= {TARGET_G}x (f) full pull + the same read")
     ratio_row("z", "a", TARGET_Z, f"(z) mount of the gzip image, no index <= {TARGET_Z}x (a) full pull + workload")
     ratio_row("e", "b", TARGET_E, f"(e) mount of the eStargz image <= {TARGET_E}x (b), the same in lazylayer's format")
+    ratio_row("k", "b", TARGET_E, f"(k) mount of skopeo's zstd:chunked image <= {TARGET_E}x (b)")
+    ratio_row("s", "b", TARGET_E, f"(s) mount of stargz's zstd:chunked image <= {TARGET_E}x (b)")
     L += ["", "#### Time taken by the benchmark", "",
           ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + "."]
     if info.get("phases"):
@@ -510,16 +532,20 @@ def main(argv: list[str] | None = None) -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
     skipped = ""
-    if ({"b", "c", "p", "g", "z", "e"} & set(cases)) and not mount_cli_ready():
+    if ({"b", "c", "p", "g", "z", "e", "k", "s"} & set(cases)) and not mount_cli_ready():
         skipped = f" (`{CLI} mount --help` failed: the mount command is missing)"
-        log("lazylayer mount is not available: skipping (b), (c), (p), (g), (z) and (e)")
-        cases = [c for c in cases if c not in "bcpgze"]
+        log("lazylayer mount is not available: skipping (b), (c), (p), (g), (z), (e), (k) and (s)")
+        cases = [c for c in cases if c not in "bcpgzeks"]
 
     phases: dict[str, float] = {}
     t = time.perf_counter()
     info = build.build(a.workdir, a.rebuild)
     if "e" in cases and build.build_estargz(a.workdir, a.rebuild) is None:
         cases = [c for c in cases if c != "e"]
+    if "s" in cases and build.build_estargz(a.workdir, a.rebuild, zstd=True) is None:
+        cases = [c for c in cases if c != "s"]
+    if "k" in cases:
+        build.build_zstd_chunked(a.workdir, a.rebuild)
     phases["image (build or reuse)"] = time.perf_counter() - t
     reg_dir = a.workdir / "registry"
     reg_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .. import errors
 from ..oci.media import DIGEST, load_json
@@ -77,8 +77,7 @@ MAX_ZERO_CHECK = 4 << 30
 """Zero bytes hashed, at most, to check the digests of one TOC's ``zeros`` chunks (distinct sizes)."""
 
 
-@dataclass(frozen=True)
-class Chunk:
+class Chunk(NamedTuple):
     """A piece of a regular file's content: ``size`` bytes at ``file_offset`` in the file, the start
     of the compressed member or frame at ``offset`` in the blob (its compressed bytes end at
     ``end``: the next member with data), whose uncompressed bytes have sha256 ``digest``; ``codec``
@@ -371,6 +370,49 @@ def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
               prefetch=plan, codec="raw")
     frame = doc.to_frame(level=1)  # (it never leaves this process: the quickest level)
     layer = IndexLayer(digest, at + len(frame), "sha256:" + hashlib.sha256(frame).hexdigest(), at, len(frame), frame)
+    return layer, chunks
+
+
+# ------------------------------------------------------------------ kept in the disk cache
+#
+# A chunked layer's raw TOC frame and chunk table, as the image keeps them in the
+# disk cache so that a later open (the mount's fetcher process, the next mount)
+# neither fetches nor parses the TOC again: a header (magic, the sha256 of all
+# that follows, the raw layer's virtual size, the number of chunks, the frame's
+# length), the frame, then one row per chunk.
+
+_SIDECAR = struct.Struct("<8s32sQII")
+_SIDECAR_MAGIC = b"LLCHUNK1"
+_ROW = struct.Struct("<QIQQ32sB")  # file_offset, size, offset, end, digest, codec
+_CODECS = ("gzip", "zstd", "zeros")
+
+
+def dump_raw_layer(layer: Any, chunks: list[Chunk]) -> bytes:
+    """:func:`raw_layer`'s result as bytes (read back by :func:`load_raw_layer`)."""
+    body = layer.toc_frame + b"".join(
+        _ROW.pack(c.file_offset, c.size, c.offset, c.end, bytes.fromhex(c.digest[7:]), _CODECS.index(c.codec))
+        for c in chunks)
+    return _SIDECAR.pack(_SIDECAR_MAGIC, hashlib.sha256(body).digest(), layer.toc_offset, len(chunks),
+                         len(layer.toc_frame)) + body
+
+
+def load_raw_layer(data: bytes, digest: str) -> tuple[Any, list[Chunk]]:
+    """What :func:`dump_raw_layer` wrote, for layer ``digest``; FormatError if it is damaged."""
+    from ..core import IndexLayer
+
+    if len(data) < _SIDECAR.size:
+        raise errors.FormatError("a chunked layer's cached index is truncated")
+    magic, sha, at, count, flen = _SIDECAR.unpack_from(data)
+    body = memoryview(data)[_SIDECAR.size:]
+    if magic != _SIDECAR_MAGIC or len(body) != flen + count * _ROW.size or hashlib.sha256(body).digest() != sha:
+        raise errors.FormatError("a chunked layer's cached index is damaged")
+    frame = bytes(body[:flen])
+    try:
+        chunks = [Chunk(fo, n, off, end, "sha256:" + d.hex(), _CODECS[k])
+                  for fo, n, off, end, d, k in _ROW.iter_unpack(body[flen:])]
+    except IndexError:
+        raise errors.FormatError("a chunked layer's cached index names an unknown codec") from None
+    layer = IndexLayer(digest, at + flen, "sha256:" + hashlib.sha256(frame).hexdigest(), at, flen, frame)
     return layer, chunks
 
 

@@ -28,6 +28,7 @@ reads it; a warning says so.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -239,8 +240,9 @@ class Image:
     def _chunked_layers(self, descs: list[oci.Descriptor], blobs: list[Any]) -> dict[int, tuple[IndexLayer, list[Any]]]:
         """The eStargz and zstd:chunked layers read lazily: their TOCs (one or two range requests
         each), checked against the layer's annotations, as raw layers of their chunks (``blobs``
-        gets their blobs).  One that uses what is not read lazily is fetched whole instead (said
-        in the log)."""
+        gets their blobs); kept in the disk cache, so that a later open (the mount's fetcher, the
+        next mount) neither fetches nor parses them again.  One that uses what is not read lazily
+        is fetched whole instead (said in the log)."""
         out: dict[int, tuple[IndexLayer, list[Any]]] = {}
         if all(b is not None for b in blobs):
             return out  # every layer is a lazy layer: nothing of the peers' formats on this (the mount's) path
@@ -254,17 +256,48 @@ class Image:
             size = desc.get("size")
             if blob is None or not isinstance(size, int):
                 continue
-            try:
+
+            def build(blob: Any = blob, desc: oci.Descriptor = desc, size: int = size, gz: bool = gz) -> Any:
                 toc = estargz.read_toc(blob.read, size, desc["annotations"][estargz.ANNOTATION_TOC_DIGEST]) if gz \
                     else zstdchunked.read_toc(blob.read, desc)
+                return estargz.raw_layer(toc, desc.get("digest", ""))
+
+            try:
+                out[i] = self._cached_chunked(desc, build)
             except estargz.NotSupported as exc:
                 log.info("%s: layer %s is fetched whole: %s", self.reference, desc.get("digest"), exc)
                 continue
             except errors.LazyLayerError as exc:
                 raise type(exc)(f"layer {desc.get('digest')}: {exc}") from exc
-            out[i] = estargz.raw_layer(toc, desc.get("digest", ""))
             blobs[i] = blob
         return out
+
+    def _cached_chunked(self, desc: oci.Descriptor, build: Any) -> tuple[IndexLayer, list[Any]]:
+        """``build()``'s raw layer, kept in the disk cache under the layer's digest and annotations
+        (what the TOC was checked against): built once across processes."""
+        from ..format import estargz
+
+        if self.disk is None:
+            return build()
+        key = hashlib.sha256(json.dumps([desc.get("digest"), desc.get("size"), desc.get("mediaType"),
+                                         desc.get("annotations")], sort_keys=True).encode()).hexdigest()
+        made: list[Any] = []
+
+        def write(f: Any) -> None:
+            made.append(build())
+            f.write(estargz.dump_raw_layer(*made[0]))
+
+        path = self.disk.ensure_file(f"chunked-{key}", write)
+        if made:
+            return made[0]
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            return estargz.load_raw_layer(data, desc.get("digest", ""))
+        except errors.FormatError as exc:  # damaged on disk: built again (and said), never trusted
+            log.warning("%s: %s; reading the TOC again", self.reference, exc)
+            os.unlink(path)
+            return build()
 
     def _lazy_toc(self, desc: oci.Descriptor, blob: Any) -> IndexLayer:
         """A lazy layer's TOC frame (from the disk cache, else one range request) and position."""
