@@ -194,6 +194,7 @@ def _convert(raw: list[Any], toc_offset: int, codec: str, hidden: frozenset[str]
     current: str | None = None  # the regular file that "chunk" entries continue
     size = 0  # its size
     into: list[Chunk] = []  # its chunks
+    mtimes: dict[str, int] = {}
     for e in raw:
         if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not isinstance(e.get("type"), str):
             raise errors.FormatError("eStargz TOC entry without a name and a type")
@@ -213,25 +214,34 @@ def _convert(raw: list[Any], toc_offset: int, codec: str, hidden: frozenset[str]
             continue
         out: dict[str, Any] = {"name": name, "type": kind, "mode": _nonneg(e, "mode", 1 << 32) & 0o7777}
         for src, dst in (("uid", "uid"), ("gid", "gid"), ("devMajor", "devmajor"), ("devMinor", "devminor")):
-            if _nonneg(e, src, 1 << 32):
+            if e.get(src) and _nonneg(e, src, 1 << 32):  # (0 is the default, left out: most entries)
                 out[dst] = e[src]
         for src, dst in (("userName", "uname"), ("groupName", "gname"), ("linkName", "linkname")):
-            v = e.get(src, "")
-            if not isinstance(v, str):
-                raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: {src} is not a string")
+            v = e.get(src)
             if v:
+                if not isinstance(v, str):
+                    raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: {src} is not a string")
                 out[dst] = normalize_name(v, "hardlink target") if (kind, dst) == ("hardlink", "linkname") else v
+            elif v is not None and v != "":
+                raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: {src} is not a string")
         if kind in ("symlink", "hardlink") and "linkname" not in out:
             raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: a {kind} without linkName")
-        mtime = _mtime(e.get("modtime"), name)
+        modtime = e.get("modtime")
+        mtime = mtimes.get(modtime) if isinstance(modtime, str) else None  # (files share their times)
+        if mtime is None:
+            mtime = _mtime(modtime, name)
+            if isinstance(modtime, str):
+                mtimes[modtime] = mtime
         if mtime:
             out["mtime"] = mtime
-        xattrs = e.get("xattrs") or {}
-        if not isinstance(xattrs, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                   for k, v in xattrs.items()):
-            raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: xattrs are not name -> base64")
+        xattrs = e.get("xattrs")
         if xattrs:
+            if not isinstance(xattrs, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in xattrs.items()):
+                raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: xattrs are not name -> base64")
             out["xattrs"] = dict(sorted(xattrs.items()))
+        elif xattrs is not None and xattrs != {}:
+            raise errors.FormatError(f"eStargz TOC entry {name[:100]!r}: xattrs are not name -> base64")
         if kind == "reg":
             size = _nonneg(e, "size")
             out["size"] = size

@@ -168,8 +168,12 @@ def normalize_name(raw: str, what: str = "path") -> str:
     """
     if len(raw) > 4 * MAX_PATH_BYTES + 4 * MAX_PATH_DEPTH:  # cheap bound first: no split of a huge name
         raise FormatError(f"tar member {_shown(raw)}: {what} is longer than {MAX_PATH_BYTES} bytes")
+    split = raw.split("/")
+    if len(raw) <= MAX_PATH_BYTES // 4 and len(split) <= MAX_PATH_DEPTH and "" not in split and "." not in split \
+            and ".." not in split and max(map(len, split)) <= MAX_NAME_BYTES // 4:
+        return raw  # already normal, and within every limit even at 4 UTF-8 bytes a character (most names)
     parts = []
-    for part in raw.split("/"):
+    for part in split:
         if part in ("", "."):
             continue
         if part == "..":
