@@ -26,6 +26,7 @@ import random
 import shutil
 import subprocess
 import tarfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,11 @@ def _files(n: int, seed: int) -> list[tuple[tarfile.TarInfo, bytes | None]]:
 
 class Variant:
     def __init__(self, gen: Path, work: Path, zstd: bool, members: list[Any], prioritized: str,
-                 level: int | None = None) -> None:
+                 level: int | None = None, chunk: int = 65536) -> None:
         self.tar = images.make_tar(members)
         src, self.blob_path = work / "in.tar", work / ("layer.zstdchunked" if zstd else "layer.esgz")
         src.write_bytes(self.tar)
-        argv = [str(gen), "-chunk", "65536", "-prioritized", prioritized, str(src), str(self.blob_path)]
+        argv = [str(gen), "-chunk", str(chunk), "-prioritized", prioritized, str(src), str(self.blob_path)]
         if zstd:
             argv.insert(1, "-zstdchunked")
         if level is not None:
@@ -660,3 +661,48 @@ def test_a_chunked_layers_index_is_kept_in_the_disk_cache(image: tuple[str, list
     kept[0].write_bytes(bytes(data))
     read_all()
     assert len(calls) == 1 and "damaged" in caplog.text
+
+
+def test_small_chunks_are_fetched_in_groups_and_read_ahead_counts_bytes(gen: Path, registry: Any,
+                                                                        tmp_path: Path) -> None:
+    """From a registry, with a disk cache: a missing small chunk is fetched with the rest of its
+    fetch group (its neighbours in the blob, about a frame of lazylayer's own format: 2 MiB) in
+    the same request, so reading a neighbour next fetches nothing; and read-ahead after a miss
+    is its window's bytes, not its count of mean-sized chunks: past 60 files of 1 KiB come ten
+    of 4 MiB (a mean chunk of ~0.7 MiB, so 4 x 2 MiB of mean chunks would be 12 chunks, 40 MiB)."""
+    import lazylayer.prefetch as prefetch
+    from lazylayer.image import DiskCache, Image
+    from lazylayer.image.frames import GROUP_BYTES, ChunkSource
+
+    rng = random.Random(5)
+    d = tarfile.TarInfo("app")
+    d.type, d.mode = tarfile.DIRTYPE, 0o755
+    members: list[Any] = [(d, None)]
+    members += [images.reg(f"app/s{i:02d}", rng.randbytes(1024)) for i in range(60)]
+    members += [images.reg(f"app/z{i:02d}", rng.randbytes(4 << 20)) for i in range(10)]
+    (tmp_path / "v").mkdir()
+    v = Variant(gen, tmp_path / "v", False, members, prioritized="", level=1, chunk=4 << 20)
+    v.blob_path.unlink()
+    registry.push(_esgz_layout(tmp_path / "layout", v), "peer-formats/groups:v1")
+    ref = f"docker://{registry.host}/peer-formats/groups:v1"
+
+    with Image(ref, cache=DiskCache(tmp_path / "c1")) as img:
+        src = img.layers[0].source
+        assert isinstance(src, ChunkSource)
+        node = img.tree.resolve("/app/s10")
+        assert img.pread(node, 2048, 0) == v.want["app/s10"]
+        fetched = img.stats()["frames_fetched"]
+        assert fetched > 1  # its group came with it
+        assert img.pread(img.tree.resolve("/app/s11"), 2048, 0) == v.want["app/s11"]
+        assert img.stats()["frames_fetched"] == fetched  # a neighbour: from the disk cache
+        sizes = [f.size for f in img.layers[0].toc.frames]
+        assert max(sizes) == 4 << 20 and sum(sizes[:fetched]) <= GROUP_BYTES + 4096
+
+    with Image(ref, cache=DiskCache(tmp_path / "c2")) as img:
+        prefetch.start(img, None)
+        assert img.pread(img.tree.resolve("/app/s59"), 2048, 0) == v.want["app/s59"]  # next to the big ones
+        deadline = time.monotonic() + 30
+        while not img.prefetcher.idle() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = img.stats()["prefetched_bytes"]
+        assert 0 < got <= 4 * (2 << 20) + (4 << 20), got  # 4 frames' worth (+ the chunk that crosses it)

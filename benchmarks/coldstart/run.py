@@ -302,7 +302,7 @@ class Bench:
             mounts.empty_dir(self.cache)
         self.drop()
         try:
-            m = self.mount(*extra, repo=repo)
+            m = self.mount(*extra, *self.a.mount_arg, repo=repo)
             ov, w = self.workload([self.mnt], read_all)
         finally:
             counters = self.umount()
@@ -515,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-verify", action="store_true",
                     help="skip the untimed check that both roots are the same (one extra pull and mount)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run")
+    ap.add_argument("--mount-arg", action="append", default=[],
+                    help="an extra argument for every `lazylayer mount` (repeat it; for experiments)")
     ap.add_argument("--out", type=Path, help="also write the markdown report here")
     ap.add_argument("--json", type=Path, help="write all numbers as JSON here")
     a = ap.parse_args(argv)

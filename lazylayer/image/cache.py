@@ -70,7 +70,7 @@ import logging
 import os
 import re
 import stat
-import tempfile
+import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -99,6 +99,9 @@ LAYOUT = "v1"
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+_TEMP_NAMES = itertools.count()
 
 
 class CacheError(errors.LazyLayerError, OSError):
@@ -422,12 +425,16 @@ class DiskCache:
         OSErrors of the cache's own operations become :class:`CacheError` (with
         the path); those of ``fill`` too when ``ours``, else they propagate as raised.
         """
+        # A name of our own (pid, thread, counter: unique while we run; O_EXCL all the same), not
+        # tempfile.mkstemp's random one: a chunked layer's small chunks are stored by thousands.
+        tmp = os.path.join(self._tmp, f".w-{os.getpid()}-{threading.get_ident()}-{next(_TEMP_NAMES)}")
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
             try:
-                fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=".w-")
+                fd = os.open(tmp, flags, 0o600)
             except FileNotFoundError:  # the tree was removed under us: make it again
                 self._make_dirs()
-                fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=".w-")
+                fd = os.open(tmp, flags, 0o600)
         except OSError as exc:
             raise _cache_error(exc, "create a temporary file in", self._tmp) from None
         renamed = False

@@ -78,6 +78,10 @@ class Prefetcher:
         self._ra = [remote.ReadAhead(self._neighbour_frames(layer.toc.frames) or 2, self._frames_in(layer.toc.frames),
                                      after=0 if self.neighbours else 2, gap=1, refill=0.5)
                     for layer in image.layers]
+        # ReadAhead counts frames of the layer's mean size; where frames differ in size (an eStargz
+        # layer's chunks: files of a few bytes to 4 MiB) a window is cut to those bytes (see _readahead).
+        self._ends = [list(itertools.accumulate(f.size for f in layer.toc.frames))
+                      for layer in image.layers]
         self._ra_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._active = 0
@@ -137,7 +141,13 @@ class Prefetcher:
         ahead = self._ra[layer].read(first, last + 1)  # gap=1: a frame served from memory in between
         if ahead is not None:
             lo, hi = ahead
-            self._enqueue(_READAHEAD, layer, range(lo, min(hi, len(self.image.layers[layer].toc.frames))))
+            ends = self._ends[layer]
+            hi = min(hi, len(ends))
+            if lo < hi:  # at most the bytes of hi - lo mean frames: one big file does not make a window of them
+                before = ends[lo - 1] if lo else 0
+                budget = (hi - lo) * (ends[-1] // len(ends))
+                hi = max(lo + 1, min(hi, bisect.bisect_right(ends, before + budget, lo, hi)))
+            self._enqueue(_READAHEAD, layer, range(lo, hi))
 
     def _neighbour_frames(self, frames: Sequence[Any]) -> int:
         """``neighbours`` frames of a lazy layer's size (2 MiB), in this layer's mean frame: 4 frames
