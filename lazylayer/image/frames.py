@@ -145,69 +145,22 @@ class ChunkSource(FrameSource):
             raise errors.FormatError(f"{name}: {len(chunks)} chunks for {len(self.frames)} frames")
         self._chunk_list = list(chunks)
         self._index = {f.compressed_offset: i for i, f in enumerate(self.frames)}
-        # Fetch groups: a file is often a chunk of a few KiB, and a program reads its neighbours
-        # next, so a missing chunk is fetched with the rest of its group — the chunks around it,
-        # end to end in the blob, GROUP_BYTES of data in all, as a frame of lazylayer's own
-        # format holds them — in the same request; the others go to the disk cache.
-        self._stored: set[int] = set()  # frames this source has put in the disk cache (no stat needed)
-        self._group: list[int] = []  # the first frame of each frame's group
-        start, size, prev = 0, 0, None
-        for i, c in enumerate(self._chunk_list):
-            if c.codec == "zeros" or prev is None or size + c.size > GROUP_BYTES or \
-                    not 0 <= c.offset - prev.end <= GROUP_GAP:
-                start, size = i, 0
-            self._group.append(start)
-            size += c.size
-            prev = None if c.codec == "zeros" else c
 
     def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
         want = [self._index[f.compressed_offset] for f in frames]
-        extra = self._neighbours(want) if self.disk is not None and not self.local else []
-        todo = sorted(set(want).union(extra))
-        remote = [i for i in todo if self._chunk_list[i].codec != "zeros"]
+        remote = [i for i in want if self._chunk_list[i].codec != "zeros"]
         raw = dict(zip(remote, self.blob.read_ranges(
             [(self._chunk_list[i].offset, self._chunk_list[i].end - self._chunk_list[i].offset) for i in remote])))
-        got = {}
-        for i in todo:
+        out = []
+        for i in want:
             c, f = self._chunk_list[i], self.frames[i]
             data = bytes(c.size) if c.codec == "zeros" else _decode(c, raw[i], self.__name__)
             if len(data) != c.size or hashlib.sha256(data).hexdigest() != f.sha256:
                 raise errors.IntegrityError(f"{self.__name__}: the chunk at {c.offset} does not match its "
                                             f"chunkDigest sha256:{f.sha256}")
-            got[i] = data
+            out.append(data)
         self._count(len(remote), sum(self._chunk_list[i].end - self._chunk_list[i].offset for i in remote))
-        wanted = set(want)
-        for i in extra:
-            if i not in wanted and self.disk is not None:
-                try:
-                    self.disk.put("sha256:" + self.frames[i].sha256, got[i])
-                except OSError as exc:  # a full disk must not fail the read
-                    log.warning("disk cache: not stored: %s", exc)
-        self._stored.update(todo)  # (the wanted ones are stored by the caller, DiskCache.fetch_many)
-        return [got[i] for i in want]
-
-    def _neighbours(self, want: list[int]) -> list[int]:
-        """The other chunks of ``want``'s fetch groups that are fetched and not on disk yet."""
-        out: list[int] = []
-        seen: set[int] = set()
-        for i in want:
-            g = self._group[i]
-            if g in seen:
-                continue
-            seen.add(g)
-            j = g
-            while j < len(self._group) and self._group[j] == g:
-                if self._chunk_list[j].codec != "zeros" and j not in self._stored and self.disk is not None and \
-                        not self.disk.has("sha256:" + self.frames[j].sha256):
-                    out.append(j)
-                j += 1
         return out
-
-
-GROUP_BYTES = 2 << 20
-"""The data a fetch group of small chunks holds (lazylayer's own frame size, LAYER_FRAME_SIZE)."""
-GROUP_GAP = 64 << 10
-"""The most compressed bytes between two chunks of one group (zstd:chunked's tar headers lie between)."""
 
 
 def _decode(c: Any, data: bytes, name: str) -> bytes:
