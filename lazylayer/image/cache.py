@@ -66,11 +66,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
 import re
 import stat
-import itertools
 import threading
 import time
 from dataclasses import dataclass
