@@ -176,20 +176,23 @@ if __name__ == "__main__":
 ESGZ_STAMP_VERSION = 1
 
 
-def build_estargz(workdir: Path, rebuild: bool = False, zstd: bool = False) -> dict[str, Any] | None:
+def build_estargz(workdir: Path, rebuild: bool = False, zstd: bool = False, src: Path | None = None,
+                  out: Path | None = None, tag: str = TAG) -> dict[str, Any] | None:
     """The same image as eStargz, written by stargz-snapshotter's own library (tests/estargz_gen,
     built here offline against Debian's golang-github-containerd-stargz-snapshotter-dev) with its
     defaults (4 MiB chunks, gzip level 9), layer by layer from the gzip image's tars, into
     ``WORKDIR/esgz`` with the config's diff_ids rewritten (an eStargz tar holds its TOC entry and a
     landmark too).  With ``zstd``, stargz's zstd:chunked instead (its defaults: 4 MiB chunks, zstd
-    level 3), into ``WORKDIR/szchunk``.  None when go or that source is missing."""
+    level 3), into ``WORKDIR/szchunk``.  ``src``/``out``/``tag``: another gzip layout (tagged
+    ``tag``) to convert, and where to (benchmarks/image.py's).  None when go or that source is missing."""
     gen_src = Path(__file__).resolve().parents[2] / "tests" / "estargz_gen"
     gocode = Path("/usr/share/gocode/src/github.com/containerd/stargz-snapshotter")
     if shutil.which("go") is None or not gocode.is_dir():
         log("eStargz image: needs go and golang-github-containerd-stargz-snapshotter-dev: skipped")
         return None
     name = "szchunk" if zstd else "esgz"
-    out, stamp = workdir / name, workdir / f"{name}.json"
+    out = out or workdir / name
+    stamp = out.with_name(out.name + ".json")
     if not rebuild and stamp.exists() and out.exists():
         info = json.loads(stamp.read_text())
         if info.get("version") == ESGZ_STAMP_VERSION:
@@ -201,8 +204,8 @@ def build_estargz(workdir: Path, rebuild: bool = False, zstd: bool = False) -> d
     env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{workdir / 'gopath'}:/usr/share/gocode",
            "GOCACHE": str(workdir / "gocache"), "GOFLAGS": ""}
     subprocess.run(["go", "build", "-o", str(gen), "."], cwd=gen_src, env=env, check=True)
-    gz = workdir / "gzip"
-    manifest = layout_manifest(gz)
+    gz = src or workdir / "gzip"
+    manifest = layout_manifest(gz, tag)
     config = json.loads((gz / "blobs" / "sha256" / manifest["config"]["digest"][7:]).read_bytes())
     (out / "blobs" / "sha256").mkdir(parents=True)
     (out / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
@@ -226,7 +229,7 @@ def build_estargz(workdir: Path, rebuild: bool = False, zstd: bool = False) -> d
                              manifest["config"].get("mediaType", "application/vnd.oci.image.config.v1+json"))
     mdesc = _write_json_blob(out, {**manifest, "config": cdesc, "layers": layers},
                              manifest.get("mediaType", "application/vnd.oci.image.manifest.v1+json"))
-    mdesc["annotations"] = {"org.opencontainers.image.ref.name": TAG}
+    mdesc["annotations"] = {"org.opencontainers.image.ref.name": tag}
     (out / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
     info = {"version": ESGZ_STAMP_VERSION, "sizes": [x["size"] for x in layers], "build_s": time.perf_counter() - t0}
     stamp.write_text(json.dumps(info))
@@ -236,11 +239,13 @@ def build_estargz(workdir: Path, rebuild: bool = False, zstd: bool = False) -> d
 ZCHUNK_STAMP_VERSION = 1
 
 
-def build_zstd_chunked(workdir: Path, rebuild: bool = False) -> dict[str, Any]:
+def build_zstd_chunked(workdir: Path, rebuild: bool = False, src: Path | None = None, out: Path | None = None,
+                       tag: str = TAG) -> dict[str, Any]:
     """The same image as zstd:chunked, as Debian's skopeo (1.9.3) writes it with its defaults
     (``skopeo copy --dest-compress-format zstd:chunked``: level 10, content-defined chunks), from
-    the gzip image, into ``WORKDIR/zchunk``."""
-    out, stamp = workdir / "zchunk", workdir / "zchunk.json"
+    the gzip image (or ``src``, tagged ``tag``), into ``WORKDIR/zchunk`` (or ``out``)."""
+    out = out or workdir / "zchunk"
+    stamp = out.with_name(out.name + ".json")
     if not rebuild and stamp.exists() and out.exists():
         info = json.loads(stamp.read_text())
         if info.get("version") == ZCHUNK_STAMP_VERSION:
@@ -249,9 +254,9 @@ def build_zstd_chunked(workdir: Path, rebuild: bool = False) -> dict[str, Any]:
         shutil.rmtree(out)
     t0 = time.perf_counter()
     log("zstd:chunked image: skopeo copy (level 10, its default: a few minutes)")
-    subprocess.run(["skopeo", "copy", "-q", "--dest-compress-format", "zstd:chunked", f"oci:{workdir / 'gzip'}:{TAG}",
-                    f"oci:{out}:{TAG}"], check=True)
-    info = {"version": ZCHUNK_STAMP_VERSION, "sizes": [x["size"] for x in layout_manifest(out)["layers"]],
+    subprocess.run(["skopeo", "copy", "-q", "--dest-compress-format", "zstd:chunked",
+                    f"oci:{src or workdir / 'gzip'}:{tag}", f"oci:{out}:{tag}"], check=True)
+    info = {"version": ZCHUNK_STAMP_VERSION, "sizes": [x["size"] for x in layout_manifest(out, tag)["layers"]],
             "build_s": time.perf_counter() - t0}
     stamp.write_text(json.dumps(info))
     return info
