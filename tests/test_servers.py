@@ -288,9 +288,12 @@ def test_mirror_pulls_through_from_origin_and_caches(registry: RegistryServer, f
     assert request(mirror.blob_url(p.repo, layer)).body == p.blob(layer)
     assert any(e.path_qs == f"/v2/{p.repo}/blobs/{layer}" for e in link.log)  # it came from the origin
 
-    cached = os.path.join(mirror.root, "docker/registry/v2/blobs/sha256", layer[7:9], layer[7:], "data")
+    # The mirror stores the blob in the background: its data, then the repository's link to it (the
+    # blob is served from storage only once both are there; a busy machine can see the data first).
+    cached = [os.path.join(mirror.root, "docker/registry/v2/blobs/sha256", layer[7:9], layer[7:], "data"),
+              os.path.join(mirror.root, "docker/registry/v2/repositories", p.repo, "_layers/sha256", layer[7:], "link")]
     deadline = time.monotonic() + 10
-    while not os.path.exists(cached):  # the mirror stores the blob in the background
+    while not all(os.path.exists(c) for c in cached):
         assert time.monotonic() < deadline, "mirror never cached the blob"
         time.sleep(0.02)
     link.add_fault("status", r"/blobs/", method=None, status=503)
