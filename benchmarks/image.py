@@ -49,7 +49,9 @@ What it measures
             HTTP body bytes (``transport.stats.bytes`` minus the open's) and
             the bytes on the wire (the proxy's count, headers included);
           * the same reads as one ``fs.cat_ranges`` (16 threads), on another
-            fresh filesystem.
+            fresh filesystem;
+          * the ``fs.cat_file`` reads again with ``readahead=False`` (no
+            neighbour read-ahead after a miss: only what the files need).
         The ideal is the sum of the compressed sizes of the distinct frames
         the 40 files' bytes overlap, from the TOCs (``inode.layer``,
         ``inode.offset``, ``inode.size`` against ``Frame.offset``/``size``).
@@ -728,11 +730,11 @@ def t2_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
             def blob_url(digest: str) -> str:
                 return f"http://{via}/v2/{REPO}/blobs/{digest}"
 
-            def open_fs(cache_dir: str) -> tuple[Any, Any]:
+            def open_fs(cache_dir: str, readahead: bool = True) -> tuple[Any, Any]:
                 tr = Transport(RemoteOptions())
                 fs = ImageFileSystem(image=ref, cache_dir=cache_dir, use_cache=True,
                                      memory_cache=BlockCache(512 * MiB), skip_instance_cache=True,
-                                     registry=RegistryConfig(transport=tr))
+                                     registry=RegistryConfig(transport=tr), readahead=readahead)
                 return fs, tr
 
             def check(got: list[bytes], what: str) -> None:
@@ -740,10 +742,10 @@ def t2_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
                     if hashlib.sha256(g).hexdigest() != p["sha256"]:
                         raise SystemExit(f"t2: {what}: wrong bytes for {p['path']}")
 
-            def lazy_reads(parallel: bool) -> None:
-                key = "ranges" if parallel else "cat"
+            def lazy_reads(parallel: bool, readahead: bool = True) -> None:
+                key = ("ranges" if parallel else "cat") + ("" if readahead else "_nora")
                 cache_dir = tempfile.mkdtemp(dir=tmp)
-                fs, tr = open_fs(cache_dir)
+                fs, tr = open_fs(cache_dir, readahead)
                 try:
                     s0 = proxy.stats()
                     t0 = time.perf_counter()
@@ -764,7 +766,7 @@ def t2_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
                     tr.close()
                     shutil.rmtree(cache_dir, ignore_errors=True)
                 check(got, key)
-                if not parallel:
+                if key == "cat":
                     rec("open_s", t1 - t0)
                     rec("open_bytes", open_bytes)
                     rec("open_wire", s1["s2c"]["bytes"] - s0["s2c"]["bytes"])
@@ -838,6 +840,7 @@ def t2_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
                 local.close()
                 lazy_reads(parallel=False)
                 lazy_reads(parallel=True)
+                lazy_reads(parallel=False, readahead=False)
                 for k, name in enumerate(peers):
                     peer_reads(k, name, readahead=False)
                     peer_reads(k, name, readahead=True)
@@ -903,6 +906,9 @@ def t2_report(a: argparse.Namespace, r: dict[str, Any]) -> tuple[list[str], list
         "cat_wire", "cat_requests")
     row(f"lazylayer `fs.cat_ranges({n} paths)` (16 threads, after open)", "ranges", res["ranges_s"],
         "ranges_wire", "ranges_requests")
+    if "cat_nora_bytes" in res:
+        row(f"lazylayer {n} × `fs.cat_file(path)` with `readahead=False` (no neighbour read-ahead)", "cat_nora",
+            res["cat_nora_s"], "cat_nora_wire", "cat_nora_requests")
     row(f"full pull of the lazy image: {len(r['lazy_layers'])} blobs, one `curl` each, at once", None,
         res["curl_lazy_s"], nbytes=lazy_total)
     row("full pull of the lazy image: lazylayer `HttpBlob.read_all()` blob after blob", None,
@@ -947,6 +953,9 @@ def t2_report(a: argparse.Namespace, r: dict[str, Any]) -> tuple[list[str], list
          f"gzip layers needed {gz_needed / fb:.1f}x)"), ratio <= TARGET_BYTES),
         (f"the same with `cat_ranges` ({n} files at once)", f"{rratio:.3f}x", rratio <= TARGET_BYTES),
     ]
+    if "cat_nora_bytes" in res:
+        nratio = med(res["cat_nora_bytes"]) / fb
+        targets.append(("the same with `cat_file` and `readahead=False`", f"{nratio:.3f}x", nratio <= TARGET_BYTES))
     for name, pr in r.get("peers", {}).items():
         k = pr["key"]
         total = med(res[f"{k}_open_bytes"]) + med(res[f"{k}_cat_bytes"])
