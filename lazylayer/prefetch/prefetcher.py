@@ -143,9 +143,10 @@ class Prefetcher:
             lo, hi = ahead
             ends = self._ends[layer]
             hi = min(hi, len(ends))
-            if lo < hi:  # at most the bytes of hi - lo mean frames: one big file does not make a window of them
+            if lo < hi:  # at most the bytes of hi - lo mean frames (and one frame's slack, so that a layer of
+                # equal frames, whose last is short, keeps its whole count): one big file is not a window of them
                 before = ends[lo - 1] if lo else 0
-                budget = (hi - lo) * (ends[-1] // len(ends))
+                budget = (hi - lo) * (ends[-1] // len(ends)) + LAYER_FRAME_SIZE
                 hi = max(lo + 1, min(hi, bisect.bisect_right(ends, before + budget, lo, hi)))
             self._enqueue(_READAHEAD, layer, range(lo, hi))
 
