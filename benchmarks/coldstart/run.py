@@ -441,7 +441,7 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
           f"(layer 2, which deletes `{'`, `'.join(info['delete'])}` of layer 1). Gzip layers written by umoci; "
           "lazy layers by lazylayer's `Converter`."), "", *image_lines(info), "",
          "#### Results", "",
-         ("| case | median s | runs, s | phases (median s) | MB via proxy | requests | CPU-s: machine, proxy | "
+         ("| case | median s | runs, s | phases (median s) | MB via proxy | requests | CPU-s: machine, proxy, registry | "
          "daemon: frames fetched, from disk, from local files |"),
          "|---|---:|---|---|---:|---:|---|---|"]
     for key, label in CASES.items():
@@ -454,10 +454,12 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
                   f"{med([r.get('frames_local', 0) for r in runs]):.0f}" if "frames_fetched" in runs[0] else "—")
         L.append(f"| {label} | {med(tot):.3f} | {', '.join(f'{t:.3f}' for t in tot)} | {ph} | "
                  f"{med([r['bytes'] for r in runs]) / MB:,.1f} | {med([r['requests'] for r in runs]):.0f} | "
-                 f"{med([r['machine_cpu'] for r in runs]):.1f}, {med([r['proxy_cpu'] for r in runs]):.1f} | "
+                 f"{med([r['machine_cpu'] for r in runs]):.1f}, {med([r['proxy_cpu'] for r in runs]):.1f}, "
+                 f"{med([r.get('registry_cpu', 0.0) for r in runs]):.1f} | "
                  f"{daemon} |")
-    L += ["", ("Medians over the runs; CPU-s are the whole machine's busy time and the proxy's own, from the clock's "
-          "start to the workload's exit. Daemon counters are the mount's own (`-v` log line at unmount): frames "
+    L += ["", ("Medians over the runs; CPU-s are the whole machine's busy time, the proxy's and the registry's own "
+          "(both stand for the remote side, yet share this machine's cores), from the clock's start to the "
+          "workload's exit. Daemon counters are the mount's own (`-v` log line at unmount): frames "
           "fetched from the registry, frame loads served from the disk cache, and frames read from local layer "
           "files (the copies of (z)'s layers, fetched whole).")]
     if res.get("i"):
