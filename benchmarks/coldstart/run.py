@@ -441,8 +441,8 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
           f"(layer 2, which deletes `{'`, `'.join(info['delete'])}` of layer 1). Gzip layers written by umoci; "
           "lazy layers by lazylayer's `Converter`."), "", *image_lines(info), "",
          "#### Results", "",
-         ("| case | median s | runs, s | phases (median s) | MB via proxy | requests | CPU-s: machine, proxy, registry | "
-         "daemon: frames fetched, from disk, from local files |"),
+         ("| case | median s | runs, s | phases (median s) | MB via proxy | requests "
+          "| CPU-s: machine, proxy, registry | daemon: frames fetched, from disk, from local files |"),
          "|---|---:|---|---|---:|---:|---|---|"]
     for key, label in CASES.items():
         runs = res.get(key)
