@@ -695,3 +695,49 @@ def test_read_ahead_of_chunks_counts_bytes(gen: Path, registry: Any, tmp_path: P
             time.sleep(0.05)
         got = img.stats()["prefetched_bytes"]
         assert 0 < got <= 4 * (2 << 20) + (4 << 20), got  # 4 frames' worth (+ the chunk that crosses it)
+
+
+def test_mutated_tocs_are_refused_in_words_never_a_crash(zchunked: tuple[str, list[ZLayer]]) -> None:
+    """Hostile TOC JSON in eStargz's schema (as zstd:chunked and eStargz carry it, vouched for by a
+    digest all the same): 3,000 random mutations of a real TOC's entries — fields deleted or
+    replaced by values of every JSON type, entries duplicated or dropped — give a TOC or a
+    FormatError (NotSupported, LimitError among them), and every TOC that parses becomes a raw
+    layer the C index takes or refuses with a FormatError: never another exception."""
+    from lazylayer import errors
+    from lazylayer.core import Index
+    from lazylayer.format import estargz, zstdchunked
+
+    _, (skopeo, _) = zchunked
+    ann = skopeo.annotations
+    off, n, raw, _ = (int(x) for x in ann["io.containers.zstd-chunked.manifest-position"].split(":"))
+    doc = json.loads(zstdchunked.decompress_prefix(skopeo.blob[off:off + n], raw))
+    entries = doc["entries"]
+    rng = random.Random(18)
+    values = [None, True, -1, 0, 1, 2**63, 1.5, "", "x", "../x", "/", "sha256:" + "0" * 64, "zeros", "chunk",
+              "reg", [], {}, {"a": 1}, ["x"], "2023-13-45T99:99:99Z", "a" * 5000]
+    parsed = 0
+    for _ in range(3000):
+        es = [dict(e) for e in entries]
+        for _ in range(rng.randint(1, 4)):
+            e = rng.choice(es)
+            op = rng.random()
+            if op < 0.4:
+                e[rng.choice(list(e) + ["chunkType", "endOffset", "innerOffset", "xattrs"])] = rng.choice(values)
+            elif op < 0.6 and len(e) > 1:
+                del e[rng.choice(list(e))]
+            elif op < 0.8:
+                es.insert(rng.randrange(len(es) + 1), dict(rng.choice(es)))
+            elif len(es) > 1:
+                es.remove(e)
+        data = json.dumps({"version": 1, "entries": es}).encode()
+        try:
+            toc = estargz.parse_toc(data, off - 8, codec="zstd", hidden=frozenset())
+        except errors.FormatError:
+            continue
+        parsed += 1
+        try:
+            layer, _ = estargz.raw_layer(toc, "sha256:" + "1" * 64)
+            Index.build([layer])
+        except errors.FormatError:
+            pass
+    assert parsed > 100  # (the mutations leave many TOCs whole: those run through the index too)
