@@ -613,6 +613,11 @@ def test_a_tampered_zstd_chunked_chunk_or_toc_is_never_data(zchunked: tuple[str,
                          ({**good, "endOffset": 101}, "endOffset"), ({**good, "endOffset": 10}, "endOffset")):
         with pytest.raises(errors.FormatError, match=match):
             estargz.parse_toc(json.dumps({"version": 1, "entries": [entry]}).encode(), 100, codec="zstd")
+    zero = {"name": "z", "type": "reg", "size": 1 << 40, "offset": 10, "endOffset": 20, "chunkSize": 1 << 40,
+            "chunkDigest": "sha256:" + "b" * 64, "chunkType": "zeros"}
+    many = [{**zero, "name": f"z{i}"} for i in range(2)]  # 2 TiB of zeros: 2 M frames of 1 MiB, over the limit
+    with pytest.raises(errors.LimitError, match="more than 1000000 chunks"):
+        estargz.parse_toc(json.dumps({"version": 1, "entries": many}).encode(), 100, codec="zstd")
     big = {**good, "size": 65 << 20, "chunkSize": 65 << 20}
     with pytest.raises(estargz.NotSupported, match="more than"):
         estargz.parse_toc(json.dumps({"version": 1, "entries": [big]}).encode(), 100, codec="zstd")

@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple
 
 from .. import errors
 from ..oci.media import DIGEST, load_json
-from .tar import MAX_TOC_BYTES, MAX_TOC_ENTRIES, MAX_TOC_VALUES, MTIME_MAX, normalize_name, parse_header
+from .tar import MAX_TOC_BYTES, MAX_TOC_ENTRIES, MAX_TOC_FRAMES, MAX_TOC_VALUES, MTIME_MAX, normalize_name, parse_header
 
 ANNOTATION_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 """The sha256 of a layer's eStargz TOC JSON (stargz-snapshotter's ``estargz.TOCJSONDigestAnnotation``)."""
@@ -261,12 +261,17 @@ def _convert(raw: list[Any], toc_offset: int, codec: str, hidden: frozenset[str]
     # each chunk's compressed bytes end where the next chunk's member begins (or at the TOC)
     ends = sorted(ends.union(starts))
     zeros = _ZeroCheck()
+    frames = 0  # as raw_layer will make them: a zeros chunk is a frame per ZERO_PIECE bytes
     for k, cs in chunks.items():
         name, size, done = entries[k]["name"], entries[k]["size"], 0
         for i, c in enumerate(cs):
             if c.file_offset != done:
                 raise errors.FormatError(f"eStargz TOC: the chunks of {name[:100]!r} do not tile the file")
             done += c.size
+            frames += -(-c.size // ZERO_PIECE) if c.codec == "zeros" else 1
+            if frames > MAX_TOC_FRAMES:
+                raise errors.LimitError(f"eStargz TOC: more than {MAX_TOC_FRAMES} chunks (runs of zeros counted "
+                                        f"in pieces of {ZERO_PIECE} bytes)")
             if c.codec == "zeros":
                 zeros.check(c, name)
             elif c.size > MAX_CHUNK_SIZE:
