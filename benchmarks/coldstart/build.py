@@ -193,12 +193,8 @@ def build_estargz(workdir: Path, rebuild: bool = False, zstd: bool = False, src:
     name = "szchunk" if zstd else "esgz"
     out = out or workdir / name
     stamp = out.with_name(out.name + ".json")
-    if not rebuild and stamp.exists() and out.exists():
-        info = json.loads(stamp.read_text())
-        if info.get("version") == ESGZ_STAMP_VERSION:
-            return info
-    if out.exists():
-        shutil.rmtree(out)
+    if (kept := _kept(out, stamp, ESGZ_STAMP_VERSION, rebuild)) is not None:
+        return kept
     t0 = time.perf_counter()
     gen = workdir / "estargz_gen"
     env = {**os.environ, "GO111MODULE": "off", "GOPATH": f"{workdir / 'gopath'}:/usr/share/gocode",
@@ -246,12 +242,8 @@ def build_zstd_chunked(workdir: Path, rebuild: bool = False, src: Path | None = 
     the gzip image (or ``src``, tagged ``tag``), into ``WORKDIR/zchunk`` (or ``out``)."""
     out = out or workdir / "zchunk"
     stamp = out.with_name(out.name + ".json")
-    if not rebuild and stamp.exists() and out.exists():
-        info = json.loads(stamp.read_text())
-        if info.get("version") == ZCHUNK_STAMP_VERSION:
-            return info
-    if out.exists():
-        shutil.rmtree(out)
+    if (kept := _kept(out, stamp, ZCHUNK_STAMP_VERSION, rebuild)) is not None:
+        return kept
     t0 = time.perf_counter()
     log("zstd:chunked image: skopeo copy (level 10, its default: a few minutes)")
     subprocess.run(["skopeo", "copy", "-q", "--dest-compress-format", "zstd:chunked",
@@ -260,6 +252,17 @@ def build_zstd_chunked(workdir: Path, rebuild: bool = False, src: Path | None = 
             "build_s": time.perf_counter() - t0}
     stamp.write_text(json.dumps(info))
     return info
+
+
+def _kept(out: Path, stamp: Path, version: int, rebuild: bool) -> dict[str, Any] | None:
+    """The stamp of a layout built before (``version``), or None, ``out`` cleared for a build."""
+    if not rebuild and stamp.exists() and out.exists():
+        info = json.loads(stamp.read_text())
+        if info.get("version") == version:
+            return info
+    if out.exists():
+        shutil.rmtree(out)
+    return None
 
 
 def _write_json_blob(layout: Path, doc: dict[str, Any], media_type: str) -> dict[str, Any]:
