@@ -106,6 +106,15 @@ def unique_repo(prefix: str = "test") -> str:
     return f"{prefix}/{next(_repo_counter)}-{uuid.uuid4().hex[:8]}"
 
 
+def wait_for(cond: Any, timeout: float = 30.0) -> None:
+    """Poll ``cond()`` until it is true (AssertionError after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
 def small_image(tmp_path: Path | str, tag: str = "v1") -> str:
     """Build a small real OCI image layout under ``tmp_path``; return ``oci:DIR:TAG``.
 

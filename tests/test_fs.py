@@ -29,7 +29,7 @@ from typing import Any
 import fsspec
 import images
 import pytest
-from servers import RegistryServer, unique_repo
+from servers import RegistryServer, unique_repo, wait_for
 
 from lazylayer import errors
 from lazylayer.convert import Converter
@@ -332,6 +332,14 @@ def test_a_read_fetches_only_the_frames_it_touches(built: Built, tmp_path: Any) 
     again = open_fs(built.docker_ref, str(tmp_path / "cache"))
     assert again.cat("etc/passwd") == fs.cat("etc/passwd")
     assert again.image.stats()["frames_fetched"] == 0 and again.image.stats()["frames_from_disk"] == 1
+    # Nor does read-ahead fetch the frames after a read that missed (a lazylayer:// reader reads what
+    # it asks for); the mount's neighbour window is asked for with neighbours=, as its fetcher does.
+    for n, cache in ((0, "lazy"), (4, "eager")):
+        f = open_fs(built.docker_ref, str(tmp_path / cache), **({"neighbours": n} if n else {}))
+        assert len(f.image.layers[f.image.tree.resolve("big/large.bin").inode.layer].toc.frames) > 2
+        assert f.cat_file("big/large.bin", 0, 10) == open(os.path.join(built.rootfs, "big/large.bin"), "rb").read(10)
+        wait_for(f.image.prefetcher.idle)
+        assert (f.image.stats()["prefetched_frames"] > 0) == bool(n)
 
 
 def test_many_threads_read_at_once(built: Built, tmp_path: Any) -> None:

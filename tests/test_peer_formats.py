@@ -26,7 +26,6 @@ import random
 import shutil
 import subprocess
 import tarfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import images
 import pytest
 import zstandard
+from servers import wait_for
 
 from lazylayer.fs import ImageFileSystem
 from lazylayer.image import NotLazyWarning
@@ -695,9 +695,7 @@ def test_read_ahead_of_chunks_counts_bytes(gen: Path, registry: Any, tmp_path: P
     with Image(ref, cache=DiskCache(tmp_path / "c2")) as img:
         prefetch.start(img, None)
         assert img.pread(img.tree.resolve("/app/s59"), 2048, 0) == v.want["app/s59"]  # next to the big ones
-        deadline = time.monotonic() + 30
-        while not img.prefetcher.idle() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(img.prefetcher.idle)
         got = img.stats()["prefetched_bytes"]
         assert 0 < got <= 4 * (2 << 20) + (4 << 20), got  # 4 frames' worth (+ the chunk that crosses it)
 

@@ -16,12 +16,11 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from typing import Any, Iterator
 
 import pytest
 from aiohttp import web
-from servers import AioServer, RegistryServer, unique_repo
+from servers import AioServer, RegistryServer, unique_repo, wait_for
 from test_mount import Programs, cli
 
 from lazylayer import errors, remote
@@ -52,14 +51,6 @@ def programs(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer)
 def read_file(img: Image, path: str) -> bytes:
     node = img.tree.resolve(path)
     return img.pread(node, node.inode.size, 0)
-
-
-def wait_for(cond: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 # ----------------------------------------------------------------- plans

@@ -26,7 +26,7 @@ log = logging.getLogger("lazylayer")
 
 
 def start(image: Image, prefetch: Any = "auto", *, fill: bool = False, fill_rate: float | None = None,
-          readahead: bool = True) -> Prefetcher | None:
+          readahead: bool = True, neighbours: int = 4) -> Prefetcher | None:
     """Start prefetching for ``image``; its :class:`Prefetcher`, also set as ``image.prefetcher``.
 
     ``prefetch``: ``"auto"`` (the plan attached to the image in its registry,
@@ -34,7 +34,10 @@ def start(image: Image, prefetch: Any = "auto", *, fill: bool = False, fill_rate
     :class:`Plan`, a plan file's path, or ``None``/``False`` for no plan.
     ``fill``: fetch the rest of the image too, after the plan, at ``fill_rate``
     bytes/s at most (None: as fast as the link allows).  ``readahead``:
-    sequential reads of a layer fetch the frames after them too.
+    sequential reads of a layer fetch the frames after them too, and with
+    ``neighbours`` (frames; 4 by default, the mount's) any read that missed
+    fetches that many frames' worth after it (a starting program's next reads
+    are mostly the tar's next files); ``lazylayer://`` passes 0.
 
     Returns None (and starts nothing) for an image without a disk cache or
     without lazy layers, with a warning if a plan or fill was asked for.
@@ -46,7 +49,7 @@ def start(image: Image, prefetch: Any = "auto", *, fill: bool = False, fill_rate
         if prefetch not in ("auto", None) or fill:
             log.warning("%s: no prefetch: it needs a disk cache and lazy layers", image.reference)
         return None
-    prefetcher = Prefetcher(image, readahead=readahead)
+    prefetcher = Prefetcher(image, readahead=readahead, neighbours=neighbours)
     image.prefetcher = prefetcher
     for layer in image.layers:
         if layer.lazy:
