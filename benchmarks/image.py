@@ -51,7 +51,7 @@ What it measures
           * the same reads as one ``fs.cat_ranges`` (16 threads), on another
             fresh filesystem;
           * the ``fs.cat_file`` reads again with ``readahead=False`` (no
-            neighbour read-ahead after a miss: only what the files need).
+            read-ahead at all: only what the files need).
         The ideal is the sum of the compressed sizes of the distinct frames
         the 40 files' bytes overlap, from the TOCs (``inode.layer``,
         ``inode.offset``, ``inode.size`` against ``Frame.offset``/``size``).
@@ -907,7 +907,7 @@ def t2_report(a: argparse.Namespace, r: dict[str, Any]) -> tuple[list[str], list
     row(f"lazylayer `fs.cat_ranges({n} paths)` (16 threads, after open)", "ranges", res["ranges_s"],
         "ranges_wire", "ranges_requests")
     if "cat_nora_bytes" in res:
-        row(f"lazylayer {n} × `fs.cat_file(path)` with `readahead=False` (no neighbour read-ahead)", "cat_nora",
+        row(f"lazylayer {n} × `fs.cat_file(path)` with `readahead=False`", "cat_nora",
             res["cat_nora_s"], "cat_nora_wire", "cat_nora_requests")
     row(f"full pull of the lazy image: {len(r['lazy_layers'])} blobs, one `curl` each, at once", None,
         res["curl_lazy_s"], nbytes=lazy_total)
@@ -931,7 +931,7 @@ def t2_report(a: argparse.Namespace, r: dict[str, Any]) -> tuple[list[str], list
         L += ["", (f"The same {n} files from the same image in the peers' lazy formats, written by their own "
                    "tools with their defaults, read by lazylayer as they are (`fs.cat_file` one after the other, "
                    "fresh cache, same link), with read-ahead off (the bytes these files need: the target) and on "
-                   "(the default, which also fetches after each miss the next 8 MiB of the layer's data). The "
+                   "(the default: sequential reads of a layer are read ahead). The "
                    "ideal is the compressed bytes of the files' chunks (runs of zeros excepted: never fetched); "
                    "TOCs count against it, as the issue's target asks."), "",
               "| format | read-ahead | blobs, MB | ideal: the files' chunks, B | open (TOCs), B | reads, B "
