@@ -132,7 +132,7 @@ def read_toc(fetch: Callable[[int, int], bytes], blob_size: int, toc_digest: str
     (``fetch(offset, size)``: the footer, then the TOC's gzip member), the TOC JSON's sha256
     against ``toc_digest`` (the layer's annotation) before it is parsed, at most ``max_bytes``
     of it.  FormatError (LimitError, IntegrityError for a digest mismatch) naming what is wrong."""
-    _check_digest(toc_digest, "the layer's toc.digest annotation")
+    checked_digest(toc_digest, "the layer's toc.digest annotation")
     if blob_size < FOOTER_SIZE + 512:
         raise errors.FormatError(f"a {blob_size}-byte blob is too small for eStargz")
     offset = parse_footer(fetch(blob_size - FOOTER_SIZE, FOOTER_SIZE), blob_size)
@@ -173,8 +173,7 @@ def parse_toc(data: bytes, toc_offset: int, codec: str = "gzip", hidden: frozens
         raise errors.FormatError(f"malformed eStargz TOC entry: {type(exc).__name__}: {exc}") from None
 
 
-_KINDS = {"dir": "dir", "reg": "reg", "symlink": "symlink", "hardlink": "hardlink", "char": "char",
-          "block": "block", "fifo": "fifo"}
+_KINDS = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo"})
 
 
 def _nonneg(e: dict[str, Any], key: str, limit: int = 1 << 62) -> int:
@@ -301,7 +300,7 @@ def _chunk(e: dict[str, Any], name: str, into: list[Chunk], toc_offset: int, fil
     digest = e.get("chunkDigest")
     if digest is None and start == 0 and size == file_size:
         digest = e.get("digest")
-    _check_digest(digest, f"the chunkDigest of {name[:100]!r}")
+    checked_digest(digest, f"the chunkDigest of {name[:100]!r}")
     kind = e.get("chunkType", "")
     if kind not in ("", "zeros"):
         raise errors.FormatError(f"eStargz TOC: a chunk of {name[:100]!r} has unknown chunkType {str(kind)[:20]!r}")
@@ -356,6 +355,26 @@ def _mtime(value: Any, name: str) -> int:
 def is_estargz(desc: dict[str, Any]) -> bool:
     """A stargz layer compressed with gzip: eStargz (stargz's zstd:chunked is a zstd layer)."""
     return is_stargz(desc) and str(desc.get("mediaType", "")).endswith(("gzip", "tar.gzip"))
+
+
+def is_chunked(desc: dict[str, Any]) -> bool:
+    """An eStargz or zstd:chunked layer: one whose TOC :func:`read_chunked_toc` reads."""
+    from .zstdchunked import is_zstd_chunked
+
+    return is_estargz(desc) or is_zstd_chunked(desc)
+
+
+def read_chunked_toc(fetch: Callable[[int, int], bytes], desc: dict[str, Any]) -> EstargzToc:
+    """The checked TOC of eStargz or zstd:chunked layer ``desc`` (``fetch(offset, size)`` reads its
+    blob): :func:`read_toc`, or :func:`lazylayer.format.zstdchunked.read_toc`."""
+    if not is_estargz(desc):
+        from .zstdchunked import read_toc as read_zstd_chunked_toc
+
+        return read_zstd_chunked_toc(fetch, desc)
+    size = desc.get("size")
+    if not isinstance(size, int):
+        raise errors.FormatError(f"the eStargz layer's size {str(size)[:40]} is not a number")
+    return read_toc(fetch, size, desc["annotations"][ANNOTATION_TOC_DIGEST])
 
 
 def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
@@ -445,7 +464,8 @@ def _pieces(c: Chunk, known: dict[int, str]) -> list[Chunk]:
     return out
 
 
-def _check_digest(digest: Any, what: str) -> str:
+def checked_digest(digest: Any, what: str) -> str:
+    """``digest`` if it is ``sha256:`` and 64 hex digits; else a FormatError naming ``what`` it is."""
     if not isinstance(digest, str) or not DIGEST.fullmatch(digest):  # (oci.media.check_digest's rule)
         raise errors.FormatError(f"{what} is not sha256: and 64 hex digits")
     return digest

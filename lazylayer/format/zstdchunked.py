@@ -35,7 +35,7 @@ from typing import Any, Callable
 import zstandard
 
 from .. import errors
-from .estargz import ANNOTATION_TOC_DIGEST, EstargzToc, _check_digest, hidden_names, parse_toc
+from .estargz import ANNOTATION_TOC_DIGEST, EstargzToc, checked_digest, hidden_names, parse_toc
 from .tar import MAX_TOC_BYTES
 
 PREFIXES = ("io.github.containers.zstd-chunked.", "io.containers.zstd-chunked.")
@@ -74,7 +74,7 @@ def read_toc(fetch: Callable[[int, int], bytes], desc: dict[str, Any], max_bytes
         raise errors.FormatError(f"the zstd:chunked manifest-position {str(position)[:80]!r} is not "
                                  "offset:length:uncompressed-length:type")
     offset, length, raw_length, kind = (int(g) for g in m.groups())
-    _check_digest(checksum, "the layer's zstd:chunked manifest-checksum")
+    checked_digest(checksum, "the layer's zstd:chunked manifest-checksum")
     if kind != MANIFEST_TYPE_CRFS:
         raise errors.FormatError(f"the zstd:chunked TOC is of type {kind}, not {MANIFEST_TYPE_CRFS} (the only one)")
     if length > max_bytes or raw_length > max_bytes:
@@ -93,7 +93,7 @@ def read_toc(fetch: Callable[[int, int], bytes], desc: dict[str, Any], max_bytes
         raise errors.FormatError(f"the zstd:chunked TOC holds {len(doc)} bytes, not the {raw_length} its "
                                  "position says")
     toc_digest = (desc.get("annotations") or {}).get(ANNOTATION_TOC_DIGEST)
-    if toc_digest is not None and "sha256:" + hashlib.sha256(doc).hexdigest() != _check_digest(
+    if toc_digest is not None and "sha256:" + hashlib.sha256(doc).hexdigest() != checked_digest(
             toc_digest, "the layer's toc.digest annotation"):
         raise errors.IntegrityError(f"the zstd:chunked TOC's JSON sha256 is not {toc_digest}, the digest the layer "
                                     "names")

@@ -144,13 +144,12 @@ class ChunkSource(FrameSource):
         if len(chunks) != len(self.frames):
             raise errors.FormatError(f"{name}: {len(chunks)} chunks for {len(self.frames)} frames")
         self._chunk_list = list(chunks)
-        self._index = {f.compressed_offset: i for i, f in enumerate(self.frames)}
 
     def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
-        want = [self._index[f.compressed_offset] for f in frames]
+        want = [bisect.bisect_left(self._starts, f.compressed_offset) for f in frames]  # (span() found them)
         remote = [i for i in want if self._chunk_list[i].codec != "zeros"]
-        raw = dict(zip(remote, self.blob.read_ranges(
-            [(self._chunk_list[i].offset, self._chunk_list[i].end - self._chunk_list[i].offset) for i in remote])))
+        ranges = [(self._chunk_list[i].offset, self._chunk_list[i].end - self._chunk_list[i].offset) for i in remote]
+        raw = dict(zip(remote, self.blob.read_ranges(ranges)))
         out = []
         for i in want:
             c, f = self._chunk_list[i], self.frames[i]
@@ -159,7 +158,7 @@ class ChunkSource(FrameSource):
                 raise errors.IntegrityError(f"{self.__name__}: the chunk at {c.offset} does not match its "
                                             f"chunkDigest sha256:{f.sha256}")
             out.append(data)
-        self._count(len(remote), sum(self._chunk_list[i].end - self._chunk_list[i].offset for i in remote))
+        self._count(len(remote), sum(n for _, n in ranges))
         return out
 
 

@@ -188,8 +188,8 @@ class Image:
         blobs = [self._source.blob(d) if is_lazy_layer(d) else None for d in descs]
         chunked = self._chunked_layers(descs, blobs)
         # The index is kept on disk, keyed by the manifest's digest, when every layer is lazy (a layer
-        # copied locally is vouched for by nothing the manifest says about its frames; an eStargz
-        # layer's chunk table is not in the index).
+        # copied locally is vouched for by nothing the manifest says about its frames; a chunked
+        # layer's chunk table is kept apart from the index: _cached_chunked).
         cacheable = native is not None and all(b is not None for b in blobs) and _is_digest(self.digest) \
             and not chunked
         index = native.load_index(self.digest) if cacheable and native is not None else None
@@ -246,21 +246,17 @@ class Image:
         out: dict[int, tuple[IndexLayer, list[Any]]] = {}
         if all(b is not None for b in blobs):
             return out  # every layer is a lazy layer: nothing of the peers' formats on this (the mount's) path
-        from ..format import estargz, zstdchunked
+        from ..format import estargz
 
         for i, desc in enumerate(descs):
-            if blobs[i] is not None:
+            if blobs[i] is not None or not estargz.is_chunked(desc):
                 continue
-            gz, zc = estargz.is_estargz(desc), zstdchunked.is_zstd_chunked(desc)
-            blob = self._source.blob(desc) if gz or zc else None
-            size = desc.get("size")
-            if blob is None or not isinstance(size, int):
+            blob = self._source.blob(desc)
+            if blob is None or not isinstance(desc.get("size"), int):
                 continue
 
-            def build(blob: Any = blob, desc: oci.Descriptor = desc, size: int = size, gz: bool = gz) -> Any:
-                toc = estargz.read_toc(blob.read, size, desc["annotations"][estargz.ANNOTATION_TOC_DIGEST]) if gz \
-                    else zstdchunked.read_toc(blob.read, desc)
-                return estargz.raw_layer(toc, desc.get("digest", ""))
+            def build(blob: Any = blob, desc: oci.Descriptor = desc) -> Any:
+                return estargz.raw_layer(estargz.read_chunked_toc(blob.read, desc), desc.get("digest", ""))
 
             try:
                 out[i] = self._cached_chunked(desc, build)

@@ -43,6 +43,11 @@ _READAHEAD, _PLAN, _FILL = 0, 1, 2
 # ---------------------------------------------------------------- fetching
 
 
+def _mean(ends: list[int]) -> int:
+    """The mean frame size of a layer whose frames' cumulative sizes are ``ends`` (at least 1)."""
+    return max(1, ends[-1] // len(ends)) if ends else 1
+
+
 class Prefetcher:
     """Fetches an image's frames into its disk cache ahead of the reads that need them.
 
@@ -75,13 +80,13 @@ class Prefetcher:
         # sequential read up to max_window() bytes' worth; the frames ahead are topped up once half
         # the window is read.  With neighbours=0: 2 frames once two reads in a row were sequential.
         self.neighbours = max(0, neighbours)
-        self._ra = [remote.ReadAhead(self._neighbour_frames(layer.toc.frames) or 2, self._frames_in(layer.toc.frames),
-                                     after=0 if self.neighbours else 2, gap=1, refill=0.5)
-                    for layer in image.layers]
         # ReadAhead counts frames of the layer's mean size; where frames differ in size (an eStargz
         # layer's chunks: files of a few bytes to 4 MiB) a window is cut to those bytes (see _readahead).
         self._ends = [list(itertools.accumulate(f.size for f in layer.toc.frames))
                       for layer in image.layers]
+        self._ra = [remote.ReadAhead(self._neighbour_frames(ends) or 2, self._frames_in(layer.toc.frames),
+                                     after=0 if self.neighbours else 2, gap=1, refill=0.5)
+                    for layer, ends in zip(image.layers, self._ends)]
         self._ra_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._active = 0
@@ -146,17 +151,17 @@ class Prefetcher:
             if lo < hi:  # at most the bytes of hi - lo mean frames (and one frame's slack, so that a layer of
                 # equal frames, whose last is short, keeps its whole count): one big file is not a window of them
                 before = ends[lo - 1] if lo else 0
-                budget = (hi - lo) * (ends[-1] // len(ends)) + LAYER_FRAME_SIZE
+                budget = (hi - lo) * _mean(ends) + LAYER_FRAME_SIZE
                 hi = max(lo + 1, min(hi, bisect.bisect_right(ends, before + budget, lo, hi)))
             self._enqueue(_READAHEAD, layer, range(lo, hi))
 
-    def _neighbour_frames(self, frames: Sequence[Any]) -> int:
-        """``neighbours`` frames of a lazy layer's size (2 MiB), in this layer's mean frame: 4 frames
-        of a lazy layer, a few hundred of an eStargz layer, whose frames are its files' chunks."""
+    def _neighbour_frames(self, ends: list[int]) -> int:
+        """``neighbours`` frames of a lazy layer's size (2 MiB), in this layer's mean frame (``ends``:
+        its frames' cumulative sizes): 4 frames of a lazy layer, a few hundred of an eStargz layer,
+        whose frames are its files' chunks."""
         if not self.neighbours:
             return 0
-        mean = max(1, sum(f.size for f in frames) // max(1, len(frames)))
-        return max(self.neighbours, self.neighbours * LAYER_FRAME_SIZE // mean)
+        return max(self.neighbours, self.neighbours * LAYER_FRAME_SIZE // _mean(ends))
 
     def _frames_in(self, frames: Sequence[Any]) -> Callable[[], int]:
         """The read-ahead maximum of a layer, in frames: max_window() bytes of its mean frame (at least 2)."""
