@@ -104,16 +104,21 @@ def image(gen: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, lis
     for i, zstd in enumerate((False, True)):
         (work / str(i)).mkdir()
         variants.append(Variant(gen, work / str(i), zstd, _files(8, i), prioritized=f"app/f{i}-3.bin,app/f{i}-1.bin"))
-    layout = str(work / "layout")
+    return _layout(work / "layout", [(v.blob, v.media_type, v.annotations, v.diff_id) for v in variants]), variants
+
+
+def _layout(path: Path, layers: list[tuple[bytes, str, dict[str, str], str]]) -> str:
+    """An OCI layout tagged v1 of ``layers``, each (blob, media type, annotations, diff_id)."""
+    layout = str(path)
     images.init_layout(layout)
     config = {"architecture": "amd64", "os": "linux",
-              "rootfs": {"type": "layers", "diff_ids": [v.diff_id for v in variants]}}
+              "rootfs": {"type": "layers", "diff_ids": [diff_id for *_, diff_id in layers]}}
     cdesc = images.write_blob(layout, json.dumps(config).encode(), images.OCI_CONFIG)
-    ldescs = [images.write_blob(layout, v.blob, v.media_type, annotations=v.annotations) for v in variants]
+    ldescs = [images.write_blob(layout, blob, media, annotations=ann) for blob, media, ann, _ in layers]
     manifest = {"schemaVersion": 2, "mediaType": images.OCI_MANIFEST, "config": cdesc, "layers": ldescs}
     mdesc = images.write_blob(layout, json.dumps(manifest).encode(), images.OCI_MANIFEST)
     images.write_index(layout, [images.tagged(mdesc, "v1")])
-    return f"oci:{layout}:v1", variants
+    return f"oci:{layout}:v1"
 
 
 def _tar_names(v: Variant) -> list[str]:
@@ -319,16 +324,8 @@ def test_a_hostile_estargz_blob_or_toc_is_refused(image: tuple[str, list[Variant
 
 def _esgz_layout(work: Path, v: Variant, blob: bytes | None = None, annotations: dict | None = None) -> str:
     """A one-layer OCI layout of variant ``v`` (or of ``blob`` in its place, with its annotations)."""
-    layout = str(work)
-    images.init_layout(layout)
-    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [v.diff_id]}}
-    cdesc = images.write_blob(layout, json.dumps(config).encode(), images.OCI_CONFIG)
-    ldesc = images.write_blob(layout, blob if blob is not None else v.blob, v.media_type,
-                              annotations=annotations if annotations is not None else v.annotations)
-    manifest = {"schemaVersion": 2, "mediaType": images.OCI_MANIFEST, "config": cdesc, "layers": [ldesc]}
-    mdesc = images.write_blob(layout, json.dumps(manifest).encode(), images.OCI_MANIFEST)
-    images.write_index(layout, [images.tagged(mdesc, "v1")])
-    return f"oci:{layout}:v1"
+    return _layout(work, [(blob if blob is not None else v.blob, v.media_type,
+                           annotations if annotations is not None else v.annotations, v.diff_id)])
 
 
 def test_an_estargz_layer_is_read_chunk_by_chunk(image: tuple[str, list[Variant]], tmp_path: Path) -> None:
@@ -475,18 +472,10 @@ class ZLayer:
 
 def _zlayout(path: Path, layers: list[ZLayer], blobs: list[bytes] | None = None,
              annotations: list[dict[str, str]] | None = None) -> str:
-    layout = str(path)
-    images.init_layout(layout)
-    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers",
-                                                                "diff_ids": [z.diff_id for z in layers]}}
-    cdesc = images.write_blob(layout, json.dumps(config).encode(), images.OCI_CONFIG)
-    ldescs = [images.write_blob(layout, (blobs or [z.blob for z in layers])[i], images.LAYER_MEDIA["zstd"],
-                                annotations=(annotations or [z.annotations for z in layers])[i])
-              for i, z in enumerate(layers)]
-    manifest = {"schemaVersion": 2, "mediaType": images.OCI_MANIFEST, "config": cdesc, "layers": ldescs}
-    mdesc = images.write_blob(layout, json.dumps(manifest).encode(), images.OCI_MANIFEST)
-    images.write_index(layout, [images.tagged(mdesc, "v1")])
-    return f"oci:{layout}:v1"
+    """A layout of zstd:chunked ``layers`` (or of ``blobs`` in their place, with ``annotations``)."""
+    return _layout(path, [((blobs or [z.blob for z in layers])[i], images.LAYER_MEDIA["zstd"],
+                           (annotations or [z.annotations for z in layers])[i], z.diff_id)
+                          for i, z in enumerate(layers)])
 
 
 @pytest.fixture(scope="module")
