@@ -587,7 +587,7 @@ def t2_peers(a: argparse.Namespace, d: Path) -> dict[str, Path]:
 def t2_chunks(layout: Path, picked: list[dict[str, Any]]) -> dict[str, Any]:
     """What the picked files' chunks are in a peer's layout: their compressed bytes (the ideal),
     from each layer's TOC read the way lazylayer reads it."""
-    from lazylayer.format import estargz
+    from lazylayer.format import zstdchunked
 
     layers = layout_manifest(layout)["layers"]
     want: dict[int, set[str]] = {}
@@ -601,7 +601,7 @@ def t2_chunks(layout: Path, picked: list[dict[str, Any]]) -> dict[str, Any]:
                 f.seek(off)
                 return f.read(n)
 
-            toc = estargz.read_chunked_toc(fetch, desc)
+            toc = zstdchunked.read_chunked_toc(fetch, desc)
         for k, e in enumerate(toc.entries):
             if e["name"] in want.get(i, ()):
                 cs = [c for c in toc.chunks[k] if c.codec != "zeros"]

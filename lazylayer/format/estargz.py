@@ -357,25 +357,6 @@ def is_estargz(desc: dict[str, Any]) -> bool:
     return is_stargz(desc) and str(desc.get("mediaType", "")).endswith(("gzip", "tar.gzip"))
 
 
-def is_chunked(desc: dict[str, Any]) -> bool:
-    """An eStargz or zstd:chunked layer: one whose TOC :func:`read_chunked_toc` reads."""
-    from .zstdchunked import is_zstd_chunked
-
-    return is_estargz(desc) or is_zstd_chunked(desc)
-
-
-def read_chunked_toc(fetch: Callable[[int, int], bytes], desc: dict[str, Any]) -> EstargzToc:
-    """The checked TOC of eStargz or zstd:chunked layer ``desc`` (``fetch(offset, size)`` reads its
-    blob): :func:`read_toc`, or :func:`lazylayer.format.zstdchunked.read_toc`."""
-    if not is_estargz(desc):
-        from .zstdchunked import read_toc as read_zstd_chunked_toc
-
-        return read_zstd_chunked_toc(fetch, desc)
-    size = desc.get("size")
-    if not isinstance(size, int):
-        raise errors.FormatError(f"the eStargz layer's size {str(size)[:40]} is not a number")
-    return read_toc(fetch, size, desc["annotations"][ANNOTATION_TOC_DIGEST])
-
 
 def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
     """The layer as the image index takes it: a raw layer (docs/format.md, "Raw frames") whose

@@ -35,6 +35,7 @@ from typing import Any, Callable
 import zstandard
 
 from .. import errors
+from . import estargz
 from .estargz import ANNOTATION_TOC_DIGEST, EstargzToc, checked_digest, hidden_names, parse_toc
 from .tar import MAX_TOC_BYTES
 
@@ -113,3 +114,19 @@ def decompress_prefix(data: bytes, size: int) -> bytes:
         parts.append(part)
         got += len(part)
     return b"".join(parts)
+
+
+def is_chunked(desc: dict[str, Any]) -> bool:
+    """An eStargz or zstd:chunked layer: one whose TOC :func:`read_chunked_toc` reads."""
+    return estargz.is_estargz(desc) or is_zstd_chunked(desc)
+
+
+def read_chunked_toc(fetch: Callable[[int, int], bytes], desc: dict[str, Any]) -> EstargzToc:
+    """The checked TOC of eStargz or zstd:chunked layer ``desc`` (``fetch(offset, size)`` reads its
+    blob): :func:`lazylayer.format.estargz.read_toc`, or :func:`read_toc`."""
+    if not estargz.is_estargz(desc):
+        return read_toc(fetch, desc)
+    size = desc.get("size")
+    if not isinstance(size, int):
+        raise errors.FormatError(f"the eStargz layer's size {str(size)[:40]} is not a number")
+    return estargz.read_toc(fetch, size, desc["annotations"][ANNOTATION_TOC_DIGEST])

@@ -246,17 +246,17 @@ class Image:
         out: dict[int, tuple[IndexLayer, list[Any]]] = {}
         if all(b is not None for b in blobs):
             return out  # every layer is a lazy layer: nothing of the peers' formats on this (the mount's) path
-        from ..format import estargz
+        from ..format import estargz, zstdchunked
 
         for i, desc in enumerate(descs):
-            if blobs[i] is not None or not estargz.is_chunked(desc):
+            if blobs[i] is not None or not zstdchunked.is_chunked(desc):
                 continue
             blob = self._source.blob(desc)
             if blob is None or not isinstance(desc.get("size"), int):
                 continue
 
             def build(blob: Any = blob, desc: oci.Descriptor = desc) -> Any:
-                return estargz.raw_layer(estargz.read_chunked_toc(blob.read, desc), desc.get("digest", ""))
+                return estargz.raw_layer(zstdchunked.read_chunked_toc(blob.read, desc), desc.get("digest", ""))
 
             try:
                 out[i] = self._cached_chunked(desc, build)
