@@ -8,6 +8,8 @@ Subcommands (each has ``--help``):
   byte it is asked for, as a network fetch would, and checks each byte.
 - ``convert SRC DST``: convert an image to lazy layers (docs/format.md); SRC and
   DST may be registries (``docker://HOST/REPO:TAG``).
+- ``index IMAGE``: index the image's plain gzip layers once (checked against
+  their digests) so that they are read lazily on this machine from then on.
 - ``inspect IMAGE``: an image's manifest for one platform, its layers and
   whether they are lazy (``--raw`` prints the manifest itself).
 - ``mount IMAGE MOUNTPOINT``: a read-only FUSE mount of the image's merged
@@ -101,6 +103,31 @@ def cmd_convert(args: argparse.Namespace) -> int:
             print(f"{result.copied_layers} layer(s) copied as they were (lazy already, or not a filesystem layer)")
         kind = "index" if result.root["mediaType"] in INDEX_TYPES else "manifest"
         print(f"{args.destination}: {kind} {result.root['digest']}, in {result.seconds:.1f} s")
+    return 0
+
+
+# ------------------------------------------------------------------------ index
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .image import DiskCache
+    from .index import index_image
+
+    result = index_image(args.image, platform=args.platform, registry=_registry_config(args, args.creds),
+                         cache=DiskCache(args.cache_dir), span=args.span, progress=False if args.quiet else None)
+    if args.json:
+        json.dump({"manifest": result.manifest, "skipped": result.skipped, "seconds": round(result.seconds, 3),
+                   "layers": [dict(dataclasses.asdict(x), seconds=round(x.seconds, 3)) for x in result.layers]},
+                  sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        for x in result.layers:
+            how = f"indexed in {x.seconds:.1f} s" if x.built else "indexed before"
+            print(f"layer {x.digest[:19]}…: {_human(x.size)} gzip, {x.entries} entries, {x.spans} spans: {how}")
+        if not result.layers:
+            print(f"{args.image}: no plain gzip layer to index ({result.skipped} other layers)")
+        elif result.skipped:
+            print(f"{result.skipped} other layer(s) left as they are (not plain gzip)")
     return 0
 
 
@@ -575,6 +602,23 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     _registry_options(v, directions=True)
     v.set_defaults(func=cmd_convert)
+
+    x = sub.add_parser("index", help="make an image's gzip layers lazy, without rebuilding it",
+                       description="Read each plain gzip layer of IMAGE once, check it against its digest and "
+                                   "keep a seekable index of it (inflate checkpoints, its files, a sha256 per "
+                                   "span) in the disk cache: from then on mounts, lazylayer:// and ls read the "
+                                   "layer lazily on this machine, whatever image it is in (docs/filesystem.md).")
+    x.add_argument("image", metavar="IMAGE", help="docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG]")
+    x.add_argument("--span", type=_size, default=None, metavar="SIZE",
+                   help="uncompressed bytes between checkpoints (default 4M): what one miss fetches")
+    x.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="which image of a multi-platform index (default: this machine's)")
+    x.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="the disk cache to keep the index in (default $LAZYLAYER_CACHE_DIR or ~/.cache/lazylayer)")
+    x.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    x.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    _registry_options(x)
+    x.set_defaults(func=cmd_index)
 
     n = sub.add_parser("inspect", help="show an image's manifest and layers",
                        description="Show the manifest an image reference means on one platform. "

@@ -26,7 +26,7 @@ LAYERS = [
     ["format"],
     ["image"],
     ["prefetch"],
-    ["fs", "mount", "convert"],
+    ["fs", "mount", "convert", "index"],
     ["record", "demo"],
     ["cli"],
     ["__main__"],

@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 from ._lib import check, ffi, lib
 
+_alloc = ffi.new_allocator(should_clear_after_alloc=False)
+
 WINDOW = 32768
 """Bytes of output a checkpoint keeps (deflate's largest distance)."""
 
@@ -62,7 +64,7 @@ class GzipIndexer:
         parts, pos = [], 0
         base = ffi.from_buffer(src)  # (no copy of the rest of the input per round)
         while True:
-            buf = ffi.new("uint8_t[]", room)
+            buf = _alloc("uint8_t[]", room)  # (not zeroed: zlib writes what is read back)
             rc = lib.ll_gzindexer_inflate(self._ptr, base + pos, len(src) - pos, self._used, buf, room, self._made)
             check(rc, "inflating a gzip stream")
             pos += self._used[0]
@@ -105,7 +107,7 @@ def inflate_span(checkpoint: Checkpoint, compressed: Any, size: int) -> bytes:
     it (up to the next checkpoint).  :class:`~lazylayer.errors.CorruptFrameError` if they are
     corrupt or give less."""
     src = ffi.from_buffer(compressed)
-    dst = ffi.new("uint8_t[]", max(size, 1))
+    dst = _alloc("uint8_t[]", max(size, 1))
     rc = lib.ll_gz_inflate_span(checkpoint.bits, checkpoint.byte, checkpoint.window, len(checkpoint.window), src,
                                 len(src), dst, size)
     check(rc, f"inflating {size} bytes from gzip checkpoint at {checkpoint.input}")

@@ -81,8 +81,9 @@ class Chunk(NamedTuple):
     """A piece of a regular file's content: ``size`` bytes at ``file_offset`` in the file, the start
     of the compressed member or frame at ``offset`` in the blob (its compressed bytes end at
     ``end``: the next member with data), whose uncompressed bytes have sha256 ``digest``; ``codec``
-    says how they are compressed: ``gzip`` (eStargz), ``zstd`` (zstd:chunked) or ``zeros`` (a
-    zstd:chunked run of zeros, made here, not fetched)."""
+    says how they are compressed: ``gzip`` (eStargz), ``zstd`` (zstd:chunked), ``zeros`` (a
+    zstd:chunked run of zeros, made here, not fetched) or ``gzspan`` (a span of a plain gzip
+    layer; ``file_offset`` is then its offset in the tar)."""
 
     file_offset: int
     size: int
@@ -90,6 +91,12 @@ class Chunk(NamedTuple):
     end: int
     digest: str
     codec: str = "gzip"
+    bits: int = 0
+    byte: int = 0
+    window: bytes = b""
+    """(``gzspan`` only: a plain gzip layer's span, :mod:`.gzindex`: inflated from the checkpoint
+    at ``offset`` — the low ``bits`` of ``byte``, the byte before it, and the 32 KiB ``window`` of
+    output before it.)"""
 
 
 @dataclass
@@ -363,8 +370,7 @@ def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
     frames are the chunks, each file's laid end to end in a virtual stream, named by their
     chunkDigest; the prioritized files are its prefetch plan.  (The ``IndexLayer``, and the
     chunks in frame order for the host that fetches them.)"""
-    from ..core import IndexLayer
-    from .layer import Frame, Toc, count_hardlinks
+    from .layer import Frame, count_hardlinks
 
     entries, frames, chunks, at, where = [], [], [], 0, {}
     zeros: dict[int, str] = {}
@@ -381,52 +387,82 @@ def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
     count_hardlinks(entries)
     sizes = {e["name"]: e["size"] for e in entries if e["type"] == "reg"}
     plan = [[where[n], sizes[n]] for n in toc.prioritized if sizes.get(n)]
-    doc = Toc(frames=frames, entries=entries, frame_size=max([f.size for f in frames], default=1), tar_size=at,
+    return index_layer(frames, entries, at, plan, digest), chunks
+
+
+def index_layer(frames: list[Any], entries: list[dict[str, Any]], size: int, plan: list[list[int]],
+                digest: str) -> Any:
+    """The ``IndexLayer`` of a raw layer of ``size`` virtual bytes: its TOC frame (``frames``
+    over that stream, ``entries`` with their offsets in it, prefetch ``plan``)."""
+    from ..core import IndexLayer
+    from .layer import Toc
+
+    doc = Toc(frames=frames, entries=entries, frame_size=max([f.size for f in frames], default=1), tar_size=size,
               prefetch=plan, codec="raw")
     frame = doc.to_frame(level=1)  # (it never leaves this process: the quickest level)
-    layer = IndexLayer(digest, at + len(frame), "sha256:" + hashlib.sha256(frame).hexdigest(), at, len(frame), frame)
-    return layer, chunks
+    return IndexLayer(digest, size + len(frame), "sha256:" + hashlib.sha256(frame).hexdigest(), size, len(frame),
+                      frame)
 
 
 # ------------------------------------------------------------------ kept in the disk cache
 #
 # A chunked layer's raw TOC frame and chunk table, as the image keeps them in the
 # disk cache so that a later open (the mount's fetcher process, the next mount)
-# neither fetches nor parses the TOC again: a header (magic, the sha256 of all
-# that follows, the raw layer's virtual size, the number of chunks, the frame's
-# length), the frame, then one row per chunk.
+# neither fetches nor parses the TOC again: a header (magic, the sha256 of the
+# body, the raw layer's virtual size, the number of chunks, the frame's length,
+# the body's length once decompressed), then the body, zstd-compressed: the
+# frame, one row per chunk, and the checkpoint windows of ``gzspan`` chunks.
 
-_SIDECAR = struct.Struct("<8s32sQII")
-_SIDECAR_MAGIC = b"LLCHUNK1"
-_ROW = struct.Struct("<QIQQ32sB")  # file_offset, size, offset, end, digest, codec
-_CODECS = ("gzip", "zstd", "zeros")
+_SIDECAR = struct.Struct("<8s32sQIIQ")
+_SIDECAR_MAGIC = b"LLCHUNK2"
+_ROW = struct.Struct("<QIQQ32sBBBH")  # file_offset, size, offset, end, digest, codec, bits, byte, window length
+_CODECS = ("gzip", "zstd", "zeros", "gzspan")
+MAX_SIDECAR_BODY = 1 << 30
+"""The most a chunked layer's index may decompress to (a TOC frame, rows and windows)."""
 
 
 def dump_raw_layer(layer: Any, chunks: list[Chunk]) -> bytes:
     """:func:`raw_layer`'s result as bytes (read back by :func:`load_raw_layer`)."""
-    body = layer.toc_frame + b"".join(
-        _ROW.pack(c.file_offset, c.size, c.offset, c.end, bytes.fromhex(c.digest[7:]), _CODECS.index(c.codec))
-        for c in chunks)
-    return _SIDECAR.pack(_SIDECAR_MAGIC, hashlib.sha256(body).digest(), layer.toc_offset, len(chunks),
-                         len(layer.toc_frame)) + body
+    import zstandard
+
+    rows = b"".join(_ROW.pack(c.file_offset, c.size, c.offset, c.end, bytes.fromhex(c.digest[7:]),
+                              _CODECS.index(c.codec), c.bits, c.byte, len(c.window)) for c in chunks)
+    body = b"".join([layer.toc_frame, rows, *(c.window for c in chunks)])
+    packed = zstandard.ZstdCompressor(level=3).compress(body)
+    return _SIDECAR.pack(_SIDECAR_MAGIC, hashlib.sha256(packed).digest(), layer.toc_offset, len(chunks),
+                         len(layer.toc_frame), len(body)) + packed
 
 
 def load_raw_layer(data: bytes, digest: str) -> tuple[Any, list[Chunk]]:
-    """What :func:`dump_raw_layer` wrote, for layer ``digest``; FormatError if it is damaged."""
+    """What :func:`dump_raw_layer` wrote, for layer ``digest``; FormatError if it is damaged or
+    out of bounds."""
+    import zstandard
+
     from ..core import IndexLayer
 
     if len(data) < _SIDECAR.size:
         raise errors.FormatError("a chunked layer's cached index is truncated")
-    magic, sha, at, count, flen = _SIDECAR.unpack_from(data)
-    body = memoryview(data)[_SIDECAR.size:]
-    if magic != _SIDECAR_MAGIC or len(body) != flen + count * _ROW.size or hashlib.sha256(body).digest() != sha:
+    magic, sha, at, count, flen, blen = _SIDECAR.unpack_from(data)
+    packed = memoryview(data)[_SIDECAR.size:]
+    if magic != _SIDECAR_MAGIC or hashlib.sha256(packed).digest() != sha:
         raise errors.FormatError("a chunked layer's cached index is damaged")
-    frame = bytes(body[:flen])
+    if blen > MAX_SIDECAR_BODY or count > MAX_TOC_FRAMES or flen + count * _ROW.size > blen:
+        raise errors.FormatError("a chunked layer's cached index is out of bounds")
     try:
-        chunks = [Chunk(fo, n, off, end, "sha256:" + d.hex(), _CODECS[k])
-                  for fo, n, off, end, d, k in _ROW.iter_unpack(body[flen:])]
-    except IndexError:
-        raise errors.FormatError("a chunked layer's cached index names an unknown codec") from None
+        body = memoryview(zstandard.ZstdDecompressor().decompress(packed, max_output_size=blen))
+    except zstandard.ZstdError as exc:
+        raise errors.FormatError(f"a chunked layer's cached index is damaged: {exc}") from None
+    rows_end = flen + count * _ROW.size
+    if len(body) != blen:
+        raise errors.FormatError("a chunked layer's cached index is damaged")
+    frame, chunks, w = bytes(body[:flen]), [], rows_end
+    for fo, n, off, end, d, k, bits, byte, wlen in _ROW.iter_unpack(body[flen:rows_end]):
+        if k >= len(_CODECS) or bits > 7 or wlen > 32768 or w + wlen > blen:
+            raise errors.FormatError("a chunked layer's cached index has a bad chunk row")
+        chunks.append(Chunk(fo, n, off, end, "sha256:" + d.hex(), _CODECS[k], bits, byte, bytes(body[w:w + wlen])))
+        w += wlen
+    if w != blen:
+        raise errors.FormatError("a chunked layer's cached index is damaged")
     layer = IndexLayer(digest, at + flen, "sha256:" + hashlib.sha256(frame).hexdigest(), at, flen, frame)
     return layer, chunks
 

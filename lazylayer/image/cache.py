@@ -575,6 +575,24 @@ class DiskCache:
             pass  # cleared by somebody else meanwhile: the caller's pin will say so
         return path
 
+    def read_file(self, name: str) -> bytes | None:
+        """The content of file ``name`` (None if there is none), marked as just used."""
+        path = self._file_path(name)
+        if not self._touch_path(path):
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:  # evicted in between
+            return None
+
+    def remove_file(self, name: str) -> None:
+        """Remove file ``name`` (a damaged one, say) if it is there."""
+        try:
+            os.unlink(self._file_path(name))
+        except FileNotFoundError:
+            pass
+
     def ensure_pinned(self, name: str, build: Callable[[BinaryIO], None]) -> Pin:
         """:meth:`ensure_file` and :meth:`pin` without the gap in between where a
         trim could evict the file: retried if it is evicted in that gap."""

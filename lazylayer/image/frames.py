@@ -129,7 +129,8 @@ class ChunkSource(FrameSource):
 
     Each frame of the layer's index is one chunk of that format — for eStargz, a
     gzip member whose first ``size`` uncompressed bytes are the chunk; for
-    zstd:chunked, zstd frames — named by the sha256 of its data.  A missing
+    zstd:chunked, zstd frames; for a plain gzip layer indexed here, a span inflated from its
+    checkpoint (:mod:`lazylayer.format.gzindex`) — named by the sha256 of its data.  A missing
     chunk's compressed bytes (from its member's start to the next chunk's) are
     fetched, decompressed to exactly its size and checked against that sha256
     before anything sees them; a zstd:chunked run of zeros is made here, not
@@ -165,6 +166,10 @@ class ChunkSource(FrameSource):
 def _decode(c: Any, data: bytes, name: str) -> bytes:
     """The first ``c.size`` bytes chunk ``c``'s compressed bytes decompress to (its member or
     frames may go on with the next tar header: that is not read)."""
+    if c.codec == "gzspan":
+        from ..core.gzindex import Checkpoint, inflate_span
+
+        return inflate_span(Checkpoint(c.offset, c.file_offset, c.bits, c.byte, c.window), data, c.size)
     if c.codec == "gzip":
         from isal import isal_zlib  # ISA-L's inflate: 2-3x zlib's (eStargz layers only)
 

@@ -158,6 +158,7 @@ class Image:
         self._whole = (0, 0)  # layers fetched whole by this open, and their bytes
         ref = oci.parse_reference(reference) if isinstance(reference, str) else reference
         self._source = open_source(ref, registry)
+        self._indexes = self.disk  # where plain gzip layers' indexes are found (a layout's too)
         if isinstance(ref, oci.OciLayoutRef):
             self.disk = None  # its blobs are local files already: nothing to keep
         try:
@@ -238,21 +239,30 @@ class Image:
                                   cache=self.memory, pool=_resolve_pool(self.threads), disk=native)
 
     def _chunked_layers(self, descs: list[oci.Descriptor], blobs: list[Any]) -> dict[int, tuple[IndexLayer, list[Any]]]:
-        """The eStargz and zstd:chunked layers read lazily: their TOCs (one or two range requests
-        each), checked against the layer's annotations, as raw layers of their chunks (``blobs``
-        gets their blobs); kept in the disk cache, so that a later open (the mount's fetcher, the
-        next mount) neither fetches nor parses them again.  One that uses what is not read lazily
-        is fetched whole instead (said in the log)."""
+        """The layers of other formats read lazily (``blobs`` gets their blobs), as raw layers of
+        their chunks.  eStargz and zstd:chunked: their TOCs (one or two range requests each),
+        checked against the layer's annotations, kept in the disk cache, so that a later open (the
+        mount's fetcher, the next mount) neither fetches nor parses them again; one that uses what
+        is not read lazily is fetched whole instead (said in the log).  Plain gzip: those indexed
+        on this machine (``lazylayer index``; :mod:`lazylayer.format.gzindex`)."""
         out: dict[int, tuple[IndexLayer, list[Any]]] = {}
         if all(b is not None for b in blobs):
             return out  # every layer is a lazy layer: nothing of the peers' formats on this (the mount's) path
-        from ..format import estargz, zstdchunked
+        from ..format import estargz, gzindex, zstdchunked
 
         for i, desc in enumerate(descs):
-            if blobs[i] is not None or not zstdchunked.is_chunked(desc):
+            if blobs[i] is not None or not isinstance(desc.get("size"), int):
+                continue
+            if gzindex.is_gzip_layer(desc) and self._indexes is not None and _is_digest(desc.get("digest", "")):
+                found = gzindex.load_cached(self._indexes, desc["digest"])  # built here, from the verified layer
+                blob = self._source.blob(desc) if found is not None else None
+                if found is not None and blob is not None:
+                    out[i], blobs[i] = found, blob
+                continue
+            if not zstdchunked.is_chunked(desc):
                 continue
             blob = self._source.blob(desc)
-            if blob is None or not isinstance(desc.get("size"), int):
+            if blob is None:
                 continue
 
             def build(blob: Any = blob, desc: oci.Descriptor = desc) -> Any:
@@ -335,9 +345,12 @@ class Image:
         else:
             size = human_size(sum(int(descs[i].get("size") or 0) for i in todo))
             what = f"{len(todo)} of its {len(descs)} layers ({size}) are not lazy layers: they are"
+        from ..format.gzindex import is_gzip_layer
+
+        how = "index its gzip layers once (lazylayer index IMAGE) or convert it (lazylayer convert SRC DST)" \
+            if any(is_gzip_layer(descs[i]) for i in todo) else "convert it: lazylayer convert SRC DST"
         warnings.warn(f"{self.reference}: {what} fetched whole, all at once, before any file in them can "
-                      f"be read ({again}); to read the image lazily, convert it: lazylayer convert SRC DST",
-                      NotLazyWarning, stacklevel=5)
+                      f"be read ({again}); to read the image lazily, {how}", NotLazyWarning, stacklevel=5)
 
     def _whole_cached(self, desc: oci.Descriptor) -> bool:
         hexd = oci.check_digest(desc.get("digest", ""))

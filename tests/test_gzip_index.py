@@ -1,0 +1,247 @@
+"""Plain gzip layers made lazy by ``lazylayer index`` (lazylayer.format.gzindex): images written by
+umoci (gzip layers) and pushed to a real registry by skopeo are indexed once, then every file reads
+back through ``lazylayer://`` and through the mount as umoci unpacks it, fetching only the spans
+the reads need; a tampered blob, index or checkpoint is an integrity error (EIO through the mount),
+never data.  (The checkpoint code itself: tests/test_gzindex.py and the fuzz target.)"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import images
+import pytest
+from servers import unique_repo
+from test_fs import check_matches_umoci, open_fs
+
+from lazylayer import errors
+from lazylayer.core import BlockCache
+from lazylayer.format import estargz, gzindex
+from lazylayer.image import DiskCache, Image, NotLazyWarning
+from lazylayer.index import index_image
+
+pytestmark = pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed (apt install umoci)")
+needs_fuse = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs /dev/fuse and root (a mount)")
+
+SPAN = 64 << 10  # small spans: the test image's layers get many
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, registry: Any) -> dict[str, Any]:
+    work = str(tmp_path_factory.mktemp("gzindex"))
+    layout = images.build_umoci_image(os.path.join(work, "build"))  # gzip layers, as umoci writes them
+    repo = unique_repo("gzindex")
+    registry.push(f"oci:{layout}:v1", f"{repo}:v1")
+    return {"layout": layout, "ref": f"docker://{registry.host}/{repo}:v1",
+            "rootfs": images.unpack(layout, "v1", os.path.join(work, "unpacked"))}
+
+
+def _gzip_layers(layout: str) -> list[dict[str, Any]]:
+    return [d for d in images.image(layout, "v1").manifest["layers"] if d["mediaType"].endswith("gzip")]
+
+
+def test_an_indexed_image_reads_lazily_as_umoci_unpacks_it(built: dict[str, Any], tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache")
+    # Not indexed: fetched whole, and the warning says how to make it lazy.
+    with pytest.warns(NotLazyWarning, match="lazylayer index IMAGE"):
+        Image(built["ref"], cache=None).close()
+    result = index_image(built["ref"], cache=DiskCache(cache), span=SPAN, progress=False)
+    layers = _gzip_layers(built["layout"])
+    assert [x.digest for x in result.layers] == [d["digest"] for d in layers] and result.skipped == 0
+    assert all(x.built and x.spans > 1 for x in result.layers if x.size > 100_000)
+    again = index_image(built["ref"], cache=DiskCache(cache), span=SPAN, progress=False)
+    assert [x.built for x in again.layers] == [False] * len(layers)  # kept: not read again
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotLazyWarning)  # every layer lazy now
+        fs = open_fs(built["ref"], cache)
+        try:
+            data = fs.cat("/data/text.txt")
+            assert data == (Path(built["rootfs"]) / "data/text.txt").read_bytes()
+            one = fs.image.stats()
+            assert one["layers_fetched_whole"] == 0
+            spans = sum(len(layer.source.frames) for layer in fs.image.layers)
+            assert 0 < one["frames_fetched"] < spans // 4, one  # that file's spans, not the layer
+            assert one["bytes_fetched"] < sum(d["size"] for d in layers) // 4
+            check_matches_umoci(fs, built["rootfs"])
+        finally:
+            fs.close()
+
+
+def test_a_span_is_one_range_and_every_span_checks(built: dict[str, Any], tmp_path: Path) -> None:
+    """The index itself: spans cover the tar end to end and the blob from the first deflate block
+    to its end; each inflates alone from its checkpoint to the bytes its digest names."""
+    layer = max(_gzip_layers(built["layout"]), key=lambda d: d["size"])
+    blob = images.read_blob(built["layout"], layer["digest"])
+    tar = gzip.decompress(blob)
+    with open(images.blob_path(built["layout"], layer["digest"]), "rb") as f:
+        spec, chunks = gzindex.build(f, layer, SPAN)
+    assert spec.toc_offset == len(tar)
+    assert [c.file_offset for c in chunks] == [0] + [c.file_offset + c.size for c in chunks[:-1]]
+    assert chunks[-1].file_offset + chunks[-1].size == len(tar) and chunks[-1].end == len(blob)
+    assert all(a.end == b.offset for a, b in zip(chunks, chunks[1:]))
+    from lazylayer.core.gzindex import Checkpoint, inflate_span
+    for c in chunks:
+        out = inflate_span(Checkpoint(c.offset, c.file_offset, c.bits, c.byte, c.window), blob[c.offset:c.end], c.size)
+        assert out == tar[c.file_offset:c.file_offset + c.size]
+        assert "sha256:" + hashlib.sha256(out).hexdigest() == c.digest
+    # kept and loaded back as it was
+    back = estargz.load_raw_layer(estargz.dump_raw_layer(spec, chunks), layer["digest"])
+    assert back[1] == chunks and back[0].toc_frame == spec.toc_frame
+
+
+def test_a_blob_that_is_not_its_digest_is_never_indexed(built: dict[str, Any], tmp_path: Path) -> None:
+    layer = _gzip_layers(built["layout"])[0]
+    blob = bytearray(images.read_blob(built["layout"], layer["digest"]))
+    blob[len(blob) // 2] ^= 0x01
+    import io
+
+    with pytest.raises((errors.IntegrityError, errors.CorruptFrameError)):
+        gzindex.build(io.BytesIO(bytes(blob)), layer, SPAN)
+    other = dict(layer, digest="sha256:" + "0" * 64)
+    with pytest.raises(errors.IntegrityError, match="digest"):
+        gzindex.build(io.BytesIO(images.read_blob(built["layout"], layer["digest"])), other, SPAN)
+    # truncated: never an index
+    with pytest.raises(errors.LazyLayerError):
+        gzindex.build(io.BytesIO(bytes(blob[: len(blob) // 2])), layer, SPAN)
+
+
+def _copy_layout(built: dict[str, Any], tmp_path: Path) -> str:
+    layout = str(tmp_path / "layout")
+    shutil.copytree(built["layout"], layout)
+    return layout
+
+
+def test_a_tampered_blob_or_index_is_never_data(built: dict[str, Any], tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """From an OCI layout whose blob changes after it was indexed: the span read is an
+    IntegrityError, the others still read; an index damaged on disk is said and not used; an index
+    whose checkpoint window was changed (its own checksum made good again) gives wrong output, which
+    its span's digest refuses."""
+    layout = _copy_layout(built, tmp_path)
+    ref = f"oci:{layout}:v1"
+    cache = DiskCache(str(tmp_path / "cache"))
+    index_image(ref, cache=cache, span=SPAN, progress=False)
+    want = {p: (Path(built["rootfs"]) / p).read_bytes() for p in ("data/text.txt", "data/random.bin")}
+
+    def read(path: str) -> bytes:  # (a fresh memory cache: spans verified before are not read again)
+        with Image(ref, cache=cache, memory_cache=BlockCache(64 << 20)) as img:
+            node = img.tree.resolve(path)
+            return img.pread(node, node._st.size, 0)
+
+    def span_of(path: str) -> tuple[Any, str]:
+        """The chunk holding the middle of ``path``, and its layer's digest."""
+        with Image(ref, cache=cache) as img:
+            st = img.tree.resolve(path)._st
+            at = st.offset + st.size // 2
+            layer = img.layers[st.layer]
+            return next(c for c in layer.source._chunk_list
+                        if c.file_offset <= at < c.file_offset + c.size), layer.descriptor["digest"]
+
+    assert read("data/text.txt") == want["data/text.txt"]
+    assert read("data/random.bin") == want["data/random.bin"]
+    # 1. the blob changed under the index, in the middle of a span of data/random.bin
+    chunk, digest = span_of("data/random.bin")
+    path = images.blob_path(layout, digest)
+    original = Path(path).read_bytes()
+    bad = bytearray(original)
+    bad[chunk.offset + (chunk.end - chunk.offset) // 3] ^= 0xFF  # (in a stored block: a data byte)
+    Path(path).write_bytes(bytes(bad))
+    try:
+        with pytest.raises((errors.IntegrityError, errors.CorruptFrameError)):
+            read("data/random.bin")
+    finally:
+        Path(path).write_bytes(original)
+    # 2. the index damaged on disk: said, not used (the layer is fetched whole, and still right)
+    name = gzindex.cache_name(digest)
+    kept = Path(cache.files_dir) / name
+    good = kept.read_bytes()
+    damaged = bytearray(good)
+    damaged[-100] ^= 1
+    kept.write_bytes(bytes(damaged))
+    with pytest.warns(NotLazyWarning):
+        assert read("data/random.bin") == want["data/random.bin"]
+    assert "not used" in caplog.text and not kept.exists()
+    # 3. a checkpoint window changed, the sidecar's checksum made to match (as only someone who can
+    # write the disk cache could): the text's span now copies zeros where it refers back, and its
+    # digest refuses the output
+    kept.write_bytes(good)
+    chunk, text_layer = span_of("data/text.txt")
+    assert chunk.window and text_layer == digest
+    spec, chunks = estargz.load_raw_layer(good, digest)
+    k = chunks.index(chunk)
+    chunks[k] = chunk._replace(window=bytes(len(chunk.window)))
+    kept.write_bytes(estargz.dump_raw_layer(spec, chunks))
+    with pytest.raises(errors.IntegrityError, match="does not match"):
+        read("data/text.txt")
+
+
+def test_the_cli_indexes_and_says_what_it_did(built: dict[str, Any], tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache")
+    cmd = [sys.executable, "-m", "lazylayer", "index", built["ref"], "--cache-dir", cache, "--span", "256K"]
+    first = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, check=True).stdout)
+    assert [x["built"] for x in first["layers"]] == [True] * len(_gzip_layers(built["layout"]))
+    second = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "indexed before" in second
+    listing = subprocess.run([sys.executable, "-m", "lazylayer", "ls", built["ref"], "/data", "--cache-dir", cache],
+                             capture_output=True, text=True, check=True)
+    assert "text.txt" in listing.stdout and "fetched whole" not in listing.stderr
+
+
+def test_several_gzip_members_and_a_zero_length_tail(tmp_path: Path) -> None:
+    """A layer of concatenated gzip members (as some writers make) indexes and reads back."""
+    members = [images.reg(f"f{i}", os.urandom(1000) * (i + 1)) for i in range(40)]
+    tar = images.make_tar(members)
+    cut = len(tar) // 3 // 512 * 512
+    blob = gzip.compress(tar[:cut], 6) + gzip.compress(tar[cut:], 1) + gzip.compress(b"", 9)
+    ref = images.build_layout(str(tmp_path / "layout"), [tar], blobs=[blob])
+    cache = DiskCache(str(tmp_path / "cache"))
+    index_image(ref, cache=cache, span=16 << 10, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotLazyWarning)
+        with Image(ref, cache=cache) as img:
+            for i, (info, data) in enumerate(members):
+                node = img.tree.resolve(info.name)
+                assert img.pread(node, len(data), 0) == data
+
+
+@needs_fuse
+def test_through_the_mount(built: dict[str, Any], tmp_path: Path) -> None:
+    """Every file as the kernel shows it equals umoci's unpack; a span whose bytes are tampered
+    with is EIO, not data."""
+    import lazylayer
+
+    cache = lazylayer.DiskCache(str(tmp_path / "cache"))
+    index_image(built["ref"], cache=cache, span=SPAN, progress=False)
+    where = tmp_path / "mnt"
+    where.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotLazyWarning)
+        with lazylayer.Mount(built["ref"], str(where), cache=cache) as m:
+            got, got_links = images.snapshot(str(where))
+            want, want_links = images.snapshot(built["rootfs"])
+            assert images.diff_snapshots(got, want) == [] and got_links == want_links
+            assert m.stats()["eio"] == 0
+    # the layout's blob tampered with, the index built from the good one: EIO through the mount
+    layout = _copy_layout(built, tmp_path)
+    big = max(_gzip_layers(layout), key=lambda d: d["size"])
+    path = Path(images.blob_path(layout, big["digest"]))
+    bad = bytearray(path.read_bytes())
+    for at in range(len(bad) // 8, len(bad), len(bad) // 8):
+        bad[at] ^= 0xFF
+    path.write_bytes(bytes(bad))
+    where2 = tmp_path / "mnt2"
+    where2.mkdir()
+    with lazylayer.Mount(f"oci:{layout}:v1", str(where2), cache=cache) as m:
+        with pytest.raises(OSError) as exc:
+            (where2 / "data/random.bin").read_bytes()
+        assert exc.value.errno == 5
