@@ -1157,6 +1157,21 @@ int ll_fuse_wait(ll_fuse *f) {
     return LL_OK;
 }
 
+int64_t ll_fuse_invalidate_layer(ll_fuse *f, uint32_t layer) {
+    if (!f || !f->started || f->fd < 0) return LL_ERR_ARG;
+    uint64_t n = ll_index_inodes(f->idx), told = 0;
+    for (uint64_t ino = 1; ino <= n; ino++) {
+        ll_stat st;
+        if (ll_index_stat(f->idx, ino, &st) != LL_OK || st.kind != LL_KIND_REG || st.layer != (int64_t)layer) continue;
+        struct fuse_out_header oh = {.len = sizeof oh + sizeof(struct fuse_notify_inval_inode_out),
+                                     .error = FUSE_NOTIFY_INVAL_INODE, .unique = 0};
+        struct fuse_notify_inval_inode_out in = {.ino = ino, .off = 0, .len = 0}; /* every page */
+        struct iovec iov[2] = {{&oh, sizeof oh}, {&in, sizeof in}};
+        if (writev(f->fd, iov, 2) == (ssize_t)oh.len) told++; /* (ENOENT: the kernel does not have it) */
+    }
+    return (int64_t)told;
+}
+
 void ll_fuse_get_stats(ll_fuse *f, ll_fuse_stats *out) {
     if (!out) return;
     memset(out, 0, sizeof *out);

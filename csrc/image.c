@@ -13,8 +13,10 @@
  * the same layer in the same process share them.
  *
  * Threads: everything after ll_image_create is read-only but for the counters
- * (atomics), so reads run concurrently. */
+ * and each layer's failure status (atomics), so reads run concurrently. */
 #include "internal.h"
+
+#include <openssl/evp.h>
 
 #include <stdlib.h>
 
@@ -35,6 +37,7 @@ struct layer {
     ll_reader *reader;       /* may call the host */
     ll_reader *cached;       /* never calls the host: same frames, same block cache */
     layer_ref ref[2];        /* the callbacks' opaque pointers: [0] reader, [1] cached */
+    _Atomic int failed;      /* 0, or the status every read of the layer gets (ll_image_fail_layer) */
 };
 
 struct ll_image {
@@ -82,6 +85,31 @@ static uint64_t cache_key(const char *digest) {
         v = v << 4 | d;
     }
     if (n == 0) return 0;
+    return v ? v : 1;
+}
+
+/* The block cache key of a raw layer (LL_CODEC_RAW): the first 60 bits of the
+ * sha256 of its digest and its frame records, never 0.  A raw layer's frames
+ * are not fixed by its blob's digest alone (a gzip layer's index may have been
+ * built with other spans, or be a forged one under check): two images in one
+ * process that read the same blob through different indexes must not share
+ * decoded frames.  0 (a unique key) if it cannot be computed. */
+static uint64_t raw_cache_key(const ll_index *idx, uint32_t layer, const char *digest, uint32_t n) {
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    uint8_t h[EVP_MAX_MD_SIZE];
+    unsigned hl = 0;
+    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(ctx, digest, strlen(digest) + 1) == 1;
+    for (uint32_t i = 0; ok && i < n; i++) {
+        ll_layer_frame f;
+        ok = ll_index_frame(idx, layer, i, &f) == LL_OK && EVP_DigestUpdate(ctx, &f, sizeof f) == 1;
+    }
+    ok = ok && EVP_DigestFinal_ex(ctx, h, &hl) == 1 && hl >= 8;
+    EVP_MD_CTX_free(ctx);
+    if (!ok) return 0;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = v << 8 | h[i];
+    v >>= 4;
     return v ? v : 1;
 }
 
@@ -301,7 +329,9 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
         ll_reader_options_init(&ro, sizeof ro);
         ro.cache = o.cache;
         ro.pool = o.pool;
-        ro.source_key = cache_key(digest);
+        ro.source_key = ll_index_layer_codec(idx, i) == LL_CODEC_RAW ? raw_cache_key(idx, i, digest ? digest : "",
+                                                                                      l->nframes)
+                                                                     : cache_key(digest);
         ro.verify_checksums = 0; /* frames are checked by sha256 before decoding */
         ro.whole_frames = 1;     /* a fetch costs more than a decode (not from disk: layer_read_ex) */
         l->ref[0] = (layer_ref){l, 0};
@@ -352,6 +382,8 @@ static int64_t image_read(ll_image *img, uint64_t ino, uint64_t offset, void *ds
     uint64_t n = st.size - offset < size ? st.size - offset : size;
     if (st.layer < 0 || (uint32_t)st.layer >= img->nlayers) return LL_ERR_FORMAT;
     layer_t *l = &img->layers[st.layer];
+    int failed = atomic_load(&l->failed);
+    if (failed) return failed;
     if (st.offset > UINT64_MAX - st.size) return LL_ERR_FORMAT;
     int64_t got = ll_reader_read(cached ? l->cached : l->reader, st.offset + offset, dst, (size_t)n);
     if (got < 0) return got;
@@ -365,6 +397,18 @@ int64_t ll_image_read(ll_image *img, uint64_t ino, uint64_t offset, void *dst, s
 
 int64_t ll_image_read_cached(ll_image *img, uint64_t ino, uint64_t offset, void *dst, size_t size) {
     return image_read(img, ino, offset, dst, size, 1);
+}
+
+int ll_image_fail_layer(ll_image *img, uint32_t layer, int status) {
+    if (!img || layer >= img->nlayers || status >= 0 || status == LL_ERR_MISS) return LL_ERR_ARG;
+    int none = 0; /* the first status given stays */
+    atomic_compare_exchange_strong(&img->layers[layer].failed, &none, status);
+    return LL_OK;
+}
+
+int ll_image_layer_failed(ll_image *img, uint32_t layer) {
+    if (!img || layer >= img->nlayers) return LL_ERR_ARG;
+    return atomic_load(&img->layers[layer].failed);
 }
 
 const ll_index *ll_image_index(const ll_image *img) { return img ? img->idx : NULL; }

@@ -728,6 +728,16 @@ LL_API void ll_image_get_stats(ll_image *img, ll_image_stats *out);
  * thread, many at once. */
 LL_API int64_t ll_image_read_cached(ll_image *img, uint64_t ino, uint64_t offset, void *dst, size_t size);
 
+/* Fail every later read of `layer` with `status` (a negative ll_status other
+ * than LL_ERR_MISS, e.g. LL_ERR_DIGEST): for a layer found, after reads began,
+ * not to be what its index says (an index a background check refuted).  Frames
+ * already in the caches are not served from then on; reads in flight may still
+ * complete.  The first status given stays.  LL_OK, or LL_ERR_ARG.  Any thread,
+ * concurrently with reads. */
+LL_API int ll_image_fail_layer(ll_image *img, uint32_t layer, int status);
+/* 0, or the status ll_image_fail_layer gave `layer` (LL_ERR_ARG: no such layer).  Any thread. */
+LL_API int ll_image_layer_failed(ll_image *img, uint32_t layer);
+
 /* The index the image was created over.  Any thread. */
 LL_API const ll_index *ll_image_index(const ll_image *img);
 /* Free the image (not concurrent with reads).  The index stays the caller's. */
@@ -860,6 +870,14 @@ LL_API int ll_fuse_wait(ll_fuse *f);
 LL_API int ll_fuse_unmount(ll_fuse *f, char *err, size_t err_size);
 
 LL_API void ll_fuse_get_stats(ll_fuse *f, ll_fuse_stats *out);
+
+/* Tell the kernel to drop the cached pages of every regular file of `layer`
+ * (FUSE_NOTIFY_INVAL_INODE), so that later reads reach the server: with
+ * ll_image_fail_layer, a layer found bad is refused from then on, whatever the
+ * page cache held.  The number of files the kernel was told about (those it
+ * does not hold are skipped), or LL_ERR_ARG before ll_fuse_start.  Any thread
+ * but a server thread. */
+LL_API int64_t ll_fuse_invalidate_layer(ll_fuse *f, uint32_t layer);
 
 /* Free the server (after ll_fuse_wait, or instead of ll_fuse_start after a
  * failure: then it unmounts first). */

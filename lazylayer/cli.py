@@ -114,9 +114,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .index import index_image
 
     result = index_image(args.image, platform=args.platform, registry=_registry_config(args, args.creds),
-                         cache=DiskCache(args.cache_dir), span=args.span, progress=False if args.quiet else None)
+                         cache=DiskCache(args.cache_dir), span=args.span, progress=False if args.quiet else None,
+                         attach=args.attach)
     if args.json:
         json.dump({"manifest": result.manifest, "skipped": result.skipped, "seconds": round(result.seconds, 3),
+                   "artifact": result.artifact,
                    "layers": [dict(dataclasses.asdict(x), seconds=round(x.seconds, 3)) for x in result.layers]},
                   sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -128,6 +130,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(f"{args.image}: no plain gzip layer to index ({result.skipped} other layers)")
         elif result.skipped:
             print(f"{result.skipped} other layer(s) left as they are (not plain gzip)")
+        if result.artifact is not None:
+            print(f"attached to {result.manifest} as {result.artifact['digest']}")
     return 0
 
 
@@ -389,6 +393,10 @@ def _image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="disk cache of fetched frames (default $LAZYLAYER_CACHE_DIR or ~/.cache/lazylayer)")
     p.add_argument("--no-cache", action="store_true", help="keep nothing on disk")
+    p.add_argument("--gzip-indexes", choices=("local", "attached", "off"), default="local",
+                   help="which indexes make plain gzip layers lazy: local (default) those `lazylayer index` built "
+                        "here; attached also those attached to the image, checked against the layer in the "
+                        "background (reads before the check ends are unchecked); off none")
     _registry_options(p)
 
 
@@ -410,7 +418,8 @@ def _open_image(args: argparse.Namespace) -> Image:
     from .image import DiskCache, Image
 
     cache = None if args.no_cache else DiskCache(args.cache_dir)
-    return Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache)
+    return Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache,
+                 gzip_indexes=args.gzip_indexes)
 
 
 # ------------------------------------------------------------------------ mount
@@ -615,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which image of a multi-platform index (default: this machine's)")
     x.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="the disk cache to keep the index in (default $LAZYLAYER_CACHE_DIR or ~/.cache/lazylayer)")
+    x.add_argument("--attach", action="store_true",
+                   help="also store the indexes next to the image (an OCI artifact referring to it), for other "
+                        "machines to use with --gzip-indexes attached")
     x.add_argument("--json", action="store_true", help="print a machine-readable summary")
     x.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     _registry_options(x)

@@ -101,7 +101,9 @@ class ImageFileSystem(AsyncFileSystem):
     image is used; ``prefetch=None`` or ``False`` turns that off, a path uses a
     plan file; sequential reads are read ahead, but a read that missed fetches
     no neighbours unless ``neighbours`` says how many frames' worth: the mount's
-    4 moved 2.2x the bytes 40 files need, docs/benchmarks.md).
+    4 moved 2.2x the bytes 40 files need, docs/benchmarks.md).  ``gzip_indexes``: which
+    indexes make plain gzip layers lazy (``local``, ``attached``, ``off``: docs/filesystem.md,
+    "Plain gzip layers").
 
     The image's manifest and TOCs are read on first use (so an async caller
     never blocks its loop in the constructor); after that, metadata calls are
@@ -117,7 +119,7 @@ class ImageFileSystem(AsyncFileSystem):
                  registry: Any = None, cache_dir: str | None = None, use_cache: bool = True,
                  cache_max: int | None = None, memory_cache: Any = None, threads: int | None = None,
                  prefetch: Any = "auto", fill: bool = False, fill_rate: float | None = None,
-                 readahead: bool = True, neighbours: int = 0, **kwargs: Any) -> None:
+                 readahead: bool = True, neighbours: int = 0, gzip_indexes: str = "local", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if image is None and fo is not None:
             image = image_from_url(fo, target_protocol)
@@ -125,7 +127,7 @@ class ImageFileSystem(AsyncFileSystem):
             raise ValueError("lazylayer:// needs an image: ImageFileSystem(image='docker://HOST/REPO:TAG'), "
                              "or a chained URL lazylayer://PATH::https://HOST/v2/REPO/manifests/TAG")
         self.reference = image
-        self._options = {"platform": platform, "registry": registry, "threads": threads}
+        self._options = {"platform": platform, "registry": registry, "threads": threads, "gzip_indexes": gzip_indexes}
         self._prefetch = {"prefetch": prefetch, "fill": fill, "fill_rate": fill_rate, "readahead": readahead,
                           "neighbours": neighbours}
         if memory_cache is not None:

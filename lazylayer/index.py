@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import oci
+from . import errors, oci
 from .format.layer import Toc
 from .image.cache import CacheError, DiskCache
 from .progress import Progress
@@ -47,21 +47,27 @@ class IndexedLayer:
 @dataclass
 class IndexResult:
     """What :func:`index_image` did: the image's manifest digest, its gzip layers, the layers it
-    skipped (not gzip) and the time taken."""
+    skipped (not gzip), the time taken and the attached artifact."""
 
     manifest: str
     layers: list[IndexedLayer] = field(default_factory=list)
     skipped: int = 0
     seconds: float = 0.0
+    artifact: dict[str, Any] | None = None
+    """The descriptor of the artifact the indexes were attached as (``attach=True``)."""
 
 
 def index_image(reference: str | oci.ImageRef, *, platform: str | None = None, registry: Any = None,
                 cache: DiskCache | None = _DEFAULT, span: int | None = None,
-                progress: bool | None = None) -> IndexResult:
+                progress: bool | None = None, attach: bool = False) -> IndexResult:
     """Index every plain gzip layer of ``reference`` (one platform) into the disk cache ``cache``
     (default: the user's); layers indexed already are not read again.  Raises
     :class:`~lazylayer.errors.IntegrityError` if a layer is not the blob its digest names (no
-    index is kept for it)."""
+    index is kept for it).
+
+    ``attach``: also store the indexes next to the image, as an OCI artifact that refers to it
+    (in its registry repository or OCI layout; ``result.artifact`` is its descriptor), for other
+    machines to use under the ``attached`` policy (docs/filesystem.md, "Plain gzip layers")."""
     from .format import gzindex
     from .format.estargz import dump_raw_layer
 
@@ -111,6 +117,19 @@ def index_image(reference: str | oci.ImageRef, *, platform: str | None = None, r
                 result.layers = list(pool.map(one, todo.values()))
         finally:
             bar.close()
+        if attach and result.layers:
+            store = source.artifacts()
+            if store is None:
+                raise errors.LazyLayerError(f"{reference}: indexes can be attached only to images in a registry "
+                                            "or an OCI layout")
+            subject = {k: img.manifest_descriptor[k] for k in ("mediaType", "digest", "size")}
+            payloads = []
+            for x in result.layers:
+                data = disk.read_file(gzindex.cache_name(x.digest))
+                if data is None:
+                    raise CacheError(errno.ENOENT, f"layer {x.digest}: its index vanished from the disk cache")
+                payloads.append((x.digest, data))
+            result.artifact = gzindex.attach(store, subject, payloads)
         result.seconds = time.monotonic() - start
         return result
     finally:

@@ -245,3 +245,203 @@ def test_through_the_mount(built: dict[str, Any], tmp_path: Path) -> None:
         with pytest.raises(OSError) as exc:
             (where2 / "data/random.bin").read_bytes()
         assert exc.value.errno == 5
+
+
+# ------------------------------------------------------------------ indexes attached to the image
+
+
+def _push(built: dict[str, Any], registry: Any, name: str) -> str:
+    """The test image under a repository of its own (artifacts attached to it stay there)."""
+    repo = unique_repo(name)
+    registry.push(f"oci:{built['layout']}:v1", f"{repo}:v1")
+    return f"docker://{registry.host}/{repo}:v1"
+
+
+def _forge(built: dict[str, Any], ref: str, tmp_path: Path) -> tuple[str, str]:
+    """Attach to ``ref`` an index of its text layer that serves wrong bytes while passing every
+    span check: one span's window zeroed (its back-references now copy zeros) and its digest made
+    that of what it then inflates to.  Returns the layer digest and the wrong bytes' file."""
+    from lazylayer.core.gzindex import Checkpoint, inflate_span
+    from lazylayer.registry import open_source
+
+    layout = _copy_layout(built, tmp_path)
+    cache = DiskCache(str(tmp_path / "forge-cache"))
+    index_image(f"oci:{layout}:v1", cache=cache, span=SPAN, progress=False)
+    with Image(f"oci:{layout}:v1", cache=cache) as img:
+        st = img.tree.resolve("data/text.txt")._st
+        layer = img.layers[st.layer]
+        at = st.offset + st.size // 2
+        chunk = next(c for c in layer.source._chunk_list if c.file_offset <= at < c.file_offset + c.size)
+        digest, subject = layer.descriptor["digest"], dict(img.manifest_image.manifest_descriptor)
+    blob = images.read_blob(layout, digest)
+    spec, chunks = estargz.load_raw_layer(cache.read_file(gzindex.cache_name(digest)) or b"", digest)
+    k = chunks.index(chunk)
+    zero = bytes(len(chunk.window))
+    wrong = inflate_span(Checkpoint(chunk.offset, chunk.file_offset, chunk.bits, chunk.byte, zero),
+                         blob[chunk.offset:chunk.end], chunk.size)
+    assert wrong != gzip.decompress(blob)[chunk.file_offset:chunk.file_offset + chunk.size]
+    chunks[k] = chunk._replace(window=zero, digest="sha256:" + hashlib.sha256(wrong).hexdigest())
+    # the TOC frame names frames by their digests too: rebuild it with the forged one
+    from lazylayer.format.layer import Frame, Toc
+    toc = Toc.from_frame(spec.toc_frame)
+    frames = [Frame(c.file_offset, c.size, c.file_offset, c.size, c.digest[7:]) for c in chunks]
+    forged = estargz.dump_raw_layer(estargz.index_layer(frames, toc.entries, toc.tar_size, [], digest), chunks)
+    subject = {key: subject[key] for key in ("mediaType", "digest", "size")}
+    source = open_source(ref)
+    try:
+        gzindex.attach(source.artifacts(), subject, [(digest, forged)])
+    finally:
+        source.close()
+    return digest, "data/text.txt"
+
+
+def test_attached_indexes_are_used_only_when_asked_and_checked(built: dict[str, Any], registry: Any,
+                                                               tmp_path: Path) -> None:
+    """``--attach`` stores the indexes next to the image; another machine (a fresh disk cache)
+    ignores them by default (the layers are fetched whole, with the warning), and with
+    ``gzip_indexes="attached"`` reads lazily at once while the layers are checked in the
+    background; checked, each index is kept as this machine's own."""
+    ref = _push(built, registry, "gzindex-attached")
+    result = index_image(ref, cache=DiskCache(str(tmp_path / "builder")), span=SPAN, progress=False, attach=True)
+    assert result.artifact is not None and result.artifact["artifactType"] == gzindex.ARTIFACT_TYPE
+    other = str(tmp_path / "other")
+    with pytest.warns(NotLazyWarning):
+        Image(ref, cache=DiskCache(other)).close()  # default policy: local indexes only
+    other2 = DiskCache(str(tmp_path / "other2"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotLazyWarning)
+        fs = open_fs(ref, other2.path, gzip_indexes="attached")
+        try:
+            assert fs.cat("/data/text.txt") == (Path(built["rootfs"]) / "data/text.txt").read_bytes()
+            checker = fs.image._checker
+            assert checker is not None and checker.done.wait(60)
+            assert fs.image._unchecked == {} and fs.image._poisoned == {}
+            check_matches_umoci(fs, built["rootfs"])
+        finally:
+            fs.close()
+    for d in _gzip_layers(built["layout"]):  # checked: kept as if built here
+        assert other2.read_file(gzindex.cache_name(d["digest"])) is not None
+    with pytest.raises(ValueError, match="gzip_indexes"):
+        Image(ref, cache=None, gzip_indexes="trust-me")
+
+
+def test_a_forged_attached_index_is_found_out_and_its_layer_refused(built: dict[str, Any], registry: Any,
+                                                                   tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """An index attached by someone who can push to the repository, made to serve wrong bytes
+    that pass every span check: the background check fetches the layer, finds the index wrong,
+    and from then on every read of the layer is an IntegrityError (cache hits included); the
+    index is remembered as refuted, so the next open fetches the layer whole and reads it right."""
+    ref = _push(built, registry, "gzindex-forged")
+    digest, name = _forge(built, ref, tmp_path)
+    cache = str(tmp_path / "cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)  # (the other layers have no index attached)
+        img = Image(ref, cache=DiskCache(cache), gzip_indexes="attached")
+    try:
+        assert img._checker is not None and img._checker.done.wait(60)
+        assert list(img._poisoned) == [i for i, layer in enumerate(img.layers) if layer.digest == digest]
+        node = img.tree.resolve(name)
+        with pytest.raises(errors.IntegrityError, match="does not match the gzip index"):
+            img.pread(node, node._st.size, 0)
+        with pytest.raises(errors.IntegrityError, match="does not match the gzip index"):
+            img.reader.pread(node._st.ino, 10, 0)  # C refuses it too, whatever its caches hold
+    finally:
+        img.close()
+    assert "does not match the gzip index attached" in caplog.text
+    with pytest.warns(NotLazyWarning):
+        again = Image(ref, cache=DiskCache(cache), gzip_indexes="attached")
+    try:
+        node = again.tree.resolve(name)
+        assert again.pread(node, node._st.size, 0) == (Path(built["rootfs"]) / name).read_bytes()
+    finally:
+        again.close()
+    assert "found wrong before" in caplog.text
+
+
+def test_a_mangled_attached_index_is_refused_in_words(built: dict[str, Any], registry: Any, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Bytes that are not an index, or an index whose spans run out of the blob, are not used
+    (said in the log; the layer is fetched whole): never a crash, never a fetch out of range."""
+    from lazylayer.registry import open_source
+
+    ref = _push(built, registry, "gzindex-mangled")
+    layer = max(_gzip_layers(built["layout"]), key=lambda d: d["size"])
+    with open(images.blob_path(built["layout"], layer["digest"]), "rb") as f:
+        spec, chunks = gzindex.build(f, layer, SPAN)
+    chunks[-1] = chunks[-1]._replace(end=layer["size"] + (1 << 30))
+    source = open_source(ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)
+        with Image(ref, cache=None) as img:
+            subject = {k: img.manifest_image.manifest_descriptor[k] for k in ("mediaType", "digest", "size")}
+    try:
+        gzindex.attach(source.artifacts(), subject, [(layer["digest"], estargz.dump_raw_layer(spec, chunks))])
+        gzindex.attach(source.artifacts(), subject, [(d["digest"], b"LLCHUNK2 not an index")
+                                                    for d in _gzip_layers(built["layout"]) if d != layer])
+    finally:
+        source.close()
+    with pytest.warns(NotLazyWarning):
+        Image(ref, cache=DiskCache(str(tmp_path / "cache")), gzip_indexes="attached").close()
+    assert "out of bounds" in caplog.text and "truncated" in caplog.text
+
+
+def test_an_unchecked_index_never_lends_its_spans_to_a_checked_one(built: dict[str, Any], registry: Any,
+                                                                    tmp_path: Path) -> None:
+    """Two images in one process read the same layer, one through a forged attached index (its
+    check left to another process: the mount's fetcher does this), one through an index built here:
+    the second reads the layer's own bytes.  Decoded spans are cached under the index's frames, not
+    under the blob's digest alone (with the digest alone, the forged span came out of the shared
+    memory cache)."""
+    from lazylayer.core import BlockCache
+
+    ref = _push(built, registry, "gzindex-shared-cache")
+    digest, name = _forge(built, ref, tmp_path)
+    want = (Path(built["rootfs"]) / name).read_bytes()
+    memory = BlockCache(64 << 20)  # one cache for both, as the process-wide one would be
+
+    def read(img: Image) -> bytes:  # in 4 KiB reads, as a page cache asks: spans land in the memory cache
+        node = img.tree.resolve(name)
+        return b"".join(img.pread(node, 4096, at) for at in range(0, node._st.size, 4096))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)
+        with Image(ref, cache=DiskCache(str(tmp_path / "a")), memory_cache=memory, gzip_indexes="attached",
+                   check_attached=False) as img:
+            assert read(img) != want  # unchecked: the documented window
+    cache = DiskCache(str(tmp_path / "b"))
+    index_image(ref, cache=cache, span=SPAN, progress=False)
+    with Image(ref, cache=cache, memory_cache=memory) as img:
+        assert read(img) == want
+
+
+@needs_fuse
+def test_a_forged_index_through_the_mount_becomes_eio_even_from_the_page_cache(
+        built: dict[str, Any], registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check held back until a file of the forged layer has been read (its wrong bytes in the
+    kernel's page cache: that is the window the policy documents); once the check refutes the
+    index, the same read is EIO: the mount's reader refuses the layer and the kernel was told to
+    drop its pages."""
+    import threading
+
+    import lazylayer
+    from lazylayer.image import image as image_module
+
+    ref = _push(built, registry, "gzindex-forged-mount")
+    digest, name = _forge(built, ref, tmp_path)
+    go = threading.Event()
+    real_run = image_module._AttachedCheck._run
+    monkeypatch.setattr(image_module._AttachedCheck, "_run", lambda self: (go.wait(60), real_run(self)))
+    where = tmp_path / "mnt"
+    where.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)
+        with lazylayer.Mount(ref, str(where), cache=lazylayer.DiskCache(str(tmp_path / "cache")),
+                             gzip_indexes="attached") as m:
+            before = (where / name).read_bytes()
+            assert before != (Path(built["rootfs"]) / name).read_bytes()  # unchecked: the documented window
+            go.set()
+            assert m.image._checker is not None and m.image._checker.done.wait(60)
+            with pytest.raises(OSError) as exc:
+                (where / name).read_bytes()
+            assert exc.value.errno == 5

@@ -398,6 +398,7 @@ class ImageReader:
                  cache: BlockCache | None, pool: WorkerPool | None, disk: NativeDiskCache | None,
                  c_sources: Any = None, keep: object = None) -> None:
         self.index = index
+        self._failed: dict[int, str] = {}
         self._callbacks = [_CallbackSource(fetch) for fetch, _ in sources]
         if c_sources is None:
             arr = ffi.new("ll_image_source[]", max(1, len(sources)))
@@ -431,7 +432,7 @@ class ImageReader:
         finally:
             ffi.release(buf)
         if n < 0:
-            self._raise(int(n), name or f"inode {ino}")
+            self._raise(int(n), name or f"inode {ino}", ino)
         return int(n)
 
     def pread(self, ino: int, size: int, offset: int, *, name: str = "") -> bytes:
@@ -439,12 +440,22 @@ class ImageReader:
         def read(buf: Any) -> int:
             n = lib.ll_image_read(self._ptr, ino, offset, buf, size)
             if n < 0:
-                self._raise(int(n), name or f"inode {ino}")
+                self._raise(int(n), name or f"inode {ino}", ino)
             return n
 
         return scratch_read(size, size, read)
 
-    def _raise(self, rc: int, what: str) -> None:
+    def fail_layer(self, layer: int, reason: str) -> None:
+        """Fail every later read of ``layer``, cache hits included (``ll_image_fail_layer``):
+        :class:`~lazylayer.errors.IntegrityError` with ``reason``.  Any thread."""
+        self._failed[layer] = reason
+        check(lib.ll_image_fail_layer(self._ptr, layer, lib.LL_ERR_DIGEST), f"failing layer {layer}")
+
+    def _raise(self, rc: int, what: str, ino: int) -> None:
+        if rc == lib.LL_ERR_DIGEST and self._failed:
+            layer = self.index.stat(ino).layer
+            if layer in self._failed:
+                raise errors.IntegrityError(f"{what}: {self._failed[layer]}")
         for cb in self._callbacks:  # the Python exception behind a callback status, if any
             exc = cb.take_failure()
             if exc is not None:

@@ -446,7 +446,8 @@ def load_raw_layer(data: bytes, digest: str) -> tuple[Any, list[Chunk]]:
     packed = memoryview(data)[_SIDECAR.size:]
     if magic != _SIDECAR_MAGIC or hashlib.sha256(packed).digest() != sha:
         raise errors.FormatError("a chunked layer's cached index is damaged")
-    if blen > MAX_SIDECAR_BODY or count > MAX_TOC_FRAMES or flen + count * _ROW.size > blen:
+    if blen > min(MAX_SIDECAR_BODY, 64 * len(packed) + (1 << 20)) or count > MAX_TOC_FRAMES or \
+            flen + count * _ROW.size > blen:
         raise errors.FormatError("a chunked layer's cached index is out of bounds")
     try:
         body = memoryview(zstandard.ZstdDecompressor().decompress(packed, max_output_size=blen))

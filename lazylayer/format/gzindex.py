@@ -31,9 +31,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from .. import errors
+from ..oci.media import HashingReader
 from ..progress import Progress
 from .estargz import MAX_CHUNK_SIZE, Chunk, NotSupported, index_layer, is_stargz, load_raw_layer
 from .layer import Frame, count_hardlinks, toc_entry
@@ -120,10 +121,11 @@ class _Stream:
 
 
 class _SpanHasher:
-    """The sink of the tar walk: the sha256 of each span, cut at the checkpoints' outputs."""
+    """The sink of the tar walk: the sha256 of each span, cut where ``cut_at(k)`` says the k-th
+    span starts (None: not known yet, so not before the end of what was given)."""
 
-    def __init__(self, checkpoints: list[Any]) -> None:
-        self.checkpoints = checkpoints
+    def __init__(self, cut_at: Callable[[int], int | None]) -> None:
+        self.cut_at = cut_at
         self.digests: list[str] = []
         self.pos = 0
         self._sha: Any = None
@@ -131,14 +133,15 @@ class _SpanHasher:
     def __call__(self, data: Any) -> None:
         view = memoryview(data)
         while view.nbytes:
-            k = len(self.digests) + (self._sha is not None)  # the next checkpoint to cut at
-            cut = self.checkpoints[k].output if k < len(self.checkpoints) else None
+            cut = self.cut_at(len(self.digests) + (self._sha is not None))  # where the next span starts
             if self._sha is None:
                 if cut != self.pos:
-                    raise errors.FormatError(f"gzip index: no checkpoint at output {self.pos}")
+                    raise errors.FormatError(f"gzip index: no span starts at output {self.pos}")
                 self._sha = hashlib.sha256()
                 continue
             n = view.nbytes if cut is None or cut >= self.pos + view.nbytes else cut - self.pos
+            if n <= 0:
+                raise errors.FormatError(f"gzip index: the span at {self.pos} is empty or out of order")
             self._sha.update(view[:n])
             self.pos += n
             view = view[n:]
@@ -165,7 +168,8 @@ def build(raw: Any, desc: dict[str, Any], span: int = SPAN, bar: Progress | None
     digest = str(desc.get("digest", ""))
     size = desc.get("size") if isinstance(desc.get("size"), int) else None
     stream = _Stream(raw, digest, size, span, bar, cancel)
-    hasher = _SpanHasher(stream.checkpoints)
+    cps = stream.checkpoints
+    hasher = _SpanHasher(lambda k: cps[k].output if k < len(cps) else None)
     try:
         entries = [toc_entry(m) for m in TarScanner(stream.pipe.read, hasher).members()]
         stream.pipe.finish()
@@ -190,3 +194,113 @@ def build(raw: Any, desc: dict[str, Any], span: int = SPAN, bar: Progress | None
                             "gzspan", cp.bits, cp.byte, cp.window))
     frames = [Frame(c.file_offset, c.size, c.file_offset, c.size, c.digest[7:]) for c in chunks]
     return index_layer(frames, entries, tar_size, [], digest), chunks
+
+
+def check_chunks(chunks: list[Chunk], blob_size: int, what: str) -> None:
+    """FormatError unless ``chunks`` are spans as :func:`build` makes them: ``gzspan`` chunks over
+    the tar end to end, each within the reader's frame limit, their compressed ranges in order
+    within the blob's ``blob_size`` bytes.  (What an index from elsewhere must pass before its
+    ranges are fetched; that it matches the layer is another matter: :func:`verify`.)"""
+    at, last = 0, 0
+    for c in chunks:
+        if c.codec != "gzspan" or c.file_offset != at or not 0 < c.size <= MAX_CHUNK_SIZE or \
+                not last <= c.offset < c.end <= blob_size or c.end - c.offset > 2 * MAX_CHUNK_SIZE or \
+                c.bits > 7 or not 0 <= c.byte <= 255 or len(c.window) > 32768:
+            raise errors.FormatError(f"{what}: the span at {at} is malformed or out of bounds")
+        at, last = at + c.size, c.offset
+    if not chunks:
+        raise errors.FormatError(f"{what}: no spans")
+
+
+def verify(raw: Any, desc: dict[str, Any], diff_id: str | None, layer: Any, chunks: list[Chunk],
+           bar: Progress | None = None, cancel: threading.Event | None = None) -> None:
+    """Check an index that was not made here against the layer itself: stream ``raw`` (the
+    blob), check its digest and its tar's sha256 against ``diff_id``, and that the tar's entries
+    are the index's and every span is the sha256 its chunk gives.  Returns quietly if all hold;
+    IntegrityError (or FormatError, CorruptFrameError) saying what does not."""
+    from .layer import Toc
+    from .reencode import _Counted, _gunzip, _Pipe
+
+    digest = str(desc.get("digest", ""))
+    hashing = HashingReader(raw)
+    counted = _Counted(hashing, bar, cancel) if bar is not None or cancel is not None else hashing
+    pipe = _Pipe(_gunzip(counted.read))
+    tar = hashlib.sha256()
+
+    cuts = [c.file_offset for c in chunks]
+    spans = _SpanHasher(lambda k: cuts[k] if k < len(cuts) else None)
+
+    def sink(data: Any) -> None:
+        tar.update(data)
+        spans(data)
+
+    try:
+        entries = [toc_entry(m) for m in TarScanner(pipe.read, sink).members()]
+        pipe.finish()
+    finally:
+        pipe.close()
+    if hashing.digest() != digest or (isinstance(desc.get("size"), int) and hashing.count != desc["size"]):
+        raise errors.IntegrityError(f"layer {digest}: the blob's digest is {hashing.digest()}")
+    if diff_id is not None and "sha256:" + tar.hexdigest() != diff_id:
+        raise errors.IntegrityError(f"layer {digest}: its tar's sha256 is sha256:{tar.hexdigest()}, not the "
+                                    f"config's diff_id {diff_id}")
+    got = spans.finish()
+    bad = next((c for c, d in zip(chunks, got) if c.digest != d), None)
+    if len(got) != len(chunks) or spans.pos != layer.toc_offset or bad is not None:
+        where = f"the span at {bad.file_offset}" if bad is not None else "its spans"
+        raise errors.IntegrityError(f"layer {digest}: the gzip index does not match the layer: {where}")
+    count_hardlinks(entries)
+    if Toc.from_frame(layer.toc_frame).entries != entries:
+        raise errors.IntegrityError(f"layer {digest}: the gzip index does not match the layer: its files")
+
+
+# ------------------------------------------------------------------ attached to the image
+#
+# `lazylayer index IMAGE --attach` stores the indexes next to the image, as one OCI
+# artifact whose subject is the image's manifest (docs/referrers.md): one layer per
+# indexed gzip layer, each the bytes kept in the disk cache (dump_raw_layer), named
+# by the annotation ANNOTATION_LAYER.  Another machine may use them only under the
+# policy docs/filesystem.md states ("Plain gzip layers": gzip_indexes="attached").
+
+ARTIFACT_TYPE = "application/vnd.lazylayer.gzip-index.v1"
+MEDIA_TYPE = "application/vnd.lazylayer.gzip-index.layer.v1"
+ANNOTATION_LAYER = "io.lazylayer.gzip-index.layer"
+MAX_ATTACHED_BYTES = 256 << 20
+"""The largest attached index of one layer read (a 500 MB gzip layer's is ~6 MB with 4 MiB spans)."""
+POLICIES = ("local", "attached", "off")
+"""Which indexes of plain gzip layers an image uses: ``local`` (default) those built on this
+machine; ``attached`` those too and, for the other layers, the ones attached to the image, checked
+against the layer by a background fetch; ``off`` none (every gzip layer fetched whole)."""
+
+
+def attach(store: Any, subject: dict[str, Any], indexes: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Attach ``indexes`` (``(layer digest, dump_raw_layer bytes)``) to the image whose manifest
+    descriptor is ``subject``, in ``store`` (its registry repository or OCI layout); the artifact's
+    descriptor."""
+    from ..registry import referrers
+
+    payloads = [referrers.Payload(data, MEDIA_TYPE, {ANNOTATION_LAYER: digest}) for digest, data in indexes]
+    return referrers.attach(store, subject, ARTIFACT_TYPE, payloads, max_payload=MAX_ATTACHED_BYTES)
+
+
+def find_attached(store: Any, manifest_digest: str, layers: set[str]) -> dict[str, bytes]:
+    """The attached indexes of ``layers`` (layer digests) of the image ``manifest_digest``: the
+    newest artifact that has one, per layer; their bytes, checked against their digests (what they
+    say is not checked: :func:`verify`).  A store that cannot be asked counts as none."""
+    from ..registry import referrers
+
+    out: dict[str, bytes] = {}
+    try:
+        found = referrers.find(store, manifest_digest, ARTIFACT_TYPE)
+    except (errors.NotFoundError, errors.AuthError) as exc:
+        log.debug("%s: no gzip index artifacts: %s", manifest_digest, exc)
+        return out
+    for art in found[:16]:  # (a bounded number of artifacts; the first that has a layer's index wins)
+        manifest = referrers.read_manifest(store, art)
+        for layer in manifest["layers"]:
+            ann = layer.get("annotations") if isinstance(layer, dict) else None
+            digest = ann.get(ANNOTATION_LAYER) if isinstance(ann, dict) else None
+            if layer.get("mediaType") == MEDIA_TYPE and digest in layers and digest not in out:
+                out[digest] = referrers.read_layer(store, layer, f"gzip index artifact {art['digest']}",
+                                                   MAX_ATTACHED_BYTES)
+    return out

@@ -125,7 +125,14 @@ class Image:
     (default: the one at ``LAZYLAYER_CACHE_DIR``); ``None`` keeps nothing on disk.
     ``memory_cache``: the :class:`~lazylayer.core.BlockCache` of decoded
     frames (default: the process-wide one).  ``threads``: decoding threads per
-    read (None: the shared pool).
+    read (None: the shared pool).  ``gzip_indexes``: which indexes make plain
+    gzip layers lazy — ``local`` (default: those ``lazylayer index`` built on
+    this machine), ``attached`` (those, and for other layers the indexes
+    attached to the image, read at once and checked against the layer in the
+    background by a full fetch; a layer that fails is refused from then on:
+    :meth:`poison`), ``off`` (every gzip layer fetched whole).
+    ``check_attached=False`` leaves that check to another process (the mount's
+    fetcher: the mount checks).
 
     An Image reads what it is asked for and nothing more: prefetch (plans,
     read-ahead, fill) is started by the front ends with
@@ -138,8 +145,21 @@ class Image:
     def __init__(self, reference: str | oci.ImageRef, *, platform: str | None = None, registry: Any = None,
                  cache: DiskCache | None = _DEFAULT, memory_cache: BlockCache | None = _DEFAULT,
                  threads: int | None = None, prefetch: Any = _DEFAULT, fill: bool = False,
-                 fill_rate: float | None = None, readahead: Any = _DEFAULT) -> None:
+                 fill_rate: float | None = None, readahead: Any = _DEFAULT, gzip_indexes: str = "local",
+                 check_attached: bool = True) -> None:
+        from ..format.gzindex import POLICIES
+
+        if gzip_indexes not in POLICIES:
+            raise ValueError(f"gzip_indexes must be one of {', '.join(POLICIES)}, not {gzip_indexes!r}")
         self.reference = str(reference)
+        self.gzip_indexes = gzip_indexes
+        """Which indexes of plain gzip layers are used (:data:`lazylayer.format.gzindex.POLICIES`)."""
+        self.on_poison: list[Any] = []
+        """Called with a layer's number and the reason when a layer read through an index from
+        elsewhere turns out not to match it (the mount drops the kernel's pages of its files)."""
+        self._poisoned: dict[int, str] = {}
+        self._unchecked: dict[int, tuple[Any, ...]] = {}  # layers read through attached, unchecked indexes
+        self._checker: _AttachedCheck | None = None
         self.disk = DiskCache() if cache is _DEFAULT else cache
         self.memory = default_cache() if memory_cache is _DEFAULT else memory_cache
         self.threads = threads
@@ -158,7 +178,9 @@ class Image:
         self._whole = (0, 0)  # layers fetched whole by this open, and their bytes
         ref = oci.parse_reference(reference) if isinstance(reference, str) else reference
         self._source = open_source(ref, registry)
-        self._indexes = self.disk  # where plain gzip layers' indexes are found (a layout's too)
+        self.gzip_index_cache: DiskCache | None = self.disk
+        """Where plain gzip layers' indexes are found: the disk cache, a layout's too (whose frames
+        are not kept there)."""
         if isinstance(ref, oci.OciLayoutRef):
             self.disk = None  # its blobs are local files already: nothing to keep
         try:
@@ -169,6 +191,8 @@ class Image:
             descs = [d for d in self.manifest["layers"] if oci.is_tar_layer(d)]
             ids = oci.diff_ids(self.manifest_image)
             self._open_layers(descs, ids)
+            if self._unchecked and check_attached:
+                self._checker = _AttachedCheck(self)
             if prefetch is not _DEFAULT or fill or fill_rate is not None or readahead is not _DEFAULT:
                 _deprecated_prefetch(self, prefetch, fill, fill_rate, readahead)
         except BaseException:
@@ -187,7 +211,7 @@ class Image:
         """The index (from the disk cache, else built from the TOCs), each layer's source, the reader."""
         native = self.native = NativeDiskCache(self.disk.path) if self.disk is not None else None
         blobs = [self._source.blob(d) if is_lazy_layer(d) else None for d in descs]
-        chunked = self._chunked_layers(descs, blobs)
+        chunked = self._chunked_layers(descs, blobs, ids)
         # The index is kept on disk, keyed by the manifest's digest, when every layer is lazy (a layer
         # copied locally is vouched for by nothing the manifest says about its frames; a chunked
         # layer's chunk table is kept apart from the index: _cached_chunked).
@@ -238,26 +262,35 @@ class Image:
         self.reader = ImageReader(index, [(layer.source, layer.lazy) for layer in self.layers],
                                   cache=self.memory, pool=_resolve_pool(self.threads), disk=native)
 
-    def _chunked_layers(self, descs: list[oci.Descriptor], blobs: list[Any]) -> dict[int, tuple[IndexLayer, list[Any]]]:
+    def _chunked_layers(self, descs: list[oci.Descriptor], blobs: list[Any],
+                        ids: list[str]) -> dict[int, tuple[IndexLayer, list[Any]]]:
         """The layers of other formats read lazily (``blobs`` gets their blobs), as raw layers of
         their chunks.  eStargz and zstd:chunked: their TOCs (one or two range requests each),
         checked against the layer's annotations, kept in the disk cache, so that a later open (the
         mount's fetcher, the next mount) neither fetches nor parses them again; one that uses what
         is not read lazily is fetched whole instead (said in the log).  Plain gzip: those indexed
-        on this machine (``lazylayer index``; :mod:`lazylayer.format.gzindex`)."""
+        on this machine (``lazylayer index``; :mod:`lazylayer.format.gzindex`), and under the
+        ``attached`` policy those with an index attached to the image (checked in the background:
+        :class:`_AttachedCheck`)."""
         out: dict[int, tuple[IndexLayer, list[Any]]] = {}
         if all(b is not None for b in blobs):
             return out  # every layer is a lazy layer: nothing of the peers' formats on this (the mount's) path
         from ..format import estargz, gzindex, zstdchunked
 
+        unindexed: dict[int, oci.Descriptor] = {}
         for i, desc in enumerate(descs):
             if blobs[i] is not None or not isinstance(desc.get("size"), int):
                 continue
-            if gzindex.is_gzip_layer(desc) and self._indexes is not None and _is_digest(desc.get("digest", "")):
-                found = gzindex.load_cached(self._indexes, desc["digest"])  # built here, from the verified layer
-                blob = self._source.blob(desc) if found is not None else None
+            if gzindex.is_gzip_layer(desc):
+                if self.gzip_indexes == "off" or not _is_digest(desc.get("digest", "")):
+                    continue
+                cache = self.gzip_index_cache  # an index built here, from the verified layer: trusted
+                found = gzindex.load_cached(cache, desc["digest"]) if cache is not None else None
+                blob = self._source.blob(desc)
                 if found is not None and blob is not None:
                     out[i], blobs[i] = found, blob
+                elif blob is not None:
+                    unindexed[i] = desc
                 continue
             if not zstdchunked.is_chunked(desc):
                 continue
@@ -276,7 +309,57 @@ class Image:
             except errors.LazyLayerError as exc:
                 raise type(exc)(f"layer {desc.get('digest')}: {exc}") from exc
             blobs[i] = blob
+        if unindexed and self.gzip_indexes == "attached":
+            self._attached_indexes(unindexed, ids, out, blobs)
         return out
+
+    def _attached_indexes(self, todo: dict[int, oci.Descriptor], ids: list[str],
+                          out: dict[int, tuple[IndexLayer, list[Any]]], blobs: list[Any]) -> None:
+        """Layers ``todo`` read through the indexes attached to the image, if it has any that are
+        well formed and not refuted before on this machine; each is checked against its layer
+        later (:class:`_AttachedCheck`) and until then counts as unchecked."""
+        from ..format import estargz, gzindex
+
+        store = self._source.artifacts()
+        if store is None or not _is_digest(self.digest):
+            return
+        found = gzindex.find_attached(store, self.digest, {d["digest"] for d in todo.values()})
+        for i, desc in todo.items():
+            data = found.get(desc["digest"])
+            if data is None:
+                continue
+            key = hashlib.sha256(data).hexdigest()
+            cache = self.gzip_index_cache
+            if cache is not None and cache.read_file(f"gzindex-refuted-{key}") is not None:
+                log.warning("%s: the gzip index attached for layer %s was found wrong before: not used",
+                            self.reference, desc["digest"])
+                continue
+            try:
+                layer, chunks = estargz.load_raw_layer(data, desc["digest"])
+                gzindex.check_chunks(chunks, desc["size"], f"the gzip index attached for layer {desc['digest']}")
+            except errors.FormatError as exc:
+                log.warning("%s: %s; not used", self.reference, exc)
+                continue
+            out[i], blobs[i] = (layer, chunks), self._source.blob(desc)
+            self._unchecked[i] = (desc, ids[i], layer, chunks, data, key)
+            log.info("%s: layer %s is read through the gzip index attached to the image, unchecked until "
+                     "its background check ends", self.reference, desc["digest"])
+
+    def poison(self, layer: int, reason: str) -> None:
+        """Refuse every later read of ``layer`` (:class:`~lazylayer.errors.IntegrityError`, EIO
+        through a mount): it is not what the index it is read through says."""
+        if layer in self._poisoned:
+            return
+        self._poisoned[layer] = reason
+        log.error("%s: %s; every read of it fails from now on", self.reference, reason)
+        reader = getattr(self, "reader", None)
+        if reader is not None:
+            reader.fail_layer(layer, reason)
+        for fn in list(self.on_poison):
+            try:
+                fn(layer, reason)
+            except Exception:  # noqa: BLE001 - one listener must not stop the others
+                log.exception("on_poison listener failed")
 
     def _cached_chunked(self, desc: oci.Descriptor, build: Any) -> tuple[IndexLayer, list[Any]]:
         """``build()``'s raw layer, kept in the disk cache under the layer's digest and annotations
@@ -398,6 +481,8 @@ class Image:
     def readinto(self, node: Node, buffer: Any, offset: int) -> int:
         """Read file ``node``'s content at ``offset`` into ``buffer``; the bytes read (short at the end)."""
         st = _regular(node)
+        if self._poisoned and st.layer in self._poisoned:
+            raise errors.IntegrityError(f"{node.path}: {self._poisoned[st.layer]}")
         n = max(0, min(memoryview(buffer).nbytes, st.size - offset))
         if n == 0:
             return 0
@@ -413,6 +498,8 @@ class Image:
         ino, kind, _, _, _, _, _, _, _, _, fsize, layer, _, start = node._st  # one unpack: the hot path
         if kind != "reg":
             _regular(node)
+        if self._poisoned and layer in self._poisoned:
+            raise errors.IntegrityError(f"{node.path}: {self._poisoned[layer]}")
         n = fsize - offset
         if size < n:
             n = size
@@ -466,6 +553,8 @@ class Image:
 
     def close(self) -> None:
         """Release the layers' readers, pins and temporary files."""
+        if self._checker is not None:
+            self._checker.close()
         if self.prefetcher is not None:
             self.prefetcher.close()
         self.reader = None  # freed with its last reference
@@ -485,6 +574,73 @@ class Image:
 
 
 _WHOLE_SUFFIX = "stored"  # disk-cache name of a layer kept whole: sha256-<layer hex>.stored
+
+
+class _AttachedCheck:
+    """Checks, in the background, each layer an image reads through an index attached to it:
+    fetches the layer whole (at background priority), checks its digest and diff_id, and that the
+    index's files and spans are the layer's (:func:`lazylayer.format.gzindex.verify`).  A layer
+    that passes has its index kept in the disk cache (trusted from then on, as one built here); one
+    that does not is poisoned (:meth:`Image.poison`) and its index remembered as refuted.  A check
+    that cannot finish (the network) is tried again a few times, then said in the log; the layer's
+    reads go on, unchecked (docs/filesystem.md, "Plain gzip layers")."""
+
+    TRIES = 3
+    RETRY_SECONDS = 5.0
+
+    def __init__(self, image: Image) -> None:
+        self.image = image
+        self.done = threading.Event()
+        """Set when every layer has been checked (or given up on)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lazylayer-gzindex-check", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from ..format import gzindex
+        from ..remote import background
+
+        img = self.image
+        try:
+            for i, (desc, diff_id, layer, chunks, data, key) in list(img._unchecked.items()):
+                for attempt in range(self.TRIES):
+                    if self._stop.is_set():
+                        return
+                    try:
+                        with background():
+                            raw = img._source.open_blob(desc)
+                            try:
+                                gzindex.verify(raw, desc, diff_id, layer, chunks, cancel=self._stop)
+                            finally:
+                                raw.close()
+                    except (errors.IntegrityError, errors.FormatError, errors.CorruptFrameError) as exc:
+                        if self._stop.is_set():
+                            return
+                        if img.gzip_index_cache is not None:
+                            img.gzip_index_cache.ensure_file(f"gzindex-refuted-{key}", lambda f: f.write(b"refuted\n"))
+                        img.poison(i, f"layer {desc['digest']} does not match the gzip index attached to the "
+                                      f"image ({exc})")
+                        break
+                    except Exception as exc:  # noqa: BLE001 - the network: tried again, then said
+                        if self._stop.is_set():
+                            return
+                        log.warning("%s: checking layer %s against its attached gzip index failed (%s)%s",
+                                    img.reference, desc["digest"], exc,
+                                    "; trying again" if attempt + 1 < self.TRIES else "; its reads stay unchecked")
+                        self._stop.wait(self.RETRY_SECONDS)
+                        continue
+                    del img._unchecked[i]
+                    log.info("%s: layer %s matches its attached gzip index", img.reference, desc["digest"])
+                    if img.gzip_index_cache is not None:
+                        img.gzip_index_cache.ensure_file(gzindex.cache_name(desc["digest"]),
+                                                 lambda f, d=data: f.write(d))
+                    break
+        finally:
+            self.done.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class _WholeLayers:

@@ -156,9 +156,10 @@ class Mount:
             arr[i].use_disk = 0
             arr[i].local = 1
         if remote:
+            cache = img.disk if img.disk is not None else img.gzip_index_cache  # (a layout's: its gzip indexes)
             self._fetcher = Fetcher(dataclasses.replace(spec, reference=img.pinned(), registry=img.registry,
-                                                        cache=img.disk.path if img.disk is not None else None,
-                                                        layers=remote), connections)
+                                                        cache=cache.path if cache is not None else None,
+                                                        layers=remote, gzip_indexes=img.gzip_indexes), connections)
             fds = ffi.new("int[]", self._fetcher.fds)
             out = ffi.new("ll_sockhost **")
             check(lib.ll_sockhost_create(fds, len(self._fetcher.fds), len(img.layers), out), "starting the fetcher")
@@ -208,9 +209,22 @@ class Mount:
             lib.ll_fuse_free(ptr)  # (unmounts)
             raise MountError(f"{self.mountpoint}: {_err_text(err, rc)}")
         self._ptr = ptr
+        self.image.on_poison.append(self._poison)
         # ll_fuse_wait blocks (without the GIL) until the kernel lets go of the mount.
         self._waiter = threading.Thread(target=self._wait, name=f"lazylayer-mount {self.mountpoint}", daemon=True)
         self._waiter.start()
+
+    def _poison(self, layer: int, reason: str) -> None:
+        """The image found ``layer`` not to match its index (Image.poison): this mount's reader
+        refuses it too, and the kernel drops the pages of its files, so that no later read is
+        answered with its bytes (EIO instead)."""
+        with self._lock:
+            if self._reader is not None:
+                self._reader.fail_layer(layer, reason)
+            if self._ptr is not None and not self._closing and not self._done.is_set():
+                told = lib.ll_fuse_invalidate_layer(self._ptr, layer)
+                log.error("%s: %s; its %d cached files dropped, every read of it is EIO from now on",
+                          self.mountpoint, reason, max(0, told))
 
     def _wait(self) -> None:
         lib.ll_fuse_wait(self._ptr)
@@ -285,6 +299,8 @@ class Mount:
             self._release()
 
     def _release(self) -> None:
+        if self._poison in self.image.on_poison:
+            self.image.on_poison.remove(self._poison)
         if self._ptr is not None:
             lib.ll_fuse_free(self._ptr)  # (unmounts first if it never started)
             self._ptr = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Sequence
 
 from .. import errors
 from .media import (
@@ -117,12 +117,13 @@ class OciLayout:
         """The layout keeps its artifacts itself: listed in index.json, untagged."""
         return self
 
-    def attach_artifact(self, subject_digest: str, payload: bytes, payload_media_type: str,
+    def attach_artifact(self, subject_digest: str, payloads: Sequence[tuple[bytes, str]],
                         manifest: bytes, manifest_desc: Descriptor) -> None:
         """Write the blobs, then list ``manifest_desc`` in index.json without a tag (as oras does),
         unless it is listed already; index.json is replaced atomically."""
         self.write_blob(EMPTY_JSON, EMPTY_MEDIA_TYPE)
-        self.write_blob(payload, payload_media_type)
+        for payload, media_type in payloads:
+            self.write_blob(payload, media_type)
         self.write_blob(manifest, manifest_desc["mediaType"])
         manifests = self.index().get("manifests", [])
         if isinstance(manifests, list) and any(isinstance(m, dict) and m.get("digest") == manifest_desc["digest"]

@@ -10,7 +10,7 @@ live.  :func:`select_image` picks a platform's image from an index.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, Sequence
 
 from .. import errors
 from .media import (
@@ -112,11 +112,12 @@ class ArtifactStore(Protocol):
     source's :meth:`ImageSource.artifacts`.
     """
 
-    def attach_artifact(self, subject_digest: str, payload: bytes, payload_media_type: str,
+    def attach_artifact(self, subject_digest: str, payloads: Sequence[tuple[bytes, str]],
                         manifest: bytes, manifest_desc: Descriptor) -> None:
-        """Store the empty config (:data:`EMPTY_JSON`), ``payload`` and the artifact ``manifest``
-        (whose descriptor, with ``artifactType`` and ``annotations``, is ``manifest_desc``), and
-        make it findable from ``subject_digest``.  Storing the same manifest again changes nothing."""
+        """Store the empty config (:data:`EMPTY_JSON`), the ``payloads`` (its layers' bytes, each
+        with its media type) and the artifact ``manifest`` (whose descriptor, with
+        ``artifactType`` and ``annotations``, is ``manifest_desc``), and make it findable from
+        ``subject_digest``.  Storing the same manifest again changes nothing."""
 
     def referrers(self, subject_digest: str, artifact_type: str | None = None) -> list[Descriptor]:
         """The descriptors of the manifests whose ``subject`` is ``subject_digest``, each checked

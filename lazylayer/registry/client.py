@@ -627,9 +627,9 @@ class RegistryArtifacts:
         """The repository keeps the artifacts that refer to its images."""
         return self
 
-    def attach_artifact(self, subject_digest: str, payload: bytes, payload_media_type: str,
+    def attach_artifact(self, subject_digest: str, payloads: Sequence[tuple[bytes, str]],
                         manifest: bytes, manifest_desc: oci.Descriptor) -> None:
-        self.registry.transport.run(self._aattach(subject_digest, payload, manifest, manifest_desc))
+        self.registry.transport.run(self._aattach(subject_digest, [p for p, _ in payloads], manifest, manifest_desc))
 
     def referrers(self, subject_digest: str, artifact_type: str | None = None) -> list[oci.Descriptor]:
         return self.registry.transport.run(self._areferrers(subject_digest, artifact_type))
@@ -645,11 +645,12 @@ class RegistryArtifacts:
         # reads exactly size bytes and checks the digest
         return self.registry.blob(self.ref.repository, desc["digest"], desc["size"]).read_all()
 
-    async def _aattach(self, subject_digest: str, payload: bytes, manifest: bytes,
+    async def _aattach(self, subject_digest: str, payloads: list[bytes], manifest: bytes,
                        desc: oci.Descriptor) -> None:
         reg, repo = self.registry, self.ref.repository
         await reg.aput_blob(repo, oci.EMPTY_JSON, oci.EMPTY_DESCRIPTOR["digest"])
-        await reg.aput_blob(repo, payload)
+        for payload in payloads:
+            await reg.aput_blob(repo, payload)
         headers: dict[str, str] = {}
         await reg.aput_manifest(repo, desc["digest"], manifest, desc["mediaType"], response_headers=headers)
         if headers.get("oci-subject") == subject_digest:

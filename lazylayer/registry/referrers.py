@@ -35,7 +35,7 @@ source's ``artifacts()`` returns.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import errors, oci
 from .client import MAX_REFERRER_PAGES, referrers_tag
@@ -46,9 +46,12 @@ __all__ = [
     "EMPTY_JSON",
     "EMPTY_MEDIA_TYPE",
     "MAX_REFERRER_PAGES",
+    "Payload",
     "artifact_manifest",
     "attach",
     "find",
+    "read_layer",
+    "read_manifest",
     "read_payload",
     "referrers_tag",
 ]
@@ -58,21 +61,30 @@ EMPTY_MEDIA_TYPE = oci.EMPTY_MEDIA_TYPE  # the empty config: the 2-byte blob "{}
 EMPTY_JSON = oci.EMPTY_JSON
 EMPTY_DESCRIPTOR: oci.Descriptor = oci.EMPTY_DESCRIPTOR
 
+class Payload(NamedTuple):
+    """One layer of an artifact: its bytes, media type and (optional) annotations."""
+
+    data: bytes
+    media_type: str
+    annotations: dict[str, str] | None = None
+
+
 _STORE_METHODS = ("attach_artifact", "referrers", "read_artifact_manifest", "read_artifact_blob")
 
 
 # ------------------------------------------------------------------ public interface
 
 
-def artifact_manifest(subject: oci.Descriptor, artifact_type: str, layer: oci.Descriptor,
+def artifact_manifest(subject: oci.Descriptor, artifact_type: str, layer: oci.Descriptor | list[oci.Descriptor],
                       annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    """The artifact manifest :func:`attach` pushes (``layer``: the payload's descriptor)."""
+    """The artifact manifest :func:`attach` pushes (``layer``: the payload's descriptor, or the
+    descriptors of several)."""
     manifest: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": ARTIFACT_MANIFEST,
         "artifactType": artifact_type,
         "config": dict(EMPTY_DESCRIPTOR),
-        "layers": [layer],
+        "layers": list(layer) if isinstance(layer, list) else [layer],
         "subject": _subject(subject),
     }
     if annotations:
@@ -80,9 +92,11 @@ def artifact_manifest(subject: oci.Descriptor, artifact_type: str, layer: oci.De
     return manifest
 
 
-def attach(store: oci.ArtifactStore, subject: oci.Descriptor, artifact_type: str, payload: bytes,
-           payload_media_type: str, annotations: dict[str, str] | None = None) -> oci.Descriptor:
-    """Push an artifact manifest whose ``subject`` is ``subject`` and whose one layer is ``payload``.
+def attach(store: oci.ArtifactStore, subject: oci.Descriptor, artifact_type: str, payload: bytes | list[Payload],
+           payload_media_type: str | None = None, annotations: dict[str, str] | None = None,
+           max_payload: int = oci.MAX_METADATA_BYTES) -> oci.Descriptor:
+    """Push an artifact manifest whose ``subject`` is ``subject`` and whose one layer is ``payload``
+    (of ``payload_media_type``) — or whose layers are the :class:`Payload` list ``payload``.
 
     ``store``: an :class:`~lazylayer.oci.ArtifactStore` (a registry source or
     destination, an OCI layout).  ``subject`` is the descriptor (``mediaType``,
@@ -91,23 +105,32 @@ def attach(store: oci.ArtifactStore, subject: oci.Descriptor, artifact_type: str
     ``artifactType`` and, when given, ``annotations``): the entry :func:`find`
     lists.  The manifest is deterministic (canonical JSON, no timestamps), so
     attaching the same payload twice stores one artifact and one referrers entry.
+    A payload over ``max_payload`` bytes raises :class:`~lazylayer.errors.LimitError`.
     """
     store = _store(store)
     subj = _subject(subject)
     _media_type(artifact_type, "artifact_type")
-    _media_type(payload_media_type, "payload_media_type")
     ann = oci.check_annotations(annotations, "annotations")
-    payload = bytes(payload)
-    if len(payload) > oci.MAX_METADATA_BYTES:
-        raise errors.LimitError(f"payload of {len(payload)} bytes is larger than {oci.MAX_METADATA_BYTES}")
-    layer = oci.descriptor(payload_media_type, payload)
-    data = oci.canonical_json(artifact_manifest(subj, artifact_type, layer, ann))
+    if isinstance(payload, list):
+        payloads = payload
+    else:
+        payloads = [Payload(bytes(payload), _media_type(payload_media_type, "payload_media_type"))]
+    layers = []
+    for p in payloads:
+        _media_type(p.media_type, "payload_media_type")
+        if len(p.data) > max_payload:
+            raise errors.LimitError(f"payload of {len(p.data)} bytes is larger than {max_payload}")
+        layer = oci.descriptor(p.media_type, bytes(p.data))
+        if p.annotations:
+            layer["annotations"] = oci.check_annotations(p.annotations, "payload annotations")
+        layers.append(layer)
+    data = oci.canonical_json(artifact_manifest(subj, artifact_type, layers, ann))
     if len(data) > oci.MAX_METADATA_BYTES:
         raise errors.LimitError(f"artifact manifest of {len(data)} bytes is larger than {oci.MAX_METADATA_BYTES}")
     desc = oci.descriptor(ARTIFACT_MANIFEST, data, artifactType=artifact_type)
     if ann:
         desc["annotations"] = ann
-    store.attach_artifact(subj["digest"], payload, payload_media_type, data, dict(desc))
+    store.attach_artifact(subj["digest"], [(bytes(p.data), p.media_type) for p in payloads], data, dict(desc))
     return dict(desc)
 
 
@@ -134,6 +157,33 @@ def find(store: oci.ArtifactStore, subject_digest: str, artifact_type: str | Non
     return out
 
 
+def read_manifest(store: oci.ArtifactStore, artifact: oci.Descriptor) -> dict[str, Any]:
+    """The artifact's manifest (``artifact``: a descriptor from :func:`find` or :func:`attach`),
+    checked against its digest (:class:`~lazylayer.errors.IntegrityError`), with a ``layers``
+    list (else :class:`~lazylayer.errors.FormatError`)."""
+    store = _store(store)
+    desc = oci.check_descriptor(artifact, "artifact descriptor")
+    what = f"artifact {desc['digest']}"
+    if desc["mediaType"] != ARTIFACT_MANIFEST:
+        raise errors.FormatError(f"{what} is a {desc['mediaType']!r}, not an image manifest")
+    if desc["size"] > oci.MAX_METADATA_BYTES:
+        raise errors.LimitError(f"{what}: manifest of {desc['size']} bytes is too large to read")
+    manifest = oci.parse_json(store.read_artifact_manifest(desc), f"{what} manifest")
+    if not isinstance(manifest.get("layers"), list):
+        raise errors.FormatError(f"{what}: the manifest has no layers list")
+    return manifest
+
+
+def read_layer(store: oci.ArtifactStore, layer: Any, what: str, max_bytes: int = oci.MAX_METADATA_BYTES) -> bytes:
+    """The verified bytes of one layer of an artifact's manifest (``layer``: its descriptor);
+    :class:`~lazylayer.errors.LimitError` over ``max_bytes``."""
+    layer = oci.check_descriptor(layer, f"{what}: layer")
+    if layer["size"] > max_bytes:
+        raise errors.LimitError(f"{what}: layer {layer['digest']} of {layer['size']} bytes is too large "
+                                f"(limit {max_bytes})")
+    return _store(store).read_artifact_blob(layer)  # checks size and digest
+
+
 def read_payload(store: oci.ArtifactStore, artifact: oci.Descriptor, media_type: str) -> bytes:
     """The verified bytes of the artifact's first layer of ``media_type``.
 
@@ -143,28 +193,16 @@ def read_payload(store: oci.ArtifactStore, artifact: oci.Descriptor, media_type:
     layer, or a malformed one, raises :class:`~lazylayer.errors.FormatError`;
     a layer over ``oci.MAX_METADATA_BYTES`` raises :class:`~lazylayer.errors.LimitError`.
     """
-    store = _store(store)
-    desc = oci.check_descriptor(artifact, "artifact descriptor")
     _media_type(media_type, "media_type")
-    what = f"artifact {desc['digest']}"
-    if desc["mediaType"] != ARTIFACT_MANIFEST:
-        raise errors.FormatError(f"{what} is a {desc['mediaType']!r}, not an image manifest")
-    if desc["size"] > oci.MAX_METADATA_BYTES:
-        raise errors.LimitError(f"{what}: manifest of {desc['size']} bytes is too large to read")
-    manifest = oci.parse_json(store.read_artifact_manifest(desc), f"{what} manifest")
-    layers = manifest.get("layers")
-    if not isinstance(layers, list):
-        raise errors.FormatError(f"{what}: the manifest has no layers list")
+    manifest = read_manifest(store, artifact)
+    what = f"artifact {artifact['digest']}"
+    layers = manifest["layers"]
     chosen = next((layer for layer in layers if isinstance(layer, dict) and layer.get("mediaType") == media_type), None)
     if chosen is None:
         have = sorted({str(layer.get("mediaType")) for layer in layers if isinstance(layer, dict)})
         raise errors.FormatError(f"{what} has no layer of media type {media_type!r} "
                                  f"(its layers: {', '.join(have) or 'none'})")
-    layer = oci.check_descriptor(chosen, f"{what}: layer")
-    if layer["size"] > oci.MAX_METADATA_BYTES:
-        raise errors.LimitError(f"{what}: layer {layer['digest']} of {layer['size']} bytes is too large "
-                                f"(limit {oci.MAX_METADATA_BYTES})")
-    return store.read_artifact_blob(layer)  # checks size and digest
+    return read_layer(store, chosen, what)
 
 
 # ------------------------------------------------------------------ validation
