@@ -31,6 +31,7 @@ struct ll_gzindexer {
     int in_member;     /* between a member's first byte and its end */
     int complete;      /* the input so far ends at the end of a member */
     int have_last;     /* a checkpoint was taken */
+    int skip_crc;      /* ll_gzindexer_skip_crc: members' CRC-32s not computed */
     uint8_t prev;      /* the last input byte consumed (the partial byte of a checkpoint) */
     uint64_t span, last, total_in, total_out;
     node *head, *tail; /* checkpoints not yet taken, oldest first */
@@ -101,7 +102,7 @@ int ll_gzindexer_inflate(ll_gzindexer *g, const void *in, size_t in_len, size_t 
     int rc = LL_OK;
     while (ip < in_len && op < out_cap) {
         if (!g->in_member) { /* a member starts here: the stream's first, or one after a member's end */
-            if (inflateReset2(&g->zs, 31) != Z_OK) {
+            if (inflateReset2(&g->zs, 31) != Z_OK || (g->skip_crc && inflateValidate(&g->zs, 0) != Z_OK)) {
                 rc = LL_ERR_FRAME;
                 break;
             }
@@ -142,6 +143,13 @@ int ll_gzindexer_inflate(ll_gzindexer *g, const void *in, size_t in_len, size_t 
     *in_used = ip;
     *out_len = op;
     return rc == LL_OK ? LL_OK : fail(g, rc);
+}
+
+int ll_gzindexer_skip_crc(ll_gzindexer *g) {
+    if (!g) return LL_ERR_ARG;
+    if (g->total_in || g->state != LL_OK) return LL_ERR_STATE;
+    g->skip_crc = 1;
+    return LL_OK;
 }
 
 int ll_gzindexer_complete(const ll_gzindexer *g) { return g && g->state == LL_OK && g->complete; }

@@ -921,6 +921,12 @@ LL_API int ll_gzindexer_create(uint64_t span, ll_gzindexer **out);
  * was consumed and produced before the error; LL_ERR_STATE after a failure. */
 LL_API int ll_gzindexer_inflate(ll_gzindexer *g, const void *in, size_t in_len, size_t *in_used,
                                 void *out, size_t out_cap, size_t *out_len);
+/* Stop checking the members' CRC-32s (zlib's inflateValidate): for a caller
+ * that checks the stream another way, a digest over the compressed bytes,
+ * which the output is a function of (the CRC then costs ~10% of the inflate
+ * and proves nothing more).  Call it before the first inflate.  LL_OK, or
+ * LL_ERR_ARG / LL_ERR_STATE after the first inflate. */
+LL_API int ll_gzindexer_skip_crc(ll_gzindexer *g);
 /* 1 if the input so far ends exactly at the end of a member (a complete
  * stream, if nothing follows), else 0. */
 LL_API int ll_gzindexer_complete(const ll_gzindexer *g);

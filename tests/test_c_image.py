@@ -803,3 +803,42 @@ def test_a_raw_toc_whose_frames_are_not_their_data_is_refused():
             Index.build([bad])
         with pytest.raises(errors.FormatError, match=match):
             Toc.from_frame(frame)
+
+
+def test_a_failed_layer_is_refused_from_every_cache(tmp_path):
+    """ll_image_fail_layer: once a layer is failed, reads of its files get the status given (an
+    IntegrityError with the reason, in Python) even for frames in the memory and disk caches; other
+    layers read on; the first status stays; bad arguments are LL_ERR_ARG."""
+    from lazylayer import errors
+    from lazylayer.core import BlockCache, ImageReader, Index, NativeDiskCache
+
+    rng = random.Random(4)
+    files = [{"a.bin": rng.randbytes(200_000)}, {"b.bin": rng.randbytes(100_000)}]
+    built = [_raw_layer(f, 65536) for f in files]
+    layers = [layer._replace(digest=f"sha256:{i:064x}") for i, (layer, _) in enumerate(built)]
+    idx = Index.build(layers)
+    cache = DiskCache(str(tmp_path / "cache"))
+    for i, (_, stream) in enumerate(built):
+        for off, size, _, _, sha in idx.frames(i):
+            cache.put("sha256:" + sha, stream[off:off + size])
+
+    def no_host(offset: int, size: int) -> bytes:
+        raise AssertionError("every frame is on disk")
+
+    reader = ImageReader(idx, [(no_host, True), (no_host, True)], cache=BlockCache(8 << 20), pool=None,
+                         disk=NativeDiskCache(str(tmp_path / "cache")))
+    a, b = (idx.stat(idx.resolve_path(n)[0]) for n in ("a.bin", "b.bin"))
+    assert reader.pread(a.ino, 1000, 5) == files[0]["a.bin"][5:1005]  # in the memory cache now
+    reader.fail_layer(a.layer, "layer 0 was found wrong")
+    for at in (5, 150_000):  # a cached frame, and one only on disk
+        with pytest.raises(errors.IntegrityError, match="found wrong"):
+            reader.pread(a.ino, 1000, at)
+    assert reader.pread(b.ino, 100_000, 0) == files[1]["b.bin"]
+    assert lib.ll_image_layer_failed(reader._ptr, a.layer) == lib.LL_ERR_DIGEST
+    assert lib.ll_image_fail_layer(reader._ptr, a.layer, lib.LL_ERR_IO) == lib.LL_OK
+    assert lib.ll_image_layer_failed(reader._ptr, a.layer) == lib.LL_ERR_DIGEST  # the first stays
+    assert lib.ll_image_layer_failed(reader._ptr, b.layer) == 0
+    for layer, status in ((2, lib.LL_ERR_DIGEST), (0, 0), (0, 3), (0, lib.LL_ERR_MISS)):
+        assert lib.ll_image_fail_layer(reader._ptr, layer, status) == lib.LL_ERR_ARG
+    assert lib.ll_image_fail_layer(ffi.NULL, 0, lib.LL_ERR_DIGEST) == lib.LL_ERR_ARG
+    assert lib.ll_image_layer_failed(reader._ptr, 2) == lib.LL_ERR_ARG

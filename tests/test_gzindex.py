@@ -146,3 +146,26 @@ def test_decompress_honours_max_length_like_zlib() -> None:
     while g.unconsumed_tail:
         out += g.decompress(g.unconsumed_tail, 77_777)
     assert out == data and g.eof
+
+
+def test_crc_checks_can_be_left_to_a_digest() -> None:
+    """``check_crc=False`` (the image indexer, which checks the blob's sha256 instead): a member
+    whose CRC-32 is wrong inflates to the same output with the same checkpoints; with the default
+    it is an error; it cannot be switched off once inflating began."""
+    data = _data(3 << 20, seed=7)
+    gz = bytearray(gzip.compress(data, 6))
+    gz[-8] ^= 0xFF  # the CRC-32 in the trailer
+    with pytest.raises(errors.CorruptFrameError):
+        _index(bytes(gz), 1 << 20, 1 << 16)
+    g = GzipIndexer(1 << 20, check_crc=False)
+    out = g.decompress(bytes(gz))
+    assert out == data and g.eof
+    good_out, good_cps, _ = _index(gzip.compress(data, 6), 1 << 20, 1 << 16)
+    g2 = GzipIndexer(1 << 20, check_crc=False)
+    assert g2.decompress(gzip.compress(data, 6), 8 << 20, view=True).tobytes() == data[:8 << 20]
+    from lazylayer.core._lib import lib
+
+    g3 = GzipIndexer(1 << 20)
+    g3.decompress(gzip.compress(b"x" * 1000))
+    assert lib.ll_gzindexer_skip_crc(g3._ptr) == lib.LL_ERR_STATE
+    assert [c.output for c in g2.checkpoints()] == [c.output for c in good_cps]

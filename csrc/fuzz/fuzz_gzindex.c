@@ -1,7 +1,8 @@
 /* fuzz_gzindex.c - the gzip checkpoint indexer and span decoder (csrc/gzindex.c).
  *
  * Header (4 bytes), then a body:
- *   byte 0: mode.  Even: the body is a gzip stream as is (hostile bytes).  Odd:
+ *   byte 0: mode.  Bit 1: CRC-32s not checked (ll_gzindexer_skip_crc).  Bit 0 even: the
+ *           body is a gzip stream as is (hostile bytes).  Odd:
  *           the body is data the harness compresses itself first (deflate level
  *           byte 1 % 10, strategy byte 1 / 10 % 5, in (byte 2 % 4) + 1 gzip
  *           members), so the round trip below is reached every time.
@@ -61,6 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     ll_gzindexer *g = NULL;
     CHECK(ll_gzindexer_create(span, &g) == LL_OK, "create");
+    if (data[0] & 2) CHECK(ll_gzindexer_skip_crc(g) == LL_OK, "skip_crc before the first inflate");
     size_t out_cap = 65536 + room, cp_cap = 16;
     uint8_t *out = malloc(out_cap);
     ll_gz_checkpoint *cps = malloc(cp_cap * sizeof *cps);

@@ -42,24 +42,36 @@ class GzipIndexer:
     most ``max_length`` bytes of it (0: all), keeping the rest of the input in
     :attr:`unconsumed_tail`; :meth:`checkpoints` hands over those taken so far.
     :class:`~lazylayer.errors.CorruptFrameError` for bytes that are not gzip or
-    are corrupt (every member's CRC-32 and length are checked).  One thread at a
-    time.
+    are corrupt (every member's CRC-32 and length are checked, unless
+    ``check_crc=False``: for a caller that checks a digest of the compressed
+    bytes instead, which the output is a function of).  One thread at a time.
     """
 
-    def __init__(self, span: int = 4 << 20) -> None:
+    def __init__(self, span: int = 4 << 20, check_crc: bool = True) -> None:
         if span < 1:
             raise ValueError("span must be >= 1")
         out = ffi.new("ll_gzindexer **")
         check(lib.ll_gzindexer_create(span, out), "creating a gzip indexer")
         self._ptr = ffi.gc(out[0], lib.ll_gzindexer_free)
+        if not check_crc:
+            check(lib.ll_gzindexer_skip_crc(self._ptr), "creating a gzip indexer")
         self._cp = ffi.new("ll_gz_checkpoint *")
         self._used = ffi.new("size_t *")
         self._made = ffi.new("size_t *")
         self.unconsumed_tail = b""
         self.span = span
 
-    def decompress(self, data: Any, max_length: int = 0) -> bytes:
+    def decompress(self, data: Any, max_length: int = 0, view: bool = False) -> Any:
+        """(``view=True``, with ``max_length``: the output as a memoryview of a fresh buffer, not
+        copied into bytes: the indexer's hot loop.)"""
         src = bytes(data)
+        if view and max_length > 0:
+            buf = _alloc("uint8_t[]", max_length)
+            rc = lib.ll_gzindexer_inflate(self._ptr, ffi.from_buffer(src), len(src), self._used, buf, max_length,
+                                          self._made)
+            check(rc, "inflating a gzip stream")
+            self.unconsumed_tail = src[self._used[0]:]
+            return memoryview(ffi.buffer(buf, self._made[0]))
         room = max_length if max_length > 0 else max(4 * len(src), 1 << 16)
         parts, pos = [], 0
         base = ffi.from_buffer(src)  # (no copy of the rest of the input per round)

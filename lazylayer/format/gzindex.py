@@ -88,36 +88,47 @@ class _Stream:
 
         self.checkpoints: list[Any] = []  # appended before the output past them is handed over
         self.total_in = 0
-        indexer = GzipIndexer(span)
+        self.digest, self.size = digest, size
+        self._sha = hashlib.sha256()
+        self._unhashed: list[bytes] = []  # compressed input the walking thread hashes (off the inflate thread)
+        indexer = GzipIndexer(span, check_crc=False)  # (the blob's digest is checked: the CRCs prove nothing more)
 
         def chunks() -> Any:
-            sha = hashlib.sha256()
             while True:
                 if cancel is not None and cancel.is_set():
                     raise errors.LazyLayerError("cancelled")
                 data = raw.read(_READ)
                 if not data:
                     break
-                sha.update(data)
+                self._unhashed.append(data)
                 self.total_in += len(data)
                 if bar is not None:
                     bar.update(len(data))
                 while data:
-                    out = indexer.decompress(data, 16 * _READ)
+                    out = indexer.decompress(data, 8 * _READ, view=True)
                     self.checkpoints.extend(indexer.checkpoints())
                     data = indexer.unconsumed_tail
-                    if out:
+                    if out.nbytes:
                         yield out
                     elif data:  # (cannot happen: zlib gives output or takes input)
                         raise errors.CorruptFrameError("gzip layer: inflate made no progress")
             if not indexer.eof:
                 raise errors.FormatError("gzip layer is truncated (or not gzip)")
-            if size is not None and self.total_in != size:
-                raise errors.IntegrityError(f"the blob has {self.total_in} bytes, its descriptor says {size}")
-            if "sha256:" + sha.hexdigest() != digest:
-                raise errors.IntegrityError(f"the blob's digest is sha256:{sha.hexdigest()}, not {digest}")
 
         self.pipe = _Pipe(chunks())
+
+    def hash_input(self) -> None:
+        """Hash the compressed input read so far (called by the walking thread)."""
+        while self._unhashed:
+            self._sha.update(self._unhashed.pop(0))
+
+    def check(self) -> None:
+        """IntegrityError unless the whole input was the blob the descriptor names."""
+        self.hash_input()
+        if self.size is not None and self.total_in != self.size:
+            raise errors.IntegrityError(f"the blob has {self.total_in} bytes, its descriptor says {self.size}")
+        if "sha256:" + self._sha.hexdigest() != self.digest:
+            raise errors.IntegrityError(f"the blob's digest is sha256:{self._sha.hexdigest()}, not {self.digest}")
 
 
 class _SpanHasher:
@@ -170,9 +181,15 @@ def build(raw: Any, desc: dict[str, Any], span: int = SPAN, bar: Progress | None
     stream = _Stream(raw, digest, size, span, bar, cancel)
     cps = stream.checkpoints
     hasher = _SpanHasher(lambda k: cps[k].output if k < len(cps) else None)
+
+    def sink(data: Any) -> None:
+        hasher(data)
+        stream.hash_input()
+
     try:
-        entries = [toc_entry(m) for m in TarScanner(stream.pipe.read, hasher).members()]
+        entries = [toc_entry(m) for m in TarScanner(stream.pipe.read, sink).members()]
         stream.pipe.finish()
+        stream.check()
     except errors.LazyLayerError as exc:
         raise type(exc)(f"layer {digest}: {exc}") from exc
     finally:

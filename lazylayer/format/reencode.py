@@ -26,6 +26,7 @@ from .layer import LayerInfo, LayerWriter
 
 ARCHIVE_MEMBER = "io.lazylayer.docker-archive.member"
 _CHUNK = 1 << 20
+_SMALL = 1 << 16  # reads up to this size get bytes even from a memoryview chunk (tar headers, pax records)
 
 
 # ------------------------------------------------------------------ decompression
@@ -110,7 +111,8 @@ def decompressed_chunks(raw: Any) -> Iterator[bytes]:
 class _Pipe:
     """Runs a chunk iterator on a background thread; ``read(n)`` consumes it.
 
-    The queue is bounded, so at most ``depth`` chunks are in memory.
+    The queue is bounded, so at most ``depth`` chunks are in memory.  Chunks
+    may be bytes or memoryviews; reads of up to 64 KiB are always bytes.
     """
 
     def __init__(self, chunks: Iterator[bytes], depth: int = 8) -> None:
@@ -150,11 +152,13 @@ class _Pipe:
                 self._eof = True
                 raise item
             self._buf, self._pos = item, 0
-        if self._pos == 0 and n >= len(self._buf):
+        if self._pos == 0 and n >= len(self._buf) and (n > _SMALL or isinstance(self._buf, bytes)):
             self._pos = len(self._buf)
             return self._buf
         out = self._buf[self._pos:self._pos + n]
         self._pos += len(out)
+        if n <= _SMALL and not isinstance(out, bytes):
+            out = bytes(out)  # (a piece of a memoryview chunk: headers are parsed as bytes)
         return out
 
     def finish(self) -> None:
