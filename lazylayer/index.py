@@ -93,11 +93,12 @@ def index_image(reference: str | oci.ImageRef, *, platform: str | None = None, r
             if found is not None:  # indexed before
                 bar.update(int(desc.get("size") or 0))
             built: list[Any] = []
+            counts: dict[str, int] = {}
 
             def write(f: Any) -> None:
                 raw = source.open_blob(desc)
                 try:
-                    built.append(gzindex.build(raw, desc, span or gzindex.SPAN, bar))
+                    built.append(gzindex.build(raw, desc, span or gzindex.SPAN, bar, counts=counts))
                 finally:
                     raw.close()
                 f.write(dump_raw_layer(*built[0]))
@@ -108,7 +109,7 @@ def index_image(reference: str | oci.ImageRef, *, platform: str | None = None, r
                 if found is None:
                     raise CacheError(errno.ENOENT, f"layer {digest}: its index vanished from the disk cache")
             layer, chunks = found
-            entries = len(Toc.from_frame(layer.toc_frame).entries)
+            entries = counts["entries"] if "entries" in counts else len(Toc.from_frame(layer.toc_frame).entries)
             return IndexedLayer(digest, int(desc.get("size") or 0), len(chunks), entries, layer.toc_offset,
                                 bool(built), time.monotonic() - t0)
 

@@ -60,6 +60,17 @@ from nothing local to the workload's exit; unmounting is not timed)
     (s) as (e), but of the image as stargz's zstd:chunked (``cs-szchunk``:
         the same library with ``-zstdchunked``, its defaults: 4 MiB chunks,
         zstd level 3).  (k) and (s) are built, and pushed, only when asked for.
+    (x) as (z), the gzip image itself, but with its layers indexed on this
+        machine: ``lazylayer index`` ran once before the runs (untimed, from
+        the registry directly) into a side cache, and each run starts from a
+        disk cache holding those two index files and nothing else; the layers
+        are read lazily through them.  Not in the default cases.
+    (y) as (x), but on "another machine": an empty disk cache and
+        ``--gzip-indexes attached``: the indexes come from the artifact
+        ``lazylayer index --attach`` attached to the image (untimed, before
+        the runs), read at once, and each layer is checked in the background
+        by a full fetch, which shares the link with the workload's reads.
+        Not in the default cases.
     (i) a diagnostic: ``python -c IMPORTS``, the modules the
         mount command loads before it forks: the part of (b) and (c)'s mount
         that is only starting the command.
@@ -82,7 +93,7 @@ Check (untimed, before the runs; ``--no-verify`` skips it)
 
 Targets (from the issues)
     (b) <= 0.15x (a); (c) <= 1.5x (d); (p) <= 0.08x (a); (g) <= 1.0x (f); (z) <= 1.0x (a);
-    (e), (k), (s) <= 1.25x (b).  Ratios are between medians over
+    (e), (k), (s), (x), (y) <= 1.25x (b).  Ratios are between medians over
     ``--runs`` runs; every run is listed.  CPU-s of the whole machine and of
     the proxy are recorded from each clock's start to its stop: the machine
     has 2 cores, so (a)'s decompression, the proxy and anything else running
@@ -191,6 +202,7 @@ class Bench:
         self.stop: dict[str, float] = {}
         self.notes: list[str] = []  # anything odd seen (umount failures, leftovers)
         self.tar_bytes: set[int] = set()  # the read-all workload's archive sizes: one value if all roots agree
+        self.gz_indexes: list[Path] = []  # (x, y) the gzip image's index files, built once
         self.plan = ""
 
     def drop(self) -> None:
@@ -333,6 +345,40 @@ class Bench:
         """The image as stargz's zstd:chunked (its defaults), read lazily as it is."""
         return self.lazy(True, "--no-prefetch", repo=REPO_SZCHUNK)
 
+    def index_gzip(self) -> None:
+        """Untimed, once: ``lazylayer index --attach`` of the gzip image, from the registry directly,
+        into a side cache (case x seeds each run's cache from it; case y finds the artifact)."""
+        if self.gz_indexes:
+            return
+        side = self.cache.with_name("gzindex-cache")
+        mounts.empty_dir(side)
+        ref = f"docker://127.0.0.1:{self.registry.port}/{REPO_GZIP}:{TAG}"
+        t0 = time.perf_counter()
+        r = subprocess.run([CLI, "index", ref, "--cache-dir", str(side), "--attach", "-q"], check=False,
+                           capture_output=True, text=True, timeout=1200, env=self.env)
+        if r.returncode:
+            raise RuntimeError(f"lazylayer index exited {r.returncode}: {r.stderr.strip()[-2000:]}")
+        self.gz_indexes = sorted(side.rglob("files/gzindex-*"))
+        size = sum(p.stat().st_size for p in self.gz_indexes)
+        self.notes.append(f"(x, y) `lazylayer index --attach` of the gzip image, before the runs (untimed, no "
+                          f"shaping): {time.perf_counter() - t0:.1f} s, {len(self.gz_indexes)} indexes of "
+                          f"{size:,} B in all")
+
+    def case_x(self) -> dict[str, float]:
+        """The gzip image, its layers indexed on this machine: a cache holding the indexes only."""
+        self.index_gzip()
+        mounts.empty_dir(self.cache)
+        files = self.cache / "v1" / "files"
+        files.mkdir(parents=True, exist_ok=True)
+        for p in self.gz_indexes:
+            shutil.copyfile(p, files / p.name)
+        return self.lazy(False, "--no-prefetch", repo=REPO_GZIP)
+
+    def case_y(self) -> dict[str, float]:
+        """The gzip image on another machine: the indexes attached to it, checked in the background."""
+        self.index_gzip()
+        return self.lazy(True, "--no-prefetch", "--gzip-indexes", "attached", repo=REPO_GZIP)
+
     def case_f(self) -> dict[str, float]:
         pulled = self.pull()
         ov, w = self.workload(self.dirs, read_all=True)
@@ -386,6 +432,10 @@ CASES = {
          "lazily as it is, empty cache + overlay + workload",
     "z": "(z) `lazylayer mount` of the gzip image itself (not lazy, no index: every layer fetched whole first), "
          "empty cache + overlay + workload",
+    "x": "(x) `lazylayer mount` of the gzip image, its layers indexed here before (`lazylayer index`): a cache "
+         "holding only the indexes + overlay + workload",
+    "y": "(y) `lazylayer mount --gzip-indexes attached` of the gzip image, empty cache: the indexes attached to it, "
+         "each layer checked by a background full fetch + overlay + workload",
     "i": "(diagnostic) starting the command: `python -c IMPORTS` (see below), page cache dropped",
 }
 # What `lazylayer mount docker://...` loads before it forks its daemon.
@@ -490,6 +540,8 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
     ratio_row("e", "b", TARGET_E, f"(e) mount of the eStargz image <= {TARGET_E}x (b), the same in lazylayer's format")
     ratio_row("k", "b", TARGET_E, f"(k) mount of skopeo's zstd:chunked image <= {TARGET_E}x (b)")
     ratio_row("s", "b", TARGET_E, f"(s) mount of stargz's zstd:chunked image <= {TARGET_E}x (b)")
+    ratio_row("x", "b", TARGET_E, f"(x) mount of the gzip image, indexed here <= {TARGET_E}x (b)")
+    ratio_row("y", "b", TARGET_E, f"(y) mount of the gzip image, indexes attached (checked) <= {TARGET_E}x (b)")
     L += ["", "#### Time taken by the benchmark", "",
           ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + "."]
     if info.get("phases"):
@@ -536,10 +588,10 @@ def main(argv: list[str] | None = None) -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
     skipped = ""
-    if ({"b", "c", "p", "g", "z", "e", "k", "s"} & set(cases)) and not mount_cli_ready():
+    if ({"b", "c", "p", "g", "z", "e", "k", "s", "x", "y"} & set(cases)) and not mount_cli_ready():
         skipped = f" (`{CLI} mount --help` failed: the mount command is missing)"
-        log("lazylayer mount is not available: skipping (b), (c), (p), (g), (z), (e), (k) and (s)")
-        cases = [c for c in cases if c not in "bcpgzeks"]
+        log("lazylayer mount is not available: skipping (b), (c), (p), (g), (z), (e), (k), (s), (x) and (y)")
+        cases = [c for c in cases if c not in "bcpgzeksxy"]
 
     phases: dict[str, float] = {}
     t = time.perf_counter()

@@ -168,13 +168,14 @@ class _SpanHasher:
 
 
 def build(raw: Any, desc: dict[str, Any], span: int = SPAN, bar: Progress | None = None,
-          cancel: threading.Event | None = None) -> tuple[Any, list[Chunk]]:
+          cancel: threading.Event | None = None, counts: dict[str, int] | None = None) -> tuple[Any, list[Chunk]]:
     """Index gzip layer ``desc`` from ``raw``, a stream of its blob: the raw layer for the image
     index (frames: the spans, over the tar as it is) and its chunks, one per span.
 
     Raises :class:`~lazylayer.errors.IntegrityError` if the blob is not the one ``desc`` names
     (nothing is returned then), FormatError or CorruptFrameError if it is not a gzip tar, and
     :class:`~lazylayer.format.estargz.NotSupported` for a span over the C reader's frame limit.
+    ``counts`` gets the number of ``entries``.
     """
     digest = str(desc.get("digest", ""))
     size = desc.get("size") if isinstance(desc.get("size"), int) else None
@@ -195,6 +196,8 @@ def build(raw: Any, desc: dict[str, Any], span: int = SPAN, bar: Progress | None
     finally:
         stream.pipe.close()
     count_hardlinks(entries)
+    if counts is not None:
+        counts["entries"] = len(entries)
     digests, tar_size = hasher.finish(), hasher.pos
     cps = [cp for cp in stream.checkpoints if cp.output < tar_size]  # (one at the very end starts nothing)
     if not cps or len(digests) != len(cps):
