@@ -619,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "layer lazily on this machine, whatever image it is in (docs/filesystem.md).")
     x.add_argument("image", metavar="IMAGE", help="docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG]")
     x.add_argument("--span", type=_size, default=None, metavar="SIZE",
-                   help="uncompressed bytes between checkpoints (default 4M): what one miss fetches")
+                   help="uncompressed bytes between checkpoints (default 2M): what one miss fetches")
     x.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="which image of a multi-platform index (default: this machine's)")
     x.add_argument("--cache-dir", metavar="DIR", default=None,

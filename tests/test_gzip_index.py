@@ -250,6 +250,14 @@ def test_through_the_mount(built: dict[str, Any], tmp_path: Path) -> None:
 # ------------------------------------------------------------------ indexes attached to the image
 
 
+@pytest.fixture(autouse=True)
+def _check_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attached indexes are checked at once here, not after the delay a cold start gets."""
+    from lazylayer.image import image as image_module
+
+    monkeypatch.setattr(image_module._AttachedCheck, "DELAY", 0.0)
+
+
 def _push(built: dict[str, Any], registry: Any, name: str) -> str:
     """The test image under a repository of its own (artifacts attached to it stay there)."""
     repo = unique_repo(name)

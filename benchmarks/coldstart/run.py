@@ -101,7 +101,7 @@ Targets (from the issues)
 
 Usage (as root)
     python -m benchmarks.coldstart.run [--runs N] [--out FILE.md] [--json FILE] [--workdir DIR]
-        [--rebuild] [--cases a,d,b,c,p,f,g,i] [--rtt S] [--rate B/s] [--no-verify] [--quick]
+        [--rebuild] [--cases a,d,b,c,p,f,g,i] [--rtt S] [--rate B/s] [--no-verify] [--quick] [--gzip-span SIZE]
 
     ``--quick`` is one run: a smoke check only (about 70 s once the image exists).
 """
@@ -354,7 +354,8 @@ class Bench:
         mounts.empty_dir(side)
         ref = f"docker://127.0.0.1:{self.registry.port}/{REPO_GZIP}:{TAG}"
         t0 = time.perf_counter()
-        r = subprocess.run([CLI, "index", ref, "--cache-dir", str(side), "--attach", "-q"], check=False,
+        span = ["--span", self.a.gzip_span] if self.a.gzip_span else []
+        r = subprocess.run([CLI, "index", ref, "--cache-dir", str(side), "--attach", "-q", *span], check=False,
                            capture_output=True, text=True, timeout=1200, env=self.env)
         if r.returncode:
             raise RuntimeError(f"lazylayer index exited {r.returncode}: {r.stderr.strip()[-2000:]}")
@@ -571,6 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run")
     ap.add_argument("--mount-arg", action="append", default=[],
                     help="an extra argument for every `lazylayer mount` (repeat it; for experiments)")
+    ap.add_argument("--gzip-span", help="(x, y) `lazylayer index --span` (default: its default)")
     ap.add_argument("--out", type=Path, help="also write the markdown report here")
     ap.add_argument("--json", type=Path, help="write all numbers as JSON here")
     a = ap.parse_args(argv)

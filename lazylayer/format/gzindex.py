@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import deque
 import threading
 from typing import Any, Callable
 
@@ -42,9 +43,11 @@ from .tar import TarScanner
 
 log = logging.getLogger("lazylayer")
 
-SPAN = 4 << 20
-"""Output bytes between checkpoints (docs/benchmarks.md, "Plain gzip layers indexed": a span is
-what one miss fetches; each costs a 32 KiB window in the index)."""
+SPAN = 2 << 20
+"""Output bytes between checkpoints, chosen by measurement (docs/benchmarks.md, "Plain gzip layers
+indexed": against 1, 4 and 8 MiB, 2 MiB moved 23% fewer bytes than 4 MiB for 40 random files and
+made the cold start 1.26x our format's instead of 1.41x; 1 MiB was no faster and doubles the
+index: a 32 KiB window per span, in memory too)."""
 _READ = 1 << 20
 GZIP_MEDIA_TYPES = frozenset({"application/vnd.oci.image.layer.v1.tar+gzip",
                               "application/vnd.docker.image.rootfs.diff.tar.gzip",
@@ -90,7 +93,7 @@ class _Stream:
         self.total_in = 0
         self.digest, self.size = digest, size
         self._sha = hashlib.sha256()
-        self._unhashed: list[bytes] = []  # compressed input the walking thread hashes (off the inflate thread)
+        self._unhashed: deque[bytes] = deque()  # compressed input the walking thread hashes (off the inflate thread)
         indexer = GzipIndexer(span, check_crc=False)  # (the blob's digest is checked: the CRCs prove nothing more)
 
         def chunks() -> Any:
@@ -120,7 +123,7 @@ class _Stream:
     def hash_input(self) -> None:
         """Hash the compressed input read so far (called by the walking thread)."""
         while self._unhashed:
-            self._sha.update(self._unhashed.pop(0))
+            self._sha.update(self._unhashed.popleft())
 
     def check(self) -> None:
         """IntegrityError unless the whole input was the blob the descriptor names."""
@@ -286,7 +289,7 @@ ARTIFACT_TYPE = "application/vnd.lazylayer.gzip-index.v1"
 MEDIA_TYPE = "application/vnd.lazylayer.gzip-index.layer.v1"
 ANNOTATION_LAYER = "io.lazylayer.gzip-index.layer"
 MAX_ATTACHED_BYTES = 256 << 20
-"""The largest attached index of one layer read (a 500 MB gzip layer's is ~6 MB with 4 MiB spans)."""
+"""The largest attached index of one layer read (the 589 MB test layer's is ~11 MB with 2 MiB spans)."""
 POLICIES = ("local", "attached", "off")
 """Which indexes of plain gzip layers an image uses: ``local`` (default) those built on this
 machine; ``attached`` those too and, for the other layers, the ones attached to the image, checked
