@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     busy0, t_start = machine_busy(), time.perf_counter()
     tools = {"pigz -dc": ["pigz", "-dc", str(path)], "gzip -dc": ["gzip", "-dc", str(path)]}
     tools = {k: v for k, v in tools.items() if shutil.which(v[0])}
-    command = "`lazylayer index` (the command: digest, tar, span hashes; span 4 MiB)"
+    command = "`lazylayer index` (the command: digest, tar, span hashes; default span, 2 MiB)"
     times: dict[str, list[float]] = {"GzipIndexer alone (C, span 4 MiB)": [], command: [],
                                      **{k: [] for k in tools}}
     out_size = 0

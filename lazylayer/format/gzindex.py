@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import deque
 import threading
+from collections import deque
 from typing import Any, Callable
 
 from .. import errors
