@@ -837,6 +837,38 @@ def t2_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
                     gz_spans[span] = t2_gzindex(f"docker://{host}/{REPO}-gz:{TAG}", tmp / f"gzindex-{span}",
                                                 span, picked)
 
+            def read_picked(image: str, cache_dir: str, readahead: bool, what: str, key: str) -> None:
+                """Open ``image`` on a fresh cache, read the picked files one after the other; record
+                the open's and the reads' seconds, bytes and requests under ``key``."""
+                tr = Transport(RemoteOptions())
+                fs = ImageFileSystem(image=image, cache_dir=cache_dir, use_cache=True,
+                                     memory_cache=BlockCache(512 * MiB), skip_instance_cache=True,
+                                     registry=RegistryConfig(transport=tr), readahead=readahead)
+                try:
+                    t0 = time.perf_counter()
+                    fs.image  # noqa: B018 - opens the image: manifest, config, TOCs
+                    if not all(layer.lazy for layer in fs.image.layers):
+                        raise SystemExit(f"t2: the {what} image was not read lazily")
+                    t1 = time.perf_counter()
+                    open_bytes, open_req = tr.stats.bytes, tr.stats.requests
+                    got = [fs.cat_file(p["path"]) for p in picked]
+                    t2 = time.perf_counter()
+                finally:
+                    fs.close()
+                    tr.close()
+                    shutil.rmtree(cache_dir, ignore_errors=True)
+                check(got, what)
+                rec(f"{key}_open_s", t1 - t0)
+                rec(f"{key}_open_bytes", open_bytes)
+                rec(f"{key}_open_requests", open_req)
+                rec(f"{key}_cat_s", t2 - t1)
+                rec(f"{key}_cat_bytes", tr.stats.bytes - open_bytes)
+                rec(f"{key}_cat_requests", tr.stats.requests - open_req)
+
+            def peer_reads(k: int, name: str, readahead: bool) -> None:
+                read_picked(f"docker://{via}/{REPO}-peer{k}:{TAG}", tempfile.mkdtemp(dir=tmp), readahead, name,
+                            f"peer{k}" + ("_ra" if readahead else ""))
+
             def gz_reads(span: int, readahead: bool) -> None:
                 """The gzip image through its indexes (built here: the cache holds them and nothing else)."""
                 cache_dir = Path(tempfile.mkdtemp(dir=tmp))
@@ -844,58 +876,8 @@ def t2_run(a: argparse.Namespace, inp: dict[str, Any]) -> dict[str, Any]:
                 files.mkdir(parents=True)
                 for p in gz_spans[span]["files"]:
                     shutil.copyfile(p, files / p.name)
-                tr = Transport(RemoteOptions())
-                fs = ImageFileSystem(image=f"docker://{via}/{REPO}-gz:{TAG}", cache_dir=str(cache_dir),
-                                     use_cache=True, memory_cache=BlockCache(512 * MiB), skip_instance_cache=True,
-                                     registry=RegistryConfig(transport=tr), readahead=readahead)
-                try:
-                    t0 = time.perf_counter()
-                    fs.image  # noqa: B018 - opens the image: manifest, config (the indexes are local)
-                    if not all(layer.lazy for layer in fs.image.layers):
-                        raise SystemExit("t2: the indexed gzip image was not read lazily")
-                    t1 = time.perf_counter()
-                    open_bytes, open_req = tr.stats.bytes, tr.stats.requests
-                    got = [fs.cat_file(p["path"]) for p in picked]
-                    t2 = time.perf_counter()
-                finally:
-                    fs.close()
-                    tr.close()
-                    shutil.rmtree(cache_dir, ignore_errors=True)
-                check(got, f"gzip indexed ({span} MiB spans)")
-                key = f"gz{span}" + ("_ra" if readahead else "")
-                rec(f"{key}_open_s", t1 - t0)
-                rec(f"{key}_open_bytes", open_bytes)
-                rec(f"{key}_cat_s", t2 - t1)
-                rec(f"{key}_cat_bytes", tr.stats.bytes - open_bytes)
-                rec(f"{key}_cat_requests", tr.stats.requests - open_req)
-
-            def peer_reads(k: int, name: str, readahead: bool) -> None:
-                cache_dir = tempfile.mkdtemp(dir=tmp)
-                tr = Transport(RemoteOptions())
-                fs = ImageFileSystem(image=f"docker://{via}/{REPO}-peer{k}:{TAG}", cache_dir=cache_dir, use_cache=True,
-                                     memory_cache=BlockCache(512 * MiB), skip_instance_cache=True,
-                                     registry=RegistryConfig(transport=tr), readahead=readahead)
-                try:
-                    t0 = time.perf_counter()
-                    fs.image  # noqa: B018 - opens the image: manifest, config, TOCs
-                    if not all(layer.lazy for layer in fs.image.layers):
-                        raise SystemExit(f"t2: the {name} image was not read lazily")
-                    t1 = time.perf_counter()
-                    open_bytes, open_req = tr.stats.bytes, tr.stats.requests
-                    got = [fs.cat_file(p["path"]) for p in picked]
-                    t2 = time.perf_counter()
-                finally:
-                    fs.close()
-                    tr.close()
-                    shutil.rmtree(cache_dir, ignore_errors=True)
-                check(got, name)
-                key = f"peer{k}" + ("_ra" if readahead else "")
-                rec(f"{key}_open_s", t1 - t0)
-                rec(f"{key}_open_bytes", open_bytes)
-                rec(f"{key}_open_requests", open_req)
-                rec(f"{key}_cat_s", t2 - t1)
-                rec(f"{key}_cat_bytes", tr.stats.bytes - open_bytes)
-                rec(f"{key}_cat_requests", tr.stats.requests - open_req)
+                read_picked(f"docker://{via}/{REPO}-gz:{TAG}", str(cache_dir), readahead,
+                            f"gzip indexed ({span} MiB spans)", f"gz{span}" + ("_ra" if readahead else ""))
 
             # Untimed: every blob through the link once (puts them in the page cache, checks the proxy).
             curl_all([blob_url(x["digest"]) for x in lazy_layers + gz_layers],

@@ -323,7 +323,7 @@ def test_attached_indexes_are_used_only_when_asked_and_checked(built: dict[str, 
             assert fs.cat("/data/text.txt") == (Path(built["rootfs"]) / "data/text.txt").read_bytes()
             checker = fs.image._checker
             assert checker is not None and checker.done.wait(60)
-            assert fs.image._unchecked == {} and fs.image._poisoned == {}
+            assert fs.image._unchecked == {} and fs.image.poisoned == {}
             check_matches_umoci(fs, built["rootfs"])
         finally:
             fs.close()
@@ -348,7 +348,7 @@ def test_a_forged_attached_index_is_found_out_and_its_layer_refused(built: dict[
         img = Image(ref, cache=DiskCache(cache), gzip_indexes="attached")
     try:
         assert img._checker is not None and img._checker.done.wait(60)
-        assert list(img._poisoned) == [i for i, layer in enumerate(img.layers) if layer.digest == digest]
+        assert list(img.poisoned) == [i for i, layer in enumerate(img.layers) if layer.digest == digest]
         node = img.tree.resolve(name)
         with pytest.raises(errors.IntegrityError, match="does not match the gzip index"):
             img.pread(node, node._st.size, 0)
@@ -453,3 +453,33 @@ def test_a_forged_index_through_the_mount_becomes_eio_even_from_the_page_cache(
             with pytest.raises(OSError) as exc:
                 (where / name).read_bytes()
             assert exc.value.errno == 5
+
+
+@needs_fuse
+def test_a_mount_of_an_image_poisoned_before_it_mounted_refuses_the_layer(
+        built: dict[str, Any], registry: Any, tmp_path: Path) -> None:
+    """The check may end before the mount listens (an Image given to Mount after its check):
+    the mount's own reader refuses the layer all the same.  (The fetcher process would refuse it
+    too: it finds the index refuted in the disk cache and reads the layer another way, whose frames
+    the mount's index does not have.)"""
+    import lazylayer
+
+    ref = _push(built, registry, "gzindex-poisoned-early")
+    digest, name = _forge(built, ref, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)
+        img = Image(ref, cache=DiskCache(str(tmp_path / "cache")), gzip_indexes="attached")
+    try:
+        assert img._checker is not None and img._checker.done.wait(60) and img.poisoned
+        where = tmp_path / "mnt"
+        where.mkdir()
+        with lazylayer.Mount(img, str(where)) as m:
+            from lazylayer.core._lib import lib
+
+            (layer,) = img.poisoned
+            assert m._reader is not None and lib.ll_image_layer_failed(m._reader._ptr, layer) == lib.LL_ERR_DIGEST
+            with pytest.raises(OSError) as exc:
+                (where / name).read_bytes()
+            assert exc.value.errno == 5 and m.stats()["eio"] >= 1
+    finally:
+        img.close()

@@ -345,6 +345,11 @@ class Image:
             log.info("%s: layer %s is read through the gzip index attached to the image, unchecked until "
                      "its background check ends", self.reference, desc["digest"])
 
+    @property
+    def poisoned(self) -> dict[int, str]:
+        """The layers :meth:`poison` refused, with the reasons."""
+        return dict(self._poisoned)
+
     def poison(self, layer: int, reason: str) -> None:
         """Refuse every later read of ``layer`` (:class:`~lazylayer.errors.IntegrityError`, EIO
         through a mount): it is not what the index it is read through says."""

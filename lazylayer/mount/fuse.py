@@ -170,6 +170,9 @@ class Mount:
             log.warning("%s: no prefetch: every layer is in a local file", img.reference)
         self._reader = ImageReader(img.index, [], cache=img.memory, pool=_resolve_pool(img.threads), disk=img.native,
                                    c_sources=arr, keep=keep)
+        img.on_poison.append(self._poison)  # (and the layers poisoned before this listened:)
+        for layer, reason in img.poisoned.items():
+            self._poison(layer, reason)
 
     def _mount(self, allow_other: bool, threads: int, miss_threads: int, timeout: float, direct_io: bool,
                log_fd: int | None, passthrough: bool) -> None:
@@ -209,7 +212,6 @@ class Mount:
             lib.ll_fuse_free(ptr)  # (unmounts)
             raise MountError(f"{self.mountpoint}: {_err_text(err, rc)}")
         self._ptr = ptr
-        self.image.on_poison.append(self._poison)
         # ll_fuse_wait blocks (without the GIL) until the kernel lets go of the mount.
         self._waiter = threading.Thread(target=self._wait, name=f"lazylayer-mount {self.mountpoint}", daemon=True)
         self._waiter.start()
