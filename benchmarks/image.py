@@ -1299,7 +1299,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--t2-formats", default="lazy,peers,gzindex",
                     help="target 2: `lazy` (always), `peers` (eStargz, zstd:chunked; built once: minutes) and "
                          "`gzindex` (the gzip image through `lazylayer index`'s indexes)")
-    ap.add_argument("--t2-spans", default="4", help="target 2, gzindex: spans to index with, MiB (default 4; "
+    ap.add_argument("--t2-spans", default="2", help="target 2, gzindex: spans to index with, MiB (default 2; "
                                                     "e.g. 1,2,4,8 to choose one)")
     ap.add_argument("--quick", action="store_true", help="smoke run: small inputs, 1 run")
     ap.add_argument("--out", type=Path, help="also write the markdown report here")
