@@ -368,7 +368,8 @@ def test_a_forged_attached_index_is_found_out_and_its_layer_refused(built: dict[
 
 
 def test_a_mangled_attached_index_is_refused_in_words(built: dict[str, Any], registry: Any, tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+                                                     caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Bytes that are not an index, or an index whose spans run out of the blob, are not used
     (said in the log; the layer is fetched whole): never a crash, never a fetch out of range."""
     from lazylayer.registry import open_source
@@ -392,6 +393,13 @@ def test_a_mangled_attached_index_is_refused_in_words(built: dict[str, Any], reg
     with pytest.warns(NotLazyWarning):
         Image(ref, cache=DiskCache(str(tmp_path / "cache")), gzip_indexes="attached").close()
     assert "out of bounds" in caplog.text and "truncated" in caplog.text
+    # an artifact layer over the size limit is not read at all: said, and the open goes on
+    ref2 = _push(built, registry, "gzindex-too-big")
+    index_image(ref2, cache=DiskCache(str(tmp_path / "builder")), span=SPAN, progress=False, attach=True)
+    monkeypatch.setattr(gzindex, "MAX_ATTACHED_BYTES", 1000)
+    with pytest.warns(NotLazyWarning):
+        Image(ref2, cache=DiskCache(str(tmp_path / "cache2")), gzip_indexes="attached").close()
+    assert "not used" in caplog.text and "too large" in caplog.text
 
 
 def test_an_unchecked_index_never_lends_its_spans_to_a_checked_one(built: dict[str, Any], registry: Any,

@@ -290,6 +290,8 @@ MEDIA_TYPE = "application/vnd.lazylayer.gzip-index.layer.v1"
 ANNOTATION_LAYER = "io.lazylayer.gzip-index.layer"
 MAX_ATTACHED_BYTES = 256 << 20
 """The largest attached index of one layer read (the 589 MB test layer's is ~11 MB with 2 MiB spans)."""
+MAX_ATTACHED_TOTAL = 1 << 30
+"""The most bytes of attached indexes one open reads, all layers together (the rest are fetched whole)."""
 POLICIES = ("local", "attached", "off")
 """Which indexes of plain gzip layers an image uses: ``local`` (default) those built on this
 machine; ``attached`` those too and, for the other layers, the ones attached to the image, checked
@@ -307,23 +309,36 @@ def attach(store: Any, subject: dict[str, Any], indexes: list[tuple[str, bytes]]
 
 
 def find_attached(store: Any, manifest_digest: str, layers: set[str]) -> dict[str, bytes]:
-    """The attached indexes of ``layers`` (layer digests) of the image ``manifest_digest``: the
-    newest artifact that has one, per layer; their bytes, checked against their digests (what they
-    say is not checked: :func:`verify`).  A store that cannot be asked counts as none."""
+    """The attached indexes of ``layers`` (layer digests) of the image ``manifest_digest``: from
+    the first artifact that has one, per layer; their bytes, checked against their digests (what
+    they say is not checked: :func:`verify`).  A store that cannot be asked counts as none; an
+    artifact that cannot be read (malformed, too large, a failed fetch) is said in the log and
+    skipped: its layers are then fetched whole."""
     from ..registry import referrers
 
     out: dict[str, bytes] = {}
+    total = 0
     try:
         found = referrers.find(store, manifest_digest, ARTIFACT_TYPE)
-    except (errors.NotFoundError, errors.AuthError) as exc:
-        log.debug("%s: no gzip index artifacts: %s", manifest_digest, exc)
+    except errors.LazyLayerError as exc:
+        log.info("%s: no gzip index artifacts: %s", manifest_digest, exc)
         return out
     for art in found[:16]:  # (a bounded number of artifacts; the first that has a layer's index wins)
-        manifest = referrers.read_manifest(store, art)
-        for layer in manifest["layers"]:
-            ann = layer.get("annotations") if isinstance(layer, dict) else None
-            digest = ann.get(ANNOTATION_LAYER) if isinstance(ann, dict) else None
-            if layer.get("mediaType") == MEDIA_TYPE and digest in layers and digest not in out:
+        try:
+            manifest = referrers.read_manifest(store, art)
+            for layer in manifest["layers"]:
+                ann = layer.get("annotations") if isinstance(layer, dict) else None
+                digest = ann.get(ANNOTATION_LAYER) if isinstance(ann, dict) else None
+                if layer.get("mediaType") != MEDIA_TYPE or digest not in layers or digest in out:
+                    continue
+                size = layer.get("size")
+                if not isinstance(size, int) or total + size > MAX_ATTACHED_TOTAL:
+                    log.warning("%s: attached gzip indexes over %d bytes in all: the rest are not read",
+                                manifest_digest, MAX_ATTACHED_TOTAL)
+                    return out
                 out[digest] = referrers.read_layer(store, layer, f"gzip index artifact {art['digest']}",
                                                    MAX_ATTACHED_BYTES)
+                total += len(out[digest])
+        except errors.LazyLayerError as exc:
+            log.warning("%s: gzip index artifact %s not used: %s", manifest_digest, art.get("digest"), exc)
     return out
