@@ -91,7 +91,8 @@ def test_a_span_is_one_range_and_every_span_checks(built: dict[str, Any], tmp_pa
     assert all(a.end == b.offset for a, b in zip(chunks, chunks[1:]))
     from lazylayer.core.gzindex import Checkpoint, inflate_span
     for c in chunks:
-        out = inflate_span(Checkpoint(c.offset, c.file_offset, c.bits, c.byte, c.window), blob[c.offset:c.end], c.size)
+        out = inflate_span(Checkpoint(c.offset, c.file_offset, c.bits, c.byte, gzindex.window(c)), blob[c.offset:c.end],
+                           c.size)
         assert out == tar[c.file_offset:c.file_offset + c.size]
         assert "sha256:" + hashlib.sha256(out).hexdigest() == c.digest
     # kept and loaded back as it was
@@ -179,7 +180,7 @@ def test_a_tampered_blob_or_index_is_never_data(built: dict[str, Any], tmp_path:
     assert chunk.window and text_layer == digest
     spec, chunks = estargz.load_raw_layer(good, digest)
     k = chunks.index(chunk)
-    chunks[k] = chunk._replace(window=bytes(len(chunk.window)))
+    chunks[k] = chunk._replace(window=gzindex.pack_window(bytes(len(gzindex.window(chunk)))))
     kept.write_bytes(estargz.dump_raw_layer(spec, chunks))
     with pytest.raises(errors.IntegrityError, match="does not match"):
         read("data/text.txt")
@@ -284,11 +285,11 @@ def _forge(built: dict[str, Any], ref: str, tmp_path: Path) -> tuple[str, str]:
     blob = images.read_blob(layout, digest)
     spec, chunks = estargz.load_raw_layer(cache.read_file(gzindex.cache_name(digest)) or b"", digest)
     k = chunks.index(chunk)
-    zero = bytes(len(chunk.window))
+    zero = bytes(len(gzindex.window(chunk)))
     wrong = inflate_span(Checkpoint(chunk.offset, chunk.file_offset, chunk.bits, chunk.byte, zero),
                          blob[chunk.offset:chunk.end], chunk.size)
     assert wrong != gzip.decompress(blob)[chunk.file_offset:chunk.file_offset + chunk.size]
-    chunks[k] = chunk._replace(window=zero, digest="sha256:" + hashlib.sha256(wrong).hexdigest())
+    chunks[k] = chunk._replace(window=gzindex.pack_window(zero), digest="sha256:" + hashlib.sha256(wrong).hexdigest())
     # the TOC frame names frames by their digests too: rebuild it with the forged one
     from lazylayer.format.layer import Frame, Toc
     toc = Toc.from_frame(spec.toc_frame)
@@ -491,3 +492,19 @@ def test_a_mount_of_an_image_poisoned_before_it_mounted_refuses_the_layer(
             assert exc.value.errno == 5 and m.stats()["eio"] >= 1
     finally:
         img.close()
+
+
+def test_windows_are_kept_compressed_and_unpacked_within_bounds() -> None:
+    """A span's window is kept zstd-compressed; unpacking gives it back, and bytes that are not
+    a window (not zstd, or more than 32 KiB once decompressed) are a CorruptFrameError."""
+    import zstandard
+
+    from lazylayer.format.estargz import Chunk
+
+    w = bytes(range(256)) * 128  # 32 KiB
+    c = Chunk(0, 10, 0, 10, "sha256:" + "0" * 64, "gzspan", 0, 0, gzindex.pack_window(w))
+    assert len(c.window) < len(w) // 4 and gzindex.window(c) == w
+    assert gzindex.window(c._replace(window=b"")) == b""
+    for bad in (b"not zstd at all", zstandard.ZstdCompressor().compress(bytes(1 << 20))):
+        with pytest.raises(errors.CorruptFrameError):
+            gzindex.window(c._replace(window=bad))

@@ -95,8 +95,8 @@ class Chunk(NamedTuple):
     byte: int = 0
     window: bytes = b""
     """(``gzspan`` only: a plain gzip layer's span, :mod:`.gzindex`: inflated from the checkpoint
-    at ``offset`` — the low ``bits`` of ``byte``, the byte before it, and the 32 KiB ``window`` of
-    output before it.)"""
+    at ``offset`` — the low ``bits`` of ``byte``, the byte before it, and the 32 KiB of output
+    before it, ``window``, kept zstd-compressed: :func:`.gzindex.window`.)"""
 
 
 @dataclass
@@ -458,7 +458,7 @@ def load_raw_layer(data: bytes, digest: str) -> tuple[Any, list[Chunk]]:
         raise errors.FormatError("a chunked layer's cached index is damaged")
     frame, chunks, w = bytes(body[:flen]), [], rows_end
     for fo, n, off, end, d, k, bits, byte, wlen in _ROW.iter_unpack(body[flen:rows_end]):
-        if k >= len(_CODECS) or bits > 7 or wlen > 32768 or w + wlen > blen:
+        if k >= len(_CODECS) or bits > 7 or wlen > 40 << 10 or w + wlen > blen:  # (windows, compressed)
             raise errors.FormatError("a chunked layer's cached index has a bad chunk row")
         chunks.append(Chunk(fo, n, off, end, "sha256:" + d.hex(), _CODECS[k], bits, byte, bytes(body[w:w + wlen])))
         w += wlen

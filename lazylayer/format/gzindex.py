@@ -47,7 +47,7 @@ SPAN = 2 << 20
 """Output bytes between checkpoints, chosen by measurement (docs/benchmarks.md, "Plain gzip layers
 indexed": against 1, 4 and 8 MiB, 2 MiB moved 23% fewer bytes than 4 MiB for 40 random files and
 made the cold start 1.26x our format's instead of 1.41x; 1 MiB was no faster and doubles the
-index: a 32 KiB window per span, in memory too)."""
+index: a 32 KiB window per span, kept compressed in memory too)."""
 _READ = 1 << 20
 GZIP_MEDIA_TYPES = frozenset({"application/vnd.oci.image.layer.v1.tar+gzip",
                               "application/vnd.docker.image.rootfs.diff.tar.gzip",
@@ -214,9 +214,38 @@ def build(raw: Any, desc: dict[str, Any], span: int = SPAN, bar: Progress | None
             raise NotSupported(f"layer {digest}: a deflate block gives {n} bytes between checkpoints, over "
                                f"the reader's {MAX_CHUNK_SIZE}")
         chunks.append(Chunk(cp.output, n, cp.input, stream.total_in if last else cps[k + 1].input, digests[k],
-                            "gzspan", cp.bits, cp.byte, cp.window))
+                            "gzspan", cp.bits, cp.byte, pack_window(cp.window)))
     frames = [Frame(c.file_offset, c.size, c.file_offset, c.size, c.digest[7:]) for c in chunks]
     return index_layer(frames, entries, tar_size, [], digest), chunks
+
+
+MAX_PACKED_WINDOW = 40 << 10
+"""A compressed window's bound (32 KiB of incompressible bytes and zstd's framing fit)."""
+
+
+def pack_window(window: bytes) -> bytes:
+    """A checkpoint's 32 KiB window as a span keeps it: zstd-compressed (about a third of its size
+    for the test layers: 31 MB of windows in memory for a 589 MB layer would be 10), so that a
+    process holding a large image's index does not hold 1.6% of its compressed bytes in windows."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=1, write_content_size=True).compress(window) if window else b""
+
+
+def window(c: Chunk) -> bytes:
+    """Span ``c``'s window, decompressed (at most 32 KiB whatever the frame claims:
+    CorruptFrameError for bytes that are not one)."""
+    import zstandard
+
+    if not c.window:
+        return b""
+    try:
+        out = zstandard.ZstdDecompressor().decompress(c.window, max_output_size=32768)
+    except zstandard.ZstdError as exc:
+        raise errors.CorruptFrameError(f"the span at {c.file_offset}: its window is not zstd: {exc}") from None
+    if len(out) > 32768:
+        raise errors.CorruptFrameError(f"the span at {c.file_offset}: its window is over 32 KiB")
+    return out
 
 
 def check_chunks(chunks: list[Chunk], blob_size: int, what: str) -> None:
@@ -228,7 +257,7 @@ def check_chunks(chunks: list[Chunk], blob_size: int, what: str) -> None:
     for c in chunks:
         if c.codec != "gzspan" or c.file_offset != at or not 0 < c.size <= MAX_CHUNK_SIZE or \
                 not last <= c.offset < c.end <= blob_size or c.end - c.offset > 2 * MAX_CHUNK_SIZE or \
-                c.bits > 7 or not 0 <= c.byte <= 255 or len(c.window) > 32768:
+                c.bits > 7 or not 0 <= c.byte <= 255 or len(c.window) > MAX_PACKED_WINDOW:
             raise errors.FormatError(f"{what}: the span at {at} is malformed or out of bounds")
         at, last = at + c.size, c.offset
     if not chunks:

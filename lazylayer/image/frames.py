@@ -168,8 +168,9 @@ def _decode(c: Any, data: bytes, name: str) -> bytes:
     frames may go on with the next tar header: that is not read)."""
     if c.codec == "gzspan":
         from ..core.gzindex import Checkpoint, inflate_span
+        from ..format.gzindex import window
 
-        return inflate_span(Checkpoint(c.offset, c.file_offset, c.bits, c.byte, c.window), data, c.size)
+        return inflate_span(Checkpoint(c.offset, c.file_offset, c.bits, c.byte, window(c)), data, c.size)
     if c.codec == "gzip":
         from isal import isal_zlib  # ISA-L's inflate: 2-3x zlib's (eStargz layers only)
 
