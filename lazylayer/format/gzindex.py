@@ -264,6 +264,19 @@ def check_chunks(chunks: list[Chunk], blob_size: int, what: str) -> None:
         raise errors.FormatError(f"{what}: no spans")
 
 
+def check_index(layer: Any, chunks: list[Chunk], blob_size: int, what: str) -> None:
+    """:func:`check_chunks`, and that the C index takes the raw layer's TOC frame and that its
+    frames are the spans: FormatError (or CorruptFrameError for a TOC frame that does not
+    decompress) for an index from elsewhere that is malformed, found at its open rather than when
+    the image's index is built."""
+    from ..core import Index
+
+    check_chunks(chunks, blob_size, what)
+    frames = Index.build([layer]).frames(0)
+    if [(f[2], f[3], f[4]) for f in frames] != [(c.file_offset, c.size, c.digest[7:]) for c in chunks]:
+        raise errors.FormatError(f"{what}: its TOC's frames are not its spans")
+
+
 def verify(raw: Any, desc: dict[str, Any], diff_id: str | None, layer: Any, chunks: list[Chunk],
            bar: Progress | None = None, cancel: threading.Event | None = None) -> None:
     """Check an index that was not made here against the layer itself: stream ``raw`` (the

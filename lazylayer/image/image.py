@@ -336,8 +336,8 @@ class Image:
                 continue
             try:
                 layer, chunks = estargz.load_raw_layer(data, desc["digest"])
-                gzindex.check_chunks(chunks, desc["size"], f"the gzip index attached for layer {desc['digest']}")
-            except errors.FormatError as exc:
+                gzindex.check_index(layer, chunks, desc["size"], f"the gzip index attached for layer {desc['digest']}")
+            except (errors.FormatError, errors.CorruptFrameError) as exc:
                 log.warning("%s: %s; not used", self.reference, exc)
                 continue
             out[i], blobs[i] = (layer, chunks), self._source.blob(desc)
