@@ -69,7 +69,7 @@ def index_image(reference: str | oci.ImageRef, *, platform: str | None = None, r
     (in its registry repository or OCI layout; ``result.artifact`` is its descriptor), for other
     machines to use under the ``attached`` policy (docs/filesystem.md, "Plain gzip layers")."""
     from .format import gzindex
-    from .format.estargz import dump_raw_layer
+    from .format.estargz import cached_raw_layer
 
     disk = DiskCache() if cache is _DEFAULT else cache
     if disk is None:
@@ -89,29 +89,21 @@ def index_image(reference: str | oci.ImageRef, *, platform: str | None = None, r
             t0 = time.monotonic()
             digest = desc["digest"]
             oci.check_digest(digest)  # (it names a file in the disk cache)
-            found = gzindex.load_cached(disk, digest)
-            if found is not None:  # indexed before
-                bar.update(int(desc.get("size") or 0))
-            built: list[Any] = []
             counts: dict[str, int] = {}
 
-            def write(f: Any) -> None:
+            def build() -> Any:
                 raw = source.open_blob(desc)
                 try:
-                    built.append(gzindex.build(raw, desc, span or gzindex.SPAN, bar, counts=counts))
+                    return gzindex.build(raw, desc, span or gzindex.SPAN, bar, counts=counts)
                 finally:
                     raw.close()
-                f.write(dump_raw_layer(*built[0]))
 
-            if found is None:
-                disk.ensure_file(gzindex.cache_name(digest), write)
-                found = built[0] if built else gzindex.load_cached(disk, digest)  # (else: another process's)
-                if found is None:
-                    raise CacheError(errno.ENOENT, f"layer {digest}: its index vanished from the disk cache")
-            layer, chunks = found
+            (layer, chunks), built = cached_raw_layer(disk, gzindex.cache_name(digest), digest, build)
+            if not built:  # indexed before
+                bar.update(int(desc.get("size") or 0))
             entries = counts["entries"] if "entries" in counts else len(Toc.from_frame(layer.toc_frame).entries)
             return IndexedLayer(digest, int(desc.get("size") or 0), len(chunks), entries, layer.toc_offset,
-                                bool(built), time.monotonic() - t0)
+                                built, time.monotonic() - t0)
 
         try:
             with ThreadPoolExecutor(max(1, min(PARALLEL, len(todo))), thread_name_prefix="lazylayer-index") as pool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import hashlib
+import logging
 import re
 import struct
 import zlib
@@ -30,6 +31,8 @@ from typing import Any, Callable, NamedTuple
 from .. import errors
 from ..oci.media import DIGEST, load_json
 from .tar import MAX_TOC_BYTES, MAX_TOC_ENTRIES, MAX_TOC_FRAMES, MAX_TOC_VALUES, MTIME_MAX, normalize_name, parse_header
+
+log = logging.getLogger("lazylayer")
 
 ANNOTATION_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 """The sha256 of a layer's eStargz TOC JSON (stargz-snapshotter's ``estargz.TOCJSONDigestAnnotation``)."""
@@ -466,6 +469,41 @@ def load_raw_layer(data: bytes, digest: str) -> tuple[Any, list[Chunk]]:
         raise errors.FormatError("a chunked layer's cached index is damaged")
     layer = IndexLayer(digest, at + flen, "sha256:" + hashlib.sha256(frame).hexdigest(), at, flen, frame)
     return layer, chunks
+
+
+def read_cached(disk: Any, name: str, digest: str) -> tuple[Any, list[Chunk]] | None:
+    """The raw layer of layer ``digest`` kept in disk cache ``disk`` as file ``name`` (None: there
+    is none; a damaged one is said in the log, removed and not used)."""
+    data = disk.read_file(name)
+    if data is None:
+        return None
+    try:
+        return load_raw_layer(data, digest)
+    except errors.FormatError as exc:
+        log.warning("layer %s: %s; not used", digest, exc)
+        disk.remove_file(name)
+        return None
+
+
+def cached_raw_layer(disk: Any, name: str, digest: str,
+                     build: Callable[[], tuple[Any, list[Chunk]]]) -> tuple[tuple[Any, list[Chunk]], bool]:
+    """``build()``'s raw layer of layer ``digest``, kept in disk cache ``disk`` as file ``name``:
+    built once across processes and threads.  Also says whether this call built it (False: it was
+    there).  A damaged copy is said, removed and built again, never used."""
+    for _ in range(2):
+        made: list[Any] = []
+
+        def write(f: Any) -> None:
+            made.append(build())
+            f.write(dump_raw_layer(*made[0]))
+
+        disk.ensure_file(name, write)
+        if made:
+            return made[0], True
+        found = read_cached(disk, name, digest)
+        if found is not None:
+            return found, False
+    return build(), True  # (removed or evicted twice in a row: not kept)
 
 
 def _pieces(c: Chunk, known: dict[int, str]) -> list[Chunk]:

@@ -37,7 +37,7 @@ from typing import Any, Callable
 from .. import errors
 from ..oci.media import HashingReader
 from ..progress import Progress
-from .estargz import MAX_CHUNK_SIZE, Chunk, NotSupported, index_layer, is_stargz, load_raw_layer
+from .estargz import MAX_CHUNK_SIZE, Chunk, NotSupported, index_layer, is_stargz, read_cached
 from .layer import Frame, count_hardlinks, toc_entry
 from .tar import TarScanner
 
@@ -67,16 +67,7 @@ def cache_name(digest: str) -> str:
 def load_cached(disk: Any, digest: str) -> tuple[Any, list[Chunk]] | None:
     """The index of layer ``digest`` kept in disk cache ``disk`` (None: there is none; a damaged
     one is removed, and said in the log)."""
-    name = cache_name(digest)
-    data = disk.read_file(name)
-    if data is None:
-        return None
-    try:
-        return load_raw_layer(data, digest)
-    except errors.FormatError as exc:
-        log.warning("layer %s: its gzip index in the disk cache is not used: %s", digest, exc)
-        disk.remove_file(name)
-        return None
+    return read_cached(disk, cache_name(digest), digest)
 
 
 class _Stream:

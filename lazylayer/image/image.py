@@ -352,7 +352,8 @@ class Image:
 
     def poison(self, layer: int, reason: str) -> None:
         """Refuse every later read of ``layer`` (:class:`~lazylayer.errors.IntegrityError`, EIO
-        through a mount): it is not what the index it is read through says."""
+        through a mount): it is not what the index it is read through says.  The reader refuses it
+        in C (``ll_image_fail_layer``), cache hits included: no check on Python's read path."""
         if layer in self._poisoned:
             return
         self._poisoned[layer] = reason
@@ -375,23 +376,7 @@ class Image:
             return build()
         key = hashlib.sha256(json.dumps([desc.get("digest"), desc.get("size"), desc.get("mediaType"),
                                          desc.get("annotations")], sort_keys=True).encode()).hexdigest()
-        made: list[Any] = []
-
-        def write(f: Any) -> None:
-            made.append(build())
-            f.write(estargz.dump_raw_layer(*made[0]))
-
-        path = self.disk.ensure_file(f"chunked-{key}", write)
-        if made:
-            return made[0]
-        with open(path, "rb") as f:
-            data = f.read()
-        try:
-            return estargz.load_raw_layer(data, desc.get("digest", ""))
-        except errors.FormatError as exc:  # damaged on disk: built again (and said), never trusted
-            log.warning("%s: %s; reading the TOC again", self.reference, exc)
-            os.unlink(path)
-            return build()
+        return estargz.cached_raw_layer(self.disk, f"chunked-{key}", desc.get("digest", ""), build)[0]
 
     def _lazy_toc(self, desc: oci.Descriptor, blob: Any) -> IndexLayer:
         """A lazy layer's TOC frame (from the disk cache, else one range request) and position."""
@@ -486,8 +471,6 @@ class Image:
     def readinto(self, node: Node, buffer: Any, offset: int) -> int:
         """Read file ``node``'s content at ``offset`` into ``buffer``; the bytes read (short at the end)."""
         st = _regular(node)
-        if self._poisoned and st.layer in self._poisoned:
-            raise errors.IntegrityError(f"{node.path}: {self._poisoned[st.layer]}")
         n = max(0, min(memoryview(buffer).nbytes, st.size - offset))
         if n == 0:
             return 0
@@ -503,8 +486,6 @@ class Image:
         ino, kind, _, _, _, _, _, _, _, _, fsize, layer, _, start = node._st  # one unpack: the hot path
         if kind != "reg":
             _regular(node)
-        if self._poisoned and layer in self._poisoned:
-            raise errors.IntegrityError(f"{node.path}: {self._poisoned[layer]}")
         n = fsize - offset
         if size < n:
             n = size

@@ -156,7 +156,7 @@ class Mount:
             arr[i].use_disk = 0
             arr[i].local = 1
         if remote:
-            cache = img.disk if img.disk is not None else img.gzip_index_cache  # (a layout's: its gzip indexes)
+            cache = img.gzip_index_cache  # (the disk cache; a layout's too, for its gzip indexes)
             self._fetcher = Fetcher(dataclasses.replace(spec, reference=img.pinned(), registry=img.registry,
                                                         cache=cache.path if cache is not None else None,
                                                         layers=remote, gzip_indexes=img.gzip_indexes), connections)
