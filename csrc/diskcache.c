@@ -4,6 +4,7 @@
  * so C and Python (in one process or many) share a cache safely:
  *
  *   <dir>/v1/frames/<2 hex>/<64 hex>   a frame, named by the sha256 of its bytes
+ *   <dir>/v1/frames/<2 hex>/<64 hex>.z a raw layer's frame kept encoded (ll_chunk_decode)
  *   <dir>/v1/files/<name>              derived files (here: index-<64 hex>.v<N>)
  *   <dir>/v1/tmp/.w-XXXXXX             files being written
  *
@@ -42,6 +43,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
+#include <zstd.h>
 
 #define SUBDIR_MAX 96 /* longest name below the root: "files/index-<64 hex>.v<n>" or a frame */
 
@@ -338,6 +341,140 @@ static int read_and_hash(int fd, const char *path, const uint8_t sha256[32], uin
     return LL_OK;
 }
 
+/* ---------------------------------------------------------------- encoded frames */
+
+#define CHUNK_MAGIC "LLCHNKZ1"
+#define CHUNK_WINDOW_LOG_MAX 27 /* as libzstd's default limit: a 128 MiB window at most */
+
+static uint64_t le64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+/* The first `size` bytes the gzip member(s) at src decompress to. */
+static int decode_gzip(const uint8_t *src, size_t len, uint8_t *dst, size_t size) {
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (inflateInit2(&zs, 16 + 15) != Z_OK) return LL_ERR_NOMEM;
+    zs.next_in = (Bytef *)(uintptr_t)src;
+    zs.avail_in = (uInt)len; /* both below 4 GiB: checked by the caller */
+    zs.next_out = dst;
+    zs.avail_out = (uInt)size;
+    while (zs.avail_out > 0) {
+        int z = inflate(&zs, Z_NO_FLUSH);
+        if (z != Z_OK) break; /* the member's end, an error, or no progress (input used up) */
+    }
+    int rc = zs.avail_out == 0 ? LL_OK : LL_ERR_FRAME;
+    inflateEnd(&zs);
+    return rc;
+}
+
+/* The first `size` bytes the zstd frames at src decompress to (across frames;
+ * skippable frames are skipped). */
+static int decode_zstd(const uint8_t *src, size_t len, uint8_t *dst, size_t size) {
+    ZSTD_DCtx *d = ZSTD_createDCtx();
+    if (!d) return LL_ERR_NOMEM;
+    int rc = LL_ERR_FRAME;
+    if (ZSTD_isError(ZSTD_DCtx_setParameter(d, ZSTD_d_windowLogMax, CHUNK_WINDOW_LOG_MAX))) goto done;
+    ZSTD_inBuffer in = {src, len, 0};
+    ZSTD_outBuffer out = {dst, size, 0};
+    while (out.pos < out.size) {
+        size_t in0 = in.pos, out0 = out.pos;
+        size_t r = ZSTD_decompressStream(d, &out, &in);
+        if (ZSTD_isError(r)) goto done;
+        if (in.pos == in0 && out.pos == out0) break; /* input used up */
+    }
+    if (out.pos == out.size) rc = LL_OK;
+done:
+    ZSTD_freeDCtx(d);
+    return rc;
+}
+
+int ll_chunk_decode(const void *src, size_t len, const uint8_t sha256[32], void *dst, size_t size) {
+    const uint8_t *p = src;
+    if ((!src && len) || !sha256 || (!dst && size)) return LL_ERR_ARG;
+    if (len < LL_CHUNK_HEADER || memcmp(p, CHUNK_MAGIC, 8) != 0 || p[11] != 0) return LL_ERR_FORMAT;
+    uint32_t codec = p[8], bits = p[9], byte = p[10];
+    uint32_t wlen = (uint32_t)p[12] | (uint32_t)p[13] << 8 | (uint32_t)p[14] << 16 | (uint32_t)p[15] << 24;
+    uint64_t n = le64(p + 16);
+    if (n != size || size > LL_MAX_FRAME_SIZE || len > UINT32_MAX) return LL_ERR_FORMAT;
+    if (codec != LL_CHUNK_GZSPAN && (bits || byte || wlen)) return LL_ERR_FORMAT;
+    if (codec == LL_CHUNK_GZSPAN && (bits > 7 || wlen > LL_GZ_WINDOW || wlen > len - LL_CHUNK_HEADER))
+        return LL_ERR_FORMAT;
+    const uint8_t *window = p + LL_CHUNK_HEADER, *data = window + wlen;
+    size_t data_len = len - LL_CHUNK_HEADER - wlen;
+    int rc;
+    switch (codec) {
+    case LL_CHUNK_ZEROS:
+        if (data_len) return LL_ERR_FORMAT;
+        if (size) memset(dst, 0, size);
+        rc = LL_OK;
+        break;
+    case LL_CHUNK_GZIP: rc = decode_gzip(data, data_len, dst, size); break;
+    case LL_CHUNK_ZSTD: rc = decode_zstd(data, data_len, dst, size); break;
+    case LL_CHUNK_GZSPAN:
+        rc = ll_gz_inflate_span(bits, byte, window, wlen, data, data_len, dst, size);
+        if (rc == LL_ERR_ARG) rc = LL_ERR_FORMAT; /* (a window of 0 bytes, say) */
+        break;
+    default: return LL_ERR_FORMAT;
+    }
+    if (rc != LL_OK) return rc;
+    uint8_t h[32];
+    ll_sha256(dst, size, h);
+    return memcmp(h, sha256, 32) == 0 ? LL_OK : LL_ERR_DIGEST;
+}
+
+/* Frame `sha256` from its encoded file, if there is one: LL_OK, or LL_ERR_NOENT
+ * (absent, unreadable, another size, or bad: then deleted if unused, *corrupt set).
+ * The file is read whole; one longer than its data could be, compressed, plus
+ * slack (a chunk's range may end with the next file's tar header members) is
+ * refused unread. */
+static int get_encoded(ll_diskcache *dc, const uint8_t sha256[32], uint8_t *dst, size_t size, int *corrupt) {
+    char path[PATH_MAX];
+    frame_path(dc, sha256, path);
+    size_t pl = strlen(path);
+    if (pl + 3 > sizeof path) return LL_ERR_NOENT;
+    memcpy(path + pl, ".z", 3);
+    int fd = open_retry(path, O_RDONLY | O_NOFOLLOW, 0);
+    if (fd < 0) return LL_ERR_NOENT;
+    int rc = LL_ERR_NOENT;
+    uint8_t *buf = NULL;
+    struct stat st;
+    if (flock_retry(fd, LOCK_SH) != 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) goto done;
+    uint64_t limit = (uint64_t)LL_CHUNK_HEADER + LL_GZ_WINDOW + size + size / 2 + (16u << 20);
+    int bad = 0;
+    uint8_t head[LL_CHUNK_HEADER];
+    if ((uint64_t)st.st_size > limit || st.st_size < LL_CHUNK_HEADER) {
+        bad = 1;
+    } else if (read_full(fd, head, sizeof head) != (ssize_t)sizeof head) {
+        goto done;
+    } else if (memcmp(head, CHUNK_MAGIC, 8) == 0 && le64(head + 16) != size) {
+        goto done; /* the caller expects another size (a sha256 fixes the size): a miss */
+    } else if (!(buf = malloc((size_t)st.st_size))) {
+        goto done;
+    } else {
+        memcpy(buf, head, sizeof head);
+        ssize_t got = read_full(fd, buf + sizeof head, (size_t)st.st_size - sizeof head);
+        if (got != (ssize_t)((size_t)st.st_size - sizeof head)) goto done;
+        int d = ll_chunk_decode(buf, (size_t)st.st_size, sha256, dst, size);
+        if (d == LL_OK) {
+            touch(fd);
+            rc = LL_OK;
+        } else if (d != LL_ERR_NOMEM) {
+            bad = 1;
+        }
+    }
+    if (bad) {
+        if (corrupt) *corrupt = 1;
+        unlink_if_unused(fd, path);
+    }
+done:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
 /* A frame from disk.  Every read takes the shared flock and checks the size;
  * the memo (MEMO_SLOTS, per ll_diskcache) saves two things:
  *
@@ -361,7 +498,7 @@ int ll__diskcache_get_ex(ll_diskcache *dc, const uint8_t sha256[32], void *dst, 
     char path[PATH_MAX];
     frame_path(dc, sha256, path);
     int fd = open_retry(path, O_RDONLY | O_NOFOLLOW, 0);
-    if (fd < 0) return LL_ERR_NOENT;
+    if (fd < 0) return errno == ENOENT ? get_encoded(dc, sha256, dst, size, corrupt) : LL_ERR_NOENT;
     int rc = LL_ERR_NOENT;
     if (flock_retry(fd, LOCK_SH) != 0) goto done; /* trim skips what we hold */
     if (!dc->memo) { /* no memo: hash and touch every time */

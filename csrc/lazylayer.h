@@ -947,6 +947,48 @@ LL_API void ll_gzindexer_free(ll_gzindexer *g);
 LL_API int ll_gz_inflate_span(uint32_t bits, uint32_t byte, const void *window, size_t window_size,
                               const void *src, size_t src_len, void *dst, size_t size);
 
+/* ---------------------------------------------------------------- encoded frames
+ *
+ * A frame of a raw layer (a chunk of another format: an eStargz gzip member,
+ * zstd:chunked zstd frames, a span of a plain gzip layer) may be kept in the disk
+ * cache as it was fetched, still compressed, instead of as its data: the file
+ * <dir>/v1/frames/<2 hex>/<64 hex>.z beside where its data would be, named by
+ * the sha256 of its *data*, so that fetching ahead costs a write of what came
+ * over the network and nothing more (docs/cache.md, "Encoded frames").  The
+ * file is a 24-byte header, then for LL_CHUNK_GZSPAN the checkpoint's window,
+ * then the compressed bytes (all little-endian):
+ *
+ *   0  8  magic "LLCHNKZ1"
+ *   8  1  codec: LL_CHUNK_ZEROS (no payload), LL_CHUNK_GZIP (a gzip member, or
+ *         several, whose first `size` bytes of output are the data),
+ *         LL_CHUNK_ZSTD (zstd frames, likewise), LL_CHUNK_GZSPAN (raw deflate
+ *         from an ll_gz_checkpoint: ll_gz_inflate_span)
+ *   9  1  bits (LL_CHUNK_GZSPAN: 0..7; else 0)
+ *  10  1  byte (LL_CHUNK_GZSPAN, with bits > 0; else 0)
+ *  11  1  0
+ *  12  4  window length (LL_CHUNK_GZSPAN: at most LL_GZ_WINDOW; else 0)
+ *  16  8  size: bytes of data (at most LL_MAX_FRAME_SIZE)
+ *
+ * ll_diskcache_get (and the image reader's disk lookups) read a frame's data
+ * file first, then its encoded file, which is decoded and checked like any
+ * frame: a file that does not decode to exactly its data is a miss and is
+ * deleted.  The Python package writes these files; C only reads them. */
+
+#define LL_CHUNK_HEADER 24
+#define LL_CHUNK_ZEROS 0
+#define LL_CHUNK_GZIP 1
+#define LL_CHUNK_ZSTD 2
+#define LL_CHUNK_GZSPAN 3
+
+/* Decode encoded frame `src` (len bytes: header, window, payload) into exactly
+ * `size` bytes at dst and check their sha256 against `sha256`.  Never writes
+ * past dst + size nor allocates more than a zstd window of 128 MiB, whatever the
+ * bytes say.  LL_OK; LL_ERR_FORMAT if the header is malformed or gives another
+ * size; LL_ERR_FRAME if the payload does not decode to `size` bytes;
+ * LL_ERR_DIGEST if it decodes to other bytes; LL_ERR_NOMEM.  Fuzzed
+ * (csrc/fuzz/fuzz_chunk.c).  Any thread. */
+LL_API int ll_chunk_decode(const void *src, size_t len, const uint8_t sha256[32], void *dst, size_t size);
+
 /* cffi-end */
 
 #ifdef __cplusplus

@@ -240,12 +240,12 @@ def harness(tmp_path_factory):
     (d / "fake_index.c").write_text(FAKE_INDEX)
     (d / "harness.c").write_text(HARNESS)
     srcs = [CSRC / s for s in ("common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c",
-                                "diskcache.c", "image.c")]
+                                "diskcache.c", "image.c", "gzindex.c")]
     exe = d / "harness"
     cflags = os.environ.get("LL_TEST_CFLAGS", "-O1 -g").split()
     subprocess.run(["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", *cflags, f"-I{CSRC}",
                     *map(str, srcs), str(d / "fake_index.c"), str(d / "harness.c"), "-o", str(exe),
-                    "-lzstd", "-lcrypto", "-lpthread"], check=True)
+                    "-lzstd", "-lcrypto", "-lz", "-lpthread"], check=True)
     return exe
 
 

@@ -28,7 +28,7 @@ LIB_SRCS = [str(CSRC / f) for f in ("common.c", "seektable.c", "cache.c", "pool.
                                     "sockhost.c", "fuse.c", "gzindex.c")]
 SAN_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
              "-g", "-O1"]
-TARGETS = ("seektable", "roundtrip", "toc", "index_load", "manifest", "sockhost", "gzindex")
+TARGETS = ("seektable", "roundtrip", "toc", "index_load", "manifest", "sockhost", "gzindex", "chunk")
 FUZZ_SECONDS = 20
 
 # Lines that mean a sanitizer, a fuzz invariant (CHECK in fuzz_common.h) or

@@ -733,3 +733,49 @@ def test_mutated_tocs_are_refused_in_words_never_a_crash(zchunked: tuple[str, li
         except errors.FormatError:
             pass
     assert parsed > 100  # (the mutations leave many TOCs whole: those run through the index too)
+
+
+def test_chunks_fetched_ahead_are_kept_encoded_and_checked_when_read(image: tuple[str, list[Variant]],
+                                                                     registry: Any, tmp_path: Path) -> None:
+    """Fetching ahead (what plans, read-ahead and fill call) stores each chunk as it came — a
+    ``.z`` file under its data's digest, neither inflated nor hashed; a later reader (the C reader,
+    another Image on the same cache) decodes and checks them and fetches nothing.  A damaged one is
+    found when read, removed, and fetched again: the bytes read are right."""
+    import glob
+
+    from lazylayer.image import DiskCache, Image
+    from lazylayer.image.frames import ChunkSource
+
+    layout, variants = image
+    registry.push(layout, "peer-formats/encoded:v1")
+    ref = f"docker://{registry.host}/peer-formats/encoded:v1"
+    want = {k: v for var in variants for k, v in var.want.items()}
+    cache = DiskCache(tmp_path / "cache")
+    with Image(ref, cache=cache) as img:
+        for layer in img.layers:
+            assert isinstance(layer.source, ChunkSource)
+            n = layer.source.prefetch(range(len(layer.toc.frames)))
+            assert n > 0 and layer.source.prefetch(range(len(layer.toc.frames))) == 0  # there now
+    frames = glob.glob(str(tmp_path / "cache" / "v1" / "frames" / "*" / "*"))
+    encoded = [p for p in frames if p.endswith(".z")]
+    assert encoded and len(encoded) == len(frames)  # nothing stored decoded
+
+    def read_all(img: Image) -> None:
+        for name, data in want.items():
+            assert img.pread(img.tree.resolve("/" + name), len(data) + 1, 0) == data, name
+
+    with Image(ref, cache=DiskCache(tmp_path / "cache")) as img:
+        read_all(img)
+        s = img.stats()
+        assert s["frames_fetched"] == 0 and s["frames_from_disk"] > 0
+
+    # damage one chunk's compressed bytes: found when read, removed, fetched again
+    victim = max(encoded, key=os.path.getsize)
+    blob = bytearray(Path(victim).read_bytes())
+    blob[len(blob) // 2] ^= 0x55
+    Path(victim).write_bytes(bytes(blob))
+    with Image(ref, cache=DiskCache(tmp_path / "cache")) as img:
+        read_all(img)
+        s = img.stats()
+        assert s["frames_fetched"] == 1, s
+    assert Path(victim).read_bytes() != bytes(blob)  # the good one in its place

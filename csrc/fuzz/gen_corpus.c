@@ -21,6 +21,7 @@
 #include "fuzz_index_common.h"
 
 #include <zlib.h>
+#include <zstd.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -543,6 +544,46 @@ static void gzindex_seeds(void) {
     free(t);
 }
 
+/* chunk seeds (see fuzz_chunk.c): odd mode, a codec and a level for the harness to
+ * encode text with; even mode, encoded frame files made here. */
+static void chunk_raw_seed(const char *name, int codec, uint64_t size, const uint8_t *payload, size_t n) {
+    buf b = {0};
+    put8(&b, 0);
+    put(&b, "LLCHNKZ1", 8);
+    put8(&b, (uint8_t)codec);
+    put8(&b, 0);
+    put8(&b, 0);
+    put8(&b, 0);
+    for (int i = 0; i < 4; i++) put8(&b, 0);
+    for (int i = 0; i < 8; i++) put8(&b, (uint8_t)(size >> (8 * i)));
+    put(&b, payload, n);
+    save("chunk", name, b.p, b.len);
+    free(b.p);
+}
+
+static void chunk_seeds(void) {
+    uint8_t *t = text(40000, 5);
+    static const char *names[4] = {"zeros", "gzip", "zstd", "gzspan"};
+    for (int codec = 0; codec < 4; codec++) {
+        char name[32];
+        snprintf(name, sizeof name, "make-%s", names[codec]);
+        buf b = {0};
+        put8(&b, 1);
+        put8(&b, (uint8_t)codec);
+        put8(&b, codec == 3 ? 2 : 6);
+        put(&b, t, codec == 0 ? 3000 : 20000);
+        save("chunk", name, b.p, b.len);
+        free(b.p);
+    }
+    static uint8_t out[80000];
+    size_t n = gzip_into(t, 20000, 6, 0, out, sizeof out);
+    chunk_raw_seed("raw-gzip", 1, 20000, out, n);
+    size_t z = ZSTD_compress(out, sizeof out, t, 20000, 3);
+    if (!ZSTD_isError(z)) chunk_raw_seed("raw-zstd", 2, 20000, out, z);
+    chunk_raw_seed("raw-zeros", 0, 5000, NULL, 0);
+    free(t);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
@@ -556,6 +597,7 @@ int main(int argc, char **argv) {
     manifest_seeds_write();
     sockhost_seeds();
     gzindex_seeds();
+    chunk_seeds();
     fprintf(stderr, "gen_corpus: %d seeds in %s\n", g_count, g_dir);
     return 0;
 }

@@ -8,6 +8,8 @@ and it keeps big derived files (a layer re-encoded locally, say) built once.
 Layout, under ``<path>/v1/`` (``path`` defaults to :func:`default_cache_dir`)::
 
     frames/<2 hex>/<64 hex>   one frame, named by its sha256
+    frames/<2 hex>/<64 hex>.z a raw layer's frame kept encoded, as fetched, named by the
+                              sha256 of its data (put_encoded; docs/cache.md, "Encoded frames")
     files/<name>              big derived files (ensure_file)
     tmp/                      files being written; renamed into place when complete
     locks/<name>              one empty lock file per derived file name (never removed)
@@ -96,6 +98,7 @@ DEFAULT_MAX_BYTES = 10 << 30  #: default bound on the cache's size; env LAZYLAYE
 LOCK_SLOTS = 65536  #: fetch single-flight slots (bytes of the lock file)
 TEMP_MAX_AGE = 3600.0  #: seconds after which trim removes an unlocked temporary file
 LAYOUT = "v1"
+ENCODED_SUFFIX = ".z"  #: an encoded frame's file name: its data's sha256, then this
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -372,15 +375,26 @@ class DiskCache:
         return data
 
     def has(self, digest: str) -> bool:
-        """True if an entry for ``digest`` is stored (not checked: :meth:`get` checks what it reads)."""
-        return os.path.exists(self._entry_path(digest))
+        """True if an entry for ``digest`` is stored, as its data or encoded (not checked:
+        :meth:`get` checks what it reads)."""
+        path = self._entry_path(digest)
+        return os.path.exists(path) or os.path.exists(path + ENCODED_SUFFIX)
 
     def _read(self, digest: str) -> bytes | None:
         path = self._entry_path(digest)
+        encoded = False
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None
+            path += ENCODED_SUFFIX  # kept encoded, as fetched (put_encoded)?
+            encoded = True
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                log.warning("disk cache: cannot open %s: %s", path, exc)
+                return None
         except OSError as exc:
             log.warning("disk cache: cannot open %s: %s", path, exc)
             return None
@@ -392,11 +406,24 @@ class DiskCache:
             except OSError as exc:  # EIO, a directory where a file should be...: a miss, not a crash
                 log.warning("disk cache: cannot read %s: %s", path, exc)
                 return None
-            if hashlib.sha256(data).hexdigest() == _hex(digest):
+            if encoded:
+                from ..core import chunk
+
+                try:
+                    data = chunk.decode(data, _hex(digest))
+                except (errors.LazyLayerError, MemoryError) as exc:
+                    data = None
+                    why = str(exc)
+                if data is not None:
+                    _touch(fd)
+                    return data
+            elif hashlib.sha256(data).hexdigest() == _hex(digest):
                 _touch(fd)
                 return data
+            else:
+                why = "does not match its digest"
             self._count("corrupt")
-            log.warning("disk cache: %s does not match its digest; removed", path)
+            log.warning("disk cache: %s %s; removed", path, why)
             try:  # only if nobody else reads it, and only if it is still this file
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if _same_file(fd, path):
@@ -418,6 +445,23 @@ class DiskCache:
             return
         self._write(path, lambda f: f.write(data), ours=True)
         self._maybe_trim(memoryview(data).nbytes)
+
+    def put_encoded(self, digest: str, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Store a raw layer's frame as it was fetched: ``parts`` (:func:`lazylayer.core.chunk.header`,
+        then the compressed bytes) are its encoded form, kept beside where its data would be and
+        decoded and checked against ``digest`` when read (by :meth:`get` or the C reader).  Not
+        checked here: wrong bytes fail their check when read and are removed then.  Nothing is
+        written if the entry exists in either form.  May trim the cache."""
+        path = self._entry_path(digest)
+        if os.path.exists(path) or os.path.exists(path + ENCODED_SUFFIX):
+            return
+
+        def fill(f: BinaryIO) -> None:
+            for p in parts:
+                f.write(p)
+
+        self._write(path + ENCODED_SUFFIX, fill, ours=True)
+        self._maybe_trim(sum(memoryview(p).nbytes for p in parts))
 
     def _write(self, path: str, fill: Callable[[BinaryIO], object], *, ours: bool) -> None:
         """Fill a temporary file, then rename it to ``path``; on any failure remove it.
@@ -468,7 +512,8 @@ class DiskCache:
                     pass
             raise
 
-    def fetch_many(self, digests: Sequence[str], fetch: Callable[[list[int]], Sequence[bytes]]) -> list[bytes]:
+    def fetch_many(self, digests: Sequence[str], fetch: Callable[[list[int]], Sequence[bytes]], *,
+                   store: bool = True) -> list[bytes]:
         """The bytes of every digest, in order: hits from disk, misses fetched once.
 
         ``fetch(indices)`` gets the indices into ``digests`` of the frames still
@@ -478,7 +523,8 @@ class DiskCache:
         is fetching: that one's result is read from disk instead.  Its
         exceptions propagate unchanged, locks released.  ``fetch`` must not
         call ``fetch_many`` on this cache for the same digests.  The bytes are
-        returned even if storing them fails (logged).
+        returned even if storing them fails (logged).  ``store=False``: ``fetch``
+        stores them itself (:meth:`put_encoded`), while it holds the locks.
         """
         digests = list(digests)
         out: list[bytes | None] = [None] * len(digests)
@@ -508,11 +554,33 @@ class DiskCache:
                     self._count("fetched", len(still))
                     for i, data in zip(still, got):
                         out[i] = data if isinstance(data, bytes) else bytes(data)
+                        if not store:
+                            continue
                         try:
                             self.put(digests[i], data)
                         except OSError as exc:  # a full disk must not fail the read
                             log.warning("disk cache: not stored: %s", exc)
         return [x if x is not None else out[first[d]] for x, d in zip(out, digests)]  # type: ignore[misc]
+
+    def fill_many(self, digests: Sequence[str], store: Callable[[list[int]], None]) -> list[int]:
+        """Make sure an entry exists for every digest, without reading any: ``store(indices)`` gets
+        the indices of those missing once this process holds their locks (as :meth:`fetch_many`:
+        at most once, never for a digest another thread or process is fetching) and stores them
+        itself (:meth:`put` or :meth:`put_encoded`).  Returns those indices.  For fetching ahead,
+        where what is stored need not be read now."""
+        first: dict[str, int] = {}
+        for i, d in enumerate(digests):
+            _hex(d)
+            first.setdefault(d, i)
+        missing = [d for d in first if not self.has(d)]
+        if not missing:
+            return []
+        with self._slot_locks(sorted({self._slot(d) for d in missing})):
+            still = [first[d] for d in missing if not self.has(d)]
+            if still:
+                store(still)
+                self._count("fetched", len(still))
+        return still
 
     @staticmethod
     def _slot(digest: str) -> int:

@@ -134,9 +134,12 @@ class ChunkSource(FrameSource):
     chunk's compressed bytes (from its member's start to the next chunk's) are
     fetched, decompressed to exactly its size and checked against that sha256
     before anything sees them; a zstd:chunked run of zeros is made here, not
-    fetched.  The disk cache keeps the data under its sha256 (the same chunk in
-    any layer, image or format is fetched once).  Everything else is
-    :class:`FrameSource`'s.
+    fetched.  The disk cache keeps each chunk **encoded**, as it was fetched
+    (:func:`lazylayer.core.chunk.header` before its compressed bytes), under the
+    sha256 of its data: chunks fetched ahead (:meth:`prefetch`: plans, read-ahead,
+    fill) are stored without being decompressed or hashed, and are decoded and
+    checked when read, in C.  The same chunk in any layer, image or format is
+    fetched once.  Everything else is :class:`FrameSource`'s.
     """
 
     def __init__(self, blob: Any, frames: Sequence[Frame], chunks: Sequence[Any], disk: DiskCache | None,
@@ -146,21 +149,78 @@ class ChunkSource(FrameSource):
             raise errors.FormatError(f"{name}: {len(chunks)} chunks for {len(self.frames)} frames")
         self._chunk_list = list(chunks)
 
+    def _index(self, f: Frame) -> int:
+        return bisect.bisect_left(self._starts, f.compressed_offset)  # (span() found it)
+
     def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
-        want = [bisect.bisect_left(self._starts, f.compressed_offset) for f in frames]  # (span() found them)
+        out = self._fetch_chunks([self._index(f) for f in frames], decode=True)
+        assert out is not None
+        return out
+
+    def _fetch_chunks(self, want: list[int], *, decode: bool) -> list[bytes] | None:
+        """Fetch chunks ``want`` (indices) and store them encoded in the disk cache; with ``decode``
+        return their data, each checked against its sha256 (and stored only then)."""
         remote = [i for i in want if self._chunk_list[i].codec != "zeros"]
         ranges = [(self._chunk_list[i].offset, self._chunk_list[i].end - self._chunk_list[i].offset) for i in remote]
         raw = dict(zip(remote, self.blob.read_ranges(ranges)))
+        self._count(len(remote), sum(n for _, n in ranges))
         out = []
         for i in want:
             c, f = self._chunk_list[i], self.frames[i]
-            data = bytes(c.size) if c.codec == "zeros" else _decode(c, raw[i], self.__name__)
-            if len(data) != c.size or hashlib.sha256(data).hexdigest() != f.sha256:
-                raise errors.IntegrityError(f"{self.__name__}: the chunk at {c.offset} does not match its "
-                                            f"chunkDigest sha256:{f.sha256}")
-            out.append(data)
-        self._count(len(remote), sum(n for _, n in ranges))
-        return out
+            if decode:
+                data = bytes(c.size) if c.codec == "zeros" else _decode(c, raw[i], self.__name__)
+                if len(data) != c.size or hashlib.sha256(data).hexdigest() != f.sha256:
+                    raise errors.IntegrityError(f"{self.__name__}: the chunk at {c.offset} does not match its "
+                                                f"chunkDigest sha256:{f.sha256}")
+                out.append(data)
+            if self.disk is not None:
+                self._store(c, f, raw.get(i, b""))
+        return out if decode else None
+
+    def _store(self, c: Any, f: Frame, compressed: bytes) -> None:
+        from ..core import chunk
+
+        extra: dict[str, Any] = {}
+        if c.codec == "gzspan":
+            from ..format.gzindex import window
+
+            extra = {"bits": c.bits, "byte": c.byte, "window": window(c)}
+        try:
+            assert self.disk is not None
+            self.disk.put_encoded("sha256:" + f.sha256, [chunk.header(c.codec, c.size, **extra), compressed])
+        except OSError as exc:  # a full disk must not fail the read
+            log.warning("disk cache: not stored: %s", exc)
+
+    def _get(self, frames: list[Frame]) -> bytes:
+        if self.disk is None:
+            return super()._get(frames)
+        fetched: list[int] = []
+
+        def fetch(missing: list[int]) -> list[bytes]:
+            fetched.extend(missing)
+            return self._fetch([frames[i] for i in missing])
+
+        parts = self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch, store=False)
+        with self._lock:
+            self.frames_from_disk += len(frames) - len(fetched)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def prefetch(self, indices: Sequence[int]) -> int:
+        """Fetch chunks ``indices`` into the disk cache, encoded, unless they are there: neither
+        decompressed nor hashed now (that is done when one is read); the bytes fetched."""
+        if self.disk is None:
+            return 0
+        indices = list(indices)
+        got = 0
+
+        def store(missing: list[int]) -> None:
+            nonlocal got
+            want = [indices[m] for m in missing]
+            self._fetch_chunks(want, decode=False)
+            got = sum(c.end - c.offset for c in (self._chunk_list[i] for i in want) if c.codec != "zeros")
+
+        self.disk.fill_many(["sha256:" + self.frames[i].sha256 for i in indices], store)
+        return got
 
 
 def _decode(c: Any, data: bytes, name: str) -> bytes:
