@@ -43,7 +43,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 #include <zstd.h>
 
 #define SUBDIR_MAX 96 /* longest name below the root: "files/index-<64 hex>.v<n>" or a frame */
@@ -352,24 +351,6 @@ static uint64_t le64(const uint8_t *p) {
     return v;
 }
 
-/* The first `size` bytes the gzip member(s) at src decompress to. */
-static int decode_gzip(const uint8_t *src, size_t len, uint8_t *dst, size_t size) {
-    z_stream zs;
-    memset(&zs, 0, sizeof zs);
-    if (inflateInit2(&zs, 16 + 15) != Z_OK) return LL_ERR_NOMEM;
-    zs.next_in = (Bytef *)(uintptr_t)src;
-    zs.avail_in = (uInt)len; /* both below 4 GiB: checked by the caller */
-    zs.next_out = dst;
-    zs.avail_out = (uInt)size;
-    while (zs.avail_out > 0) {
-        int z = inflate(&zs, Z_NO_FLUSH);
-        if (z != Z_OK) break; /* the member's end, an error, or no progress (input used up) */
-    }
-    int rc = zs.avail_out == 0 ? LL_OK : LL_ERR_FRAME;
-    inflateEnd(&zs);
-    return rc;
-}
-
 /* The first `size` bytes the zstd frames at src decompress to (across frames;
  * skippable frames are skipped). */
 static int decode_zstd(const uint8_t *src, size_t len, uint8_t *dst, size_t size) {
@@ -411,7 +392,7 @@ int ll_chunk_decode(const void *src, size_t len, const uint8_t sha256[32], void 
         if (size) memset(dst, 0, size);
         rc = LL_OK;
         break;
-    case LL_CHUNK_GZIP: rc = decode_gzip(data, data_len, dst, size); break;
+    case LL_CHUNK_GZIP: rc = ll__inflate_gzip(data, data_len, dst, size); break;
     case LL_CHUNK_ZSTD: rc = decode_zstd(data, data_len, dst, size); break;
     case LL_CHUNK_GZSPAN:
         rc = ll_gz_inflate_span(bits, byte, window, wlen, data, data_len, dst, size);

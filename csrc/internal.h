@@ -346,4 +346,8 @@ LL_HIDDEN int ll__toc_parse(uint8_t *json, size_t len, uint64_t toc_offset, uint
                             ll__toc *out, char *err, size_t err_size);
 LL_HIDDEN void ll__toc_free(ll__toc *t);
 
+/* ---- gzindex.c: the first `size` bytes a gzip member at src inflates to (ISA-L;
+ * no more members after it): LL_OK, LL_ERR_FRAME, LL_ERR_NOMEM, LL_ERR_ARG. */
+LL_HIDDEN int ll__inflate_gzip(const void *src, size_t src_len, void *dst, size_t size);
+
 #endif

@@ -9,13 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Build: gcc, make, pkg-config, libzstd-dev, libxxhash-dev (header-only use), libssl-dev (libcrypto: sha256),
-# zlib1g-dev (inflate from gzip checkpoints).
+# zlib1g-dev (gzip checkpoints), libisal-dev (ISA-L's inflate: gzip spans and chunks, ~2x zlib's).
 # Tests: zstd (the CLI, to check our files), clang + its sanitizer runtime (fuzz/ASan tests),
 # umoci and skopeo (to build real images and unpack converted ones).
 # Mounts: fuse3 (fusermount3, for mounts without root; the FUSE server itself is in csrc/fuse.c).
 # Peers' formats: golang-go and golang-github-containerd-stargz-snapshotter-dev (stargz-snapshotter's
 # own Go library, built offline by the tests into tests/estargz_gen to write eStargz and zstd:chunked).
-PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev libssl-dev zlib1g-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3
+PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev libssl-dev zlib1g-dev libisal-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3
           golang-go golang-github-containerd-stargz-snapshotter-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do

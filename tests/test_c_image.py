@@ -245,7 +245,7 @@ def harness(tmp_path_factory):
     cflags = os.environ.get("LL_TEST_CFLAGS", "-O1 -g").split()
     subprocess.run(["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", *cflags, f"-I{CSRC}",
                     *map(str, srcs), str(d / "fake_index.c"), str(d / "harness.c"), "-o", str(exe),
-                    "-lzstd", "-lcrypto", "-lz", "-lpthread"], check=True)
+                    "-lzstd", "-lcrypto", "-lz", "-lisal", "-lpthread"], check=True)
     return exe
 
 

@@ -184,7 +184,7 @@ def test_read_range_example_under_asan(toolchain, tmp_path):
     exe = tmp_path / "read_range"
     res = subprocess.run(["clang", "-std=c11", "-D_GNU_SOURCE", "-Wall", *SAN_FLAGS, f"-I{CSRC}",
                           str(ROOT / "docs/examples/read_range.c"), *LIB_SRCS, "-o", str(exe),
-                          "-lzstd", "-lcrypto", "-lz", "-lpthread"], capture_output=True, text=True)
+                          "-lzstd", "-lcrypto", "-lz", "-lisal", "-lpthread"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     data = _read_range_data()
     blob = tmp_path / "data.zst"
@@ -297,7 +297,7 @@ def test_buffer_pool_under_asan(toolchain, tmp_path):
     src.write_text(POOL_STRESS)
     exe = tmp_path / "pool_stress"
     res = subprocess.run(["clang", "-std=c11", "-D_GNU_SOURCE", "-Wall", *SAN_FLAGS, f"-I{CSRC}", str(src),
-                          *LIB_SRCS, "-o", str(exe), "-lzstd", "-lcrypto", "-lz", "-lpthread"],
+                          *LIB_SRCS, "-o", str(exe), "-lzstd", "-lcrypto", "-lz", "-lisal", "-lpthread"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     res = subprocess.run([str(exe)], capture_output=True, text=True, env=sanitizer_env(), timeout=300)

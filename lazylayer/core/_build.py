@@ -46,7 +46,8 @@ def _check_system_headers() -> None:
         raise RuntimeError("lazylayer needs a C compiler to build its extension (Debian: apt-get install gcc)")
     missing = []
     for header, package in (("zstd.h", "libzstd-dev"), ("xxhash.h", "libxxhash-dev"),
-                            ("openssl/sha.h", "libssl-dev")):
+                            ("openssl/sha.h", "libssl-dev"), ("zlib.h", "zlib1g-dev"),
+                            ("isa-l/igzip_lib.h", "libisal-dev")):
         with tempfile.TemporaryDirectory() as tmp:
             src = os.path.join(tmp, "t.c")
             with open(src, "w") as f:
@@ -57,7 +58,8 @@ def _check_system_headers() -> None:
     if missing:
         raise RuntimeError(
             "lazylayer's C extension cannot be built: missing " + ", ".join(missing)
-            + ". Install them, e.g. `apt-get install libzstd-dev libxxhash-dev libssl-dev`, and retry."
+            + ". Install them, e.g. `apt-get install libzstd-dev libxxhash-dev libssl-dev zlib1g-dev libisal-dev`, "
+            "and retry."
         )
 
 
@@ -68,7 +70,7 @@ ffibuilder.set_source(
     '#include "lazylayer.h"',
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
     include_dirs=[CSRC],
-    libraries=["zstd", "crypto", "z", "pthread"],
+    libraries=["zstd", "crypto", "z", "isal", "pthread"],
     extra_compile_args=["-std=c11", "-D_GNU_SOURCE", "-O2", "-fvisibility=hidden"],
 )
 
