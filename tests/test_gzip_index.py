@@ -404,6 +404,41 @@ def test_a_mangled_attached_index_is_refused_in_words(built: dict[str, Any], reg
     assert "not used" in caplog.text and "too large" in caplog.text
 
 
+def test_a_bad_attached_index_gives_way_to_the_next_one(built: dict[str, Any], registry: Any, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Two artifacts carry an index of the same layer: the first has a window that does not unpack
+    (an index from an older lazylayer, or a hostile one), the second is good.  The first is refused
+    at open, in words, and the second is used: the layer is read lazily, right."""
+    from lazylayer.registry import open_source
+
+    ref = _push(built, registry, "gzindex-two")
+    layer = max(_gzip_layers(built["layout"]), key=lambda d: d["size"])
+    with open(images.blob_path(built["layout"], layer["digest"]), "rb") as f:
+        spec, chunks = gzindex.build(f, layer, SPAN)
+    k = next(i for i, c in enumerate(chunks) if c.window)
+    chunks[k] = chunks[k]._replace(window=b"\0" * 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotLazyWarning)
+        with Image(ref, cache=None) as img:
+            subject = {k: img.manifest_image.manifest_descriptor[k] for k in ("mediaType", "digest", "size")}
+    source = open_source(ref)
+    try:
+        gzindex.attach(source.artifacts(), subject, [(layer["digest"], estargz.dump_raw_layer(spec, chunks))])
+    finally:
+        source.close()
+    index_image(ref, cache=DiskCache(str(tmp_path / "builder")), span=SPAN, progress=False, attach=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotLazyWarning)
+        fs = open_fs(ref, str(tmp_path / "cache"), gzip_indexes="attached")
+        try:
+            check_matches_umoci(fs, built["rootfs"])
+            assert "its window is not zstd" in caplog.text and "not used" in caplog.text
+            checker = fs.image._checker
+            assert checker is not None and checker.done.wait(60) and fs.image.poisoned == {}
+        finally:
+            fs.close()
+
+
 def test_an_unchecked_index_never_lends_its_spans_to_a_checked_one(built: dict[str, Any], registry: Any,
                                                                     tmp_path: Path) -> None:
     """Two images in one process read the same layer, one through a forged attached index (its

@@ -325,25 +325,25 @@ class Image:
             return
         found = gzindex.find_attached(store, self.digest, {d["digest"] for d in todo.values()})
         for i, desc in todo.items():
-            data = found.get(desc["digest"])
-            if data is None:
-                continue
-            key = hashlib.sha256(data).hexdigest()
-            cache = self.gzip_index_cache
-            if cache is not None and cache.read_file(f"gzindex-refuted-{key}") is not None:
-                log.warning("%s: the gzip index attached for layer %s was found wrong before: not used",
-                            self.reference, desc["digest"])
-                continue
-            try:
-                layer, chunks = estargz.load_raw_layer(data, desc["digest"])
-                gzindex.check_index(layer, chunks, desc["size"], f"the gzip index attached for layer {desc['digest']}")
-            except (errors.FormatError, errors.CorruptFrameError) as exc:
-                log.warning("%s: %s; not used", self.reference, exc)
-                continue
-            out[i], blobs[i] = (layer, chunks), self._source.blob(desc)
-            self._unchecked[i] = (desc, ids[i], layer, chunks, data, key)
-            log.info("%s: layer %s is read through the gzip index attached to the image, unchecked until "
-                     "its background check ends", self.reference, desc["digest"])
+            for data in found.get(desc["digest"], []):  # the first that is well formed and not refuted here
+                key = hashlib.sha256(data).hexdigest()
+                cache = self.gzip_index_cache
+                if cache is not None and cache.read_file(f"gzindex-refuted-{key}") is not None:
+                    log.warning("%s: a gzip index attached for layer %s was found wrong before: not used",
+                                self.reference, desc["digest"])
+                    continue
+                try:
+                    layer, chunks = estargz.load_raw_layer(data, desc["digest"])
+                    gzindex.check_index(layer, chunks, desc["size"],
+                                        f"the gzip index {key[:12]} attached for layer {desc['digest']}")
+                except (errors.FormatError, errors.CorruptFrameError) as exc:
+                    log.warning("%s: %s; not used", self.reference, exc)
+                    continue
+                out[i], blobs[i] = (layer, chunks), self._source.blob(desc)
+                self._unchecked[i] = (desc, ids[i], layer, chunks, data, key)
+                log.info("%s: layer %s is read through the gzip index attached to the image, unchecked until "
+                         "its background check ends", self.reference, desc["digest"])
+                break
 
     @property
     def poisoned(self) -> dict[int, str]:
