@@ -32,7 +32,7 @@ import hashlib
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .. import errors
 from ..oci.media import HashingReader
@@ -346,58 +346,43 @@ def attach(store: Any, subject: dict[str, Any], indexes: list[tuple[str, bytes]]
     return referrers.attach(store, subject, ARTIFACT_TYPE, payloads, max_payload=MAX_ATTACHED_BYTES)
 
 
-def find_attached(store: Any, manifest_digest: str, layers: set[str]) -> dict[str, list[bytes]]:
-    """The attached indexes of ``layers`` (layer digests) of the image ``manifest_digest``: for
-    each layer, those of every artifact that has one, in the order the store lists them; their
-    bytes, checked against their digests (what they say is not checked: :func:`check_index`,
-    then :func:`verify`).  A store that cannot be asked counts as none; an artifact that cannot
-    be read (malformed, too large, a failed fetch) is said in the log and skipped: a layer with
-    no index left is then fetched whole."""
+class Attached(NamedTuple):
+    """An index attached to an image: the artifact that carries it, and its layer there."""
+
+    artifact: str
+    layer: dict[str, Any]
+
+
+def find_attached(store: Any, manifest_digest: str, layers: set[str]) -> dict[str, list[Attached]]:
+    """The indexes attached to image ``manifest_digest`` for ``layers`` (layer digests): for each
+    layer, those of every artifact that has one, in the order the store lists them (at most 16
+    artifacts; only their manifests are read here: :func:`read_attached` reads an index).  A
+    store that cannot be asked counts as none; an artifact whose manifest cannot be read is said
+    in the log and skipped."""
     from ..registry import referrers
 
-    out: dict[str, list[bytes]] = {}
-    total = 0
+    out: dict[str, list[Attached]] = {}
     try:
         found = referrers.find(store, manifest_digest, ARTIFACT_TYPE)
     except errors.LazyLayerError as exc:
         log.info("%s: no gzip index artifacts: %s", manifest_digest, exc)
         return out
-    for art in found[:16]:  # (a bounded number of artifacts, of bytes in all)
+    for art in found[:16]:
         try:
             manifest = referrers.read_manifest(store, art)
             for layer in manifest["layers"]:
                 ann = layer.get("annotations") if isinstance(layer, dict) else None
                 digest = ann.get(ANNOTATION_LAYER) if isinstance(ann, dict) else None
-                if layer.get("mediaType") != MEDIA_TYPE or digest not in layers:
-                    continue
-                size = layer.get("size")
-                if not isinstance(size, int) or total + size > MAX_ATTACHED_TOTAL:
-                    log.warning("%s: attached gzip indexes over %d bytes in all: the rest are not read",
-                                manifest_digest, MAX_ATTACHED_TOTAL)
-                    return out
-                data = referrers.read_layer(store, layer, f"gzip index artifact {art['digest']}",
-                                            MAX_ATTACHED_BYTES)
-                out.setdefault(digest, []).append(data)
-                total += len(data)
-        except errors.LazyLayerError as exc:
+                if layer.get("mediaType") == MEDIA_TYPE and digest in layers:
+                    out.setdefault(digest, []).append(Attached(str(art.get("digest")), layer))
+        except (errors.LazyLayerError, AttributeError, KeyError, TypeError) as exc:
             log.warning("%s: gzip index artifact %s not used: %s", manifest_digest, art.get("digest"), exc)
     return out
-    for art in found[:16]:  # (a bounded number of artifacts; the first that has a layer's index wins)
-        try:
-            manifest = referrers.read_manifest(store, art)
-            for layer in manifest["layers"]:
-                ann = layer.get("annotations") if isinstance(layer, dict) else None
-                digest = ann.get(ANNOTATION_LAYER) if isinstance(ann, dict) else None
-                if layer.get("mediaType") != MEDIA_TYPE or digest not in layers or digest in out:
-                    continue
-                size = layer.get("size")
-                if not isinstance(size, int) or total + size > MAX_ATTACHED_TOTAL:
-                    log.warning("%s: attached gzip indexes over %d bytes in all: the rest are not read",
-                                manifest_digest, MAX_ATTACHED_TOTAL)
-                    return out
-                out[digest] = referrers.read_layer(store, layer, f"gzip index artifact {art['digest']}",
-                                                   MAX_ATTACHED_BYTES)
-                total += len(out[digest])
-        except errors.LazyLayerError as exc:
-            log.warning("%s: gzip index artifact %s not used: %s", manifest_digest, art.get("digest"), exc)
-    return out
+
+
+def read_attached(store: Any, found: Attached) -> bytes:
+    """An attached index's bytes, checked against its digest (what they say is not checked:
+    :func:`check_index`, then :func:`verify`); LimitError over :data:`MAX_ATTACHED_BYTES`."""
+    from ..registry import referrers
+
+    return referrers.read_layer(store, found.layer, f"gzip index artifact {found.artifact}", MAX_ATTACHED_BYTES)

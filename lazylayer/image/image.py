@@ -324,20 +324,29 @@ class Image:
         if store is None or not _is_digest(self.digest):
             return
         found = gzindex.find_attached(store, self.digest, {d["digest"] for d in todo.values()})
+        budget = gzindex.MAX_ATTACHED_TOTAL
         for i, desc in todo.items():
-            for data in found.get(desc["digest"], []):  # the first that is well formed and not refuted here
-                key = hashlib.sha256(data).hexdigest()
-                cache = self.gzip_index_cache
-                if cache is not None and cache.read_file(f"gzindex-refuted-{key}") is not None:
-                    log.warning("%s: a gzip index attached for layer %s was found wrong before: not used",
-                                self.reference, desc["digest"])
-                    continue
+            for att in found.get(desc["digest"], []):  # the first that is well formed and not refuted here
+                size = att.layer.get("size")
+                if not isinstance(size, int) or size > budget:
+                    log.warning("%s: attached gzip indexes over %d bytes in all: the rest are not read",
+                                self.reference, gzindex.MAX_ATTACHED_TOTAL)
+                    return
+                budget -= size
                 try:
+                    data = gzindex.read_attached(store, att)
+                    key = hashlib.sha256(data).hexdigest()
+                    cache = self.gzip_index_cache
+                    if cache is not None and cache.read_file(f"gzindex-refuted-{key}") is not None:
+                        log.warning("%s: a gzip index attached for layer %s was found wrong before: not used",
+                                    self.reference, desc["digest"])
+                        continue
                     layer, chunks = estargz.load_raw_layer(data, desc["digest"])
                     gzindex.check_index(layer, chunks, desc["size"],
                                         f"the gzip index {key[:12]} attached for layer {desc['digest']}")
-                except (errors.FormatError, errors.CorruptFrameError) as exc:
-                    log.warning("%s: %s; not used", self.reference, exc)
+                except errors.LazyLayerError as exc:  # unreadable, too large, malformed: the next one
+                    log.warning("%s: gzip index artifact %s for layer %s: %s; not used", self.reference,
+                                att.artifact, desc["digest"], exc)
                     continue
                 out[i], blobs[i] = (layer, chunks), self._source.blob(desc)
                 self._unchecked[i] = (desc, ids[i], layer, chunks, data, key)
