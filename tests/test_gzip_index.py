@@ -331,6 +331,24 @@ def test_attached_indexes_are_used_only_when_asked_and_checked(built: dict[str, 
             fs.close()
     for d in _gzip_layers(built["layout"]):  # checked: kept as if built here
         assert other2.read_file(gzindex.cache_name(d["digest"])) is not None
+    # Another process opening while an index is unchecked (the mount's fetcher) reads the
+    # artifact's bytes from the disk cache, not from the registry again.
+    other3 = DiskCache(str(tmp_path / "other3"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotLazyWarning)
+        Image(ref, cache=other3, gzip_indexes="attached", check_attached=False).close()
+        from lazylayer.registry import referrers
+
+        def no_fetch(*a: Any, **k: Any) -> bytes:
+            raise AssertionError("fetched again")
+
+        real = referrers.read_layer
+        referrers.read_layer = no_fetch
+        try:
+            with Image(ref, cache=other3, gzip_indexes="attached", check_attached=False) as img:
+                assert img._unchecked
+        finally:
+            referrers.read_layer = real
     with pytest.raises(ValueError, match="gzip_indexes"):
         Image(ref, cache=None, gzip_indexes="trust-me")
 

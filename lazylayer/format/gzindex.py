@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 from collections import deque
 from typing import Any, Callable, NamedTuple
@@ -42,6 +43,7 @@ from .layer import Frame, count_hardlinks, toc_entry
 from .tar import TarScanner
 
 log = logging.getLogger("lazylayer")
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
 SPAN = 2 << 20
 """Output bytes between checkpoints, chosen by measurement (docs/benchmarks.md, "Plain gzip layers
@@ -380,9 +382,27 @@ def find_attached(store: Any, manifest_digest: str, layers: set[str]) -> dict[st
     return out
 
 
-def read_attached(store: Any, found: Attached) -> bytes:
+def read_attached(store: Any, found: Attached, cache: Any = None) -> bytes:
     """An attached index's bytes, checked against its digest (what they say is not checked:
-    :func:`check_index`, then :func:`verify`); LimitError over :data:`MAX_ATTACHED_BYTES`."""
+    :func:`check_index`, then :func:`verify`); LimitError over :data:`MAX_ATTACHED_BYTES`.  With
+    a disk cache, kept there by that digest (``gzindex-attached-<hex>``: not an index of this
+    machine's, just the artifact's bytes), so that the mount's fetcher and later opens do not
+    fetch it again."""
     from ..registry import referrers
 
-    return referrers.read_layer(store, found.layer, f"gzip index artifact {found.artifact}", MAX_ATTACHED_BYTES)
+    digest = found.layer.get("digest")
+    name = f"gzindex-attached-{digest[7:]}" if isinstance(digest, str) and _SHA256.fullmatch(digest) else None
+    if cache is not None and name is not None:
+        data = cache.read_file(name)
+        if data is not None and hashlib.sha256(data).hexdigest() == digest[7:]:
+            return data
+        if data is not None:
+            log.warning("disk cache: %s does not match its digest; removed", name)
+            cache.remove_file(name)
+    data = referrers.read_layer(store, found.layer, f"gzip index artifact {found.artifact}", MAX_ATTACHED_BYTES)
+    if cache is not None and name is not None:
+        try:
+            cache.ensure_file(name, lambda f: f.write(data))
+        except OSError as exc:
+            log.warning("disk cache: %s not kept: %s", name, exc)
+    return data

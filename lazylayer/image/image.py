@@ -333,10 +333,10 @@ class Image:
                                 self.reference, gzindex.MAX_ATTACHED_TOTAL)
                     return
                 budget -= size
+                cache = self.gzip_index_cache
                 try:
-                    data = gzindex.read_attached(store, att)
+                    data = gzindex.read_attached(store, att, cache)
                     key = hashlib.sha256(data).hexdigest()
-                    cache = self.gzip_index_cache
                     if cache is not None and cache.read_file(f"gzindex-refuted-{key}") is not None:
                         log.warning("%s: a gzip index attached for layer %s was found wrong before: not used",
                                     self.reference, desc["digest"])
