@@ -163,3 +163,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             names.add("root")
         for name in sorted(names):
             item.add_marker(name)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A Python DiskCache and a C ll_diskcache (tests/test_c_diskcache.py's CDisk) on one directory."""
+    from lazylayer.image.cache import DiskCache
+
+    from .test_c_diskcache import CDisk
+
+    py = DiskCache(tmp_path / "cache", max_bytes=1 << 30)
+    c = CDisk(tmp_path / "cache")
+    yield py, c
+    c.close()

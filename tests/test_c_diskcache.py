@@ -56,12 +56,7 @@ class CDisk:
         self.h = ffi.NULL
 
 
-@pytest.fixture
-def pair(tmp_path):
-    py = DiskCache(tmp_path / "cache", max_bytes=1 << 30)
-    c = CDisk(tmp_path / "cache")
-    yield py, c
-    c.close()
+# (the `pair` fixture, a Python and a C disk cache on one directory, is in conftest.py)
 
 
 def frame_path(root, data: bytes) -> str:

@@ -23,7 +23,7 @@ from lazylayer.core._lib import ffi, lib
 from lazylayer.core.gzindex import GzipIndexer
 from lazylayer.image.cache import DiskCache
 
-from .test_c_diskcache import CDisk, digest, frame_path
+from .test_c_diskcache import digest, frame_path
 
 
 def _text(n: int, seed: int = 1) -> bytes:
@@ -66,14 +66,6 @@ def _put_encoded(py: DiskCache, data: bytes, encoded: bytes) -> str:
     path = frame_path(py.path, data) + ".z"
     assert os.path.exists(path) and not os.path.exists(frame_path(py.path, data))
     return path
-
-
-@pytest.fixture
-def pair(tmp_path):
-    py = DiskCache(tmp_path / "cache", max_bytes=1 << 30)
-    c = CDisk(tmp_path / "cache")
-    yield py, c
-    c.close()
 
 
 @pytest.mark.parametrize("codec", sorted(ENCODED))
