@@ -37,6 +37,7 @@ struct layer {
     ll_reader *reader;       /* may call the host */
     ll_reader *cached;       /* never calls the host: same frames, same block cache */
     layer_ref ref[2];        /* the callbacks' opaque pointers: [0] reader, [1] cached */
+    int raw;                 /* LL_CODEC_RAW */
     _Atomic int failed;      /* 0, or the status every read of the layer gets (ll_image_fail_layer) */
 };
 
@@ -125,8 +126,17 @@ static int64_t frame_starting_at(const layer_t *l, uint64_t offset) {
     return lo < l->nframes && c[lo] == offset ? (int64_t)lo : -1;
 }
 
+static int is_zero(const uint8_t sha256[32]) {
+    uint8_t any = 0;
+    for (int i = 0; i < 32; i++) any |= sha256[i];
+    return any == 0;
+}
+
 /* Check frames [a, b], fetched into buf (= frame a's start), against their
- * sha256s; store them in the disk cache if asked. */
+ * sha256s; store them in the disk cache if asked.  A raw layer's frame whose
+ * sha256 is all zeros is the host's to verify (a piece of a chunk too big to be
+ * one frame, checked whole by the host: ll_index_layer_codec): neither checked
+ * nor stored here. */
 static int check_and_store(layer_t *l, uint32_t a, uint32_t b, const uint8_t *buf, int verify,
                            int store) {
     ll_image *img = l->img;
@@ -137,6 +147,7 @@ static int check_and_store(layer_t *l, uint32_t a, uint32_t b, const uint8_t *bu
         if (rc != LL_OK) return rc;
         const uint8_t *p = buf + (c[i] - c[a]);
         size_t n = (size_t)(c[i + 1] - c[i]);
+        if (l->raw && is_zero(f.sha256)) continue; /* vouched for by the host (LL_CODEC_RAW): never stored */
         if (verify) {
             uint8_t h[32];
             ll_sha256(p, n, h);
@@ -320,6 +331,7 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
         l->img = img;
         l->layer = i;
         l->src = sources[i];
+        l->raw = ll_index_layer_codec(idx, i) == LL_CODEC_RAW;
         ll_seektable *st = NULL;
         rc = build_table(idx, i, &st, &l->nframes);
         if (rc != LL_OK) break;

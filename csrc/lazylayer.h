@@ -541,7 +541,10 @@ LL_API int ll_index_layer_info(const ll_index *idx, uint32_t layer, const char *
 /* How layer `layer`'s data frames are stored: LL_CODEC_ZSTD (zstd frames, the
  * lazy layer format) or LL_CODEC_RAW (each frame is its data as is: compressed
  * size = size, sha256 of the data; what a host builds for another format, whose
- * reads it answers with data it decoded itself).  LL_ERR_ARG. */
+ * reads it answers with data it decoded itself).  A raw frame whose sha256 is
+ * all zeros is one the host vouches for itself (a piece of a chunk too big for
+ * one frame, whose digest covers the whole chunk): the image neither checks it
+ * nor stores it in the disk cache.  LL_ERR_ARG. */
 #define LL_CODEC_ZSTD 0
 #define LL_CODEC_RAW 1
 LL_API int ll_index_layer_codec(const ll_index *idx, uint32_t layer);

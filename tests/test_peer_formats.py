@@ -19,6 +19,7 @@ them.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -607,9 +608,16 @@ def test_a_tampered_zstd_chunked_chunk_or_toc_is_never_data(zchunked: tuple[str,
     many = [{**zero, "name": f"z{i}"} for i in range(2)]  # 2 TiB of zeros: 2 M frames of 1 MiB, over the limit
     with pytest.raises(errors.LimitError, match="more than 1000000 chunks"):
         estargz.parse_toc(json.dumps({"version": 1, "entries": many}).encode(), 100, codec="zstd")
-    big = {**good, "size": 65 << 20, "chunkSize": 65 << 20}
-    with pytest.raises(estargz.NotSupported, match="more than"):
-        estargz.parse_toc(json.dumps({"version": 1, "entries": [big]}).encode(), 100, codec="zstd")
+    big = {**good, "size": 65 << 20, "chunkSize": 65 << 20}  # over one frame, starting its file: in pieces
+    toc = estargz.parse_toc(json.dumps({"version": 1, "entries": [big]}).encode(), 100, codec="zstd")
+    assert [c.codec for c in toc.chunks[0]] == ["zstd-whole"]
+    second = [{**good, "size": 2048 + (65 << 20)},  # over one frame, not starting its file: fetched whole
+              {"name": "a", "type": "chunk", "offset": 15, "chunkOffset": 2048, "chunkSize": 65 << 20,
+               "chunkDigest": "sha256:" + "c" * 64}]
+    huge = {**good, "size": 1 << 37, "chunkSize": 1 << 37}  # over MAX_WHOLE_SIZE: fetched whole
+    for entries in (second, [huge]):
+        with pytest.raises(estargz.NotSupported, match="more than"):
+            estargz.parse_toc(json.dumps({"version": 1, "entries": entries}).encode(), 100, codec="zstd")
 
 
 def test_a_chunked_layers_index_is_kept_in_the_disk_cache(image: tuple[str, list[Variant]], registry: Any,
@@ -779,3 +787,70 @@ def test_chunks_fetched_ahead_are_kept_encoded_and_checked_when_read(image: tupl
         s = img.stats()
         assert s["frames_fetched"] == 1, s
     assert Path(victim).read_bytes() != bytes(blob)  # the good one in its place
+
+
+def test_a_file_too_big_for_one_frame_is_read_through_a_checked_copy(registry: Any, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """zstd:chunked leaves big files whole, named by their ``digest``: one over the reader's frame
+    limit (here lowered to 1 MiB, pieces of 256 KiB) is not a reason to fetch the layer whole.  Its
+    compressed bytes are fetched once, in parts, decompressed as they come and checked whole
+    against the digest, kept on disk with a sha256 per piece; each piece is read from there and
+    checked.  Through ``lazylayer://`` and through the mount (whose fetcher process reads the
+    chunk table the open kept, pieces included); a damaged copy is removed and made again; a
+    blob whose big file does not match its digest is an IntegrityError (EIO), nothing kept."""
+    import lazylayer
+    from lazylayer import errors
+    from lazylayer.format import estargz
+    from lazylayer.image import DiskCache, Image
+
+    monkeypatch.setattr(estargz, "MAX_CHUNK_SIZE", 1 << 20)
+    monkeypatch.setattr(estargz, "WHOLE_PIECE", 256 << 10)
+    rng = random.Random(21)
+    big = b"".join(rng.randbytes(4096) * 3 for _ in range(256)) + b"tail"  # ~3 MiB, compressible
+    members = _files(4, 13) + [images.reg("app/big.bin", big), images.reg("app/after.txt", b"after\n")]
+    blob, ann, tar = _containers_zstd_chunked(members, chunk=8 << 20)  # big.bin: one chunk, left whole
+    z = ZLayer(blob, ann, images.sha256(tar), members)
+    registry.push(_zlayout(tmp_path / "layout", [z]), "peer-formats/big:v1")
+    ref = f"docker://{registry.host}/peer-formats/big:v1"
+    cache = DiskCache(str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotLazyWarning)
+        with Image(ref, cache=cache) as img:
+            assert img.layers[0].lazy and img.stats()["layers_fetched_whole"] == 0
+            node = img.tree.resolve("/app/big.bin")
+            assert img.pread(node, 100_000, 1_300_000) == big[1_300_000:1_400_000]  # a middle piece first
+            copy = Path(cache.files_dir) / f"whole-{hashlib.sha256(big).hexdigest()}"
+            assert copy.stat().st_size == len(big) + 32 * -(-len(big) // (256 << 10))
+            assert img.pread(node, len(big) + 1, 0) == big
+            for name, data in z.want.items():
+                assert img.pread(img.tree.resolve("/" + name), len(data) + 1, 0) == data, name
+            fetched = img.stats()["bytes_fetched"]
+        # a damaged copy: found by its piece's sha256, removed, made again
+        raw = bytearray(copy.read_bytes())
+        raw[300_000] ^= 1
+        copy.write_bytes(bytes(raw))
+        with Image(ref, cache=cache) as img:
+            node = img.tree.resolve("/app/big.bin")
+            assert img.pread(node, len(big) + 1, 0) == big
+        assert copy.read_bytes() != bytes(raw)
+    assert fetched < len(blob)
+    if os.path.exists("/dev/fuse") and os.geteuid() == 0:
+        where = tmp_path / "mnt"
+        where.mkdir()
+        with lazylayer.Mount(ref, str(where), cache=DiskCache(str(tmp_path / "cache-mount"))) as m:
+            assert (where / "app/big.bin").read_bytes() == big
+            for name, data in z.want.items():
+                assert (where / name).read_bytes() == data, name
+            assert m.stats()["eio"] == 0
+    # the blob's big file is not what its digest says: never data, nothing kept
+    bad = bytearray(blob)
+    k = blob.index(zstandard.ZstdCompressor(level=3).compress(big)[:64])
+    wrong = zstandard.ZstdCompressor(level=3).compress(big[:-4] + b"TAIL")
+    assert len(wrong) == len(zstandard.ZstdCompressor(level=3).compress(big))
+    bad[k:k + len(wrong)] = wrong
+    registry.push(_zlayout(tmp_path / "bad", [z], blobs=[bytes(bad)]), "peer-formats/big-bad:v1")
+    with Image(f"docker://{registry.host}/peer-formats/big-bad:v1", cache=DiskCache(str(tmp_path / "c3"))) as img:
+        node = img.tree.resolve("/app/big.bin")
+        with pytest.raises(errors.IntegrityError, match="does not match its digest"):
+            img.pread(node, 1000, 0)
+    assert not list((Path(tmp_path / "c3") / "v1" / "files").glob("whole-*"))

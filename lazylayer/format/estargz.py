@@ -63,8 +63,9 @@ def hidden_names(desc: dict[str, Any]) -> frozenset[str]:
 
 class NotSupported(errors.FormatError):
     """An eStargz or zstd:chunked layer using what this lazylayer does not read lazily (``innerOffset``,
-    a chunk over :data:`MAX_CHUNK_SIZE`, over :data:`MAX_ZERO_CHECK` bytes of zeros chunks to check):
-    it is fetched whole instead."""
+    a chunk over :data:`MAX_CHUNK_SIZE` that does not start its file or is over
+    :data:`MAX_WHOLE_SIZE`, or any over :data:`MAX_CHUNK_SIZE` with no disk cache to keep its copy in;
+    over :data:`MAX_ZERO_CHECK` bytes of zeros chunks to check): it is fetched whole instead."""
 
 
 FOOTER_SIZE = 51
@@ -72,8 +73,17 @@ _FOOTER_HEAD = b"\x1f\x8b\x08\x04"  # gzip, deflate, FEXTRA
 
 
 MAX_CHUNK_SIZE = 64 << 20
-"""The largest chunk read lazily (the C reader's default frame limit); a layer with a larger one
-(other than a run of zeros) is fetched whole."""
+"""The largest chunk read as one frame (the C reader's default frame limit).  A larger one that
+starts its file (zstd:chunked leaves big files whole, named by their ``digest``) is read as
+:data:`WHOLE_PIECE` frames of a copy fetched, checked whole and kept on disk
+(:class:`lazylayer.image.frames.ChunkSource`); any other layer with a larger one (other than a
+run of zeros) is fetched whole."""
+WHOLE_PIECE = 4 << 20
+"""The frames a chunk over :data:`MAX_CHUNK_SIZE` is read as (from its copy on disk)."""
+MAX_WHOLE_SIZE = 1 << 36
+"""The largest such chunk read from a copy on disk (64 GiB); past it the layer is fetched whole."""
+ZERO_SHA256 = "0" * 64
+"""The frame digest of a piece of such a chunk: the C reader leaves its check to the host."""
 ZERO_PIECE = 1 << 20
 """A zstd:chunked ``zeros`` chunk becomes frames of this many zero bytes (never fetched)."""
 MAX_ZERO_CHECK = 4 << 30
@@ -277,17 +287,21 @@ def _convert(raw: list[Any], toc_offset: int, codec: str, hidden: frozenset[str]
             if c.file_offset != done:
                 raise errors.FormatError(f"eStargz TOC: the chunks of {name[:100]!r} do not tile the file")
             done += c.size
-            frames += -(-c.size // ZERO_PIECE) if c.codec == "zeros" else 1
+            codec = c.codec
+            if codec != "zeros" and c.size > MAX_CHUNK_SIZE:
+                if c.file_offset != 0 or c.size > MAX_WHOLE_SIZE:
+                    raise NotSupported(f"eStargz TOC: a chunk of {name[:100]!r} holds {c.size} bytes, more than "
+                                       f"the {MAX_CHUNK_SIZE} read lazily")
+                codec += "-whole"  # read through a checked copy on disk, in pieces
+            frames += -(-c.size // ZERO_PIECE) if codec == "zeros" else \
+                -(-c.size // WHOLE_PIECE) if codec.endswith("-whole") else 1
             if frames > MAX_TOC_FRAMES:
-                raise errors.LimitError(f"eStargz TOC: more than {MAX_TOC_FRAMES} chunks (runs of zeros counted "
-                                        f"in pieces of {ZERO_PIECE} bytes)")
-            if c.codec == "zeros":
+                raise errors.LimitError(f"eStargz TOC: more than {MAX_TOC_FRAMES} chunks (runs of zeros and big "
+                                        "chunks counted in pieces)")
+            if codec == "zeros":
                 zeros.check(c, name)
-            elif c.size > MAX_CHUNK_SIZE:
-                raise NotSupported(f"eStargz TOC: a chunk of {name[:100]!r} holds {c.size} bytes, more than the "
-                                   f"{MAX_CHUNK_SIZE} read lazily")
             cs[i] = Chunk(c.file_offset, c.size, c.offset, ends[bisect.bisect_right(ends, c.offset)], c.digest,
-                          c.codec)
+                          codec)
         if done != size:
             raise errors.FormatError(f"eStargz TOC: the chunks of {name[:100]!r} hold {done} of its {size} bytes")
     return EstargzToc(entries, chunks, toc_offset, prioritized if landmark_seen else [])
@@ -383,7 +397,8 @@ def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, list[Chunk]]:
             e["offset"] = where[e["name"]] = at
             for c in toc.chunks[k]:
                 for piece in _pieces(c, zeros):
-                    frames.append(Frame(at, piece.size, at, piece.size, piece.digest[7:]))
+                    sha = ZERO_SHA256 if piece.codec.endswith("-whole") else piece.digest[7:]
+                    frames.append(Frame(at, piece.size, at, piece.size, sha))
                     chunks.append(piece)
                     at += piece.size
         entries.append(e)
@@ -419,7 +434,7 @@ def index_layer(frames: list[Any], entries: list[dict[str, Any]], size: int, pla
 _SIDECAR = struct.Struct("<8s32sQIIQ")
 _SIDECAR_MAGIC = b"LLCHUNK2"
 _ROW = struct.Struct("<QIQQ32sBBBH")  # file_offset, size, offset, end, digest, codec, bits, byte, window length
-_CODECS = ("gzip", "zstd", "zeros", "gzspan")
+_CODECS = ("gzip", "zstd", "zeros", "gzspan", "gzip-whole", "zstd-whole")
 MAX_SIDECAR_BODY = 1 << 30
 """The most a chunked layer's index may decompress to (a TOC frame, rows and windows)."""
 
@@ -507,8 +522,13 @@ def cached_raw_layer(disk: Any, name: str, digest: str,
 
 
 def _pieces(c: Chunk, known: dict[int, str]) -> list[Chunk]:
-    """A chunk as frames: itself, or a ``zeros`` chunk as pieces of at most :data:`ZERO_PIECE`
-    bytes named by their own digests (``known``: those of the sizes seen)."""
+    """A chunk as frames: itself, a ``zeros`` chunk as pieces of at most :data:`ZERO_PIECE`
+    bytes named by their own digests (``known``: those of the sizes seen), or a chunk too big
+    for one frame (``-whole``) as pieces of :data:`WHOLE_PIECE` bytes that keep the whole
+    chunk's digest (their frames' is :data:`ZERO_SHA256`: the host checks them)."""
+    if c.codec.endswith("-whole"):
+        return [c._replace(file_offset=c.file_offset + at, size=min(WHOLE_PIECE, c.size - at))
+                for at in range(0, c.size, WHOLE_PIECE)]
     if c.codec != "zeros" or c.size <= ZERO_PIECE:
         return [c]
     out = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
+import os
 import threading
 import time
 import zlib
@@ -148,6 +149,15 @@ class ChunkSource(FrameSource):
         if len(chunks) != len(self.frames):
             raise errors.FormatError(f"{name}: {len(chunks)} chunks for {len(self.frames)} frames")
         self._chunk_list = list(chunks)
+        # A big chunk's pieces (its frames), by its (offset, digest): their sizes, in order; and
+        # each piece's place among them, by its row index.
+        self._whole: dict[tuple[int, str], list[int]] = {}
+        self._piece: dict[int, tuple[int, int]] = {}  # row -> (piece number, offset in the chunk)
+        for i, c in enumerate(self._chunk_list):
+            if c.codec.endswith("-whole"):
+                sizes = self._whole.setdefault((c.offset, c.digest), [])
+                self._piece[i] = (len(sizes), sum(sizes))
+                sizes.append(c.size)
 
     def _index(self, f: Frame) -> int:
         return bisect.bisect_left(self._starts, f.compressed_offset)  # (span() found it)
@@ -192,6 +202,22 @@ class ChunkSource(FrameSource):
             log.warning("disk cache: not stored: %s", exc)
 
     def _get(self, frames: list[Frame]) -> bytes:
+        if self._whole and any(self._chunk_list[self._index(f)].codec.endswith("-whole") for f in frames):
+            parts, run = [], []
+            for f in frames + [None]:  # (None: the end, to flush the last run)
+                i = self._index(f) if f is not None else -1
+                if f is not None and not self._chunk_list[i].codec.endswith("-whole"):
+                    run.append(f)
+                    continue
+                if run:
+                    parts.append(self._get_chunks(run))
+                    run = []
+                if f is not None:
+                    parts.append(self._read_whole(i))
+            return b"".join(parts)
+        return self._get_chunks(frames)
+
+    def _get_chunks(self, frames: list[Frame]) -> bytes:
         if self.disk is None:
             return super()._get(frames)
         fetched: list[int] = []
@@ -212,6 +238,12 @@ class ChunkSource(FrameSource):
             return 0
         indices = list(indices)
         got = 0
+        if self._whole:
+            big = {(c.offset, c.digest): c for c in (self._chunk_list[i] for i in indices)
+                   if c.codec.endswith("-whole")}
+            for c in big.values():
+                got += self._ensure_whole(c)
+            indices = [i for i in indices if not self._chunk_list[i].codec.endswith("-whole")]
 
         def store(missing: list[int]) -> None:
             nonlocal got
@@ -221,6 +253,137 @@ class ChunkSource(FrameSource):
 
         self.disk.fill_many(["sha256:" + self.frames[i].sha256 for i in indices], store)
         return got
+
+
+    # -- chunks too big for one frame (a file zstd:chunked left whole): a checked copy on disk
+
+    def _whole_name(self, c: Any) -> str:
+        return f"whole-{c.digest[7:]}"
+
+    def _ensure_whole(self, c: Any) -> int:
+        """Make sure the copy of big chunk ``c`` is in the disk cache; the bytes fetched for it."""
+        assert self.disk is not None
+        fetched = [0]
+
+        def build(f: Any) -> None:
+            fetched[0] = self._spill(c, f)
+
+        self.disk.ensure_file(self._whole_name(c), build)
+        return fetched[0]
+
+    def _spill(self, c: Any, f: Any) -> int:
+        """Write big chunk ``c``'s data into ``f``, then the sha256 of each :data:`WHOLE_PIECE` of it:
+        its compressed bytes fetched in parts, decompressed as they come (bounded memory), the data
+        checked against the chunk's digest before the copy is kept (else IntegrityError: nothing is
+        kept).  Returns the bytes fetched."""
+        sizes = self._whole[(c.offset, c.digest)]
+        size = sum(sizes)
+        whole, piece, pieces = hashlib.sha256(), hashlib.sha256(), []
+        got = in_piece = 0
+        for out in _inflate_parts(c, self._parts(c), size, self.__name__):
+            mv = memoryview(out)
+            f.write(mv)
+            whole.update(mv)
+            while mv:  # (size bytes at most: each piece ends where its frame does)
+                take = min(len(mv), sizes[len(pieces)] - in_piece)
+                piece.update(mv[:take])
+                mv, in_piece = mv[take:], in_piece + take
+                if in_piece == sizes[len(pieces)]:
+                    pieces.append(piece.digest())
+                    piece, in_piece = hashlib.sha256(), 0
+            got += len(out)
+        if got != size:
+            raise errors.CorruptFrameError(f"{self.__name__}: the chunk at {c.offset} gives {got} bytes, not {size}")
+        if whole.hexdigest() != c.digest[7:]:
+            raise errors.IntegrityError(f"{self.__name__}: the {size}-byte chunk at {c.offset} does not match its "
+                                        f"digest {c.digest}")
+        f.write(b"".join(pieces))
+        self._count(1, c.end - c.offset)
+        return c.end - c.offset
+
+    def _parts(self, c: Any, part: int = 8 << 20) -> Any:
+        """Chunk ``c``'s compressed bytes, in parts of ``part`` bytes (one range request each)."""
+        for at in range(c.offset, c.end, part):
+            yield self.blob.read(at, min(part, c.end - at))
+
+    def _read_whole(self, i: int) -> bytes:
+        """Piece ``i`` of a big chunk, from its copy on disk (made first if need be), checked
+        against the sha256 the copy keeps for it; a damaged copy is removed and made again."""
+        c = self._chunk_list[i]
+        assert self.disk is not None  # (the image fetches such a layer whole without a disk cache)
+        size = sum(self._whole[(c.offset, c.digest)])
+        k, start = self._piece[i]
+        for _ in range(2):
+            pin = self.disk.ensure_pinned(self._whole_name(c), lambda f: self._spill(c, f))
+            try:
+                data = os.pread(pin.fileno(), c.size, start)
+                want = os.pread(pin.fileno(), 32, size + 32 * k)
+            finally:
+                pin.close()
+            if len(data) == c.size and hashlib.sha256(data).digest() == want:
+                with self._lock:
+                    self.frames_local += 1
+                    self.bytes_local += c.size
+                return data
+            log.warning("%s: the disk copy of the chunk at %d is damaged; removed", self.__name__, c.offset)
+            self.disk.remove_file(self._whole_name(c))
+        raise errors.IntegrityError(f"{self.__name__}: the disk copy of the chunk at {c.offset} keeps failing "
+                                    "its check")
+
+
+def _inflate_parts(c: Any, parts: Any, size: int, name: str) -> Any:
+    """The first ``size`` bytes that big chunk ``c``'s compressed ``parts`` decompress to, in pieces."""
+    if c.codec == "gzip-whole":
+        from isal import isal_zlib
+
+        d = isal_zlib.decompressobj(31)
+        got = 0
+        try:
+            for part in parts:
+                data = part
+                while data and got < size and not d.eof:
+                    out = d.decompress(data, min(size - got, 8 << 20))
+                    got += len(out)
+                    if out:
+                        yield out
+                    data = d.unconsumed_tail
+                if got >= size or d.eof:
+                    return
+        except (isal_zlib.error, zlib.error) as exc:  # type: ignore[misc]
+            raise errors.CorruptFrameError(f"{name}: the chunk at {c.offset} is not gzip: {exc}") from None
+        return
+    import io
+
+    import zstandard
+
+    class _Raw(io.RawIOBase):
+        def __init__(self) -> None:
+            self.it, self.buf = iter(parts), b""
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: Any) -> int:
+            while not self.buf:
+                self.buf = next(self.it, b"")
+                if not self.buf:
+                    return 0
+            n = min(len(b), len(self.buf))
+            b[:n] = self.buf[:n]
+            self.buf = self.buf[n:]
+            return n
+
+    reader = zstandard.ZstdDecompressor().stream_reader(_Raw(), read_across_frames=True)
+    got = 0
+    try:
+        while got < size:
+            out = reader.read(min(size - got, 8 << 20))
+            if not out:
+                return
+            got += len(out)
+            yield out
+    except zstandard.ZstdError as exc:
+        raise errors.CorruptFrameError(f"{name}: the chunk at {c.offset} is not zstd: {exc}") from None
 
 
 def _decode(c: Any, data: bytes, name: str) -> bytes:

@@ -382,7 +382,10 @@ class Image:
         from ..format import estargz
 
         if self.disk is None:
-            return build()
+            layer, chunks = build()
+            if any(c.codec.endswith("-whole") for c in chunks):  # (read through a copy kept on disk)
+                raise estargz.NotSupported(f"a chunk over {estargz.MAX_CHUNK_SIZE} bytes needs a disk cache")
+            return layer, chunks
         key = hashlib.sha256(json.dumps([desc.get("digest"), desc.get("size"), desc.get("mediaType"),
                                          desc.get("annotations")], sort_keys=True).encode()).hexdigest()
         return estargz.cached_raw_layer(self.disk, f"chunked-{key}", desc.get("digest", ""), build)[0]
