@@ -301,10 +301,21 @@ class ChunkSource(FrameSource):
         self._count(1, c.end - c.offset)
         return c.end - c.offset
 
-    def _parts(self, c: Any, part: int = 8 << 20) -> Any:
-        """Chunk ``c``'s compressed bytes, in parts of ``part`` bytes (one range request each)."""
-        for at in range(c.offset, c.end, part):
-            yield self.blob.read(at, min(part, c.end - at))
+    def _parts(self, c: Any, part: int = 8 << 20, batch: int = 2) -> Any:
+        """Chunk ``c``'s compressed bytes, in parts of ``part`` bytes: ``batch`` range requests at a
+        time, in parallel, the next batch fetched while this one is decompressed (at most
+        ``2 * part * batch`` bytes held)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        spans = [(at, min(part, c.end - at)) for at in range(c.offset, c.end, part)]
+        batches = [spans[k:k + batch] for k in range(0, len(spans), batch)]
+        with ThreadPoolExecutor(1, thread_name_prefix="lazylayer-whole") as ex:
+            ahead = ex.submit(self.blob.read_ranges, batches[0]) if batches else None
+            for k in range(len(batches)):
+                assert ahead is not None
+                got, ahead = ahead.result(), ex.submit(self.blob.read_ranges, batches[k + 1]) \
+                    if k + 1 < len(batches) else None
+                yield from got
 
     def _read_whole(self, i: int) -> bytes:
         """Piece ``i`` of a big chunk, from its copy on disk (made first if need be), checked
@@ -358,19 +369,19 @@ def _inflate_parts(c: Any, parts: Any, size: int, name: str) -> Any:
 
     class _Raw(io.RawIOBase):
         def __init__(self) -> None:
-            self.it, self.buf = iter(parts), b""
+            self.it, self.buf = iter(parts), memoryview(b"")
 
         def readable(self) -> bool:
             return True
 
         def readinto(self, b: Any) -> int:
             while not self.buf:
-                self.buf = next(self.it, b"")
+                self.buf = memoryview(next(self.it, b""))
                 if not self.buf:
                     return 0
             n = min(len(b), len(self.buf))
             b[:n] = self.buf[:n]
-            self.buf = self.buf[n:]
+            self.buf = self.buf[n:]  # (a view: no copy of the rest)
             return n
 
     reader = zstandard.ZstdDecompressor().stream_reader(_Raw(), read_across_frames=True)
