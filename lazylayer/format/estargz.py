@@ -95,8 +95,10 @@ class Chunk(NamedTuple):
     of the compressed member or frame at ``offset`` in the blob (its compressed bytes end at
     ``end``: the next member with data), whose uncompressed bytes have sha256 ``digest``; ``codec``
     says how they are compressed: ``gzip`` (eStargz), ``zstd`` (zstd:chunked), ``zeros`` (a
-    zstd:chunked run of zeros, made here, not fetched) or ``gzspan`` (a span of a plain gzip
-    layer; ``file_offset`` is then its offset in the tar)."""
+    zstd:chunked run of zeros, made here, not fetched), ``gzspan`` (a span of a plain gzip
+    layer; ``file_offset`` is then its offset in the tar), or ``gzip-whole``/``zstd-whole`` (a
+    piece of a chunk too big for one frame: ``offset``, ``end`` and ``digest`` are the whole
+    chunk's, read through a checked copy on disk)."""
 
     file_offset: int
     size: int
