@@ -153,11 +153,14 @@ class ChunkSource(FrameSource):
         # each piece's place among them, by its row index.
         self._whole: dict[tuple[int, str], list[int]] = {}
         self._piece: dict[int, tuple[int, int]] = {}  # row -> (piece number, offset in the chunk)
+        at: dict[tuple[int, str], int] = {}
         for i, c in enumerate(self._chunk_list):
             if c.codec.endswith("-whole"):
-                sizes = self._whole.setdefault((c.offset, c.digest), [])
-                self._piece[i] = (len(sizes), sum(sizes))
+                key = (c.offset, c.digest)
+                sizes = self._whole.setdefault(key, [])
+                self._piece[i] = (len(sizes), at.get(key, 0))
                 sizes.append(c.size)
+                at[key] = at.get(key, 0) + c.size
 
     def _index(self, f: Frame) -> int:
         return bisect.bisect_left(self._starts, f.compressed_offset)  # (span() found it)
@@ -254,7 +257,6 @@ class ChunkSource(FrameSource):
         self.disk.fill_many(["sha256:" + self.frames[i].sha256 for i in indices], store)
         return got
 
-
     # -- chunks too big for one frame (a file zstd:chunked left whole): a checked copy on disk
 
     def _whole_name(self, c: Any) -> str:
@@ -272,7 +274,7 @@ class ChunkSource(FrameSource):
         return fetched[0]
 
     def _spill(self, c: Any, f: Any) -> int:
-        """Write big chunk ``c``'s data into ``f``, then the sha256 of each :data:`WHOLE_PIECE` of it:
+        """Write big chunk ``c``'s data into ``f``, then the sha256 of each of its pieces (frames):
         its compressed bytes fetched in parts, decompressed as they come (bounded memory), the data
         checked against the chunk's digest before the copy is kept (else IntegrityError: nothing is
         kept).  Returns the bytes fetched."""
