@@ -336,10 +336,12 @@ def test_attached_indexes_are_used_only_when_asked_and_checked(built: dict[str, 
     other3 = DiskCache(str(tmp_path / "other3"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", NotLazyWarning)
-        Image(ref, cache=other3, gzip_indexes="attached", check_attached=False).close()
+        with Image(ref, cache=other3, gzip_indexes="attached", check_attached=False) as first:
+            chosen = first.attached_indexes
+        assert sorted(chosen) == sorted(d["digest"] for d in _gzip_layers(built["layout"]))
         from lazylayer.registry import referrers
 
-        def no_fetch(*a: Any, **k: Any) -> bytes:
+        def no_fetch(*a: Any, **k: Any) -> Any:
             raise AssertionError("fetched again")
 
         real = referrers.read_layer
@@ -347,6 +349,16 @@ def test_attached_indexes_are_used_only_when_asked_and_checked(built: dict[str, 
         try:
             with Image(ref, cache=other3, gzip_indexes="attached", check_attached=False) as img:
                 assert img._unchecked
+            # told which indexes the mount chose (its fetcher is): not even looked for in the registry
+            real_find, gzindex.find_attached = gzindex.find_attached, no_fetch
+            try:
+                with Image(ref, cache=other3, gzip_indexes="attached", check_attached=False, attached=chosen) as img:
+                    assert img.attached_indexes == chosen
+                    node = img.tree.resolve("/data/text.txt")
+                    want = (Path(built["rootfs"]) / "data/text.txt").read_bytes()
+                    assert img.pread(node, len(want) + 1, 0) == want
+            finally:
+                gzindex.find_attached = real_find
         finally:
             referrers.read_layer = real
     with pytest.raises(ValueError, match="gzip_indexes"):

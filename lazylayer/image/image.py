@@ -132,7 +132,9 @@ class Image:
     background by a full fetch; a layer that fails is refused from then on:
     :meth:`poison`), ``off`` (every gzip layer fetched whole).
     ``check_attached=False`` leaves that check to another process (the mount's
-    fetcher: the mount checks).
+    fetcher: the mount checks); ``attached``, the indexes that process chose
+    (:attr:`attached_indexes`), are then read from the disk cache, not looked for
+    in the registry again.
 
     An Image reads what it is asked for and nothing more: prefetch (plans,
     read-ahead, fill) is started by the front ends with
@@ -146,7 +148,7 @@ class Image:
                  cache: DiskCache | None = _DEFAULT, memory_cache: BlockCache | None = _DEFAULT,
                  threads: int | None = None, prefetch: Any = _DEFAULT, fill: bool = False,
                  fill_rate: float | None = None, readahead: Any = _DEFAULT, gzip_indexes: str = "local",
-                 check_attached: bool = True) -> None:
+                 check_attached: bool = True, attached: dict[str, str] | None = None) -> None:
         from ..format.gzindex import POLICIES
 
         if gzip_indexes not in POLICIES:
@@ -159,6 +161,7 @@ class Image:
         elsewhere turns out not to match it (the mount drops the kernel's pages of its files)."""
         self._poisoned: dict[int, str] = {}
         self._unchecked: dict[int, tuple[Any, ...]] = {}  # layers read through attached, unchecked indexes
+        self._attached_hint = dict(attached or {})
         self._checker: _AttachedCheck | None = None
         self.disk = DiskCache() if cache is _DEFAULT else cache
         self.memory = default_cache() if memory_cache is _DEFAULT else memory_cache
@@ -320,6 +323,21 @@ class Image:
         later (:class:`_AttachedCheck`) and until then counts as unchecked."""
         from ..format import estargz, gzindex
 
+        for i, desc in list(todo.items()):  # chosen and checked by another process of this mount
+            key = self._attached_hint.get(desc["digest"])
+            cache = self.gzip_index_cache
+            data = cache.read_file(f"gzindex-attached-{key}") if cache is not None and key else None
+            if data is None or hashlib.sha256(data).hexdigest() != key:
+                continue
+            try:  # (the same bytes, by their digest, that the other process took through check_index)
+                layer, chunks = estargz.load_raw_layer(data, desc["digest"])
+            except errors.FormatError:
+                continue
+            out[i], blobs[i] = (layer, chunks), self._source.blob(desc)
+            self._unchecked[i] = (desc, ids[i], layer, chunks, data, key)
+            del todo[i]
+        if not todo:
+            return
         store = self._source.artifacts()
         if store is None or not _is_digest(self.digest):
             return
@@ -353,6 +371,13 @@ class Image:
                 log.info("%s: layer %s is read through the gzip index attached to the image, unchecked until "
                          "its background check ends", self.reference, desc["digest"])
                 break
+
+    @property
+    def attached_indexes(self) -> dict[str, str]:
+        """The layers read through indexes attached to the image and not yet checked here: layer
+        digest -> the sha256 (hex) of its index's bytes (kept in the disk cache as
+        ``gzindex-attached-<hex>``); what the mount hands its fetcher (``attached=``)."""
+        return {desc["digest"]: key for desc, _, _, _, _, key in self._unchecked.values()}
 
     @property
     def poisoned(self) -> dict[int, str]:

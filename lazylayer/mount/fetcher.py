@@ -58,6 +58,7 @@ class FetcherSpec:
     readahead: bool = False
     verbose: int = 0
     gzip_indexes: str = "local"         #: the Image's policy (its checks of attached indexes run in the mount)
+    attached: dict[str, str] = field(default_factory=dict)  #: the attached indexes the mount chose (by digest)
     fds: list[int] = field(default_factory=list)
 
 
@@ -162,7 +163,8 @@ def main() -> None:
     socks = [socket.socket(fileno=fd) for fd in spec.fds]
     try:
         image = Image(spec.reference, registry=spec.registry, cache=DiskCache(spec.cache) if spec.cache else None,
-                      memory_cache=None, gzip_indexes=spec.gzip_indexes, check_attached=False)
+                      memory_cache=None, gzip_indexes=spec.gzip_indexes, check_attached=False,
+                      attached=spec.attached)
     except Exception as exc:  # noqa: BLE001 - every read of the mount gets EIO, the log says why
         log.error("fetcher: cannot open %s: %s: %s", spec.reference, type(exc).__name__, exc)
         for s in socks:

@@ -159,7 +159,8 @@ class Mount:
             cache = img.gzip_index_cache  # (the disk cache; a layout's too, for its gzip indexes)
             self._fetcher = Fetcher(dataclasses.replace(spec, reference=img.pinned(), registry=img.registry,
                                                         cache=cache.path if cache is not None else None,
-                                                        layers=remote, gzip_indexes=img.gzip_indexes), connections)
+                                                        layers=remote, gzip_indexes=img.gzip_indexes,
+                                                        attached=img.attached_indexes), connections)
             fds = ffi.new("int[]", self._fetcher.fds)
             out = ffi.new("ll_sockhost **")
             check(lib.ll_sockhost_create(fds, len(self._fetcher.fds), len(img.layers), out), "starting the fetcher")
