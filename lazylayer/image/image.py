@@ -326,7 +326,9 @@ class Image:
         for i, desc in list(todo.items()):  # chosen and checked by another process of this mount
             key = self._attached_hint.get(desc["digest"])
             cache = self.gzip_index_cache
-            data = cache.read_file(f"gzindex-attached-{key}") if cache is not None and key else None
+            if cache is None or not isinstance(key, str) or not _is_digest("sha256:" + key):
+                continue
+            data = cache.read_file(f"gzindex-attached-{key}")
             if data is None or hashlib.sha256(data).hexdigest() != key:
                 continue
             try:  # (the same bytes, by their digest, that the other process took through check_index)
