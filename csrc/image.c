@@ -341,9 +341,7 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
         ll_reader_options_init(&ro, sizeof ro);
         ro.cache = o.cache;
         ro.pool = o.pool;
-        ro.source_key = ll_index_layer_codec(idx, i) == LL_CODEC_RAW ? raw_cache_key(idx, i, digest ? digest : "",
-                                                                                      l->nframes)
-                                                                     : cache_key(digest);
+        ro.source_key = l->raw ? raw_cache_key(idx, i, digest ? digest : "", l->nframes) : cache_key(digest);
         ro.verify_checksums = 0; /* frames are checked by sha256 before decoding */
         ro.whole_frames = 1;     /* a fetch costs more than a decode (not from disk: layer_read_ex) */
         l->ref[0] = (layer_ref){l, 0};
@@ -369,7 +367,7 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
         ll__reader_set_read_ex(l->reader, layer_read_ex);
         ll__reader_set_read_ex(l->cached, layer_read_ex);
         ll__reader_set_local_only(l->cached); /* its loads never wait on the host, nor on others' fetches */
-        if (ll_index_layer_codec(idx, i) == LL_CODEC_RAW) {
+        if (l->raw) {
             ll__reader_set_raw(l->reader);
             ll__reader_set_raw(l->cached);
         }

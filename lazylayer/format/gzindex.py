@@ -30,20 +30,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 from collections import deque
 from typing import Any, Callable, NamedTuple
 
 from .. import errors
-from ..oci.media import HashingReader
+from ..oci.media import DIGEST, HashingReader
 from ..progress import Progress
 from .estargz import MAX_CHUNK_SIZE, Chunk, NotSupported, index_layer, is_stargz, read_cached
 from .layer import Frame, count_hardlinks, toc_entry
 from .tar import TarScanner
 
 log = logging.getLogger("lazylayer")
-_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
 SPAN = 2 << 20
 """Output bytes between checkpoints, chosen by measurement (docs/benchmarks.md, "Plain gzip layers
@@ -382,27 +380,47 @@ def find_attached(store: Any, manifest_digest: str, layers: set[str]) -> dict[st
     return out
 
 
+def attached_name(key: str) -> str:
+    """The disk cache file that keeps an attached index's bytes, by their sha256 (hex)."""
+    return f"gzindex-attached-{key}"
+
+
+def refuted_name(key: str) -> str:
+    """The disk cache file that marks an attached index (by its sha256, hex) found wrong here."""
+    return f"gzindex-refuted-{key}"
+
+
+def kept_attached(cache: Any, key: str) -> bytes | None:
+    """The bytes of the attached index with sha256 ``key`` (hex) as :func:`read_attached` kept them
+    in disk cache ``cache``, checked against that digest (a damaged copy is said and removed);
+    None if there are none (or ``key`` is not a sha256)."""
+    if not isinstance(key, str) or not DIGEST.fullmatch("sha256:" + key):
+        return None
+    data = cache.read_file(attached_name(key))
+    if data is not None and hashlib.sha256(data).hexdigest() != key:
+        log.warning("disk cache: %s does not match its digest; removed", attached_name(key))
+        cache.remove_file(attached_name(key))
+        return None
+    return data
+
+
 def read_attached(store: Any, found: Attached, cache: Any = None) -> bytes:
     """An attached index's bytes, checked against its digest (what they say is not checked:
     :func:`check_index`, then :func:`verify`); LimitError over :data:`MAX_ATTACHED_BYTES`.  With
-    a disk cache, kept there by that digest (``gzindex-attached-<hex>``: not an index of this
+    a disk cache, kept there by that digest (:func:`attached_name`: not an index of this
     machine's, just the artifact's bytes), so that the mount's fetcher and later opens do not
     fetch it again."""
     from ..registry import referrers
 
     digest = found.layer.get("digest")
-    name = f"gzindex-attached-{digest[7:]}" if isinstance(digest, str) and _SHA256.fullmatch(digest) else None
-    if cache is not None and name is not None:
-        data = cache.read_file(name)
-        if data is not None and hashlib.sha256(data).hexdigest() == digest[7:]:
-            return data
-        if data is not None:
-            log.warning("disk cache: %s does not match its digest; removed", name)
-            cache.remove_file(name)
+    key = digest[7:] if isinstance(digest, str) and DIGEST.fullmatch(digest) else None
+    data = kept_attached(cache, key) if cache is not None and key is not None else None
+    if data is not None:
+        return data
     data = referrers.read_layer(store, found.layer, f"gzip index artifact {found.artifact}", MAX_ATTACHED_BYTES)
-    if cache is not None and name is not None:
+    if cache is not None and key is not None:
         try:
-            cache.ensure_file(name, lambda f: f.write(data))
+            cache.ensure_file(attached_name(key), lambda f: f.write(data))
         except OSError as exc:
-            log.warning("disk cache: %s not kept: %s", name, exc)
+            log.warning("disk cache: %s not kept: %s", attached_name(key), exc)
     return data

@@ -161,6 +161,7 @@ class ChunkSource(FrameSource):
                 self._piece[i] = (len(sizes), at.get(key, 0))
                 sizes.append(c.size)
                 at[key] = at.get(key, 0) + c.size
+        self._whole_size = at  # a big chunk's size, by its (offset, digest)
 
     def _index(self, f: Frame) -> int:
         return bisect.bisect_left(self._starts, f.compressed_offset)  # (span() found it)
@@ -205,20 +206,21 @@ class ChunkSource(FrameSource):
             log.warning("disk cache: not stored: %s", exc)
 
     def _get(self, frames: list[Frame]) -> bytes:
-        if self._whole and any(self._chunk_list[self._index(f)].codec.endswith("-whole") for f in frames):
-            parts, run = [], []
-            for f in frames + [None]:  # (None: the end, to flush the last run)
-                i = self._index(f) if f is not None else -1
-                if f is not None and not self._chunk_list[i].codec.endswith("-whole"):
-                    run.append(f)
-                    continue
-                if run:
-                    parts.append(self._get_chunks(run))
-                    run = []
-                if f is not None:
-                    parts.append(self._read_whole(i))
-            return b"".join(parts)
-        return self._get_chunks(frames)
+        rows = [self._index(f) for f in frames] if self._piece else []
+        if not any(i in self._piece for i in rows):
+            return self._get_chunks(frames)
+        parts, run = [], []
+        for f, i in zip(frames, rows):  # runs of chunks as usual, big chunks' pieces from their copies
+            if i not in self._piece:
+                run.append(f)
+                continue
+            if run:
+                parts.append(self._get_chunks(run))
+                run = []
+            parts.append(self._read_whole(i))
+        if run:
+            parts.append(self._get_chunks(run))
+        return b"".join(parts)
 
     def _get_chunks(self, frames: list[Frame]) -> bytes:
         if self.disk is None:
@@ -279,7 +281,7 @@ class ChunkSource(FrameSource):
         checked against the chunk's digest before the copy is kept (else IntegrityError: nothing is
         kept).  Returns the bytes fetched."""
         sizes = self._whole[(c.offset, c.digest)]
-        size = sum(sizes)
+        size = self._whole_size[(c.offset, c.digest)]
         whole, piece, pieces = hashlib.sha256(), hashlib.sha256(), []
         got = in_piece = 0
         for out in _inflate_parts(c, self._parts(c), size, self.__name__):
@@ -324,7 +326,7 @@ class ChunkSource(FrameSource):
         against the sha256 the copy keeps for it; a damaged copy is removed and made again."""
         c = self._chunk_list[i]
         assert self.disk is not None  # (the image fetches such a layer whole without a disk cache)
-        size = sum(self._whole[(c.offset, c.digest)])
+        size = self._whole_size[(c.offset, c.digest)]
         k, start = self._piece[i]
         for _ in range(2):
             pin = self.disk.ensure_pinned(self._whole_name(c), lambda f: self._spill(c, f))

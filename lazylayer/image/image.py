@@ -323,20 +323,21 @@ class Image:
         later (:class:`_AttachedCheck`) and until then counts as unchecked."""
         from ..format import estargz, gzindex
 
-        for i, desc in list(todo.items()):  # chosen and checked by another process of this mount
-            key = self._attached_hint.get(desc["digest"])
-            cache = self.gzip_index_cache
-            if cache is None or not isinstance(key, str) or not _is_digest("sha256:" + key):
-                continue
-            data = cache.read_file(f"gzindex-attached-{key}")
-            if data is None or hashlib.sha256(data).hexdigest() != key:
-                continue
-            try:  # (the same bytes, by their digest, that the other process took through check_index)
-                layer, chunks = estargz.load_raw_layer(data, desc["digest"])
-            except errors.FormatError:
-                continue
+        cache = self.gzip_index_cache
+
+        def accept(i: int, desc: oci.Descriptor, data: bytes, key: str, layer: Any, chunks: list[Any]) -> None:
             out[i], blobs[i] = (layer, chunks), self._source.blob(desc)
             self._unchecked[i] = (desc, ids[i], layer, chunks, data, key)
+
+        for i, desc in list(todo.items()):  # chosen and checked by another process of this mount
+            key = self._attached_hint.get(desc["digest"], "")
+            data = gzindex.kept_attached(cache, key) if cache is not None else None
+            if data is None:
+                continue
+            try:  # (the same bytes, by their digest, that the other process took through check_index)
+                accept(i, desc, data, key, *estargz.load_raw_layer(data, desc["digest"]))
+            except errors.FormatError:
+                continue
             del todo[i]
         if not todo:
             return
@@ -353,11 +354,10 @@ class Image:
                                 self.reference, gzindex.MAX_ATTACHED_TOTAL)
                     return
                 budget -= size
-                cache = self.gzip_index_cache
                 try:
                     data = gzindex.read_attached(store, att, cache)
                     key = hashlib.sha256(data).hexdigest()
-                    if cache is not None and cache.read_file(f"gzindex-refuted-{key}") is not None:
+                    if cache is not None and cache.read_file(gzindex.refuted_name(key)) is not None:
                         log.warning("%s: a gzip index attached for layer %s was found wrong before: not used",
                                     self.reference, desc["digest"])
                         continue
@@ -368,8 +368,7 @@ class Image:
                     log.warning("%s: gzip index artifact %s for layer %s: %s; not used", self.reference,
                                 att.artifact, desc["digest"], exc)
                     continue
-                out[i], blobs[i] = (layer, chunks), self._source.blob(desc)
-                self._unchecked[i] = (desc, ids[i], layer, chunks, data, key)
+                accept(i, desc, data, key, layer, chunks)
                 log.info("%s: layer %s is read through the gzip index attached to the image, unchecked until "
                          "its background check ends", self.reference, desc["digest"])
                 break
@@ -378,7 +377,7 @@ class Image:
     def attached_indexes(self) -> dict[str, str]:
         """The layers read through indexes attached to the image and not yet checked here: layer
         digest -> the sha256 (hex) of its index's bytes (kept in the disk cache as
-        ``gzindex-attached-<hex>``); what the mount hands its fetcher (``attached=``)."""
+        :func:`lazylayer.format.gzindex.attached_name`); what the mount hands its fetcher (``attached=``)."""
         return {desc["digest"]: key for desc, _, _, _, _, key in self._unchecked.values()}
 
     @property
@@ -654,7 +653,7 @@ class _AttachedCheck:
                         if self._stop.is_set():
                             return
                         if img.gzip_index_cache is not None:
-                            img.gzip_index_cache.ensure_file(f"gzindex-refuted-{key}", lambda f: f.write(b"refuted\n"))
+                            img.gzip_index_cache.ensure_file(gzindex.refuted_name(key), lambda f: f.write(b"refuted\n"))
                         img.poison(i, f"layer {desc['digest']} does not match the gzip index attached to the "
                                       f"image ({exc})")
                         break
