@@ -992,6 +992,52 @@ LL_API int ll_gz_inflate_span(uint32_t bits, uint32_t byte, const void *window, 
  * (csrc/fuzz/fuzz_chunk.c).  Any thread. */
 LL_API int ll_chunk_decode(const void *src, size_t len, const uint8_t sha256[32], void *dst, size_t size);
 
+/* ---------------------------------------------------------------- EROFS images
+ *
+ * The image as a Linux EROFS file system (docs/mount.md, "The erofs backend"),
+ * for the kernel to serve with no user-space step per lookup or cached read.
+ * Two files: the *metadata image* (superblock, inodes, directories, symlinks,
+ * devices, extended attributes: everything but file contents), built here in
+ * memory; and a *data file*, the image's extra device, in which every regular
+ * file's content lies at a block-aligned offset, one extent per file (a
+ * chunk-based inode with one chunk), hard links sharing theirs.  The data file
+ * starts sparse and is filled by the host (ll_erofs_data_at says what a range of
+ * it holds).  The layout follows the kernel's Documentation/filesystems/erofs.rst
+ * and fs/erofs/erofs_fs.h: 4 KiB blocks, 64-byte inodes, inline xattrs, tails of
+ * directories and symlinks inline when they fit their block.  Checked in tests by
+ * erofs-utils' fsck.erofs and a real mount; fuzzed through fuzz_index_load.
+ *
+ * Threads: an ll_erofs is immutable once built; any thread, any number at once,
+ * except ll_erofs_free. */
+
+typedef struct ll_erofs ll_erofs;
+
+#define LL_EROFS_BLOCK 4096
+
+/* Build the EROFS view of `idx`.  `uuid`: 16 bytes for the superblock (e.g. from
+ * the manifest digest), NULL for zeros.  LL_ERR_LIMIT (with the reason in err)
+ * for what EROFS cannot hold: an extended attribute outside the user., trusted.,
+ * security. and system.posix_acl_* namespaces or over 64 KiB, a data file over
+ * 16 TiB; LL_ERR_NOMEM, LL_ERR_ARG.  Memory: the metadata image plus 16 bytes
+ * per inode. */
+LL_API int ll_erofs_build(const ll_index *idx, const uint8_t *uuid, ll_erofs **out, char *err, size_t err_size);
+/* The metadata image: `*size` bytes (a multiple of LL_EROFS_BLOCK) at `*data`,
+ * owned by the ll_erofs. */
+LL_API void ll_erofs_meta(const ll_erofs *e, const void **data, size_t *size);
+/* The data file's size in bytes (a multiple of LL_EROFS_BLOCK; what the
+ * metadata image's device table says). */
+LL_API uint64_t ll_erofs_data_size(const ll_erofs *e);
+/* Where regular file `ino`'s content starts in the data file.  LL_ERR_NOTREG
+ * for an inode that is not a regular file, or an empty one; LL_ERR_ARG. */
+LL_API int ll_erofs_file_offset(const ll_erofs *e, uint64_t ino, uint64_t *offset);
+/* What the data file holds at `offset`: content of inode *ino from *file_offset
+ * on, for *len bytes (to the end of that file's content); or, in the padding
+ * after a file's last byte up to its block's end, *ino 0 and *len the padding's
+ * bytes (zeros).  LL_ERR_ARG past the end. */
+LL_API int ll_erofs_data_at(const ll_erofs *e, uint64_t offset, uint64_t *ino, uint64_t *file_offset,
+                            uint64_t *len);
+LL_API void ll_erofs_free(ll_erofs *e);
+
 /* cffi-end */
 
 #ifdef __cplusplus
