@@ -1038,6 +1038,58 @@ LL_API int ll_erofs_data_at(const ll_erofs *e, uint64_t offset, uint64_t *ino, u
                             uint64_t *len);
 LL_API void ll_erofs_free(ll_erofs *e);
 
+/* ---------------------------------------------------------------- EROFS supervisor
+ *
+ * An EROFS mount whose data file is filled on demand: the kernel raises a
+ * fanotify pre-content event (FAN_PRE_ACCESS, Linux >= 6.14) before any read of
+ * the data file and holds the reader until the event is answered.  If the group
+ * that holds the mark goes away, pending and later reads are let through and an
+ * unfilled range reads as zeros; so the group is held by a supervisor process
+ * that outlives the daemon which fills: ll_erofs_supervise, run in a child the
+ * host forks (and which never returns to the host's code).  It
+ *   - protects itself from the OOM killer and ignores SIGINT, SIGTERM, SIGHUP;
+ *   - marks the data file for pre-content events, then mounts (mount(2), the
+ *     file-backed way: the mark must come first, the kernel decides at open);
+ *   - answers an event for blocks already filled itself (allow), and hands
+ *     every other to the daemon over `sock` (a SOCK_SEQPACKET socket) with the
+ *     event's descriptor, through which the daemon writes the data (writing
+ *     through any other descriptor would raise an event of its own);
+ *   - when the daemon is gone (its end of `sock` closed: killed, crashed),
+ *     denies every pending event and every later one for a block not filled
+ *     with EIO, and detaches the mount; a block filled before is still served;
+ *   - stays until the file system is gone (its /sys/fs/erofs entry: the last
+ *     process holding a file in it has let go), then writes the bitmap of
+ *     filled blocks to `filled_path` (after fdatasync of the data file) and
+ *     exits.
+ * Messages on `sock` are ll_erofs_msg structs (host byte order); a FILL
+ * carries the event's descriptor (SCM_RIGHTS), the daemon answers with DONE
+ * and the same id.  docs/mount.md, "The erofs backend", has the whole story. */
+
+#define LL_EROFS_MSG_MOUNTED 1   /* S->D: status 0 (mounted) or an error (text) */
+#define LL_EROFS_MSG_FILL 2      /* S->D: fill [offset, offset+length) through the fd, answer DONE */
+#define LL_EROFS_MSG_GONE 3      /* S->D: the file system is gone; the supervisor exits */
+#define LL_EROFS_MSG_DONE 10     /* D->S: id answered: status 0 (filled offset/length) or an errno */
+#define LL_EROFS_MSG_FILLED 11   /* D->S: [offset, offset+length) filled (ahead of any event) */
+#define LL_EROFS_MSG_UNMOUNT 12  /* D->S: detach the mount; keep serving until it is gone */
+
+typedef struct {
+    uint32_t type;
+    uint32_t id;
+    int32_t status;
+    uint32_t reserved;
+    uint64_t offset, length;
+    char text[224];
+} ll_erofs_msg;
+
+/* Supervise the EROFS mount of `meta_path` (device `data_path`, data_size
+ * bytes) at `mountpoint`, as above.  `filled`: a bitmap of the data file's
+ * blocks already filled (bit i of byte i/8 for block i; NULL: none).  Returns
+ * only if it could not start (after sending MOUNTED with the error):
+ * LL_ERR_MOUNT with the reason in err.  Otherwise exits the process (_exit). */
+LL_API int ll_erofs_supervise(const char *meta_path, const char *data_path, const char *mountpoint,
+                              uint64_t data_size, const uint8_t *filled, const char *filled_path, int sock,
+                              char *err, size_t err_size);
+
 /* cffi-end */
 
 #ifdef __cplusplus

@@ -25,7 +25,7 @@ FUZZ = CSRC / "fuzz"
 # Every library source (as csrc/Makefile's SRCS); they link against libzstd, libcrypto and pthreads.
 LIB_SRCS = [str(CSRC / f) for f in ("common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c", "json.c",
                                     "toc.c", "index.c", "resolve.c", "oci.c", "diskcache.c", "image.c",
-                                    "sockhost.c", "fuse.c", "gzindex.c", "erofs.c")]
+                                    "sockhost.c", "fuse.c", "gzindex.c", "erofs.c", "erofsd.c")]
 SAN_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
              "-g", "-O1"]
 TARGETS = ("seektable", "roundtrip", "toc", "index_load", "manifest", "sockhost", "gzindex", "chunk")

@@ -1,0 +1,349 @@
+/* erofsd.c - the supervisor of an EROFS mount filled on demand (ll_erofs_supervise;
+ * the contract is in lazylayer.h, "EROFS supervisor").
+ *
+ * Kernel facts it rests on (Linux >= 6.14; range records >= 6.15), checked on
+ * this project's machines (docs/mount.md, "The erofs backend"):
+ *   - FAN_PRE_ACCESS (0x00100000) needs a FAN_CLASS_PRE_CONTENT group; each
+ *     event carries a FAN_EVENT_INFO_TYPE_RANGE (6) record {hdr, pad, offset,
+ *     count}; the answer FAN_DENY | errno << 24 fails the read with that errno;
+ *   - a file opened before the mark never raises events, so the mark goes on
+ *     before mount(2) opens the data file;
+ *   - a write through the event's descriptor raises none (any other would
+ *     wait on this very loop);
+ *   - when the group's last descriptor closes, pending events are allowed and
+ *     a hole reads as zeros: hence this process, which never closes it while the
+ *     file system lives. */
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/fanotify.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef FAN_PRE_ACCESS
+#define FAN_PRE_ACCESS 0x00100000
+#endif
+#define INFO_RANGE 6
+#define DENY_EIO (FAN_DENY | ((uint32_t)EIO << 24))
+#define SYSFS "/sys/fs/erofs"
+#define MAX_SEEN 64
+
+typedef struct {
+    int fan, sock, data;
+    int daemon;                /* the daemon's end of sock is open */
+    int detached;
+    uint64_t data_size, nblocks;
+    uint8_t *bits;
+    int *pending;              /* id -> event fd, -1: free */
+    uint32_t npending, cap;
+    const char *mnt;
+    char sysname[128];         /* this file system's /sys/fs/erofs entry, "" if unknown */
+} sup;
+
+static void say(const char *fmt, ...) {
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n > sizeof line - 2) n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    ssize_t w = write(2, line, (size_t)n);
+    (void)w;
+}
+
+/* ---- the filled blocks */
+
+static int filled(const sup *s, uint64_t off, uint64_t len) {
+    if (len == 0) return 1;
+    uint64_t first = off / LL_EROFS_BLOCK, last = (off + len - 1) / LL_EROFS_BLOCK;
+    if (last >= s->nblocks) last = s->nblocks - 1;
+    for (uint64_t b = first; b <= last; b++)
+        if (!(s->bits[b >> 3] & (1u << (b & 7)))) return 0;
+    return 1;
+}
+
+static void mark_filled(sup *s, uint64_t off, uint64_t len) {
+    /* only whole blocks: a partly written block is not filled */
+    uint64_t first = (off + LL_EROFS_BLOCK - 1) / LL_EROFS_BLOCK;
+    uint64_t end = off + len >= s->data_size ? s->nblocks : (off + len) / LL_EROFS_BLOCK;
+    for (uint64_t b = first; b < end && b < s->nblocks; b++) s->bits[b >> 3] |= (uint8_t)(1u << (b & 7));
+}
+
+/* ---- answers */
+
+static void answer(sup *s, int fd, uint32_t response) {
+    struct fanotify_response r = {.fd = fd, .response = response};
+    if (write(s->fan, &r, sizeof r) != (ssize_t)sizeof r) say("lazylayer erofs supervisor: answering an event: %s",
+                                                              strerror(errno));
+    close(fd);
+}
+
+static int send_msg(sup *s, const ll_erofs_msg *m, int fd) {
+    struct iovec iov = {.iov_base = (void *)m, .iov_len = sizeof *m};
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    struct msghdr h = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd >= 0) {
+        memset(&u, 0, sizeof u);
+        h.msg_control = u.buf;
+        h.msg_controllen = sizeof u.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    for (;;) {
+        ssize_t n = sendmsg(s->sock, &h, MSG_NOSIGNAL);
+        if (n == (ssize_t)sizeof *m) return 0;
+        if (n < 0 && errno == EINTR) continue;
+        return -1;
+    }
+}
+
+static void detach(sup *s) {
+    if (s->detached) return;
+    s->detached = 1;
+    if (umount2(s->mnt, MNT_DETACH) != 0 && errno != EINVAL && errno != ENOENT)
+        say("lazylayer erofs supervisor: detaching %s: %s", s->mnt, strerror(errno));
+}
+
+static void daemon_gone(sup *s) {
+    if (!s->daemon) return;
+    s->daemon = 0;
+    uint32_t denied = 0;
+    for (uint32_t i = 0; i < s->npending; i++)
+        if (s->pending[i] >= 0) {
+            answer(s, s->pending[i], DENY_EIO);
+            s->pending[i] = -1;
+            denied++;
+        }
+    say("lazylayer erofs supervisor: the daemon of %s is gone: %u pending reads failed with EIO, the mount is "
+        "detached, blocks not filled read as EIO until the last file is closed", s->mnt, denied);
+    detach(s);
+}
+
+static void hand_over(sup *s, int fd, uint64_t off, uint64_t len) {
+    uint32_t id = 0;
+    while (id < s->npending && s->pending[id] >= 0) id++;
+    if (id == s->cap) {
+        uint32_t cap = s->cap ? s->cap * 2 : 64;
+        int *p = realloc(s->pending, cap * sizeof *p);
+        if (!p) { answer(s, fd, DENY_EIO); return; }
+        s->pending = p;
+        s->cap = cap;
+    }
+    if (id == s->npending) s->npending++;
+    s->pending[id] = fd;
+    ll_erofs_msg m = {.type = LL_EROFS_MSG_FILL, .id = id, .offset = off, .length = len};
+    if (send_msg(s, &m, fd) != 0) daemon_gone(s);   /* denies it with the rest */
+}
+
+static void on_events(sup *s) {
+    uint8_t buf[16384] __attribute__((aligned(8)));
+    for (;;) {
+        ssize_t n = read(s->fan, buf, sizeof buf);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return;  /* EAGAIN: drained */
+        }
+        size_t at = 0;
+        while (at + sizeof(struct fanotify_event_metadata) <= (size_t)n) {
+            struct fanotify_event_metadata md;
+            memcpy(&md, buf + at, sizeof md);
+            if (md.event_len < sizeof md || at + md.event_len > (size_t)n) return;
+            uint64_t off = 0, len = s->data_size;
+            for (size_t i = at + md.metadata_len; i + 24 <= at + md.event_len;) {
+                uint8_t type = buf[i];
+                uint16_t ilen;
+                memcpy(&ilen, buf + i + 2, 2);
+                if (ilen < 4) break;
+                if (type == INFO_RANGE && ilen >= 24) {
+                    memcpy(&off, buf + i + 8, 8);
+                    memcpy(&len, buf + i + 16, 8);
+                }
+                i += ilen;
+            }
+            at += md.event_len;
+            if (md.fd < 0) continue;
+            if (!(md.mask & FAN_PRE_ACCESS)) { close(md.fd); continue; }
+            if (off >= s->data_size) len = 0;
+            else if (len > s->data_size - off) len = s->data_size - off;
+            if (filled(s, off, len)) answer(s, md.fd, FAN_ALLOW);
+            else if (s->daemon) hand_over(s, md.fd, off, len);
+            else answer(s, md.fd, DENY_EIO);
+        }
+    }
+}
+
+static void on_message(sup *s) {
+    ll_erofs_msg m;
+    for (;;) {
+        ssize_t n = recv(s->sock, &m, sizeof m, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n != (ssize_t)sizeof m) { daemon_gone(s); return; }   /* 0: closed; else garbage */
+        switch (m.type) {
+        case LL_EROFS_MSG_DONE:
+            if (m.id >= s->npending || s->pending[m.id] < 0) break;
+            if (m.status == 0) mark_filled(s, m.offset, m.length);
+            answer(s, s->pending[m.id], m.status == 0 ? FAN_ALLOW : (FAN_DENY | ((uint32_t)(m.status & 0xff) << 24)));
+            s->pending[m.id] = -1;
+            break;
+        case LL_EROFS_MSG_FILLED:
+            if (m.offset < s->data_size) mark_filled(s, m.offset, m.length);
+            break;
+        case LL_EROFS_MSG_UNMOUNT:
+            detach(s);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/* ---- is the file system still there? */
+
+static int list_sysfs(char names[][128], int max) {
+    DIR *d = opendir(SYSFS);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < max) {
+        if (e->d_name[0] == '.' || strcmp(e->d_name, "features") == 0) continue;
+        snprintf(names[n++], 128, "%.127s", e->d_name);
+    }
+    closedir(d);
+    return n;
+}
+
+static int alive(const sup *s) {
+    if (!s->sysname[0]) return 1;  /* unknown: stay */
+    char path[256];
+    snprintf(path, sizeof path, SYSFS "/%s", s->sysname);
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static void write_filled(sup *s, const char *path) {
+    if (!path || !path[0]) return;
+    if (fdatasync(s->data) != 0) return;
+    struct stat st;
+    if (fstat(s->data, &st) != 0) return;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    uint8_t head[32];
+    memcpy(head, "LLEROFS1", 8);
+    for (int i = 0; i < 8; i++) {
+        head[8 + i] = (uint8_t)(s->data_size >> (8 * i));
+        head[16 + i] = (uint8_t)((uint64_t)st.st_ino >> (8 * i));
+        head[24 + i] = (uint8_t)((uint64_t)st.st_dev >> (8 * i));
+    }
+    size_t nb = (size_t)((s->nblocks + 7) / 8);
+    int ok = write(fd, head, sizeof head) == (ssize_t)sizeof head && write(fd, s->bits, nb) == (ssize_t)nb &&
+             fsync(fd) == 0;
+    close(fd);
+    if (!ok || rename(tmp, path) != 0) unlink(tmp);
+}
+
+/* ---- setup */
+
+static int fail(sup *s, int errnum, char *err, size_t err_size, const char *what) {
+    ll_erofs_msg m = {.type = LL_EROFS_MSG_MOUNTED, .status = errnum ? errnum : EIO};
+    snprintf(m.text, sizeof m.text, "%s: %s", what, strerror(errnum));
+    ll__set_err(err, err_size, "%s", m.text);
+    send_msg(s, &m, -1);
+    return LL_ERR_MOUNT;
+}
+
+int ll_erofs_supervise(const char *meta_path, const char *data_path, const char *mountpoint, uint64_t data_size,
+                       const uint8_t *filled_bits, const char *filled_path, int sock, char *err, size_t err_size) {
+    sup s = {.fan = -1, .sock = sock, .data = -1, .daemon = 1, .data_size = data_size, .mnt = mountpoint};
+    if (!meta_path || !data_path || !mountpoint || sock < 0 || data_size == 0 || data_size % LL_EROFS_BLOCK)
+        return fail(&s, EINVAL, err, err_size, "ll_erofs_supervise: bad arguments");
+    /* everything the host had open but the socket and stderr goes */
+    DIR *fds = opendir("/proc/self/fd");
+    if (fds) {
+        int keep = dirfd(fds);
+        struct dirent *e;
+        int list[1024], n = 0;
+        while ((e = readdir(fds)) && n < 1024) {
+            int fd = atoi(e->d_name);
+            if (e->d_name[0] != '.' && fd > 2 && fd != sock && fd != keep) list[n++] = fd;
+        }
+        closedir(fds);
+        for (int i = 0; i < n; i++) close(list[i]);
+    }
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (oom >= 0) {
+        if (write(oom, "-1000", 5) != 5)
+            say("lazylayer erofs supervisor: cannot leave the OOM killer's list (%s; needs CAP_SYS_RESOURCE)",
+                strerror(errno));
+        close(oom);
+    }
+    s.nblocks = data_size / LL_EROFS_BLOCK;
+    if (!(s.bits = calloc(1, (size_t)((s.nblocks + 7) / 8)))) return fail(&s, ENOMEM, err, err_size, "bitmap");
+    if (filled_bits) memcpy(s.bits, filled_bits, (size_t)((s.nblocks + 7) / 8));
+    if ((s.data = open(data_path, O_RDONLY | O_CLOEXEC)) < 0) return fail(&s, errno, err, err_size, data_path);
+    s.fan = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
+                          O_RDWR | O_LARGEFILE | O_CLOEXEC);
+    if (s.fan < 0) return fail(&s, errno, err, err_size, "fanotify_init (pre-content events need Linux >= 6.14)");
+    if (fanotify_mark(s.fan, FAN_MARK_ADD, FAN_PRE_ACCESS, AT_FDCWD, data_path) != 0)
+        return fail(&s, errno, err, err_size, "marking the data file for pre-content events (ext4, xfs or btrfs "
+                                              "needed; tmpfs refuses)");
+    static char before[MAX_SEEN][128], after[MAX_SEEN][128];
+    int nb = list_sysfs(before, MAX_SEEN);
+    char opts[4200];
+    if (snprintf(opts, sizeof opts, "device=%s", data_path) >= (int)sizeof opts)
+        return fail(&s, ENAMETOOLONG, err, err_size, "data file path");
+    if (mount(meta_path, mountpoint, "erofs", MS_RDONLY | MS_NODEV | MS_NOSUID, opts) != 0)
+        return fail(&s, errno, err, err_size, "mount(2) of the EROFS image");
+    int na = list_sysfs(after, MAX_SEEN), fresh = 0;
+    for (int i = 0; i < na; i++) {
+        int seen = 0;
+        for (int j = 0; j < nb && !seen; j++) seen = strcmp(after[i], before[j]) == 0;
+        if (!seen) {
+            fresh++;
+            snprintf(s.sysname, sizeof s.sysname, "%s", after[i]);
+        }
+    }
+    if (fresh != 1) {
+        s.sysname[0] = 0;
+        say("lazylayer erofs supervisor: cannot tell which %s entry is %s: it stays until killed", SYSFS, mountpoint);
+    }
+    ll_erofs_msg ok = {.type = LL_EROFS_MSG_MOUNTED};
+    snprintf(ok.text, sizeof ok.text, "%s", s.sysname);
+    if (send_msg(&s, &ok, -1) != 0) daemon_gone(&s);
+
+    for (;;) {
+        struct pollfd p[2] = {{.fd = s.fan, .events = POLLIN}, {.fd = s.daemon ? s.sock : -1, .events = POLLIN}};
+        int rc = poll(p, 2, s.detached ? 100 : 500);
+        if (rc < 0 && errno != EINTR) break;
+        if (p[0].revents) on_events(&s);
+        if (p[1].revents) on_message(&s);
+        if (!alive(&s)) break;   /* unmounted (by anyone) and the last file closed */
+    }
+    on_events(&s);   /* (none can come now; answer any that did) */
+    write_filled(&s, filled_path);
+    if (s.daemon) {
+        ll_erofs_msg gone = {.type = LL_EROFS_MSG_GONE};
+        send_msg(&s, &gone, -1);
+    }
+    _exit(0);
+}
