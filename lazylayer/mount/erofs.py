@@ -27,6 +27,7 @@ Pieces (docs/mount.md, "The erofs backend"):
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import errno
 import logging
 import os
@@ -42,7 +43,7 @@ from ..core._lib import ffi, lib
 from ..core.erofs import BLOCK, ErofsLayout
 from .fuse import MountError
 
-__all__ = ["ErofsMount", "FILL_WINDOW"]
+__all__ = ["ErofsMount", "FILL_WINDOW", "unavailable"]
 
 log = logging.getLogger("lazylayer")
 
@@ -110,6 +111,9 @@ class ErofsMount:
         self.layout = ErofsLayout(img.index, uuid=bytes.fromhex(digest[7:39]))
         self.dir = os.path.join(cache.path, "erofs", digest[7:])
         os.makedirs(self.dir, exist_ok=True)
+        why = unavailable(self.dir)
+        if why:
+            raise MountError(f"{self.mountpoint}: cannot mount as EROFS: {why}")
         self.meta_path = os.path.join(self.dir, "meta.erofs")
         self.data_path = os.path.join(self.dir, "data")
         self.filled_path = os.path.join(self.dir, "filled")
@@ -297,6 +301,40 @@ class ErofsMount:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def unavailable(directory: str) -> str | None:
+    """Why the erofs backend cannot keep a data file in ``directory`` on this machine, or None if it can:
+    it needs root, EROFS in the kernel, and fanotify pre-content events (Linux >= 6.14) on that file
+    system (ext4, xfs, btrfs; not tmpfs).  Probes with a scratch file and a group of its own."""
+    if os.geteuid() != 0:
+        return "the erofs backend needs root (mount(2), fanotify pre-content events)"
+    try:
+        with open("/proc/filesystems") as f:
+            if not any(line.split()[-1:] == ["erofs"] for line in f):
+                return "this kernel has no EROFS (CONFIG_EROFS_FS)"
+    except OSError as exc:
+        return f"cannot read /proc/filesystems: {exc}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+    fan = libc.fanotify_init(0x08 | 0x01, os.O_RDONLY)  # FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC
+    if fan < 0:
+        return f"fanotify_init: {os.strerror(ctypes.get_errno())} (pre-content events need Linux >= 6.14)"
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".erofs-probe-{os.getpid()}-{threading.get_ident()}")
+    try:
+        open(probe, "wb").close()
+        if libc.fanotify_mark(fan, 0x01, 0x00100000, -100, probe.encode()) != 0:  # FAN_MARK_ADD, FAN_PRE_ACCESS
+            err = ctypes.get_errno()
+            hint = " (tmpfs refuses them: put the cache on ext4, xfs or btrfs)" if err == errno.EOPNOTSUPP else ""
+            return f"{directory}: no fanotify pre-content events here: {os.strerror(err)}{hint}"
+        return None
+    finally:
+        os.close(fan)
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
 
 
 def _recv(sock: socket.socket) -> bytes:

@@ -1,0 +1,233 @@
+"""The erofs backend (lazylayer.mount.erofs, csrc/erofs.c, csrc/erofsd.c): real EROFS mounts through
+mount(2), filled on demand through real fanotify pre-content events, checked by erofs-utils.
+
+Needs root, a kernel with EROFS and fanotify pre-content events (Linux >= 6.14), and a temporary
+directory on ext4, xfs or btrfs; skipped otherwise, with the reason."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import images
+import pytest
+from servers import RegistryServer, wait_for
+from test_mount import Built, built  # noqa: F401  (the fixture)
+
+from lazylayer.core.erofs import BLOCK, ErofsLayout
+from lazylayer.core.seekable import BlockCache
+from lazylayer.image import DiskCache, Image
+from lazylayer.mount import MountError
+from lazylayer.mount.erofs import ErofsMount, unavailable
+
+_WHY = unavailable(tempfile.gettempdir())
+pytestmark = [
+    pytest.mark.skipif(_WHY is not None, reason=f"no erofs backend here: {_WHY}"),
+    pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed (apt install umoci)"),
+]
+
+
+def _same_as_umoci(root: str, built: Built) -> None:
+    got, got_links = images.snapshot(root)
+    want, want_links = images.snapshot(built.rootfs)
+    assert images.diff_snapshots(got, want) == []
+    assert got_links == want_links
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------- the image
+
+
+@pytest.mark.skipif(shutil.which("fsck.erofs") is None, reason="erofs-utils is not installed (apt install erofs-utils)")
+def test_the_image_passes_fsck_erofs_and_lists_like_the_index(built: Built, tmp_path: Any) -> None:
+    with Image(f"oci:{built.lazy}:v1", cache=DiskCache(tmp_path / "c")) as img:
+        layout = ErofsLayout(img.index, uuid=bytes(range(16)))
+        meta = bytes(layout.meta)
+        assert len(meta) % BLOCK == 0 and layout.data_size % BLOCK == 0
+        (tmp_path / "meta").write_bytes(meta)
+        with open(tmp_path / "data", "wb") as f:
+            f.truncate(layout.data_size)
+            for ino in range(1, img.index.inodes + 1):
+                at = layout.file_offset(ino)
+                st = img.index.stat(ino)
+                if st.kind != "reg" or st.size == 0:
+                    assert at is None
+                    continue
+                assert at is not None and at % BLOCK == 0
+                assert layout.extent_at(at) == (ino, 0, st.size)
+                assert layout.extent_at(at + st.size - 1) == (ino, st.size - 1, 1)
+                if st.size % BLOCK:
+                    assert layout.extent_at(at + st.size).ino == 0  # padding to the block's end
+                f.seek(at)
+                f.write(img.reader.pread(ino, st.size, 0))
+        with pytest.raises(ValueError):
+            layout.extent_at(layout.data_size)
+    out = subprocess.run(["fsck.erofs", f"--device={tmp_path / 'data'}", str(tmp_path / "meta")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    dump = subprocess.run(["dump.erofs", "-s", f"--device={tmp_path / 'data'}", str(tmp_path / "meta")],
+                          capture_output=True, text=True)
+    assert dump.returncode == 0, dump.stderr
+    assert "00010203-0405-0607-0809-0a0b0c0d0e0f" in dump.stdout and "chunked_file device_table" in dump.stdout
+
+
+def test_an_xattr_erofs_cannot_hold_is_a_limit_error(tmp_path: Any) -> None:
+    tar = images.make_tar([images.reg("f", b"x")])
+    info, data = images.reg("g", b"y")
+    info.pax_headers = {"SCHILY.xattr.system.foo": "bar"}
+    tar = images.make_tar([images.reg("f", b"x"), (info, data)])
+    src = images.build_layout(str(tmp_path / "src"), [tar], "v1")
+    from lazylayer.convert import Converter
+    from lazylayer import errors
+    Converter(progress=False).convert(src, f"oci:{tmp_path / 'lazy'}:v1")
+    with Image(f"oci:{tmp_path / 'lazy'}:v1", cache=None) as img:
+        with pytest.raises(errors.LimitError, match="system.foo"):
+            ErofsLayout(img.index)
+
+
+# ---------------------------------------------------------------- mounts
+
+
+def test_a_lazy_mount_matches_umoci_unpack_and_a_second_one_needs_no_fill(built: Built, tmp_path: Any) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cache = DiskCache(tmp_path / "cache")
+    with Image(built.ref, cache=cache) as img:
+        with ErofsMount(img, str(mnt)) as m:
+            assert os.statvfs(mnt).f_flag & os.ST_RDONLY
+            with open("/proc/self/mountinfo") as f:
+                assert any(line.split()[4] == str(mnt) and " erofs " in line for line in f)
+            before = m.stats()
+            assert before["fill_events"] == 0 and before["frames_fetched"] == 0  # stat, readdir: no events
+            _same_as_umoci(str(mnt), built)
+            s = m.stats()
+            assert s["fill_events"] > 0 and s["frames_fetched"] > 0 and s["fill_errors"] == 0
+            with pytest.raises(OSError) as info:
+                open(mnt / "etc/new", "w")
+            assert info.value.errno == errno.EROFS
+        assert not os.path.ismount(mnt)
+        assert (cache.path and os.path.exists(os.path.join(m.dir, "filled")))
+    with Image(built.ref, cache=DiskCache(tmp_path / "cache")) as img:
+        with ErofsMount(img, str(mnt)) as m:
+            _same_as_umoci(str(mnt), built)
+            assert m.stats()["fill_events"] == 0  # every block filled last time, and known to be
+            assert m.stats()["frames_fetched"] == 0
+
+
+def test_a_corrupt_frame_is_eio_never_data(built: Built, tmp_path: Any) -> None:
+    layout = str(tmp_path / "bad")
+    shutil.copytree(built.lazy, layout)
+    with Image(f"oci:{layout}:v1", cache=None) as img:
+        inode = img.tree.resolve("big/large.bin").inode
+        layer = img.layers[inode.layer]
+        frame = next(f for f in layer.toc.frames if f.offset <= inode.offset + (3 << 20) < f.offset + f.size)
+        path = images.blob_path(layout, layer.digest)
+    with open(path, "r+b") as f:
+        f.seek(frame.compressed_offset + frame.compressed_size // 2)
+        b = f.read(1)
+        f.seek(-1, io.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0x40]))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    want = open(os.path.join(built.rootfs, "big/large.bin"), "rb").read()
+    # (a memory cache of its own: the process-wide one may hold the good frame, read by another test)
+    with ErofsMount(f"oci:{layout}:v1", str(mnt), cache=DiskCache(tmp_path / "c"), memory_cache=BlockCache(8 << 20)) as m:
+        fd = os.open(mnt / "big/large.bin", os.O_RDONLY)
+        try:
+            assert os.pread(fd, 4096, 0) == want[:4096]
+            for _ in range(2):  # and again: not zeros the second time either
+                with pytest.raises(OSError) as info:
+                    os.pread(fd, 4096, 3 << 20)
+                assert info.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+        assert m.stats()["fill_errors"] > 0
+        assert open(mnt / "etc/passwd", "rb").read() == open(os.path.join(built.rootfs, "etc/passwd"), "rb").read()
+
+
+def test_a_cache_on_tmpfs_is_refused_with_the_reason(built: Built, tmp_path: Any) -> None:
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(shm)], check=True)
+    try:
+        (tmp_path / "mnt").mkdir()
+        with pytest.raises(MountError, match="tmpfs"):
+            ErofsMount(f"oci:{built.lazy}:v1", str(tmp_path / "mnt"), cache=DiskCache(shm / "c"))
+        assert not os.path.ismount(tmp_path / "mnt")
+    finally:
+        subprocess.run(["umount", "-l", str(shm)], check=True)  # (the DiskCache object may hold a lock file)
+
+
+# ---------------------------------------------------------------- a daemon that dies
+
+_DAEMON = """
+import sys, time
+from lazylayer.image import DiskCache
+from lazylayer.mount.erofs import ErofsMount
+m = ErofsMount(sys.argv[1], sys.argv[2], cache=DiskCache(sys.argv[3]), workers=2)
+print(m.pid, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_killing_the_daemon_mid_read_never_shows_a_wrong_byte(built: Built, tmp_path: Any) -> None:
+    """kill -9 of the filling process at random moments of a read of every file, 50 times: every byte a
+    reader gets is the image's (a read the daemon did not fill fails with EIO), and the supervisor
+    leaves once the last reader has gone."""
+    files = {}
+    for dirpath, _, names in os.walk(built.rootfs):
+        for name in names:
+            p = os.path.join(dirpath, name)
+            if os.path.isfile(p) and not os.path.islink(p) and os.path.getsize(p) > 0:
+                files[os.path.relpath(p, built.rootfs)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    rng = random.Random(19)
+    outcomes = {"ok": 0, "eio": 0, "pending": 0}
+    for i in range(50):
+        mnt = tmp_path / f"mnt{i}"
+        mnt.mkdir()
+        daemon = subprocess.Popen([sys.executable, "-c", _DAEMON, built.ref, str(mnt), str(tmp_path / f"c{i}")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        supervisor = int(daemon.stdout.readline())
+        order = sorted(files)
+        rng.shuffle(order)
+        reader = subprocess.Popen(["sha256sum", "--", *order], cwd=mnt, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0, 0.08))
+        daemon.kill()
+        daemon.wait()
+        out, err = reader.communicate(timeout=60)
+        for line in out.splitlines():
+            digest, name = line.split(None, 1)
+            assert files[name] == digest, f"run {i}: {name} read wrong bytes"
+            outcomes["ok"] += 1
+        for line in err.splitlines():
+            assert "Input/output error" in line, line
+            outcomes["eio"] += 1
+        assert len(out.splitlines()) + len(err.splitlines()) == len(order)
+        wait_for(lambda: not _alive(supervisor), timeout=30)
+        assert not os.path.ismount(mnt)
+        said = daemon.stderr.read()  # (the supervisor's too; it has gone, so this ends)
+        pending = re.search(r"gone: (\d+) pending reads failed", said)
+        assert pending, said
+        outcomes["pending"] += int(pending.group(1)) > 0
+    # both kinds of read happened, and some kills did land while the supervisor had a fill pending
+    assert outcomes["ok"] > 0 and outcomes["eio"] > 0 and outcomes["pending"] > 0, outcomes
