@@ -41,8 +41,10 @@ typedef struct {
     int fan, sock, data;
     int daemon;                /* the daemon's end of sock is open */
     int detached;
-    uint64_t data_size, nblocks;
+    uint64_t data_size, nblocks, nfilled;
     uint8_t *bits;
+    int marked;                /* the data file still raises events */
+    const char *data_path;
     int *pending;              /* id -> event fd, -1: free */
     uint32_t npending, cap;
     const char *mnt;
@@ -77,7 +79,17 @@ static void mark_filled(sup *s, uint64_t off, uint64_t len) {
     /* only whole blocks: a partly written block is not filled */
     uint64_t first = (off + LL_EROFS_BLOCK - 1) / LL_EROFS_BLOCK;
     uint64_t end = off + len >= s->data_size ? s->nblocks : (off + len) / LL_EROFS_BLOCK;
-    for (uint64_t b = first; b < end && b < s->nblocks; b++) s->bits[b >> 3] |= (uint8_t)(1u << (b & 7));
+    for (uint64_t b = first; b < end && b < s->nblocks; b++)
+        if (!(s->bits[b >> 3] & (1u << (b & 7)))) {
+            s->bits[b >> 3] |= (uint8_t)(1u << (b & 7));
+            s->nfilled++;
+        }
+    /* Complete: no more events at all (the kernel finds no mark; reads go straight to the file). */
+    if (s->marked && s->nfilled == s->nblocks &&
+        fanotify_mark(s->fan, FAN_MARK_REMOVE, FAN_PRE_ACCESS, AT_FDCWD, s->data_path) == 0) {
+        s->marked = 0;
+        say("lazylayer erofs supervisor: %s: the data file is complete; no more events", s->mnt);
+    }
 }
 
 /* ---- answers */
@@ -299,14 +311,22 @@ int ll_erofs_supervise(const char *meta_path, const char *data_path, const char 
     }
     s.nblocks = data_size / LL_EROFS_BLOCK;
     if (!(s.bits = calloc(1, (size_t)((s.nblocks + 7) / 8)))) return fail(&s, ENOMEM, err, err_size, "bitmap");
-    if (filled_bits) memcpy(s.bits, filled_bits, (size_t)((s.nblocks + 7) / 8));
+    if (filled_bits) {
+        memcpy(s.bits, filled_bits, (size_t)((s.nblocks + 7) / 8));
+        if (s.nblocks % 8) s.bits[s.nblocks / 8] &= (uint8_t)((1u << (s.nblocks % 8)) - 1);
+        for (uint64_t b = 0; b < s.nblocks; b++) s.nfilled += (s.bits[b >> 3] >> (b & 7)) & 1;
+    }
+    s.data_path = data_path;
     if ((s.data = open(data_path, O_RDONLY | O_CLOEXEC)) < 0) return fail(&s, errno, err, err_size, data_path);
     s.fan = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
                           O_RDWR | O_LARGEFILE | O_CLOEXEC);
     if (s.fan < 0) return fail(&s, errno, err, err_size, "fanotify_init (pre-content events need Linux >= 6.14)");
-    if (fanotify_mark(s.fan, FAN_MARK_ADD, FAN_PRE_ACCESS, AT_FDCWD, data_path) != 0)
-        return fail(&s, errno, err, err_size, "marking the data file for pre-content events (ext4, xfs or btrfs "
-                                              "needed; tmpfs refuses)");
+    if (s.nfilled < s.nblocks) {   /* (a complete data file needs no mark) */
+        if (fanotify_mark(s.fan, FAN_MARK_ADD, FAN_PRE_ACCESS, AT_FDCWD, data_path) != 0)
+            return fail(&s, errno, err, err_size, "marking the data file for pre-content events (ext4, xfs or "
+                                                  "btrfs needed; tmpfs refuses)");
+        s.marked = 1;
+    }
     static char before[MAX_SEEN][128], after[MAX_SEEN][128];
     int nb = list_sysfs(before, MAX_SEEN);
     char opts[4200];

@@ -438,7 +438,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                                debug=args.debug, read_ahead=args.read_ahead, verbose=args.verbose,
                                prefetch=None if args.no_prefetch else args.prefetch or "auto", fill=args.fill,
                                fill_rate=args.fill_rate, readahead=not args.no_readahead,
-                               passthrough=args.passthrough)
+                               passthrough=args.passthrough, backend=args.backend)
 
     def serve(ready_fd: int | None = None) -> int:
         # The mount's fetcher process runs the prefetcher (it sees the misses read-ahead follows).
@@ -707,6 +707,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--passthrough", action="store_true",
                    help="FUSE passthrough for files of 1 MiB or more once their frames are cached: decoded once "
                         "into the disk cache, then read by the kernel itself (Linux >= 6.9, root; docs/mount.md)")
+    m.add_argument("--backend", choices=("fuse", "erofs", "auto"), default="fuse",
+                   help="fuse (default), erofs: the kernel serves the image as EROFS and this daemon fills its "
+                        "data on demand through fanotify (Linux >= 6.14, root, cache on ext4/xfs/btrfs), auto: "
+                        "erofs where allowed, else fuse (the log says which); docs/mount.md")
     m.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     m.add_argument("-v", "--verbose", action="count", default=0,
                    help="log more than the mount and unmount lines (with counters) logged anyway: -v what "

@@ -9,12 +9,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-import json
 import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +22,7 @@ from typing import Any
 import images
 import pytest
 from servers import RegistryServer, wait_for
-from test_mount import Built, built  # noqa: F401  (the fixture)
+from test_mount import Built
 
 from lazylayer.core.erofs import BLOCK, ErofsLayout
 from lazylayer.core.seekable import BlockCache
@@ -37,6 +35,12 @@ pytestmark = [
     pytest.mark.skipif(_WHY is not None, reason=f"no erofs backend here: {_WHY}"),
     pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed (apt install umoci)"),
 ]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer) -> Built:
+    """test_mount's reference image (umoci's three layers and a hand-made fourth), lazy, in the registry."""
+    return Built(str(tmp_path_factory.mktemp("erofsimage")), registry)
 
 
 def _same_as_umoci(root: str, built: Built) -> None:
@@ -96,8 +100,8 @@ def test_an_xattr_erofs_cannot_hold_is_a_limit_error(tmp_path: Any) -> None:
     info.pax_headers = {"SCHILY.xattr.system.foo": "bar"}
     tar = images.make_tar([images.reg("f", b"x"), (info, data)])
     src = images.build_layout(str(tmp_path / "src"), [tar], "v1")
-    from lazylayer.convert import Converter
     from lazylayer import errors
+    from lazylayer.convert import Converter
     Converter(progress=False).convert(src, f"oci:{tmp_path / 'lazy'}:v1")
     with Image(f"oci:{tmp_path / 'lazy'}:v1", cache=None) as img:
         with pytest.raises(errors.LimitError, match="system.foo"):
@@ -111,7 +115,8 @@ def test_a_lazy_mount_matches_umoci_unpack_and_a_second_one_needs_no_fill(built:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     cache = DiskCache(tmp_path / "cache")
-    with Image(built.ref, cache=cache) as img:
+    # (a memory cache of its own: the process-wide one may hold frames other tests read)
+    with Image(built.ref, cache=cache, memory_cache=BlockCache(16 << 20)) as img:
         with ErofsMount(img, str(mnt)) as m:
             assert os.statvfs(mnt).f_flag & os.ST_RDONLY
             with open("/proc/self/mountinfo") as f:
@@ -126,7 +131,7 @@ def test_a_lazy_mount_matches_umoci_unpack_and_a_second_one_needs_no_fill(built:
             assert info.value.errno == errno.EROFS
         assert not os.path.ismount(mnt)
         assert (cache.path and os.path.exists(os.path.join(m.dir, "filled")))
-    with Image(built.ref, cache=DiskCache(tmp_path / "cache")) as img:
+    with Image(built.ref, cache=DiskCache(tmp_path / "cache"), memory_cache=BlockCache(16 << 20)) as img:
         with ErofsMount(img, str(mnt)) as m:
             _same_as_umoci(str(mnt), built)
             assert m.stats()["fill_events"] == 0  # every block filled last time, and known to be
@@ -150,7 +155,8 @@ def test_a_corrupt_frame_is_eio_never_data(built: Built, tmp_path: Any) -> None:
     mnt.mkdir()
     want = open(os.path.join(built.rootfs, "big/large.bin"), "rb").read()
     # (a memory cache of its own: the process-wide one may hold the good frame, read by another test)
-    with ErofsMount(f"oci:{layout}:v1", str(mnt), cache=DiskCache(tmp_path / "c"), memory_cache=BlockCache(8 << 20)) as m:
+    with ErofsMount(f"oci:{layout}:v1", str(mnt), cache=DiskCache(tmp_path / "c"),
+                    memory_cache=BlockCache(8 << 20)) as m:
         fd = os.open(mnt / "big/large.bin", os.O_RDONLY)
         try:
             assert os.pread(fd, 4096, 0) == want[:4096]
@@ -175,6 +181,47 @@ def test_a_cache_on_tmpfs_is_refused_with_the_reason(built: Built, tmp_path: Any
         assert not os.path.ismount(tmp_path / "mnt")
     finally:
         subprocess.run(["umount", "-l", str(shm)], check=True)  # (the DiskCache object may hold a lock file)
+
+
+def test_fill_completes_the_data_file_and_then_no_read_raises_an_event(built: Built, tmp_path: Any) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with ErofsMount(built.ref, str(mnt), cache=DiskCache(tmp_path / "c"), prefetch=None, fill=True) as m:
+        assert m.ahead_done.wait(60)
+        sizes = {}  # content per inode: hard links share theirs
+        for d, _, names in os.walk(built.rootfs):
+            for n in names:
+                st = os.lstat(os.path.join(d, n))
+                if os.path.stat.S_ISREG(st.st_mode):
+                    sizes[st.st_ino] = st.st_size
+        s = m.stats()
+        assert s["fill_errors"] == 0 and s["filled_bytes"] == sum(sizes.values())
+        events = s["fill_events"]
+        assert events <= 1  # (the one this process raised to get a descriptor to fill through)
+        _same_as_umoci(str(mnt), built)
+        assert m.stats()["fill_events"] == events  # complete: the supervisor took the mark off
+
+
+def test_a_recorded_plan_is_filled_before_it_is_read(built: Built, tmp_path: Any) -> None:
+    from lazylayer.prefetch import Recorder
+
+    wanted = ["etc/passwd", "big/large.bin"]
+    with Image(built.ref, cache=DiskCache(tmp_path / "record")) as img:
+        rec = Recorder(img)
+        img.recorder = rec
+        for p in wanted:
+            node = img.tree.resolve("/" + p)
+            img.pread(node, node.inode.size, 0)
+        rec.plan(workload="test").save(tmp_path / "plan.json")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with ErofsMount(built.ref, str(mnt), cache=DiskCache(tmp_path / "c"), prefetch=str(tmp_path / "plan.json")) as m:
+        assert m.ahead_done.wait(60)
+        events = m.stats()["fill_events"]
+        for p in wanted:
+            assert (mnt / p).read_bytes() == open(os.path.join(built.rootfs, p), "rb").read()
+        assert m.stats()["fill_events"] == events  # every block read was filled ahead
+        assert m.stats()["prefetched_frames"] > 0
 
 
 # ---------------------------------------------------------------- a daemon that dies

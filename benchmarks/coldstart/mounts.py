@@ -111,6 +111,8 @@ def lazy_umount(cli: str, mnt: Path, timeout: float = 60) -> str:
         msg = f"lazylayer umount did not return in {timeout:.0f} s"
     if is_mount(mnt):
         subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, capture_output=True)
+    if is_mount(mnt):  # (not FUSE: the erofs backend)
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
     return msg
 
 

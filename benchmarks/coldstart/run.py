@@ -71,6 +71,11 @@ from nothing local to the workload's exit; unmounting is not timed)
         the runs), read at once, and each layer is checked in the background
         by a full fetch, which shares the link with the workload's reads.
         Not in the default cases.
+    (r), (w), (q), (h): (b), (c), (p), (g) with ``--backend erofs``: the image
+        mounted as EROFS, its data file filled on demand through fanotify
+        (docs/mount.md, "The erofs backend"); (w) runs on the cache (r)
+        left, so its data file holds what the workload reads.  Not in the
+        default cases.
     (i) a diagnostic: ``python -c IMPORTS``, the modules the
         mount command loads before it forks: the part of (b) and (c)'s mount
         that is only starting the command.
@@ -93,7 +98,8 @@ Check (untimed, before the runs; ``--no-verify`` skips it)
 
 Targets (from the issues)
     (b) <= 0.15x (a); (c) <= 1.5x (d); (p) <= 0.08x (a); (g) <= 1.0x (f); (z) <= 1.0x (a);
-    (e), (k), (s), (x), (y) <= 1.25x (b).  Ratios are between medians over
+    (e), (k), (s), (x), (y) <= 1.25x (b); the erofs backend: (w) <= 1.5x (d), (h) <= 0.8x (f),
+    (q) <= 0.08x (a).  Ratios are between medians over
     ``--runs`` runs; every run is listed.  CPU-s of the whole machine and of
     the proxy are recorded from each clock's start to its stop: the machine
     has 2 cores, so (a)'s decompression, the proxy and anything else running
@@ -135,6 +141,7 @@ from benchmarks.netem import ShapedProxy
 TAG = build.TAG
 REPO_GZIP, REPO_LAZY, REPO_ESGZ, REPO_ZCHUNK, REPO_SZCHUNK = "cs-gzip", "cs-lazy", "cs-esgz", "cs-zchunk", "cs-szchunk"
 TARGET_B, TARGET_C, TARGET_P, TARGET_G, TARGET_Z, TARGET_E = 0.15, 1.5, 0.08, 1.0, 1.0, 1.25
+TARGET_W, TARGET_H = 1.5, 0.8  # issue 19 (the erofs backend): (w) <= 1.5x (d); (h) <= 0.8x (f); (q) as (p)
 MB = 10**6
 VERIFY_SAMPLE = 100
 CLI = str(Path(sys.executable).with_name("lazylayer"))
@@ -380,6 +387,22 @@ class Bench:
         self.index_gzip()
         return self.lazy(True, "--no-prefetch", "--gzip-indexes", "attached", repo=REPO_GZIP)
 
+    def case_r(self) -> dict[str, float]:
+        """(b) with the erofs backend: the kernel serves the image, the daemon fills what misses."""
+        return self.lazy(True, "--no-prefetch", "--backend", "erofs")
+
+    def case_w(self) -> dict[str, float]:
+        """(r) again with the cache (r) left: its data file holds what the workload reads."""
+        return self.lazy(False, "--no-prefetch", "--backend", "erofs")
+
+    def case_q(self) -> dict[str, float]:
+        """(p) with the erofs backend: the recorded plan fetched and written to the data file first."""
+        return self.lazy(True, "--backend", "erofs")
+
+    def case_h(self) -> dict[str, float]:
+        """(g) with the erofs backend: --fill, then read every file."""
+        return self.lazy(True, "--no-prefetch", "--fill", "--backend", "erofs", read_all=True)
+
     def case_f(self) -> dict[str, float]:
         pulled = self.pull()
         ov, w = self.workload(self.dirs, read_all=True)
@@ -437,6 +460,10 @@ CASES = {
          "holding only the indexes + overlay + workload",
     "y": "(y) `lazylayer mount --gzip-indexes attached` of the gzip image, empty cache: the indexes attached to it, "
          "each layer checked by a background full fetch + overlay + workload",
+    "r": "(r) `lazylayer mount --backend erofs`, empty cache + overlay + workload",
+    "w": "(w) `lazylayer mount --backend erofs`, the cache (r) left (its data file warm) + overlay + workload",
+    "q": "(q) `lazylayer mount --backend erofs` with the recorded plan, empty cache + overlay + workload",
+    "h": "(h) `lazylayer mount --backend erofs --fill`, empty cache + overlay + read every file (as f)",
     "i": "(diagnostic) starting the command: `python -c IMPORTS` (see below), page cache dropped",
 }
 # What `lazylayer mount docker://...` loads before it forks its daemon.
@@ -517,9 +544,9 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
         L += ["", f"IMPORTS = `{IMPORTS}`"]
     if verified:
         L += ["", f"Check before timing (untimed): {verified}."]
-    if res.get("p"):
-        L += ["", f"The plan of (p), recorded before the runs (untimed): `{bench_plan}`."]
-    if res.get("f") or res.get("g"):
+    if res.get("p") or res.get("q"):
+        L += ["", f"The plan of (p) and (q), recorded before the runs (untimed): `{bench_plan}`."]
+    if res.get("f") or res.get("g") or res.get("h"):
         sizes = ", ".join(f"{n:,}" for n in sorted(tar_bytes))
         L += ["", f"Archive bytes `tar` wrote in (f) and (g): {sizes} "
               f"({'the same in every run' if len(tar_bytes) == 1 else '**they differ**'})."]
@@ -541,6 +568,12 @@ def report(a: argparse.Namespace, cmd: str, info: dict[str, Any], res: dict[str,
     ratio_row("e", "b", TARGET_E, f"(e) mount of the eStargz image <= {TARGET_E}x (b), the same in lazylayer's format")
     ratio_row("k", "b", TARGET_E, f"(k) mount of skopeo's zstd:chunked image <= {TARGET_E}x (b)")
     ratio_row("s", "b", TARGET_E, f"(s) mount of stargz's zstd:chunked image <= {TARGET_E}x (b)")
+    ratio_row("r", "b", 1.0, "(r) erofs backend, empty cache, against (b) the FUSE mount (no target: a comparison)")
+    ratio_row("w", "d", TARGET_W, f"(w) erofs backend, warm data file <= {TARGET_W}x (d) the workload on the "
+              "extracted root")
+    ratio_row("q", "a", TARGET_P, f"(q) erofs backend with the recorded plan <= {TARGET_P}x (a) full pull")
+    ratio_row("h", "f", TARGET_H, f"(h) erofs backend --fill, read every file <= {TARGET_H}x (f) full pull + the "
+              "same read")
     ratio_row("x", "b", TARGET_E, f"(x) mount of the gzip image, indexed here <= {TARGET_E}x (b)")
     ratio_row("y", "b", TARGET_E, f"(y) mount of the gzip image, indexes attached (checked) <= {TARGET_E}x (b)")
     L += ["", "#### Time taken by the benchmark", "",
@@ -590,10 +623,11 @@ def main(argv: list[str] | None = None) -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
     skipped = ""
-    if ({"b", "c", "p", "g", "z", "e", "k", "s", "x", "y"} & set(cases)) and not mount_cli_ready():
+    if ({"b", "c", "p", "g", "z", "e", "k", "s", "x", "y", "r", "w", "q", "h"} & set(cases)) and \
+            not mount_cli_ready():
         skipped = f" (`{CLI} mount --help` failed: the mount command is missing)"
         log("lazylayer mount is not available: skipping (b), (c), (p), (g), (z), (e), (k), (s), (x) and (y)")
-        cases = [c for c in cases if c not in "bcpgzeksxy"]
+        cases = [c for c in cases if c not in "bcpgzeksxyrwqh"]
 
     phases: dict[str, float] = {}
     t = time.perf_counter()
@@ -623,7 +657,7 @@ def main(argv: list[str] | None = None) -> None:
                 verified = bench.verify()
                 phases["verify"] = time.perf_counter() - t
                 log(f"verify: {verified}")
-            if "p" in cases:
+            if "p" in cases or "q" in cases:
                 t = time.perf_counter()
                 log(f"record: {bench.record()}")
                 phases["record"] = time.perf_counter() - t

@@ -57,6 +57,44 @@ static inline int ll_fuzz_build(const uint8_t *const *parts, const size_t *lens,
 /* A digest of everything the index answers (walking every inode once, every
  * directory's entries, symlinks, xattrs, layers, frames, prefetch ranges and some
  * resolutions), so two indexes can be compared; it must never crash or hang. */
+/* The EROFS view of an index that opened (csrc/erofs.c): built or refused with a
+ * reason, never a crash; its layout agrees with the index file by file. */
+static inline void ll_fuzz_erofs(const ll_index *idx) {
+    ll_erofs *e;
+    char err[LL_ERR_MSG_SIZE];
+    int rc = ll_erofs_build(idx, NULL, &e, err, sizeof err);
+    CHECK(rc == LL_OK || rc == LL_ERR_LIMIT || rc == LL_ERR_NOMEM, "erofs build rc %d", rc);
+    if (rc != LL_OK) {
+        CHECK(err[0], "an EROFS refusal without a reason");
+        return;
+    }
+    const uint8_t *meta;
+    size_t size;
+    ll_erofs_meta(e, (const void **)&meta, &size);
+    CHECK(size >= 2 * LL_EROFS_BLOCK && size % LL_EROFS_BLOCK == 0, "metadata image of %zu bytes", size);
+    CHECK(meta[1024] == 0xE2 && meta[1025] == 0xE1 && meta[1026] == 0xF5 && meta[1027] == 0xE0, "EROFS magic");
+    CHECK((meta[4096] & 1) == 1, "the root (nid 0) is an extended inode");
+    uint64_t data = ll_erofs_data_size(e), ino, fo, len, prev_end = 0;
+    CHECK(data % LL_EROFS_BLOCK == 0, "data size %llu", (unsigned long long)data);
+    for (uint64_t i = 1; i <= ll_index_inodes(idx); i++) {
+        ll_stat st;
+        uint64_t at;
+        CHECK(ll_index_stat(idx, i, &st) == LL_OK, "stat");
+        rc = ll_erofs_file_offset(e, i, &at);
+        if (st.kind != LL_KIND_REG || st.size == 0) {
+            CHECK(rc == LL_ERR_NOTREG, "inode %llu: no data, yet an offset", (unsigned long long)i);
+            continue;
+        }
+        CHECK(rc == LL_OK && at % LL_EROFS_BLOCK == 0 && at >= prev_end && at + st.size <= data, "file extent");
+        prev_end = at + st.size;
+        CHECK(ll_erofs_data_at(e, at, &ino, &fo, &len) == LL_OK && ino == i && fo == 0 && len == st.size,
+              "data_at the start");
+        CHECK(ll_erofs_data_at(e, at + st.size - 1, &ino, &fo, &len) == LL_OK && ino == i && len == 1, "data_at the end");
+    }
+    CHECK(ll_erofs_data_at(e, data, &ino, &fo, &len) == LL_ERR_ARG, "data_at past the end");
+    ll_erofs_free(e);
+}
+
 static inline uint64_t ll_fuzz_walk(const ll_index *idx, uint64_t seed) {
     uint64_t h = 1469598103934665603ull;
 #define MIX(p, n) (h ^= ll_fuzz_hash((const uint8_t *)(p), (n)), h *= 1099511628211ull)
@@ -188,6 +226,7 @@ static inline uint64_t ll_fuzz_walk(const ll_index *idx, uint64_t seed) {
         }
     }
     CHECK(ll_index_layer_info(idx, nl, NULL, NULL, NULL, NULL) == LL_ERR_ARG, "layer past the end");
+    ll_fuzz_erofs(idx);
 #undef MIX
 #undef MIXV
     return h;

@@ -42,7 +42,13 @@ def mount_entry(mountpoint: str) -> dict[str, str] | None:
 def is_mounted(mountpoint: str) -> bool:
     """True if a lazylayer mount is at ``mountpoint``."""
     entry = mount_entry(mountpoint)
-    return entry is not None and entry["fstype"] == "fuse." + SUBTYPE
+    return entry is not None and _ours(entry)
+
+
+def _ours(entry: dict[str, str]) -> bool:
+    from .erofs import is_erofs_mount
+
+    return entry["fstype"] == "fuse." + SUBTYPE or is_erofs_mount(entry["fstype"], entry["source"])
 
 
 def state_paths(mountpoint: str) -> tuple[str, str]:
@@ -88,7 +94,7 @@ def unmount(mountpoint: str, *, timeout: float = 30.0, lazy: bool = False) -> in
     unmount fails (for example, busy).
     """
     entry = mount_entry(mountpoint)
-    if entry is None or entry["fstype"] != "fuse." + SUBTYPE:
+    if entry is None or not _ours(entry):
         what = "nothing is mounted" if entry is None else f"a {entry['fstype']} filesystem is mounted"
         raise MountError(f"{mountpoint}: not a lazylayer mount ({what} there)")
     pidfile, _ = state_paths(mountpoint)
@@ -97,7 +103,7 @@ def unmount(mountpoint: str, *, timeout: float = 30.0, lazy: bool = False) -> in
             pid: int | None = int(f.read().strip() or 0) or None
     except (OSError, ValueError):
         pid = None
-    tool = shutil.which("fusermount3")
+    tool = shutil.which("fusermount3") if entry["fstype"].startswith("fuse.") else None
     cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mountpoint] if tool else \
         ["umount"] + (["-l"] if lazy else []) + [mountpoint]
     res = subprocess.run(cmd, capture_output=True, text=True)

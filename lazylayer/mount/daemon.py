@@ -41,6 +41,7 @@ class ServeOptions:
     fill_rate: float | None = None
     readahead: bool = True
     passthrough: bool = False     #: FUSE passthrough of large cached files (Mount's option)
+    backend: str = "fuse"         #: "fuse", "erofs" or "auto" (lazylayer.mount.erofs.choose_backend)
 
 
 def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | None = None) -> int:
@@ -76,26 +77,34 @@ def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | Non
         tell(f"error: {exc}")
         raise
     mnt = None
-    try:
-        try:
-            mnt = Mount(img, opts.mountpoint, threads=2 if opts.threads else 1, allow_other=opts.allow_other,
-                        prefetch=opts.prefetch, fill=opts.fill, fill_rate=opts.fill_rate, readahead=opts.readahead,
-                        verbose=opts.verbose + (2 if opts.debug else 0), passthrough=opts.passthrough)
-        except errors.LazyLayerError as exc:
-            tell(f"error: {exc}")
-            raise
-        # SIGINT, SIGTERM and SIGHUP unmount (lazily); the kernel ends the session once
-        # the last process inside lets go, and mnt.wait() returns.
-        def on_signal(signum: int, frame: object) -> None:
-            log.info("%s: signal %d: unmounting", opts.mountpoint, signum)
+    signalled = threading.Event()
+
+    # SIGINT, SIGTERM and SIGHUP unmount (lazily); the kernel ends the session once
+    # the last process inside lets go, and mnt.wait() returns.  Installed before the
+    # mount is made: the kernel has it (and a caller may signal) before Mount() returns.
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("%s: signal %d: unmounting", opts.mountpoint, signum)
+        signalled.set()
+        if mnt is not None:
             try:
                 mnt.unmount(wait=False)
             except errors.LazyLayerError as exc:
                 log.error("%s", exc)
 
+    try:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, on_signal)
+        try:
+            mnt = Mount(img, opts.mountpoint, threads=2 if opts.threads else 1, allow_other=opts.allow_other,
+                        prefetch=opts.prefetch, fill=opts.fill, fill_rate=opts.fill_rate, readahead=opts.readahead,
+                        verbose=opts.verbose + (2 if opts.debug else 0), passthrough=opts.passthrough,
+                        backend=opts.backend)
+        except errors.LazyLayerError as exc:
+            tell(f"error: {exc}")
+            raise
+        if signalled.is_set():  # (a signal while the mount was being made)
+            on_signal(0, None)
         ready()
         while not mnt.wait(1.0):
             pass
@@ -105,9 +114,14 @@ def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | Non
         if mnt is not None:
             mnt.close()
         img.close()
-    log.info("unmounted %s: %d requests, %d frames fetched (%d bytes), %d from disk, %d EIO, %d from local layer "
-             "files", opts.mountpoint, stats["requests"], stats["fetches"], stats["bytes_fetched"],
-             stats["frames_from_disk"], stats["eio"], stats["frames_local"])
+    if "fill_events" in stats:  # the erofs backend
+        log.info("unmounted %s: %d frames fetched (%d bytes), %d from disk, %d EIO; %d fills asked, %d bytes "
+                 "written to the data file", opts.mountpoint, stats["frames_fetched"], stats["bytes_fetched"],
+                 stats["frames_from_disk"], stats["fill_errors"], stats["fill_events"], stats["filled_bytes"])
+    else:
+        log.info("unmounted %s: %d requests, %d frames fetched (%d bytes), %d from disk, %d EIO, %d from local "
+                 "layer files", opts.mountpoint, stats["requests"], stats["fetches"], stats["bytes_fetched"],
+                 stats["frames_from_disk"], stats["eio"], stats["frames_local"])
     try:
         with open(pidfile) as f:
             if f.read().strip() == str(os.getpid()):

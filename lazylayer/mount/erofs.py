@@ -26,6 +26,7 @@ Pieces (docs/mount.md, "The erofs backend"):
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import ctypes
 import errno
@@ -43,7 +44,7 @@ from ..core._lib import ffi, lib
 from ..core.erofs import BLOCK, ErofsLayout
 from .fuse import MountError
 
-__all__ = ["ErofsMount", "FILL_WINDOW", "unavailable"]
+__all__ = ["BACKENDS", "ErofsMount", "FILL_WINDOW", "choose_backend", "is_erofs_mount", "unavailable"]
 
 log = logging.getLogger("lazylayer")
 
@@ -66,13 +67,18 @@ class ErofsMount:
     ``image``: an :class:`~lazylayer.image.Image` (kept open; the caller closes
     it after the mount) or a reference, opened here with ``image_options`` and
     closed with the mount.  The image needs a disk cache (where the metadata
-    image and the data file live).  ``workers``: fills at once.  Returns once
-    the kernel has the mount.  Use as a context manager, or call :meth:`close`
+    image and the data file live).  ``workers``: fills at once.  ``prefetch``,
+    ``fill``, ``fill_rate``, ``readahead``: as for the FUSE mount
+    (:func:`lazylayer.prefetch.start` fetches the plan's frames, then the rest
+    with ``fill``); the data file is then filled in the same order, ahead of
+    the reads, and once every block is filled the kernel raises no more
+    events.  Returns once the kernel has the mount.  Use as a context manager, or call :meth:`close`
     (detach, wait up to ``timeout`` for the last file to close, stop filling).
     Counters: :meth:`stats`.
     """
 
-    def __init__(self, image: Any, mountpoint: str, *, workers: int = 8, **image_options: Any) -> None:
+    def __init__(self, image: Any, mountpoint: str, *, workers: int = 8, prefetch: Any = "auto", fill: bool = False,
+                 fill_rate: float | None = None, readahead: bool = True, **image_options: Any) -> None:
         from ..image import Image
 
         self.mountpoint = os.path.abspath(mountpoint)
@@ -90,8 +96,15 @@ class ErofsMount:
         self.events = 0          # fills asked by the supervisor
         self.filled_bytes = 0    # bytes written to the data file
         self.errors = 0
+        self._writer_fd = -1        # a dup of an event's descriptor: writes through it raise no event
+        self._writer_ready = threading.Event()
+        self._closing = False
+        self._prefetcher: Any = None
+        self.ahead_done = threading.Event()  # set once the plan's (and with fill, every) window is filled
+        self.ahead_done.set()
         try:
             self._start(workers)
+            self._start_prefetch(prefetch, fill, fill_rate, readahead)
         except BaseException:
             self._release()
             raise
@@ -205,6 +218,11 @@ class ErofsMount:
         start = offset // FILL_WINDOW * FILL_WINDOW
         end = min(size, -(-(offset + max(length, 1)) // FILL_WINDOW) * FILL_WINDOW)
         status = 0
+        if self._writer_fd < 0:
+            with self._windows_lock:
+                if self._writer_fd < 0:
+                    self._writer_fd = os.dup(fd)
+                    self._writer_ready.set()
         try:
             for w in range(start, end, FILL_WINDOW):
                 if not self._window(fd, w, min(size, w + FILL_WINDOW)):
@@ -260,7 +278,107 @@ class ErofsMount:
             if self._sock is not None:
                 self._sock.send(data)
 
+    # -- filling ahead
+
+    def _start_prefetch(self, prefetch: Any, fill: bool, fill_rate: float | None, readahead: bool) -> None:
+        from ..prefetch import start
+
+        img = self.image
+        if img.disk is None:
+            return  # a local layout: nothing to fetch, and its files are read as they are asked for
+        prefetcher = self._prefetcher = start(img, prefetch, fill=fill, fill_rate=fill_rate, readahead=readahead)
+        if prefetcher is None or (prefetch in (None, False) and not fill):
+            return
+        self.ahead_done.clear()
+        threading.Thread(target=self._fill_ahead, args=(prefetcher, fill), name="lazylayer-erofs-ahead",
+                         daemon=True).start()
+
+    def _fill_ahead(self, prefetcher: Any, fill: bool) -> None:
+        """Fill the data file's windows in the plan's order (then all of them, with fill), through a
+        descriptor of an event (:meth:`_writer`), while the prefetcher fetches their frames."""
+        try:
+            self._fill_windows(prefetcher, fill)
+        except Exception as exc:  # advice only: the reads fill what they need
+            log.warning("%s: filling ahead stopped: %s", self.mountpoint, exc)
+        finally:
+            self.ahead_done.set()
+
+    def _fill_windows(self, prefetcher: Any, fill: bool) -> None:
+        self.image.prefetch_started.wait()
+        windows = self._plan_windows(prefetcher.plan) if prefetcher.plan is not None else []
+        if fill:
+            windows += range(0, self.layout.data_size, FILL_WINDOW)
+        todo = [w for w in dict.fromkeys(windows) if w not in self._filled]
+        if not todo or not self._writer(todo[0]):
+            return
+        size = self.layout.data_size
+        for w in todo:
+            if self._closing:
+                return
+            end = min(size, w + FILL_WINDOW)
+            if self._window(self._writer_fd, w, end):
+                try:
+                    self._send(_msg(lib.LL_EROFS_MSG_FILLED, 0, 0, w, end - w))
+                except OSError:
+                    return
+
+    def _plan_windows(self, plan: Any) -> list[int]:
+        """The data file's windows holding what ``plan`` lists, in its order."""
+        index, layout = self.image.index, self.layout
+        by_layer: dict[int, list[tuple[int, int, int]]] = {}
+        for ino in range(1, index.inodes + 1):
+            at = layout.file_offset(ino)
+            if at is not None:
+                st = index.stat(ino)
+                by_layer.setdefault(st.layer, []).append((st.offset, st.size, at))
+        for files in by_layer.values():
+            files.sort()
+        out: list[int] = []
+        for layer in self.image.layers:
+            lp = plan.for_layer(layer.digest, layer.diff_id)
+            files = by_layer.get(layer.index, [])
+            if lp is None or not files:
+                continue
+            starts = [f[0] for f in files]
+            for off, length in lp.ranges:
+                i = max(0, bisect.bisect_right(starts, off) - 1)
+                while i < len(files) and files[i][0] < off + length:
+                    fstart, fsize, at = files[i]
+                    lo, hi = max(off, fstart), min(off + length, fstart + fsize)
+                    if lo < hi:
+                        out.extend(range((at + lo - fstart) // FILL_WINDOW * FILL_WINDOW, at + hi - fstart,
+                                         FILL_WINDOW))
+                    i += 1
+        return out
+
+    def _writer(self, block: int) -> bool:
+        """A descriptor to fill through: the first event's; if none came yet, one is made to come by a
+        read of window ``block`` (not filled yet), which this process then answers."""
+        if not self._writer_ready.is_set():
+            try:
+                fd = os.open(self.data_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.pread(fd, 1, block)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.warning("%s: no filling ahead: %s", self.mountpoint, exc)
+        return self._writer_ready.wait(30)
+
     # -- control
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the file system is gone (unmounted, the last file closed); False on timeout."""
+        return self._gone.wait(timeout)
+
+    def unmount(self, wait: bool = True, timeout: float = 30.0) -> bool:
+        """Detach the mount (lazily: a process with a file open keeps it until it closes it; reads go on
+        being filled meanwhile); with ``wait``, wait up to ``timeout`` s for it to be gone."""
+        try:
+            self._send(_msg(lib.LL_EROFS_MSG_UNMOUNT))
+        except OSError:
+            pass
+        return self._gone.wait(timeout) if wait else self._gone.is_set()
 
     def stats(self) -> dict[str, int]:
         return {"fill_events": self.events, "filled_bytes": self.filled_bytes, "fill_errors": self.errors,
@@ -281,6 +399,11 @@ class ErofsMount:
         return gone
 
     def _release(self) -> None:
+        self._closing = True
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            if self.image.prefetcher is self._prefetcher:
+                self.image.prefetcher = None
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -293,6 +416,9 @@ class ErofsMount:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._writer_fd >= 0:
+            os.close(self._writer_fd)
+            self._writer_fd = -1
         if self._own:
             self.image.close()
 
@@ -335,6 +461,30 @@ def unavailable(directory: str) -> str | None:
             os.unlink(probe)
         except OSError:
             pass
+
+
+BACKENDS = ("fuse", "erofs", "auto")
+
+
+def choose_backend(backend: str, image: Any) -> tuple[str, str]:
+    """The backend a mount of ``image`` (an opened :class:`~lazylayer.image.Image`) uses for ``backend``
+    (one of :data:`BACKENDS`), and why: ``auto`` is erofs where :func:`unavailable` finds nothing
+    missing for the image's disk cache, else fuse."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend != "auto":
+        return backend, "asked for"
+    cache = image.gzip_index_cache
+    why = "the image has no disk cache" if cache is None else unavailable(os.path.join(cache.path, "erofs"))
+    return ("fuse", f"no erofs: {why}") if why else ("erofs", "the kernel, the cache's file system and root allow it")
+
+
+def is_erofs_mount(fstype: str, source: str) -> bool:
+    """True for a /proc/self/mountinfo entry of an erofs backend mount (its source is a metadata image
+    in a disk cache, ``.../erofs/<64 hex>/meta.erofs``)."""
+    parts = source.rsplit("/", 3)
+    return fstype == "erofs" and len(parts) == 4 and parts[1] == "erofs" and parts[3] == "meta.erofs" and \
+        len(parts[2]) == 64 and all(c in "0123456789abcdef" for c in parts[2])
 
 
 def _recv(sock: socket.socket) -> bytes:

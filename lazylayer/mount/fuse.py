@@ -78,6 +78,10 @@ def _ll_py_on_read(opaque: Any, ino: int, offset: int, size: int) -> None:
         log.exception("on_read hook failed")
 
 
+_FUSE_ONLY = ("allow_other", "threads", "miss_threads", "timeout", "direct_io", "on_read", "log_fd", "verbose",
+              "passthrough")
+
+
 class Mount:
     """``image`` mounted read-only at ``mountpoint``, served by C threads of this process.
 
@@ -102,13 +106,45 @@ class Mount:
     module's "Deadlock hazard"), unless it passes an ``on_read`` hook.
     """
 
+    def __new__(cls, image: Any = None, mountpoint: str = "", *, backend: str = "fuse", **options: Any) -> Any:
+        """``backend="erofs"`` gives a :class:`lazylayer.mount.erofs.ErofsMount` instead (``"auto"``: that
+        where this machine allows it, with the image's options; docs/mount.md, "The erofs backend")."""
+        if backend == "fuse":
+            return super().__new__(cls)
+        from ..image import Image
+        from .erofs import ErofsMount, choose_backend
+
+        own = not isinstance(image, Image)
+        keys = ("prefetch", "fill", "fill_rate", "readahead")
+        img = Image(image, **{k: v for k, v in options.items() if k not in keys and k not in _FUSE_ONLY}) \
+            if own else image
+        try:
+            chosen, why = choose_backend(backend, img)
+            log.info("%s: %s backend (%s)", mountpoint, chosen, why)
+            if chosen == "fuse":
+                m = super().__new__(cls)
+                m.__init__(img, mountpoint, **options)  # (not called again: the image is an Image now)
+                if own:
+                    m._own = True
+                return m
+            m = ErofsMount(img, mountpoint, **{k: v for k, v in options.items() if k in keys})
+            m._own = own
+            return m
+        except BaseException:
+            if own:
+                img.close()
+            raise
+
     def __init__(self, image: Any, mountpoint: str, *, allow_other: bool = False, threads: int = 2,
                  miss_threads: int = 16, timeout: float = CACHE_TIMEOUT, direct_io: bool = False,
                  on_read: Callable[[int, int, int], None] | None = None, log_fd: int | None = 2,
                  prefetch: Any = "auto", fill: bool = False, fill_rate: float | None = None,
-                 readahead: bool = True, verbose: int = 0, passthrough: bool = False,
+                 readahead: bool = True, verbose: int = 0, passthrough: bool = False, backend: str = "fuse",
                  **image_options: Any) -> None:
         from ..image import Image
+
+        if getattr(self, "_done", None) is not None:
+            return  # made by __new__ for backend="auto"
 
         self.mountpoint = os.path.abspath(mountpoint)
         self._own = not isinstance(image, Image)

@@ -100,6 +100,7 @@ class Prefetcher:
         self.bytes = 0
         self.errors = 0
         self.plan_frames = 0
+        self.plan: Plan | None = None     # the plan started (the erofs backend fills its data file in its order)
         self.plan_done = threading.Event()
         self.plan_done.set()
         # bandwidth-delay estimate, from background fetches
@@ -111,6 +112,7 @@ class Prefetcher:
 
     def start_plan(self, plan: Plan) -> int:
         """Queue ``plan``'s frames, in plan order; returns how many frames (not on disk yet) it queued."""
+        self.plan = plan
         total = 0
         for layer in self.image.layers:
             lp = plan.for_layer(layer.digest, layer.diff_id)
