@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/fanotify.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -318,6 +319,11 @@ int ll_erofs_supervise(const char *meta_path, const char *data_path, const char 
     }
     s.data_path = data_path;
     if ((s.data = open(data_path, O_RDONLY | O_CLOEXEC)) < 0) return fail(&s, errno, err, err_size, data_path);
+    /* Pinned in the disk cache (its trim skips files it cannot flock exclusively) as long as we live,
+     * which may be longer than the daemon. */
+    int meta = open(meta_path, O_RDONLY | O_CLOEXEC);
+    if (meta < 0 || flock(meta, LOCK_SH) != 0 || flock(s.data, LOCK_SH) != 0)
+        return fail(&s, errno, err, err_size, "pinning the metadata image and the data file");
     s.fan = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
                           O_RDWR | O_LARGEFILE | O_CLOEXEC);
     if (s.fan < 0) return fail(&s, errno, err, err_size, "fanotify_init (pre-content events need Linux >= 6.14)");

@@ -130,12 +130,29 @@ def test_a_lazy_mount_matches_umoci_unpack_and_a_second_one_needs_no_fill(built:
                 open(mnt / "etc/new", "w")
             assert info.value.errno == errno.EROFS
         assert not os.path.ismount(mnt)
-        assert (cache.path and os.path.exists(os.path.join(m.dir, "filled")))
+        assert os.path.exists(m.filled_path)  # the supervisor's bitmap, left at its clean stop
     with Image(built.ref, cache=DiskCache(tmp_path / "cache"), memory_cache=BlockCache(16 << 20)) as img:
         with ErofsMount(img, str(mnt)) as m:
             _same_as_umoci(str(mnt), built)
             assert m.stats()["fill_events"] == 0  # every block filled last time, and known to be
             assert m.stats()["frames_fetched"] == 0
+
+
+def test_the_data_file_counts_what_it_holds_and_is_pinned_while_mounted(built: Built, tmp_path: Any) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cache = DiskCache(tmp_path / "c")
+    with ErofsMount(f"oci:{built.lazy}:v1", str(mnt), cache=cache) as m:
+        assert (mnt / "etc/passwd").read_bytes() == open(os.path.join(built.rootfs, "etc/passwd"), "rb").read()
+        st = os.stat(m.data_path)
+        held = st.st_blocks * 512
+        assert 0 < held < st.st_size  # sparse: one window filled
+        assert cache.usage().bytes >= held
+        cache.trim(0)  # evicts everything it can: not what a mount uses
+        assert os.path.exists(m.data_path) and os.path.exists(m.meta_path)
+        assert (mnt / "etc/passwd").read_bytes() == open(os.path.join(built.rootfs, "etc/passwd"), "rb").read()
+    cache.trim(0)
+    assert not os.path.exists(m.data_path) and not os.path.exists(m.meta_path)
 
 
 def test_a_corrupt_frame_is_eio_never_data(built: Built, tmp_path: Any) -> None:

@@ -723,7 +723,8 @@ class DiskCache:
                             st = e.stat(follow_symlinks=False)
                         except FileNotFoundError:
                             continue
-                        yield st.st_mtime, st.st_size, e.path
+                        # a sparse file (an erofs data file) counts the blocks it holds
+                        yield st.st_mtime, min(st.st_size, st.st_blocks * 512), e.path
 
     def usage(self) -> CacheUsage:
         """How much the cache holds now (a walk of the directory)."""

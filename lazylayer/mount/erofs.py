@@ -12,9 +12,11 @@ cache on ext4, xfs or btrfs (tmpfs refuses pre-content marks).
 Pieces (docs/mount.md, "The erofs backend"):
 
 - the metadata image and the data file's layout come from C
-  (:class:`lazylayer.core.erofs.ErofsLayout`), kept in the disk cache under
-  ``erofs/<manifest digest hex>/`` with the data file (``data``) and the bitmap of
-  its blocks filled at the last clean stop (``filled``);
+  (:class:`lazylayer.core.erofs.ErofsLayout`), kept in the disk cache's files as
+  ``erofs-<manifest digest hex>.meta``, with the data file (``.data``) and the
+  bitmap of its blocks filled at the last clean stop (``.filled``): counted
+  against the cache's limit (the data file by the blocks it holds), pinned
+  while mounted, evicted with the rest;
 - a supervisor process (C, ``ll_erofs_supervise``, forked from here) holds the
   fanotify group, mounts, answers events for filled blocks itself and hands the
   others to this process; it outlives this process so that no reader ever sees a
@@ -100,6 +102,8 @@ class ErofsMount:
         self._writer_ready = threading.Event()
         self._closing = False
         self._prefetcher: Any = None
+        self._pins: list[Any] = []
+        self._reaper: threading.Thread | None = None
         self.ahead_done = threading.Event()  # set once the plan's (and with fill, every) window is filled
         self.ahead_done.set()
         try:
@@ -122,21 +126,24 @@ class ErofsMount:
             raise MountError(f"{img.reference}: no manifest digest to name the EROFS image by")
         t0 = time.perf_counter()
         self.layout = ErofsLayout(img.index, uuid=bytes.fromhex(digest[7:39]))
-        self.dir = os.path.join(cache.path, "erofs", digest[7:])
+        # In the disk cache's files: counted (a sparse data file by what it holds) and evicted with the
+        # rest, least recently used first; pinned while mounted (here, and by the supervisor).
+        self.dir = cache.files_dir
         os.makedirs(self.dir, exist_ok=True)
         why = unavailable(self.dir)
         if why:
             raise MountError(f"{self.mountpoint}: cannot mount as EROFS: {why}")
-        self.meta_path = os.path.join(self.dir, "meta.erofs")
-        self.data_path = os.path.join(self.dir, "data")
-        self.filled_path = os.path.join(self.dir, "filled")
+        name = os.path.join(self.dir, f"erofs-{digest[7:]}")
+        self.meta_path, self.data_path, self.filled_path = name + ".meta", name + ".data", name + ".filled"
         _write_if_changed(self.meta_path, self.layout.meta)
+        self._pins.append(cache.pin(self.meta_path))
         size = max(BLOCK, self.layout.data_size)   # (an image without file data still needs a device)
         fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if os.fstat(fd).st_size != size:
                 os.ftruncate(fd, 0)
                 os.ftruncate(fd, size)
+            self._pins.append(cache.pin(self.data_path))
             filled = self._load_filled(fd, size)
         finally:
             os.close(fd)
@@ -164,7 +171,8 @@ class ErofsMount:
             self.pid = 0
             reason = text.rstrip(b"\0").decode(errors="replace") if kind else "the supervisor died"
             raise MountError(f"{self.mountpoint}: cannot mount the EROFS image: {reason}")
-        threading.Thread(target=os.waitpid, args=(pid, 0), name="lazylayer-erofs-reap", daemon=True).start()
+        self._reaper = threading.Thread(target=os.waitpid, args=(pid, 0), name="lazylayer-erofs-reap", daemon=True)
+        self._reaper.start()
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="lazylayer-erofs-fill")
         self._thread = threading.Thread(target=self._serve, name="lazylayer-erofs", daemon=True)
         self._thread.start()
@@ -395,6 +403,8 @@ class ErofsMount:
             except OSError:
                 pass
             gone = self._gone.wait(timeout)
+            if gone and self._reaper is not None:
+                self._reaper.join(timeout)  # (it lets go of its pins as it exits)
         self._release()
         return gone
 
@@ -419,6 +429,9 @@ class ErofsMount:
         if self._writer_fd >= 0:
             os.close(self._writer_fd)
             self._writer_fd = -1
+        for pin in self._pins:
+            pin.close()
+        self._pins.clear()
         if self._own:
             self.image.close()
 
@@ -481,10 +494,10 @@ def choose_backend(backend: str, image: Any) -> tuple[str, str]:
 
 def is_erofs_mount(fstype: str, source: str) -> bool:
     """True for a /proc/self/mountinfo entry of an erofs backend mount (its source is a metadata image
-    in a disk cache, ``.../erofs/<64 hex>/meta.erofs``)."""
-    parts = source.rsplit("/", 3)
-    return fstype == "erofs" and len(parts) == 4 and parts[1] == "erofs" and parts[3] == "meta.erofs" and \
-        len(parts[2]) == 64 and all(c in "0123456789abcdef" for c in parts[2])
+    in a disk cache, ``.../files/erofs-<64 hex>.meta``)."""
+    name = os.path.basename(source)
+    return fstype == "erofs" and len(name) == 75 and name.startswith("erofs-") and name.endswith(".meta") and \
+        all(c in "0123456789abcdef" for c in name[6:70])
 
 
 def _recv(sock: socket.socket) -> bytes:
