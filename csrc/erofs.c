@@ -18,6 +18,9 @@
 
 #include <stdlib.h>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #define BLK LL_EROFS_BLOCK
 #define EROFS_MAGIC 0xE0F5E1E2u
 #define SB_OFFSET 1024
@@ -252,6 +255,42 @@ void ll_erofs_free(ll_erofs *e) {
     free(e);
 }
 
+/* Only the data file's layout: every regular file with content, in inode order, at the
+ * next block boundary (what build() assigns, without the metadata image). */
+static int layout(const ll_index *idx, ll_erofs *e, char *err, size_t err_size) {
+    uint64_t n = ll_index_inodes(idx), cap = 0, data = 0;
+    for (uint64_t ino = 1; ino <= n; ino++) {
+        ll_stat st;
+        int rc = ll_index_stat(idx, ino, &st);
+        if (rc != LL_OK) return rc;
+        if (st.kind != LL_KIND_REG || st.size == 0) continue;
+        if (st.size > ((uint64_t)BLK << 31) || (data + st.size) / BLK > UINT32_MAX - 1) {
+            ll__set_err(err, err_size, "inode %llu: the data file would be over 16 TiB, or the file over what "
+                        "EROFS maps in one chunk", (unsigned long long)ino);
+            return LL_ERR_LIMIT;
+        }
+        if (e->nfiles == cap) {   /* (grown as it goes: one pass over the inodes) */
+            cap = cap ? cap * 2 : 1024;
+            uint64_t *a = realloc(e->file_ino, cap * sizeof *a);
+            if (a) e->file_ino = a;
+            uint64_t *b = realloc(e->file_off, cap * sizeof *b);
+            if (b) e->file_off = b;
+            uint64_t *c = realloc(e->file_size, cap * sizeof *c);
+            if (c) e->file_size = c;
+            if (!a || !b || !c) return LL_ERR_NOMEM;
+        }
+        e->file_ino[e->nfiles] = ino;
+        e->file_off[e->nfiles] = data;
+        e->file_size[e->nfiles] = st.size;
+        e->nfiles++;
+        data += align_up(st.size, BLK);
+    }
+    e->data_size = data;
+    return LL_OK;
+}
+
+uint64_t ll_erofs_sum(const void *data, size_t size) { return data || !size ? XXH3_64bits(data, size) : 0; }
+
 static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *slots, char *err, size_t err_size) {
     uint64_t n = ll_index_inodes(idx);
     uint64_t nfiles = 0;
@@ -400,15 +439,17 @@ static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *sl
     return LL_OK;
 }
 
-int ll_erofs_build(const ll_index *idx, const uint8_t *uuid, ll_erofs **out, char *err, size_t err_size) {
+int ll_erofs_build(const ll_index *idx, const uint8_t *uuid, int layout_only, ll_erofs **out, char *err,
+                   size_t err_size) {
     if (err && err_size) err[0] = 0;
     if (!idx || !out) return LL_ERR_ARG;
     *out = NULL;
     uint64_t n = ll_index_inodes(idx);
     if (n == 0 || n > SIZE_MAX / sizeof(slot)) return LL_ERR_ARG;
     ll_erofs *e = calloc(1, sizeof *e);
-    slot *slots = calloc((size_t)n, sizeof *slots);
-    int rc = e && slots ? build(idx, uuid, e, slots, err, err_size) : LL_ERR_NOMEM;
+    slot *slots = layout_only ? NULL : calloc((size_t)n, sizeof *slots);
+    int rc = !e || (!layout_only && !slots) ? LL_ERR_NOMEM
+             : layout_only ? layout(idx, e, err, err_size) : build(idx, uuid, e, slots, err, err_size);
     free(slots);
     if (rc != LL_OK) {
         if (rc == LL_ERR_NOMEM) ll__set_err(err, err_size, "out of memory building the EROFS image");

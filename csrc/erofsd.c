@@ -1,4 +1,4 @@
-/* erofsd.c - the supervisor of an EROFS mount filled on demand (ll_erofs_supervise;
+/* erofsd.c - the supervisor of an EROFS mount filled on demand (ll_erofs_spawn;
  * the contract is in lazylayer.h, "EROFS supervisor").
  *
  * Kernel facts it rests on (Linux >= 6.14; range records >= 6.15), checked on
@@ -271,21 +271,43 @@ static void write_filled(sup *s, const char *path) {
     if (!ok || rename(tmp, path) != 0) unlink(tmp);
 }
 
-/* ---- setup */
+/* ---- setup, in the forked child */
 
-static int fail(sup *s, int errnum, char *err, size_t err_size, const char *what) {
+static __attribute__((noreturn)) void fail(sup *s, int errnum, const char *what) {
     ll_erofs_msg m = {.type = LL_EROFS_MSG_MOUNTED, .status = errnum ? errnum : EIO};
     snprintf(m.text, sizeof m.text, "%s: %s", what, strerror(errnum));
-    ll__set_err(err, err_size, "%s", m.text);
     send_msg(s, &m, -1);
-    return LL_ERR_MOUNT;
+    _exit(1);
 }
 
-int ll_erofs_supervise(const char *meta_path, const char *data_path, const char *mountpoint, uint64_t data_size,
-                       const uint8_t *filled_bits, const char *filled_path, int sock, char *err, size_t err_size) {
-    sup s = {.fan = -1, .sock = sock, .data = -1, .daemon = 1, .data_size = data_size, .mnt = mountpoint};
-    if (!meta_path || !data_path || !mountpoint || sock < 0 || data_size == 0 || data_size % LL_EROFS_BLOCK)
-        return fail(&s, EINVAL, err, err_size, "ll_erofs_supervise: bad arguments");
+/* The bitmap write_filled left, if it is about this data file (size, inode, device); removed
+ * either way: the next clean end writes it again, a crash leaves none. */
+static void read_filled(sup *s, const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    unlink(path);
+    struct stat st, dst;
+    size_t nb = (size_t)((s->nblocks + 7) / 8);
+    uint8_t head[32];
+    if (fstat(fd, &st) == 0 && fstat(s->data, &dst) == 0 && (uint64_t)st.st_size == 32 + nb &&
+        read(fd, head, 32) == 32 && memcmp(head, "LLEROFS1", 8) == 0) {
+        uint64_t v[3] = {0, 0, 0};
+        for (int k = 0; k < 3; k++)
+            for (int i = 0; i < 8; i++) v[k] |= (uint64_t)head[8 + 8 * k + i] << (8 * i);
+        if (v[0] == s->data_size && v[1] == (uint64_t)dst.st_ino && v[2] == (uint64_t)dst.st_dev &&
+            read(fd, s->bits, nb) == (ssize_t)nb) {
+            if (s->nblocks % 8) s->bits[s->nblocks / 8] &= (uint8_t)((1u << (s->nblocks % 8)) - 1);
+            for (size_t i = 0; i < nb; i++) s->nfilled += (uint64_t)__builtin_popcount(s->bits[i]);
+        } else {
+            memset(s->bits, 0, nb);
+        }
+    }
+    close(fd);
+}
+
+static __attribute__((noreturn)) void supervise(const char *meta_path, const char *data_path, const char *mountpoint,
+                                                const char *filled_path, int sock) {
+    sup s = {.fan = -1, .sock = sock, .data = -1, .daemon = 1, .mnt = mountpoint};
     /* everything the host had open but the socket and stderr goes */
     DIR *fds = opendir("/proc/self/fd");
     if (fds) {
@@ -310,36 +332,40 @@ int ll_erofs_supervise(const char *meta_path, const char *data_path, const char 
                 strerror(errno));
         close(oom);
     }
-    s.nblocks = data_size / LL_EROFS_BLOCK;
-    if (!(s.bits = calloc(1, (size_t)((s.nblocks + 7) / 8)))) return fail(&s, ENOMEM, err, err_size, "bitmap");
-    if (filled_bits) {
-        memcpy(s.bits, filled_bits, (size_t)((s.nblocks + 7) / 8));
-        if (s.nblocks % 8) s.bits[s.nblocks / 8] &= (uint8_t)((1u << (s.nblocks % 8)) - 1);
-        for (uint64_t b = 0; b < s.nblocks; b++) s.nfilled += (s.bits[b >> 3] >> (b & 7)) & 1;
-    }
+    /* the host forked us early and readies the data file meanwhile: wait for its START */
+    ll_erofs_msg start;
+    ssize_t got;
+    do got = recv(sock, &start, sizeof start, 0);
+    while (got < 0 && errno == EINTR);
+    if (got != (ssize_t)sizeof start || start.type != LL_EROFS_MSG_START) _exit(1);
+    s.data_size = start.length;
+    if (s.data_size == 0 || s.data_size % LL_EROFS_BLOCK) fail(&s, EINVAL, "START: a bad data file size");
+    s.nblocks = s.data_size / LL_EROFS_BLOCK;
+    if (!(s.bits = calloc(1, (size_t)((s.nblocks + 7) / 8)))) fail(&s, ENOMEM, "bitmap");
     s.data_path = data_path;
-    if ((s.data = open(data_path, O_RDONLY | O_CLOEXEC)) < 0) return fail(&s, errno, err, err_size, data_path);
+    if ((s.data = open(data_path, O_RDONLY | O_CLOEXEC)) < 0) fail(&s, errno, data_path);
+    read_filled(&s, filled_path);
     /* Pinned in the disk cache (its trim skips files it cannot flock exclusively) as long as we live,
      * which may be longer than the daemon. */
     int meta = open(meta_path, O_RDONLY | O_CLOEXEC);
     if (meta < 0 || flock(meta, LOCK_SH) != 0 || flock(s.data, LOCK_SH) != 0)
-        return fail(&s, errno, err, err_size, "pinning the metadata image and the data file");
+        fail(&s, errno, "pinning the metadata image and the data file");
     s.fan = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
                           O_RDWR | O_LARGEFILE | O_CLOEXEC);
-    if (s.fan < 0) return fail(&s, errno, err, err_size, "fanotify_init (pre-content events need Linux >= 6.14)");
+    if (s.fan < 0) fail(&s, errno, "fanotify_init (pre-content events need Linux >= 6.14)");
     if (s.nfilled < s.nblocks) {   /* (a complete data file needs no mark) */
         if (fanotify_mark(s.fan, FAN_MARK_ADD, FAN_PRE_ACCESS, AT_FDCWD, data_path) != 0)
-            return fail(&s, errno, err, err_size, "marking the data file for pre-content events (ext4, xfs or "
-                                                  "btrfs needed; tmpfs refuses)");
+            fail(&s, errno, "marking the data file for pre-content events (ext4, xfs or btrfs needed; tmpfs "
+                            "refuses)");
         s.marked = 1;
     }
     static char before[MAX_SEEN][128], after[MAX_SEEN][128];
     int nb = list_sysfs(before, MAX_SEEN);
     char opts[4200];
     if (snprintf(opts, sizeof opts, "device=%s", data_path) >= (int)sizeof opts)
-        return fail(&s, ENAMETOOLONG, err, err_size, "data file path");
+        fail(&s, ENAMETOOLONG, "data file path");
     if (mount(meta_path, mountpoint, "erofs", MS_RDONLY | MS_NODEV | MS_NOSUID, opts) != 0)
-        return fail(&s, errno, err, err_size, "mount(2) of the EROFS image");
+        fail(&s, errno, "mount(2) of the EROFS image");
     int na = list_sysfs(after, MAX_SEEN), fresh = 0;
     for (int i = 0; i < na; i++) {
         int seen = 0;
@@ -353,7 +379,7 @@ int ll_erofs_supervise(const char *meta_path, const char *data_path, const char 
         s.sysname[0] = 0;
         say("lazylayer erofs supervisor: cannot tell which %s entry is %s: it stays until killed", SYSFS, mountpoint);
     }
-    ll_erofs_msg ok = {.type = LL_EROFS_MSG_MOUNTED};
+    ll_erofs_msg ok = {.type = LL_EROFS_MSG_MOUNTED, .offset = s.nfilled * LL_EROFS_BLOCK};
     snprintf(ok.text, sizeof ok.text, "%s", s.sysname);
     if (send_msg(&s, &ok, -1) != 0) daemon_gone(&s);
 
@@ -372,4 +398,18 @@ int ll_erofs_supervise(const char *meta_path, const char *data_path, const char 
         send_msg(&s, &gone, -1);
     }
     _exit(0);
+}
+
+int ll_erofs_spawn(const char *meta_path, const char *data_path, const char *mountpoint, const char *filled_path,
+                   int sock, int *pid, char *err, size_t err_size) {
+    if (err && err_size) err[0] = 0;
+    if (!meta_path || !data_path || !mountpoint || !filled_path || sock < 0 || !pid) return LL_ERR_ARG;
+    pid_t child = fork();
+    if (child < 0) {
+        ll__set_err(err, err_size, "fork: %s", strerror(errno));
+        return LL_ERR_MOUNT;
+    }
+    if (child == 0) supervise(meta_path, data_path, mountpoint, filled_path, sock);
+    *pid = (int)child;
+    return LL_OK;
 }

@@ -62,7 +62,7 @@ static inline int ll_fuzz_build(const uint8_t *const *parts, const size_t *lens,
 static inline void ll_fuzz_erofs(const ll_index *idx) {
     ll_erofs *e;
     char err[LL_ERR_MSG_SIZE];
-    int rc = ll_erofs_build(idx, NULL, &e, err, sizeof err);
+    int rc = ll_erofs_build(idx, NULL, 0, &e, err, sizeof err);
     CHECK(rc == LL_OK || rc == LL_ERR_LIMIT || rc == LL_ERR_NOMEM, "erofs build rc %d", rc);
     if (rc != LL_OK) {
         CHECK(err[0], "an EROFS refusal without a reason");
@@ -92,6 +92,16 @@ static inline void ll_fuzz_erofs(const ll_index *idx) {
         CHECK(ll_erofs_data_at(e, at + st.size - 1, &ino, &fo, &len) == LL_OK && ino == i && len == 1, "data_at the end");
     }
     CHECK(ll_erofs_data_at(e, data, &ino, &fo, &len) == LL_ERR_ARG, "data_at past the end");
+    /* the layout alone is the same layout */
+    ll_erofs *lo;
+    CHECK(ll_erofs_build(idx, NULL, 1, &lo, err, sizeof err) == LL_OK, "layout-only build: %s", err);
+    CHECK(ll_erofs_data_size(lo) == data, "layout-only data size");
+    for (uint64_t i = 1; i <= ll_index_inodes(idx); i++) {
+        uint64_t a = 0, b = 0;
+        int r1 = ll_erofs_file_offset(e, i, &a), r2 = ll_erofs_file_offset(lo, i, &b);
+        CHECK(r1 == r2 && a == b, "layout-only offset of inode %llu", (unsigned long long)i);
+    }
+    ll_erofs_free(lo);
     ll_erofs_free(e);
 }
 

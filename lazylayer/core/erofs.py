@@ -15,9 +15,19 @@ from ._lib import check, ffi, lib
 from .index import Index, _fail
 from .seekable import _owned
 
-__all__ = ["BLOCK", "ErofsLayout", "Extent"]
+__all__ = ["BLOCK", "VERSION", "ErofsLayout", "Extent", "meta_sum"]
 
 BLOCK: int = lib.LL_EROFS_BLOCK
+VERSION: int = lib.LL_EROFS_VERSION  #: of the layout: part of the names a metadata image is kept under
+
+
+def meta_sum(data: Any) -> int:
+    """The checksum (XXH3-64) kept beside a stored metadata image, to find it intact before using it."""
+    buf = ffi.from_buffer(data)
+    try:
+        return int(lib.ll_erofs_sum(buf, len(buf)))
+    finally:
+        ffi.release(buf)
 
 
 class Extent(NamedTuple):
@@ -32,16 +42,18 @@ class Extent(NamedTuple):
 class ErofsLayout:
     """An index as EROFS: :attr:`meta` (the metadata image's bytes) and the data file's layout.
 
-    Immutable; any thread.  Raises :class:`lazylayer.errors.LimitError` for an
+    ``layout_only``: the data file's layout alone (no :attr:`meta`), for a mount
+    that kept the metadata image it built before.  Immutable; any thread.  Raises :class:`lazylayer.errors.LimitError` for an
     image EROFS cannot hold (an extended attribute outside ``user.``,
     ``trusted.``, ``security.`` and the POSIX ACLs, a data file over 16 TiB)."""
 
-    def __init__(self, index: Index, uuid: bytes | None = None) -> None:
+    def __init__(self, index: Index, uuid: bytes | None = None, *, layout_only: bool = False) -> None:
         if uuid is not None and len(uuid) != 16:
             raise ValueError("uuid: 16 bytes")
         out = ffi.new("ll_erofs **")
         err = ffi.new("char[]", lib.LL_ERR_MSG_SIZE)
-        rc = lib.ll_erofs_build(index._ptr, uuid if uuid is not None else ffi.NULL, out, err, lib.LL_ERR_MSG_SIZE)
+        rc = lib.ll_erofs_build(index._ptr, uuid if uuid is not None else ffi.NULL, int(layout_only), out, err,
+                                lib.LL_ERR_MSG_SIZE)
         if rc != lib.LL_OK:
             _fail(rc, err, "building the EROFS image")
         self._ptr: Any = _owned(out[0], lib.ll_erofs_free, index)

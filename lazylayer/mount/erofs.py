@@ -13,8 +13,10 @@ Pieces (docs/mount.md, "The erofs backend"):
 
 - the metadata image and the data file's layout come from C
   (:class:`lazylayer.core.erofs.ErofsLayout`), kept in the disk cache's files as
-  ``erofs-<manifest digest hex>.meta``, with the data file (``.data``) and the
-  bitmap of its blocks filled at the last clean stop (``.filled``): counted
+  ``erofs-<manifest digest hex>.v1.meta`` (with its checksum, ``.sum``: a mount
+  of an image whose metadata image is intact only computes the layout), with the
+  data file (``.data``) and the bitmap of its blocks filled at the last clean
+  stop (``.filled``): counted
   against the cache's limit (the data file by the blocks it holds), pinned
   while mounted, evicted with the rest;
 - a supervisor process (C, ``ll_erofs_supervise``, forked from here) holds the
@@ -33,17 +35,18 @@ import concurrent.futures
 import ctypes
 import errno
 import logging
+import mmap
 import os
+import re
 import socket
 import struct
 import threading
 import time
-import warnings
 from typing import Any
 
 from .. import errors
 from ..core._lib import ffi, lib
-from ..core.erofs import BLOCK, ErofsLayout
+from ..core.erofs import BLOCK, VERSION, ErofsLayout, meta_sum
 from .fuse import MountError
 
 __all__ = ["BACKENDS", "ErofsMount", "FILL_WINDOW", "choose_backend", "is_erofs_mount", "unavailable"]
@@ -94,6 +97,7 @@ class ErofsMount:
         self._windows_lock = threading.Lock()
         self._busy: dict[int, threading.Event] = {}   # windows being filled
         self._filled: set[int] = set()               # windows filled by this process
+        self._left = b""                             # the bitmap the last clean end left
         self.pid = 0
         self.events = 0          # fills asked by the supervisor
         self.filled_bytes = 0    # bytes written to the data file
@@ -125,47 +129,46 @@ class ErofsMount:
         if not digest.startswith("sha256:"):
             raise MountError(f"{img.reference}: no manifest digest to name the EROFS image by")
         t0 = time.perf_counter()
-        self.layout = ErofsLayout(img.index, uuid=bytes.fromhex(digest[7:39]))
         # In the disk cache's files: counted (a sparse data file by what it holds) and evicted with the
         # rest, least recently used first; pinned while mounted (here, and by the supervisor).
         self.dir = cache.files_dir
         os.makedirs(self.dir, exist_ok=True)
-        why = unavailable(self.dir)
-        if why:
-            raise MountError(f"{self.mountpoint}: cannot mount as EROFS: {why}")
-        name = os.path.join(self.dir, f"erofs-{digest[7:]}")
+        name = os.path.join(self.dir, f"erofs-{digest[7:]}.v{VERSION}")
         self.meta_path, self.data_path, self.filled_path = name + ".meta", name + ".data", name + ".filled"
-        _write_if_changed(self.meta_path, self.layout.meta)
-        self._pins.append(cache.pin(self.meta_path))
-        size = max(BLOCK, self.layout.data_size)   # (an image without file data still needs a device)
-        fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # The supervisor is forked first, on a thread (a fork of a big process takes milliseconds, and C
+        # releases the GIL), and waits for START while this thread readies the files.
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        spawned: dict[str, Any] = {}
+        args = [p.encode() for p in (self.meta_path, self.data_path, self.mountpoint, self.filled_path)]
+
+        def spawn() -> None:
+            pid, err = ffi.new("int *"), ffi.new("char[]", lib.LL_ERR_MSG_SIZE)
+            rc = lib.ll_erofs_spawn(*args, theirs.fileno(), pid, err, lib.LL_ERR_MSG_SIZE)
+            spawned.update(rc=rc, pid=pid[0], err=ffi.string(err).decode(errors="replace"))
+
+        forker = threading.Thread(target=spawn, name="lazylayer-erofs-spawn")
+        forker.start()
         try:
-            if os.fstat(fd).st_size != size:
-                os.ftruncate(fd, 0)
-                os.ftruncate(fd, size)
-            self._pins.append(cache.pin(self.data_path))
-            filled = self._load_filled(fd, size)
-        finally:
-            os.close(fd)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        bits = ffi.new("uint8_t[]", filled) if filled else ffi.NULL
-        args = [ffi.new("char[]", p.encode()) for p in (self.meta_path, self.data_path, self.mountpoint,
-                                                        self.filled_path)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # (fork with threads: the child runs only C)
-            pid = os.fork()
-        if pid == 0:  # pragma: no cover - the supervisor; never returns unless it could not start
+            self.layout = self._layout(name + ".sum", bytes.fromhex(digest[7:39]))
+            self._pins.append(cache.pin(self.meta_path))
+            size = max(BLOCK, self.layout.data_size)   # (an image without file data still needs a device)
+            fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                ours.close()
-                err = ffi.new("char[]", lib.LL_ERR_MSG_SIZE)
-                lib.ll_erofs_supervise(args[0], args[1], args[2], size, bits, args[3], theirs.fileno(), err,
-                                       lib.LL_ERR_MSG_SIZE)
+                if os.fstat(fd).st_size != size:
+                    os.ftruncate(fd, 0)
+                    os.ftruncate(fd, size)
+                self._pins.append(cache.pin(self.data_path))
+                self._left = self._bitmap_left(fd, size)
             finally:
-                os._exit(1)
-        self.pid = pid
-        theirs.close()
-        self._sock = ours
-        kind, _, status, _, _, _, text = _MSG.unpack(_recv(ours) or b"\0" * _MSG.size)
+                os.close(fd)
+        finally:
+            forker.join()
+            theirs.close()
+        if spawned["rc"] != lib.LL_OK:
+            raise MountError(f"{self.mountpoint}: cannot start the EROFS supervisor: {spawned['err']}")
+        self.pid = pid = spawned["pid"]
+        self._sock.send(_msg(lib.LL_EROFS_MSG_START, 0, 0, 0, size))
+        kind, _, status, _, held, _, text = _MSG.unpack(_recv(self._sock) or b"\0" * _MSG.size)
         if kind != lib.LL_EROFS_MSG_MOUNTED or status != 0:
             os.waitpid(pid, 0)
             self.pid = 0
@@ -178,23 +181,53 @@ class ErofsMount:
         self._thread.start()
         log.info("%s: mounted %s as EROFS in %.1f ms (%d inodes, %.1f MB of file data, %.0f%% filled)",
                  self.mountpoint, img.reference, (time.perf_counter() - t0) * 1e3, img.index.inodes,
-                 self.layout.data_size / 1e6, 100 * _count_bits(filled) * BLOCK / size if filled else 0)
+                 self.layout.data_size / 1e6, 100 * held / size)
 
-    def _load_filled(self, fd: int, size: int) -> bytes | None:
-        """The bitmap the supervisor left at its last clean stop, if it is about this very data file;
-        removed either way (the next clean stop writes it again, a crash leaves none)."""
+    def _layout(self, sum_path: str, uuid: bytes) -> ErofsLayout:
+        """The layout, and the metadata image on disk: the one kept before if its checksum holds (then
+        only the layout is computed), else built and written (image, then its checksum)."""
+        index = self.image.index
+        try:
+            with open(sum_path, "rb") as f:
+                size, want = struct.unpack("<QQ", f.read(16))
+            with open(self.meta_path, "rb") as f:
+                if os.fstat(f.fileno()).st_size == size and size > 0:
+                    with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as mm:
+                        if meta_sum(mm) == want:
+                            return ErofsLayout(index, layout_only=True)
+        except (OSError, ValueError, struct.error):
+            pass
+        layout = ErofsLayout(index, uuid=uuid)
+        meta = layout.meta
+        _write(self.meta_path, meta)
+        _write(sum_path, struct.pack("<QQ", len(meta), meta_sum(meta)))
+        return layout
+
+    def _bitmap_left(self, fd: int, size: int) -> bytes:
+        """The bitmap of filled blocks the supervisor left at its last clean end, if it is about this
+        very data file (b"" if not): the supervisor reads it too, then removes it."""
         try:
             with open(self.filled_path, "rb") as f:
                 raw = f.read()
-            os.unlink(self.filled_path)
         except FileNotFoundError:
-            return None
+            return b""
         st = os.fstat(fd)
-        nbytes = (size // BLOCK + 7) // 8
-        if len(raw) != 32 + nbytes or raw[:8] != _FILLED_MAGIC or \
+        if len(raw) != 32 + (size // BLOCK + 7) // 8 or raw[:8] != _FILLED_MAGIC or \
                 struct.unpack_from("<QQQ", raw, 8) != (size, st.st_ino, st.st_dev):
-            return None
+            return b""
         return raw[32:]
+
+    def _filled_windows(self, bits: bytes, size: int) -> list[int]:
+        """The FILL_WINDOW windows wholly filled in ``bits`` (:meth:`_bitmap_left`)."""
+        nblocks, per = size // BLOCK, FILL_WINDOW // BLOCK   # (per: a multiple of 8)
+        out = []
+        for b0 in range(0, nblocks, per):
+            n = min(per, nblocks - b0)
+            whole, rest = divmod(n, 8)
+            chunk = bits[b0 // 8:b0 // 8 + whole]
+            if chunk.count(0xFF) == whole and (not rest or bits[b0 // 8 + whole] & ((1 << rest) - 1) == (1 << rest) - 1):
+                out.append(b0 * BLOCK)
+        return out
 
     # -- serving
 
@@ -312,6 +345,10 @@ class ErofsMount:
             self.ahead_done.set()
 
     def _fill_windows(self, prefetcher: Any, fill: bool) -> None:
+        if self._left:
+            done = self._filled_windows(self._left, max(BLOCK, self.layout.data_size))
+            with self._windows_lock:
+                self._filled.update(done)
         self.image.prefetch_started.wait()
         windows = self._plan_windows(prefetcher.plan) if prefetcher.plan is not None else []
         if fill:
@@ -494,10 +531,8 @@ def choose_backend(backend: str, image: Any) -> tuple[str, str]:
 
 def is_erofs_mount(fstype: str, source: str) -> bool:
     """True for a /proc/self/mountinfo entry of an erofs backend mount (its source is a metadata image
-    in a disk cache, ``.../files/erofs-<64 hex>.meta``)."""
-    name = os.path.basename(source)
-    return fstype == "erofs" and len(name) == 75 and name.startswith("erofs-") and name.endswith(".meta") and \
-        all(c in "0123456789abcdef" for c in name[6:70])
+    in a disk cache, ``.../files/erofs-<64 hex>.v<N>.meta``)."""
+    return fstype == "erofs" and re.fullmatch(r"erofs-[0-9a-f]{64}\.v[0-9]+\.meta", os.path.basename(source)) is not None
 
 
 def _recv(sock: socket.socket) -> bytes:
@@ -507,18 +542,8 @@ def _recv(sock: socket.socket) -> bytes:
         return b""
 
 
-def _count_bits(b: bytes) -> int:
-    return int.from_bytes(b, "little").bit_count()
-
-
-def _write_if_changed(path: str, data: memoryview) -> None:
-    try:
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return
-    except FileNotFoundError:
-        pass
-    tmp = f"{path}.{os.getpid()}.tmp"
+def _write(path: str, data: Any) -> None:
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
