@@ -43,7 +43,8 @@ class ErofsLayout:
     """An index as EROFS: :attr:`meta` (the metadata image's bytes) and the data file's layout.
 
     ``layout_only``: the data file's layout alone (no :attr:`meta`), for a mount
-    that kept the metadata image it built before.  Immutable; any thread.  Raises :class:`lazylayer.errors.LimitError` for an
+    that kept the metadata image it built before.  Immutable; any thread.
+    Raises :class:`lazylayer.errors.LimitError` for an
     image EROFS cannot hold (an extended attribute outside ``user.``,
     ``trusted.``, ``security.`` and the POSIX ACLs, a data file over 16 TiB)."""
 

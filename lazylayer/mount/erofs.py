@@ -225,7 +225,8 @@ class ErofsMount:
             n = min(per, nblocks - b0)
             whole, rest = divmod(n, 8)
             chunk = bits[b0 // 8:b0 // 8 + whole]
-            if chunk.count(0xFF) == whole and (not rest or bits[b0 // 8 + whole] & ((1 << rest) - 1) == (1 << rest) - 1):
+            tail = (1 << rest) - 1
+            if chunk.count(0xFF) == whole and (not rest or bits[b0 // 8 + whole] & tail == tail):
                 out.append(b0 * BLOCK)
         return out
 
@@ -532,7 +533,8 @@ def choose_backend(backend: str, image: Any) -> tuple[str, str]:
 def is_erofs_mount(fstype: str, source: str) -> bool:
     """True for a /proc/self/mountinfo entry of an erofs backend mount (its source is a metadata image
     in a disk cache, ``.../files/erofs-<64 hex>.v<N>.meta``)."""
-    return fstype == "erofs" and re.fullmatch(r"erofs-[0-9a-f]{64}\.v[0-9]+\.meta", os.path.basename(source)) is not None
+    name = os.path.basename(source)
+    return fstype == "erofs" and re.fullmatch(r"erofs-[0-9a-f]{64}\.v[0-9]+\.meta", name) is not None
 
 
 def _recv(sock: socket.socket) -> bytes:
