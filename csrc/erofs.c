@@ -16,7 +16,9 @@
  * erofs_dirent). */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -500,4 +502,47 @@ int ll_erofs_data_at(const ll_erofs *e, uint64_t offset, uint64_t *ino, uint64_t
         *len = align_up(start + size, BLK) - offset;
     }
     return LL_OK;
+}
+
+int ll_erofs_fill(const ll_erofs *e, ll_image *img, int fd, uint64_t offset, uint64_t length, uint64_t *written,
+                  uint64_t *bad_ino) {
+    if (written) *written = 0;
+    if (bad_ino) *bad_ino = 0;
+    if (!e || !img || fd < 0) return LL_ERR_ARG;
+    uint64_t end = offset + length < offset || offset + length > e->data_size ? e->data_size : offset + length;
+    size_t cap = 1u << 20;
+    uint8_t *buf = NULL;
+    int rc = LL_OK;
+    while (offset < end) {
+        uint64_t ino, fo, len;
+        if ((rc = ll_erofs_data_at(e, offset, &ino, &fo, &len)) != LL_OK) break;
+        if (len > end - offset) len = end - offset;
+        if (ino == 0) {   /* padding: never read */
+            offset += len;
+            continue;
+        }
+        if (!buf && !(buf = malloc(cap))) { rc = LL_ERR_NOMEM; break; }
+        uint64_t done = 0;
+        while (done < len) {
+            size_t n = len - done < cap ? (size_t)(len - done) : cap;
+            int64_t got = ll_image_read(img, ino, fo + done, buf, n);
+            if (got < 0 || (size_t)got != n) {
+                rc = got < 0 ? (int)got : LL_ERR_FRAME;   /* (short: the index and the image disagree) */
+                if (bad_ino) *bad_ino = ino;
+                goto out;
+            }
+            for (size_t w = 0; w < n;) {
+                ssize_t put = pwrite(fd, buf + w, n - w, (off_t)(offset + done + w));
+                if (put < 0 && errno == EINTR) continue;
+                if (put <= 0) { rc = LL_ERR_IO; goto out; }
+                w += (size_t)put;
+            }
+            done += n;
+            if (written) *written += n;
+        }
+        offset += len;
+    }
+out:
+    free(buf);
+    return rc;
 }

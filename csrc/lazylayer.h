@@ -1047,6 +1047,16 @@ LL_API int ll_erofs_file_offset(const ll_erofs *e, uint64_t ino, uint64_t *offse
 LL_API int ll_erofs_data_at(const ll_erofs *e, uint64_t offset, uint64_t *ino, uint64_t *file_offset,
                             uint64_t *len);
 LL_API void ll_erofs_free(ll_erofs *e);
+/* Fill bytes [offset, offset + length) of the data file through `fd` (cut to the
+ * data file's end): every file's bytes there read with ll_image_read from `img`
+ * (an ll_image of the index `e` was built from: its frames checked as always,
+ * the missing ones asked of its sources) and written with pwrite; padding is
+ * left alone.  *written (if not NULL) gets the bytes written.  LL_OK; a read's
+ * status, with *bad_ino (if not NULL) the inode it failed on; LL_ERR_IO for a
+ * failed write (errno kept).  Memory: a buffer of at most 1 MiB.  Any thread
+ * (ll_image_read's rules). */
+LL_API int ll_erofs_fill(const ll_erofs *e, ll_image *img, int fd, uint64_t offset, uint64_t length,
+                         uint64_t *written, uint64_t *bad_ino);
 
 /* ---------------------------------------------------------------- EROFS supervisor
  *

@@ -293,16 +293,14 @@ class ErofsMount:
         ok = False
         try:
             reader = self.image.reader
-            for e in self.layout.extents(start, end - start):
-                if e.ino == 0:
-                    continue  # padding after a file's last byte: never read
-                data = reader.pread(e.ino, e.length, e.file_offset)
-                if len(data) != e.length:
-                    raise errors.IntegrityError(f"inode {e.ino}: {len(data)} bytes read of {e.length}")
-                at = self.layout.file_offset(e.ino)
-                assert at is not None
-                os.pwrite(fd, data, at + e.file_offset)
-                self.filled_bytes += len(data)
+            written, bad = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+            rc = lib.ll_erofs_fill(self.layout._ptr, reader._ptr, fd, start, end - start, written, bad)
+            with self._windows_lock:
+                self.filled_bytes += written[0]
+            if rc != lib.LL_OK:
+                if rc == lib.LL_ERR_IO:
+                    raise OSError(ffi.errno, f"writing the data file: {os.strerror(ffi.errno)}")
+                reader._raise(rc, f"inode {bad[0]}", bad[0])  # (the exception behind the status)
             ok = True
         except Exception as exc:  # the read fails with EIO; the cause goes to the log
             self.errors += 1
