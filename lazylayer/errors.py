@@ -65,3 +65,7 @@ class NotFoundError(RemoteError):
 
 class RemoteTimeoutError(RemoteError, TimeoutError):
     """A remote read did not complete before its deadline (stalls, endless retries)."""
+
+
+class MountError(LazyLayerError):
+    """A mount could not be made, found or removed (``lazylayer.mount.MountError``)."""

@@ -12,10 +12,11 @@ cd "$(dirname "$0")/.."
 # zlib1g-dev (gzip checkpoints), libisal-dev (ISA-L's inflate: gzip spans and chunks, ~2x zlib's).
 # Tests: zstd (the CLI, to check our files), clang + its sanitizer runtime (fuzz/ASan tests),
 # umoci and skopeo (to build real images and unpack converted ones).
-# Mounts: fuse3 (fusermount3, for mounts without root; the FUSE server itself is in csrc/fuse.c).
+# Mounts: fuse3 (fusermount3, for mounts without root; the FUSE server itself is in csrc/fuse.c);
+# erofs-utils (fsck.erofs and dump.erofs check the EROFS images the erofs backend writes, in tests).
 # Peers' formats: golang-go and golang-github-containerd-stargz-snapshotter-dev (stargz-snapshotter's
 # own Go library, built offline by the tests into tests/estargz_gen to write eStargz and zstd:chunked).
-PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev libssl-dev zlib1g-dev libisal-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3
+PACKAGES=(gcc make pkg-config libzstd-dev libxxhash-dev libssl-dev zlib1g-dev libisal-dev zstd clang libclang-rt-14-dev python3-venv umoci skopeo docker-registry apache2-utils fuse3 erofs-utils
           golang-go golang-github-containerd-stargz-snapshotter-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do

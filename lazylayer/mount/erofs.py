@@ -44,10 +44,9 @@ import threading
 import time
 from typing import Any
 
-from .. import errors
 from ..core._lib import ffi, lib
 from ..core.erofs import BLOCK, VERSION, ErofsLayout, meta_sum
-from .fuse import MountError
+from ..errors import MountError
 
 __all__ = ["BACKENDS", "ErofsMount", "FILL_WINDOW", "choose_backend", "is_erofs_mount", "unavailable"]
 
@@ -55,7 +54,10 @@ log = logging.getLogger("lazylayer")
 
 #: A miss fills at least this much around what the kernel asked (aligned to it, cut to the data file):
 #: the kernel asks 128 KiB or so at a time, and each event costs a round trip through two processes.
-FILL_WINDOW = 512 << 10
+FILL_WINDOW = 128 << 10
+
+#: Filling ahead (plans, --fill): threads, and windows each takes at a time.
+AHEAD_THREADS, AHEAD_RUN = 2, 64
 
 _MSG = struct.Struct("=IIiIQQ224s")   # ll_erofs_msg
 assert _MSG.size == ffi.sizeof("ll_erofs_msg")
@@ -260,6 +262,7 @@ class ErofsMount:
         start = offset // FILL_WINDOW * FILL_WINDOW
         end = min(size, -(-(offset + max(length, 1)) // FILL_WINDOW) * FILL_WINDOW)
         status = 0
+        t0 = time.perf_counter()
         if self._writer_fd < 0:
             with self._windows_lock:
                 if self._writer_fd < 0:
@@ -275,6 +278,9 @@ class ErofsMount:
                 self._send(_msg(lib.LL_EROFS_MSG_DONE, ident, status, start, end - start))
             finally:
                 os.close(fd)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: fill %d+%d (asked %d+%d) in %.1f ms", self.mountpoint, start, end - start, offset,
+                          length, (time.perf_counter() - t0) * 1e3)
 
     def _window(self, fd: int, start: int, end: int) -> bool:
         with self._windows_lock:
@@ -356,15 +362,33 @@ class ErofsMount:
         if not todo or not self._writer(todo[0]):
             return
         size = self.layout.data_size
-        for w in todo:
-            if self._closing:
-                return
-            end = min(size, w + FILL_WINDOW)
-            if self._window(self._writer_fd, w, end):
-                try:
-                    self._send(_msg(lib.LL_EROFS_MSG_FILLED, 0, 0, w, end - w))
-                except OSError:
+        # AHEAD_THREADS threads take runs of AHEAD_RUN windows in turn (in order, roughly): decoding
+        # frames and writing the data file are both worth a core on this kind of machine.
+        runs = [todo[i:i + AHEAD_RUN] for i in range(0, len(todo), AHEAD_RUN)]
+        it = iter(runs)
+        lock = threading.Lock()
+
+        def work() -> None:
+            while not self._closing:
+                with lock:
+                    run = next(it, None)
+                if run is None:
                     return
+                for w in run:
+                    end = min(size, w + FILL_WINDOW)
+                    if self._closing or not self._window(self._writer_fd, w, end):
+                        continue
+                    try:
+                        self._send(_msg(lib.LL_EROFS_MSG_FILLED, 0, 0, w, end - w))
+                    except OSError:
+                        return
+
+        threads = [threading.Thread(target=work, name=f"lazylayer-erofs-ahead-{i}", daemon=True)
+                   for i in range(AHEAD_THREADS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
     def _plan_windows(self, plan: Any) -> list[int]:
         """The data file's windows holding what ``plan`` lists, in its order."""

@@ -52,8 +52,7 @@ FSNAME_PREFIX = "lazylayer:"
 CACHE_TIMEOUT = 86400.0
 
 
-class MountError(errors.LazyLayerError):
-    """The mount could not be made, found or removed."""
+MountError = errors.MountError  # (defined with the other typed errors; its home here kept)
 
 
 def _err_text(buf: Any, rc: int) -> str:
