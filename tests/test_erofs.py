@@ -275,7 +275,7 @@ def test_killing_the_daemon_mid_read_never_shows_a_wrong_byte(built: Built, tmp_
         rng.shuffle(order)
         reader = subprocess.Popen(["sha256sum", "--", *order], cwd=mnt, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0, 0.08))
+        time.sleep(rng.uniform(0, 0.15))
         daemon.kill()
         daemon.wait()
         out, err = reader.communicate(timeout=60)
