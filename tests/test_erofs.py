@@ -22,8 +22,9 @@ from typing import Any
 import images
 import pytest
 from servers import RegistryServer, wait_for
-from test_mount import Built
+from test_mount import Built, Mounted, cli
 
+from lazylayer import mount
 from lazylayer.core.erofs import BLOCK, ErofsLayout
 from lazylayer.core.seekable import BlockCache
 from lazylayer.image import DiskCache, Image
@@ -239,6 +240,24 @@ def test_a_recorded_plan_is_filled_before_it_is_read(built: Built, tmp_path: Any
             assert (mnt / p).read_bytes() == open(os.path.join(built.rootfs, p), "rb").read()
         assert m.stats()["fill_events"] == events  # every block read was filled ahead
         assert m.stats()["prefetched_frames"] > 0
+
+
+def test_the_command_mounts_and_unmounts_with_the_erofs_backend(built: Built, tmp_path: Any) -> None:
+    for backend in ("erofs", "auto"):
+        where = tmp_path / f"cli-{backend}"
+        m = Mounted(built.ref, str(where), str(tmp_path / "cache"), "--backend", backend)
+        try:
+            assert mount.is_mounted(str(where))
+            assert mount.mount_entry(str(where))["fstype"] == "erofs"  # (auto: this machine allows it)
+            assert (where / "etc/passwd").read_bytes() == open(os.path.join(built.rootfs, "etc/passwd"), "rb").read()
+            pid = m.pid
+        finally:
+            m.close()
+        assert not mount.is_mounted(str(where)) and not _alive(pid)
+        text = m.log_text()
+        assert "erofs backend" in text and "fills asked" in text, text  # (auto says so, and why)
+    with pytest.raises(AssertionError, match="not a lazylayer mount"):
+        cli("umount", str(tmp_path))
 
 
 # ---------------------------------------------------------------- a daemon that dies
