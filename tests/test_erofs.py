@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
 import random
 import re
@@ -22,7 +21,7 @@ from typing import Any
 import images
 import pytest
 from servers import RegistryServer, wait_for
-from test_mount import Built, Mounted, cli
+from test_mount import Built, Mounted, cli, corrupt_copy
 
 from lazylayer import mount
 from lazylayer.core.erofs import BLOCK, ErofsLayout
@@ -157,18 +156,7 @@ def test_the_data_file_counts_what_it_holds_and_is_pinned_while_mounted(built: B
 
 
 def test_a_corrupt_frame_is_eio_never_data(built: Built, tmp_path: Any) -> None:
-    layout = str(tmp_path / "bad")
-    shutil.copytree(built.lazy, layout)
-    with Image(f"oci:{layout}:v1", cache=None) as img:
-        inode = img.tree.resolve("big/large.bin").inode
-        layer = img.layers[inode.layer]
-        frame = next(f for f in layer.toc.frames if f.offset <= inode.offset + (3 << 20) < f.offset + f.size)
-        path = images.blob_path(layout, layer.digest)
-    with open(path, "r+b") as f:
-        f.seek(frame.compressed_offset + frame.compressed_size // 2)
-        b = f.read(1)
-        f.seek(-1, io.SEEK_CUR)
-        f.write(bytes([b[0] ^ 0x40]))
+    layout = corrupt_copy(built, str(tmp_path / "bad"))
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     want = open(os.path.join(built.rootfs, "big/large.bin"), "rb").read()

@@ -270,9 +270,9 @@ def test_it_is_read_only(built: Built, mounted: Any) -> None:
         assert info.value.errno == errno.EROFS
 
 
-def test_a_corrupt_frame_is_eio_and_logged(built: Built, mounted: Any, tmp_path: Any) -> None:
-    """Bad bytes never reach a process: the read fails with EIO, the daemon logs why and keeps serving."""
-    layout = str(tmp_path / "bad")
+def corrupt_copy(built: Built, layout: str) -> str:
+    """A copy of ``built``'s lazy layout at ``layout`` with one byte flipped in the frame holding
+    ``big/large.bin``'s byte 3 MiB (its first MiB is left good); returns ``layout``."""
     shutil.copytree(built.lazy, layout)
     with Image(f"oci:{layout}:v1", cache=None) as img:
         inode = img.tree.resolve("big/large.bin").inode
@@ -284,6 +284,12 @@ def test_a_corrupt_frame_is_eio_and_logged(built: Built, mounted: Any, tmp_path:
         b = f.read(1)
         f.seek(-1, io.SEEK_CUR)
         f.write(bytes([b[0] ^ 0x40]))
+    return layout
+
+
+def test_a_corrupt_frame_is_eio_and_logged(built: Built, mounted: Any, tmp_path: Any) -> None:
+    """Bad bytes never reach a process: the read fails with EIO, the daemon logs why and keeps serving."""
+    layout = corrupt_copy(built, str(tmp_path / "bad"))
     m = mounted(f"oci:{layout}:v1")
     fd = os.open(os.path.join(m.path, "big/large.bin"), os.O_RDONLY)
     try:

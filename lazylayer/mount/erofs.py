@@ -96,6 +96,10 @@ class ErofsMount:
         self._thread: threading.Thread | None = None
         self._gone = threading.Event()
         self._send_lock = threading.Lock()
+        self._layout: ErofsLayout | None = None
+        self._layout_done = threading.Event()
+        self._layout_error: Exception | None = None
+        self.data_size = 0
         self._windows_lock = threading.Lock()
         self._busy: dict[int, threading.Event] = {}   # windows being filled
         self._filled: set[int] = set()               # windows filled by this process
@@ -151,9 +155,9 @@ class ErofsMount:
         forker = threading.Thread(target=spawn, name="lazylayer-erofs-spawn")
         forker.start()
         try:
-            self.layout = self._layout(name + ".sum", bytes.fromhex(digest[7:39]))
+            self.data_size = self._meta(name + ".sum", bytes.fromhex(digest[7:39]))
             self._pins.append(cache.pin(self.meta_path))
-            size = max(BLOCK, self.layout.data_size)   # (an image without file data still needs a device)
+            size = max(BLOCK, self.data_size)   # (an image without file data still needs a device)
             fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 if os.fstat(fd).st_size != size:
@@ -183,27 +187,55 @@ class ErofsMount:
         self._thread.start()
         log.info("%s: mounted %s as EROFS in %.1f ms (%d inodes, %.1f MB of file data, %.0f%% filled)",
                  self.mountpoint, img.reference, (time.perf_counter() - t0) * 1e3, img.index.inodes,
-                 self.layout.data_size / 1e6, 100 * held / size)
+                 self.data_size / 1e6, 100 * held / size)
 
-    def _layout(self, sum_path: str, uuid: bytes) -> ErofsLayout:
-        """The layout, and the metadata image on disk: the one kept before if its checksum holds (then
-        only the layout is computed), else built and written (image, then its checksum)."""
+    @property
+    def layout(self) -> ErofsLayout:
+        """The data file's layout (computed in the background when the metadata image was kept: the
+        mount does not wait for it, the first fill does)."""
+        self._layout_done.wait()
+        if self._layout is None:
+            raise MountError(f"{self.mountpoint}: no data file layout: {self._layout_error}")
+        return self._layout
+
+    def _meta(self, sum_path: str, uuid: bytes) -> int:
+        """Make sure the metadata image on disk is this image's; the data file's size.  The one kept
+        before is used if its checksum holds (``.sum``: its size, its XXH3, the data file's size), and
+        the layout is then computed on a thread; else it is built (with the layout) and written, then
+        its checksum."""
         index = self.image.index
         try:
             with open(sum_path, "rb") as f:
-                size, want = struct.unpack("<QQ", f.read(16))
+                size, want, data_size = struct.unpack("<QQQ", f.read(24))
             with open(self.meta_path, "rb") as f:
                 if os.fstat(f.fileno()).st_size == size and size > 0:
                     with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as mm:
                         if meta_sum(mm) == want:
-                            return ErofsLayout(index, layout_only=True)
+                            self.data_size = data_size  # (before the thread compares with it)
+                            threading.Thread(target=self._compute_layout, name="lazylayer-erofs-layout",
+                                             daemon=True).start()
+                            return data_size
         except (OSError, ValueError, struct.error):
             pass
-        layout = ErofsLayout(index, uuid=uuid)
+        layout = self._layout = ErofsLayout(index, uuid=uuid)
+        self._layout_done.set()
         meta = layout.meta
         _write(self.meta_path, meta)
-        _write(sum_path, struct.pack("<QQ", len(meta), meta_sum(meta)))
-        return layout
+        _write(sum_path, struct.pack("<QQQ", len(meta), meta_sum(meta), layout.data_size))
+        return layout.data_size
+
+    def _compute_layout(self) -> None:
+        try:
+            layout = ErofsLayout(self.image.index, layout_only=True)
+            if layout.data_size != self.data_size:
+                raise MountError(f"the layout gives {layout.data_size} bytes of data, the kept metadata image "
+                                 f"{self.data_size}")
+            self._layout = layout
+        except Exception as exc:  # (every fill then fails, with this in the log)
+            self._layout_error = exc
+            log.error("%s: %s", self.mountpoint, exc)
+        finally:
+            self._layout_done.set()
 
     def _bitmap_left(self, fd: int, size: int) -> bytes:
         """The bitmap of filled blocks the supervisor left at its last clean end, if it is about this
@@ -258,7 +290,7 @@ class ErofsMount:
     def _fill(self, ident: int, fd: int, offset: int, length: int) -> None:
         """Fill the FILL_WINDOW-aligned windows around ``[offset, offset + length)`` that are not filled
         yet (one thread per window: a window another thread is filling is waited for), then answer."""
-        size = self.layout.data_size
+        size = self.data_size
         start = offset // FILL_WINDOW * FILL_WINDOW
         end = min(size, -(-(offset + max(length, 1)) // FILL_WINDOW) * FILL_WINDOW)
         status = 0
@@ -351,17 +383,17 @@ class ErofsMount:
 
     def _fill_windows(self, prefetcher: Any, fill: bool) -> None:
         if self._left:
-            done = self._filled_windows(self._left, max(BLOCK, self.layout.data_size))
+            done = self._filled_windows(self._left, max(BLOCK, self.data_size))
             with self._windows_lock:
                 self._filled.update(done)
         self.image.prefetch_started.wait()
         windows = self._plan_windows(prefetcher.plan) if prefetcher.plan is not None else []
         if fill:
-            windows += range(0, self.layout.data_size, FILL_WINDOW)
+            windows += range(0, self.data_size, FILL_WINDOW)
         todo = [w for w in dict.fromkeys(windows) if w not in self._filled]
         if not todo or not self._writer(todo[0]):
             return
-        size = self.layout.data_size
+        size = self.data_size
         # AHEAD_THREADS threads take runs of AHEAD_RUN windows in turn (in order, roughly): decoding
         # frames and writing the data file are both worth a core on this kind of machine.
         runs = [todo[i:i + AHEAD_RUN] for i in range(0, len(todo), AHEAD_RUN)]
