@@ -57,7 +57,7 @@ log = logging.getLogger("lazylayer")
 FILL_WINDOW = 128 << 10
 
 #: Filling ahead (plans, --fill): threads, and windows each takes at a time.
-AHEAD_THREADS, AHEAD_RUN = 2, 64
+AHEAD_THREADS, AHEAD_RUN = 4, 32
 
 _MSG = struct.Struct("=IIiIQQ224s")   # ll_erofs_msg
 assert _MSG.size == ffi.sizeof("ll_erofs_msg")
