@@ -210,7 +210,9 @@ static void on_message(sup *s) {
         case LL_EROFS_MSG_DONE:
             if (m.id >= s->npending || s->pending[m.id] < 0) break;
             if (m.status == 0) mark_filled(s, m.offset, m.length);
-            answer(s, s->pending[m.id], m.status == 0 ? FAN_ALLOW : (FAN_DENY | ((uint32_t)(m.status & 0xff) << 24)));
+            /* (any failure is EIO: the kernel takes only a few errnos, and a refused answer would
+             * leave the reader waiting) */
+            answer(s, s->pending[m.id], m.status == 0 ? FAN_ALLOW : DENY_EIO);
             s->pending[m.id] = -1;
             break;
         case LL_EROFS_MSG_FILLED:

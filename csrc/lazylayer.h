@@ -1088,7 +1088,7 @@ LL_API int ll_erofs_fill(const ll_erofs *e, ll_image *img, int fd, uint64_t offs
 #define LL_EROFS_MSG_MOUNTED 1   /* S->D: status 0 (mounted) or an error (text) */
 #define LL_EROFS_MSG_FILL 2      /* S->D: fill [offset, offset+length) through the fd, answer DONE */
 #define LL_EROFS_MSG_GONE 3      /* S->D: the file system is gone; the supervisor exits */
-#define LL_EROFS_MSG_DONE 10     /* D->S: id answered: status 0 (filled offset/length) or an errno */
+#define LL_EROFS_MSG_DONE 10     /* D->S: id answered: status 0 (filled offset/length), else the read fails with EIO */
 #define LL_EROFS_MSG_FILLED 11   /* D->S: [offset, offset+length) filled (ahead of any event) */
 #define LL_EROFS_MSG_UNMOUNT 12  /* D->S: detach the mount; keep serving until it is gone */
 #define LL_EROFS_MSG_START 13    /* D->S: the files are ready (length: the data file's size): mount */
