@@ -223,11 +223,13 @@ def test_a_recorded_plan_is_filled_before_it_is_read(built: Built, tmp_path: Any
     mnt.mkdir()
     with ErofsMount(built.ref, str(mnt), cache=DiskCache(tmp_path / "c"), prefetch=str(tmp_path / "plan.json")) as m:
         assert m.ahead_done.wait(60)
-        events = m.stats()["fill_events"]
+        s = m.stats()
+        # (whether the prefetcher or the filling fetched a frame first is a race: count what was written)
+        assert s["filled_bytes"] >= sum(os.path.getsize(os.path.join(built.rootfs, p)) for p in wanted)
+        events = s["fill_events"]
         for p in wanted:
             assert (mnt / p).read_bytes() == open(os.path.join(built.rootfs, p), "rb").read()
         assert m.stats()["fill_events"] == events  # every block read was filled ahead
-        assert m.stats()["prefetched_frames"] > 0
 
 
 def test_the_command_mounts_and_unmounts_with_the_erofs_backend(built: Built, tmp_path: Any) -> None:
