@@ -283,8 +283,35 @@ class ChunkSource(FrameSource):
         sizes = self._whole[(c.offset, c.digest)]
         size = self._whole_size[(c.offset, c.digest)]
         whole, piece, pieces = hashlib.sha256(), hashlib.sha256(), []
+        from concurrent.futures import ThreadPoolExecutor
+
+        # The fetcher thread and both generators are ended here, on this thread, whatever happens: a
+        # generator left suspended is finalized by the garbage collector on any thread, at any time
+        # (once inside a new thread's start-up, where joining a thread deadlocked the test suite).
+        ex = ThreadPoolExecutor(1, thread_name_prefix="lazylayer-whole")
+        parts = self._parts(c, ex)
+        inflated = _inflate_parts(c, parts, size, self.__name__)
+        try:
+            got, pieces = self._copy_whole(inflated, f, sizes, whole, piece, pieces)
+        finally:
+            inflated.close()
+            parts.close()
+            ex.shutdown(wait=False, cancel_futures=True)
+        if got != size:
+            raise errors.CorruptFrameError(f"{self.__name__}: the chunk at {c.offset} gives {got} bytes, not {size}")
+        if whole.hexdigest() != c.digest[7:]:
+            raise errors.IntegrityError(f"{self.__name__}: the {size}-byte chunk at {c.offset} does not match its "
+                                        f"digest {c.digest}")
+        f.write(b"".join(pieces))
+        self._count(1, c.end - c.offset)
+        return c.end - c.offset
+
+    @staticmethod
+    def _copy_whole(inflated: Any, f: Any, sizes: list[int], whole: Any, piece: Any,
+                    pieces: list[bytes]) -> tuple[int, list[bytes]]:
+        """Write what ``inflated`` yields to ``f``, hashing it whole and per piece (``sizes``)."""
         got = in_piece = 0
-        for out in _inflate_parts(c, self._parts(c), size, self.__name__):
+        for out in inflated:
             mv = memoryview(out)
             f.write(mv)
             whole.update(mv)
@@ -296,30 +323,20 @@ class ChunkSource(FrameSource):
                     pieces.append(piece.digest())
                     piece, in_piece = hashlib.sha256(), 0
             got += len(out)
-        if got != size:
-            raise errors.CorruptFrameError(f"{self.__name__}: the chunk at {c.offset} gives {got} bytes, not {size}")
-        if whole.hexdigest() != c.digest[7:]:
-            raise errors.IntegrityError(f"{self.__name__}: the {size}-byte chunk at {c.offset} does not match its "
-                                        f"digest {c.digest}")
-        f.write(b"".join(pieces))
-        self._count(1, c.end - c.offset)
-        return c.end - c.offset
+        return got, pieces
 
-    def _parts(self, c: Any, part: int = 8 << 20, batch: int = 2) -> Any:
+    def _parts(self, c: Any, ex: Any, part: int = 8 << 20, batch: int = 2) -> Any:
         """Chunk ``c``'s compressed bytes, in parts of ``part`` bytes: ``batch`` range requests at a
-        time, in parallel, the next batch fetched while this one is decompressed (at most
-        ``2 * part * batch`` bytes held)."""
-        from concurrent.futures import ThreadPoolExecutor
-
+        time, in parallel, the next batch fetched (on ``ex``, a one-thread executor the caller shuts
+        down) while this one is decompressed (at most ``2 * part * batch`` bytes held)."""
         spans = [(at, min(part, c.end - at)) for at in range(c.offset, c.end, part)]
         batches = [spans[k:k + batch] for k in range(0, len(spans), batch)]
-        with ThreadPoolExecutor(1, thread_name_prefix="lazylayer-whole") as ex:
-            ahead = ex.submit(self.blob.read_ranges, batches[0]) if batches else None
-            for k in range(len(batches)):
-                assert ahead is not None
-                got, ahead = ahead.result(), ex.submit(self.blob.read_ranges, batches[k + 1]) \
-                    if k + 1 < len(batches) else None
-                yield from got
+        ahead = ex.submit(self.blob.read_ranges, batches[0]) if batches else None
+        for k in range(len(batches)):
+            assert ahead is not None
+            got, ahead = ahead.result(), ex.submit(self.blob.read_ranges, batches[k + 1]) \
+                if k + 1 < len(batches) else None
+            yield from got
 
     def _read_whole(self, i: int) -> bytes:
         """Piece ``i`` of a big chunk, from its copy on disk (made first if need be), checked
