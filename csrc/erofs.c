@@ -257,8 +257,8 @@ void ll_erofs_free(ll_erofs *e) {
     free(e);
 }
 
-/* Only the data file's layout: every regular file with content, in inode order, at the
- * next block boundary (what build() assigns, without the metadata image). */
+/* The data file's layout: every regular file with content, in inode order, at the next
+ * block boundary (build() starts with it; a layout_only build is this alone). */
 static int layout(const ll_index *idx, ll_erofs *e, char *err, size_t err_size) {
     uint64_t n = ll_index_inodes(idx), cap = 0, data = 0;
     for (uint64_t ino = 1; ino <= n; ino++) {
@@ -295,7 +295,8 @@ uint64_t ll_erofs_sum(const void *data, size_t size) { return data || !size ? XX
 
 static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *slots, char *err, size_t err_size) {
     uint64_t n = ll_index_inodes(idx);
-    uint64_t nfiles = 0;
+    int lrc = layout(idx, e, err, err_size);   /* (its limits cover every chunk: at most 2^31 blocks) */
+    if (lrc != LL_OK) return lrc;
     /* pass 1: sizes, and each directory's parent (from the listing of its parent,
      * whatever the inode order) for its ".." */
     slots[LL_ROOT_INO - 1].parent = LL_ROOT_INO;
@@ -311,16 +312,10 @@ static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *sl
         if (st.kind == LL_KIND_REG && st.size > 0) {
             uint64_t blocks = (st.size + BLK - 1) / BLK;
             unsigned bits = 0;
-            while (bits < 31 && (1ull << bits) < blocks) bits++;
-            if ((1ull << bits) < blocks) {
-                ll__set_err(err, err_size, "inode %llu: %llu bytes, more than EROFS maps in one chunk",
-                            (unsigned long long)ino, (unsigned long long)st.size);
-                return LL_ERR_LIMIT;
-            }
+            while ((1ull << bits) < blocks) bits++;
             s->layout = LAYOUT_CHUNK_BASED;
             s->chunkbits = (uint8_t)bits;
             s->rec = (uint32_t)(align_up(base, 8) + 8);
-            nfiles++;
         } else if (st.kind == LL_KIND_DIR || st.kind == LL_KIND_SYMLINK) {
             if (st.kind == LL_KIND_DIR) {
                 packer p = {0};
@@ -363,15 +358,9 @@ static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *sl
     e->meta_size = (size_t)blk * BLK;
     if ((uint64_t)e->meta_size != blk * BLK) return LL_ERR_NOMEM;
     if (!(e->meta = calloc(1, e->meta_size))) return LL_ERR_NOMEM;
-    if (nfiles) {
-        e->file_ino = malloc(nfiles * sizeof *e->file_ino);
-        e->file_off = malloc(nfiles * sizeof *e->file_off);
-        e->file_size = malloc(nfiles * sizeof *e->file_size);
-        if (!e->file_ino || !e->file_off || !e->file_size) return LL_ERR_NOMEM;
-    }
 
-    /* pass 2: write */
-    uint64_t data = 0;
+    /* pass 2: write (regular files take their extents from the layout, in the same inode order) */
+    uint64_t file = 0;
     for (uint64_t ino = 1; ino <= n; ino++) {
         ll_stat st;
         int rc = ll_index_stat(idx, ino, &st);
@@ -386,19 +375,11 @@ static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *sl
         if (s->layout == LAYOUT_CHUNK_BASED) {
             size = st.size;
             iu = (uint32_t)(s->chunkbits | CHUNK_FORMAT_INDEXES);
-            if ((data + size) / BLK > UINT32_MAX - 1) {
-                ll__set_err(err, err_size, "the data file would be over 16 TiB (EROFS's 2^32 blocks)");
-                return LL_ERR_LIMIT;
-            }
+            if (file >= e->nfiles || e->file_ino[file] != ino) return LL_ERR_STATE;
             uint8_t *ci = e->meta + align_up(s->pos + INODE_SIZE + s->xsize, 8);
             put16(ci, 0);
             put16(ci + 2, 1);                    /* device 1: the data file */
-            ll__put_le32(ci + 4, (uint32_t)(data / BLK));
-            e->file_ino[e->nfiles] = ino;
-            e->file_off[e->nfiles] = data;
-            e->file_size[e->nfiles] = size;
-            e->nfiles++;
-            data += align_up(size, BLK);
+            ll__put_le32(ci + 4, (uint32_t)(e->file_off[file++] / BLK));
         } else if (st.kind == LL_KIND_DIR) {
             size = s->dsize;
             iu = s->blkaddr;
@@ -420,7 +401,7 @@ static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *sl
         }
         write_inode(rec, &st, s, icount, size, iu);
     }
-    e->data_size = data;
+    if (file != e->nfiles) return LL_ERR_STATE;
 
     /* superblock and device table */
     uint8_t *sb = e->meta + SB_OFFSET;
@@ -437,7 +418,7 @@ static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *sl
     put16(sb + 88, DEVT_SLOTOFF);
     uint8_t *dev = e->meta + DEVT_SLOTOFF * 128;
     memcpy(dev, "lazylayer-data", 14);             /* tag (the path comes from the mount's device=) */
-    ll__put_le32(dev + 64, (uint32_t)(data / BLK));
+    ll__put_le32(dev + 64, (uint32_t)(e->data_size / BLK));
     return LL_OK;
 }
 

@@ -379,23 +379,17 @@ class ErofsMount:
                     prefetcher = self._prefetcher = start(self.image, prefetch, fill=fill, fill_rate=fill_rate,
                                                           readahead=readahead)
                 if prefetcher is not None and wants_ahead:
-                    self._fill_ahead(prefetcher, fill)
+                    self._fill_windows(prefetcher, fill)
             except Exception as exc:  # advice only: the reads fill what they need
-                log.warning("%s: no prefetch: %s", self.mountpoint, exc)
+                log.warning("%s: prefetch, or filling ahead, stopped: %s", self.mountpoint, exc)
             finally:
                 self.ahead_done.set()
 
         threading.Thread(target=run, name="lazylayer-erofs-prefetch", daemon=True).start()
 
-    def _fill_ahead(self, prefetcher: Any, fill: bool) -> None:
+    def _fill_windows(self, prefetcher: Any, fill: bool) -> None:
         """Fill the data file's windows in the plan's order (then all of them, with fill), through a
         descriptor of an event (:meth:`_writer`), while the prefetcher fetches their frames."""
-        try:
-            self._fill_windows(prefetcher, fill)
-        except Exception as exc:  # advice only: the reads fill what they need
-            log.warning("%s: filling ahead stopped: %s", self.mountpoint, exc)
-
-    def _fill_windows(self, prefetcher: Any, fill: bool) -> None:
         if self._left:
             done = self._filled_windows(self._left, max(BLOCK, self.data_size))
             with self._windows_lock:
@@ -586,16 +580,15 @@ def unavailable(directory: str) -> str | None:
 BACKENDS = ("fuse", "erofs", "auto")
 
 
-def choose_backend(backend: str, image: Any) -> tuple[str, str]:
-    """The backend a mount of ``image`` (an opened :class:`~lazylayer.image.Image`) uses for ``backend``
-    (one of :data:`BACKENDS`), and why: ``auto`` is erofs where :func:`unavailable` finds nothing
-    missing for the image's disk cache, else fuse."""
+def choose_backend(backend: str, cache: Any) -> tuple[str, str]:
+    """The backend a mount uses for ``backend`` (one of :data:`BACKENDS`), and why: ``auto`` is erofs
+    where :func:`unavailable` finds nothing missing for ``cache`` (the image's
+    :class:`~lazylayer.image.DiskCache`, where the erofs files would live; None: none), else fuse."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend != "auto":
         return backend, "asked for"
-    cache = image.gzip_index_cache
-    why = "the image has no disk cache" if cache is None else unavailable(os.path.join(cache.path, "erofs"))
+    why = "the image has no disk cache" if cache is None else unavailable(cache.files_dir)
     return ("fuse", f"no erofs: {why}") if why else ("erofs", "the kernel, the cache's file system and root allow it")
 
 

@@ -107,32 +107,22 @@ class Mount:
 
     def __new__(cls, image: Any = None, mountpoint: str = "", *, backend: str = "fuse", **options: Any) -> Any:
         """``backend="erofs"`` gives a :class:`lazylayer.mount.erofs.ErofsMount` instead (``"auto"``: that
-        where this machine allows it, with the image's options; docs/mount.md, "The erofs backend")."""
+        where this machine allows it for the image's disk cache; docs/mount.md, "The erofs backend"); the
+        FUSE-only options are then left out."""
         if backend == "fuse":
             return super().__new__(cls)
-        from ..image import Image
+        from ..image import DiskCache, Image
         from .erofs import ErofsMount, choose_backend
 
-        own = not isinstance(image, Image)
-        keys = ("prefetch", "fill", "fill_rate", "readahead")
-        img = Image(image, **{k: v for k, v in options.items() if k not in keys and k not in _FUSE_ONLY}) \
-            if own else image
-        try:
-            chosen, why = choose_backend(backend, img)
-            log.info("%s: %s backend (%s)", mountpoint, chosen, why)
-            if chosen == "fuse":
-                m = super().__new__(cls)
-                m.__init__(img, mountpoint, **options)  # (not called again: the image is an Image now)
-                if own:
-                    m._own = True
-                return m
-            m = ErofsMount(img, mountpoint, **{k: v for k, v in options.items() if k in keys})
-            m._own = own
-            return m
-        except BaseException:
-            if own:
-                img.close()
-            raise
+        if isinstance(image, Image):
+            cache = image.gzip_index_cache  # (a local layout's too)
+        else:
+            cache = options["cache"] if "cache" in options else DiskCache()  # (Image's own default)
+        chosen, why = choose_backend(backend, cache)
+        log.info("%s: %s backend (%s)", mountpoint, chosen, why)
+        if chosen == "fuse":
+            return super().__new__(cls)
+        return ErofsMount(image, mountpoint, **{k: v for k, v in options.items() if k not in _FUSE_ONLY})
 
     def __init__(self, image: Any, mountpoint: str, *, allow_other: bool = False, threads: int = 2,
                  miss_threads: int = 16, timeout: float = CACHE_TIMEOUT, direct_io: bool = False,
@@ -141,9 +131,6 @@ class Mount:
                  readahead: bool = True, verbose: int = 0, passthrough: bool = False, backend: str = "fuse",
                  **image_options: Any) -> None:
         from ..image import Image
-
-        if getattr(self, "_done", None) is not None:
-            return  # made by __new__ for backend="auto"
 
         self.mountpoint = os.path.abspath(mountpoint)
         self._own = not isinstance(image, Image)
