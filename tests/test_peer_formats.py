@@ -857,3 +857,44 @@ def test_a_file_too_big_for_one_frame_is_read_through_a_checked_copy(registry: A
         with pytest.raises(errors.IntegrityError, match="does not match its digest"):
             img.pread(node, 1000, 0)
     assert not list((Path(tmp_path / "c3") / "v1" / "files").glob("whole-*"))
+
+
+def test_a_kept_chunk_table_reads_back_row_by_row() -> None:
+    """A chunked layer kept in the disk cache without windows (eStargz, zstd:chunked) loads as
+    :class:`ChunkRows`: the very chunks that were kept, made when asked for (indices, negative
+    ones, slices, the big chunks' pieces found by their codec); a row naming no codec, with bad
+    bits or with a window that is not there is refused at load, in words, never at a read."""
+    import struct
+
+    from lazylayer import errors
+    from lazylayer.format import estargz
+    from lazylayer.format.layer import Frame
+
+    digest = "sha256:" + "1" * 64
+    d = ["sha256:" + hashlib.sha256(bytes([i])).hexdigest() for i in range(4)]
+    chunks = [estargz.Chunk(0, 100, 0, 60, d[0], "gzip"), estargz.Chunk(100, 4 << 20, 60, 900, d[1], "zstd-whole"),
+              estargz.Chunk(100 + (4 << 20), 5, 60, 900, d[1], "zstd-whole"),
+              estargz.Chunk(0, 1 << 20, 900, 900, d[2], "zeros"), estargz.Chunk(0, 7, 900, 950, d[3], "zstd")]
+    frames, at = [], 0
+    for c in chunks:
+        frames.append(Frame(at, c.size, at, c.size, c.digest[7:]))
+        at += c.size
+    entries = [{"name": "f", "type": "reg", "mode": 0o644, "size": at, "offset": 0}]
+    layer = estargz.index_layer(frames, entries, at, [], digest)
+    data = estargz.dump_raw_layer(layer, chunks)
+    back, rows = estargz.load_raw_layer(data, digest)
+    assert isinstance(rows, estargz.ChunkRows) and back.toc_frame == layer.toc_frame
+    assert list(rows) == chunks and len(rows) == 5
+    assert rows[-1] == chunks[-1] and rows[1:3] == chunks[1:3] and rows.whole() == [1, 2]
+    with pytest.raises(IndexError):
+        rows[5]
+    head = struct.Struct("<8s32sQIIQ")
+    magic, _, toc_at, count, flen, blen = head.unpack_from(data)
+    body = zstandard.ZstdDecompressor().decompress(data[head.size:], max_output_size=blen)
+    for where, value in ((60, 6), (60, 255), (61, 8), (63, 1), (64, 1)):  # codec, bits, window length
+        b = bytearray(body)
+        b[flen + 65 * 3 + where] = value
+        packed = zstandard.ZstdCompressor().compress(bytes(b))
+        bad = head.pack(magic, hashlib.sha256(packed).digest(), toc_at, count, flen, len(b)) + packed
+        with pytest.raises(errors.FormatError, match="bad chunk row"):
+            estargz.load_raw_layer(bad, digest)

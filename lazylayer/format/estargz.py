@@ -26,7 +26,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence, overload
 
 from .. import errors
 from ..oci.media import DIGEST, load_json
@@ -436,6 +436,7 @@ def index_layer(frames: list[Any], entries: list[dict[str, Any]], size: int, pla
 _SIDECAR = struct.Struct("<8s32sQIIQ")
 _SIDECAR_MAGIC = b"LLCHUNK2"
 _ROW = struct.Struct("<QIQQ32sBBBH")  # file_offset, size, offset, end, digest, codec, bits, byte, window length
+_ROW_CODEC = 60  # where a row's codec is; its bits, byte and window length (2 bytes) follow
 _CODECS = ("gzip", "zstd", "zeros", "gzspan", "gzip-whole", "zstd-whole")
 MAX_SIDECAR_BODY = 1 << 30
 """The most a chunked layer's index may decompress to (a TOC frame, rows and windows)."""
@@ -476,16 +477,62 @@ def load_raw_layer(data: bytes, digest: str) -> tuple[Any, list[Chunk]]:
     rows_end = flen + count * _ROW.size
     if len(body) != blen:
         raise errors.FormatError("a chunked layer's cached index is damaged")
-    frame, chunks, w = bytes(body[:flen]), [], rows_end
-    for fo, n, off, end, d, k, bits, byte, wlen in _ROW.iter_unpack(body[flen:rows_end]):
-        if k >= len(_CODECS) or bits > 7 or wlen > 40 << 10 or w + wlen > blen:  # (windows, compressed)
+    frame, w = bytes(body[:flen]), rows_end
+    rows = bytes(body[flen:rows_end])
+    chunks: Sequence[Chunk]
+    if rows_end == blen:  # no windows (eStargz, zstd:chunked): rows checked by column, Chunks made when asked
+        codecs, bits, wlo, whi = (rows[_ROW_CODEC + k::_ROW.size] for k in (0, 1, 3, 4))
+        if count and (max(codecs) >= len(_CODECS) or max(bits) > 7 or any(wlo) or any(whi)):
             raise errors.FormatError("a chunked layer's cached index has a bad chunk row")
-        chunks.append(Chunk(fo, n, off, end, "sha256:" + d.hex(), _CODECS[k], bits, byte, bytes(body[w:w + wlen])))
-        w += wlen
-    if w != blen:
-        raise errors.FormatError("a chunked layer's cached index is damaged")
+        chunks = ChunkRows(rows, codecs)
+    else:
+        chunks = []
+        for fo, n, off, end, d, k, b, byte, wlen in _ROW.iter_unpack(rows):
+            if k >= len(_CODECS) or b > 7 or wlen > 40 << 10 or w + wlen > blen:  # (windows, compressed)
+                raise errors.FormatError("a chunked layer's cached index has a bad chunk row")
+            chunks.append(Chunk(fo, n, off, end, "sha256:" + d.hex(), _CODECS[k], b, byte, bytes(body[w:w + wlen])))
+            w += wlen
+        if w != blen:
+            raise errors.FormatError("a chunked layer's cached index is damaged")
     layer = IndexLayer(digest, at + flen, "sha256:" + hashlib.sha256(frame).hexdigest(), at, flen, frame)
     return layer, chunks
+
+
+class ChunkRows(Sequence[Chunk]):
+    """A chunked layer's chunks as :func:`load_raw_layer` read them (rows without windows), each
+    made a :class:`Chunk` only when asked for: every process of a mount opens the layer, and
+    few read more than a fraction of its tens of thousands of chunks (making them all was a
+    quarter of an eStargz open from the disk cache).  ``codecs``: the codec column, one byte
+    per row (an index into the codec names)."""
+
+    def __init__(self, rows: bytes, codecs: bytes) -> None:
+        self._rows = rows
+        self.codecs = codecs
+
+    def __len__(self) -> int:
+        return len(self.codecs)
+
+    @overload
+    def __getitem__(self, i: int) -> Chunk: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Chunk]: ...
+
+    def __getitem__(self, i: int | slice) -> Chunk | list[Chunk]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self.codecs)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("chunk index out of range")
+        fo, size, off, end, d, k, bits, byte, _ = _ROW.unpack_from(self._rows, i * _ROW.size)
+        return Chunk(fo, size, off, end, "sha256:" + d.hex(), _CODECS[k], bits, byte)
+
+    def whole(self) -> list[int]:
+        """The rows that are pieces of a chunk too big for one frame (``-whole`` codecs)."""
+        kinds = {_CODECS.index("gzip-whole"), _CODECS.index("zstd-whole")}
+        return [i for i, k in enumerate(self.codecs) if k in kinds] if kinds & set(self.codecs) else []
 
 
 def read_cached(disk: Any, name: str, digest: str) -> tuple[Any, list[Chunk]] | None:

@@ -148,13 +148,17 @@ class ChunkSource(FrameSource):
         super().__init__(blob, frames, disk, name, local)
         if len(chunks) != len(self.frames):
             raise errors.FormatError(f"{name}: {len(chunks)} chunks for {len(self.frames)} frames")
-        self._chunk_list = list(chunks)
+        from ..format.estargz import ChunkRows  # (a layer kept in the disk cache: chunks made when used)
+
+        self._chunk_list = chunks if isinstance(chunks, ChunkRows) else list(chunks)
         # A big chunk's pieces (its frames), by its (offset, digest): their sizes, in order; and
         # each piece's place among them, by its row index.
         self._whole: dict[tuple[int, str], list[int]] = {}
         self._piece: dict[int, tuple[int, int]] = {}  # row -> (piece number, offset in the chunk)
         at: dict[tuple[int, str], int] = {}
-        for i, c in enumerate(self._chunk_list):
+        rows = self._chunk_list.whole() if isinstance(self._chunk_list, ChunkRows) else range(len(self._chunk_list))
+        for i in rows:
+            c = self._chunk_list[i]
             if c.codec.endswith("-whole"):
                 key = (c.offset, c.digest)
                 sizes = self._whole.setdefault(key, [])
