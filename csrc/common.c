@@ -36,6 +36,7 @@ const char *ll_strerror(int code) {
     case LL_ERR_CACHE: return "the disk cache directory cannot be used";
     case LL_ERR_MISS: return "a frame must be fetched (not in the memory or disk cache)";
     case LL_ERR_MOUNT: return "the FUSE mount could not be made or served";
+    case LL_ERR_UNSUPPORTED: return "the layer uses what this library does not read lazily";
     default: return "unknown error";
     }
 }

@@ -14,7 +14,7 @@
 
 /* ---- host callbacks: what a read or write callback's return value means (see
  * ll_read_fn).  LL__ERR_LAST is the last status code; keep it so when adding one. */
-#define LL__ERR_LAST LL_ERR_MOUNT
+#define LL__ERR_LAST LL_ERR_UNSUPPORTED
 static inline int ll__callback_status(int rc) {
     if (rc == 0) return LL_OK;
     return rc <= LL_ERR_NOMEM && rc >= LL__ERR_LAST ? rc : LL_ERR_IO;

@@ -103,7 +103,8 @@ typedef enum {
     LL_ERR_NOTREG = -18,    /* not a regular file (a read), or not a symlink (readlink) */
     LL_ERR_CACHE = -19,     /* the disk cache directory cannot be used (errno in the message) */
     LL_ERR_MISS = -20,      /* ll_image_read_cached: a frame is neither in memory nor on disk */
-    LL_ERR_MOUNT = -21      /* /dev/fuse, mount(2) or fusermount3 failed (errno in the message) */
+    LL_ERR_MOUNT = -21,     /* /dev/fuse, mount(2) or fusermount3 failed (errno in the message) */
+    LL_ERR_UNSUPPORTED = -22 /* well formed, but using what this library does not read lazily (chunked TOCs) */
     /* New codes are added below the last one, in minor versions too: treat an
      * unknown negative code as a generic failure. */
 } ll_status;
@@ -991,6 +992,66 @@ LL_API int ll_gz_inflate_span(uint32_t bits, uint32_t byte, const void *window, 
  * LL_ERR_DIGEST if it decodes to other bytes; LL_ERR_NOMEM.  Fuzzed
  * (csrc/fuzz/fuzz_chunk.c).  Any thread. */
 LL_API int ll_chunk_decode(const void *src, size_t len, const uint8_t sha256[32], void *dst, size_t size);
+
+/* ---------------------------------------------------------------- chunked TOCs
+ *
+ * eStargz and zstd:chunked layers (stargz-snapshotter's TOC schema, with
+ * containers/storage's additions) are read through a raw layer: lazylayer's
+ * TOC over a virtual stream in which each regular file's chunks lie end to
+ * end, one raw frame per chunk named by the sha256 of its data
+ * (docs/format.md, "Raw frames"), and one row per frame saying where its
+ * compressed bytes are in the blob.  ll_chunked_convert makes both from the
+ * TOC's JSON (vouched for by its digest, still treated as hostile): every
+ * check of docs/filesystem.md's "eStargz layers" and "zstd:chunked layers" in
+ * one pass, runs of zeros over 1 MiB and chunks over 64 MiB cut into pieces.
+ *
+ * A row is LL_CHUNKED_ROW_SIZE bytes, little-endian: file offset (8), size (4),
+ * the compressed bytes' offset (8) and end (8) in the blob, the sha256 of the
+ * data (32; of the whole chunk for a piece of a big one), the codec (1: an
+ * LL_ROW_* value), and 4 zero bytes (a gzip span's bits, byte and window
+ * length: spans are not made here).  The TOC is JSON, as lazylayer's TOC frame
+ * carries it before compression (ll_index_build takes it in a frame). */
+#define LL_CHUNKED_ROW_SIZE 65
+#define LL_ROW_GZIP 0          /* a gzip member (or several) whose first `size` bytes of output are the data */
+#define LL_ROW_ZSTD 1          /* zstd frames, likewise */
+#define LL_ROW_ZEROS 2         /* `size` zero bytes, made by the host, never fetched */
+#define LL_ROW_GZSPAN 3        /* a span of a plain gzip layer (lazylayer index; not made here) */
+#define LL_ROW_GZIP_WHOLE 4    /* a piece of a gzip chunk over 64 MiB: read through a checked copy */
+#define LL_ROW_ZSTD_WHOLE 5    /* likewise for zstd */
+#define LL_CHUNKED_HIDE_STARGZ 1u  /* leave stargz.index.json and the prefetch landmarks out of the tree */
+
+typedef struct ll_chunked ll_chunked;
+
+typedef struct {
+    size_t struct_size;     /* sizeof(ll_chunked_options) as the caller compiled it: ll_chunked_options_init */
+    uint64_t toc_offset;    /* the chunks lie before it in the blob (no default) */
+    int codec;              /* LL_CHUNK_GZIP (eStargz, the default) or LL_CHUNK_ZSTD (zstd:chunked) */
+    unsigned flags;         /* LL_CHUNKED_HIDE_STARGZ (the default for eStargz) or 0 */
+    uint64_t max_chunk;     /* the largest chunk read as one frame (64 MiB; at most LL_MAX_FRAME_SIZE) */
+    uint64_t whole_piece;   /* the frames a larger chunk that starts its file is cut into (4 MiB) */
+} ll_chunked_options;
+
+/* Fill `opt` with the defaults, as ll_reader_options_init does (docs/c-api.md,
+ * "Options carry their size").  Any thread. */
+LL_API int ll_chunked_options_init(ll_chunked_options *opt, size_t struct_size);
+
+/* Convert a chunked TOC's JSON (len bytes, not modified) as `opt` says.
+ * LL_OK and *out; LL_ERR_FORMAT for a malformed or hostile TOC; LL_ERR_LIMIT
+ * over a format limit (entries, frames, JSON size); LL_ERR_UNSUPPORTED for a
+ * valid layer this library does not read lazily (innerOffset, a chunk over
+ * max_chunk that does not start its file or is over 64 GiB, more than 4 GiB of
+ * zero runs to check): its host should fetch it whole; LL_ERR_NOMEM; LL_ERR_ARG.
+ * The message names the entry and the fault.  Fuzzed (csrc/fuzz/fuzz_chunked.c).
+ * Any thread. */
+LL_API int ll_chunked_convert(const void *json, size_t len, const ll_chunked_options *opt, ll_chunked **out,
+                              char *err, size_t err_size);
+/* The TOC made: *len bytes of JSON, owned by c.  Any thread. */
+LL_API const uint8_t *ll_chunked_json(const ll_chunked *c, size_t *len);
+/* The rows: *count rows of LL_CHUNKED_ROW_SIZE bytes, one per frame, owned by c.  Any thread. */
+LL_API const uint8_t *ll_chunked_rows(const ll_chunked *c, uint64_t *count);
+/* The virtual stream's size (the TOC's tar_size: every file's chunks end to end).  Any thread. */
+LL_API uint64_t ll_chunked_stream_size(const ll_chunked *c);
+LL_API void ll_chunked_free(ll_chunked *c);
 
 /* ---------------------------------------------------------------- EROFS images
  *

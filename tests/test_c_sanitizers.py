@@ -25,10 +25,10 @@ FUZZ = CSRC / "fuzz"
 # Every library source (as csrc/Makefile's SRCS); they link against libzstd, libcrypto and pthreads.
 LIB_SRCS = [str(CSRC / f) for f in ("common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c", "json.c",
                                     "toc.c", "index.c", "resolve.c", "oci.c", "diskcache.c", "image.c",
-                                    "sockhost.c", "fuse.c", "gzindex.c", "erofs.c", "erofsd.c")]
+                                    "sockhost.c", "fuse.c", "gzindex.c", "erofs.c", "erofsd.c", "chunked.c")]
 SAN_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
              "-g", "-O1"]
-TARGETS = ("seektable", "roundtrip", "toc", "index_load", "manifest", "sockhost", "gzindex", "chunk")
+TARGETS = ("seektable", "roundtrip", "toc", "index_load", "manifest", "sockhost", "gzindex", "chunk", "chunked")
 FUZZ_SECONDS = 20
 
 # Lines that mean a sanitizer, a fuzz invariant (CHECK in fuzz_common.h) or
@@ -111,6 +111,7 @@ def test_seed_corpora_are_generated(fuzz_build):
     assert len(names["index_load"]) >= 3 and {"manifest", "index"} <= set(names["manifest"])
     assert {"good-two", "error-then-good", "short", "hangup"} <= set(names["sockhost"])
     assert {"text-level6", "gzip-two-members", "gzip-truncated"} <= set(names["gzindex"])
+    assert {"estargz", "zstd-chunked", "hostile-inner"} <= set(names["chunked"])
 
 
 @pytest.mark.parametrize("target", TARGETS)

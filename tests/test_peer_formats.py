@@ -533,7 +533,8 @@ def test_zstd_chunked_layers_are_read_lazily(zchunked: tuple[str, list[ZLayer]])
                                        {**img.layers[1].descriptor})
             k = next(k for k, e in enumerate(toc.entries) if e["name"] == "app/zeros.bin")
             data = [c for c in toc.chunks[k] if c.codec != "zeros"]
-            assert len(data) == 2 and any(c.codec == "zeros" and c.size > 2 << 20 for c in toc.chunks[k])
+            zeros = [c for c in toc.chunks[k] if c.codec == "zeros"]  # (a run of zeros: in 1 MiB pieces)
+            assert len(data) == 2 and sum(c.size for c in zeros) > 2 << 20 and max(c.size for c in zeros) <= 1 << 20
             assert img.stats()["bytes_local"] == sum(c.end - c.offset for c in data)  # zeros: not read
             assert fs.info("app/hard")["nlink"] == 2 and fs.cat("app/hard") == fs.cat("app/zeros.bin")
             for z in layers:
@@ -611,7 +612,7 @@ def test_a_tampered_zstd_chunked_chunk_or_toc_is_never_data(zchunked: tuple[str,
         estargz.parse_toc(json.dumps({"version": 1, "entries": many}).encode(), 100, codec="zstd")
     big = {**good, "size": 65 << 20, "chunkSize": 65 << 20}  # over one frame, starting its file: in pieces
     toc = estargz.parse_toc(json.dumps({"version": 1, "entries": [big]}).encode(), 100, codec="zstd")
-    assert [c.codec for c in toc.chunks[0]] == ["zstd-whole"]
+    assert [c.codec for c in toc.chunks[0]] == ["zstd-whole"] * 17  # (65 MiB in 4 MiB pieces)
     second = [{**good, "size": 2048 + (65 << 20)},  # over one frame, not starting its file: fetched whole
               {"name": "a", "type": "chunk", "offset": 15, "chunkOffset": 2048, "chunkSize": 65 << 20,
                "chunkDigest": "sha256:" + "c" * 64}]
@@ -698,50 +699,93 @@ def test_read_ahead_of_chunks_counts_bytes(gen: Path, registry: Any, tmp_path: P
         assert 0 < got <= 4 * (2 << 20) + (4 << 20), got  # 4 frames' worth (+ the chunk that crosses it)
 
 
-def test_mutated_tocs_are_refused_in_words_never_a_crash(zchunked: tuple[str, list[ZLayer]]) -> None:
-    """Hostile TOC JSON in eStargz's schema (as zstd:chunked and eStargz carry it, vouched for by a
-    digest all the same): 3,000 random mutations of a real TOC's entries — fields deleted or
-    replaced by values of every JSON type, entries duplicated or dropped — give a TOC or a
-    FormatError (NotSupported, LimitError among them), and every TOC that parses becomes a raw
-    layer the C index takes or refuses with a FormatError: never another exception."""
+def _convert_both(data: bytes, toc_offset: int, codec: str, hidden: frozenset) -> tuple[Any, Any]:
+    """A TOC through the Python model (tests/chunked_model.py) and through ll_chunked_convert: each
+    as ("ok", TOC doc, chunks) or (the exception's class, its message)."""
+    import chunked_model
+
+    from lazylayer import errors
+    from lazylayer.format import estargz
+    from lazylayer.format.layer import Toc
+
+    out = []
+    for mod in (chunked_model, estargz):
+        try:
+            toc = mod.parse_toc(data, toc_offset, codec=codec, hidden=hidden)
+            layer, chunks = mod.raw_layer(toc, "sha256:" + "1" * 64)
+            out.append(("ok", json.loads(Toc.from_frame(layer.toc_frame).to_json()), list(chunks)))
+        except errors.FormatError as exc:
+            out.append((type(exc), str(exc)))
+    return out[0], out[1]
+
+
+def test_the_c_converter_agrees_with_the_python_model(image: tuple[str, list[Variant]],
+                                                      zchunked: tuple[str, list[ZLayer]]) -> None:
+    """ll_chunked_convert (csrc/chunked.c) against the Python model it replaced: the TOCs of real
+    layers (stargz-snapshotter's eStargz and zstd:chunked, skopeo's zstd:chunked, the hand-built
+    dialect) make the same raw layer — TOC and chunk table — and 3,000 random mutations of a real
+    TOC's entries (fields deleted or replaced by values of every JSON type, entries duplicated or
+    dropped) are refused with the same class of error (FormatError, LimitError, NotSupported) or
+    make the same raw layer; every raw layer made is one the C index takes or refuses in words."""
     from lazylayer import errors
     from lazylayer.core import Index
     from lazylayer.format import estargz, zstdchunked
 
-    _, (skopeo, _) = zchunked
-    ann = skopeo.annotations
-    off, n, raw, _ = (int(x) for x in ann["io.containers.zstd-chunked.manifest-position"].split(":"))
-    doc = json.loads(zstdchunked.decompress_prefix(skopeo.blob[off:off + n], raw))
-    entries = doc["entries"]
+    tocs = []  # (the TOC JSON, its offset, codec, hidden names) of every real layer
+
+    def capture(read: Any, desc: dict[str, Any]) -> None:
+        got: list[tuple[Any, ...]] = []
+        with pytest.MonkeyPatch.context() as mp:
+            for mod in (estargz, zstdchunked):
+                real = mod.parse_toc
+                mp.setattr(mod, "parse_toc", lambda data, off, codec="gzip", hidden=estargz.HIDDEN, _r=real:
+                           got.append((bytes(data), off, codec, hidden)) or _r(data, off, codec, hidden))
+            zstdchunked.read_chunked_toc(read, desc)
+        tocs.extend(got)
+
+    for v in image[1]:
+        capture(lambda o, n, b=v.blob: b[o:o + n], {"mediaType": v.media_type, "size": len(v.blob),
+                                                     "annotations": v.annotations})
+    for z in zchunked[1]:
+        capture(lambda o, n, b=z.blob: b[o:o + n], {"mediaType": images.LAYER_MEDIA["zstd"], "size": len(z.blob),
+                                                     "annotations": z.annotations})
+    assert len(tocs) == len(image[1]) + len(zchunked[1])
+    for data, off, codec, hidden in tocs:
+        model, c = _convert_both(data, off, codec, hidden)
+        assert model[0] == "ok" and model == c
+    data, off, _, _ = tocs[-1]
+    entries = json.loads(data)["entries"]
     rng = random.Random(18)
-    values = [None, True, -1, 0, 1, 2**63, 1.5, "", "x", "../x", "/", "sha256:" + "0" * 64, "zeros", "chunk",
-              "reg", [], {}, {"a": 1}, ["x"], "2023-13-45T99:99:99Z", "a" * 5000]
-    parsed = 0
+    values = [None, True, False, -1, 0, 0.0, 1, 2**63, 1.5, "", "x", "../x", "/", "sha256:" + "0" * 64, "zeros",
+              "chunk", "reg", [], {}, {"a": 1}, {"user.x": "QQ=="}, ["x"], "2023-13-45T99:99:99Z",
+              "2021-06-01T10:20:30.5+02:00", "a" * 5000]
+    outcomes: dict[Any, int] = {}
     for _ in range(3000):
         es = [dict(e) for e in entries]
         for _ in range(rng.randint(1, 4)):
             e = rng.choice(es)
             op = rng.random()
             if op < 0.4:
-                e[rng.choice(list(e) + ["chunkType", "endOffset", "innerOffset", "xattrs"])] = rng.choice(values)
+                e[rng.choice(list(e) + ["chunkType", "endOffset", "innerOffset", "xattrs", "uid", "linkName"])] = \
+                    rng.choice(values)
             elif op < 0.6 and len(e) > 1:
                 del e[rng.choice(list(e))]
             elif op < 0.8:
                 es.insert(rng.randrange(len(es) + 1), dict(rng.choice(es)))
             elif len(es) > 1:
                 es.remove(e)
-        data = json.dumps({"version": 1, "entries": es}).encode()
-        try:
-            toc = estargz.parse_toc(data, off - 8, codec="zstd", hidden=frozenset())
-        except errors.FormatError:
-            continue
-        parsed += 1
-        try:
-            layer, _ = estargz.raw_layer(toc, "sha256:" + "1" * 64)
-            Index.build([layer])
-        except errors.FormatError:
-            pass
-    assert parsed > 100  # (the mutations leave many TOCs whole: those run through the index too)
+        doc = json.dumps({"version": 1, "entries": es}).encode()
+        model, c = _convert_both(doc, off, "zstd", frozenset())
+        assert model[0] == c[0], (model[:2], c[:2])
+        if model[0] == "ok":
+            assert model == c
+            try:
+                Index.build([estargz.raw_layer(estargz.parse_toc(doc, off, codec="zstd", hidden=frozenset()),
+                                               "sha256:" + "1" * 64)[0]])
+            except errors.FormatError:
+                pass
+        outcomes[model[0]] = outcomes.get(model[0], 0) + 1
+    assert outcomes.get("ok", 0) > 100 and outcomes.get(errors.FormatError, 0) > 100, outcomes
 
 
 def test_chunks_fetched_ahead_are_kept_encoded_and_checked_when_read(image: tuple[str, list[Variant]],

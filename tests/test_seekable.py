@@ -355,9 +355,9 @@ def test_every_status_has_a_message_and_an_exception():
     from lazylayer import errors
     from lazylayer.core._lib import ZSTD, lib, raise_status, strerror
 
-    codes = range(lib.LL_ERR_ARG, lib.LL_ERR_MOUNT - 1, -1)
+    codes = range(lib.LL_ERR_ARG, lib.LL_ERR_UNSUPPORTED - 1, -1)
     assert all(strerror(c) != "unknown error" for c in codes)
-    assert strerror(lib.LL_ERR_MOUNT - 1) == "unknown error"  # ll_strerror and the enum end together
+    assert strerror(lib.LL_ERR_UNSUPPORTED - 1) == "unknown error"  # ll_strerror and the enum end together
     expected = {lib.LL_ERR_ARG: ValueError, lib.LL_ERR_NOMEM: MemoryError, lib.LL_ERR_CHECKSUM: errors.ChecksumError,
                 lib.LL_ERR_IO: errors.SourceError, lib.LL_ERR_ZSTD: errors.NativeError}
     for code in codes:

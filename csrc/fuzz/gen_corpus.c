@@ -584,6 +584,49 @@ static void chunk_seeds(void) {
     free(t);
 }
 
+/* ---- chunked TOCs (fuzz_chunked): byte 0 the flags, bytes 1-2 the TOC offset in KiB, then the JSON */
+#define CH_D1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+#define CH_D2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+/* the sha256 of 3 and of 5000 zero bytes (zeros chunks must name them) */
+#define CH_Z3 "sha256:709e80c88487a2411e1ee4dfb9f22a861492d20c4765150c0c794abd70f8147c"
+static const char *const chunked_seeds[][2] = {
+    {"estargz", "{\"version\":1,\"entries\":[{\"name\":\"./\",\"type\":\"dir\",\"mode\":493,"
+                "\"modtime\":\"2023-01-02T03:04:05Z\"},{\"name\":\"etc/a\",\"type\":\"reg\",\"mode\":420,\"size\":10,"
+                "\"offset\":10,\"chunkSize\":6,\"chunkDigest\":\"" CH_D1 "\",\"uid\":1,\"gid\":2,\"userName\":\"u\","
+                "\"xattrs\":{\"user.b\":\"QQ==\",\"user.a\":\"Qg==\",\"user.b\":\"Qw==\"}},{\"name\":\"etc/a\","
+                "\"type\":\"chunk\",\"offset\":40,\"chunkOffset\":6,\"chunkDigest\":\"" CH_D2 "\"},"
+                "{\"name\":\".prefetch.landmark\",\"type\":\"reg\",\"size\":1,\"offset\":90,\"digest\":\"" CH_D1 "\"},"
+                "{\"name\":\"/etc/l\",\"type\":\"symlink\",\"linkName\":\"a\",\"modtime\":\"2023-01-02T03:04:05.999+01:30\"},"
+                "{\"name\":\"etc/h\",\"type\":\"hardlink\",\"linkName\":\"./etc/a\"},{\"name\":\"dev/null\","
+                "\"type\":\"char\",\"devMajor\":1,\"devMinor\":3},{\"name\":\"stargz.index.json\",\"type\":\"reg\"}]}"},
+    {"zstd-chunked", "{\"version\":1,\"entries\":[{\"type\":\"reg\",\"name\":\"z\",\"size\":5003,\"offset\":10,"
+                     "\"endOffset\":20,\"chunkSize\":3,\"chunkType\":\"zeros\",\"chunkDigest\":\"" CH_Z3 "\"},"
+                     "{\"type\":\"chunk\",\"name\":\"z\",\"offset\":20,\"chunkOffset\":3,\"chunkSize\":5000,"
+                     "\"chunkDigest\":\"" CH_D1 "\"},{\"type\":\"reg\",\"name\":\"w\",\"size\":9000,\"offset\":30,"
+                     "\"digest\":\"" CH_D2 "\",\"accesstime\":\"0001-01-01T00:00:00Z\"}]}"},
+    {"hostile-inner", "{\"version\":1,\"entries\":[{\"name\":\"a\",\"type\":\"reg\",\"size\":3,\"offset\":1,"
+                      "\"innerOffset\":5,\"chunkDigest\":\"" CH_D1 "\"}]}"},
+    {"hostile-values", "{\"version\":1.0,\"entries\":[{\"name\":\"a\\u0000\\udc80\",\"type\":\"fifo\",\"uid\":0.0,"
+                       "\"gid\":\"\",\"modtime\":null,\"xattrs\":{}},{\"name\":\"b\",\"type\":\"dir\",\"mode\":-0,"
+                       "\"devMajor\":[],\"userName\":null},{\"name\":\"../c\",\"type\":\"dir\"}],\"entries\":[]}"},
+    {"hostile-tiles", "{\"version\":1,\"entries\":[{\"name\":\"a\",\"type\":\"reg\",\"size\":9,\"offset\":1,"
+                      "\"chunkSize\":4,\"chunkDigest\":\"" CH_D1 "\"},{\"name\":\"a\",\"type\":\"chunk\",\"offset\":2,"
+                      "\"chunkOffset\":5,\"chunkSize\":4,\"chunkDigest\":\"" CH_D1 "\"}]}"},
+};
+
+static void chunked_seeds_write(void) {
+    static const uint8_t flags[] = {2, 5, 0, 3, 1};
+    for (size_t i = 0; i < sizeof chunked_seeds / sizeof chunked_seeds[0]; i++) {
+        buf b = {0};
+        put8(&b, flags[i]);
+        put8(&b, 1);
+        put8(&b, 0);
+        put(&b, chunked_seeds[i][1], strlen(chunked_seeds[i][1]));
+        save("chunked", chunked_seeds[i][0], b.p, b.len);
+        free(b.p);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
@@ -598,6 +641,7 @@ int main(int argc, char **argv) {
     sockhost_seeds();
     gzindex_seeds();
     chunk_seeds();
+    chunked_seeds_write();
     fprintf(stderr, "gen_corpus: %d seeds in %s\n", g_count, g_dir);
     return 0;
 }

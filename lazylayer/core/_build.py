@@ -20,7 +20,7 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(os.path.dirname(HERE)), "csrc")
 SOURCES = ["common.c", "seektable.c", "cache.c", "pool.c", "reader.c", "writer.c", "json.c", "toc.c", "index.c", "resolve.c",
-           "oci.c", "diskcache.c", "image.c", "sockhost.c", "fuse.c", "gzindex.c", "erofs.c", "erofsd.c"]
+           "oci.c", "diskcache.c", "image.c", "sockhost.c", "fuse.c", "gzindex.c", "erofs.c", "erofsd.c", "chunked.c"]
 
 # Callbacks into Python: the read and write callbacks of sources and writers.
 PYTHON_CALLBACKS = """

@@ -175,8 +175,7 @@ class Toc:
     def to_frame(self, level: int = 9) -> bytes:
         """The whole TOC skippable frame (header included), as :meth:`from_frame` reads it (and as
         a layer's writer would write it: the index builds raw layers' TOCs with it)."""
-        payload = self.frame_payload(level)
-        return struct.pack("<II", 0x184D2A50 + TOC_SKIPPABLE_VARIANT, len(payload)) + payload
+        return toc_frame(self.check_size(), level)
 
     @classmethod
     def from_frame(cls, frame: bytes) -> Toc:
@@ -212,6 +211,13 @@ class Toc:
         if len(self.frames) > MAX_TOC_FRAMES:
             raise errors.LimitError(f"more than {MAX_TOC_FRAMES} frames (raise the frame size)")
         return data
+
+
+def toc_frame(data: bytes, level: int = 9) -> bytes:
+    """A TOC's JSON (checked: :meth:`Toc.check_size`, or made by ``ll_chunked_convert``) as the whole
+    TOC skippable frame: header, magic, the JSON zstd-compressed at ``level``."""
+    payload = TOC_MAGIC + zstandard.ZstdCompressor(level=level).compress(data)
+    return struct.pack("<II", 0x184D2A50 + TOC_SKIPPABLE_VARIANT, len(payload)) + payload
 
 
 def check_digest_form(digest: str) -> bool:

@@ -412,7 +412,7 @@ class Image:
 
         if self.disk is None:
             layer, chunks = build()
-            if any(c.codec.endswith("-whole") for c in chunks):  # (read through a copy kept on disk)
+            if chunks.whole():  # (read through a copy kept on disk)
                 raise estargz.NotSupported(f"a chunk over {estargz.MAX_CHUNK_SIZE} bytes needs a disk cache")
             return layer, chunks
         key = hashlib.sha256(json.dumps([desc.get("digest"), desc.get("size"), desc.get("mediaType"),
