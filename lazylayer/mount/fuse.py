@@ -55,6 +55,18 @@ CACHE_TIMEOUT = 86400.0
 MountError = errors.MountError  # (defined with the other typed errors; its home here kept)
 
 
+def _remote(image: Any) -> bool:
+    """True if ``image`` names an image in a registry (its layers' frames are fetched: a fetcher is
+    needed), not a local layout or archive."""
+    from .. import oci
+
+    try:
+        ref = oci.parse_reference(image) if isinstance(image, str) else image
+    except Exception:  # noqa: BLE001 - Image says what is wrong with it
+        return False
+    return isinstance(ref, oci.RegistryRef)
+
+
 def _err_text(buf: Any, rc: int) -> str:
     text = ffi.string(buf).decode(errors="replace")
     return text or ffi.string(lib.ll_strerror(rc)).decode()
@@ -134,7 +146,6 @@ class Mount:
 
         self.mountpoint = os.path.abspath(mountpoint)
         self._own = not isinstance(image, Image)
-        self.image = Image(image, **image_options) if self._own else image
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._closing = False
@@ -144,6 +155,14 @@ class Mount:
         self._sockhost: Any = None
         self._fds: list[int] = []  # local layer files C reads
         self._hook = _ReadHook(on_read) if on_read is not None else None
+        if self._own and _remote(image):  # its start-up overlaps the open (Fetcher)
+            self._fetcher = Fetcher(miss_threads)
+        try:
+            self.image = Image(image, **image_options) if self._own else image
+        except BaseException:
+            if self._fetcher is not None:
+                self._fetcher.close()
+            raise
         try:
             if isinstance(prefetch, (str, os.PathLike)) and prefetch != "auto":
                 from ..prefetch import load_plan
@@ -179,18 +198,25 @@ class Mount:
             arr[i].local = 1
         if remote:
             cache = img.gzip_index_cache  # (the disk cache; a layout's too, for its gzip indexes)
-            self._fetcher = Fetcher(dataclasses.replace(spec, reference=img.pinned(), registry=img.registry,
-                                                        cache=cache.path if cache is not None else None,
-                                                        layers=remote, gzip_indexes=img.gzip_indexes,
-                                                        attached=img.attached_indexes), connections)
-            fds = ffi.new("int[]", self._fetcher.fds)
+            if self._fetcher is None:
+                self._fetcher = Fetcher(connections)
+            self._fetcher.send(dataclasses.replace(spec, reference=img.pinned(), registry=img.registry,
+                                                   cache=cache.path if cache is not None else None,
+                                                   layers=remote, gzip_indexes=img.gzip_indexes,
+                                                   attached=img.attached_indexes))
+            taken = self._fetcher.take_fds()
+            fds = ffi.new("int[]", taken)
             out = ffi.new("ll_sockhost **")
-            check(lib.ll_sockhost_create(fds, len(self._fetcher.fds), len(img.layers), out), "starting the fetcher")
+            check(lib.ll_sockhost_create(fds, len(taken), len(img.layers), out), "starting the fetcher")
             self._sockhost = out[0]
             for i in remote:
                 check(lib.ll_sockhost_source(self._sockhost, i, ffi.addressof(arr, i)), "starting the fetcher")
-        elif spec.prefetch not in (None, "auto") or spec.fill:
-            log.warning("%s: no prefetch: every layer is in a local file", img.reference)
+        else:
+            if self._fetcher is not None:  # (started early, not needed)
+                self._fetcher.close()
+                self._fetcher = None
+            if spec.prefetch not in (None, "auto") or spec.fill:
+                log.warning("%s: no prefetch: every layer is in a local file", img.reference)
         self._reader = ImageReader(img.index, [], cache=img.memory, pool=_resolve_pool(img.threads), disk=img.native,
                                    c_sources=arr, keep=keep)
         img.on_poison.append(self._poison)  # (and the layers poisoned before this listened:)
