@@ -604,8 +604,9 @@ def t2_chunks(layout: Path, picked: list[dict[str, Any]]) -> dict[str, Any]:
             toc = zstdchunked.read_chunked_toc(fetch, desc)
         for k, e in enumerate(toc.entries):
             if e["name"] in want.get(i, ()):
-                cs = [c for c in toc.chunks[k] if c.codec != "zeros"]
-                total += sum(c.end - c.offset for c in cs)
+                # (a chunk too big for one frame is several frames over the same bytes: counted once)
+                cs = {(c.offset, c.end) for c in toc.chunks[k] if c.codec != "zeros"}
+                total += sum(end - off for off, end in cs)
                 count += len(cs)
     return {"chunk_bytes": total, "chunks": count, "blob_bytes": sum(x["size"] for x in layers)}
 

@@ -626,8 +626,9 @@ def test_a_chunked_layers_index_is_kept_in_the_disk_cache(image: tuple[str, list
                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     """From a registry: the first open reads each chunked layer's TOC and keeps its raw layer in
-    the disk cache; a later open (another process: the mount's fetcher, the next mount) reads
-    neither TOC again; a damaged copy is never trusted: it is said, and the TOC read again."""
+    the disk cache, and the image's index beside it; a later open (another process: the mount's
+    fetcher, the next mount) reads neither TOC again nor builds the index; a damaged copy is never
+    trusted: it is said, and the TOC read again."""
     from lazylayer.format import estargz, zstdchunked
 
     layout, variants = image
@@ -648,11 +649,17 @@ def test_a_chunked_layers_index_is_kept_in_the_disk_cache(image: tuple[str, list
         finally:
             fs.close()
 
+    from lazylayer.core import Index
+
+    real_build = Index.build.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Index, "build", classmethod(lambda cls, *a, **k: calls.append("index") or
+                                                     real_build(cls, *a, **k)))
     read_all()
-    assert sorted(calls) == ["lazylayer.format.estargz", "lazylayer.format.zstdchunked"]
+    assert sorted(calls) == ["index", "lazylayer.format.estargz", "lazylayer.format.zstdchunked"]
+    assert len(list((tmp_path / "cache").rglob("files/index-*"))) == 1  # (keyed by the chunk tables' frames too)
     calls.clear()
     read_all()
-    assert calls == []
+    assert calls == []  # no TOC read, no index built: both from the disk cache
     kept = sorted((tmp_path / "cache").rglob("files/chunked-*"))
     assert len(kept) == 2
     data = bytearray(kept[0].read_bytes())

@@ -218,12 +218,19 @@ class Image:
         native = self.native = NativeDiskCache(self.disk.path) if self.disk is not None else None
         blobs = [self._source.blob(d) if is_lazy_layer(d) else None for d in descs]
         chunked = self._chunked_layers(descs, blobs, ids)
-        # The index is kept on disk, keyed by the manifest's digest, when every layer is lazy (a layer
-        # copied locally is vouched for by nothing the manifest says about its frames; a chunked
-        # layer's chunk table is kept apart from the index: _cached_chunked).
-        cacheable = native is not None and all(b is not None for b in blobs) and _is_digest(self.digest) \
-            and not chunked
-        index = native.load_index(self.digest) if cacheable and native is not None else None
+        # The index is kept on disk, keyed by the manifest's digest, when every layer is read lazily (a
+        # layer copied locally is vouched for by nothing the manifest says about its frames).  A
+        # chunked layer's TOC frame and chunk table are kept together (_cached_chunked) and the index
+        # is keyed by their frames' digests too: an index is only ever used with the chunk tables
+        # whose frames it was built from.
+        cacheable = native is not None and all(b is not None for b in blobs) and _is_digest(self.digest)
+        key = self.digest
+        if chunked:
+            h = hashlib.sha256(self.digest.encode())
+            for i in sorted(chunked):
+                h.update(f"{i} {chunked[i][0].toc_digest}".encode())
+            key = "sha256:" + h.hexdigest()
+        index = native.load_index(key) if cacheable and native is not None else None
         if index is not None and [index.layer_info(i)[0] for i in range(index.layers)] != \
                 [d.get("digest") for d in descs]:
             index = None  # (cannot happen for a digest-keyed manifest; never trust a mismatch)
@@ -249,7 +256,7 @@ class Image:
                 raise
             if cacheable and native is not None:
                 try:
-                    native.store_index(self.digest, index)
+                    native.store_index(key, index)
                 except errors.LazyLayerError as exc:  # a full disk must not fail the open
                     log.warning("%s: image index not stored in the disk cache: %s", self.reference, exc)
         self.index = index

@@ -20,7 +20,8 @@ from typing import Any, Callable
 from .. import errors
 from ..image import Image
 from .control import set_read_ahead, state_paths
-from .fuse import Mount
+from .fetcher import Fetcher
+from .fuse import Mount, remote_reference
 
 log = logging.getLogger("lazylayer.mount")
 
@@ -71,9 +72,14 @@ def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | Non
         log.info("mounted %s at %s", opts.label, opts.mountpoint)
         tell("ready")
 
+    # The fetcher process (FUSE: the default backend) starts now, its interpreter's start-up
+    # overlapping the image's open (0.4 s of every cold start here); sent its work by the mount.
+    fetcher = Fetcher(16) if opts.backend == "fuse" and remote_reference(opts.label) else None
     try:
         img = open_image()
     except (errors.LazyLayerError, OSError) as exc:
+        if fetcher is not None:
+            fetcher.close()
         tell(f"error: {exc}")
         raise
     mnt = None
@@ -99,9 +105,12 @@ def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | Non
             mnt = Mount(img, opts.mountpoint, threads=2 if opts.threads else 1, allow_other=opts.allow_other,
                         prefetch=opts.prefetch, fill=opts.fill, fill_rate=opts.fill_rate, readahead=opts.readahead,
                         verbose=opts.verbose + (2 if opts.debug else 0), passthrough=opts.passthrough,
-                        backend=opts.backend)
-        except errors.LazyLayerError as exc:
-            tell(f"error: {exc}")
+                        backend=opts.backend, fetcher=fetcher)
+        except BaseException as exc:
+            if fetcher is not None:
+                fetcher.close()  # (idempotent: the mount may have closed it)
+            if isinstance(exc, errors.LazyLayerError):
+                tell(f"error: {exc}")
             raise
         if signalled.is_set():  # (a signal while the mount was being made)
             on_signal(0, None)

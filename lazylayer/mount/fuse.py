@@ -55,7 +55,7 @@ CACHE_TIMEOUT = 86400.0
 MountError = errors.MountError  # (defined with the other typed errors; its home here kept)
 
 
-def _remote(image: Any) -> bool:
+def remote_reference(image: Any) -> bool:
     """True if ``image`` names an image in a registry (its layers' frames are fetched: a fetcher is
     needed), not a local layout or archive."""
     from .. import oci
@@ -89,8 +89,8 @@ def _ll_py_on_read(opaque: Any, ino: int, offset: int, size: int) -> None:
         log.exception("on_read hook failed")
 
 
-_FUSE_ONLY = ("allow_other", "threads", "miss_threads", "timeout", "direct_io", "on_read", "log_fd", "verbose",
-              "passthrough")
+_FUSE_ONLY = ("fetcher", "allow_other", "threads", "miss_threads", "timeout", "direct_io", "on_read", "log_fd",
+              "verbose", "passthrough")
 
 
 class Mount:
@@ -109,7 +109,12 @@ class Mount:
     ``passthrough``: FUSE passthrough (Linux >= 6.9, root) for files of 1 MiB
     or more whose frames are all cached: each is decoded once into a file of
     the disk cache and the kernel reads it directly (off by default:
-    docs/mount.md, "Passthrough").
+    docs/mount.md, "Passthrough").  The frames a read misses are fetched by a
+    process of its own (:mod:`lazylayer.mount.fetcher`), started while the
+    image opens; ``fetcher``: one the caller started ahead (a
+    :class:`~lazylayer.mount.fetcher.Fetcher` with ``miss_threads``
+    connections, e.g. while it opened the image itself), which the mount sends
+    its work or closes if no layer needs it.
 
     Use as a context manager, or call :meth:`close` (unmount, wait, release).
     Several mounts in one process share the process-wide memory cache and the
@@ -134,6 +139,8 @@ class Mount:
         log.info("%s: %s backend (%s)", mountpoint, chosen, why)
         if chosen == "fuse":
             return super().__new__(cls)
+        if options.get("fetcher") is not None:  # (started ahead for a FUSE mount: not needed)
+            options["fetcher"].close()
         return ErofsMount(image, mountpoint, **{k: v for k, v in options.items() if k not in _FUSE_ONLY})
 
     def __init__(self, image: Any, mountpoint: str, *, allow_other: bool = False, threads: int = 2,
@@ -141,7 +148,7 @@ class Mount:
                  on_read: Callable[[int, int, int], None] | None = None, log_fd: int | None = 2,
                  prefetch: Any = "auto", fill: bool = False, fill_rate: float | None = None,
                  readahead: bool = True, verbose: int = 0, passthrough: bool = False, backend: str = "fuse",
-                 **image_options: Any) -> None:
+                 fetcher: Fetcher | None = None, **image_options: Any) -> None:
         from ..image import Image
 
         self.mountpoint = os.path.abspath(mountpoint)
@@ -155,7 +162,8 @@ class Mount:
         self._sockhost: Any = None
         self._fds: list[int] = []  # local layer files C reads
         self._hook = _ReadHook(on_read) if on_read is not None else None
-        if self._own and _remote(image):  # its start-up overlaps the open (Fetcher)
+        self._fetcher = fetcher
+        if fetcher is None and self._own and remote_reference(image):  # its start-up overlaps the open (Fetcher)
             self._fetcher = Fetcher(miss_threads)
         try:
             self.image = Image(image, **image_options) if self._own else image
