@@ -63,7 +63,7 @@
 #define DIRENT_SIZE 16
 #define XATTR_SIZE 24
 #define LAYER_SIZE 80
-#define FRAME_SIZE 56
+#define FRAME_SIZE 56   /* LL_INDEX_FRAME_RECORD */
 #define RANGE_SIZE 16
 #define CHECKSUM_FROM 24   /* the checksum covers bytes 24..end */
 
@@ -1300,6 +1300,14 @@ int ll_index_frame(const ll_index *idx, uint32_t layer, uint32_t i, ll_layer_fra
     out->c_size = rd32(f + 16);
     out->d_size = rd32(f + 20);
     memcpy(out->sha256, f + 24, 32);
+    return LL_OK;
+}
+
+int ll_index_frame_table(const ll_index *idx, uint32_t layer, const void **table, uint32_t *count) {
+    if (!idx || layer >= idx->nlayers || !table || !count) return LL_ERR_ARG;
+    const uint8_t *r = idx->layers + (size_t)layer * LAYER_SIZE;
+    *count = (uint32_t)rd64(r + L_FCOUNT);
+    *table = idx->frames + rd64(r + L_FFIRST) * FRAME_SIZE;
     return LL_OK;
 }
 

@@ -551,6 +551,13 @@ LL_API int ll_index_layer_info(const ll_index *idx, uint32_t layer, const char *
 LL_API int ll_index_layer_codec(const ll_index *idx, uint32_t layer);
 /* Data frame `i` of `layer`.  LL_ERR_ARG. */
 LL_API int ll_index_frame(const ll_index *idx, uint32_t layer, uint32_t i, ll_layer_frame *out);
+/* All of `layer`'s data frames at once: *table points at *count records of
+ * LL_INDEX_FRAME_RECORD bytes inside the index (valid while it lives), each
+ * little-endian: compressed offset (8), offset (8), compressed size (4), size (4),
+ * sha256 (32).  For a host that keeps a layer's frame table (the Python
+ * binding).  LL_ERR_ARG.  Any thread. */
+#define LL_INDEX_FRAME_RECORD 56
+LL_API int ll_index_frame_table(const ll_index *idx, uint32_t layer, const void **table, uint32_t *count);
 /* The layer's prefetch plan from its TOC: range `i` of `*count`, (offset, length)
  * in the tar.  With out NULL only *count is set.  LL_ERR_ARG. */
 LL_API int ll_index_prefetch(const ll_index *idx, uint32_t layer, uint64_t i, uint64_t *count,

@@ -333,6 +333,13 @@ class Index:
             out.append((f.c_offset, f.c_size, f.d_offset, f.d_size, bytes(ffi.buffer(f.sha256, 32)).hex()))
         return out
 
+    def frame_table(self, layer: int) -> bytes:
+        """Every data frame of ``layer`` as ``ll_index_frame_table`` records (56 bytes each:
+        :class:`lazylayer.format.layer.FrameTable` reads them)."""
+        table, count = ffi.new("const void **"), ffi.new("uint32_t *")
+        check(lib.ll_index_frame_table(self._ptr, layer, table, count), f"frames of layer {layer}")
+        return bytes(ffi.buffer(table[0], count[0] * lib.LL_INDEX_FRAME_RECORD)) if count[0] else b""
+
     def prefetch(self, layer: int) -> list[tuple[int, int]]:
         """The layer's prefetch plan from its TOC: ``(offset, length)`` ranges of its tar."""
         count, off, length = ffi.new("uint64_t *"), ffi.new("uint64_t *"), ffi.new("uint64_t *")

@@ -14,8 +14,8 @@ from .._exports import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "layer": ("ANNOTATION_TOC_DIGEST", "ANNOTATION_TOC_POSITION", "ANNOTATION_UNCOMPRESSED_SIZE", "ANNOTATION_VERSION",
               "FORMAT_VERSION", "LAYER_FRAME_SIZE", "MEDIA_TYPE_LAYER_ZSTD", "TOC_MAGIC", "TOC_SKIPPABLE_VARIANT",
-              "Frame", "LayerIndex", "LayerInfo", "LayerWriter", "Toc", "check_json_shape", "check_toc_frames",
-              "is_lazy_layer", "parse_toc_position", "read_toc", "toc_entry",),
+              "Frame", "FrameTable", "LayerIndex", "LayerInfo", "LayerWriter", "Toc", "check_json_shape",
+              "check_toc_frames", "frame_column", "is_lazy_layer", "parse_toc_position", "read_toc", "toc_entry",),
     "reencode": ("ARCHIVE_MEMBER", "decompressed_chunks", "reencode_layer",),
     "estargz": ("is_stargz",),
     "tar": ("MAX_NAME_BYTES", "MAX_PATH_BYTES", "MAX_PATH_DEPTH", "MAX_PLAN_RANGES", "MAX_TOC_BYTES", "MAX_TOC_ENTRIES",

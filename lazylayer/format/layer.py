@@ -31,7 +31,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Container, Iterable
+from typing import Any, BinaryIO, Callable, Container, Iterable, Sequence, overload
 
 import zstandard
 
@@ -82,6 +82,57 @@ class Frame:
     offset: int
     size: int
     sha256: str
+
+
+class FrameTable(Sequence[Frame]):
+    """A layer's data frames as the image index keeps them (``ll_index_frame_table``: 56-byte
+    records), each made a :class:`Frame` only when asked for, and their columns as lists of
+    ints (:func:`frame_column`): a layer of another format has a frame per chunk, tens of
+    thousands, and every process of a mount opens it (making them all was half of an open from
+    the disk cache)."""
+
+    _RECORD = struct.Struct("<QQII32s")  # compressed offset, offset, compressed size, size, sha256
+
+    def __init__(self, table: bytes) -> None:
+        if len(table) % self._RECORD.size:
+            raise ValueError("a frame table is whole records")
+        self._table = table
+        self._columns: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._table) // self._RECORD.size
+
+    @overload
+    def __getitem__(self, i: int) -> Frame: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Frame]: ...
+
+    def __getitem__(self, i: int | slice) -> Frame | list[Frame]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("frame index out of range")
+        co, do, cs, ds, sha = self._RECORD.unpack_from(self._table, i * self._RECORD.size)
+        return Frame(co, cs, do, ds, sha.hex())
+
+    def column(self, name: str) -> list[int]:
+        """Every frame's ``compressed_offset``, ``compressed_size``, ``offset`` or ``size``."""
+        got = self._columns.get(name)
+        if got is None:
+            k = ("compressed_offset", "offset", "compressed_size", "size").index(name)
+            got = self._columns[name] = [r[k] for r in self._RECORD.iter_unpack(self._table)]
+        return got
+
+
+def frame_column(frames: Sequence[Frame], name: str) -> list[int]:
+    """Field ``name`` of every frame in ``frames`` (a :class:`FrameTable`'s without making its frames)."""
+    if isinstance(frames, FrameTable):
+        return frames.column(name)
+    return [getattr(f, name) for f in frames]
 
 
 @dataclass

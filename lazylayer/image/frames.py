@@ -12,7 +12,7 @@ import zlib
 from typing import Any, Callable, Sequence
 
 from .. import errors
-from ..format import Frame
+from ..format import Frame, FrameTable, frame_column
 from .cache import DiskCache
 
 log = logging.getLogger("lazylayer")
@@ -33,11 +33,11 @@ class FrameSource:
     def __init__(self, blob: Any, frames: Sequence[Frame], disk: DiskCache | None, name: str,
                  local: bool = False) -> None:
         self.blob = blob
-        self.frames = list(frames)
+        self.frames = frames if isinstance(frames, FrameTable) else list(frames)
         self.disk = disk
         self.local = local
         self.__name__ = name
-        self._starts = [f.compressed_offset for f in self.frames]
+        self._starts = frame_column(self.frames, "compressed_offset")
         self._lock = threading.Lock()
         self.frames_fetched = 0
         self.bytes_fetched = 0

@@ -36,7 +36,7 @@ import os
 import tempfile
 import threading
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 from .. import errors, oci
 from ..core import BlockCache, default_cache
@@ -45,6 +45,7 @@ from ..core.seekable import _resolve_pool
 from ..format import (
     ANNOTATION_TOC_DIGEST,
     Frame,
+    FrameTable,
     is_lazy_layer,
     parse_toc_position,
     read_toc,
@@ -73,7 +74,7 @@ class LayerToc:
     own entries are :func:`lazylayer.format.read_toc`'s to give.)
     """
 
-    def __init__(self, frames: list[Frame], tar_size: int, prefetch: list[list[int]]) -> None:
+    def __init__(self, frames: Sequence[Frame], tar_size: int, prefetch: list[list[int]]) -> None:
         self.frames = frames
         self.tar_size = tar_size
         self.prefetch = prefetch
@@ -263,7 +264,7 @@ class Image:
         self.tree = Tree(index)
         for i, desc in enumerate(descs):
             _, _, tar_size, _ = index.layer_info(i)
-            frames = [Frame(*f) for f in index.frames(i)]
+            frames = FrameTable(index.frame_table(i))
             lazy = keeps[i] is None
             name, local = f"layer {desc.get('digest', '')}", _local_file(blobs[i]) is not None
             source = ChunkSource(blobs[i], frames, chunked[i][1], self.disk, name, local) if i in chunked else \

@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .. import remote
-from ..format import LAYER_FRAME_SIZE
+from ..format import LAYER_FRAME_SIZE, frame_column
 from .plan import Plan
 
 if TYPE_CHECKING:
@@ -82,8 +82,7 @@ class Prefetcher:
         self.neighbours = max(0, neighbours)
         # ReadAhead counts frames of the layer's mean size; where frames differ in size (an eStargz
         # layer's chunks: files of a few bytes to 4 MiB) a window is cut to those bytes (see _readahead).
-        self._ends = [list(itertools.accumulate(f.size for f in layer.toc.frames))
-                      for layer in image.layers]
+        self._ends = [list(itertools.accumulate(frame_column(layer.toc.frames, "size"))) for layer in image.layers]
         self._ra = [remote.ReadAhead(self._neighbour_frames(ends) or 2, self._frames_in(layer.toc.frames),
                                      after=0 if self.neighbours else 2, gap=1, refill=0.5)
                     for layer, ends in zip(image.layers, self._ends)]
@@ -167,7 +166,7 @@ class Prefetcher:
 
     def _frames_in(self, frames: Sequence[Any]) -> Callable[[], int]:
         """The read-ahead maximum of a layer, in frames: max_window() bytes of its mean frame (at least 2)."""
-        mean = max(1, sum(f.compressed_size for f in frames) // max(1, len(frames)))
+        mean = max(1, sum(frame_column(frames, "compressed_size")) // max(1, len(frames)))
         return lambda: max(2, self.max_window() // mean)
 
     def max_window(self) -> int:
@@ -319,7 +318,7 @@ def _frames_of(frames: Sequence[Any], ranges: Sequence[tuple[int, int]]) -> list
     if not frames:
         return out
     n = len(frames)
-    starts = [f.offset for f in frames]
+    starts = frame_column(frames, "offset")
     end_of_tar = frames[-1].offset + frames[-1].size
     nxt = list(range(n + 1))  # nxt[i] leads to the first frame >= i not taken yet (n: none)
 
