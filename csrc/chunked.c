@@ -113,17 +113,6 @@ static void put_str(buf *b, const uint8_t *s, size_t n) {
     PUTS(b, "\"");
 }
 
-static int grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return LL_OK;
-    size_t n = *cap ? *cap : 64;
-    while (n < need) n *= 2;
-    if (n > SIZE_MAX / elem) return LL_ERR_NOMEM;
-    void *q = realloc(*p, n * elem);
-    if (!q) return LL_ERR_NOMEM;
-    *p = q;
-    *cap = n;
-    return LL_OK;
-}
 
 /* ------------------------------------------------------------------ hash tables */
 
@@ -471,7 +460,7 @@ static int read_field(conv *cv, field *f, ll__jtok *v, size_t *x0) {
                         return j->status ? j->status : LL_ERR_FORMAT;
                     continue;
                 }
-                if (grow((void **)&cv->x, &cv->xcap, cv->nx + 1, sizeof *cv->x)) return LL_ERR_NOMEM;
+                if (ll__grow((void **)&cv->x, &cv->xcap, cv->nx + 1, sizeof *cv->x)) return LL_ERR_NOMEM;
                 cv->x[cv->nx++] = (xattr){k.s, xv.s, k.len, xv.len};   /* (repeated names: see parse_entry) */
             }
             f->is_int = all_str;   /* (reused: every value was a string) */
@@ -524,8 +513,8 @@ static int add_chunk(conv *cv, field *f, const uint8_t *name, size_t nlen, uint6
         }
         zeros = f[F_CTYPE].len == 5;
     }
-    if (grow((void **)&cv->c, &cv->ccap, cv->nc + 1, sizeof *cv->c) ||
-        grow((void **)&cv->ends, &cv->endcap, cv->nends + 1, sizeof *cv->ends))
+    if (ll__grow((void **)&cv->c, &cv->ccap, cv->nc + 1, sizeof *cv->c) ||
+        ll__grow((void **)&cv->ends, &cv->endcap, cv->nends + 1, sizeof *cv->ends))
         return fail(cv, LL_ERR_NOMEM, "out of memory");
     chunk *c = &cv->c[cv->nc++];
     c->file_offset = start;
@@ -666,7 +655,7 @@ static int parse_entry(conv *cv) {
     } else if (xa->type && xa->type != LL__J_NULL && xa->type != LL__J_OBJ) {
         return fail(cv, LL_ERR_FORMAT, "eStargz TOC entry '%s': xattrs are not name -> base64", SH), LL_OK;
     }
-    if (grow((void **)&cv->e, &cv->ecap, cv->ne + 1, sizeof *cv->e)) return LL_ERR_NOMEM;
+    if (ll__grow((void **)&cv->e, &cv->ecap, cv->ne + 1, sizeof *cv->e)) return LL_ERR_NOMEM;
     size_t idx = cv->ne;
     if (kind == K_REG) {
         if (nonneg(cv, &f[F_SIZE], "size", NONNEG_LIMIT, name, nlen, &e.size)) return LL_OK;
@@ -686,12 +675,12 @@ static int parse_entry(conv *cv) {
                     return fail(cv, LL_ERR_FORMAT, "eStargz TOC entry '%s': endOffset %llu outside %llu..%llu", SH,
                                 (unsigned long long)end, (unsigned long long)off, (unsigned long long)cv->toc_offset),
                            LL_OK;
-                if (grow((void **)&cv->ends, &cv->endcap, cv->nends + 1, sizeof *cv->ends)) return LL_ERR_NOMEM;
+                if (ll__grow((void **)&cv->ends, &cv->endcap, cv->nends + 1, sizeof *cv->ends)) return LL_ERR_NOMEM;
                 cv->ends[cv->nends++] = end;
             }
         }
         if (!cv->landmark) {
-            if (grow((void **)&cv->prio, &cv->priocap, cv->nprio + 1, sizeof *cv->prio)) return LL_ERR_NOMEM;
+            if (ll__grow((void **)&cv->prio, &cv->priocap, cv->nprio + 1, sizeof *cv->prio)) return LL_ERR_NOMEM;
             cv->prio[cv->nprio++] = (uint32_t)idx;
         }
         return LL_OK;
@@ -800,7 +789,7 @@ static int zero_digest(conv *cv, uint64_t n, int budget, uint8_t out[32]) {
         i = h & cv->ztab.mask;
         while (cv->ztab.slot[i]) i = (i + 1) & cv->ztab.mask;
     }
-    if (grow((void **)&cv->zsize, &cv->zcap, cv->nz + 1, sizeof *cv->zsize)) return LL_ERR_NOMEM;
+    if (ll__grow((void **)&cv->zsize, &cv->zcap, cv->nz + 1, sizeof *cv->zsize)) return LL_ERR_NOMEM;
     void *q = realloc(cv->zdig, cv->zcap * sizeof *cv->zdig);   /* (as many as zsize has room for) */
     if (!q) return LL_ERR_NOMEM;
     cv->zdig = q;
@@ -819,7 +808,7 @@ static int check_chunks(conv *cv, uint64_t *frames, char *err, size_t err_size) 
     for (size_t i = 0; i < cv->nends; i++)
         if (!nu || cv->ends[nu - 1] != cv->ends[i]) cv->ends[nu++] = cv->ends[i];
     cv->nends = nu;
-    if (grow((void **)&cv->ends, &cv->endcap, cv->nends + 1, sizeof *cv->ends)) return LL_ERR_NOMEM;
+    if (ll__grow((void **)&cv->ends, &cv->endcap, cv->nends + 1, sizeof *cv->ends)) return LL_ERR_NOMEM;
     cv->ends[cv->nends++] = cv->toc_offset;   /* (the largest: every chunk lies before it) */
     *frames = 0;
     char sh[128];

@@ -76,3 +76,15 @@ int ll_mem_read(void *opaque, uint64_t offset, size_t size, void *dst) {
 void ll_sha256(const void *data, size_t size, uint8_t out[32]) {
     SHA256(data, size, out); /* OpenSSL picks the CPU's SHA extensions when it has them */
 }
+
+int ll__grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return LL_OK;
+    size_t n = *cap ? *cap : 64;
+    while (n < need) n *= 2;
+    if (n > SIZE_MAX / elem) return LL_ERR_NOMEM;
+    void *q = realloc(*p, n * elem);
+    if (!q) return LL_ERR_NOMEM;
+    *p = q;
+    *cap = n;
+    return LL_OK;
+}

@@ -287,6 +287,9 @@ LL_HIDDEN void ll__set_err(char *err, size_t err_size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* A bounded printable rendering of bytes for messages ("..." when cut). */
 LL_HIDDEN void ll__show(char *dst, size_t dst_size, const void *s, size_t len);
+/* Make room for `need` elements of `elem` bytes in *p (capacity *cap, doubled from 64 as
+ * needed).  LL_OK or LL_ERR_NOMEM (*p unchanged). */
+LL_HIDDEN int ll__grow(void **p, size_t *cap, size_t need, size_t elem);
 
 /* toc.c: a layer's TOC, decompressed, parsed and checked as lazylayer.format does.
  * Strings point into `json` (decoded in place), owned by the TOC. */

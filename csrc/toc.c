@@ -37,20 +37,6 @@
 #define DEVMAJOR_MAX 0xFFFull
 #define DEVMINOR_MAX 0xFFFFFull
 
-/* ------------------------------------------------------------------ growable arrays */
-
-static int grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return LL_OK;
-    size_t n = *cap ? *cap : 64;
-    while (n < need) n *= 2;
-    if (n > SIZE_MAX / elem) return LL_ERR_NOMEM;
-    void *q = realloc(*p, n * elem);
-    if (!q) return LL_ERR_NOMEM;
-    *p = q;
-    *cap = n;
-    return LL_OK;
-}
-
 /* ------------------------------------------------------------------ names */
 
 /* Why `name` is not what normalize_name would make of it, or NULL; *base gets
@@ -315,7 +301,7 @@ static int parse_entry(parser *ps, size_t index, int store) {
                         continue;
                     }
                     if (!store) continue;
-                    if (grow((void **)&toc->xattrs, &ps->xcap, toc->nxattrs + 1, sizeof *toc->xattrs))
+                    if (ll__grow((void **)&toc->xattrs, &ps->xcap, toc->nxattrs + 1, sizeof *toc->xattrs))
                         return ll__json_fail(j, LL_ERR_NOMEM, "out of memory");
                     ll__toc_xattr *x = &toc->xattrs[toc->nxattrs++];
                     x->name = xk.s;
@@ -402,7 +388,7 @@ static int parse_entry(parser *ps, size_t index, int store) {
     e.whiteout = e.name_len - e.base >= 4 && memcmp(e.name + e.base, ".wh.", 4) == 0;
     e.xattr_first = (uint32_t)x0;
     e.nxattrs = (uint32_t)nx;
-    if (grow((void **)&toc->entries, &ps->ecap, toc->nentries + 1, sizeof *toc->entries))
+    if (ll__grow((void **)&toc->entries, &ps->ecap, toc->nentries + 1, sizeof *toc->entries))
         return ll__json_fail(j, LL_ERR_NOMEM, "out of memory");
     toc->entries[toc->nentries++] = e;
     return LL_OK;
@@ -509,7 +495,7 @@ static int parse_frames(parser *ps) {
         if (ps->c_sum + c_size < ps->c_sum || ps->d_sum + d_size < ps->d_sum) ps->sums_bad = 1;
         ps->c_sum += c_size;
         ps->d_sum += d_size;
-        if (grow((void **)&toc->frames, &ps->fcap, toc->nframes + 1, sizeof *toc->frames))
+        if (ll__grow((void **)&toc->frames, &ps->fcap, toc->nframes + 1, sizeof *toc->frames))
             return ll__json_fail(j, LL_ERR_NOMEM, "out of memory");
         toc->frames[toc->nframes++] = f;
     skip:;
@@ -547,7 +533,7 @@ static int parse_prefetch(parser *ps) {
         } else if (ll__json_skip(j, &t)) return j->status;
         if (!ok) ps->prefetch_bad = 1;
         if (ps->prefetch_bad || ps->prefetch_seen > LL__MAX_PLAN_RANGES) continue;
-        if (grow((void **)&toc->prefetch, &ps->pcap, 2 * (toc->nprefetch + 1), sizeof *toc->prefetch))
+        if (ll__grow((void **)&toc->prefetch, &ps->pcap, 2 * (toc->nprefetch + 1), sizeof *toc->prefetch))
             return ll__json_fail(j, LL_ERR_NOMEM, "out of memory");
         toc->prefetch[2 * toc->nprefetch] = r[0];
         toc->prefetch[2 * toc->nprefetch + 1] = r[1];
@@ -657,7 +643,7 @@ int ll__toc_parse(uint8_t *json, size_t len, uint64_t toc_offset, uint32_t index
     if (values > LL__MAX_TOC_VALUES)
         FAIL(LL_ERR_LIMIT, "layer %u: the TOC holds more than %u JSON values", index, LL__MAX_TOC_VALUES);
     /* Entries are objects: room for all of them at once (bounded by the text), no regrowth. */
-    if (objects > 1 && grow((void **)&out->entries, &ps->ecap,
+    if (objects > 1 && ll__grow((void **)&out->entries, &ps->ecap,
                             objects - 1 < LL__MAX_TOC_ENTRIES ? objects - 1 : LL__MAX_TOC_ENTRIES,
                             sizeof *out->entries))
         FAIL(LL_ERR_NOMEM, "layer %u: out of memory", index);

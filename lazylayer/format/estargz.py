@@ -25,10 +25,11 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence, overload
+from typing import Any, Callable, NamedTuple, Sequence
 
 from .. import errors
 from ..oci.media import DIGEST
+from .layer import RecordTable
 from .tar import MAX_TOC_BYTES, MAX_TOC_FRAMES, parse_header
 
 log = logging.getLogger("lazylayer")
@@ -306,7 +307,7 @@ def dump_raw_layer(layer: Any, chunks: Sequence[Chunk]) -> bytes:
     import zstandard
 
     if isinstance(chunks, ChunkRows):  # (as ll_chunked_convert made them, or read back: no windows)
-        rows, windows = chunks.rows, []
+        rows, windows = chunks.table, []
     else:
         rows = b"".join(_ROW.pack(c.file_offset, c.size, c.offset, c.end, bytes.fromhex(c.digest[7:]),
                                   _CODECS.index(c.codec), c.bits, c.byte, len(c.window)) for c in chunks)
@@ -361,35 +362,19 @@ def load_raw_layer(data: bytes, digest: str) -> tuple[Any, list[Chunk]]:
     return layer, chunks
 
 
-class ChunkRows(Sequence[Chunk]):
-    """A chunked layer's chunks as :func:`load_raw_layer` read them (rows without windows), each
-    made a :class:`Chunk` only when asked for: every process of a mount opens the layer, and
-    few read more than a fraction of its tens of thousands of chunks (making them all was a
-    quarter of an eStargz open from the disk cache).  ``codecs``: the codec column, one byte
-    per row (an index into the codec names)."""
+class ChunkRows(RecordTable[Chunk]):
+    """A chunked layer's chunk table as :func:`load_raw_layer` reads it or ``ll_chunked_convert``
+    makes it (rows without windows), each row made a :class:`Chunk` only when asked for.
+    ``codecs``: the codec column, one byte per row (an index into the codec names)."""
+
+    RECORD = _ROW
 
     def __init__(self, rows: bytes, codecs: bytes) -> None:
-        self.rows = rows
+        super().__init__(rows)
         self.codecs = codecs
 
-    def __len__(self) -> int:
-        return len(self.codecs)
-
-    @overload
-    def __getitem__(self, i: int) -> Chunk: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[Chunk]: ...
-
-    def __getitem__(self, i: int | slice) -> Chunk | list[Chunk]:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        n = len(self.codecs)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError("chunk index out of range")
-        fo, size, off, end, d, k, bits, byte, _ = _ROW.unpack_from(self.rows, i * _ROW.size)
+    def _make(self, fields: tuple[Any, ...]) -> Chunk:
+        fo, size, off, end, d, k, bits, byte, _ = fields
         return Chunk(fo, size, off, end, "sha256:" + d.hex(), _CODECS[k], bits, byte)
 
     def whole(self) -> list[int]:

@@ -31,7 +31,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, Container, Iterable, Sequence, overload
+from typing import Any, BinaryIO, Callable, Container, Iterable, Sequence, TypeVar, overload
 
 import zstandard
 
@@ -73,6 +73,9 @@ _POSITION = re.compile(r"(0|[1-9][0-9]{0,18}):([1-9][0-9]{0,18})")  # ASCII digi
 _INT64_MAX = (1 << 63) - 1
 
 
+_T = TypeVar("_T")
+
+
 @dataclass(frozen=True)
 class Frame:
     """A data frame: where it is in the blob and in the tar, and its sha256 (of the compressed bytes)."""
@@ -84,39 +87,53 @@ class Frame:
     sha256: str
 
 
-class FrameTable(Sequence[Frame]):
-    """A layer's data frames as the image index keeps them (``ll_index_frame_table``: 56-byte
-    records), each made a :class:`Frame` only when asked for, and their columns as lists of
-    ints (:func:`frame_column`): a layer of another format has a frame per chunk, tens of
-    thousands, and every process of a mount opens it (making them all was half of an open from
-    the disk cache)."""
+class RecordTable(Sequence[_T]):
+    """Fixed-size records held as bytes (``table``, records of ``RECORD``), each made an object
+    (:meth:`_make`) only when asked for: a layer of another format has tens of thousands of
+    frames and chunks, and every process of a mount opens it, most reading few."""
 
-    _RECORD = struct.Struct("<QQII32s")  # compressed offset, offset, compressed size, size, sha256
+    RECORD: struct.Struct
 
     def __init__(self, table: bytes) -> None:
-        if len(table) % self._RECORD.size:
-            raise ValueError("a frame table is whole records")
-        self._table = table
-        self._columns: dict[str, list[int]] = {}
+        if len(table) % self.RECORD.size:
+            raise ValueError(f"{type(self).__name__}: not whole records")
+        self.table = table
 
     def __len__(self) -> int:
-        return len(self._table) // self._RECORD.size
+        return len(self.table) // self.RECORD.size
 
     @overload
-    def __getitem__(self, i: int) -> Frame: ...
+    def __getitem__(self, i: int) -> _T: ...
 
     @overload
-    def __getitem__(self, i: slice) -> list[Frame]: ...
+    def __getitem__(self, i: slice) -> list[_T]: ...
 
-    def __getitem__(self, i: int | slice) -> Frame | list[Frame]:
+    def __getitem__(self, i: int | slice) -> _T | list[_T]:
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
         n = len(self)
         if i < 0:
             i += n
         if not 0 <= i < n:
-            raise IndexError("frame index out of range")
-        co, do, cs, ds, sha = self._RECORD.unpack_from(self._table, i * self._RECORD.size)
+            raise IndexError(f"{type(self).__name__} index out of range")
+        return self._make(self.RECORD.unpack_from(self.table, i * self.RECORD.size))
+
+    def _make(self, fields: tuple[Any, ...]) -> _T:
+        raise NotImplementedError
+
+
+class FrameTable(RecordTable[Frame]):
+    """A layer's data frames as the image index keeps them (``ll_index_frame_table``: 56-byte
+    records), Frames made when asked for, and their columns as lists of ints (:func:`frame_column`)."""
+
+    RECORD = struct.Struct("<QQII32s")  # compressed offset, offset, compressed size, size, sha256
+
+    def __init__(self, table: bytes) -> None:
+        super().__init__(table)
+        self._columns: dict[str, list[int]] = {}
+
+    def _make(self, fields: tuple[Any, ...]) -> Frame:
+        co, do, cs, ds, sha = fields
         return Frame(co, cs, do, ds, sha.hex())
 
     def column(self, name: str) -> list[int]:
@@ -124,7 +141,7 @@ class FrameTable(Sequence[Frame]):
         got = self._columns.get(name)
         if got is None:
             k = ("compressed_offset", "offset", "compressed_size", "size").index(name)
-            got = self._columns[name] = [r[k] for r in self._RECORD.iter_unpack(self._table)]
+            got = self._columns[name] = [r[k] for r in self.RECORD.iter_unpack(self.table)]
         return got
 
 
