@@ -13,7 +13,8 @@
 #define LL_HIDDEN __attribute__((visibility("hidden")))
 
 /* ---- host callbacks: what a read or write callback's return value means (see
- * ll_read_fn).  LL__ERR_LAST is the last status code; keep it so when adding one. */
+ * ll_read_fn).  LL__ERR_LAST is the last status code; keep it so when adding one (and
+ * csrc/fuzz/fuzz_sockhost.c's bound). */
 #define LL__ERR_LAST LL_ERR_UNSUPPORTED
 static inline int ll__callback_status(int rc) {
     if (rc == 0) return LL_OK;
