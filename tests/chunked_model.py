@@ -19,6 +19,7 @@ from lazylayer import errors
 from lazylayer.format.estargz import (
     HIDDEN,
     MAX_WHOLE_SIZE,
+    MAX_ZERO_CHECK,
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
     ZERO_PIECE,
@@ -31,7 +32,6 @@ from lazylayer.format.estargz import (
 from lazylayer.format.tar import MAX_TOC_ENTRIES, MAX_TOC_FRAMES, MAX_TOC_VALUES, MTIME_MAX, normalize_name
 from lazylayer.oci.media import load_json
 
-MAX_ZERO_CHECK = 4 << 30
 
 @dataclass
 class EstargzToc:

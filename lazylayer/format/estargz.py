@@ -72,6 +72,8 @@ FOOTER_SIZE = 51
 _FOOTER_HEAD = b"\x1f\x8b\x08\x04"  # gzip, deflate, FEXTRA
 
 
+# The limits of a chunked TOC's conversion: csrc/chunked.c holds MAX_WHOLE_SIZE, ZERO_PIECE and
+# MAX_ZERO_CHECK (the same values); MAX_CHUNK_SIZE and WHOLE_PIECE are passed to it (parse_toc).
 MAX_CHUNK_SIZE = 64 << 20
 """The largest chunk read as one frame (the C reader's default frame limit).  A larger one that
 starts its file (zstd:chunked leaves big files whole, named by their ``digest``) is read as
