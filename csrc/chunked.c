@@ -183,6 +183,7 @@ typedef struct {
     ll__jint n;
     int is_int;             /* an integer token (Python int) */
     int truthy;             /* Python's bool() of the value */
+    int all_str;            /* an object whose values are all strings (xattrs) */
 } field;
 
 enum {
@@ -463,7 +464,7 @@ static int read_field(conv *cv, field *f, ll__jtok *v, size_t *x0) {
                 if (ll__grow((void **)&cv->x, &cv->xcap, cv->nx + 1, sizeof *cv->x)) return LL_ERR_NOMEM;
                 cv->x[cv->nx++] = (xattr){k.s, xv.s, k.len, xv.len};   /* (repeated names: see parse_entry) */
             }
-            f->is_int = all_str;   /* (reused: every value was a string) */
+            f->all_str = all_str;
             return LL_OK;
         }
         /* fall through */
@@ -640,7 +641,7 @@ static int parse_entry(conv *cv) {
     }
     field *xa = &f[F_XATTRS];
     if (xa->truthy) {
-        if (xa->type != LL__J_OBJ || !xa->is_int)
+        if (xa->type != LL__J_OBJ || !xa->all_str)
             return fail(cv, LL_ERR_FORMAT, "eStargz TOC entry '%s': xattrs are not name -> base64", SH), LL_OK;
         qsort(cv->x + x0, xcount, sizeof *cv->x, xattr_cmp);
         size_t kept = 0;   /* a name given twice: the last value counts, as in a dict */

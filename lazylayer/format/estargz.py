@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from .. import errors
 from ..oci.media import DIGEST
-from .layer import RecordTable
+from .layer import RecordTable, Toc, toc_frame
 from .tar import MAX_TOC_BYTES, MAX_TOC_FRAMES, parse_header
 
 log = logging.getLogger("lazylayer")
@@ -132,7 +132,7 @@ class EstargzToc:
 
     @property
     def chunk_rows(self) -> ChunkRows:
-        return ChunkRows(self.rows, self.rows[_ROW_CODEC::_ROW.size])
+        return ChunkRows(self.rows)
 
     @property
     def entries(self) -> list[dict[str, Any]]:
@@ -261,8 +261,6 @@ def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, ChunkRows]:
     frames are the chunks, each file's laid end to end in a virtual stream, named by their
     chunkDigest; the prioritized files are its prefetch plan.  (The ``IndexLayer``, and the
     chunks in frame order for the host that fetches them.)"""
-    from .layer import toc_frame
-
     return _index_layer_of(toc_frame(toc.toc, level=1), toc.size, digest), toc.chunk_rows
 
 
@@ -271,8 +269,6 @@ def index_layer(frames: list[Any], entries: list[dict[str, Any]], size: int, pla
                 digest: str) -> Any:
     """The ``IndexLayer`` of a raw layer of ``size`` virtual bytes: its TOC frame (``frames``
     over that stream, ``entries`` with their offsets in it, prefetch ``plan``)."""
-    from .layer import Toc
-
     doc = Toc(frames=frames, entries=entries, frame_size=max([f.size for f in frames], default=1), tar_size=size,
               prefetch=plan, codec="raw")
     return _index_layer_of(doc.to_frame(level=1), size, digest)  # (it never leaves this process: the quickest level)
@@ -347,10 +343,10 @@ def load_raw_layer(data: bytes, digest: str) -> tuple[Any, list[Chunk]]:
     rows = bytes(body[flen:rows_end])
     chunks: Sequence[Chunk]
     if rows_end == blen:  # no windows (eStargz, zstd:chunked): rows checked by column, Chunks made when asked
-        codecs, bits, wlo, whi = (rows[_ROW_CODEC + k::_ROW.size] for k in (0, 1, 3, 4))
-        if count and (max(codecs) >= len(_CODECS) or max(bits) > 7 or any(wlo) or any(whi)):
+        chunks = ChunkRows(rows)
+        bits, wlo, whi = (rows[_ROW_CODEC + k::_ROW.size] for k in (1, 3, 4))
+        if count and (max(chunks.codecs) >= len(_CODECS) or max(bits) > 7 or any(wlo) or any(whi)):
             raise errors.FormatError("a chunked layer's cached index has a bad chunk row")
-        chunks = ChunkRows(rows, codecs)
     else:
         chunks = []
         for fo, n, off, end, d, k, b, byte, wlen in _ROW.iter_unpack(rows):
@@ -371,9 +367,9 @@ class ChunkRows(RecordTable[Chunk]):
 
     RECORD = _ROW
 
-    def __init__(self, rows: bytes, codecs: bytes) -> None:
+    def __init__(self, rows: bytes) -> None:
         super().__init__(rows)
-        self.codecs = codecs
+        self.codecs = rows[_ROW_CODEC::_ROW.size]
 
     def _make(self, fields: tuple[Any, ...]) -> Chunk:
         fo, size, off, end, d, k, bits, byte, _ = fields

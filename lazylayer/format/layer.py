@@ -238,7 +238,7 @@ class Toc:
 
     def frame_payload(self, level: int = 9) -> bytes:
         """The TOC skippable frame's payload: magic + compressed JSON."""
-        return TOC_MAGIC + zstandard.ZstdCompressor(level=level).compress(self.check_size())
+        return _toc_payload(self.check_size(), level)
 
     def to_frame(self, level: int = 9) -> bytes:
         """The whole TOC skippable frame (header included), as :meth:`from_frame` reads it (and as
@@ -284,8 +284,12 @@ class Toc:
 def toc_frame(data: bytes, level: int = 9) -> bytes:
     """A TOC's JSON (checked: :meth:`Toc.check_size`, or made by ``ll_chunked_convert``) as the whole
     TOC skippable frame: header, magic, the JSON zstd-compressed at ``level``."""
-    payload = TOC_MAGIC + zstandard.ZstdCompressor(level=level).compress(data)
+    payload = _toc_payload(data, level)
     return struct.pack("<II", 0x184D2A50 + TOC_SKIPPABLE_VARIANT, len(payload)) + payload
+
+
+def _toc_payload(data: bytes, level: int) -> bytes:
+    return TOC_MAGIC + zstandard.ZstdCompressor(level=level).compress(data)
 
 
 def check_digest_form(digest: str) -> bool:

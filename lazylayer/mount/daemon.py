@@ -21,7 +21,7 @@ from .. import errors
 from ..image import Image
 from .control import set_read_ahead, state_paths
 from .fetcher import Fetcher
-from .fuse import Mount, remote_reference
+from .fuse import MISS_THREADS, Mount, remote_reference
 
 log = logging.getLogger("lazylayer.mount")
 
@@ -74,7 +74,7 @@ def run(open_image: Callable[[], Image], opts: ServeOptions, ready_fd: int | Non
 
     # The fetcher process (FUSE: the default backend) starts now, its interpreter's start-up
     # overlapping the image's open (0.4 s of every cold start here); sent its work by the mount.
-    fetcher = Fetcher(16) if opts.backend == "fuse" and remote_reference(opts.label) else None
+    fetcher = Fetcher(MISS_THREADS) if opts.backend == "fuse" and remote_reference(opts.label) else None
     try:
         img = open_image()
     except (errors.LazyLayerError, OSError) as exc:

@@ -52,6 +52,9 @@ FSNAME_PREFIX = "lazylayer:"
 CACHE_TIMEOUT = 86400.0
 
 
+MISS_THREADS = 16
+"""Threads that wait on fetches, by default (and the fetcher's connections: one each)."""
+
 MountError = errors.MountError  # (defined with the other typed errors; its home here kept)
 
 
@@ -144,7 +147,7 @@ class Mount:
         return ErofsMount(image, mountpoint, **{k: v for k, v in options.items() if k not in _FUSE_ONLY})
 
     def __init__(self, image: Any, mountpoint: str, *, allow_other: bool = False, threads: int = 2,
-                 miss_threads: int = 16, timeout: float = CACHE_TIMEOUT, direct_io: bool = False,
+                 miss_threads: int = MISS_THREADS, timeout: float = CACHE_TIMEOUT, direct_io: bool = False,
                  on_read: Callable[[int, int, int], None] | None = None, log_fd: int | None = 2,
                  prefetch: Any = "auto", fill: bool = False, fill_rate: float | None = None,
                  readahead: bool = True, verbose: int = 0, passthrough: bool = False, backend: str = "fuse",
