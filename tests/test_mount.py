@@ -662,6 +662,24 @@ def test_a_mount_imports_only_what_it_needs(small: Small, tmp_path: Any) -> None
     assert sorted(unwanted & loaded) == []
 
 
+def test_the_fetcher_never_imports_lazylayer_from_the_working_directory(tmp_path: Any, monkeypatch: Any) -> None:
+    """``python -c`` puts the working directory first on sys.path: a mount started where a
+    ``lazylayer`` directory lies (another version's checkout, or one planted for a root daemon to
+    import) must still run this package's fetcher.  (It did not: a benchmark's A/B of two
+    checkouts ran the fetcher of the one it was started from.)"""
+    from lazylayer.mount.fetcher import Fetcher
+
+    decoy = tmp_path / "lazylayer"
+    decoy.mkdir()
+    marker = tmp_path / "imported"
+    (decoy / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(7)\n")
+    monkeypatch.chdir(tmp_path)
+    f = Fetcher(1)
+    f.close()  # sent nothing: the process imports its module, reads EOF and exits 0
+    assert f.proc.returncode == 0
+    assert not marker.exists()
+
+
 def test_a_waiting_miss_does_not_hold_up_cached_reads(small: Small, registry: RegistryServer, fault_proxy: Any,
                                                       tmp_path: Any) -> None:
     """While one read waits on a stalled fetch, a read of frames already on disk is answered."""

@@ -62,6 +62,12 @@ class FetcherSpec:
     fds: list[int] = field(default_factory=list)
 
 
+# ``python -c`` puts the working directory first on sys.path: a ``lazylayer`` directory there (a
+# checkout of another version; anything planted in a directory a root daemon was started from)
+# would be imported instead of this package.  The package's own directory is on PYTHONPATH.
+_MAIN = "import sys; sys.path[:] = [p for p in sys.path if p]; from lazylayer.mount.fetcher import main; main()"
+
+
 class Fetcher:
     """The fetcher process with ``connections`` socket pairs; :meth:`take_fds` hands over the
     serving side's ends, for ``ll_sockhost_create`` (which then owns them).
@@ -78,8 +84,8 @@ class Fetcher:
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", "from lazylayer.mount.fetcher import main; main()"],
-                                         stdin=subprocess.PIPE, pass_fds=self._theirs, env=env)
+            self.proc = subprocess.Popen([sys.executable, "-c", _MAIN], stdin=subprocess.PIPE, pass_fds=self._theirs,
+                                         env=env)
         except BaseException:
             for a, b in pairs:
                 a.close()
