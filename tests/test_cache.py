@@ -331,6 +331,49 @@ def test_fetch_exception_propagates_and_releases_every_lock(tmp_path, cdir):
     assert c.get(entry(99)[0]) is None
 
 
+def test_fill_many_lets_each_entry_go_once_stored(tmp_path, cdir):
+    """fill_many's ``stored(i)`` releases that digest's lock at once: a reader (of this process
+    or another) waiting for it goes on while the rest of the batch is still being stored, and
+    the digests already there, or sharing no lock with the rest, are never held."""
+    c = DiskCache(cdir)
+    entries = [entry(s) for s in range(20, 24)]
+    digests = [d for d, _ in entries]
+    c.put(*entries[3])
+    first_in, finish = threading.Event(), threading.Event()
+    calls = []
+
+    def store(idx, stored):
+        calls.append(list(idx))
+        for i in idx:
+            c.put(*entries[i])
+            stored(i)
+            stored(i)  # (twice is once)
+            if i == 0:
+                first_in.set()
+                assert finish.wait(60)
+
+    t = threading.Thread(target=lambda: calls.append(c.fill_many(digests, store)))
+    t.start()
+    assert first_in.wait(60)
+    # entry 0 is stored and released; entries 1 and 2 are still held, entry 3 never was
+    assert c.fetch_many(digests[:1], lambda idx: pytest.fail("stored")) == [entries[0][1]]
+    assert c.fetch_many(digests[3:], lambda idx: pytest.fail("stored")) == [entries[3][1]]
+    w = Workers(tmp_path, cdir, [{"mode": "fetch", "seeds": [20], "sleep": 0}])  # another process
+    w.go()
+    assert w.results()[0]["errors"] == [] and w.log_lines() == []  # read it, fetched nothing
+    late = []
+    reader = threading.Thread(target=lambda: late.append(c.fetch_many(digests[1:2], lambda idx: ["x"])))
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive()  # entry 1 is still the batch's
+    finish.set()
+    t.join(60)
+    reader.join(60)
+    assert late == [[entries[1][1]]]  # stored by the batch, not fetched again
+    assert calls == [[0, 1, 2], [0, 1, 2]]
+    assert cache_mod._shared_for(str(cdir / "v1" / "lock")).slots == {}
+
+
 def test_threads_fetch_each_digest_once(cdir):
     c = DiskCache(cdir)
     entries = [entry(s) for s in range(40)]

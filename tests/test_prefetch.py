@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import json
 import os
 import re
@@ -157,6 +158,38 @@ def test_sequential_reads_get_read_ahead(programs: Programs, tmp_path: Any) -> N
         assert img.stats()["prefetched_frames"] == 0
 
 
+def test_read_ahead_fetches_the_newest_window_first_and_small_frames_do_not_double(programs: Programs,
+                                                                                  tmp_path: Any) -> None:
+    """Windows queued while the workers are busy: the newest goes first (the reader has moved on),
+    its requests in order.  This layer's frames are 64 KiB, a layer of small frames: its window
+    stays at its first size however sequential the reads."""
+    from lazylayer.prefetch.prefetcher import Prefetcher
+
+    with Image(programs.ref, cache=DiskCache(tmp_path / "c")) as img:
+        node = img.tree.resolve("/data/big.bin")
+        layer = node.inode.layer
+        frames = img.layers[layer].toc.frames
+        at = next(i for i, f in enumerate(frames) if f.offset + f.size > node.inode.offset)  # big.bin's first
+        pf = Prefetcher(img, workers=1, request_bytes=4 * FRAME, neighbours=1)  # window: 2 MiB, ~32 frames
+        try:
+            pf._start_threads = lambda: None  # type: ignore[method-assign]  # (nothing taken: see the queue)
+            ra = pf._ra[layer]
+            assert 8 < ra.minimum < 40
+            pf.on_read(layer, at + 40, at + 40)  # a seek, then a seek before it
+            pf.on_read(layer, at, at)
+            order = []
+            while pf._heap:
+                order.append(heapq.heappop(pf._heap)[-1])
+            starts = [item[0] for item in order]
+            newest = [s for s in starts if s <= at + 40]
+            assert starts[0] == at + 1 and starts == newest + [s for s in starts if s > at + 40], starts
+            assert newest == sorted(newest) and len(order) > 2  # (each window's requests in order)
+            pf.on_read(layer, at + 1, at + 1)  # sequential: a layer of 2 MiB frames would double here
+            assert ra.steps == 1 and ra.window == ra.minimum
+        finally:
+            pf.close()
+
+
 def test_fill_fetches_every_frame(programs: Programs, tmp_path: Any) -> None:
     disk = DiskCache(tmp_path / "c")
     with prefetched(programs.ref, cache=disk, prefetch=None, fill=True) as img:
@@ -209,6 +242,88 @@ def test_foreground_reads_never_queue_behind_background_ones() -> None:
         assert [p.result(30) for p in pending] == [[b"s" * 10]] * 2
     finally:
         server.gate.set()
+        t.close()
+        server.close()
+
+
+class _Trickle(AioServer):
+    """Serves ``data`` by range, but only up to blob offset ``allowed`` until the test raises it (a
+    prefetch request whose first frames are in while the rest is still on the way).  ``requests``
+    counts the GETs."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.allowed = 0
+        self.requests = 0
+        super().__init__("trickle")
+
+    def _routes(self, app: web.Application) -> None:
+        async def blob(request: web.Request) -> web.StreamResponse:
+            self.requests += 1
+            m = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("Range", ""))
+            assert m, request.headers
+            a, b = int(m[1]), int(m[2]) + 1
+            resp = web.StreamResponse(status=206, headers={
+                "Content-Range": f"bytes {a}-{b - 1}/{len(self.data)}", "Content-Length": str(b - a)})
+            await resp.prepare(request)
+            at = a
+            while at < b and not self.closing.is_set():
+                upto = min(b, self.allowed)
+                if upto > at:
+                    await resp.write(self.data[at:upto])
+                    at = upto
+                else:
+                    await asyncio.sleep(0.01)
+            await resp.write_eof()
+            return resp
+
+        app.router.add_get("/blob", blob)
+
+
+def test_a_prefetched_frame_reaches_a_waiting_read_before_the_rest_of_its_request(tmp_path: Any) -> None:
+    """A prefetch request of several frames stores and releases each one as it arrives: a read of
+    one of the first, waiting on the prefetch's lock, goes on while the rest is still on the way
+    (it used to wait for the whole request: up to 300 ms of an eStargz cold start's misses)."""
+    from lazylayer.format import Frame
+    from lazylayer.image.frames import FrameSource
+
+    data = os.urandom(8000)
+    frames = [Frame(i * 1000, 1000, i * 1000, 1000, hashlib.sha256(data[i * 1000:(i + 1) * 1000]).hexdigest())
+              for i in range(8)]
+    server = _Trickle(data)
+    t = remote.Transport(remote.RemoteOptions(retries=0, read_timeout=60))
+    try:
+        blob = remote.HttpBlob([server.url + "/blob"], t, _size=len(data))
+        # iter_ranges hands over each range once its last byte is in, while the request goes on
+        it = blob.iter_ranges([(0, 1000), (1000, 1000), (2000, 1000), (3000, 5000)])
+        server.allowed = 2500
+        assert next(it) == (0, data[:1000])
+        assert next(it) == (1, data[1000:2000])
+        server.allowed = len(data)
+        assert sorted(it) == [(2, data[2000:3000]), (3, data[3000:])]
+        assert server.requests == 1  # (coalesced)
+
+        server.allowed = 500
+        src = FrameSource(blob, frames, DiskCache(str(tmp_path / "cache")), "trickle")
+        prefetch = threading.Thread(target=src.prefetch, args=(range(8),))
+        prefetch.start()
+        wait_for(lambda: server.requests == 2)  # the prefetch holds every frame's lock now
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(src(1000, 1000)))
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive()  # waits for the prefetch's frame 1, not fetching it twice
+        server.allowed = 2000
+        reader.join(30)
+        assert got == [data[1000:2000]]
+        assert prefetch.is_alive() and server.requests == 2  # frames 2..7 still on the way
+        server.allowed = len(data)
+        prefetch.join(30)
+        assert not prefetch.is_alive()
+        assert [src(f.compressed_offset, 1000) for f in frames] == [data[i:i + 1000] for i in range(0, 8000, 1000)]
+        assert server.requests == 2 and src.frames_fetched == 8
+    finally:
+        server.allowed = len(data)
         t.close()
         server.close()
 

@@ -211,6 +211,18 @@ def _shared_for(lock_path: str) -> _Shared:
         return shared
 
 
+def _write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+    """Write ``parts`` to ``fd`` whole: one ``writev`` unless it writes less."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
 def _lockf_wait(fd: int, slot: int) -> None:
     """lockf(LOCK_EX) on one byte; EDEADLK is a false alarm here (see the module doc): ask again."""
     delay = 0.001
@@ -443,7 +455,7 @@ class DiskCache:
         path = self._entry_path(digest)
         if os.path.exists(path):
             return
-        self._write(path, lambda f: f.write(data), ours=True)
+        self._write(path, [data], ours=True)
         self._maybe_trim(memoryview(data).nbytes)
 
     def put_encoded(self, digest: str, parts: Sequence[bytes | bytearray | memoryview]) -> None:
@@ -456,18 +468,17 @@ class DiskCache:
         if os.path.exists(path) or os.path.exists(path + ENCODED_SUFFIX):
             return
 
-        def fill(f: BinaryIO) -> None:
-            for p in parts:
-                f.write(p)
-
-        self._write(path + ENCODED_SUFFIX, fill, ours=True)
+        self._write(path + ENCODED_SUFFIX, parts, ours=True)
         self._maybe_trim(sum(memoryview(p).nbytes for p in parts))
 
-    def _write(self, path: str, fill: Callable[[BinaryIO], object], *, ours: bool) -> None:
+    def _write(self, path: str, fill: Callable[[BinaryIO], object] | Sequence[bytes | bytearray | memoryview], *,
+               ours: bool) -> None:
         """Fill a temporary file, then rename it to ``path``; on any failure remove it.
 
-        OSErrors of the cache's own operations become :class:`CacheError` (with
-        the path); those of ``fill`` too when ``ours``, else they propagate as raised.
+        ``fill``: a function that writes to the file, or the bytes to write (written by
+        ``writev`` without a file object: frames are stored by thousands).  OSErrors of the
+        cache's own operations become :class:`CacheError` (with the path); those of ``fill``
+        too when ``ours``, else they propagate as raised.
         """
         # A name of our own (pid, thread, counter: unique while we run; O_EXCL all the same), not
         # tempfile.mkstemp's random one: a chunked layer's small chunks are stored by thousands.
@@ -489,7 +500,10 @@ class DiskCache:
                 except OSError as exc:
                     raise _cache_error(exc, "lock", tmp) from None
                 try:
-                    fill(f)
+                    if callable(fill):
+                        fill(f)
+                    else:
+                        _write_all(f.fileno(), fill)
                 except OSError as exc:
                     if ours and not isinstance(exc, errors.LazyLayerError):
                         raise _cache_error(exc, "write", tmp) from None
@@ -562,12 +576,14 @@ class DiskCache:
                             log.warning("disk cache: not stored: %s", exc)
         return [x if x is not None else out[first[d]] for x, d in zip(out, digests)]  # type: ignore[misc]
 
-    def fill_many(self, digests: Sequence[str], store: Callable[[list[int]], None]) -> list[int]:
-        """Make sure an entry exists for every digest, without reading any: ``store(indices)`` gets
-        the indices of those missing once this process holds their locks (as :meth:`fetch_many`:
-        at most once, never for a digest another thread or process is fetching) and stores them
-        itself (:meth:`put` or :meth:`put_encoded`).  Returns those indices.  For fetching ahead,
-        where what is stored need not be read now."""
+    def fill_many(self, digests: Sequence[str], store: Callable[[list[int], Callable[[int], None]], None]) -> list[int]:
+        """Make sure an entry exists for every digest, without reading any: ``store(indices, stored)``
+        gets the indices of those missing once this process holds their locks (as :meth:`fetch_many`:
+        at most once, never for a digest another thread or process is fetching), stores them itself
+        (:meth:`put` or :meth:`put_encoded`) and calls ``stored(i)`` as each one is in place, which
+        lets a reader waiting for that digest go on at once instead of when the whole batch is in (a
+        prefetch's first frames are often the next ones read).  Returns those indices.  For fetching
+        ahead, where what is stored need not be read now."""
         first: dict[str, int] = {}
         for i, d in enumerate(digests):
             _hex(d)
@@ -575,10 +591,24 @@ class DiskCache:
         missing = [d for d in first if not self.has(d)]
         if not missing:
             return []
-        with self._slot_locks(sorted({self._slot(d) for d in missing})):
+        with self._slot_locks(sorted({self._slot(d) for d in missing})) as held:
             still = [first[d] for d in missing if not self.has(d)]
+            waiting: dict[int, set[int]] = {}  # slot -> the indices still to be stored under it
+            for i in still:
+                waiting.setdefault(self._slot(digests[i]), set()).add(i)
+            for slot in [slot for slot, _ in held.held if slot not in waiting]:
+                held.release(slot)
+
+            def stored(i: int) -> None:
+                slot = self._slot(digests[i])
+                left = waiting.get(slot)
+                if left is not None and i in left:
+                    left.discard(i)
+                    if not left:
+                        held.release(slot)
+
             if still:
-                store(still)
+                store(still, stored)
                 self._count("fetched", len(still))
         return still
 
@@ -883,11 +913,21 @@ class _SlotLocks:
 
     def __exit__(self, *exc: object) -> None:
         while self.held:
-            slot, entry = self.held.pop()
-            try:
-                # record lock first: once the thread lock is free another thread of this
-                # process may take the record lock, which our unlock would then drop
-                fcntl.lockf(self.shared.fd, fcntl.LOCK_UN, 1, slot, os.SEEK_SET)
-            finally:
-                entry[0].release()
-                self._drop(slot, entry)
+            self._unlock(*self.held.pop())
+
+    def release(self, slot: int) -> None:
+        """Let one slot go before the others (its entry is in place); a slot not held is ignored."""
+        for k, (held, entry) in enumerate(self.held):
+            if held == slot:
+                del self.held[k]
+                self._unlock(slot, entry)
+                return
+
+    def _unlock(self, slot: int, entry: list) -> None:
+        try:
+            # record lock first: once the thread lock is free another thread of this
+            # process may take the record lock, which our unlock would then drop
+            fcntl.lockf(self.shared.fd, fcntl.LOCK_UN, 1, slot, os.SEEK_SET)
+        finally:
+            entry[0].release()
+            self._drop(slot, entry)

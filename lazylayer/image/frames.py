@@ -16,6 +16,7 @@ from ..format import Frame, FrameTable, frame_column
 from .cache import DiskCache
 
 log = logging.getLogger("lazylayer")
+_here = threading.local()  # .fetched: how many frames this thread's last read fetched itself (for the -vv log)
 
 
 class FrameSource:
@@ -87,9 +88,11 @@ class FrameSource:
             self.on_read(first, first + len(frames) - 1)
         if log.isEnabledFor(logging.DEBUG):
             t0 = time.perf_counter()
+            _here.fetched = 0
             got = self._get(frames)
-            log.debug("%s: frames %d..%d (%d bytes) in %.1f ms", self.__name__, first, first + len(frames) - 1,
-                      size, (time.perf_counter() - t0) * 1e3)
+            log.debug("%s: frames %d..%d (%d bytes) in %.1f ms, %s", self.__name__, first, first + len(frames) - 1,
+                      size, (time.perf_counter() - t0) * 1e3,
+                      f"{_here.fetched} fetched" if _here.fetched else "from the disk cache (fetched ahead)")
             return got
         return self._get(frames)
 
@@ -104,25 +107,53 @@ class FrameSource:
                 return self._fetch([frames[i] for i in missing])
 
             parts = self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch)
+            _here.fetched = len(fetched)
             with self._lock:
                 self.frames_from_disk += len(frames) - len(fetched)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def prefetch(self, indices: Sequence[int]) -> int:
-        """Fetch frames ``indices`` into the disk cache unless they are there; the bytes fetched."""
+        """Fetch frames ``indices`` into the disk cache unless they are there; the bytes fetched.
+
+        Each frame is checked and stored as soon as it has arrived (:meth:`HttpBlob.iter_ranges`),
+        so a read waiting for one of the first goes on before the rest is in."""
         if self.disk is None:
             return 0
-        frames = [self.frames[i] for i in indices if not self.disk.has("sha256:" + self.frames[i].sha256)]
-        if not frames:
-            return 0
-        fetched: list[int] = []
+        frames = [self.frames[i] for i in indices]
+        got = 0
 
-        def fetch(missing: list[int]) -> list[bytes]:
-            fetched.extend(missing)
-            return self._fetch([frames[i] for i in missing])
+        def store(missing: list[int], stored: Callable[[int], None]) -> None:
+            nonlocal got
+            want = [frames[m] for m in missing]
+            ranges = [(f.compressed_offset, f.compressed_size) for f in want]
+            bad: list[int] = []
+            n = 0
+            try:
+                for j, data in self.blob.iter_ranges(ranges):
+                    if hashlib.sha256(data).hexdigest() != want[j].sha256:
+                        bad.append(j)  # corrupted in transit: fetched again alone, below
+                        continue
+                    self._put(want[j], data)
+                    stored(missing[j])
+                    n, got = n + 1, got + len(data)
+                if bad:  # (read_ranges checks them, and fetches each again until it holds)
+                    again = self.blob.read_ranges([ranges[j] for j in bad], ["sha256:" + want[j].sha256 for j in bad])
+                    for j, data in zip(bad, again):
+                        self._put(want[j], data)
+                        stored(missing[j])
+                        n, got = n + 1, got + len(data)
+            finally:
+                self._count(n, got)
 
-        self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch)
-        return sum(frames[i].compressed_size for i in fetched)
+        self.disk.fill_many(["sha256:" + f.sha256 for f in frames], store)
+        return got
+
+    def _put(self, f: Frame, data: bytes) -> None:
+        try:
+            assert self.disk is not None
+            self.disk.put("sha256:" + f.sha256, data)
+        except OSError as exc:  # a full disk must not fail the read
+            log.warning("disk cache: not stored: %s", exc)
 
 
 class ChunkSource(FrameSource):
@@ -171,13 +202,11 @@ class ChunkSource(FrameSource):
         return bisect.bisect_left(self._starts, f.compressed_offset)  # (span() found it)
 
     def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
-        out = self._fetch_chunks([self._index(f) for f in frames], decode=True)
-        assert out is not None
-        return out
+        return self._fetch_chunks([self._index(f) for f in frames])
 
-    def _fetch_chunks(self, want: list[int], *, decode: bool) -> list[bytes] | None:
-        """Fetch chunks ``want`` (indices) and store them encoded in the disk cache; with ``decode``
-        return their data, each checked against its sha256 (and stored only then)."""
+    def _fetch_chunks(self, want: list[int]) -> list[bytes]:
+        """Fetch chunks ``want`` (indices) and return their data, each checked against its sha256,
+        and stored encoded in the disk cache only then."""
         remote = [i for i in want if self._chunk_list[i].codec != "zeros"]
         ranges = [(self._chunk_list[i].offset, self._chunk_list[i].end - self._chunk_list[i].offset) for i in remote]
         raw = dict(zip(remote, self.blob.read_ranges(ranges)))
@@ -185,15 +214,38 @@ class ChunkSource(FrameSource):
         out = []
         for i in want:
             c, f = self._chunk_list[i], self.frames[i]
-            if decode:
-                data = bytes(c.size) if c.codec == "zeros" else _decode(c, raw[i], self.__name__)
-                if len(data) != c.size or hashlib.sha256(data).hexdigest() != f.sha256:
-                    raise errors.IntegrityError(f"{self.__name__}: the chunk at {c.offset} does not match its "
-                                                f"chunkDigest sha256:{f.sha256}")
-                out.append(data)
+            data = bytes(c.size) if c.codec == "zeros" else _decode(c, raw[i], self.__name__)
+            if len(data) != c.size or hashlib.sha256(data).hexdigest() != f.sha256:
+                raise errors.IntegrityError(f"{self.__name__}: the chunk at {c.offset} does not match its "
+                                            f"chunkDigest sha256:{f.sha256}")
+            out.append(data)
             if self.disk is not None:
                 self._store(c, f, raw.get(i, b""))
-        return out if decode else None
+        return out
+
+    def _fetch_ahead(self, want: list[int], stored: Callable[[int], None]) -> int:
+        """Fetch chunks ``want`` (indices) into the disk cache, encoded and unchecked (they are
+        checked when read), each as soon as it has arrived; ``stored(k)`` once ``want[k]`` is in
+        place.  The bytes fetched."""
+        remote: list[int] = []
+        for k, i in enumerate(want):
+            if self._chunk_list[i].codec == "zeros":
+                self._store(self._chunk_list[i], self.frames[i], b"")
+                stored(k)
+            else:
+                remote.append(k)
+        chunks = [self._chunk_list[want[k]] for k in remote]
+        got = n = 0
+        try:
+            for j, data in self.blob.iter_ranges([(c.offset, c.end - c.offset) for c in chunks]):
+                k = remote[j]
+                self._store(chunks[j], self.frames[want[k]], data)
+                stored(k)
+                n += 1
+                got += len(data)
+        finally:
+            self._count(n, got)
+        return got
 
     def _store(self, c: Any, f: Frame, compressed: bytes) -> None:
         from ..core import chunk
@@ -236,6 +288,7 @@ class ChunkSource(FrameSource):
             return self._fetch([frames[i] for i in missing])
 
         parts = self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch, store=False)
+        _here.fetched = len(fetched)
         with self._lock:
             self.frames_from_disk += len(frames) - len(fetched)
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -254,11 +307,9 @@ class ChunkSource(FrameSource):
                 got += self._ensure_whole(c)
             indices = [i for i in indices if not self._chunk_list[i].codec.endswith("-whole")]
 
-        def store(missing: list[int]) -> None:
+        def store(missing: list[int], stored: Callable[[int], None]) -> None:
             nonlocal got
-            want = [indices[m] for m in missing]
-            self._fetch_chunks(want, decode=False)
-            got = sum(c.end - c.offset for c in (self._chunk_list[i] for i in want) if c.codec != "zeros")
+            got += self._fetch_ahead([indices[m] for m in missing], lambda k: stored(missing[k]))
 
         self.disk.fill_many(["sha256:" + self.frames[i].sha256 for i in indices], store)
         return got

@@ -6,7 +6,9 @@
   it fetched too, and a layer read frame after frame a window that doubles
   with every sequential step up to ``max(32 MiB, 8 x the measured
   bandwidth-delay product)``, as :class:`lazylayer.remote.ReadAhead` decides
-  (docs/filesystem.md, "Read-ahead");
+  (docs/filesystem.md, "Read-ahead"), except in a layer of small frames
+  (eStargz, zstd:chunked), whose window stays at its first size; the newest
+  window is fetched first;
 - optionally the rest of the image (*fill*), at a rate limit if asked.
 
 Everything it fetches goes to the disk cache, checked against the TOC's sha256
@@ -71,7 +73,11 @@ class Prefetcher:
         self.request_bytes = request_bytes
         self.budget = budget if budget is not None else self.disk.max_bytes // 2
         self.readahead_enabled = readahead
-        self._heap: list[tuple[int, int, int, tuple[int, ...]]] = []
+        # (priority, order, seq, layer, frames): read-ahead newest window first (order = -window's
+        # number: the reader has moved on from an older one), its requests in order (seq); plans and
+        # fill first come, first served (order 0)
+        self._heap: list[tuple[int, int, int, int, tuple[int, ...]]] = []
+        self._windows = itertools.count(1)
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._queued: list[bytearray] = [bytearray(len(layer.toc.frames)) for layer in image.layers]
@@ -83,7 +89,14 @@ class Prefetcher:
         # ReadAhead counts frames of the layer's mean size; where frames differ in size (an eStargz
         # layer's chunks: files of a few bytes to 4 MiB) a window is cut to those bytes (see _readahead).
         self._ends = [list(itertools.accumulate(frame_column(layer.toc.frames, "size"))) for layer in image.layers]
-        self._ra = [remote.ReadAhead(self._neighbour_frames(ends) or 2, self._frames_in(layer.toc.frames),
+        # A layer of small frames (mean under LAYER_FRAME_SIZE / 4: an eStargz layer's files, a
+        # zstd:chunked layer's chunks) keeps its window at the neighbours' bytes: a program that
+        # reads some files of a directory does not read the next 32 MiB of it, and every frame
+        # fetched ahead is a file of the disk cache to write (~150 us of this machine's kernel
+        # time each: thousands of them cost more than the misses they save; docs/benchmarks.md).
+        self._ra = [remote.ReadAhead(self._neighbour_frames(ends) or 2,
+                                     self._neighbour_frames(ends) or 2 if _mean(ends) < LAYER_FRAME_SIZE // 4
+                                     else self._frames_in(layer.toc.frames),
                                      after=0 if self.neighbours else 2, gap=1, refill=0.5)
                     for layer, ends in zip(image.layers, self._ends)]
         self._ra_lock = threading.Lock()
@@ -208,8 +221,9 @@ class Prefetcher:
             with self._cv:
                 if self._closed:
                     return 0
+                order = -next(self._windows) if priority == _READAHEAD else 0
                 for item in items:
-                    heapq.heappush(self._heap, (priority, next(self._seq), layer, item))
+                    heapq.heappush(self._heap, (priority, order, next(self._seq), layer, item))
                 if priority == _PLAN:
                     self._pending_plan += len(items)
                     self.plan_done.clear()
@@ -233,7 +247,7 @@ class Prefetcher:
                     self._cv.wait()
                 if self._closed:
                     return
-                priority, _, layer, item = heapq.heappop(self._heap)
+                priority, _, _, layer, item = heapq.heappop(self._heap)
                 self._active += 1
             try:
                 if priority == _FILL and self._fill_rate:

@@ -8,10 +8,12 @@ Every read can be checked against a digest the caller knows; see
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import io
+import queue
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 from urllib.parse import urlsplit
 
 from .. import errors
@@ -40,6 +42,8 @@ class Blob(Protocol):
     def read(self, offset: int, size: int) -> bytes: ...
 
     def read_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]: ...
+
+    def iter_ranges(self, ranges: Sequence[Range]) -> Iterator[tuple[int, bytes]]: ...
 
     def read_all(self) -> bytes: ...
 
@@ -142,6 +146,71 @@ class HttpBlob:
     def read_ranges(self, ranges: Sequence[Range], digests: Sequence[str | None] | None = None) -> list[bytes]:
         """Synchronous :meth:`aread_ranges`."""
         return self.transport.run(self._fetch_ranges(list(ranges), digests))
+
+    async def _stream_ranges(self, ranges: Sequence[Range], emit: Callable[[int, bytes], None]) -> None:
+        """Fetch ``ranges`` as :meth:`_fetch_ranges` does (unchecked), calling ``emit(i, data)`` on the
+        loop's thread as soon as range ``i``'s bytes are all in."""
+        t, o = self.transport, self.transport.options
+        _check_ranges(ranges, self._size, self.name)
+        with t.deadline_scope():
+            await self._check_declared_size(sum(n for _, n in ranges))
+            requests = plan_requests(ranges, o.coalesce_gap, o.part_size)
+            starts = [r for r, _ in requests]
+            # A range within one request is emitted once that request's bytes reach its end (its
+            # entries sorted by end, last first, for pop()); one split over parts, when all are in.
+            within: list[list[tuple[int, int, int]]] = [[] for _ in requests]
+            spanning: list[int] = []
+            for i, (off, n) in enumerate(ranges):
+                if n == 0:
+                    emit(i, b"")
+                    continue
+                k = bisect.bisect_right(starts, off) - 1
+                ro, rn = requests[k]
+                if off + n <= ro + rn:
+                    within[k].append((off + n - ro, off - ro, i))
+                else:
+                    spanning.append(i)
+            for w in within:
+                w.sort(reverse=True)
+
+            def progress(k: int) -> Callable[[Any, int], None]:
+                todo = within[k]
+
+                def on(buffer: Any, n: int) -> None:
+                    while todo and todo[-1][0] <= n:
+                        end, start, i = todo.pop()
+                        with memoryview(buffer) as view, view[start:end] as part:
+                            emit(i, bytes(part))
+                return on
+
+            bodies = await asyncio.gather(*(t.fetch_range(self.urls, off, n, auth=self.auth, what=self.name,
+                                                          total=self._size, progress=progress(k))
+                                            for k, (off, n) in enumerate(requests)))
+            if spanning:
+                for i, data in zip(spanning, _assemble([ranges[i] for i in spanning], requests, list(bodies))):
+                    emit(i, data)
+
+    def iter_ranges(self, ranges: Sequence[Range]) -> Iterator[tuple[int, bytes]]:
+        """``(i, bytes of ranges[i])`` for every range, each as soon as it has arrived, in arrival order.
+
+        The requests are :meth:`read_ranges`' (coalesced, parallel, retried), but
+        a range is handed over when its own last byte is in, not when its whole
+        request is: a prefetch stores (and releases to a waiting reader) the
+        first frames of a 4 MiB request while the rest is still on the way.
+        The bytes are **not checked** against any digest: the caller checks.
+        Leaving the loop early cancels what is still being fetched.
+        """
+        ranges = list(ranges)
+        arrived: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        future = self.transport.submit(self._stream_ranges(ranges, lambda i, data: arrived.put((i, data))))
+        future.add_done_callback(lambda _: arrived.put(None))
+        try:
+            while (item := arrived.get()) is not None:
+                yield item
+            future.result()  # (raises what ended the fetch early)
+        finally:
+            if not future.done():
+                future.cancel()
 
     def read(self, offset: int, size: int, digest: str | None = None) -> bytes:
         """``size`` bytes at ``offset`` (split into parallel parts when large)."""
@@ -312,6 +381,10 @@ class FsspecBlob:
             if want is not None and sha256_of(data) != want:
                 raise errors.IntegrityError(f"{self.url}: bytes {off}-{off + n - 1} do not match {want}")
         return list(out)
+
+    def iter_ranges(self, ranges: Sequence[Range]) -> Iterator[tuple[int, bytes]]:
+        """``(i, bytes of ranges[i])`` for every range (all at once: fsspec reads them together)."""
+        yield from enumerate(self.read_ranges(ranges))
 
     def read(self, offset: int, size: int, digest: str | None = None) -> bytes:
         return self.read_ranges([(offset, size)], None if digest is None else [digest])[0]

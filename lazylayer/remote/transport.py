@@ -615,7 +615,7 @@ class Transport:
 
     async def fetch_range(self, urls: Sequence[str], offset: int, size: int, *, auth: Authorizer | None = None,
                           digest: str | None = None, what: str = "range", into: Any = None,
-                          total: int | None = None) -> Any:
+                          total: int | None = None, progress: Callable[[Any, int], None] | None = None) -> Any:
         """Exactly ``size`` bytes at ``offset``, checked against ``digest`` when given.
 
         The bytes land in ``into`` (a writable buffer of ``size`` bytes) or in a
@@ -624,6 +624,9 @@ class Transport:
         copied once, from the socket's buffer to its place.  ``total``: the
         blob's size as declared (a descriptor's); a server whose answer says
         otherwise raises :class:`~lazylayer.errors.IntegrityError` naming both.
+        ``progress(buffer, n)``, on the loop's thread, whenever the first ``n``
+        bytes are in (unchecked: ``digest`` is checked at the end; a retry
+        after a wrong answer may write over bytes reported before).
         """
         if into is not None:
             fill = _Fill(memoryview(into).cast("B"))
@@ -636,7 +639,7 @@ class Transport:
         async def attempt(url: str) -> Any:
             nonlocal mismatches
             if fill.n < size:
-                await self._read_range(url, offset + fill.n, size - fill.n, fill, auth, what, total)
+                await self._read_range(url, offset + fill.n, size - fill.n, fill, auth, what, total, progress)
             if digest is not None and sha256_of(fill.view) != digest:
                 fill.n = 0
                 mismatches += 1
@@ -650,7 +653,8 @@ class Transport:
         return await self.call(urls, attempt, f"{what} [{offset}, +{size}]")
 
     async def _read_range(self, url: str, pos: int, want: int, fill: _Fill, auth: Authorizer | None,
-                          what: str, total: int | None = None) -> None:
+                          what: str, total: int | None = None,
+                          progress: Callable[[Any, int], None] | None = None) -> None:
         """Put the bytes [pos, pos+want) in ``fill``; a short body raises ``Retry`` with what came kept."""
         headers = {"Range": f"bytes={pos}-{pos + want - 1}", "Accept-Encoding": "identity"}
         start = fill.n
@@ -691,6 +695,8 @@ class Transport:
                     take = min(len(chunk), room)
                     view[n:n + take] = chunk[:take] if take < len(chunk) else chunk
                     fill.n = n + take
+                    if progress is not None:
+                        progress(view, fill.n)
                     if fill.n == goal and resp.status == 200:
                         return  # the rest of the body is not needed; release() drops the connection
                 if fill.n < goal:
