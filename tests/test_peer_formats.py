@@ -339,7 +339,10 @@ def test_an_estargz_layer_is_read_chunk_by_chunk(image: tuple[str, list[Variant]
     ref = _esgz_layout(tmp_path / "one", esgz)
     with warnings.catch_warnings():
         warnings.simplefilter("error", NotLazyWarning)
-        fs = ImageFileSystem(image=ref, use_cache=False, skip_instance_cache=True)
+        from lazylayer.core import BlockCache
+
+        # (a memory cache of its own: another test's read of this image may hold the frames decoded)
+        fs = ImageFileSystem(image=ref, use_cache=False, skip_instance_cache=True, memory_cache=BlockCache(64 << 20))
         try:
             img = fs.image
             assert img.layers[0].lazy and img.stats()["layers_fetched_whole"] == 0
@@ -348,8 +351,18 @@ def test_an_estargz_layer_is_read_chunk_by_chunk(image: tuple[str, list[Variant]
             k = next(k for k, e in enumerate(toc.entries) if e["name"] == "app/f0-0.bin")
             assert fs.cat("app/f0-0.bin") == esgz.want["app/f0-0.bin"]
             s = img.stats()
-            assert s["frames_local"] == len(toc.chunks[k]) >= 2  # its chunks, no more
-            assert s["bytes_local"] == sum(c.end - c.offset for c in toc.chunks[k])  # their members only
+            # its chunks (2 or more), in the frames that hold them: runs of small chunks are one
+            # frame each (one request), a run's members end to end in the blob, nothing else
+            node = img.tree.resolve("/app/f0-0.bin").inode
+            src, frames = img.layers[0].source, img.layers[0].toc.frames
+            held = [i for i, f in enumerate(frames) if f.offset < node.offset + node.size
+                    and f.offset + f.size > node.offset]
+            rows = [src._rows(i) for i in held]
+            assert len(toc.chunks[k]) >= 2 and all(c in [src._chunk_list[j] for r in rows for j in r]
+                                                   for c in toc.chunks[k])
+            assert s["frames_local"] == len(held) < len(toc.chunks[k]) + 2
+            assert s["bytes_local"] == sum(src._chunk_list[r[-1]].end - src._chunk_list[r[0]].offset for r in rows)
+            assert any(len(r) > 1 for r in rows)  # (a run: the check can fail)
             plan = img.layers[0].toc.prefetch  # the prioritized files, in order
             sizes = [len(esgz.want[n]) for n in ("app/f0-3.bin", "app/f0-1.bin")]
             assert [n for _, n in plan] == sizes
@@ -378,9 +391,24 @@ def test_a_tampered_estargz_chunk_or_toc_is_never_data(gen: Path, image: tuple[s
         fs = ImageFileSystem(image=_esgz_layout(tmp_path / f"bad{id(v)}", v, bytes(bad)), use_cache=False,
                              skip_instance_cache=True)
         try:
-            assert fs.cat("app/f0-1.bin") == v.want["app/f0-1.bin"]  # other files are intact
             with pytest.raises(errors.IntegrityError, match=match):
                 fs.cat("app/f0-4.bin")
+            # other files are intact, but for those that share a frame with it: a run of small
+            # chunks is one frame (estargz.with_runs), read and checked whole, as a frame of
+            # lazylayer's own format is
+            frames = fs.image.layers[0].toc.frames
+
+            def frames_of(name: str) -> set[int]:
+                node = fs.image.tree.resolve("/" + name).inode
+                return {i for i, f in enumerate(frames) if f.offset < node.offset + node.size
+                        and f.offset + f.size > node.offset}
+
+            for name in sorted(set(v.want) - {"app/f0-4.bin"}):
+                if frames_of(name) & frames_of("app/f0-4.bin") and v.want[name]:
+                    with pytest.raises(errors.IntegrityError, match=match):
+                        fs.cat(name)
+                else:
+                    assert fs.cat(name) == v.want[name]
         finally:
             fs.close()
     wrong = {**esgz.annotations, estargz.ANNOTATION_TOC_DIGEST: "sha256:" + "1" * 64}
@@ -670,11 +698,12 @@ def test_a_chunked_layers_index_is_kept_in_the_disk_cache(image: tuple[str, list
 
 
 def test_read_ahead_of_chunks_counts_bytes(gen: Path, registry: Any, tmp_path: Path) -> None:
-    """From a registry, with a disk cache: a miss of one chunk fetches that chunk alone, and
-    read-ahead after it is its window's bytes, not its count of mean-sized chunks: past 60 files
-    of 1 KiB come ten of 4 MiB (a mean chunk of ~0.7 MiB, so 4 x 2 MiB of mean chunks would be
-    12 chunks, 40 MiB)."""
+    """From a registry, with a disk cache: a miss of one small file fetches the run of small
+    chunks it is in (60 files of 1 KiB: one frame, one request), and read-ahead after it is its
+    window's bytes, not its count of mean-sized frames: past the run come ten chunks of 4 MiB
+    (the window is 4 frames of the layer's mean, ~3.6 MiB, and 2 MiB: four of them, not 40 MiB)."""
     import lazylayer.prefetch as prefetch
+    from lazylayer.core import BlockCache
     from lazylayer.image import DiskCache, Image
     from lazylayer.image.frames import ChunkSource
 
@@ -690,20 +719,25 @@ def test_read_ahead_of_chunks_counts_bytes(gen: Path, registry: Any, tmp_path: P
     registry.push(_esgz_layout(tmp_path / "layout", v), "peer-formats/groups:v1")
     ref = f"docker://{registry.host}/peer-formats/groups:v1"
 
-    with Image(ref, cache=DiskCache(tmp_path / "c1")) as img:
+    with Image(ref, cache=DiskCache(tmp_path / "c1"), memory_cache=BlockCache(64 << 20)) as img:
         src = img.layers[0].source
         assert isinstance(src, ChunkSource)
+        frames = img.layers[0].toc.frames
+        assert [f.size for f in frames] == [60 << 10] + [4 << 20] * 10  # the small files: one run
         node = img.tree.resolve("/app/s10")
         assert img.pread(node, 2048, 0) == v.want["app/s10"]
         assert img.stats()["frames_fetched"] == 1
-        assert max(f.size for f in img.layers[0].toc.frames) == 4 << 20
+        assert img.pread(img.tree.resolve("/app/s59"), 2048, 0) == v.want["app/s59"]  # (the same frame)
+        assert img.stats()["frames_fetched"] == 1
 
-    with Image(ref, cache=DiskCache(tmp_path / "c2")) as img:
+    # (a memory cache of its own: the first image's holds the run decoded)
+    with Image(ref, cache=DiskCache(tmp_path / "c2"), memory_cache=BlockCache(64 << 20)) as img:
         prefetch.start(img, None)
         assert img.pread(img.tree.resolve("/app/s59"), 2048, 0) == v.want["app/s59"]  # next to the big ones
         wait_for(img.prefetcher.idle)
         got = img.stats()["prefetched_bytes"]
-        assert 0 < got <= 4 * (2 << 20) + (4 << 20), got  # 4 frames' worth (+ the chunk that crosses it)
+        mean = sum(f.size for f in frames) // len(frames)
+        assert 0 < got <= 4 * mean + (2 << 20) + (4 << 20), got  # 4 frames' worth (+ the chunk that crosses it)
 
 
 def _convert_both(data: bytes, toc_offset: int, codec: str, hidden: frozenset) -> tuple[Any, Any]:
@@ -719,11 +753,58 @@ def _convert_both(data: bytes, toc_offset: int, codec: str, hidden: frozenset) -
     for mod in (chunked_model, estargz):
         try:
             toc = mod.parse_toc(data, toc_offset, codec=codec, hidden=hidden)
-            layer, chunks = mod.raw_layer(toc, "sha256:" + "1" * 64)
+            with pytest.MonkeyPatch.context() as mp:  # (runs of small chunks are made after, by with_runs)
+                mp.setattr(estargz, "RUN_SIZE", 0)
+                layer, chunks = mod.raw_layer(toc, "sha256:" + "1" * 64)
             out.append(("ok", json.loads(Toc.from_frame(layer.toc_frame).to_json()), list(chunks)))
         except errors.FormatError as exc:
             out.append((type(exc), str(exc)))
     return out[0], out[1]
+
+
+def test_runs_of_small_chunks_are_one_frame_each(image: tuple[str, list[Variant]],
+                                                 zchunked: tuple[str, list[ZLayer]]) -> None:
+    """estargz.with_runs on real layers' TOCs: every frame is one chunk (named by its digest; a big
+    chunk's piece by zeros) or a run of chunks — each at most RUN_CHUNK, gzip, zstd or zeros, each
+    chunk's bytes at most RUN_GAP after the last one's in the blob, RUN_SIZE of data at most,
+    named by zeros — that stops only where the next chunk could not join it; the frames tile the
+    stream as the chunks do."""
+    from lazylayer.format import estargz, zstdchunked
+    from lazylayer.format.layer import Toc
+
+    blobs = [(v.blob, {"mediaType": v.media_type, "size": len(v.blob), "annotations": v.annotations})
+             for v in image[1]]
+    blobs += [(z.blob, {"mediaType": images.LAYER_MEDIA["zstd"], "size": len(z.blob), "annotations": z.annotations})
+              for z in zchunked[1]]
+    runs = 0
+    for blob, desc in blobs:
+        layer, rows = estargz.raw_layer(zstdchunked.read_chunked_toc(lambda o, n, b=blob: b[o:o + n], desc), "")
+        frames = Toc.from_frame(layer.toc_frame).frames
+        chunks, r = list(rows), 0
+        for f in frames:
+            first = r
+            left = f.size
+            while left > 0:
+                left -= chunks[r].size
+                r += 1
+            assert left == 0
+            run = chunks[first:r]
+            if len(run) == 1:
+                c = run[0]
+                assert f.sha256 == (estargz.ZERO_SHA256 if c.codec.endswith("-whole") else c.digest[7:])
+                continue
+            runs += 1
+            assert f.sha256 == estargz.ZERO_SHA256 and f.size <= estargz.RUN_SIZE
+            assert all(c.size <= estargz.RUN_CHUNK and c.codec in ("gzip", "zstd", "zeros") for c in run)
+            data = [c for c in run if c.codec != "zeros"]
+            assert all(a.end <= b.offset <= a.end + estargz.RUN_GAP for a, b in zip(data, data[1:]))
+            if r < len(chunks):  # (it stopped for a reason)
+                n = chunks[r]
+                assert n.codec not in ("gzip", "zstd", "zeros") or n.size > estargz.RUN_CHUNK or \
+                    f.size + n.size > estargz.RUN_SIZE or \
+                    (n.codec != "zeros" and data and not data[-1].end <= n.offset <= data[-1].end + estargz.RUN_GAP)
+        assert r == len(chunks)
+    assert runs  # (the check can fail)
 
 
 def test_the_c_converter_agrees_with_the_python_model(image: tuple[str, list[Variant]],
@@ -798,11 +879,13 @@ def test_the_c_converter_agrees_with_the_python_model(image: tuple[str, list[Var
 def test_chunks_fetched_ahead_are_kept_encoded_and_checked_when_read(image: tuple[str, list[Variant]],
                                                                      registry: Any, tmp_path: Path) -> None:
     """Fetching ahead (what plans, read-ahead and fill call) stores each chunk as it came — a
-    ``.z`` file under its data's digest, neither inflated nor hashed; a later reader (the C reader,
+    ``.z`` file under its data's digest, neither inflated nor hashed, or with the run of small
+    chunks it is in, one ``run-`` file of their compressed bytes; a later reader (the C reader,
     another Image on the same cache) decodes and checks them and fetches nothing.  A damaged one is
     found when read, removed, and fetched again: the bytes read are right."""
     import glob
 
+    from lazylayer.core import BlockCache
     from lazylayer.image import DiskCache, Image
     from lazylayer.image.frames import ChunkSource
 
@@ -818,27 +901,29 @@ def test_chunks_fetched_ahead_are_kept_encoded_and_checked_when_read(image: tupl
             assert n > 0 and layer.source.prefetch(range(len(layer.toc.frames))) == 0  # there now
     frames = glob.glob(str(tmp_path / "cache" / "v1" / "frames" / "*" / "*"))
     encoded = [p for p in frames if p.endswith(".z")]
-    assert encoded and len(encoded) == len(frames)  # nothing stored decoded
+    runs = glob.glob(str(tmp_path / "cache" / "v1" / "files" / "run-*"))
+    assert runs and len(encoded) == len(frames)  # nothing stored decoded (these files' chunks: runs)
 
     def read_all(img: Image) -> None:
         for name, data in want.items():
             assert img.pread(img.tree.resolve("/" + name), len(data) + 1, 0) == data, name
 
-    with Image(ref, cache=DiskCache(tmp_path / "cache")) as img:
+    # (memory caches of their own: other tests' reads of these layers may hold their frames decoded)
+    with Image(ref, cache=DiskCache(tmp_path / "cache"), memory_cache=BlockCache(64 << 20)) as img:
         read_all(img)
         s = img.stats()
         assert s["frames_fetched"] == 0 and s["frames_from_disk"] > 0
 
-    # damage one chunk's compressed bytes: found when read, removed, fetched again
-    victim = max(encoded, key=os.path.getsize)
-    blob = bytearray(Path(victim).read_bytes())
-    blob[len(blob) // 2] ^= 0x55
-    Path(victim).write_bytes(bytes(blob))
-    with Image(ref, cache=DiskCache(tmp_path / "cache")) as img:
-        read_all(img)
-        s = img.stats()
-        assert s["frames_fetched"] == 1, s
-    assert Path(victim).read_bytes() != bytes(blob)  # the good one in its place
+    # damage one chunk's compressed bytes, then a run's: found when read, removed, fetched again
+    for victim in ([max(encoded, key=os.path.getsize)] if encoded else []) + [max(runs, key=os.path.getsize)]:
+        blob = bytearray(Path(victim).read_bytes())
+        blob[len(blob) // 2] ^= 0x55
+        Path(victim).write_bytes(bytes(blob))
+        with Image(ref, cache=DiskCache(tmp_path / "cache"), memory_cache=BlockCache(64 << 20)) as img:
+            read_all(img)
+            s = img.stats()
+            assert s["frames_fetched"] == 1, s
+        assert Path(victim).read_bytes() != bytes(blob)  # the good one in its place
 
 
 def test_a_file_too_big_for_one_frame_is_read_through_a_checked_copy(registry: Any, tmp_path: Path,

@@ -259,9 +259,56 @@ def is_estargz(desc: dict[str, Any]) -> bool:
 def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, ChunkRows]:
     """The layer as the image index takes it: a raw layer (docs/format.md, "Raw frames") whose
     frames are the chunks, each file's laid end to end in a virtual stream, named by their
-    chunkDigest; the prioritized files are its prefetch plan.  (The ``IndexLayer``, and the
-    chunks in frame order for the host that fetches them.)"""
-    return _index_layer_of(toc_frame(toc.toc, level=1), toc.size, digest), toc.chunk_rows
+    chunkDigest — except that runs of small chunks are one frame each (:func:`with_runs`); the
+    prioritized files are its prefetch plan.  (The ``IndexLayer``, and the chunks in frame order
+    for the host that fetches them.)"""
+    rows = toc.chunk_rows
+    return _index_layer_of(toc_frame(with_runs(toc.toc, rows), level=1), toc.size, digest), rows
+
+
+RUN_SIZE = 2 << 20
+"""The most data a run of small chunks read as one frame holds (lazylayer's own frame size)."""
+RUN_CHUNK = 512 << 10
+"""The largest chunk that joins a run."""
+RUN_GAP = 64 << 10
+"""The most bytes between two chunks of a run in the blob (fetched with it, not read): zstd:chunked
+puts each tar header in a zstd frame of its own between files' chunks."""
+_RUN_CODECS = (0, 1, 2)  # gzip, zstd, zeros (the row's codec byte; a layer has one of the first two)
+
+
+def with_runs(doc: bytes, rows: ChunkRows) -> bytes:
+    """The raw TOC ``doc`` (as ``ll_chunked_convert`` wrote it: one frame per row of ``rows``)
+    with each run of small chunks made one frame: consecutive rows of at most :data:`RUN_CHUNK`
+    (gzip or zstd chunks, and zstd:chunked runs of zeros, which have no bytes), each chunk's
+    compressed bytes at most :data:`RUN_GAP` after the one before it in the blob, up to
+    :data:`RUN_SIZE` of data.  Such a frame is read with one request and kept as one file of
+    the disk cache (an eStargz layer's files are a chunk each: a frame per chunk made a request
+    per file missed and a file of the cache per chunk fetched ahead, ~12,500 in one cold start:
+    docs/benchmarks.md); its sha256 is all zeros, as a big chunk's pieces' are: the host
+    checks each of its chunks against the chunk's own digest (:class:`~lazylayer.image.frames.ChunkSource`)."""
+    recs = list(_ROW.iter_unpack(rows.table))
+    frames, at, big, i, n = [], 0, 1, 0, len(recs)
+    while i < n:
+        _, size, off, end, d, k, *_ = recs[i]
+        j, total = i + 1, size
+        if k in _RUN_CODECS and size <= RUN_CHUNK:
+            last = None if k == 2 else end  # where the run's bytes end so far (zeros have none)
+            while j < n:
+                _, sz, o, e, _, kj, *_ = recs[j]
+                if kj not in _RUN_CODECS or sz > RUN_CHUNK or total + sz > RUN_SIZE or \
+                        (kj != 2 and last is not None and not last <= o <= last + RUN_GAP):
+                    break
+                total, j = total + sz, j + 1
+                if kj != 2:
+                    last = e
+        sha = ZERO_SHA256 if j - i > 1 or k >= 4 else d.hex()  # (codecs 4, 5: a big chunk's pieces)
+        frames.append(f'[{at},{total},{at},{total},"{sha}"]')
+        at, big, i = at + total, max(big, total), j
+    p = doc.rfind(b',"prefetch":[')
+    f = doc.rfind(b',"frame_size":', 0, p)
+    if p < 0 or f < 0:
+        raise errors.FormatError("a converted TOC without frame_size, frames and prefetch")
+    return b"".join([doc[:f], b',"frame_size":%d,"frames":[' % big, ",".join(frames).encode(), b"]", doc[p:]])
 
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from .. import errors
 from ..format import Frame, FrameTable, frame_column
-from .cache import DiskCache
+from .cache import CacheError, DiskCache
 
 log = logging.getLogger("lazylayer")
 _here = threading.local()  # .fetched: how many frames this thread's last read fetched itself (for the -vv log)
@@ -177,11 +177,14 @@ class ChunkSource(FrameSource):
     def __init__(self, blob: Any, frames: Sequence[Frame], chunks: Sequence[Any], disk: DiskCache | None,
                  name: str, local: bool = False) -> None:
         super().__init__(blob, frames, disk, name, local)
-        if len(chunks) != len(self.frames):
-            raise errors.FormatError(f"{name}: {len(chunks)} chunks for {len(self.frames)} frames")
         from ..format.estargz import ChunkRows  # (a layer kept in the disk cache: chunks made when used)
 
         self._chunk_list = chunks if isinstance(chunks, ChunkRows) else list(chunks)
+        # Each frame's first chunk (row), and one past the last frame's last: a frame is one chunk,
+        # or a run of small ones (estargz.with_runs); None when every frame is one chunk.
+        self._first: list[int] | None = None
+        if len(self._chunk_list) != len(self.frames):
+            self._first = _first_rows(frame_column(self.frames, "size"), _sizes(self._chunk_list), name)
         # A big chunk's pieces (its frames), by its (offset, digest): their sizes, in order; and
         # each piece's place among them, by its row index.
         self._whole: dict[tuple[int, str], list[int]] = {}
@@ -199,13 +202,18 @@ class ChunkSource(FrameSource):
         self._whole_size = at  # a big chunk's size, by its (offset, digest)
 
     def _index(self, f: Frame) -> int:
-        return bisect.bisect_left(self._starts, f.compressed_offset)  # (span() found it)
+        """Frame ``f``'s index (span() found it)."""
+        return bisect.bisect_left(self._starts, f.compressed_offset)
+
+    def _rows(self, i: int) -> range:
+        """The chunks (rows) of frame ``i``: one, or a run."""
+        return range(i, i + 1) if self._first is None else range(self._first[i], self._first[i + 1])
 
     def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
-        return self._fetch_chunks([self._index(f) for f in frames])
+        return self._fetch_chunks([self._rows(self._index(f))[0] for f in frames])  # (frames of one chunk)
 
     def _fetch_chunks(self, want: list[int]) -> list[bytes]:
-        """Fetch chunks ``want`` (indices) and return their data, each checked against its sha256,
+        """Fetch chunks ``want`` (rows) and return their data, each checked against its sha256,
         and stored encoded in the disk cache only then."""
         remote = [i for i in want if self._chunk_list[i].codec != "zeros"]
         ranges = [(self._chunk_list[i].offset, self._chunk_list[i].end - self._chunk_list[i].offset) for i in remote]
@@ -213,24 +221,22 @@ class ChunkSource(FrameSource):
         self._count(len(remote), sum(n for _, n in ranges))
         out = []
         for i in want:
-            c, f = self._chunk_list[i], self.frames[i]
+            c = self._chunk_list[i]
             data = bytes(c.size) if c.codec == "zeros" else _decode(c, raw[i], self.__name__)
-            if len(data) != c.size or hashlib.sha256(data).hexdigest() != f.sha256:
-                raise errors.IntegrityError(f"{self.__name__}: the chunk at {c.offset} does not match its "
-                                            f"chunkDigest sha256:{f.sha256}")
+            _check(c, data, self.__name__)
             out.append(data)
             if self.disk is not None:
-                self._store(c, f, raw.get(i, b""))
+                self._store(c, raw.get(i, b""))
         return out
 
     def _fetch_ahead(self, want: list[int], stored: Callable[[int], None]) -> int:
-        """Fetch chunks ``want`` (indices) into the disk cache, encoded and unchecked (they are
+        """Fetch chunks ``want`` (rows) into the disk cache, encoded and unchecked (they are
         checked when read), each as soon as it has arrived; ``stored(k)`` once ``want[k]`` is in
         place.  The bytes fetched."""
         remote: list[int] = []
         for k, i in enumerate(want):
             if self._chunk_list[i].codec == "zeros":
-                self._store(self._chunk_list[i], self.frames[i], b"")
+                self._store(self._chunk_list[i], b"")
                 stored(k)
             else:
                 remote.append(k)
@@ -238,16 +244,16 @@ class ChunkSource(FrameSource):
         got = n = 0
         try:
             for j, data in self.blob.iter_ranges([(c.offset, c.end - c.offset) for c in chunks]):
-                k = remote[j]
-                self._store(chunks[j], self.frames[want[k]], data)
-                stored(k)
+                self._store(chunks[j], data)
+                stored(remote[j])
                 n += 1
                 got += len(data)
         finally:
             self._count(n, got)
         return got
 
-    def _store(self, c: Any, f: Frame, compressed: bytes) -> None:
+    def _store(self, c: Any, compressed: bytes) -> None:
+        """Keep chunk ``c`` encoded, as fetched, under its digest."""
         from ..core import chunk
 
         extra: dict[str, Any] = {}
@@ -257,25 +263,25 @@ class ChunkSource(FrameSource):
             extra = {"bits": c.bits, "byte": c.byte, "window": window(c)}
         try:
             assert self.disk is not None
-            self.disk.put_encoded("sha256:" + f.sha256, [chunk.header(c.codec, c.size, **extra), compressed])
+            self.disk.put_encoded(c.digest, [chunk.header(c.codec, c.size, **extra), compressed])
         except OSError as exc:  # a full disk must not fail the read
             log.warning("disk cache: not stored: %s", exc)
 
     def _get(self, frames: list[Frame]) -> bytes:
-        rows = [self._index(f) for f in frames] if self._piece else []
-        if not any(i in self._piece for i in rows):
+        if self._first is None and not self._piece:
             return self._get_chunks(frames)
-        parts, run = [], []
-        for f, i in zip(frames, rows):  # runs of chunks as usual, big chunks' pieces from their copies
-            if i not in self._piece:
-                run.append(f)
+        parts, plain = [], []
+        for f in frames:  # frames of one chunk as usual, runs and big chunks' pieces on their own
+            rows = self._rows(self._index(f))
+            if len(rows) == 1 and rows[0] not in self._piece:
+                plain.append(f)
                 continue
-            if run:
-                parts.append(self._get_chunks(run))
-                run = []
-            parts.append(self._read_whole(i))
-        if run:
-            parts.append(self._get_chunks(run))
+            if plain:
+                parts.append(self._get_chunks(plain))
+                plain = []
+            parts.append(self._read_whole(rows[0]) if len(rows) == 1 else self._read_run(rows))
+        if plain:
+            parts.append(self._get_chunks(plain))
         return b"".join(parts)
 
     def _get_chunks(self, frames: list[Frame]) -> bytes:
@@ -294,24 +300,127 @@ class ChunkSource(FrameSource):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def prefetch(self, indices: Sequence[int]) -> int:
-        """Fetch chunks ``indices`` into the disk cache, encoded, unless they are there: neither
-        decompressed nor hashed now (that is done when one is read); the bytes fetched."""
+        """Fetch frames ``indices`` into the disk cache unless they are there: chunks encoded,
+        neither decompressed nor hashed now (that is done when one is read); runs as one file
+        each; the bytes fetched."""
         if self.disk is None:
             return 0
-        indices = list(indices)
-        got = 0
+        rows: list[int] = []
+        runs: list[range] = []
+        for i in indices:
+            r = self._rows(i)
+            (rows.append(r[0]) if len(r) == 1 else runs.append(r))  # type: ignore[func-returns-value]
+        got = self._fetch_runs(runs) if runs and not self.local else 0
         if self._whole:
-            big = {(c.offset, c.digest): c for c in (self._chunk_list[i] for i in indices)
+            big = {(c.offset, c.digest): c for c in (self._chunk_list[i] for i in rows)
                    if c.codec.endswith("-whole")}
             for c in big.values():
                 got += self._ensure_whole(c)
-            indices = [i for i in indices if not self._chunk_list[i].codec.endswith("-whole")]
+            rows = [i for i in rows if not self._chunk_list[i].codec.endswith("-whole")]
 
         def store(missing: list[int], stored: Callable[[int], None]) -> None:
             nonlocal got
-            got += self._fetch_ahead([indices[m] for m in missing], lambda k: stored(missing[k]))
+            got += self._fetch_ahead([rows[m] for m in missing], lambda k: stored(missing[k]))
 
-        self.disk.fill_many(["sha256:" + self.frames[i].sha256 for i in indices], store)
+        self.disk.fill_many([self._chunk_list[i].digest for i in rows], store)
+        return got
+
+    # -- runs of small chunks read as one frame (estargz.with_runs): one file of the disk cache each
+
+    def _run_name(self, rows: range) -> str:
+        """A run's file: named by its chunks' digests (what it holds is checked against them)."""
+        h = hashlib.sha256()
+        for i in rows:
+            h.update(bytes.fromhex(self._chunk_list[i].digest[7:]))
+        return f"run-{h.hexdigest()}"
+
+    def _run_range(self, rows: range) -> tuple[int, int]:
+        """Where a run's compressed bytes are in the blob: from its first chunk's to its last's end
+        (the gaps between them included: zstd:chunked's tar headers); (0, 0) for a run of zeros."""
+        data = [self._chunk_list[i] for i in (rows[0], rows[-1]) if self._chunk_list[i].codec != "zeros"]
+        if len(data) < 2:
+            data = [c for c in (self._chunk_list[i] for i in rows) if c.codec != "zeros"]
+        return (data[0].offset, data[-1].end - data[0].offset) if data else (0, 0)
+
+    def _decode_run(self, rows: range, raw: bytes) -> bytes:
+        """The data of a run's chunks, each decompressed from ``raw`` (the run's compressed bytes)
+        and checked against its own digest (IntegrityError, CorruptFrameError)."""
+        base, size = self._run_range(rows)
+        if len(raw) != size:
+            raise errors.CorruptFrameError(f"{self.__name__}: the run of chunks at {base} is {len(raw)} bytes, "
+                                           f"not {size}")
+        out = []
+        with memoryview(raw) as view:
+            for i in rows:
+                c = self._chunk_list[i]
+                if c.codec == "zeros":
+                    data = bytes(c.size)
+                elif not base <= c.offset <= c.end <= base + size:
+                    raise errors.FormatError(f"{self.__name__}: the chunk at {c.offset} is outside its run")
+                else:
+                    data = _decode(c, view[c.offset - base:c.end - base], self.__name__)
+                _check(c, data, self.__name__)
+                out.append(data)
+        return b"".join(out)
+
+    def _read_run(self, rows: range) -> bytes:
+        """A run's data: from its file in the disk cache, else fetched (one request) and kept;
+        every chunk checked.  A file that does not hold the run is removed and fetched again."""
+        if self._run_range(rows)[1] == 0:  # (zeros only: nothing to fetch or keep)
+            return self._decode_run(rows, b"")
+        if self.disk is None or self.local:  # (a local blob is read in place)
+            raw = self.blob.read_ranges([self._run_range(rows)])[0]
+            self._count(1, len(raw))
+            _here.fetched = 1
+            return self._decode_run(rows, raw)
+        name = self._run_name(rows)
+        for attempt in range(3):
+            fetched: list[bytes] = []
+
+            def build(f: Any) -> None:
+                fetched.append(self.blob.read_ranges([self._run_range(rows)])[0])
+                self._count(1, len(fetched[0]))
+                f.write(fetched[0])
+
+            try:
+                self.disk.ensure_file(name, build)
+                raw = fetched[0] if fetched else self.disk.read_file(name)
+            except CacheError as exc:  # a full or broken disk must not fail the read
+                log.warning("disk cache: %s", exc)
+                raw = fetched[0] if fetched else self.blob.read_ranges([self._run_range(rows)])[0]
+            if raw is None:  # evicted in between
+                continue
+            try:
+                data = self._decode_run(rows, raw)
+            except (errors.IntegrityError, errors.CorruptFrameError) as exc:
+                self.disk.remove_file(name)
+                if attempt == 2:
+                    raise
+                log.warning("%s: %s; its copy removed, fetching it again", self.__name__, exc)
+                continue
+            _here.fetched = len(fetched)
+            if not fetched:
+                with self._lock:
+                    self.frames_from_disk += 1
+            return data
+        raise errors.SourceError(f"{self.__name__}: the run of chunks at {self._run_range(rows)[0]} was evicted "
+                                 "as soon as it was stored, three times: the disk cache is too small")
+
+    def _fetch_runs(self, runs: list[range]) -> int:
+        """Fetch runs not in the disk cache yet into it, each kept as its bytes arrive (unchecked:
+        checked when read); the bytes fetched."""
+        assert self.disk is not None
+        todo = [(r, name) for r in runs if self._run_range(r)[1] and not self.disk.has_file(name := self._run_name(r))]
+        got = n = 0
+        try:
+            for j, raw in self.blob.iter_ranges([self._run_range(r) for r, _ in todo]):
+                try:
+                    self.disk.ensure_file(todo[j][1], lambda f, raw=raw: f.write(raw))
+                except CacheError as exc:
+                    log.warning("disk cache: %s", exc)
+                n, got = n + 1, got + len(raw)
+        finally:
+            self._count(n, got)
         return got
 
     # -- chunks too big for one frame (a file zstd:chunked left whole): a checked copy on disk
@@ -471,6 +580,38 @@ def _inflate_parts(c: Any, parts: Any, size: int, name: str) -> Any:
             yield out
     except zstandard.ZstdError as exc:
         raise errors.CorruptFrameError(f"{name}: the chunk at {c.offset} is not zstd: {exc}") from None
+
+
+def _check(c: Any, data: bytes, name: str) -> None:
+    """IntegrityError unless ``data`` is chunk ``c``'s (its size and digest)."""
+    if len(data) != c.size or "sha256:" + hashlib.sha256(data).hexdigest() != c.digest:
+        raise errors.IntegrityError(f"{name}: the chunk at {c.offset} does not match its chunkDigest {c.digest}")
+
+
+def _sizes(chunks: Sequence[Any]) -> list[int]:
+    """The ``size`` of every chunk (row)."""
+    from ..format.estargz import ChunkRows
+
+    if isinstance(chunks, ChunkRows):
+        return [r[1] for r in ChunkRows.RECORD.iter_unpack(chunks.table)]
+    return [c.size for c in chunks]
+
+
+def _first_rows(frame_sizes: Sequence[int], row_sizes: Sequence[int], name: str) -> list[int]:
+    """Each frame's first row, and one past the last (frames of consecutive rows whose sizes add
+    up to the frame's); FormatError if the rows do not tile the frames so."""
+    first, r, n = [0], 0, len(row_sizes)
+    for size in frame_sizes:
+        left = size
+        while left > 0 and r < n:
+            left -= row_sizes[r]
+            r += 1
+        if left != 0 or r == first[-1]:
+            raise errors.FormatError(f"{name}: its chunk table does not tile its frames")
+        first.append(r)
+    if r != n:
+        raise errors.FormatError(f"{name}: {n} chunks for {len(frame_sizes)} frames")
+    return first
 
 
 def _decode(c: Any, data: bytes, name: str) -> bytes:

@@ -424,7 +424,8 @@ class Image:
                 raise estargz.NotSupported(f"a chunk over {estargz.MAX_CHUNK_SIZE} bytes needs a disk cache")
             return layer, chunks
         key = hashlib.sha256(json.dumps([desc.get("digest"), desc.get("size"), desc.get("mediaType"),
-                                         desc.get("annotations")], sort_keys=True).encode()).hexdigest()
+                                         desc.get("annotations"), ["runs", estargz.RUN_SIZE, estargz.RUN_CHUNK]],
+                                        sort_keys=True).encode()).hexdigest()
         return estargz.cached_raw_layer(self.disk, f"chunked-{key}", desc.get("digest", ""), build)[0]
 
     def _lazy_toc(self, desc: oci.Descriptor, blob: Any) -> IndexLayer:
