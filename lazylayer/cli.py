@@ -413,13 +413,14 @@ def _prefetch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-readahead", action="store_true", help="no read-ahead of sequential reads")
 
 
-def _open_image(args: argparse.Namespace) -> Image:
-    """The image of an image command (a mount's prefetch runs in its fetcher: lazylayer.mount.fetcher)."""
+def _open_image(args: argparse.Namespace, chunk_runs: bool = False) -> Image:
+    """The image of an image command (a mount's prefetch runs in its fetcher: lazylayer.mount.fetcher;
+    ``chunk_runs`` for the mounts: Image's)."""
     from .image import DiskCache, Image
 
     cache = None if args.no_cache else DiskCache(args.cache_dir)
     return Image(args.image, platform=args.platform, registry=_registry_config(args, args.creds), cache=cache,
-                 gzip_indexes=args.gzip_indexes)
+                 gzip_indexes=args.gzip_indexes, chunk_runs=chunk_runs)
 
 
 # ------------------------------------------------------------------------ mount
@@ -442,7 +443,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     def serve(ready_fd: int | None = None) -> int:
         # The mount's fetcher process runs the prefetcher (it sees the misses read-ahead follows).
-        return _run(lambda a: daemon.run(lambda: _open_image(a), opts, ready_fd), args)
+        return _run(lambda a: daemon.run(lambda: _open_image(a, chunk_runs=True), opts, ready_fd), args)
 
     if args.foreground:
         return serve()
@@ -465,7 +466,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         print("lazylayer record: give the command after --, e.g. lazylayer record IMAGE -- python3 -c 'import x'",
               file=sys.stderr)
         return 2
-    with _open_image(args) as img:
+    with _open_image(args, chunk_runs=True) as img:  # (it runs the command in a mount)
         result = record(img, argv, timeout=args.timeout, overlay=not args.bare)
         plan = result.plan
         ended = f"exited {result.returncode}" if result.returncode is not None else \

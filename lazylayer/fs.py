@@ -103,7 +103,9 @@ class ImageFileSystem(AsyncFileSystem):
     no neighbours unless ``neighbours`` says how many frames' worth: the mount's
     4 moved 2.2x the bytes 40 files need, docs/benchmarks.md).  ``gzip_indexes``: which
     indexes make plain gzip layers lazy (``local``, ``attached``, ``off``: docs/filesystem.md,
-    "Plain gzip layers").
+    "Plain gzip layers").  ``chunk_runs``: runs of an eStargz or zstd:chunked layer's small
+    chunks read as one frame each (the mount's choice; off here: a reader of chosen files then
+    moves only their chunks; :class:`~lazylayer.image.Image`).
 
     The image's manifest and TOCs are read on first use (so an async caller
     never blocks its loop in the constructor); after that, metadata calls are
@@ -119,7 +121,8 @@ class ImageFileSystem(AsyncFileSystem):
                  registry: Any = None, cache_dir: str | None = None, use_cache: bool = True,
                  cache_max: int | None = None, memory_cache: Any = None, threads: int | None = None,
                  prefetch: Any = "auto", fill: bool = False, fill_rate: float | None = None,
-                 readahead: bool = True, neighbours: int = 0, gzip_indexes: str = "local", **kwargs: Any) -> None:
+                 readahead: bool = True, neighbours: int = 0, gzip_indexes: str = "local", chunk_runs: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if image is None and fo is not None:
             image = image_from_url(fo, target_protocol)
@@ -127,7 +130,8 @@ class ImageFileSystem(AsyncFileSystem):
             raise ValueError("lazylayer:// needs an image: ImageFileSystem(image='docker://HOST/REPO:TAG'), "
                              "or a chained URL lazylayer://PATH::https://HOST/v2/REPO/manifests/TAG")
         self.reference = image
-        self._options = {"platform": platform, "registry": registry, "threads": threads, "gzip_indexes": gzip_indexes}
+        self._options = {"platform": platform, "registry": registry, "threads": threads, "gzip_indexes": gzip_indexes,
+                         "chunk_runs": chunk_runs}
         self._prefetch = {"prefetch": prefetch, "fill": fill, "fill_rate": fill_rate, "readahead": readahead,
                           "neighbours": neighbours}
         if memory_cache is not None:

@@ -330,9 +330,13 @@ def _esgz_layout(work: Path, v: Variant, blob: bytes | None = None, annotations:
                            annotations if annotations is not None else v.annotations, v.diff_id)])
 
 
-def test_an_estargz_layer_is_read_chunk_by_chunk(image: tuple[str, list[Variant]], tmp_path: Path) -> None:
+@pytest.mark.parametrize("runs", [False, True], ids=["chunks", "runs"])
+def test_an_estargz_layer_is_read_chunk_by_chunk(image: tuple[str, list[Variant]], tmp_path: Path,
+                                                 runs: bool) -> None:
     """No warning, nothing fetched whole: reading one file reads its chunks' members and nothing
-    else; each chunk is checked against its chunkDigest; the prioritized files are the plan."""
+    else — with ``chunk_runs`` (the mounts'), the runs of small chunks they are in, one frame and
+    one request each, their members end to end; each chunk is checked against its chunkDigest;
+    the prioritized files are the plan."""
     from lazylayer.format import estargz
 
     _, (esgz, _) = image
@@ -342,7 +346,8 @@ def test_an_estargz_layer_is_read_chunk_by_chunk(image: tuple[str, list[Variant]
         from lazylayer.core import BlockCache
 
         # (a memory cache of its own: another test's read of this image may hold the frames decoded)
-        fs = ImageFileSystem(image=ref, use_cache=False, skip_instance_cache=True, memory_cache=BlockCache(64 << 20))
+        fs = ImageFileSystem(image=ref, use_cache=False, skip_instance_cache=True, memory_cache=BlockCache(64 << 20),
+                             chunk_runs=runs)
         try:
             img = fs.image
             assert img.layers[0].lazy and img.stats()["layers_fetched_whole"] == 0
@@ -351,8 +356,7 @@ def test_an_estargz_layer_is_read_chunk_by_chunk(image: tuple[str, list[Variant]
             k = next(k for k, e in enumerate(toc.entries) if e["name"] == "app/f0-0.bin")
             assert fs.cat("app/f0-0.bin") == esgz.want["app/f0-0.bin"]
             s = img.stats()
-            # its chunks (2 or more), in the frames that hold them: runs of small chunks are one
-            # frame each (one request), a run's members end to end in the blob, nothing else
+            # its chunks (2 or more), in the frames that hold them
             node = img.tree.resolve("/app/f0-0.bin").inode
             src, frames = img.layers[0].source, img.layers[0].toc.frames
             held = [i for i, f in enumerate(frames) if f.offset < node.offset + node.size
@@ -362,7 +366,7 @@ def test_an_estargz_layer_is_read_chunk_by_chunk(image: tuple[str, list[Variant]
                                                    for c in toc.chunks[k])
             assert s["frames_local"] == len(held) < len(toc.chunks[k]) + 2
             assert s["bytes_local"] == sum(src._chunk_list[r[-1]].end - src._chunk_list[r[0]].offset for r in rows)
-            assert any(len(r) > 1 for r in rows)  # (a run: the check can fail)
+            assert any(len(r) > 1 for r in rows) if runs else len(held) == len(toc.chunks[k])  # (either can fail)
             plan = img.layers[0].toc.prefetch  # the prioritized files, in order
             sizes = [len(esgz.want[n]) for n in ("app/f0-3.bin", "app/f0-1.bin")]
             assert [n for _, n in plan] == sizes
@@ -370,8 +374,9 @@ def test_an_estargz_layer_is_read_chunk_by_chunk(image: tuple[str, list[Variant]
             fs.close()
 
 
+@pytest.mark.parametrize("runs", [False, True], ids=["chunks", "runs"])
 def test_a_tampered_estargz_chunk_or_toc_is_never_data(gen: Path, image: tuple[str, list[Variant]],
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, runs: bool) -> None:
     """A flipped byte in a chunk's member is an IntegrityError, never data: in the compressed layer a
     zlib error; in one written with gzip level 0 (stored blocks), in a file's last chunk (its member
     goes on with the next tar header, so the member's CRC-32 is not reached), the bytes inflate fine,
@@ -389,13 +394,12 @@ def test_a_tampered_estargz_chunk_or_toc_is_never_data(gen: Path, image: tuple[s
         bad = bytearray(v.blob)
         bad[c.offset + at] ^= 0x20  # inside the chunk's data in its member
         fs = ImageFileSystem(image=_esgz_layout(tmp_path / f"bad{id(v)}", v, bytes(bad)), use_cache=False,
-                             skip_instance_cache=True)
+                             skip_instance_cache=True, chunk_runs=runs)
         try:
             with pytest.raises(errors.IntegrityError, match=match):
                 fs.cat("app/f0-4.bin")
-            # other files are intact, but for those that share a frame with it: a run of small
-            # chunks is one frame (estargz.with_runs), read and checked whole, as a frame of
-            # lazylayer's own format is
+            # other files are intact, but for those that share a frame with it (with runs: a run of
+            # small chunks is one frame, read and checked whole, as a frame of lazylayer's own format is)
             frames = fs.image.layers[0].toc.frames
 
             def frames_of(name: str) -> set[int]:
@@ -403,12 +407,15 @@ def test_a_tampered_estargz_chunk_or_toc_is_never_data(gen: Path, image: tuple[s
                 return {i for i, f in enumerate(frames) if f.offset < node.offset + node.size
                         and f.offset + f.size > node.offset}
 
+            shared = 0
             for name in sorted(set(v.want) - {"app/f0-4.bin"}):
                 if frames_of(name) & frames_of("app/f0-4.bin") and v.want[name]:
+                    shared += 1
                     with pytest.raises(errors.IntegrityError, match=match):
                         fs.cat(name)
                 else:
                     assert fs.cat(name) == v.want[name]
+            assert bool(shared) == runs
         finally:
             fs.close()
     wrong = {**esgz.annotations, estargz.ANNOTATION_TOC_DIGEST: "sha256:" + "1" * 64}
@@ -698,10 +705,10 @@ def test_a_chunked_layers_index_is_kept_in_the_disk_cache(image: tuple[str, list
 
 
 def test_read_ahead_of_chunks_counts_bytes(gen: Path, registry: Any, tmp_path: Path) -> None:
-    """From a registry, with a disk cache: a miss of one small file fetches the run of small
-    chunks it is in (60 files of 1 KiB: one frame, one request), and read-ahead after it is its
-    window's bytes, not its count of mean-sized frames: past the run come ten chunks of 4 MiB
-    (the window is 4 frames of the layer's mean, ~3.6 MiB, and 2 MiB: four of them, not 40 MiB)."""
+    """From a registry, with a disk cache: a miss of one chunk fetches that chunk alone, and
+    read-ahead after it is its window's bytes, not its count of mean-sized chunks: past 60 files
+    of 1 KiB come ten of 4 MiB (a mean chunk of ~0.7 MiB, so 4 x 2 MiB of mean chunks would be
+    12 chunks, 40 MiB)."""
     import lazylayer.prefetch as prefetch
     from lazylayer.core import BlockCache
     from lazylayer.image import DiskCache, Image
@@ -719,25 +726,27 @@ def test_read_ahead_of_chunks_counts_bytes(gen: Path, registry: Any, tmp_path: P
     registry.push(_esgz_layout(tmp_path / "layout", v), "peer-formats/groups:v1")
     ref = f"docker://{registry.host}/peer-formats/groups:v1"
 
-    with Image(ref, cache=DiskCache(tmp_path / "c1"), memory_cache=BlockCache(64 << 20)) as img:
+    with Image(ref, cache=DiskCache(tmp_path / "c1")) as img:
         src = img.layers[0].source
         assert isinstance(src, ChunkSource)
-        frames = img.layers[0].toc.frames
-        assert [f.size for f in frames] == [60 << 10] + [4 << 20] * 10  # the small files: one run
         node = img.tree.resolve("/app/s10")
         assert img.pread(node, 2048, 0) == v.want["app/s10"]
         assert img.stats()["frames_fetched"] == 1
-        assert img.pread(img.tree.resolve("/app/s59"), 2048, 0) == v.want["app/s59"]  # (the same frame)
-        assert img.stats()["frames_fetched"] == 1
+        assert max(f.size for f in img.layers[0].toc.frames) == 4 << 20
 
-    # (a memory cache of its own: the first image's holds the run decoded)
-    with Image(ref, cache=DiskCache(tmp_path / "c2"), memory_cache=BlockCache(64 << 20)) as img:
+    with Image(ref, cache=DiskCache(tmp_path / "c2")) as img:
         prefetch.start(img, None)
         assert img.pread(img.tree.resolve("/app/s59"), 2048, 0) == v.want["app/s59"]  # next to the big ones
         wait_for(img.prefetcher.idle)
         got = img.stats()["prefetched_bytes"]
-        mean = sum(f.size for f in frames) // len(frames)
-        assert 0 < got <= 4 * mean + (2 << 20) + (4 << 20), got  # 4 frames' worth (+ the chunk that crosses it)
+        assert 0 < got <= 4 * (2 << 20) + (4 << 20), got  # 4 frames' worth (+ the chunk that crosses it)
+
+    # with chunk_runs (the mounts'), the 60 small files are one frame: one request for them all
+    with Image(ref, cache=DiskCache(tmp_path / "c3"), memory_cache=BlockCache(64 << 20), chunk_runs=True) as img:
+        assert [f.size for f in img.layers[0].toc.frames] == [60 << 10] + [4 << 20] * 10
+        for name in ("app/s10", "app/s59", "app/s00"):
+            assert img.pread(img.tree.resolve("/" + name), 2048, 0) == v.want[name]
+        assert img.stats()["frames_fetched"] == 1
 
 
 def _convert_both(data: bytes, toc_offset: int, codec: str, hidden: frozenset) -> tuple[Any, Any]:
@@ -753,9 +762,7 @@ def _convert_both(data: bytes, toc_offset: int, codec: str, hidden: frozenset) -
     for mod in (chunked_model, estargz):
         try:
             toc = mod.parse_toc(data, toc_offset, codec=codec, hidden=hidden)
-            with pytest.MonkeyPatch.context() as mp:  # (runs of small chunks are made after, by with_runs)
-                mp.setattr(estargz, "RUN_SIZE", 0)
-                layer, chunks = mod.raw_layer(toc, "sha256:" + "1" * 64)
+            layer, chunks = mod.raw_layer(toc, "sha256:" + "1" * 64)
             out.append(("ok", json.loads(Toc.from_frame(layer.toc_frame).to_json()), list(chunks)))
         except errors.FormatError as exc:
             out.append((type(exc), str(exc)))
@@ -778,7 +785,8 @@ def test_runs_of_small_chunks_are_one_frame_each(image: tuple[str, list[Variant]
               for z in zchunked[1]]
     runs = 0
     for blob, desc in blobs:
-        layer, rows = estargz.raw_layer(zstdchunked.read_chunked_toc(lambda o, n, b=blob: b[o:o + n], desc), "")
+        layer, rows = estargz.raw_layer(zstdchunked.read_chunked_toc(lambda o, n, b=blob: b[o:o + n], desc), "",
+                                        runs=True)
         frames = Toc.from_frame(layer.toc_frame).frames
         chunks, r = list(rows), 0
         for f in frames:
@@ -876,8 +884,10 @@ def test_the_c_converter_agrees_with_the_python_model(image: tuple[str, list[Var
     assert outcomes.get("ok", 0) > 100 and outcomes.get(errors.FormatError, 0) > 100, outcomes
 
 
+@pytest.mark.parametrize("runs", [False, True], ids=["chunks", "runs"])
 def test_chunks_fetched_ahead_are_kept_encoded_and_checked_when_read(image: tuple[str, list[Variant]],
-                                                                     registry: Any, tmp_path: Path) -> None:
+                                                                     registry: Any, tmp_path: Path,
+                                                                     runs: bool) -> None:
     """Fetching ahead (what plans, read-ahead and fill call) stores each chunk as it came — a
     ``.z`` file under its data's digest, neither inflated nor hashed, or with the run of small
     chunks it is in, one ``run-`` file of their compressed bytes; a later reader (the C reader,
@@ -894,32 +904,33 @@ def test_chunks_fetched_ahead_are_kept_encoded_and_checked_when_read(image: tupl
     ref = f"docker://{registry.host}/peer-formats/encoded:v1"
     want = {k: v for var in variants for k, v in var.want.items()}
     cache = DiskCache(tmp_path / "cache")
-    with Image(ref, cache=cache) as img:
+    with Image(ref, cache=cache, chunk_runs=runs) as img:
         for layer in img.layers:
             assert isinstance(layer.source, ChunkSource)
             n = layer.source.prefetch(range(len(layer.toc.frames)))
             assert n > 0 and layer.source.prefetch(range(len(layer.toc.frames))) == 0  # there now
     frames = glob.glob(str(tmp_path / "cache" / "v1" / "frames" / "*" / "*"))
     encoded = [p for p in frames if p.endswith(".z")]
-    runs = glob.glob(str(tmp_path / "cache" / "v1" / "files" / "run-*"))
-    assert runs and len(encoded) == len(frames)  # nothing stored decoded (these files' chunks: runs)
+    run_files = glob.glob(str(tmp_path / "cache" / "v1" / "files" / "run-*"))
+    assert len(encoded) == len(frames) and bool(run_files) == runs and (runs or encoded)  # nothing stored decoded
 
     def read_all(img: Image) -> None:
         for name, data in want.items():
             assert img.pread(img.tree.resolve("/" + name), len(data) + 1, 0) == data, name
 
     # (memory caches of their own: other tests' reads of these layers may hold their frames decoded)
-    with Image(ref, cache=DiskCache(tmp_path / "cache"), memory_cache=BlockCache(64 << 20)) as img:
+    with Image(ref, cache=DiskCache(tmp_path / "cache"), memory_cache=BlockCache(64 << 20), chunk_runs=runs) as img:
         read_all(img)
         s = img.stats()
         assert s["frames_fetched"] == 0 and s["frames_from_disk"] > 0
 
     # damage one chunk's compressed bytes, then a run's: found when read, removed, fetched again
-    for victim in ([max(encoded, key=os.path.getsize)] if encoded else []) + [max(runs, key=os.path.getsize)]:
+    for victim in [max(files, key=os.path.getsize) for files in (encoded, run_files) if files]:
         blob = bytearray(Path(victim).read_bytes())
         blob[len(blob) // 2] ^= 0x55
         Path(victim).write_bytes(bytes(blob))
-        with Image(ref, cache=DiskCache(tmp_path / "cache"), memory_cache=BlockCache(64 << 20)) as img:
+        with Image(ref, cache=DiskCache(tmp_path / "cache"), memory_cache=BlockCache(64 << 20),
+                   chunk_runs=runs) as img:
             read_all(img)
             s = img.stats()
             assert s["frames_fetched"] == 1, s

@@ -256,14 +256,15 @@ def is_estargz(desc: dict[str, Any]) -> bool:
 
 
 
-def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, ChunkRows]:
+def raw_layer(toc: EstargzToc, digest: str, runs: bool = False) -> tuple[Any, ChunkRows]:
     """The layer as the image index takes it: a raw layer (docs/format.md, "Raw frames") whose
     frames are the chunks, each file's laid end to end in a virtual stream, named by their
-    chunkDigest — except that runs of small chunks are one frame each (:func:`with_runs`); the
+    chunkDigest — with ``runs``, runs of small chunks one frame each (:func:`with_runs`); the
     prioritized files are its prefetch plan.  (The ``IndexLayer``, and the chunks in frame order
     for the host that fetches them.)"""
     rows = toc.chunk_rows
-    return _index_layer_of(toc_frame(with_runs(toc.toc, rows), level=1), toc.size, digest), rows
+    doc = with_runs(toc.toc, rows) if runs else toc.toc
+    return _index_layer_of(toc_frame(doc, level=1), toc.size, digest), rows
 
 
 RUN_SIZE = 2 << 20

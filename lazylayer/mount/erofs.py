@@ -90,7 +90,7 @@ class ErofsMount:
 
         self.mountpoint = os.path.abspath(mountpoint)
         self._own = not isinstance(image, Image)
-        self.image = Image(image, **image_options) if self._own else image
+        self.image = Image(image, **{"chunk_runs": True, **image_options}) if self._own else image
         self._sock: socket.socket | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None

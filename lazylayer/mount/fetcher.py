@@ -59,6 +59,7 @@ class FetcherSpec:
     verbose: int = 0
     gzip_indexes: str = "local"         #: the Image's policy (its checks of attached indexes run in the mount)
     attached: dict[str, str] = field(default_factory=dict)  #: the attached indexes the mount chose (by digest)
+    chunk_runs: bool = False            #: the Image's (the frames the mount asks for must be the fetcher's)
     fds: list[int] = field(default_factory=list)
 
 
@@ -195,7 +196,7 @@ def main() -> None:
     try:
         image = Image(spec.reference, registry=spec.registry, cache=DiskCache(spec.cache) if spec.cache else None,
                       memory_cache=None, gzip_indexes=spec.gzip_indexes, check_attached=False,
-                      attached=spec.attached)
+                      attached=spec.attached, chunk_runs=spec.chunk_runs)
     except Exception as exc:  # noqa: BLE001 - every read of the mount gets EIO, the log says why
         log.error("fetcher: cannot open %s: %s: %s", spec.reference, type(exc).__name__, exc)
         for s in socks:

@@ -169,7 +169,8 @@ class Mount:
         if fetcher is None and self._own and remote_reference(image):  # its start-up overlaps the open (Fetcher)
             self._fetcher = Fetcher(miss_threads)
         try:
-            self.image = Image(image, **image_options) if self._own else image
+            # (a mount reads around every miss: runs of small chunks are one frame; Image's chunk_runs)
+            self.image = Image(image, **{"chunk_runs": True, **image_options}) if self._own else image
         except BaseException:
             if self._fetcher is not None:
                 self._fetcher.close()
@@ -214,7 +215,7 @@ class Mount:
             self._fetcher.send(dataclasses.replace(spec, reference=img.pinned(), registry=img.registry,
                                                    cache=cache.path if cache is not None else None,
                                                    layers=remote, gzip_indexes=img.gzip_indexes,
-                                                   attached=img.attached_indexes))
+                                                   attached=img.attached_indexes, chunk_runs=img.chunk_runs))
             taken = self._fetcher.take_fds()
             fds = ffi.new("int[]", taken)
             out = ffi.new("ll_sockhost **")
