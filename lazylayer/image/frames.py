@@ -309,7 +309,10 @@ class ChunkSource(FrameSource):
         runs: list[range] = []
         for i in indices:
             r = self._rows(i)
-            (rows.append(r[0]) if len(r) == 1 else runs.append(r))  # type: ignore[func-returns-value]
+            if len(r) == 1:
+                rows.append(r[0])
+            else:
+                runs.append(r)
         got = self._fetch_runs(runs) if runs and not self.local else 0
         if self._whole:
             big = {(c.offset, c.digest): c for c in (self._chunk_list[i] for i in rows)
