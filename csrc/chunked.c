@@ -478,11 +478,8 @@ static int read_field(conv *cv, field *f, ll__jtok *v, size_t *x0) {
 /* By name, then by place in the document (strings are decoded in place: later ones lie further on). */
 static int xattr_cmp(const void *a, const void *b) {
     const xattr *x = a, *y = b;
-    size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
-    int c = memcmp(x->name, y->name, n);
-    if (c) return c;
-    if (x->name_len != y->name_len) return x->name_len < y->name_len ? -1 : 1;
-    return (x->name > y->name) - (x->name < y->name);
+    int c = ll__bytes_cmp(x->name, x->name_len, y->name, y->name_len);
+    return c ? c : (x->name > y->name) - (x->name < y->name);
 }
 
 /* The model's _chunk: entry fields f of file `name` (`file_size` bytes); adds a chunk. */

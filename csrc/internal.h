@@ -51,6 +51,13 @@ static inline int ll__options_copy(void *dst, size_t size, const void *opt, size
     return LL_OK;
 }
 
+/* Byte strings in order: by their bytes, then the shorter first (names: xattrs' sort). */
+static inline int ll__bytes_cmp(const void *a, size_t alen, const void *b, size_t blen) {
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+    if (c) return c;
+    return alen == blen ? 0 : alen < blen ? -1 : 1;
+}
+
 /* ---- little-endian helpers (the format is little-endian on every host) */
 static inline uint32_t ll__le32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);

@@ -176,12 +176,9 @@ static int name_entry_err(parser *ps, size_t index, const ll__toc_entry *e, int 
 
 static int xattr_cmp(const void *a, const void *b) {
     const ll__toc_xattr *x = a, *y = b;
-    size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
-    int c = memcmp(x->name, y->name, n);
-    if (c) return c;
-    if (x->name_len != y->name_len) return x->name_len < y->name_len ? -1 : 1;
+    int c = ll__bytes_cmp(x->name, x->name_len, y->name, y->name_len);
     /* equal names: keep JSON order (the later value wins below) */
-    return x->value < y->value ? -1 : x->value > y->value;
+    return c ? c : x->value < y->value ? -1 : x->value > y->value;
 }
 
 /* One entry object (its '{' was read). */

@@ -48,6 +48,9 @@ class FrameSource:
         self.on_read: Callable[[int, int], None] | None = None
         """Called with the first and last frame index of every read (the prefetcher's read-ahead)."""
 
+    _store_fetched = True
+    """Whether the disk cache stores what :meth:`_fetch` returns (else :meth:`_fetch` stores it itself)."""
+
     def span(self, offset: int, size: int) -> list[Frame]:
         """The frames that exactly cover compressed bytes ``offset .. offset+size``."""
         i = bisect.bisect_right(self._starts, offset) - 1
@@ -106,7 +109,7 @@ class FrameSource:
                 fetched.extend(missing)
                 return self._fetch([frames[i] for i in missing])
 
-            parts = self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch)
+            parts = self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch, store=self._store_fetched)
             _here.fetched = len(fetched)
             with self._lock:
                 self.frames_from_disk += len(frames) - len(fetched)
@@ -173,6 +176,8 @@ class ChunkSource(FrameSource):
     checked when read, in C.  The same chunk in any layer, image or format is
     fetched once.  Everything else is :class:`FrameSource`'s.
     """
+
+    _store_fetched = False  # (_fetch_chunks keeps each chunk encoded, as fetched)
 
     def __init__(self, blob: Any, frames: Sequence[Frame], chunks: Sequence[Any], disk: DiskCache | None,
                  name: str, local: bool = False) -> None:
@@ -269,7 +274,7 @@ class ChunkSource(FrameSource):
 
     def _get(self, frames: list[Frame]) -> bytes:
         if self._first is None and not self._piece:
-            return self._get_chunks(frames)
+            return super()._get(frames)
         parts, plain = [], []
         for f in frames:  # frames of one chunk as usual, runs and big chunks' pieces on their own
             rows = self._rows(self._index(f))
@@ -277,27 +282,12 @@ class ChunkSource(FrameSource):
                 plain.append(f)
                 continue
             if plain:
-                parts.append(self._get_chunks(plain))
+                parts.append(super()._get(plain))
                 plain = []
             parts.append(self._read_whole(rows[0]) if len(rows) == 1 else self._read_run(rows))
         if plain:
-            parts.append(self._get_chunks(plain))
+            parts.append(super()._get(plain))
         return b"".join(parts)
-
-    def _get_chunks(self, frames: list[Frame]) -> bytes:
-        if self.disk is None:
-            return super()._get(frames)
-        fetched: list[int] = []
-
-        def fetch(missing: list[int]) -> list[bytes]:
-            fetched.extend(missing)
-            return self._fetch([frames[i] for i in missing])
-
-        parts = self.disk.fetch_many(["sha256:" + f.sha256 for f in frames], fetch, store=False)
-        _here.fetched = len(fetched)
-        with self._lock:
-            self.frames_from_disk += len(frames) - len(fetched)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def prefetch(self, indices: Sequence[int]) -> int:
         """Fetch frames ``indices`` into the disk cache unless they are there: chunks encoded,
@@ -345,10 +335,11 @@ class ChunkSource(FrameSource):
             data = [c for c in (self._chunk_list[i] for i in rows) if c.codec != "zeros"]
         return (data[0].offset, data[-1].end - data[0].offset) if data else (0, 0)
 
-    def _decode_run(self, rows: range, raw: bytes) -> bytes:
-        """The data of a run's chunks, each decompressed from ``raw`` (the run's compressed bytes)
-        and checked against its own digest (IntegrityError, CorruptFrameError)."""
-        base, size = self._run_range(rows)
+    def _decode_run(self, rows: range, raw: bytes, span: tuple[int, int]) -> bytes:
+        """The data of a run's chunks, each decompressed from ``raw`` (the run's compressed bytes,
+        ``span`` in the blob: :meth:`_run_range`) and checked against its own digest
+        (IntegrityError, CorruptFrameError)."""
+        base, size = span
         if len(raw) != size:
             raise errors.CorruptFrameError(f"{self.__name__}: the run of chunks at {base} is {len(raw)} bytes, "
                                            f"not {size}")
@@ -369,19 +360,20 @@ class ChunkSource(FrameSource):
     def _read_run(self, rows: range) -> bytes:
         """A run's data: from its file in the disk cache, else fetched (one request) and kept;
         every chunk checked.  A file that does not hold the run is removed and fetched again."""
-        if self._run_range(rows)[1] == 0:  # (zeros only: nothing to fetch or keep)
-            return self._decode_run(rows, b"")
+        span = self._run_range(rows)
+        if span[1] == 0:  # (zeros only: nothing to fetch or keep)
+            return self._decode_run(rows, b"", span)
         if self.disk is None or self.local:  # (a local blob is read in place)
-            raw = self.blob.read_ranges([self._run_range(rows)])[0]
+            raw = self.blob.read_ranges([span])[0]
             self._count(1, len(raw))
             _here.fetched = 1
-            return self._decode_run(rows, raw)
+            return self._decode_run(rows, raw, span)
         name = self._run_name(rows)
         for attempt in range(3):
             fetched: list[bytes] = []
 
             def build(f: Any) -> None:
-                fetched.append(self.blob.read_ranges([self._run_range(rows)])[0])
+                fetched.append(self.blob.read_ranges([span])[0])
                 self._count(1, len(fetched[0]))
                 f.write(fetched[0])
 
@@ -390,11 +382,11 @@ class ChunkSource(FrameSource):
                 raw = fetched[0] if fetched else self.disk.read_file(name)
             except CacheError as exc:  # a full or broken disk must not fail the read
                 log.warning("disk cache: %s", exc)
-                raw = fetched[0] if fetched else self.blob.read_ranges([self._run_range(rows)])[0]
+                raw = fetched[0] if fetched else self.blob.read_ranges([span])[0]
             if raw is None:  # evicted in between
                 continue
             try:
-                data = self._decode_run(rows, raw)
+                data = self._decode_run(rows, raw, span)
             except (errors.IntegrityError, errors.CorruptFrameError) as exc:
                 self.disk.remove_file(name)
                 if attempt == 2:
@@ -406,17 +398,18 @@ class ChunkSource(FrameSource):
                 with self._lock:
                     self.frames_from_disk += 1
             return data
-        raise errors.SourceError(f"{self.__name__}: the run of chunks at {self._run_range(rows)[0]} was evicted "
+        raise errors.SourceError(f"{self.__name__}: the run of chunks at {span[0]} was evicted "
                                  "as soon as it was stored, three times: the disk cache is too small")
 
     def _fetch_runs(self, runs: list[range]) -> int:
         """Fetch runs not in the disk cache yet into it, each kept as its bytes arrive (unchecked:
         checked when read); the bytes fetched."""
         assert self.disk is not None
-        todo = [(r, name) for r in runs if self._run_range(r)[1] and not self.disk.has_file(name := self._run_name(r))]
+        todo = [(span, self._run_name(r)) for r in runs if (span := self._run_range(r))[1]]
+        todo = [(span, name) for span, name in todo if not self.disk.has_file(name)]
         got = n = 0
         try:
-            for j, raw in self.blob.iter_ranges([self._run_range(r) for r, _ in todo]):
+            for j, raw in self.blob.iter_ranges([span for span, _ in todo]):
                 try:
                     self.disk.ensure_file(todo[j][1], lambda f, raw=raw: f.write(raw))
                 except CacheError as exc:

@@ -7,8 +7,8 @@
   with every sequential step up to ``max(32 MiB, 8 x the measured
   bandwidth-delay product)``, as :class:`lazylayer.remote.ReadAhead` decides
   (docs/filesystem.md, "Read-ahead"), except in a layer of small frames
-  (eStargz, zstd:chunked), whose window stays at its first size; the newest
-  window is fetched first;
+  (eStargz, zstd:chunked chunks not read as runs), whose window stays at its
+  first size; the newest window is fetched first;
 - optionally the rest of the image (*fill*), at a rate limit if asked.
 
 Everything it fetches goes to the disk cache, checked against the TOC's sha256
@@ -94,11 +94,7 @@ class Prefetcher:
         # reads some files of a directory does not read the next 32 MiB of it, and every frame
         # fetched ahead is a file of the disk cache to write (~150 us of this machine's kernel
         # time each: thousands of them cost more than the misses they save; docs/benchmarks.md).
-        self._ra = [remote.ReadAhead(self._neighbour_frames(ends) or 2,
-                                     self._neighbour_frames(ends) or 2 if _mean(ends) < LAYER_FRAME_SIZE // 4
-                                     else self._frames_in(layer.toc.frames),
-                                     after=0 if self.neighbours else 2, gap=1, refill=0.5)
-                    for layer, ends in zip(image.layers, self._ends)]
+        self._ra = [self._read_ahead(layer.toc.frames, ends) for layer, ends in zip(image.layers, self._ends)]
         self._ra_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._active = 0
@@ -168,6 +164,13 @@ class Prefetcher:
                 budget = (hi - lo) * _mean(ends) + LAYER_FRAME_SIZE
                 hi = max(lo + 1, min(hi, bisect.bisect_right(ends, before + budget, lo, hi)))
             self._enqueue(_READAHEAD, layer, range(lo, hi))
+
+    def _read_ahead(self, frames: Sequence[Any], ends: list[int]) -> remote.ReadAhead:
+        """A layer's read-ahead: the neighbours' frames at first, growing to max_window() (not in a
+        layer of small frames)."""
+        first = self._neighbour_frames(ends) or 2
+        most = first if _mean(ends) < LAYER_FRAME_SIZE // 4 else self._frames_in(frames)
+        return remote.ReadAhead(first, most, after=0 if self.neighbours else 2, gap=1, refill=0.5)
 
     def _neighbour_frames(self, ends: list[int]) -> int:
         """``neighbours`` frames of a lazy layer's size (2 MiB), in this layer's mean frame (``ends``:
