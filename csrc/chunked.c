@@ -209,6 +209,7 @@ typedef struct {
     uint64_t toc_offset;
     uint8_t codec;          /* LL_ROW_GZIP or LL_ROW_ZSTD */
     uint64_t max_chunk, whole_piece;
+    uint64_t run_size, run_chunk, run_gap;   /* runs of small chunks as one frame (0: none) */
     int hide;
     /* what the entries list gave (reset by a repeated "entries" key: the last counts) */
     entry *e;
@@ -543,8 +544,9 @@ static int parse_entry(conv *cv) {
         if (kt != LL__J_KEY) return j->status ? j->status : LL_ERR_FORMAT;
         if (ll__json_next(j, &v) == LL__J_ERROR) return j->status;
         int which = -1;
-        for (int i = 0; i < F_COUNT; i++)
-            if (k.len == FIELD_LENS[i] && memcmp(k.s, FIELD_KEYS[i], k.len) == 0) which = i;
+        for (int i = 0; i < F_COUNT && which < 0; i++) /* (length and first byte before memcmp: the hot loop) */
+            if (k.len == FIELD_LENS[i] && k.s[0] == (uint8_t)FIELD_KEYS[i][0] && memcmp(k.s, FIELD_KEYS[i], k.len) == 0)
+                which = i;
         if (which < 0) {
             if ((v.type == LL__J_OBJ || v.type == LL__J_ARR) && skip_container(j, &(int){0}))
                 return j->status ? j->status : LL_ERR_FORMAT;
@@ -907,13 +909,44 @@ static void put_hex(buf *b, const uint8_t d[32]) {
     put(b, t, 66);
 }
 
+static uint64_t row_u64(const uint8_t *r, int at, int bytes) {
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; i--) v = v << 8 | r[at + i];
+    return v;
+}
+
+/* How many rows from row i make one frame: 1, or with runs (cv->run_size > 0)
+ * the run of small chunks it starts, as docs/filesystem.md "Runs of small
+ * chunks" says: consecutive rows of gzip, zstd or zeros chunks of at most
+ * run_chunk bytes, each chunk's compressed bytes at most run_gap after the end
+ * of the one before it with bytes (zeros have none), run_size of data at most. */
+static uint64_t run_rows(const conv *cv, const uint8_t *rows, uint64_t n, uint64_t i, uint64_t *total) {
+    const uint8_t *r = rows + i * LL_CHUNKED_ROW_SIZE;
+    uint64_t size = row_u64(r, 8, 4);
+    uint8_t k = r[60];
+    *total = size;
+    if (!cv->run_size || k > LL_ROW_ZEROS || size > cv->run_chunk) return 1;
+    int have = k != LL_ROW_ZEROS;
+    uint64_t last = have ? row_u64(r, 20, 8) : 0, j = i + 1;
+    for (; j < n; j++) {
+        const uint8_t *q = rows + j * LL_CHUNKED_ROW_SIZE;
+        uint64_t sz = row_u64(q, 8, 4), o = row_u64(q, 12, 8);
+        uint8_t kj = q[60];
+        if (kj > LL_ROW_ZEROS || sz > cv->run_chunk || *total + sz > cv->run_size) break;
+        if (kj != LL_ROW_ZEROS && have && !(last <= o && o - last <= cv->run_gap)) break;
+        *total += sz;
+        if (kj != LL_ROW_ZEROS) have = 1, last = row_u64(q, 20, 8);
+    }
+    return j - i;
+}
+
 static int make_layer(conv *cv, uint64_t frames, ll_chunked *out, char *err, size_t err_size) {
     static const uint8_t ZERO32[32];
     out->rows = malloc(frames ? frames * LL_CHUNKED_ROW_SIZE : 1);
     if (!out->rows) return LL_ERR_NOMEM;
     buf fr = {0}, b = {0};
     uint64_t at = 0, max = 0, n = 0;
-    PUTS(&fr, "[");
+    /* the rows: each regular file's chunks end to end in the virtual stream */
     for (size_t k = 0; k < cv->ne; k++) {
         entry *e = &cv->e[k];
         if (e->kind != K_REG) continue;
@@ -925,35 +958,42 @@ static int make_layer(conv *cv, uint64_t frames, ll_chunked *out, char *err, siz
             for (uint64_t p = 0; p < c->size; p += piece) {
                 uint64_t m = c->size - p < piece ? c->size - p : piece;
                 uint8_t d[32];
-                const uint8_t *fd = c->digest, *rd = c->digest;
+                const uint8_t *rd = c->digest;
                 if (c->codec == LL_ROW_ZEROS && c->size > ZERO_PIECE) {
                     int rc = zero_digest(cv, m, 0, d);
-                    if (rc) {
-                        free(fr.p);
-                        return rc;
-                    }
-                    fd = rd = d;
-                } else if (c->codec >= LL_ROW_GZIP_WHOLE) {
-                    fd = ZERO32;   /* a piece of a big chunk: the host checks it (ZERO_SHA256) */
+                    if (rc) return rc;
+                    rd = d;
                 }
-                if (n) PUTS(&fr, ",");
-                PUTS(&fr, "[");
-                put_u64(&fr, at);
-                PUTS(&fr, ",");
-                put_u64(&fr, m);
-                PUTS(&fr, ",");
-                put_u64(&fr, at);
-                PUTS(&fr, ",");
-                put_u64(&fr, m);
-                PUTS(&fr, ",");
-                put_hex(&fr, fd);
-                PUTS(&fr, "]");
                 put_row(out->rows + n * LL_CHUNKED_ROW_SIZE, c->file_offset + p, m, c->offset, c->end, rd, c->codec);
                 n++;
                 at += m;
-                if (m > max) max = m;
             }
         }
+    }
+    /* the frames: a row each, or runs of rows; named by the chunk's digest, or by zeros for a run
+     * and for a big chunk's piece (the host checks those: ZERO_SHA256) */
+    PUTS(&fr, "[");
+    uint64_t pos = 0;
+    for (uint64_t i = 0, f = 0; i < n; f++) {
+        uint64_t total;
+        uint64_t take = run_rows(cv, out->rows, n, i, &total);
+        const uint8_t *r = out->rows + i * LL_CHUNKED_ROW_SIZE;
+        const uint8_t *fd = take > 1 || r[60] >= LL_ROW_GZIP_WHOLE ? ZERO32 : r + 28;
+        if (f) PUTS(&fr, ",");
+        PUTS(&fr, "[");
+        put_u64(&fr, pos);
+        PUTS(&fr, ",");
+        put_u64(&fr, total);
+        PUTS(&fr, ",");
+        put_u64(&fr, pos);
+        PUTS(&fr, ",");
+        put_u64(&fr, total);
+        PUTS(&fr, ",");
+        put_hex(&fr, fd);
+        PUTS(&fr, "]");
+        pos += total;
+        if (total > max) max = total;
+        i += take;
     }
     PUTS(&fr, "]");
     out->count = n;
@@ -1053,8 +1093,7 @@ static int make_layer(conv *cv, uint64_t frames, ll_chunked *out, char *err, siz
         ll__set_err(err, err_size, "the TOC would be %zu bytes of JSON (limit %u)", b.len, LL__MAX_TOC_BYTES);
         return LL_ERR_LIMIT;
     }
-    uint64_t values = 1;
-    for (size_t i = 0; i < b.len; i++) values += b.p[i] == '[' || b.p[i] == '{' || b.p[i] == ',';
+    uint64_t values = ll__json_count_values(b.p, b.len, NULL);
     if (values > LL__MAX_TOC_VALUES) {
         ll__set_err(err, err_size, "the TOC holds more than %u JSON values", LL__MAX_TOC_VALUES);
         return LL_ERR_LIMIT;
@@ -1068,7 +1107,7 @@ static int make_layer(conv *cv, uint64_t frames, ll_chunked *out, char *err, siz
 
 /* ------------------------------------------------------------------ the API */
 
-#define CHUNKED_OPTIONS_V1 LL__END_OF(ll_chunked_options, whole_piece)
+#define CHUNKED_OPTIONS_V1 LL__END_OF(ll_chunked_options, whole_piece)  /* (run_* added after it) */
 
 static void chunked_defaults(ll_chunked_options *o) {
     memset(o, 0, sizeof *o);
@@ -1094,13 +1133,13 @@ int ll_chunked_convert(const void *json, size_t len, const ll_chunked_options *o
     const ll_chunked_options *opt = &o;
     if ((!json && len) || !out || (opt->codec != LL_CHUNK_GZIP && opt->codec != LL_CHUNK_ZSTD) ||
         (opt->flags & ~LL_CHUNKED_HIDE_STARGZ) || !opt->max_chunk || opt->max_chunk > LL_MAX_FRAME_SIZE ||
-        !opt->whole_piece || opt->whole_piece > opt->max_chunk)
+        !opt->whole_piece || opt->whole_piece > opt->max_chunk || opt->run_size > LL_MAX_FRAME_SIZE ||
+        opt->run_chunk > opt->run_size)
         return LL_ERR_ARG;
     uint64_t max_chunk = opt->max_chunk, whole_piece = opt->whole_piece;
     /* check_json_shape: values counted as '[', '{' and ',' bytes, before anything is parsed */
     const uint8_t *in = json;
-    uint64_t values = 1;
-    for (size_t i = 0; i < len; i++) values += in[i] == '[' || in[i] == '{' || in[i] == ',';
+    uint64_t values = ll__json_count_values(in, len, NULL);
     if (values > LL__MAX_TOC_VALUES) {
         ll__set_err(err, err_size, "eStargz TOC holds more than %u JSON values", LL__MAX_TOC_VALUES);
         return LL_ERR_LIMIT;
@@ -1111,6 +1150,9 @@ int ll_chunked_convert(const void *json, size_t len, const ll_chunked_options *o
     cv.codec = opt->codec == LL_CHUNK_GZIP ? LL_ROW_GZIP : LL_ROW_ZSTD;
     cv.max_chunk = max_chunk;
     cv.whole_piece = whole_piece;
+    cv.run_size = opt->run_size;
+    cv.run_chunk = opt->run_chunk;
+    cv.run_gap = opt->run_gap;
     cv.hide = !!(opt->flags & LL_CHUNKED_HIDE_STARGZ);
     conv_reset_entries(&cv);
     ll_chunked *r = calloc(1, sizeof *r);

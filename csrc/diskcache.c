@@ -352,23 +352,87 @@ static uint64_t le64(const uint8_t *p) {
 }
 
 /* The first `size` bytes the zstd frames at src decompress to (across frames;
- * skippable frames are skipped). */
-static int decode_zstd(const uint8_t *src, size_t len, uint8_t *dst, size_t size) {
-    ZSTD_DCtx *d = ZSTD_createDCtx();
-    if (!d) return LL_ERR_NOMEM;
-    int rc = LL_ERR_FRAME;
-    if (ZSTD_isError(ZSTD_DCtx_setParameter(d, ZSTD_d_windowLogMax, CHUNK_WINDOW_LOG_MAX))) goto done;
+ * skippable frames are skipped), with decompression context d (reset here). */
+static int decode_zstd_with(ZSTD_DCtx *d, const uint8_t *src, size_t len, uint8_t *dst, size_t size) {
+    if (ZSTD_isError(ZSTD_DCtx_reset(d, ZSTD_reset_session_only)) ||
+        ZSTD_isError(ZSTD_DCtx_setParameter(d, ZSTD_d_windowLogMax, CHUNK_WINDOW_LOG_MAX)))
+        return LL_ERR_FRAME;
     ZSTD_inBuffer in = {src, len, 0};
     ZSTD_outBuffer out = {dst, size, 0};
     while (out.pos < out.size) {
         size_t in0 = in.pos, out0 = out.pos;
         size_t r = ZSTD_decompressStream(d, &out, &in);
-        if (ZSTD_isError(r)) goto done;
+        if (ZSTD_isError(r)) return LL_ERR_FRAME;
         if (in.pos == in0 && out.pos == out0) break; /* input used up */
     }
-    if (out.pos == out.size) rc = LL_OK;
-done:
+    return out.pos == out.size ? LL_OK : LL_ERR_FRAME;
+}
+
+static int decode_zstd(const uint8_t *src, size_t len, uint8_t *dst, size_t size) {
+    ZSTD_DCtx *d = ZSTD_createDCtx();
+    if (!d) return LL_ERR_NOMEM;
+    int rc = decode_zstd_with(d, src, len, dst, size);
     ZSTD_freeDCtx(d);
+    return rc;
+}
+
+static uint32_t le32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+int ll_run_decode(const void *table, uint32_t n, const void *payload, size_t payload_len, void *dst, size_t size,
+                  uint32_t *bad) {
+    const uint8_t *t = table, *src = payload;
+    uint8_t *out = dst;
+    if (bad) *bad = 0;
+    if ((!table && n) || (!payload && payload_len) || (!dst && size)) return LL_ERR_ARG;
+    if (n == 0 || n > LL_RUN_MAX_CHUNKS || size > LL_MAX_FRAME_SIZE) return LL_ERR_FORMAT;
+    /* The table first, whole: every entry inside the payload, sizes adding up to `size`. */
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *e = t + (size_t)i * LL_RUN_ENTRY;
+        uint64_t off = le32(e), len = le32(e + 4), sz = le32(e + 8);
+        uint8_t codec = e[12];
+        if (bad) *bad = i;
+        if (e[13] || e[14] || e[15] || off + len > payload_len) return LL_ERR_FORMAT;
+        if (codec == LL_CHUNK_ZEROS ? len != 0 : codec != LL_CHUNK_GZIP && codec != LL_CHUNK_ZSTD)
+            return LL_ERR_FORMAT;
+        total += sz;
+        if (total > size) return LL_ERR_FORMAT;
+    }
+    if (total != size) return LL_ERR_FORMAT;
+    void *gz = NULL;
+    ZSTD_DCtx *zd = NULL;
+    int rc = LL_OK;
+    uint64_t at = 0;
+    for (uint32_t i = 0; i < n && rc == LL_OK; i++) {
+        const uint8_t *e = t + (size_t)i * LL_RUN_ENTRY;
+        uint32_t off = le32(e), len = le32(e + 4), sz = le32(e + 8);
+        if (bad) *bad = i;
+        switch (e[12]) {
+        case LL_CHUNK_ZEROS:
+            memset(out + at, 0, sz);
+            break;
+        case LL_CHUNK_GZIP:
+            rc = ll__inflate_gzip_reuse(&gz, src + off, len, out + at, sz);
+            break;
+        default: /* LL_CHUNK_ZSTD (checked above) */
+            if (!zd && !(zd = ZSTD_createDCtx())) {
+                rc = LL_ERR_NOMEM;
+                break;
+            }
+            rc = decode_zstd_with(zd, src + off, len, out + at, sz);
+        }
+        if (rc == LL_OK) {
+            uint8_t h[32];
+            ll_sha256(out + at, sz, h);
+            if (memcmp(h, e + 16, 32) != 0) rc = LL_ERR_DIGEST;
+        }
+        at += sz;
+    }
+    free(gz);
+    ZSTD_freeDCtx(zd);
+    if (rc == LL_ERR_ARG) rc = LL_ERR_FORMAT; /* (over 4 GiB: the table said so) */
     return rc;
 }
 

@@ -184,24 +184,30 @@ static size_t isal_consumed(const struct inflate_state *st, const uint8_t *in) {
 }
 
 int ll__inflate_gzip(const void *src, size_t src_len, void *dst, size_t size) {
-    if ((!src && src_len) || (!dst && size) || src_len > UINT32_MAX || size > UINT32_MAX) return LL_ERR_ARG;
-    struct inflate_state *st = malloc(sizeof *st); /* ~50 KiB: not on a server thread's stack */
-    if (!st) return LL_ERR_NOMEM;
+    void *state = NULL;
+    int rc = ll__inflate_gzip_reuse(&state, src, src_len, dst, size);
+    free(state);
+    return rc;
+}
+
+int ll__inflate_gzip_reuse(void **state, const void *src, size_t src_len, void *dst, size_t size) {
+    if (!state || (!src && src_len) || (!dst && size) || src_len > UINT32_MAX || size > UINT32_MAX)
+        return LL_ERR_ARG;
+    struct inflate_state *st = *state;
+    if (!st && !(st = *state = malloc(sizeof *st))) /* ~50 KiB: not on a server thread's stack */
+        return LL_ERR_NOMEM;
     isal_inflate_init(st);
     st->crc_flag = ISAL_GZIP;
     st->next_in = (uint8_t *)(uintptr_t)src;
     st->avail_in = (uint32_t)src_len;
     st->next_out = dst;
     st->avail_out = (uint32_t)size;
-    int rc = LL_ERR_FRAME;
     while (st->avail_out > 0) {
         uint32_t in0 = st->avail_in, out0 = st->avail_out;
         if (isal_inflate(st) != ISAL_DECOMP_OK || st->block_state == ISAL_BLOCK_FINISH) break;
         if (st->avail_in == in0 && st->avail_out == out0) break; /* input used up */
     }
-    if (st->avail_out == 0) rc = LL_OK;
-    free(st);
-    return rc;
+    return st->avail_out == 0 ? LL_OK : LL_ERR_FRAME;
 }
 
 int ll_gz_inflate_span(uint32_t bits, uint32_t byte, const void *window, size_t window_size,

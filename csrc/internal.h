@@ -274,6 +274,10 @@ typedef struct {
     uint64_t mag, low;
 } ll__jint;
 LL_HIDDEN void ll__json_init(ll__json *j, uint8_t *buf, size_t len, uint64_t max_values);
+/* oci.media.check_json_shape's bound on the values of a JSON text: 1 + its '[',
+ * '{' and ',' bytes (16 at a time with SSE2); *objects (if not NULL) gets its
+ * '{' bytes. */
+LL_HIDDEN uint64_t ll__json_count_values(const uint8_t *s, size_t len, uint64_t *objects);
 /* The next token (LL__J_ERROR: see j->status, j->msg; LL__J_EOF at the end of
  * the document, after checking nothing but whitespace follows). */
 LL_HIDDEN int ll__json_next(ll__json *j, ll__jtok *t);
@@ -360,5 +364,8 @@ LL_HIDDEN void ll__toc_free(ll__toc *t);
 /* ---- gzindex.c: the first `size` bytes a gzip member at src inflates to (ISA-L;
  * no more members after it): LL_OK, LL_ERR_FRAME, LL_ERR_NOMEM, LL_ERR_ARG. */
 LL_HIDDEN int ll__inflate_gzip(const void *src, size_t src_len, void *dst, size_t size);
+/* The same with an inflate state kept across calls: *state (NULL at first: made
+ * here, freed by the caller with free()); saves its allocation per member. */
+LL_HIDDEN int ll__inflate_gzip_reuse(void **state, const void *src, size_t src_len, void *dst, size_t size);
 
 #endif

@@ -490,3 +490,32 @@ int ll__json_time(const ll__jtok *t, int64_t max_sec, int64_t *sec, uint32_t *ns
     *nsec = (uint32_t)ns;
     return 1;
 }
+
+uint64_t ll__json_count_values(const uint8_t *s, size_t len, uint64_t *objects) {
+    uint64_t values = 1, objs = 0;
+    size_t i = 0;
+#ifdef __SSE2__
+    {   /* 16 bytes at a time, per-byte counters summed every 255 blocks */
+        const __m128i lb = _mm_set1_epi8('['), lc = _mm_set1_epi8('{'), cm = _mm_set1_epi8(','), zero = _mm_setzero_si128();
+        while (len - i >= 16) {
+            __m128i av = zero, ao = zero;
+            for (int k = 0; k < 255 && len - i >= 16; k++, i += 16) {
+                __m128i x = _mm_loadu_si128((const __m128i *)(s + i));
+                __m128i o = _mm_cmpeq_epi8(x, lc);
+                av = _mm_sub_epi8(av, _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, lb), o), _mm_cmpeq_epi8(x, cm)));
+                ao = _mm_sub_epi8(ao, o);
+            }
+            __m128i sv = _mm_sad_epu8(av, zero), so = _mm_sad_epu8(ao, zero);
+            values += (uint64_t)_mm_cvtsi128_si32(sv) + (uint64_t)_mm_cvtsi128_si32(_mm_srli_si128(sv, 8));
+            objs += (uint64_t)_mm_cvtsi128_si32(so) + (uint64_t)_mm_cvtsi128_si32(_mm_srli_si128(so, 8));
+        }
+    }
+#endif
+    for (; i < len; i++) {
+        uint8_t c = s[i];
+        values += (c == '[') + (c == '{') + (c == ',');
+        objs += c == '{';
+    }
+    if (objects) *objects = objs;
+    return values;
+}

@@ -1000,17 +1000,50 @@ LL_API int ll_gz_inflate_span(uint32_t bits, uint32_t byte, const void *window, 
  * (csrc/fuzz/fuzz_chunk.c).  Any thread. */
 LL_API int ll_chunk_decode(const void *src, size_t len, const uint8_t sha256[32], void *dst, size_t size);
 
+/* A run of small chunks read as one frame (a host's choice: one request and one
+ * disk-cache file for many chunks of an eStargz or zstd:chunked layer).  Its
+ * chunks' compressed bytes are `payload` (the blob's span from the first
+ * chunk's start to the last one's end, gaps included), described by `table`:
+ * n entries of LL_RUN_ENTRY bytes, each little-endian
+ *
+ *   0  4  offset of the chunk's compressed bytes in payload
+ *   4  4  their length (0 for LL_CHUNK_ZEROS)
+ *   8  4  size: bytes of data
+ *  12  1  codec: LL_CHUNK_ZEROS, LL_CHUNK_GZIP or LL_CHUNK_ZSTD (as an encoded
+ *         frame's: the first `size` bytes the bytes decompress to)
+ *  13  3  0
+ *  16 32  sha256 of the chunk's data
+ *
+ * ll_run_decode decodes every chunk, in order, into dst (exactly `size` bytes,
+ * the sum of the entries' sizes) and checks each against its own sha256, with
+ * one inflate state and one zstd context for the whole run.  LL_OK;
+ * LL_ERR_FORMAT for a malformed table (an entry outside the payload, an unknown
+ * codec, sizes that do not add up to `size`, n of 0 or over LL_RUN_MAX_CHUNKS);
+ * LL_ERR_FRAME if a chunk does not decode to its size; LL_ERR_DIGEST if it
+ * decodes to other bytes; LL_ERR_NOMEM.  *bad (if not NULL) gets the entry at
+ * fault.  Never writes past dst + size.  Fuzzed (csrc/fuzz/fuzz_chunk.c).  Any
+ * thread. */
+#define LL_RUN_ENTRY 48
+#define LL_RUN_MAX_CHUNKS 65536
+LL_API int ll_run_decode(const void *table, uint32_t n, const void *payload, size_t payload_len, void *dst,
+                         size_t size, uint32_t *bad);
+
 /* ---------------------------------------------------------------- chunked TOCs
  *
  * eStargz and zstd:chunked layers (stargz-snapshotter's TOC schema, with
  * containers/storage's additions) are read through a raw layer: lazylayer's
  * TOC over a virtual stream in which each regular file's chunks lie end to
  * end, one raw frame per chunk named by the sha256 of its data
- * (docs/format.md, "Raw frames"), and one row per frame saying where its
+ * (docs/format.md, "Raw frames"), and one row per chunk saying where its
  * compressed bytes are in the blob.  ll_chunked_convert makes both from the
  * TOC's JSON (vouched for by its digest, still treated as hostile): every
  * check of docs/filesystem.md's "eStargz layers" and "zstd:chunked layers" in
  * one pass, runs of zeros over 1 MiB and chunks over 64 MiB cut into pieces.
+ * With ll_chunked_options.run_size, each run of small chunks (consecutive
+ * rows of gzip, zstd or zeros chunks of at most run_chunk bytes, each chunk's
+ * compressed bytes at most run_gap after the end of the one before it that has
+ * bytes, up to run_size of data) is one frame named by zeros instead: its host
+ * checks each chunk (ll_run_decode); the rows stay one per chunk.
  *
  * A row is LL_CHUNKED_ROW_SIZE bytes, little-endian: file offset (8), size (4),
  * the compressed bytes' offset (8) and end (8) in the blob, the sha256 of the
@@ -1036,6 +1069,11 @@ typedef struct {
     unsigned flags;         /* LL_CHUNKED_HIDE_STARGZ (the default for eStargz) or 0 */
     uint64_t max_chunk;     /* the largest chunk read as one frame (64 MiB; at most LL_MAX_FRAME_SIZE) */
     uint64_t whole_piece;   /* the frames a larger chunk that starts its file is cut into (4 MiB) */
+    /* --- added after the first version (which ends at whole_piece) */
+    uint64_t run_size;      /* > 0: runs of small chunks made one frame each, of at most this much data
+                               (at most LL_MAX_FRAME_SIZE; default 0: a frame per chunk) */
+    uint64_t run_chunk;     /* the largest chunk that joins a run (at most run_size) */
+    uint64_t run_gap;       /* the most blob bytes between two chunks of a run */
 } ll_chunked_options;
 
 /* Fill `opt` with the defaults, as ll_reader_options_init does (docs/c-api.md,
@@ -1054,7 +1092,8 @@ LL_API int ll_chunked_convert(const void *json, size_t len, const ll_chunked_opt
                               char *err, size_t err_size);
 /* The TOC made: *len bytes of JSON, owned by c.  Any thread. */
 LL_API const uint8_t *ll_chunked_json(const ll_chunked *c, size_t *len);
-/* The rows: *count rows of LL_CHUNKED_ROW_SIZE bytes, one per frame, owned by c.  Any thread. */
+/* The rows: *count rows of LL_CHUNKED_ROW_SIZE bytes, one per chunk (a frame's, or one of a run's,
+ * in the stream's order), owned by c.  Any thread. */
 LL_API const uint8_t *ll_chunked_rows(const ll_chunked *c, uint64_t *count);
 /* The virtual stream's size (the TOC's tar_size: every file's chunks end to end).  Any thread. */
 LL_API uint64_t ll_chunked_stream_size(const ll_chunked *c);

@@ -613,30 +613,7 @@ int ll__toc_parse(uint8_t *json, size_t len, uint64_t toc_offset, uint32_t index
     ps->layer = index;
     if (len > LL__MAX_TOC_BYTES) FAIL(LL_ERR_LIMIT, "layer %u: TOC larger than %u bytes of JSON", index, LL__MAX_TOC_BYTES);
     /* oci.media.check_json_shape: '[', '{' and ',' bytes bound the values, before parsing */
-    uint64_t values = 1, objects = 0;
-    size_t i = 0;
-#ifdef __SSE2__
-    {   /* 16 bytes at a time, per-byte counters summed every 255 blocks */
-        const __m128i lb = _mm_set1_epi8('['), lc = _mm_set1_epi8('{'), cm = _mm_set1_epi8(','), zero = _mm_setzero_si128();
-        while (len - i >= 16) {
-            __m128i av = zero, ao = zero;
-            for (int k = 0; k < 255 && len - i >= 16; k++, i += 16) {
-                __m128i x = _mm_loadu_si128((const __m128i *)(json + i));
-                __m128i o = _mm_cmpeq_epi8(x, lc);
-                av = _mm_sub_epi8(av, _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, lb), o), _mm_cmpeq_epi8(x, cm)));
-                ao = _mm_sub_epi8(ao, o);
-            }
-            __m128i sv = _mm_sad_epu8(av, zero), so = _mm_sad_epu8(ao, zero);
-            values += (uint64_t)_mm_cvtsi128_si32(sv) + (uint64_t)_mm_cvtsi128_si32(_mm_srli_si128(sv, 8));
-            objects += (uint64_t)_mm_cvtsi128_si32(so) + (uint64_t)_mm_cvtsi128_si32(_mm_srli_si128(so, 8));
-        }
-    }
-#endif
-    for (; i < len; i++) {
-        uint8_t c = json[i];
-        values += (c == '[') + (c == '{') + (c == ',');
-        objects += c == '{';
-    }
+    uint64_t objects, values = ll__json_count_values(json, len, &objects);
     if (values > LL__MAX_TOC_VALUES)
         FAIL(LL_ERR_LIMIT, "layer %u: the TOC holds more than %u JSON values", index, LL__MAX_TOC_VALUES);
     /* Entries are objects: room for all of them at once (bounded by the text), no regrowth. */

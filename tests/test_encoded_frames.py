@@ -181,3 +181,92 @@ def test_gzip_codec_reads_zlib_written_members():
     co = zlib.compressobj(1, zlib.DEFLATED, 31)
     member = co.compress(data) + co.flush()
     assert chunk.decode(chunk.header("gzip", len(data)) + member, hashlib.sha256(data).hexdigest()) == data
+
+
+# -- runs of small chunks read as one frame (ll_run_decode, chunk.decode_run)
+
+def _run(gap: bytes = b"HDR" * 100) -> tuple[bytes, bytes, bytes]:
+    """(table, payload, data) of a run as eStargz and zstd:chunked lay one out: gzip members and
+    zstd frames (a chunk's zstd bytes in two frames) with other bytes between them (tar headers),
+    and a run of zeros, which has no bytes."""
+    z = zstandard.ZstdCompressor(level=3)
+    pieces = [("gzip", _text(20_000, 2)), ("zstd", _text(30_000, 3)), ("zeros", bytes(5000)),
+              ("gzip", _text(1, 4)), ("zstd", b""), ("gzip", _text(70_000, 5))]
+    payload, table, data = bytearray(), [], []
+    for codec, d in pieces:
+        at = len(payload)
+        if codec == "gzip":
+            payload += gzip.compress(d, 6)
+        elif codec == "zstd":
+            payload += z.compress(d[:10_000]) + z.compress(d[10_000:])
+        length = len(payload) - at
+        table.append(chunk.run_entry(at if length else 0, length, len(d), codec, hashlib.sha256(d).digest()))
+        data.append(d)
+        payload += gap
+    return b"".join(table), bytes(payload), b"".join(data)
+
+
+def test_a_run_decodes_every_chunk_and_checks_each():
+    table, payload, data = _run()
+    assert chunk.decode_run(table, payload, len(data)) == data
+    assert chunk.decode_run(table, payload[:-300], len(data)) == data  # (the gap after the last: not needed)
+
+
+def test_a_run_with_a_wrong_chunk_is_an_integrity_error_naming_it():
+    table, payload, data = _run()
+    entries = [table[i:i + lib.LL_RUN_ENTRY] for i in range(0, len(table), lib.LL_RUN_ENTRY)]
+    bad = entries[:]
+    bad[1] = bad[1][:16] + hashlib.sha256(b"other").digest()
+    with pytest.raises(errors.IntegrityError, match="chunk number 1"):
+        chunk.decode_run(b"".join(bad), payload, len(data), lambda k: f"chunk number {k}")
+    # a zeros chunk is checked too
+    bad = entries[:]
+    bad[2] = bad[2][:16] + hashlib.sha256(b"x").digest()
+    with pytest.raises(errors.IntegrityError, match="chunk 2 of a run"):
+        chunk.decode_run(b"".join(bad), payload, len(data))
+
+
+def test_a_run_whose_bytes_do_not_decode_is_corrupt():
+    table, payload, data = _run()
+    broken = bytearray(payload)
+    first_zstd = struct.unpack_from("<I", table, lib.LL_RUN_ENTRY)[0]
+    broken[first_zstd + 4:first_zstd + 40] = bytes(36)  # (inside the zstd frame's header and first block)
+    with pytest.raises((errors.CorruptFrameError, errors.IntegrityError)):
+        chunk.decode_run(table, bytes(broken), len(data))
+    # truncated inside the last chunk
+    last = struct.unpack_from("<I", table, 5 * lib.LL_RUN_ENTRY)[0]
+    with pytest.raises(errors.FormatError):  # (its entry then points outside the payload)
+        chunk.decode_run(table, payload[:last + 10], len(data))
+
+
+@pytest.mark.parametrize("damage", ["outside", "codec", "padding", "sizes", "empty", "zeros-with-bytes"])
+def test_a_malformed_run_table_is_a_format_error_and_writes_nothing_past_dst(damage):
+    table, payload, data = _run()
+    t = bytearray(table)
+    size = len(data)
+    if damage == "outside":
+        struct.pack_into("<I", t, 0, len(payload) - 5)  # the first chunk's bytes run past the payload
+    elif damage == "codec":
+        t[12] = 9
+    elif damage == "padding":
+        t[13] = 1
+    elif damage == "sizes":
+        size += 1
+    elif damage == "empty":
+        t = bytearray()
+    elif damage == "zeros-with-bytes":
+        t[2 * lib.LL_RUN_ENTRY + 4] = 1
+    dst = ffi.new("uint8_t[]", size + 64)
+    ffi.memmove(dst + size, b"\xa5" * 64, 64)
+    bad = ffi.new("uint32_t *")
+    rc = lib.ll_run_decode(bytes(t), len(t) // lib.LL_RUN_ENTRY, payload, len(payload), dst, size, bad)
+    assert rc == lib.LL_ERR_FORMAT
+    assert bytes(ffi.buffer(dst + size, 64)) == b"\xa5" * 64
+    with pytest.raises(errors.FormatError):
+        chunk.decode_run(bytes(t), payload, size)
+
+
+def test_a_run_table_may_not_ask_for_more_than_a_frame():
+    entry = chunk.run_entry(0, 0, 1 << 30, "zeros", bytes(32))
+    rc = lib.ll_run_decode(entry * 2, 2, b"", 0, ffi.new("uint8_t[]", 1), 1, ffi.NULL)
+    assert rc == lib.LL_ERR_FORMAT  # (sizes add up to 2 GiB, more than dst: refused before any write)

@@ -9,7 +9,16 @@
  * Invariants: every status is a documented one; nothing is written past the
  * `size` bytes asked for; a frame that decodes to bytes whose digest is not
  * the one given is LL_ERR_DIGEST, and given that digest the same call is LL_OK
- * with the same bytes; a header that gives another size is LL_ERR_FORMAT. */
+ * with the same bytes; a header that gives another size is LL_ERR_FORMAT.
+ *
+ * With bit 1 of byte 0 set, runs (ll_run_decode) instead.  Hostile (bit 0
+ * clear): byte 1 is the number of table entries, then the table, then the
+ * payload.  Real (bit 0 set): the rest is cut into up to 8 chunks, each made
+ * zeros (its bytes then zeroed), a gzip member or zstd frames, with bytes of the
+ * input between them.  Invariants: documented statuses only, nothing written
+ * past `size`; a real run decodes to its chunks, and one entry's digest changed
+ * is LL_ERR_DIGEST naming that entry; a hostile run that decodes has chunks that
+ * match their digests. */
 #include "fuzz_common.h"
 
 #include <zlib.h>
@@ -111,8 +120,114 @@ static size_t make(const uint8_t *params, const uint8_t *body, size_t n, uint8_t
     return len;
 }
 
+static void put32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void fuzz_run(const uint8_t *data, size_t size) {
+    int real = data[0] & 1;
+    const uint8_t *in = data + 1;
+    size_t left = size - 1;
+    uint8_t *table = NULL, *payload = NULL, *expect = NULL;
+    size_t n = 0, plen = 0, total = 0;
+    if (!real) {
+        if (left < 1) return;
+        n = in[0];
+        if (n * LL_RUN_ENTRY > left - 1) n = (left - 1) / LL_RUN_ENTRY;
+        table = malloc(n * LL_RUN_ENTRY + 1);
+        if (!table) return;
+        memcpy(table, in + 1, n * LL_RUN_ENTRY);
+        plen = left - 1 - n * LL_RUN_ENTRY;
+        payload = malloc(plen + 1);
+        if (!payload) goto done;
+        memcpy(payload, in + 1 + n * LL_RUN_ENTRY, plen);
+        for (size_t i = 0; i < n; i++) total += ll_fuzz_u32(table + i * LL_RUN_ENTRY + 8);
+    } else {
+        if (left < 2) return;
+        n = in[0] % 8 + 1;
+        uint64_t seed = ll_fuzz_hash(in, left);
+        const uint8_t *body = in + 1;
+        size_t blen = left - 1;
+        size_t cap = 8 * 64 + 2 * (compressBound((uLong)blen) + ZSTD_compressBound(blen)) + 64 * 8;
+        table = calloc(n, LL_RUN_ENTRY);
+        payload = malloc(cap);
+        expect = malloc(blen + 1);
+        if (!table || !payload || !expect) goto done;
+        size_t at = 0;
+        for (size_t i = 0; i < n; i++) {
+            size_t take = i + 1 == n ? blen - at : (size_t)ll_fuzz_below(&seed, blen - at + 1);
+            uint8_t *e = table + i * LL_RUN_ENTRY, *d = expect + total;
+            memcpy(d, body + at, take);
+            int codec = (int)ll_fuzz_below(&seed, 3);
+            size_t off = plen, len = 0;
+            if (codec == LL_CHUNK_ZEROS) {
+                memset(d, 0, take);
+                off = 0;
+            } else if (codec == LL_CHUNK_GZIP) {
+                len = gzip_body(d, take, (int)ll_fuzz_below(&seed, 10), payload + plen, cap - plen);
+                if (!len) goto done;
+            } else {
+                size_t c = ZSTD_compress(payload + plen, cap - plen, d, take, (int)ll_fuzz_below(&seed, 5) + 1);
+                if (ZSTD_isError(c)) goto done;
+                len = c;
+            }
+            plen += len;
+            size_t gap = (size_t)ll_fuzz_below(&seed, 64);
+            for (size_t k = 0; k < gap && plen < cap; k++) payload[plen++] = body[(at + k) % (blen ? blen : 1)];
+            put32(e, (uint32_t)off);
+            put32(e + 4, (uint32_t)len);
+            put32(e + 8, (uint32_t)take);
+            e[12] = (uint8_t)codec;
+            ll_sha256(d, take, e + 16);
+            at += take;
+            total += take;
+        }
+    }
+    if (total > MAX_SIZE) {
+        uint8_t small[64];
+        CHECK(ll_run_decode(table, (uint32_t)n, payload, plen, small, sizeof small, NULL) == LL_ERR_FORMAT,
+              "sizes over the buffer");
+        goto done;
+    }
+    uint8_t *dst = malloc(total + GUARD);
+    if (!dst) goto done;
+    memset(dst + total, 0xA5, GUARD);
+    uint32_t bad = 0;
+    int rc = ll_run_decode(table, (uint32_t)n, payload, plen, dst, total, &bad);
+    CHECK(ll_fuzz_known_status(rc) && rc != LL_ERR_ARG, "status %d", rc);
+    for (int k = 0; k < GUARD; k++) CHECK(dst[total + k] == 0xA5, "wrote past the buffer");
+    if (rc != LL_OK) CHECK(bad < n || n == 0, "entry at fault %u of %zu", bad, n);
+    if (rc == LL_OK) { /* every chunk matches its digest */
+        size_t at = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint8_t h[32];
+            uint32_t sz = ll_fuzz_u32(table + i * LL_RUN_ENTRY + 8);
+            ll_sha256(dst + at, sz, h);
+            CHECK(memcmp(h, table + i * LL_RUN_ENTRY + 16, 32) == 0, "chunk %zu passed unchecked", i);
+            at += sz;
+        }
+    }
+    if (real) {
+        CHECK(rc == LL_OK, "a real run: %d (entry %u)", rc, bad);
+        CHECK(memcmp(dst, expect, total) == 0, "a real run's bytes");
+        size_t k = (size_t)(ll_fuzz_hash(data, size) % n);
+        table[k * LL_RUN_ENTRY + 16] ^= 1;
+        CHECK(ll_run_decode(table, (uint32_t)n, payload, plen, dst, total, &bad) == LL_ERR_DIGEST && bad == k,
+              "a changed digest (entry %zu): entry %u", k, bad);
+    }
+    free(dst);
+done:
+    free(table);
+    free(payload);
+    free(expect);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1 || size > (1u << 20)) return 0;
+    if (data[0] & 2) {
+        fuzz_run(data, size);
+        return 0;
+    }
     uint8_t *made = NULL;
     const uint8_t *src = data + 1, *expect = NULL;
     size_t len = size - 1, expect_len = 0;

@@ -3,12 +3,14 @@
  *
  * Byte 0: bit 0 the codec (gzip, zstd), bit 1 hides stargz's own names, bit 2
  * lowers the limits (chunks over 4096 bytes are big: pieces of 1024) so the
- * big-chunk path is reached; bytes 1-2: the TOC offset in KiB (+1).  The rest is
+ * big-chunk path is reached, bit 3 makes runs of small chunks one frame (small
+ * limits: 8 KiB runs of chunks up to 2 KiB, 512 bytes apart); bytes 1-2: the TOC offset in KiB (+1).  The rest is
  * the TOC's JSON.  Invariants: a documented status, with a message; for a TOC
  * that converts, every row is well formed (a known codec, 1..max_chunk bytes,
  * offset < end <= the TOC offset, zero span fields), the stream size is the
  * rows' sum, and the TOC made is one the
- * index takes as a raw layer of that many frames of those sizes (or refuses
+ * index takes as a raw layer whose frames tile the rows — a row each, or with
+ * runs a run of rows within the limits, named by zeros — (or refuses
  * with LL_ERR_FORMAT / LL_ERR_LIMIT: what toc.c checks that the converter
  * leaves to it), which then walks clean. */
 #include "fuzz_index_common.h"
@@ -21,6 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     opt.codec = data[0] & 1 ? LL_CHUNK_ZSTD : LL_CHUNK_GZIP;
     opt.flags = data[0] & 2 ? LL_CHUNKED_HIDE_STARGZ : 0;
     if (data[0] & 4) opt.max_chunk = 4096, opt.whole_piece = 1024;
+    if (data[0] & 8) opt.run_size = 8192, opt.run_chunk = 2048, opt.run_gap = 512;
     uint64_t max_chunk = opt.max_chunk;
     ll_chunked *c = NULL;
     char err[LL_ERR_MSG_SIZE];
@@ -72,16 +75,40 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *ld;
     uint64_t blob, tar;
     uint32_t frames;
-    CHECK(ll_index_layer_info(idx, 0, &ld, &blob, &tar, &frames) == LL_OK && frames == count && tar == total,
+    CHECK(ll_index_layer_info(idx, 0, &ld, &blob, &tar, &frames) == LL_OK && (opt.run_size || frames == count) &&
+              frames <= count && tar == total,
           "the index has %llu frames of %llu bytes, the rows %llu of %llu", (unsigned long long)frames,
           (unsigned long long)tar, (unsigned long long)count, (unsigned long long)total);
-    for (uint64_t i = 0; i < count; i++) {
+    static const uint8_t zero[32];
+    uint64_t row = 0;
+    for (uint32_t i = 0; i < frames; i++) {
         ll_layer_frame f;
-        uint64_t n = 0;
-        for (int k = 0; k < 4; k++) n |= (uint64_t)rows[i * LL_CHUNKED_ROW_SIZE + 8 + k] << (8 * k);
-        CHECK(ll_index_frame(idx, 0, (uint32_t)i, &f) == LL_OK && f.d_size == n && f.c_size == n,
-              "frame %llu is not its row's size", (unsigned long long)i);
+        CHECK(ll_index_frame(idx, 0, i, &f) == LL_OK && f.c_size == f.d_size, "frame %u", i);
+        uint64_t first = row, left = f.d_size, last_end = 0;
+        int have = 0;
+        while (left > 0 && row < count) {
+            const uint8_t *r = rows + row * LL_CHUNKED_ROW_SIZE;
+            uint64_t n = 0, off = 0, end = 0;
+            for (int k = 0; k < 4; k++) n |= (uint64_t)r[8 + k] << (8 * k);
+            for (int k = 0; k < 8; k++) off |= (uint64_t)r[12 + k] << (8 * k), end |= (uint64_t)r[20 + k] << (8 * k);
+            CHECK(n <= left, "frame %u does not end on a row", i);
+            if (row > first || f.d_size > n) { /* a run */
+                CHECK(r[60] <= LL_ROW_ZEROS && n <= opt.run_chunk && f.d_size <= opt.run_size,
+                      "row %llu in a run of frame %u", (unsigned long long)row, i);
+                if (r[60] != LL_ROW_ZEROS) {
+                    CHECK(!have || (last_end <= off && off - last_end <= opt.run_gap), "a gap in frame %u", i);
+                    have = 1, last_end = end;
+                }
+            }
+            left -= n;
+            row++;
+        }
+        CHECK(left == 0, "frame %u: the rows end first", i);
+        const uint8_t *r = rows + first * LL_CHUNKED_ROW_SIZE;
+        int named = row - first == 1 && r[60] < LL_ROW_GZIP_WHOLE;
+        CHECK(memcmp(f.sha256, named ? r + 28 : zero, 32) == 0, "frame %u's name", i);
     }
+    CHECK(row == count, "frames end before the rows");
     ll_fuzz_walk(idx, ll_fuzz_hash(data, size));
     ll_index_free(idx);
     ll_chunked_free(c);

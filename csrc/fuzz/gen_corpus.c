@@ -581,6 +581,27 @@ static void chunk_seeds(void) {
     size_t z = ZSTD_compress(out, sizeof out, t, 20000, 3);
     if (!ZSTD_isError(z)) chunk_raw_seed("raw-zstd", 2, 20000, out, z);
     chunk_raw_seed("raw-zeros", 0, 5000, NULL, 0);
+    /* runs (ll_run_decode): a real one made by the harness, and a table and payload as is */
+    buf r = {0};
+    put8(&r, 3);
+    put8(&r, 4);
+    put(&r, t, 30000);
+    save("chunk", "make-run", r.p, r.len);
+    free(r.p);
+    size_t g = gzip_into(t, 9000, 6, 0, out, sizeof out);
+    uint8_t e[2][LL_RUN_ENTRY] = {{0}}, zero[700] = {0};
+    e[0][4] = (uint8_t)g, e[0][5] = (uint8_t)(g >> 8), e[0][6] = (uint8_t)(g >> 16);
+    e[0][8] = (uint8_t)(9000 & 0xff), e[0][9] = (uint8_t)(9000 >> 8), e[0][12] = 1;
+    ll_sha256(t, 9000, e[0] + 16);
+    e[1][8] = (uint8_t)(700 & 0xff), e[1][9] = (uint8_t)(700 >> 8), e[1][12] = 0;
+    ll_sha256(zero, 700, e[1] + 16);
+    r = (buf){0};
+    put8(&r, 2);
+    put8(&r, 2);
+    put(&r, e, sizeof e);
+    put(&r, out, g);
+    save("chunk", "raw-run", r.p, r.len);
+    free(r.p);
     free(t);
 }
 
@@ -623,6 +644,17 @@ static void chunked_seeds_write(void) {
         put8(&b, 0);
         put(&b, chunked_seeds[i][1], strlen(chunked_seeds[i][1]));
         save("chunked", chunked_seeds[i][0], b.p, b.len);
+        free(b.p);
+    }
+    for (size_t i = 0; i < sizeof chunked_seeds / sizeof chunked_seeds[0]; i++) { /* the same with runs */
+        char name[64];
+        snprintf(name, sizeof name, "%s-runs", chunked_seeds[i][0]);
+        buf b = {0};
+        put8(&b, (uint8_t)(flags[i] | 8));
+        put8(&b, 1);
+        put8(&b, 0);
+        put(&b, chunked_seeds[i][1], strlen(chunked_seeds[i][1]));
+        save("chunked", name, b.p, b.len);
         free(b.p);
     }
 }

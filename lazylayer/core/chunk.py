@@ -9,6 +9,8 @@ a 24-byte header saying how to decode it) costs a write of the compressed
 bytes and nothing more.  The reader then decodes and checks it when it is
 read, in C (docs/cache.md, "Encoded frames").  :func:`header` makes the header
 the Python package writes; :func:`decode` is the check the C reader makes.
+:func:`decode_run` decodes and checks a run of small chunks fetched as one frame
+(``ll_run_decode``; :func:`lazylayer.format.estargz.parse_toc` with ``runs``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any
 from .. import errors
 from ._lib import check, ffi, lib
 
-__all__ = ["CODECS", "HEADER_SIZE", "decode", "header", "size_of"]
+__all__ = ["CODECS", "HEADER_SIZE", "decode", "decode_run", "header", "run_entry", "size_of"]
 
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _HEADER = struct.Struct("<8sBBBxIQ")
 _MAGIC = b"LLCHNKZ1"
+_RUN_ENTRY = struct.Struct("<IIIB3x32s")
+assert _RUN_ENTRY.size == lib.LL_RUN_ENTRY
 
 HEADER_SIZE = _HEADER.size
 assert HEADER_SIZE == lib.LL_CHUNK_HEADER
@@ -67,4 +71,36 @@ def decode(data: Any, sha256_hex: str) -> bytes:
         raise errors.CorruptFrameError(f"encoded frame sha256:{sha256_hex}: its {codec} bytes do not decode "
                                        f"to {size} bytes")
     check(rc, f"encoded frame sha256:{sha256_hex}")
+    return bytes(ffi.buffer(dst, size))
+
+
+def run_entry(offset: int, length: int, size: int, codec: str, digest: bytes) -> bytes:
+    """One chunk of a run, as :func:`decode_run` takes it: its compressed bytes at ``offset``
+    (``length`` bytes) in the run's payload, ``size`` bytes of data with sha256 ``digest``
+    (32 bytes); ``codec`` ``zeros``, ``gzip`` or ``zstd``."""
+    return _RUN_ENTRY.pack(offset, length, size, CODECS[codec], digest)
+
+
+def decode_run(table: bytes, payload: Any, size: int, name: Any = None) -> bytes:
+    """The data of a run of chunks (``table``: :func:`run_entry` of each, in order) whose
+    compressed bytes are ``payload``: every chunk decoded in C and checked against its own
+    sha256.  :class:`~lazylayer.errors.IntegrityError` if one decodes to other bytes,
+    :class:`~lazylayer.errors.CorruptFrameError` if one does not decode,
+    :class:`~lazylayer.errors.FormatError` for a table that does not fit the payload; the
+    message names the chunk by ``name(k)`` (k: its entry) if given."""
+    n = len(table) // _RUN_ENTRY.size
+    src = ffi.from_buffer(payload)
+    dst = _alloc("uint8_t[]", max(size, 1))
+    bad = ffi.new("uint32_t *")
+    try:
+        rc = lib.ll_run_decode(table, n, src, len(src), dst, size, bad)
+    finally:
+        ffi.release(src)
+    if rc != lib.LL_OK:
+        what = name(bad[0]) if name is not None else f"chunk {bad[0]} of a run"
+        if rc == lib.LL_ERR_DIGEST:
+            raise errors.IntegrityError(f"{what} does not match its chunkDigest")
+        if rc == lib.LL_ERR_FRAME:
+            raise errors.CorruptFrameError(f"{what}: its compressed bytes do not decode to its size")
+        check(rc, f"{what}: decoding its run")
     return bytes(ffi.buffer(dst, size))

@@ -120,8 +120,9 @@ class Chunk(NamedTuple):
 class EstargzToc:
     """A chunked layer's TOC, checked and converted (``ll_chunked_convert``, csrc/chunked.c): ``toc``,
     the raw layer's TOC as JSON in lazylayer's form (docs/format.md; every file's chunks laid end to
-    end, one frame each), ``rows``, one row per frame (where its compressed bytes are: the chunk
-    table, :class:`ChunkRows`), and the TOC's offset in the blob.  ``entries``, ``chunks`` and
+    end, one frame each, or with ``runs`` runs of small chunks one frame each), ``rows``, one row per
+    chunk (where its compressed bytes are: the chunk table, :class:`ChunkRows`), and the TOC's
+    offset in the blob.  ``entries``, ``chunks`` and
     ``prioritized`` read the JSON back, for inspection (tests, tools): the open never does."""
 
     toc: bytes
@@ -183,11 +184,12 @@ def parse_footer(footer: bytes, blob_size: int) -> int:
 
 
 def read_toc(fetch: Callable[[int, int], bytes], blob_size: int, toc_digest: str,
-             max_bytes: int = MAX_TOC_BYTES) -> EstargzToc:
+             max_bytes: int = MAX_TOC_BYTES, runs: bool = False) -> EstargzToc:
     """Read and check the eStargz TOC of a blob of ``blob_size`` bytes: two range reads
     (``fetch(offset, size)``: the footer, then the TOC's gzip member), the TOC JSON's sha256
     against ``toc_digest`` (the layer's annotation) before it is parsed, at most ``max_bytes``
-    of it.  FormatError (LimitError, IntegrityError for a digest mismatch) naming what is wrong."""
+    of it; ``runs``: as :func:`parse_toc`.  FormatError (LimitError, IntegrityError for a digest
+    mismatch) naming what is wrong."""
     checked_digest(toc_digest, "the layer's toc.digest annotation")
     if blob_size < FOOTER_SIZE + 512:
         raise errors.FormatError(f"a {blob_size}-byte blob is too small for eStargz")
@@ -208,14 +210,23 @@ def read_toc(fetch: Callable[[int, int], bytes], blob_size: int, toc_digest: str
     data = tar[512:512 + head.size]
     if "sha256:" + hashlib.sha256(data).hexdigest() != toc_digest:
         raise errors.IntegrityError(f"the eStargz TOC's sha256 is not {toc_digest}, the digest the layer names")
-    return parse_toc(data, offset)
+    return parse_toc(data, offset, runs=runs)
 
 
-def parse_toc(data: bytes, toc_offset: int, codec: str = "gzip", hidden: frozenset[str] = HIDDEN) -> EstargzToc:
+def parse_toc(data: bytes, toc_offset: int, codec: str = "gzip", hidden: frozenset[str] = HIDDEN,
+              runs: bool = False) -> EstargzToc:
     """Check an eStargz or zstd:chunked TOC's JSON (already vouched for by its digest: still treated
     as hostile) and convert it, in C (``ll_chunked_convert``): its chunks are compressed with
     ``codec`` (``gzip`` or ``zstd``) and lie before ``toc_offset``; ``hidden`` (:data:`HIDDEN` or
-    none) names are left out of the entries.  FormatError naming the entry and the fault
+    none) names are left out of the entries.  With ``runs``, each run of small chunks is one frame
+    (:data:`RUN_SIZE`: an eStargz layer's files are a chunk each, and a frame per chunk made a
+    request per file missed and a file of the disk cache per chunk fetched ahead, ~12,500 in one
+    cold start: docs/benchmarks.md): consecutive chunks of at most :data:`RUN_CHUNK` (gzip, zstd,
+    and zstd:chunked runs of zeros, which have no bytes), each chunk's compressed bytes at most
+    :data:`RUN_GAP` after the one before it in the blob, up to :data:`RUN_SIZE` of data.  Such a
+    frame is read with one request and kept as one file of the disk cache; its sha256 is all
+    zeros, as a big chunk's pieces' are: the host checks each of its chunks against the chunk's
+    own digest (:class:`~lazylayer.image.frames.ChunkSource`).  FormatError naming the entry and the fault
     (LimitError over a format limit; :class:`NotSupported` for a layer to fetch whole).  What is
     checked: docs/filesystem.md, "eStargz layers" and "zstd:chunked layers"."""
     from ..core._lib import ffi, lib, raise_status
@@ -228,6 +239,8 @@ def parse_toc(data: bytes, toc_offset: int, codec: str = "gzip", hidden: frozens
     opt.codec = lib.LL_CHUNK_GZIP if codec == "gzip" else lib.LL_CHUNK_ZSTD
     opt.flags = lib.LL_CHUNKED_HIDE_STARGZ if hidden else 0
     opt.max_chunk, opt.whole_piece = MAX_CHUNK_SIZE, WHOLE_PIECE  # (read here: tests lower them)
+    if runs:
+        opt.run_size, opt.run_chunk, opt.run_gap = RUN_SIZE, RUN_CHUNK, RUN_GAP
     out = ffi.new("ll_chunked **")
     err = ffi.new("char[]", lib.LL_ERR_MSG_SIZE)
     rc = lib.ll_chunked_convert(ffi.from_buffer(data), len(data), opt, out, err, len(err))
@@ -256,15 +269,12 @@ def is_estargz(desc: dict[str, Any]) -> bool:
 
 
 
-def raw_layer(toc: EstargzToc, digest: str, runs: bool = False) -> tuple[Any, ChunkRows]:
+def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, ChunkRows]:
     """The layer as the image index takes it: a raw layer (docs/format.md, "Raw frames") whose
-    frames are the chunks, each file's laid end to end in a virtual stream, named by their
-    chunkDigest — with ``runs``, runs of small chunks one frame each (:func:`with_runs`); the
-    prioritized files are its prefetch plan.  (The ``IndexLayer``, and the chunks in frame order
-    for the host that fetches them.)"""
-    rows = toc.chunk_rows
-    doc = with_runs(toc.toc, rows) if runs else toc.toc
-    return _index_layer_of(toc_frame(doc, level=1), toc.size, digest), rows
+    frames are the chunks (or runs of them: :func:`parse_toc`), each file's laid end to end in a
+    virtual stream, named by their chunkDigest; the prioritized files are its prefetch plan.  (The
+    ``IndexLayer``, and the chunks in stream order for the host that fetches them.)"""
+    return _index_layer_of(toc_frame(toc.toc, level=1), toc.size, digest), toc.chunk_rows
 
 
 RUN_SIZE = 2 << 20
@@ -274,45 +284,6 @@ RUN_CHUNK = 512 << 10
 RUN_GAP = 64 << 10
 """The most bytes between two chunks of a run in the blob (fetched with it, not read): zstd:chunked
 puts each tar header in a zstd frame of its own between files' chunks."""
-_RUN_CODECS = (0, 1, 2)  # gzip, zstd, zeros (the row's codec byte; a layer has one of the first two)
-
-
-def with_runs(doc: bytes, rows: ChunkRows) -> bytes:
-    """The raw TOC ``doc`` (as ``ll_chunked_convert`` wrote it: one frame per row of ``rows``)
-    with each run of small chunks made one frame: consecutive rows of at most :data:`RUN_CHUNK`
-    (gzip or zstd chunks, and zstd:chunked runs of zeros, which have no bytes), each chunk's
-    compressed bytes at most :data:`RUN_GAP` after the one before it in the blob, up to
-    :data:`RUN_SIZE` of data.  Such a frame is read with one request and kept as one file of
-    the disk cache (an eStargz layer's files are a chunk each: a frame per chunk made a request
-    per file missed and a file of the cache per chunk fetched ahead, ~12,500 in one cold start:
-    docs/benchmarks.md); its sha256 is all zeros, as a big chunk's pieces' are: the host
-    checks each of its chunks against the chunk's own digest (:class:`~lazylayer.image.frames.ChunkSource`)."""
-    recs = list(_ROW.iter_unpack(rows.table))
-    frames, at, big, i, n = [], 0, 1, 0, len(recs)
-    while i < n:
-        _, size, off, end, d, k, *_ = recs[i]
-        j, total = i + 1, size
-        if k in _RUN_CODECS and size <= RUN_CHUNK:
-            last = None if k == 2 else end  # where the run's bytes end so far (zeros have none)
-            while j < n:
-                _, sz, o, e, _, kj, *_ = recs[j]
-                if kj not in _RUN_CODECS or sz > RUN_CHUNK or total + sz > RUN_SIZE or \
-                        (kj != 2 and last is not None and not last <= o <= last + RUN_GAP):
-                    break
-                total, j = total + sz, j + 1
-                if kj != 2:
-                    last = e
-        sha = ZERO_SHA256 if j - i > 1 or k >= 4 else d.hex()  # (codecs 4, 5: a big chunk's pieces)
-        frames.append(f'[{at},{total},{at},{total},"{sha}"]')
-        at, big, i = at + total, max(big, total), j
-    p = doc.rfind(b',"prefetch":[')
-    f = doc.rfind(b',"frame_size":', 0, p)
-    if p < 0 or f < 0:
-        raise errors.FormatError("a converted TOC without frame_size, frames and prefetch")
-    return b"".join([doc[:f], b',"frame_size":%d,"frames":[' % big, ",".join(frames).encode(), b"]", doc[p:]])
-
-
-
 def index_layer(frames: list[Any], entries: list[dict[str, Any]], size: int, plan: list[list[int]],
                 digest: str) -> Any:
     """The ``IndexLayer`` of a raw layer of ``size`` virtual bytes: its TOC frame (``frames``

@@ -62,7 +62,8 @@ def is_zstd_chunked(desc: dict[str, Any]) -> bool:
     return str(desc.get("mediaType", "")).endswith("zstd") and annotation(desc, "manifest-position") is not None
 
 
-def read_toc(fetch: Callable[[int, int], bytes], desc: dict[str, Any], max_bytes: int = MAX_TOC_BYTES) -> EstargzToc:
+def read_toc(fetch: Callable[[int, int], bytes], desc: dict[str, Any], max_bytes: int = MAX_TOC_BYTES,
+             runs: bool = False) -> EstargzToc:
     """Read and check the TOC of zstd:chunked layer ``desc`` (``fetch(offset, size)`` reads its
     blob): one range read of the TOC's compressed bytes, their sha256 checked against
     ``manifest-checksum`` before they are decompressed (and, for stargz's writer, the JSON's
@@ -98,7 +99,7 @@ def read_toc(fetch: Callable[[int, int], bytes], desc: dict[str, Any], max_bytes
             toc_digest, "the layer's toc.digest annotation"):
         raise errors.IntegrityError(f"the zstd:chunked TOC's JSON sha256 is not {toc_digest}, the digest the layer "
                                     "names")
-    return parse_toc(doc, offset - SKIPPABLE_HEADER, codec="zstd", hidden=hidden_names(desc))
+    return parse_toc(doc, offset - SKIPPABLE_HEADER, codec="zstd", hidden=hidden_names(desc), runs=runs)
 
 
 def decompress_prefix(data: bytes, size: int) -> bytes:
@@ -121,12 +122,13 @@ def is_chunked(desc: dict[str, Any]) -> bool:
     return estargz.is_estargz(desc) or is_zstd_chunked(desc)
 
 
-def read_chunked_toc(fetch: Callable[[int, int], bytes], desc: dict[str, Any]) -> EstargzToc:
+def read_chunked_toc(fetch: Callable[[int, int], bytes], desc: dict[str, Any], runs: bool = False) -> EstargzToc:
     """The checked TOC of eStargz or zstd:chunked layer ``desc`` (``fetch(offset, size)`` reads its
-    blob): :func:`lazylayer.format.estargz.read_toc`, or :func:`read_toc`."""
+    blob): :func:`lazylayer.format.estargz.read_toc`, or :func:`read_toc`; ``runs``: runs of small
+    chunks one frame each (:func:`lazylayer.format.estargz.parse_toc`)."""
     if not estargz.is_estargz(desc):
-        return read_toc(fetch, desc)
+        return read_toc(fetch, desc, runs=runs)
     size = desc.get("size")
     if not isinstance(size, int):
         raise errors.FormatError(f"the eStargz layer's size {str(size)[:40]} is not a number")
-    return estargz.read_toc(fetch, size, desc["annotations"][ANNOTATION_TOC_DIGEST])
+    return estargz.read_toc(fetch, size, desc["annotations"][ANNOTATION_TOC_DIGEST], runs=runs)

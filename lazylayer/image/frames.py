@@ -186,7 +186,7 @@ class ChunkSource(FrameSource):
 
         self._chunk_list = chunks if isinstance(chunks, ChunkRows) else list(chunks)
         # Each frame's first chunk (row), and one past the last frame's last: a frame is one chunk,
-        # or a run of small ones (estargz.with_runs); None when every frame is one chunk.
+        # or a run of small ones (estargz.parse_toc with runs); None when every frame is one chunk.
         self._first: list[int] | None = None
         if len(self._chunk_list) != len(self.frames):
             self._first = _first_rows(frame_column(self.frames, "size"), _sizes(self._chunk_list), name)
@@ -318,7 +318,7 @@ class ChunkSource(FrameSource):
         self.disk.fill_many([self._chunk_list[i].digest for i in rows], store)
         return got
 
-    # -- runs of small chunks read as one frame (estargz.with_runs): one file of the disk cache each
+    # -- runs of small chunks read as one frame (estargz.parse_toc with runs): one file of the disk cache each
 
     def _run_name(self, rows: range) -> str:
         """A run's file: named by its chunks' digests (what it holds is checked against them)."""
@@ -339,23 +339,24 @@ class ChunkSource(FrameSource):
         """The data of a run's chunks, each decompressed from ``raw`` (the run's compressed bytes,
         ``span`` in the blob: :meth:`_run_range`) and checked against its own digest
         (IntegrityError, CorruptFrameError)."""
+        from ..core import chunk
+
         base, size = span
         if len(raw) != size:
             raise errors.CorruptFrameError(f"{self.__name__}: the run of chunks at {base} is {len(raw)} bytes, "
                                            f"not {size}")
-        out = []
-        with memoryview(raw) as view:
-            for i in rows:
-                c = self._chunk_list[i]
-                if c.codec == "zeros":
-                    data = bytes(c.size)
-                elif not base <= c.offset <= c.end <= base + size:
-                    raise errors.FormatError(f"{self.__name__}: the chunk at {c.offset} is outside its run")
-                else:
-                    data = _decode(c, view[c.offset - base:c.end - base], self.__name__)
-                _check(c, data, self.__name__)
-                out.append(data)
-        return b"".join(out)
+        chunks = [self._chunk_list[i] for i in rows]
+        table = []
+        for c in chunks:
+            if c.codec == "zeros":
+                table.append(chunk.run_entry(0, 0, c.size, "zeros", bytes.fromhex(c.digest[7:])))
+            elif not base <= c.offset <= c.end <= base + size:
+                raise errors.FormatError(f"{self.__name__}: the chunk at {c.offset} is outside its run")
+            else:
+                table.append(chunk.run_entry(c.offset - base, c.end - c.offset, c.size, c.codec,
+                                             bytes.fromhex(c.digest[7:])))
+        return chunk.decode_run(b"".join(table), raw, sum(c.size for c in chunks),
+                                lambda k: f"{self.__name__}: the chunk at {chunks[k].offset} ({chunks[k].digest})")
 
     def _read_run(self, rows: range) -> bytes:
         """A run's data: from its file in the disk cache, else fetched (one request) and kept;
