@@ -861,6 +861,11 @@ static int check_chunks(conv *cv, uint64_t *frames, char *err, size_t err_size) 
                 else hi = mid;
             }
             c->end = cv->ends[lo];
+            /* ... but a chunk's bytes are never fetched further than its data could be, compressed, and
+             * the tar headers of a few entries after it: a hostile TOC with no chunk after a small one
+             * must not make a host read the rest of the blob to decode it */
+            uint64_t span = c->size + c->size / 8 + LL_CHUNK_SPAN_SLACK;
+            if (c->end - c->offset > span) c->end = c->offset + span;
         }
         if (done != e->size) {
             ll__set_err(err, err_size, "eStargz TOC: the chunks of '%s' hold %llu of its %llu bytes", SH,
@@ -919,7 +924,8 @@ static uint64_t row_u64(const uint8_t *r, int at, int bytes) {
  * the run of small chunks it starts, as docs/filesystem.md "Runs of small
  * chunks" says: consecutive rows of gzip, zstd or zeros chunks of at most
  * run_chunk bytes, each chunk's compressed bytes at most run_gap after the end
- * of the one before it with bytes (zeros have none), run_size of data at most. */
+ * of the one before it with bytes (zeros have none), run_size of data at most,
+ * LL_RUN_MAX_CHUNKS chunks and 2 * run_size bytes of the blob at most. */
 static uint64_t run_rows(const conv *cv, const uint8_t *rows, uint64_t n, uint64_t i, uint64_t *total) {
     const uint8_t *r = rows + i * LL_CHUNKED_ROW_SIZE;
     uint64_t size = row_u64(r, 8, 4);
@@ -927,15 +933,20 @@ static uint64_t run_rows(const conv *cv, const uint8_t *rows, uint64_t n, uint64
     *total = size;
     if (!cv->run_size || k > LL_ROW_ZEROS || size > cv->run_chunk) return 1;
     int have = k != LL_ROW_ZEROS;
-    uint64_t last = have ? row_u64(r, 20, 8) : 0, j = i + 1;
+    uint64_t first = have ? row_u64(r, 12, 8) : 0, last = have ? row_u64(r, 20, 8) : 0, j = i + 1;
     for (; j < n; j++) {
         const uint8_t *q = rows + j * LL_CHUNKED_ROW_SIZE;
         uint64_t sz = row_u64(q, 8, 4), o = row_u64(q, 12, 8);
         uint8_t kj = q[60];
-        if (kj > LL_ROW_ZEROS || sz > cv->run_chunk || *total + sz > cv->run_size) break;
+        if (kj > LL_ROW_ZEROS || sz > cv->run_chunk || *total + sz > cv->run_size || j - i >= LL_RUN_MAX_CHUNKS)
+            break;
         if (kj != LL_ROW_ZEROS && have && !(last <= o && o - last <= cv->run_gap)) break;
+        if (kj != LL_ROW_ZEROS && have && row_u64(q, 20, 8) - first > 2 * cv->run_size) break; /* its bytes: bounded */
         *total += sz;
-        if (kj != LL_ROW_ZEROS) have = 1, last = row_u64(q, 20, 8);
+        if (kj != LL_ROW_ZEROS) {
+            if (!have) first = o;
+            have = 1, last = row_u64(q, 20, 8);
+        }
     }
     return j - i;
 }

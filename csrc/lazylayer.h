@@ -1045,6 +1045,11 @@ LL_API int ll_run_decode(const void *table, uint32_t n, const void *payload, siz
  * bytes, up to run_size of data) is one frame named by zeros instead: its host
  * checks each chunk (ll_run_decode); the rows stay one per chunk.
  *
+ * A chunk's compressed bytes end where the next chunk's (or an endOffset, or
+ * the TOC) begins, but never more than size + size / 8 + LL_CHUNK_SPAN_SLACK
+ * bytes after they start: a host that fetches a chunk reads a bounded range, whatever the
+ * TOC says.
+ *
  * A row is LL_CHUNKED_ROW_SIZE bytes, little-endian: file offset (8), size (4),
  * the compressed bytes' offset (8) and end (8) in the blob, the sha256 of the
  * data (32; of the whole chunk for a piece of a big one), the codec (1: an
@@ -1052,6 +1057,7 @@ LL_API int ll_run_decode(const void *table, uint32_t n, const void *payload, siz
  * length: spans are not made here).  The TOC is JSON, as lazylayer's TOC frame
  * carries it before compression (ll_index_build takes it in a frame). */
 #define LL_CHUNKED_ROW_SIZE 65
+#define LL_CHUNK_SPAN_SLACK 1048576 /* a chunk's bytes: at most size + size / 8 + this */
 #define LL_ROW_GZIP 0          /* a gzip member (or several) whose first `size` bytes of output are the data */
 #define LL_ROW_ZSTD 1          /* zstd frames, likewise */
 #define LL_ROW_ZEROS 2         /* `size` zero bytes, made by the host, never fetched */

@@ -172,8 +172,8 @@ def _convert(raw: list[Any], toc_offset: int, codec: str, hidden: frozenset[str]
                                         "chunks counted in pieces)")
             if codec == "zeros":
                 zeros.check(c, name)
-            cs[i] = Chunk(c.file_offset, c.size, c.offset, ends[bisect.bisect_right(ends, c.offset)], c.digest,
-                          codec)
+            end = min(ends[bisect.bisect_right(ends, c.offset)], c.offset + c.size + c.size // 8 + (1 << 20))
+            cs[i] = Chunk(c.file_offset, c.size, c.offset, end, c.digest, codec)  # (LL_CHUNK_SPAN_SLACK)
         if done != size:
             raise errors.FormatError(f"eStargz TOC: the chunks of {name[:100]!r} hold {done} of its {size} bytes")
     return EstargzToc(entries, chunks, toc_offset, prioritized if landmark_seen else [])

@@ -301,6 +301,22 @@ def test_a_hostile_estargz_blob_or_toc_is_refused(image: tuple[str, list[Variant
     # hostile JSON, vouched for by its digest all the same
     good = [{"name": "a", "type": "reg", "size": 3, "offset": 10, "chunkDigest": "sha256:" + "a" * 64}]
     assert estargz.parse_toc(_json.dumps({"version": 1, "entries": good}).encode(), 100).chunks[0][0].end == 100
+    # a small chunk with nothing after it in a huge blob is never fetched with the rest of the blob
+    far = estargz.parse_toc(_json.dumps({"version": 1, "entries": good}).encode(), 10 << 30).chunks[0][0]
+    assert far.end - far.offset == 3 + 3 // 8 + (1 << 20)  # (size + size / 8 + LL_CHUNK_SPAN_SLACK)
+    # nor is a run of small chunks, however far apart the TOC puts their members (each run: 2 * RUN_SIZE
+    # of the blob at most)
+    spread = [{"name": f"f{i}", "type": "reg", "size": 3, "offset": 10 + i * (60 << 10),
+               "chunkDigest": "sha256:" + "a" * 64} for i in range(1000)]
+    toc = estargz.parse_toc(_json.dumps({"version": 1, "entries": spread}).encode(), 1 << 40, runs=True)
+    layer, rows = estargz.raw_layer(toc, "")
+    from lazylayer.format.layer import Toc
+    at = 0
+    for f in Toc.from_frame(layer.toc_frame).frames:
+        run = list(rows)[at:at + f.size // 3]
+        at += len(run)
+        assert run[-1].end - run[0].offset <= 2 * estargz.RUN_SIZE
+    assert at == 1000 and len(Toc.from_frame(layer.toc_frame).frames) < 1000  # (runs were made)
     for entries, match in (
         ([{**good[0], "name": "../x"}], r"'\.\.'"),
         ([{**good[0], "offset": 100}], "at or past the TOC"),

@@ -7,7 +7,8 @@
  * limits: 8 KiB runs of chunks up to 2 KiB, 512 bytes apart); bytes 1-2: the TOC offset in KiB (+1).  The rest is
  * the TOC's JSON.  Invariants: a documented status, with a message; for a TOC
  * that converts, every row is well formed (a known codec, 1..max_chunk bytes,
- * offset < end <= the TOC offset, zero span fields), the stream size is the
+ * offset < end <= the TOC offset, at most size + size / 8 + LL_CHUNK_SPAN_SLACK
+ * bytes of the blob but for big chunks' pieces, zero span fields), the stream size is the
  * rows' sum, and the TOC made is one the
  * index takes as a raw layer whose frames tile the rows — a row each, or with
  * runs a run of rows within the limits, named by zeros — (or refuses
@@ -50,6 +51,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(off < end && end <= opt.toc_offset, "row %llu: bytes %llu..%llu, TOC at %llu", (unsigned long long)i,
               (unsigned long long)off, (unsigned long long)end, (unsigned long long)opt.toc_offset);
         CHECK(!r[61] && !r[62] && !r[63] && !r[64], "row %llu: span fields set", (unsigned long long)i);
+        CHECK(r[60] >= LL_ROW_GZIP_WHOLE || end - off <= n + n / 8 + LL_CHUNK_SPAN_SLACK,
+              "row %llu: %llu bytes of the blob for %llu of data", (unsigned long long)i,
+              (unsigned long long)(end - off), (unsigned long long)n);
         total += n;
     }
     CHECK(total == ll_chunked_stream_size(c), "rows hold %llu bytes, the stream %llu", (unsigned long long)total,
@@ -84,7 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (uint32_t i = 0; i < frames; i++) {
         ll_layer_frame f;
         CHECK(ll_index_frame(idx, 0, i, &f) == LL_OK && f.c_size == f.d_size, "frame %u", i);
-        uint64_t first = row, left = f.d_size, last_end = 0;
+        uint64_t first = row, left = f.d_size, last_end = 0, first_off = 0;
         int have = 0;
         while (left > 0 && row < count) {
             const uint8_t *r = rows + row * LL_CHUNKED_ROW_SIZE;
@@ -97,7 +101,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                       "row %llu in a run of frame %u", (unsigned long long)row, i);
                 if (r[60] != LL_ROW_ZEROS) {
                     CHECK(!have || (last_end <= off && off - last_end <= opt.run_gap), "a gap in frame %u", i);
+                    if (!have) first_off = off;
                     have = 1, last_end = end;
+                    CHECK(end - first_off <= 2 * opt.run_size, "frame %u: a run over %llu bytes of the blob", i,
+                          (unsigned long long)(2 * opt.run_size));
                 }
             }
             left -= n;
