@@ -951,6 +951,36 @@ static uint64_t run_rows(const conv *cv, const uint8_t *rows, uint64_t n, uint64
     return j - i;
 }
 
+/* The name of the run of rows [i, i + n): the sha256 of its table as ll_run_decode
+ * takes it (entries relative to the run's first compressed byte), which is what
+ * the host keeps it under (an LL_CHUNK_RUN encoded frame) and checks it by. */
+static int run_name(const uint8_t *rows, uint64_t i, uint64_t n, uint8_t **scratch, size_t *cap,
+                    uint8_t out[32]) {
+    if (ll__grow((void **)scratch, cap, (size_t)n * LL_RUN_ENTRY, 1)) return LL_ERR_NOMEM;
+    uint8_t *t = *scratch;
+    memset(t, 0, (size_t)n * LL_RUN_ENTRY);
+    uint64_t base = UINT64_MAX;
+    for (uint64_t k = 0; k < n; k++) {
+        const uint8_t *r = rows + (i + k) * LL_CHUNKED_ROW_SIZE;
+        if (r[60] != LL_ROW_ZEROS && base == UINT64_MAX) base = row_u64(r, 12, 8);
+    }
+    for (uint64_t k = 0; k < n; k++) {
+        const uint8_t *r = rows + (i + k) * LL_CHUNKED_ROW_SIZE;
+        uint8_t *e = t + k * LL_RUN_ENTRY;
+        uint64_t off = 0, len = 0, size = row_u64(r, 8, 4);
+        if (r[60] != LL_ROW_ZEROS) off = row_u64(r, 12, 8) - base, len = row_u64(r, 20, 8) - row_u64(r, 12, 8);
+        for (int b = 0; b < 4; b++) {
+            e[b] = (uint8_t)(off >> (8 * b));
+            e[4 + b] = (uint8_t)(len >> (8 * b));
+            e[8 + b] = (uint8_t)(size >> (8 * b));
+        }
+        e[12] = r[60] == LL_ROW_GZIP ? LL_CHUNK_GZIP : r[60] == LL_ROW_ZSTD ? LL_CHUNK_ZSTD : LL_CHUNK_ZEROS;
+        memcpy(e + 16, r + 28, 32);
+    }
+    ll_sha256(t, (size_t)n * LL_RUN_ENTRY, out);
+    return LL_OK;
+}
+
 static int make_layer(conv *cv, uint64_t frames, ll_chunked *out, char *err, size_t err_size) {
     static const uint8_t ZERO32[32];
     out->rows = malloc(frames ? frames * LL_CHUNKED_ROW_SIZE : 1);
@@ -981,15 +1011,25 @@ static int make_layer(conv *cv, uint64_t frames, ll_chunked *out, char *err, siz
             }
         }
     }
-    /* the frames: a row each, or runs of rows; named by the chunk's digest, or by zeros for a run
-     * and for a big chunk's piece (the host checks those: ZERO_SHA256) */
+    /* the frames: a row each, or runs of rows; named by the chunk's digest, a run by its table
+     * (run_name), a big chunk's piece by zeros (the host checks it: ZERO_SHA256) */
     PUTS(&fr, "[");
     uint64_t pos = 0;
+    uint8_t *scratch = NULL, name[32];
+    size_t scap = 0;
     for (uint64_t i = 0, f = 0; i < n; f++) {
         uint64_t total;
         uint64_t take = run_rows(cv, out->rows, n, i, &total);
         const uint8_t *r = out->rows + i * LL_CHUNKED_ROW_SIZE;
-        const uint8_t *fd = take > 1 || r[60] >= LL_ROW_GZIP_WHOLE ? ZERO32 : r + 28;
+        const uint8_t *fd = r[60] >= LL_ROW_GZIP_WHOLE ? ZERO32 : r + 28;
+        if (take > 1) {
+            if (run_name(out->rows, i, take, &scratch, &scap, name)) {
+                free(scratch);
+                free(fr.p);
+                return LL_ERR_NOMEM;
+            }
+            fd = name;
+        }
         if (f) PUTS(&fr, ",");
         PUTS(&fr, "[");
         put_u64(&fr, pos);
@@ -1006,6 +1046,7 @@ static int make_layer(conv *cv, uint64_t frames, ll_chunked *out, char *err, siz
         if (total > max) max = total;
         i += take;
     }
+    free(scratch);
     PUTS(&fr, "]");
     out->count = n;
     out->size = at;

@@ -444,6 +444,17 @@ int ll_chunk_decode(const void *src, size_t len, const uint8_t sha256[32], void 
     uint32_t wlen = (uint32_t)p[12] | (uint32_t)p[13] << 8 | (uint32_t)p[14] << 16 | (uint32_t)p[15] << 24;
     uint64_t n = le64(p + 16);
     if (n != size || size > LL_MAX_FRAME_SIZE || len > UINT32_MAX) return LL_ERR_FORMAT;
+    if (codec == LL_CHUNK_RUN) { /* table (wlen entries), payload; named by the table */
+        if (bits || byte || wlen == 0 || wlen > LL_RUN_MAX_CHUNKS ||
+            (uint64_t)wlen * LL_RUN_ENTRY > len - LL_CHUNK_HEADER)
+            return LL_ERR_FORMAT;
+        const uint8_t *table = p + LL_CHUNK_HEADER;
+        size_t tlen = (size_t)wlen * LL_RUN_ENTRY;
+        uint8_t h[32];
+        ll_sha256(table, tlen, h);
+        if (memcmp(h, sha256, 32) != 0) return LL_ERR_DIGEST;
+        return ll_run_decode(table, wlen, table + tlen, len - LL_CHUNK_HEADER - tlen, dst, size, NULL);
+    }
     if (codec != LL_CHUNK_GZSPAN && (bits || byte || wlen)) return LL_ERR_FORMAT;
     if (codec == LL_CHUNK_GZSPAN && (bits > 7 || wlen > LL_GZ_WINDOW || wlen > len - LL_CHUNK_HEADER))
         return LL_ERR_FORMAT;

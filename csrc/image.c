@@ -47,6 +47,7 @@ struct ll_image {
     int verify_fetched;
     int store_fetched;
     int disk_verify_memo;
+    int raw_checked_by_host;
     uint32_t nlayers;
     layer_t *layers;
     _Atomic uint64_t reads, frames_disk, frames_fetched, host_calls, bytes_fetched, digest_errors, frames_local,
@@ -135,8 +136,9 @@ static int is_zero(const uint8_t sha256[32]) {
 /* Check frames [a, b], fetched into buf (= frame a's start), against their
  * sha256s; store them in the disk cache if asked.  A raw layer's frame whose
  * sha256 is all zeros is the host's to verify (a piece of a chunk too big to be
- * one frame, checked whole by the host: ll_index_layer_codec): neither checked
- * nor stored here. */
+ * one frame, checked whole by the host: ll_index_layer_codec), as is every raw
+ * frame with raw_checked_by_host (a run of chunks is named by its table, not by
+ * its data): neither checked nor stored here. */
 static int check_and_store(layer_t *l, uint32_t a, uint32_t b, const uint8_t *buf, int verify,
                            int store) {
     ll_image *img = l->img;
@@ -147,7 +149,8 @@ static int check_and_store(layer_t *l, uint32_t a, uint32_t b, const uint8_t *bu
         if (rc != LL_OK) return rc;
         const uint8_t *p = buf + (c[i] - c[a]);
         size_t n = (size_t)(c[i + 1] - c[i]);
-        if (l->raw && is_zero(f.sha256)) continue; /* vouched for by the host (LL_CODEC_RAW): never stored */
+        /* vouched for by the host (LL_CODEC_RAW): never stored */
+        if (l->raw && (is_zero(f.sha256) || img->raw_checked_by_host)) continue;
         if (verify) {
             uint8_t h[32];
             ll_sha256(p, n, h);
@@ -319,6 +322,7 @@ int ll_image_create(const ll_index *idx, const ll_image_source *sources, const l
     img->verify_fetched = o.verify_fetched;
     img->store_fetched = o.store_fetched;
     img->disk_verify_memo = o.disk_verify_memo != 0;
+    img->raw_checked_by_host = o.raw_checked_by_host != 0;
     img->layers = calloc(n ? n : 1, sizeof *img->layers);
     if (!img->layers) {
         free(img);

@@ -692,6 +692,11 @@ typedef struct {
                               system or a write that leaves both timestamps as they were.
                               0: every frame read from disk is hashed (docs/cache.md,
                               "Verified-file memo") */
+    int raw_checked_by_host; /* 1: frames of raw layers (LL_CODEC_RAW) that a source's `read`
+                              returns were decoded and checked by the host, chunk by chunk:
+                              neither hashed nor stored here (a run of chunks is one frame
+                              named by its chunk table, LL_CHUNK_RUN, not by its data); 0
+                              (default): checked as verify_fetched says */
 } ll_image_options;
 
 /* Fill `opt` with the defaults (no cache, pool or disk cache; verify_fetched,
@@ -980,6 +985,13 @@ LL_API int ll_gz_inflate_span(uint32_t bits, uint32_t byte, const void *window, 
  *  12  4  window length (LL_CHUNK_GZSPAN: at most LL_GZ_WINDOW; else 0)
  *  16  8  size: bytes of data (at most LL_MAX_FRAME_SIZE)
  *
+ * An LL_CHUNK_RUN file is a run of small chunks read as one frame: its header's
+ * window length is the run's number of chunks n, then come its table (n
+ * entries of LL_RUN_ENTRY bytes) and payload, as ll_run_decode takes them; it
+ * is named not by its data but by the sha256 of its table (the frame's name in
+ * the index: ll_chunked_convert makes it so), and each chunk's data is checked
+ * against the table's sha256 for it.
+ *
  * ll_diskcache_get (and the image reader's disk lookups) read a frame's data
  * file first, then its encoded file, which is decoded and checked like any
  * frame: a file that does not decode to exactly its data is a miss and is
@@ -990,9 +1002,11 @@ LL_API int ll_gz_inflate_span(uint32_t bits, uint32_t byte, const void *window, 
 #define LL_CHUNK_GZIP 1
 #define LL_CHUNK_ZSTD 2
 #define LL_CHUNK_GZSPAN 3
+#define LL_CHUNK_RUN 4    /* a run of chunks (ll_run_decode): window length = its n entries */
 
 /* Decode encoded frame `src` (len bytes: header, window, payload) into exactly
- * `size` bytes at dst and check their sha256 against `sha256`.  Never writes
+ * `size` bytes at dst and check their sha256 against `sha256` (an LL_CHUNK_RUN
+ * file: its table's sha256, and each chunk against its own).  Never writes
  * past dst + size nor allocates more than a zstd window of 128 MiB, whatever the
  * bytes say.  LL_OK; LL_ERR_FORMAT if the header is malformed or gives another
  * size; LL_ERR_FRAME if the payload does not decode to `size` bytes;
@@ -1042,8 +1056,11 @@ LL_API int ll_run_decode(const void *table, uint32_t n, const void *payload, siz
  * With ll_chunked_options.run_size, each run of small chunks (consecutive
  * rows of gzip, zstd or zeros chunks of at most run_chunk bytes, each chunk's
  * compressed bytes at most run_gap after the end of the one before it that has
- * bytes, up to run_size of data) is one frame named by zeros instead: its host
- * checks each chunk (ll_run_decode); the rows stay one per chunk.
+ * bytes, up to run_size of data, LL_RUN_MAX_CHUNKS chunks and 2 * run_size
+ * bytes of the blob) is one frame instead, named by the sha256 of its table as
+ * ll_run_decode takes it (entries relative to the run's first compressed byte):
+ * its host keeps it as an LL_CHUNK_RUN encoded frame and checks each chunk; the
+ * rows stay one per chunk.
  *
  * A chunk's compressed bytes end where the next chunk's (or an endOffset, or
  * the TOC) begins, but never more than size + size / 8 + LL_CHUNK_SPAN_SLACK

@@ -789,10 +789,11 @@ def _convert_both(data: bytes, toc_offset: int, codec: str, hidden: frozenset) -
 def test_runs_of_small_chunks_are_one_frame_each(image: tuple[str, list[Variant]],
                                                  zchunked: tuple[str, list[ZLayer]]) -> None:
     """Runs made by the C converter (parse_toc with runs) on real layers' TOCs: every frame is one
-    chunk (named by its digest; a big chunk's piece by zeros) or a run of chunks — each at most RUN_CHUNK, gzip, zstd or zeros, each
-    chunk's bytes at most RUN_GAP after the last one's in the blob, RUN_SIZE of data at most,
-    named by zeros — that stops only where the next chunk could not join it; the frames tile the
-    stream as the chunks do."""
+    chunk (named by its digest; a big chunk's piece by zeros) or a run of chunks — each at most
+    RUN_CHUNK, gzip, zstd or zeros, each chunk's bytes at most RUN_GAP after the last one's in the
+    blob, RUN_SIZE of data at most, named by the sha256 of its chunk table — that stops only where
+    the next chunk could not join it; the frames tile the stream as the chunks do."""
+    from lazylayer.core import chunk
     from lazylayer.format import estargz, zstdchunked
     from lazylayer.format.layer import Toc
 
@@ -819,7 +820,12 @@ def test_runs_of_small_chunks_are_one_frame_each(image: tuple[str, list[Variant]
                 assert f.sha256 == (estargz.ZERO_SHA256 if c.codec.endswith("-whole") else c.digest[7:])
                 continue
             runs += 1
-            assert f.sha256 == estargz.ZERO_SHA256 and f.size <= estargz.RUN_SIZE
+            data = [c for c in run if c.codec != "zeros"]
+            base = data[0].offset if data else 0
+            table = b"".join(chunk.run_entry(c.offset - base if c.codec != "zeros" else 0,
+                                             c.end - c.offset if c.codec != "zeros" else 0, c.size, c.codec,
+                                             bytes.fromhex(c.digest[7:])) for c in run)
+            assert f.sha256 == hashlib.sha256(table).hexdigest() and f.size <= estargz.RUN_SIZE  # named by it
             assert all(c.size <= estargz.RUN_CHUNK and c.codec in ("gzip", "zstd", "zeros") for c in run)
             data = [c for c in run if c.codec != "zeros"]
             assert all(a.end <= b.offset <= a.end + estargz.RUN_GAP for a, b in zip(data, data[1:]))
@@ -907,12 +913,14 @@ def test_chunks_fetched_ahead_are_kept_encoded_and_checked_when_read(image: tupl
                                                                      runs: bool) -> None:
     """Fetching ahead (what plans, read-ahead and fill call) stores each chunk as it came — a
     ``.z`` file under its data's digest, neither inflated nor hashed, or with the run of small
-    chunks it is in, one ``run-`` file of their compressed bytes; a later reader (the C reader,
-    another Image on the same cache) decodes and checks them and fetches nothing.  A damaged one is
-    found when read, removed, and fetched again: the bytes read are right."""
+    chunks it is in, one ``.z`` file (``LL_CHUNK_RUN``: the run's table and compressed bytes)
+    under the sha256 of the table; a later reader (the C reader, another Image on the same cache)
+    decodes and checks them and fetches nothing.  A damaged one is found when read, removed, and
+    fetched again: the bytes read are right."""
     import glob
 
     from lazylayer.core import BlockCache
+    from lazylayer.core._lib import lib
     from lazylayer.image import DiskCache, Image
     from lazylayer.image.frames import ChunkSource
 
@@ -928,8 +936,9 @@ def test_chunks_fetched_ahead_are_kept_encoded_and_checked_when_read(image: tupl
             assert n > 0 and layer.source.prefetch(range(len(layer.toc.frames))) == 0  # there now
     frames = glob.glob(str(tmp_path / "cache" / "v1" / "frames" / "*" / "*"))
     encoded = [p for p in frames if p.endswith(".z")]
-    run_files = glob.glob(str(tmp_path / "cache" / "v1" / "files" / "run-*"))
-    assert len(encoded) == len(frames) and bool(run_files) == runs and (runs or encoded)  # nothing stored decoded
+    run_files = [p for p in encoded if Path(p).read_bytes()[8] == lib.LL_CHUNK_RUN]
+    assert len(encoded) == len(frames) and encoded and bool(run_files) == runs  # nothing stored decoded
+    assert not glob.glob(str(tmp_path / "cache" / "v1" / "files" / "run-*"))
 
     def read_all(img: Image) -> None:
         for name, data in want.items():
@@ -940,9 +949,11 @@ def test_chunks_fetched_ahead_are_kept_encoded_and_checked_when_read(image: tupl
         read_all(img)
         s = img.stats()
         assert s["frames_fetched"] == 0 and s["frames_from_disk"] > 0
+        assert s["host_calls"] == 0  # (every frame, runs included, decoded and checked by the C reader itself)
 
     # damage one chunk's compressed bytes, then a run's: found when read, removed, fetched again
-    for victim in [max(files, key=os.path.getsize) for files in (encoded, run_files) if files]:
+    single = [p for p in encoded if p not in run_files]
+    for victim in [max(files, key=os.path.getsize) for files in (single, run_files) if files]:
         blob = bytearray(Path(victim).read_bytes())
         blob[len(blob) // 2] ^= 0x55
         Path(victim).write_bytes(bytes(blob))

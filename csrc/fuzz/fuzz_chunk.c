@@ -210,6 +210,21 @@ static void fuzz_run(const uint8_t *data, size_t size) {
     if (real) {
         CHECK(rc == LL_OK, "a real run: %d (entry %u)", rc, bad);
         CHECK(memcmp(dst, expect, total) == 0, "a real run's bytes");
+        /* the same kept as an encoded frame (LL_CHUNK_RUN), named by its table */
+        size_t flen = LL_CHUNK_HEADER + n * LL_RUN_ENTRY + plen;
+        uint8_t *file = malloc(flen), name[32];
+        if (file) {
+            header(file, LL_CHUNK_RUN, 0, 0, (uint32_t)n, total);
+            memcpy(file + LL_CHUNK_HEADER, table, n * LL_RUN_ENTRY);
+            memcpy(file + LL_CHUNK_HEADER + n * LL_RUN_ENTRY, payload, plen);
+            ll_sha256(table, n * LL_RUN_ENTRY, name);
+            memset(dst, 0, total);
+            CHECK(ll_chunk_decode(file, flen, name, dst, total) == LL_OK && memcmp(dst, expect, total) == 0,
+                  "a real run file");
+            name[0] ^= 1;
+            CHECK(ll_chunk_decode(file, flen, name, dst, total) == LL_ERR_DIGEST, "a run file under another name");
+            free(file);
+        }
         size_t k = (size_t)(ll_fuzz_hash(data, size) % n);
         table[k * LL_RUN_ENTRY + 16] ^= 1;
         CHECK(ll_run_decode(table, (uint32_t)n, payload, plen, dst, total, &bad) == LL_ERR_DIGEST && bad == k,
@@ -241,6 +256,35 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint64_t n = 0;
     if (len >= LL_CHUNK_HEADER)
         for (int i = 7; i >= 0; i--) n = n << 8 | src[16 + i];
+    if (!real && len >= LL_CHUNK_HEADER && src[8] == LL_CHUNK_RUN) { /* named by its table, not its data */
+        uint32_t entries = ll_fuzz_u32(src + 12);
+        if (n <= MAX_SIZE && (uint64_t)entries * LL_RUN_ENTRY <= len - LL_CHUNK_HEADER) {
+            uint8_t name[32], zero[32] = {0};
+            ll_sha256(src + LL_CHUNK_HEADER, (size_t)entries * LL_RUN_ENTRY, name);
+            uint8_t *dst = malloc((size_t)n + GUARD);
+            if (dst) {
+                memset(dst + n, 0xA5, GUARD);
+                int rc = ll_chunk_decode(src, len, name, dst, (size_t)n);
+                CHECK(ll_fuzz_known_status(rc) && rc != LL_ERR_ARG, "run file: status %d", rc);
+                for (int k = 0; k < GUARD; k++) CHECK(dst[n + k] == 0xA5, "run file: wrote past the buffer");
+                if (rc == LL_OK) {
+                    CHECK(entries > 0 && ll_chunk_decode(src, len, zero, dst, (size_t)n) == LL_ERR_DIGEST,
+                          "a run file under another name");
+                    size_t at = 0; /* every chunk matches its digest */
+                    for (uint32_t i = 0; i < entries; i++) {
+                        const uint8_t *e = src + LL_CHUNK_HEADER + (size_t)i * LL_RUN_ENTRY;
+                        uint8_t h[32];
+                        ll_sha256(dst + at, ll_fuzz_u32(e + 8), h);
+                        CHECK(memcmp(h, e + 16, 32) == 0, "run file: chunk %u passed unchecked", i);
+                        at += ll_fuzz_u32(e + 8);
+                    }
+                }
+                free(dst);
+            }
+        }
+        free(made);
+        return 0;
+    }
     if (n > MAX_SIZE) { /* not allocated: asked for less, it is a header giving another size */
         uint8_t small[64], sha[32] = {0};
         CHECK(ll_chunk_decode(src, len, sha, small, sizeof small) == LL_ERR_FORMAT, "size mismatch");

@@ -11,7 +11,8 @@
  * bytes of the blob but for big chunks' pieces, zero span fields), the stream size is the
  * rows' sum, and the TOC made is one the
  * index takes as a raw layer whose frames tile the rows — a row each, or with
- * runs a run of rows within the limits, named by zeros — (or refuses
+ * runs a run of rows within the limits, named by the sha256 of its chunk
+ * table — (or refuses
  * with LL_ERR_FORMAT / LL_ERR_LIMIT: what toc.c checks that the converter
  * leaves to it), which then walks clean. */
 #include "fuzz_index_common.h"
@@ -112,8 +113,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         CHECK(left == 0, "frame %u: the rows end first", i);
         const uint8_t *r = rows + first * LL_CHUNKED_ROW_SIZE;
-        int named = row - first == 1 && r[60] < LL_ROW_GZIP_WHOLE;
-        CHECK(memcmp(f.sha256, named ? r + 28 : zero, 32) == 0, "frame %u's name", i);
+        if (row - first > 1) { /* a run: named by the sha256 of its table (ll_run_decode's), made here */
+            size_t tn = (size_t)(row - first);
+            uint8_t *t = calloc(tn, LL_RUN_ENTRY), h[32];
+            if (t) {
+                for (size_t q = 0; q < tn; q++) {
+                    const uint8_t *x = rows + (first + q) * LL_CHUNKED_ROW_SIZE;
+                    uint8_t *e = t + q * LL_RUN_ENTRY;
+                    uint64_t xo = 0, xe = 0;
+                    for (int k = 0; k < 8; k++) xo |= (uint64_t)x[12 + k] << (8 * k), xe |= (uint64_t)x[20 + k] << (8 * k);
+                    if (x[60] != LL_ROW_ZEROS)
+                        for (int k = 0; k < 4; k++)
+                            e[k] = (uint8_t)((xo - first_off) >> (8 * k)), e[4 + k] = (uint8_t)((xe - xo) >> (8 * k));
+                    memcpy(e + 8, x + 8, 4);
+                    e[12] = x[60] == LL_ROW_GZIP ? LL_CHUNK_GZIP : x[60] == LL_ROW_ZSTD ? LL_CHUNK_ZSTD : LL_CHUNK_ZEROS;
+                    memcpy(e + 16, x + 28, 32);
+                }
+                ll_sha256(t, tn * LL_RUN_ENTRY, h);
+                CHECK(memcmp(f.sha256, h, 32) == 0, "frame %u: a run not named by its table", i);
+                free(t);
+            }
+        } else {
+            CHECK(memcmp(f.sha256, r[60] < LL_ROW_GZIP_WHOLE ? r + 28 : zero, 32) == 0, "frame %u's name", i);
+        }
     }
     CHECK(row == count, "frames end before the rows");
     ll_fuzz_walk(idx, ll_fuzz_hash(data, size));

@@ -602,6 +602,20 @@ static void chunk_seeds(void) {
     put(&r, out, g);
     save("chunk", "raw-run", r.p, r.len);
     free(r.p);
+    r = (buf){0}; /* the same run as an encoded frame file (mode 0: as is) */
+    put8(&r, 0);
+    put(&r, "LLCHNKZ1", 8);
+    put8(&r, LL_CHUNK_RUN);
+    put8(&r, 0);
+    put8(&r, 0);
+    put8(&r, 0);
+    put32(&r, 2);
+    put32(&r, 9700);
+    put32(&r, 0);
+    put(&r, e, sizeof e);
+    put(&r, out, g);
+    save("chunk", "file-run", r.p, r.len);
+    free(r.p);
     free(t);
 }
 

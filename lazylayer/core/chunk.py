@@ -21,7 +21,7 @@ from typing import Any
 from .. import errors
 from ._lib import check, ffi, lib
 
-__all__ = ["CODECS", "HEADER_SIZE", "decode", "decode_run", "header", "run_entry", "size_of"]
+__all__ = ["CODECS", "HEADER_SIZE", "decode", "decode_run", "header", "run_entry", "run_header", "size_of"]
 
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 _HEADER = struct.Struct("<8sBBBxIQ")
@@ -72,6 +72,13 @@ def decode(data: Any, sha256_hex: str) -> bytes:
                                        f"to {size} bytes")
     check(rc, f"encoded frame sha256:{sha256_hex}")
     return bytes(ffi.buffer(dst, size))
+
+
+def run_header(size: int, n: int) -> bytes:
+    """The header of a run of ``n`` chunks and ``size`` bytes of data kept as one encoded frame
+    (``LL_CHUNK_RUN``): then come its table (:func:`run_entry` of each chunk) and its payload; it is
+    named by the sha256 of the table."""
+    return _HEADER.pack(_MAGIC, lib.LL_CHUNK_RUN, 0, 0, n, size)
 
 
 def run_entry(offset: int, length: int, size: int, codec: str, digest: bytes) -> bytes:

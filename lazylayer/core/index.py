@@ -398,12 +398,14 @@ class ImageReader:
     ``c_sources`` instead: a filled ``ll_image_source[]`` of C callbacks (no
     Python on any read: the mount's, lazylayer/mount/fuse.py), kept alive with
     ``keep``; the frames they return are checked against their sha256 here, and
-    stored by whoever fetched them.
+    stored by whoever fetched them — but with ``raw_checked_by_host`` raw layers'
+    frames, which the process behind the callbacks decoded and checked chunk by
+    chunk (a run of chunks is named by its table, not by its data).
     """
 
     def __init__(self, index: Index, sources: Sequence[tuple[Callable[[int, int], bytes], bool]], *,
                  cache: BlockCache | None, pool: WorkerPool | None, disk: NativeDiskCache | None,
-                 c_sources: Any = None, keep: object = None) -> None:
+                 c_sources: Any = None, keep: object = None, raw_checked_by_host: bool = False) -> None:
         self.index = index
         self._failed: dict[int, str] = {}
         self._callbacks = [_CallbackSource(fetch) for fetch, _ in sources]
@@ -425,6 +427,10 @@ class ImageReader:
         # verified here.  Either way the fetcher stores them (DiskCache.fetch_many, single-flight locks).
         opts.verify_fetched = int(c_sources is not None)
         opts.store_fetched = 0
+        # C sources whose raw layers' frames a Python host decoded and checked, chunk by chunk (the
+        # mount's fetcher): a run of chunks is named by its table, not its data, so C could not hash it
+        # against that name.
+        opts.raw_checked_by_host = int(raw_checked_by_host)
         out = ffi.new("ll_image **")
         check(lib.ll_image_create(index._ptr, arr, opts, out), "opening the image reader")
         # What C uses lives as long as the reader: the index, caches, pool and callbacks.

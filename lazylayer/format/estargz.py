@@ -277,13 +277,18 @@ def raw_layer(toc: EstargzToc, digest: str) -> tuple[Any, ChunkRows]:
     return _index_layer_of(toc_frame(toc.toc, level=1), toc.size, digest), toc.chunk_rows
 
 
-RUN_SIZE = 2 << 20
-"""The most data a run of small chunks read as one frame holds (lazylayer's own frame size)."""
+RUN_SIZE = 1 << 20
+"""The most data a run of small chunks read as one frame holds.  Every miss fetches, inflates and
+hashes a whole run: 1 MiB runs made the cold start's eStargz and zstd:chunked mounts 0.03-0.06x of
+lazylayer's own format's time faster than 2 MiB runs, and 512 KiB runs 0.1x slower
+(docs/benchmarks.md)."""
 RUN_CHUNK = 512 << 10
 """The largest chunk that joins a run."""
 RUN_GAP = 64 << 10
 """The most bytes between two chunks of a run in the blob (fetched with it, not read): zstd:chunked
 puts each tar header in a zstd frame of its own between files' chunks."""
+
+
 def index_layer(frames: list[Any], entries: list[dict[str, Any]], size: int, plan: list[list[int]],
                 digest: str) -> Any:
     """The ``IndexLayer`` of a raw layer of ``size`` virtual bytes: its TOC frame (``frames``

@@ -673,10 +673,6 @@ class DiskCache:
             pass  # cleared by somebody else meanwhile: the caller's pin will say so
         return path
 
-    def has_file(self, name: str) -> bool:
-        """True if file ``name`` is there (not marked as used: :meth:`read_file` does that)."""
-        return os.path.exists(self._file_path(name))
-
     def read_file(self, name: str) -> bytes | None:
         """The content of file ``name`` (None if there is none), marked as just used."""
         path = self._file_path(name)

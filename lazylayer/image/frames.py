@@ -9,11 +9,11 @@ import os
 import threading
 import time
 import zlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from .. import errors
 from ..format import Frame, FrameTable, frame_column
-from .cache import CacheError, DiskCache
+from .cache import DiskCache
 
 log = logging.getLogger("lazylayer")
 _here = threading.local()  # .fetched: how many frames this thread's last read fetched itself (for the -vv log)
@@ -174,10 +174,15 @@ class ChunkSource(FrameSource):
     sha256 of its data: chunks fetched ahead (:meth:`prefetch`: plans, read-ahead,
     fill) are stored without being decompressed or hashed, and are decoded and
     checked when read, in C.  The same chunk in any layer, image or format is
-    fetched once.  Everything else is :class:`FrameSource`'s.
+    fetched once.  A run of small chunks read as one frame (``parse_toc`` with
+    ``runs``) is fetched with one request and kept the same way, as one encoded
+    frame (``LL_CHUNK_RUN``: its chunk table, then the blob's bytes from its first
+    chunk to its last) named by the sha256 of that table, each chunk checked
+    against its own digest when read (``ll_run_decode``).  Everything else is
+    :class:`FrameSource`'s.
     """
 
-    _store_fetched = False  # (_fetch_chunks keeps each chunk encoded, as fetched)
+    _store_fetched = False  # (_fetch keeps each frame encoded, as fetched)
 
     def __init__(self, blob: Any, frames: Sequence[Frame], chunks: Sequence[Any], disk: DiskCache | None,
                  name: str, local: bool = False) -> None:
@@ -186,7 +191,7 @@ class ChunkSource(FrameSource):
 
         self._chunk_list = chunks if isinstance(chunks, ChunkRows) else list(chunks)
         # Each frame's first chunk (row), and one past the last frame's last: a frame is one chunk,
-        # or a run of small ones (estargz.parse_toc with runs); None when every frame is one chunk.
+        # or a run of small ones; None when every frame is one chunk.
         self._first: list[int] | None = None
         if len(self._chunk_list) != len(self.frames):
             self._first = _first_rows(frame_column(self.frames, "size"), _sizes(self._chunk_list), name)
@@ -214,210 +219,133 @@ class ChunkSource(FrameSource):
         """The chunks (rows) of frame ``i``: one, or a run."""
         return range(i, i + 1) if self._first is None else range(self._first[i], self._first[i + 1])
 
-    def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
-        return self._fetch_chunks([self._rows(self._index(f))[0] for f in frames])  # (frames of one chunk)
-
-    def _fetch_chunks(self, want: list[int]) -> list[bytes]:
-        """Fetch chunks ``want`` (rows) and return their data, each checked against its sha256,
-        and stored encoded in the disk cache only then."""
-        remote = [i for i in want if self._chunk_list[i].codec != "zeros"]
-        ranges = [(self._chunk_list[i].offset, self._chunk_list[i].end - self._chunk_list[i].offset) for i in remote]
-        raw = dict(zip(remote, self.blob.read_ranges(ranges)))
-        self._count(len(remote), sum(n for _, n in ranges))
-        out = []
-        for i in want:
-            c = self._chunk_list[i]
-            data = bytes(c.size) if c.codec == "zeros" else _decode(c, raw[i], self.__name__)
-            _check(c, data, self.__name__)
-            out.append(data)
-            if self.disk is not None:
-                self._store(c, raw.get(i, b""))
-        return out
-
-    def _fetch_ahead(self, want: list[int], stored: Callable[[int], None]) -> int:
-        """Fetch chunks ``want`` (rows) into the disk cache, encoded and unchecked (they are
-        checked when read), each as soon as it has arrived; ``stored(k)`` once ``want[k]`` is in
-        place.  The bytes fetched."""
-        remote: list[int] = []
-        for k, i in enumerate(want):
-            if self._chunk_list[i].codec == "zeros":
-                self._store(self._chunk_list[i], b"")
-                stored(k)
-            else:
-                remote.append(k)
-        chunks = [self._chunk_list[want[k]] for k in remote]
-        got = n = 0
-        try:
-            for j, data in self.blob.iter_ranges([(c.offset, c.end - c.offset) for c in chunks]):
-                self._store(chunks[j], data)
-                stored(remote[j])
-                n += 1
-                got += len(data)
-        finally:
-            self._count(n, got)
-        return got
-
-    def _store(self, c: Any, compressed: bytes) -> None:
-        """Keep chunk ``c`` encoded, as fetched, under its digest."""
+    def _part(self, f: Frame) -> _Part:
+        """What frame ``f`` is made of: its chunks, where their bytes are in the blob, and for a run
+        its table (checked against the frame's name)."""
+        rows = self._rows(self._index(f))
+        chunks = [self._chunk_list[i] for i in rows]
+        data = [c for c in chunks if c.codec != "zeros"]
+        span = (data[0].offset, data[-1].end - data[0].offset) if data else (0, 0)
+        if len(chunks) == 1:
+            return _Part(f, chunks, span, b"")
         from ..core import chunk
 
-        extra: dict[str, Any] = {}
-        if c.codec == "gzspan":
-            from ..format.gzindex import window
+        table = b"".join(chunk.run_entry(c.offset - span[0] if c.codec != "zeros" else 0,
+                                         c.end - c.offset if c.codec != "zeros" else 0, c.size, c.codec,
+                                         bytes.fromhex(c.digest[7:])) for c in chunks)
+        if hashlib.sha256(table).hexdigest() != f.sha256:
+            raise errors.FormatError(f"{self.__name__}: the run of chunks at {span[0]} is not the one its frame "
+                                     "names")
+        return _Part(f, chunks, span, table)
 
-            extra = {"bits": c.bits, "byte": c.byte, "window": window(c)}
+    def _fetch(self, frames: Sequence[Frame]) -> list[bytes]:
+        """Fetch frames ``frames`` (one request) and return their data, every chunk checked against its
+        sha256, each frame kept encoded in the disk cache only then."""
+        parts = [self._part(f) for f in frames]
+        remote = [p for p in parts if p.span[1]]
+        raw = dict(zip((id(p) for p in remote), self.blob.read_ranges([p.span for p in remote])))
+        self._count(len(remote), sum(p.span[1] for p in remote))
+        out = []
+        for p in parts:
+            compressed = raw.get(id(p), b"")
+            data = self._decode(p, compressed)
+            out.append(data)
+            if self.disk is not None:
+                self._keep(p, compressed)
+        return out
+
+    def _decode(self, p: _Part, compressed: bytes) -> bytes:
+        """The data of frame part ``p`` from its compressed bytes, every chunk checked."""
+        if len(compressed) != p.span[1]:
+            raise errors.CorruptFrameError(f"{self.__name__}: {len(compressed)} bytes at {p.span[0]}, not "
+                                           f"{p.span[1]}")
+        if p.table:
+            from ..core import chunk
+
+            return chunk.decode_run(p.table, compressed, p.frame.size,
+                                    lambda k: f"{self.__name__}: the chunk at {p.chunks[k].offset} "
+                                              f"({p.chunks[k].digest})")
+        c = p.chunks[0]
+        data = bytes(c.size) if c.codec == "zeros" else _decode(c, compressed, self.__name__)
+        _check(c, data, self.__name__)
+        return data
+
+    def _keep(self, p: _Part, compressed: bytes) -> None:
+        """Keep frame part ``p`` encoded, as fetched, under its frame's name."""
+        from ..core import chunk
+
+        c = p.chunks[0]
+        if p.table:
+            head = chunk.run_header(p.frame.size, len(p.chunks))
+            parts = [head, p.table, compressed]
+        else:
+            extra: dict[str, Any] = {}
+            if c.codec == "gzspan":
+                from ..format.gzindex import window
+
+                extra = {"bits": c.bits, "byte": c.byte, "window": window(c)}
+            parts = [chunk.header(c.codec, c.size, **extra), compressed]
         try:
             assert self.disk is not None
-            self.disk.put_encoded(c.digest, [chunk.header(c.codec, c.size, **extra), compressed])
+            self.disk.put_encoded("sha256:" + p.frame.sha256, parts)
         except OSError as exc:  # a full disk must not fail the read
             log.warning("disk cache: not stored: %s", exc)
 
     def _get(self, frames: list[Frame]) -> bytes:
-        if self._first is None and not self._piece:
+        if not self._piece:
             return super()._get(frames)
         parts, plain = [], []
-        for f in frames:  # frames of one chunk as usual, runs and big chunks' pieces on their own
+        for f in frames:  # big chunks' pieces on their own (through a checked copy), the rest as usual
             rows = self._rows(self._index(f))
-            if len(rows) == 1 and rows[0] not in self._piece:
+            if rows[0] not in self._piece:
                 plain.append(f)
                 continue
             if plain:
                 parts.append(super()._get(plain))
                 plain = []
-            parts.append(self._read_whole(rows[0]) if len(rows) == 1 else self._read_run(rows))
+            parts.append(self._read_whole(rows[0]))
         if plain:
             parts.append(super()._get(plain))
         return b"".join(parts)
 
     def prefetch(self, indices: Sequence[int]) -> int:
-        """Fetch frames ``indices`` into the disk cache unless they are there: chunks encoded,
-        neither decompressed nor hashed now (that is done when one is read); runs as one file
-        each; the bytes fetched."""
+        """Fetch frames ``indices`` into the disk cache unless they are there: kept encoded, neither
+        decompressed nor hashed now (that is done when one is read); the bytes fetched."""
         if self.disk is None:
             return 0
-        rows: list[int] = []
-        runs: list[range] = []
-        for i in indices:
-            r = self._rows(i)
-            if len(r) == 1:
-                rows.append(r[0])
-            else:
-                runs.append(r)
-        got = self._fetch_runs(runs) if runs and not self.local else 0
-        if self._whole:
-            big = {(c.offset, c.digest): c for c in (self._chunk_list[i] for i in rows)
-                   if c.codec.endswith("-whole")}
+        frames = [self.frames[i] for i in indices]
+        got = 0
+        if self._piece:
+            big = {}
+            for f in frames:
+                r = self._rows(self._index(f))[0]
+                if r in self._piece:
+                    c = self._chunk_list[r]
+                    big[(c.offset, c.digest)] = c
             for c in big.values():
                 got += self._ensure_whole(c)
-            rows = [i for i in rows if not self._chunk_list[i].codec.endswith("-whole")]
+            frames = [f for f in frames if self._rows(self._index(f))[0] not in self._piece]
 
         def store(missing: list[int], stored: Callable[[int], None]) -> None:
             nonlocal got
-            got += self._fetch_ahead([rows[m] for m in missing], lambda k: stored(missing[k]))
-
-        self.disk.fill_many([self._chunk_list[i].digest for i in rows], store)
-        return got
-
-    # -- runs of small chunks read as one frame (estargz.parse_toc with runs): one file of the disk cache each
-
-    def _run_name(self, rows: range) -> str:
-        """A run's file: named by its chunks' digests (what it holds is checked against them)."""
-        h = hashlib.sha256()
-        for i in rows:
-            h.update(bytes.fromhex(self._chunk_list[i].digest[7:]))
-        return f"run-{h.hexdigest()}"
-
-    def _run_range(self, rows: range) -> tuple[int, int]:
-        """Where a run's compressed bytes are in the blob: from its first chunk's to its last's end
-        (the gaps between them included: zstd:chunked's tar headers); (0, 0) for a run of zeros."""
-        data = [self._chunk_list[i] for i in (rows[0], rows[-1]) if self._chunk_list[i].codec != "zeros"]
-        if len(data) < 2:
-            data = [c for c in (self._chunk_list[i] for i in rows) if c.codec != "zeros"]
-        return (data[0].offset, data[-1].end - data[0].offset) if data else (0, 0)
-
-    def _decode_run(self, rows: range, raw: bytes, span: tuple[int, int]) -> bytes:
-        """The data of a run's chunks, each decompressed from ``raw`` (the run's compressed bytes,
-        ``span`` in the blob: :meth:`_run_range`) and checked against its own digest
-        (IntegrityError, CorruptFrameError)."""
-        from ..core import chunk
-
-        base, size = span
-        if len(raw) != size:
-            raise errors.CorruptFrameError(f"{self.__name__}: the run of chunks at {base} is {len(raw)} bytes, "
-                                           f"not {size}")
-        chunks = [self._chunk_list[i] for i in rows]
-        table = []
-        for c in chunks:
-            if c.codec == "zeros":
-                table.append(chunk.run_entry(0, 0, c.size, "zeros", bytes.fromhex(c.digest[7:])))
-            elif not base <= c.offset <= c.end <= base + size:
-                raise errors.FormatError(f"{self.__name__}: the chunk at {c.offset} is outside its run")
-            else:
-                table.append(chunk.run_entry(c.offset - base, c.end - c.offset, c.size, c.codec,
-                                             bytes.fromhex(c.digest[7:])))
-        return chunk.decode_run(b"".join(table), raw, sum(c.size for c in chunks),
-                                lambda k: f"{self.__name__}: the chunk at {chunks[k].offset} ({chunks[k].digest})")
-
-    def _read_run(self, rows: range) -> bytes:
-        """A run's data: from its file in the disk cache, else fetched (one request) and kept;
-        every chunk checked.  A file that does not hold the run is removed and fetched again."""
-        span = self._run_range(rows)
-        if span[1] == 0:  # (zeros only: nothing to fetch or keep)
-            return self._decode_run(rows, b"", span)
-        if self.disk is None or self.local:  # (a local blob is read in place)
-            raw = self.blob.read_ranges([span])[0]
-            self._count(1, len(raw))
-            _here.fetched = 1
-            return self._decode_run(rows, raw, span)
-        name = self._run_name(rows)
-        for attempt in range(3):
-            fetched: list[bytes] = []
-
-            def build(f: Any) -> None:
-                fetched.append(self.blob.read_ranges([span])[0])
-                self._count(1, len(fetched[0]))
-                f.write(fetched[0])
-
+            parts = [self._part(frames[m]) for m in missing]
+            remote: list[int] = []
+            for k, p in enumerate(parts):
+                if p.span[1]:
+                    remote.append(k)
+                else:  # (zeros: nothing to fetch)
+                    self._keep(p, b"")
+                    stored(missing[k])
+            n = 0
             try:
-                self.disk.ensure_file(name, build)
-                raw = fetched[0] if fetched else self.disk.read_file(name)
-            except CacheError as exc:  # a full or broken disk must not fail the read
-                log.warning("disk cache: %s", exc)
-                raw = fetched[0] if fetched else self.blob.read_ranges([span])[0]
-            if raw is None:  # evicted in between
-                continue
-            try:
-                data = self._decode_run(rows, raw, span)
-            except (errors.IntegrityError, errors.CorruptFrameError) as exc:
-                self.disk.remove_file(name)
-                if attempt == 2:
-                    raise
-                log.warning("%s: %s; its copy removed, fetching it again", self.__name__, exc)
-                continue
-            _here.fetched = len(fetched)
-            if not fetched:
-                with self._lock:
-                    self.frames_from_disk += 1
-            return data
-        raise errors.SourceError(f"{self.__name__}: the run of chunks at {span[0]} was evicted "
-                                 "as soon as it was stored, three times: the disk cache is too small")
+                for j, data in self.blob.iter_ranges([parts[k].span for k in remote]):
+                    self._keep(parts[remote[j]], data)
+                    stored(missing[remote[j]])
+                    n, got = n + 1, got + len(data)
+            finally:
+                self._count(n, sum(parts[remote[j]].span[1] for j in range(n)))
 
-    def _fetch_runs(self, runs: list[range]) -> int:
-        """Fetch runs not in the disk cache yet into it, each kept as its bytes arrive (unchecked:
-        checked when read); the bytes fetched."""
-        assert self.disk is not None
-        todo = [(span, self._run_name(r)) for r in runs if (span := self._run_range(r))[1]]
-        todo = [(span, name) for span, name in todo if not self.disk.has_file(name)]
-        got = n = 0
-        try:
-            for j, raw in self.blob.iter_ranges([span for span, _ in todo]):
-                try:
-                    self.disk.ensure_file(todo[j][1], lambda f, raw=raw: f.write(raw))
-                except CacheError as exc:
-                    log.warning("disk cache: %s", exc)
-                n, got = n + 1, got + len(raw)
-        finally:
-            self._count(n, got)
+        self.disk.fill_many(["sha256:" + f.sha256 for f in frames], store)
         return got
 
     # -- chunks too big for one frame (a file zstd:chunked left whole): a checked copy on disk
@@ -522,6 +450,16 @@ class ChunkSource(FrameSource):
             self.disk.remove_file(self._whole_name(c))
         raise errors.IntegrityError(f"{self.__name__}: the disk copy of the chunk at {c.offset} keeps failing "
                                     "its check")
+
+
+class _Part(NamedTuple):
+    """A frame of a chunked layer: its chunks (one, or a run), where their compressed bytes are in the
+    blob (offset, length; (0, 0) for zeros only), and for a run its table (``ll_run_decode``'s)."""
+
+    frame: Frame
+    chunks: list[Any]
+    span: tuple[int, int]
+    table: bytes
 
 
 def _inflate_parts(c: Any, parts: Any, size: int, name: str) -> Any:

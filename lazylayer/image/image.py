@@ -454,7 +454,7 @@ class Image:
             return layer, chunks
         key = hashlib.sha256(json.dumps([desc.get("digest"), desc.get("size"), desc.get("mediaType"),
                                          desc.get("annotations"),
-                                         ["runs", estargz.RUN_SIZE, estargz.RUN_CHUNK, estargz.RUN_GAP]
+                                         ["runs2", estargz.RUN_SIZE, estargz.RUN_CHUNK, estargz.RUN_GAP]
                                          if self.chunk_runs else "chunks"],
                                         sort_keys=True).encode()).hexdigest()
         return estargz.cached_raw_layer(self.disk, f"chunked-{key}", desc.get("digest", ""), build)[0]

@@ -182,8 +182,7 @@ class ErofsMount:
             raise MountError(f"{self.mountpoint}: cannot mount the EROFS image: {reason}")
         self._reaper = threading.Thread(target=os.waitpid, args=(pid, 0), name="lazylayer-erofs-reap", daemon=True)
         self._reaper.start()
-        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="lazylayer-erofs-fill")
-        self._thread = threading.Thread(target=self._serve, name="lazylayer-erofs", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(workers,), name="lazylayer-erofs", daemon=True)
         self._thread.start()
         log.info("%s: mounted %s as EROFS in %.1f ms (%d inodes, %.1f MB of file data, %.0f%% filled)",
                  self.mountpoint, img.reference, (time.perf_counter() - t0) * 1e3, img.index.inodes,
@@ -268,8 +267,15 @@ class ErofsMount:
 
     # -- serving
 
-    def _serve(self) -> None:
-        assert self._sock is not None and self._pool is not None
+    def _serve(self, workers: int) -> None:
+        # The fill pool is made here, not before the mount returns: its first use in a process imports
+        # concurrent.futures.thread (~3.5 ms of a fresh process's mount).
+        with self._windows_lock:
+            if self._closing or self._sock is None:
+                self._gone.set()  # (as when the socket closes under the loop below)
+                return
+            pool = self._pool = concurrent.futures.ThreadPoolExecutor(max(1, workers),
+                                                                      thread_name_prefix="lazylayer-erofs-fill")
         while True:
             try:
                 msg, fds, _, _ = socket.recv_fds(self._sock, _MSG.size, 1)
@@ -283,7 +289,7 @@ class ErofsMount:
                 break
             if kind == lib.LL_EROFS_MSG_FILL and fds:
                 self.events += 1
-                self._pool.submit(self._fill, ident, fds[0], offset, length)
+                pool.submit(self._fill, ident, fds[0], offset, length)
             else:
                 for fd in fds:
                     os.close(fd)

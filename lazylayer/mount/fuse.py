@@ -230,7 +230,7 @@ class Mount:
             if spec.prefetch not in (None, "auto") or spec.fill:
                 log.warning("%s: no prefetch: every layer is in a local file", img.reference)
         self._reader = ImageReader(img.index, [], cache=img.memory, pool=_resolve_pool(img.threads), disk=img.native,
-                                   c_sources=arr, keep=keep)
+                                   c_sources=arr, keep=keep, raw_checked_by_host=True)  # (by the fetcher)
         img.on_poison.append(self._poison)  # (and the layers poisoned before this listened:)
         for layer, reason in img.poisoned.items():
             self._poison(layer, reason)
