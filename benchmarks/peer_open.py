@@ -8,6 +8,7 @@ the repositories and, with ``--base``, the two checkouts alternating, ``--runs``
 
     python -m benchmarks.peer_open --runs 3
     python -m benchmarks.peer_open --runs 3 --base /path/to/a/worktree   # A/B against other code
+    python -m benchmarks.peer_open --runs 3 --chunk-runs   # as the mounts open them (runs of chunks)
 
 ``--base`` is a checkout of lazylayer (its extension built, or copied in) put first on
 ``PYTHONPATH`` for its runs.
@@ -30,10 +31,11 @@ CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from lazylayer.image import DiskCache, Image
+opts = {"chunk_runs": True} if sys.argv[4] == "1" else {}
 out = []
 for _ in range(2):  # cold (the cache is empty), then from what the first open kept
     t = time.perf_counter()
-    img = Image(sys.argv[2], cache=DiskCache(sys.argv[3]))
+    img = Image(sys.argv[2], cache=DiskCache(sys.argv[3]), **opts)
     out.append(time.perf_counter() - t)
     img.close()
 print(json.dumps(out))
@@ -47,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/var/tmp/lazylayer-coldstart"),
                     help="benchmarks/coldstart's work directory (its registry storage)")
     ap.add_argument("--base", type=Path, help="another lazylayer checkout to compare with, interleaved")
+    ap.add_argument("--chunk-runs", action="store_true",
+                    help="open as the mounts do: runs of small chunks one frame each (Image(chunk_runs=True))")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from benchmarks.fetch import Registry
@@ -65,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
                 for name, path in variants.items():
                     with tempfile.TemporaryDirectory(prefix="peer-open-") as cache:
                         ref = f"docker://127.0.0.1:{reg.port}/{repo}:cs"
-                        r = subprocess.run([sys.executable, "-c", CHILD, str(path), ref, cache], capture_output=True,
+                        r = subprocess.run([sys.executable, "-c", CHILD, str(path), ref, cache,
+                                            "1" if a.chunk_runs else "0"], capture_output=True,
                                            text=True, cwd=tempfile.gettempdir(),
                                            env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": ""})
                     if r.returncode:

@@ -347,9 +347,18 @@ class Image:
             except errors.LazyLayerError as exc:
                 raise type(exc)(f"layer {desc.get('digest')}: {exc}") from exc
 
-        # The TOCs are fetched, decompressed and converted (C, zstd: the GIL let go) a layer per thread.
-        results = _in_parallel([lambda desc=desc, blob=blob: one(desc, blob) for _, desc, blob in chunked])
-        for (i, _, blob), got in zip(chunked, results):
+        # Those kept in the disk cache are read from there, here; the others' TOCs are fetched,
+        # decompressed and converted (C, zstd: the GIL let go) a layer per thread.
+        todo = []
+        for i, desc, blob in chunked:
+            kept = estargz.read_cached(self.disk, self._chunked_name(desc), desc.get("digest", "")) \
+                if self.disk is not None else None
+            if kept is not None:
+                out[i], blobs[i] = kept, blob
+            else:
+                todo.append((i, desc, blob))
+        results = _in_parallel([lambda desc=desc, blob=blob: one(desc, blob) for _, desc, blob in todo])
+        for (i, _, blob), got in zip(todo, results):
             if got is not None:
                 out[i], blobs[i] = got, blob
         if unindexed and self.gzip_indexes == "attached":
@@ -452,12 +461,19 @@ class Image:
             if chunks.whole():  # (read through a copy kept on disk)
                 raise estargz.NotSupported(f"a chunk over {estargz.MAX_CHUNK_SIZE} bytes needs a disk cache")
             return layer, chunks
+        return estargz.cached_raw_layer(self.disk, self._chunked_name(desc), desc.get("digest", ""), build)[0]
+
+    def _chunked_name(self, desc: oci.Descriptor) -> str:
+        """The disk cache's file of a chunked layer's raw layer: named by what its TOC was checked
+        against (the layer's digest and annotations) and how it is read (runs or not)."""
+        from ..format import estargz
+
         key = hashlib.sha256(json.dumps([desc.get("digest"), desc.get("size"), desc.get("mediaType"),
                                          desc.get("annotations"),
                                          ["runs2", estargz.RUN_SIZE, estargz.RUN_CHUNK, estargz.RUN_GAP]
                                          if self.chunk_runs else "chunks"],
                                         sort_keys=True).encode()).hexdigest()
-        return estargz.cached_raw_layer(self.disk, f"chunked-{key}", desc.get("digest", ""), build)[0]
+        return f"chunked-{key}"
 
     def _lazy_toc(self, desc: oci.Descriptor, blob: Any) -> IndexLayer:
         """A lazy layer's TOC frame (from the disk cache, else one range request) and position."""
