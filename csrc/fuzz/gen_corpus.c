@@ -595,27 +595,21 @@ static void chunk_seeds(void) {
     ll_sha256(t, 9000, e[0] + 16);
     e[1][8] = (uint8_t)(700 & 0xff), e[1][9] = (uint8_t)(700 >> 8), e[1][12] = 0;
     ll_sha256(zero, 700, e[1] + 16);
-    r = (buf){0};
-    put8(&r, 2);
-    put8(&r, 2);
-    put(&r, e, sizeof e);
-    put(&r, out, g);
-    save("chunk", "raw-run", r.p, r.len);
-    free(r.p);
-    r = (buf){0}; /* the same run as an encoded frame file (mode 0: as is) */
-    put8(&r, 0);
-    put(&r, "LLCHNKZ1", 8);
-    put8(&r, LL_CHUNK_RUN);
-    put8(&r, 0);
-    put8(&r, 0);
-    put8(&r, 0);
-    put32(&r, 2);
-    put32(&r, 9700);
-    put32(&r, 0);
-    put(&r, e, sizeof e);
-    put(&r, out, g);
-    save("chunk", "file-run", r.p, r.len);
-    free(r.p);
+    /* the same run as ll_run_decode's input (mode 2: entries, table, payload) and as an encoded
+     * frame file (mode 0: as is; header, then the same table and payload) */
+    static const uint8_t as_run[2] = {2, 2};
+    static const uint8_t as_file[1 + 16] = {0, 'L', 'L', 'C', 'H', 'N', 'K', 'Z', '1', LL_CHUNK_RUN, 0, 0, 0, 2};
+    const struct { const char *name; const uint8_t *head; size_t n; } kinds[2] = {
+        {"raw-run", as_run, sizeof as_run}, {"file-run", as_file, sizeof as_file}};
+    for (int k = 0; k < 2; k++) {
+        r = (buf){0};
+        put(&r, kinds[k].head, kinds[k].n);
+        if (k == 1) put32(&r, 9700), put32(&r, 0); /* the data's size */
+        put(&r, e, sizeof e);
+        put(&r, out, g);
+        save("chunk", kinds[k].name, r.p, r.len);
+        free(r.p);
+    }
     free(t);
 }
 
