@@ -153,7 +153,7 @@ class Image:
     zstd:chunked layer's small chunks as one frame (:func:`lazylayer.format.estargz.parse_toc`):
     one request and one file of the disk cache per run rather than per chunk,
     what a mount wants (it reads around every miss anyway: its cold start went from
-    1.49x to 1.22x lazylayer's own format's); without it (the default, ``lazylayer://``'s)
+    1.49x to 1.11–1.15x lazylayer's own format's); without it (the default, ``lazylayer://``'s)
     a reader of chosen files moves only their chunks (40 files of the 1 GB image:
     1.05x their chunks' bytes, against 1.6x with runs).  docs/filesystem.md, "eStargz layers".
 
