@@ -432,7 +432,6 @@ int ll_run_decode(const void *table, uint32_t n, const void *payload, size_t pay
     }
     free(gz);
     ZSTD_freeDCtx(zd);
-    if (rc == LL_ERR_ARG) rc = LL_ERR_FORMAT; /* (over 4 GiB: the table said so) */
     return rc;
 }
 

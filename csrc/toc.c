@@ -27,9 +27,6 @@
 #include <stdlib.h>
 
 #include <zstd.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 #define TOC_MAGIC "LZLYTOC1"
 #define TOC_SKIPPABLE 0x184D2A5Au

@@ -224,11 +224,12 @@ def parse_toc(data: bytes, toc_offset: int, codec: str = "gzip", hidden: frozens
     cold start: docs/benchmarks.md): consecutive chunks of at most :data:`RUN_CHUNK` (gzip, zstd,
     and zstd:chunked runs of zeros, which have no bytes), each chunk's compressed bytes at most
     :data:`RUN_GAP` after the one before it in the blob, up to :data:`RUN_SIZE` of data.  Such a
-    frame is read with one request and kept as one file of the disk cache; its sha256 is all
-    zeros, as a big chunk's pieces' are: the host checks each of its chunks against the chunk's
-    own digest (:class:`~lazylayer.image.frames.ChunkSource`).  FormatError naming the entry and the fault
-    (LimitError over a format limit; :class:`NotSupported` for a layer to fetch whole).  What is
-    checked: docs/filesystem.md, "eStargz layers" and "zstd:chunked layers"."""
+    frame is read with one request and kept as one encoded frame of the disk cache, named by the
+    sha256 of its chunk table (``ll_run_decode``'s; the converter computes it), each of its
+    chunks checked against the chunk's own digest (:class:`~lazylayer.image.frames.ChunkSource`).
+    FormatError naming the entry and the fault (LimitError over a format limit; :class:`NotSupported`
+    for a layer to fetch whole).  What is checked: docs/filesystem.md, "eStargz layers" and
+    "zstd:chunked layers"."""
     from ..core._lib import ffi, lib, raise_status
 
     if codec not in ("gzip", "zstd") or hidden not in (HIDDEN, frozenset()):

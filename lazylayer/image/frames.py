@@ -336,14 +336,15 @@ class ChunkSource(FrameSource):
                 else:  # (zeros: nothing to fetch)
                     self._keep(p, b"")
                     stored(missing[k])
-            n = 0
+            n = nbytes = 0
             try:
                 for j, data in self.blob.iter_ranges([parts[k].span for k in remote]):
                     self._keep(parts[remote[j]], data)
                     stored(missing[remote[j]])
-                    n, got = n + 1, got + len(data)
+                    n, nbytes = n + 1, nbytes + len(data)
             finally:
-                self._count(n, sum(parts[remote[j]].span[1] for j in range(n)))
+                self._count(n, nbytes)
+                got += nbytes
 
         self.disk.fill_many(["sha256:" + f.sha256 for f in frames], store)
         return got
