@@ -6,6 +6,7 @@ import os
 import re
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 
 def _version() -> str:
@@ -21,4 +22,22 @@ def _version() -> str:
     return ".".join(parts)
 
 
-setup(version=_version(), cffi_modules=["lazylayer/core/_build.py:ffibuilder"])
+# lazylayer-erofsd, the supervisor of an erofs mount as a program of its own (csrc/lazylayer-erofsd.c,
+# libc only; the same sources as EROFSD_SRCS in csrc/Makefile): built beside the extension, in
+# lazylayer/core/, where lazylayer.mount.erofs starts it (ll_erofs_exec) instead of forking itself.
+SUPERVISOR = "lazylayer-erofsd"
+SUPERVISOR_SOURCES = ["csrc/erofsd.c", "csrc/json.c", "csrc/lazylayer-erofsd.c"]
+
+
+class BuildExt(build_ext):
+    """build_ext, then the supervisor program next to the extension (in place for ``pip install -e``)."""
+
+    def run(self) -> None:
+        super().run()
+        out_dir = os.path.dirname(self.get_ext_fullpath("lazylayer.core._native"))
+        objects = self.compiler.compile(SUPERVISOR_SOURCES, output_dir=self.build_temp, include_dirs=["csrc"],
+                                        extra_postargs=["-std=c11", "-D_GNU_SOURCE", "-O2"])
+        self.compiler.link_executable(objects, SUPERVISOR, output_dir=out_dir)
+
+
+setup(version=_version(), cffi_modules=["lazylayer/core/_build.py:ffibuilder"], cmdclass={"build_ext": BuildExt})

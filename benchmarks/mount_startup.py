@@ -14,10 +14,10 @@ first mount (not timed). Then:
             fetched, index mapped), then ``lazylayer.Mount(img, dir)`` until it
             returns (fetcher spawned, mount(2), INIT answered), then the first
             ``stat``; with
-            ``backend="erofs"`` too (issue 19: EROFS metadata image built and
-            compared with the one kept, supervisor forked, data file marked,
-            mount(2)), interleaved with the FUSE runs, after one untimed
-            erofs mount that writes the metadata image.
+            ``backend="erofs"`` too (issue 19: the erofs module imported, the
+            supervisor started, the kept metadata image checked, the data
+            file readied and marked, mount(2)), interleaved with the FUSE
+            runs, after one untimed erofs mount that writes the metadata image.
 
 The package's bytecode is compiled first, as ``pip install`` does.  Run as root (mount(2));
 nothing else running.

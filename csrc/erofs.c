@@ -20,8 +20,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 #define BLK LL_EROFS_BLOCK
 #define EROFS_MAGIC 0xE0F5E1E2u
@@ -290,8 +288,6 @@ static int layout(const ll_index *idx, ll_erofs *e, char *err, size_t err_size) 
     e->data_size = data;
     return LL_OK;
 }
-
-uint64_t ll_erofs_sum(const void *data, size_t size) { return data || !size ? XXH3_64bits(data, size) : 0; }
 
 static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *slots, char *err, size_t err_size) {
     uint64_t n = ll_index_inodes(idx);

@@ -20,15 +20,20 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/fanotify.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define XXH_INLINE_ALL /* header-only xxHash: lazylayer-erofsd needs libc alone */
+#include <xxhash.h>
 
 #ifndef FAN_PRE_ACCESS
 #define FAN_PRE_ACCESS 0x00100000
@@ -63,6 +68,45 @@ static void say(const char *fmt, ...) {
     line[n++] = '\n';
     ssize_t w = write(2, line, (size_t)n);
     (void)w;
+}
+
+uint64_t ll_erofs_sum(const void *data, size_t size) { return data || !size ? XXH3_64bits(data, size) : 0; }
+
+/* ---- the metadata image: the one the host made sure of (its checksum in START) */
+
+typedef struct {
+    int fd;                    /* open, -1 if it could not be */
+    struct stat st;
+    uint64_t sum;
+    int summed;
+    void *map;                 /* its mapping, NULL if none (unmapped once the mount is made) */
+} meta_file;
+
+static void meta_unmap(meta_file *m) {
+    if (m->map) munmap(m->map, (size_t)m->st.st_size);
+    m->map = NULL;
+}
+
+/* Open `path` and take its checksum (mapped, populated at once: 8 MB in ~2 ms here, where
+ * reading it through a buffer costs a copy more). */
+static void meta_open(meta_file *m, const char *path) {
+    m->summed = 0;
+    m->map = NULL;
+    if ((m->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) return;
+    if (fstat(m->fd, &m->st) != 0 || m->st.st_size <= 0) return;
+    void *p = mmap(NULL, (size_t)m->st.st_size, PROT_READ, MAP_SHARED | MAP_POPULATE, m->fd, 0);
+    if (p == MAP_FAILED) return;
+    m->map = p;
+    m->sum = ll_erofs_sum(p, (size_t)m->st.st_size);
+    m->summed = 1;
+}
+
+/* Still the file at `path` (the host writes a new image under a new inode, by rename)? */
+static int meta_current(const meta_file *m, const char *path) {
+    struct stat st;
+    return m->fd >= 0 && stat(path, &st) == 0 && st.st_ino == m->st.st_ino && st.st_dev == m->st.st_dev &&
+           st.st_size == m->st.st_size && st.st_mtim.tv_sec == m->st.st_mtim.tv_sec &&
+           st.st_mtim.tv_nsec == m->st.st_mtim.tv_nsec;
 }
 
 /* ---- the filled blocks */
@@ -282,12 +326,13 @@ static __attribute__((noreturn)) void fail(sup *s, int errnum, const char *what)
     _exit(1);
 }
 
-/* The bitmap write_filled left, if it is about this data file (size, inode, device); removed
- * either way: the next clean end writes it again, a crash leaves none. */
+/* The bitmap write_filled left, if it is about this data file (size, inode, device; the host
+ * removes it whenever it makes a new data file, whose inode may be an old one's).  The caller removes
+ * it once the mount is made (a journalled unlink takes milliseconds): the next clean end writes it
+ * again, a crash leaves none. */
 static void read_filled(sup *s, const char *path) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return;
-    unlink(path);
     struct stat st, dst;
     size_t nb = (size_t)((s->nblocks + 7) / 8);
     uint8_t head[32];
@@ -334,12 +379,28 @@ static __attribute__((noreturn)) void supervise(const char *meta_path, const cha
                 strerror(errno));
         close(oom);
     }
-    /* the host forked us early and readies the data file meanwhile: wait for its START */
+    /* The host started us first and readies the data file meanwhile; what does not wait for it is
+     * done before its START: the group, and the checksum of the metadata image as it is now (the
+     * host may still write a new one, which is then summed after START). */
+    s.fan = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
+                          O_RDWR | O_LARGEFILE | O_CLOEXEC);
+    int fan_errno = s.fan < 0 ? errno : 0;
+    meta_file meta;
+    meta_open(&meta, meta_path);
     ll_erofs_msg start;
     ssize_t got;
     do got = recv(sock, &start, sizeof start, 0);
     while (got < 0 && errno == EINTR);
     if (got != (ssize_t)sizeof start || start.type != LL_EROFS_MSG_START) _exit(1);
+    if (fan_errno) fail(&s, fan_errno, "fanotify_init (pre-content events need Linux >= 6.14)");
+    if (!meta_current(&meta, meta_path)) {
+        meta_unmap(&meta);
+        if (meta.fd >= 0) close(meta.fd);
+        meta_open(&meta, meta_path);
+    }
+    if (meta.fd < 0) fail(&s, errno, meta_path);
+    if (!meta.summed || meta.sum != start.offset)
+        fail(&s, EBADMSG, "the metadata image does not match its checksum");
     s.data_size = start.length;
     if (s.data_size == 0 || s.data_size % LL_EROFS_BLOCK) fail(&s, EINVAL, "START: a bad data file size");
     s.nblocks = s.data_size / LL_EROFS_BLOCK;
@@ -349,12 +410,8 @@ static __attribute__((noreturn)) void supervise(const char *meta_path, const cha
     read_filled(&s, filled_path);
     /* Pinned in the disk cache (its trim skips files it cannot flock exclusively) as long as we live,
      * which may be longer than the daemon. */
-    int meta = open(meta_path, O_RDONLY | O_CLOEXEC);
-    if (meta < 0 || flock(meta, LOCK_SH) != 0 || flock(s.data, LOCK_SH) != 0)
+    if (flock(meta.fd, LOCK_SH) != 0 || flock(s.data, LOCK_SH) != 0)
         fail(&s, errno, "pinning the metadata image and the data file");
-    s.fan = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
-                          O_RDWR | O_LARGEFILE | O_CLOEXEC);
-    if (s.fan < 0) fail(&s, errno, "fanotify_init (pre-content events need Linux >= 6.14)");
     if (s.nfilled < s.nblocks) {   /* (a complete data file needs no mark) */
         if (fanotify_mark(s.fan, FAN_MARK_ADD, FAN_PRE_ACCESS, AT_FDCWD, data_path) != 0)
             fail(&s, errno, "marking the data file for pre-content events (ext4, xfs or btrfs needed; tmpfs "
@@ -384,6 +441,8 @@ static __attribute__((noreturn)) void supervise(const char *meta_path, const cha
     ll_erofs_msg ok = {.type = LL_EROFS_MSG_MOUNTED, .offset = s.nfilled * LL_EROFS_BLOCK};
     snprintf(ok.text, sizeof ok.text, "%s", s.sysname);
     if (send_msg(&s, &ok, -1) != 0) daemon_gone(&s);
+    unlink(filled_path);
+    meta_unmap(&meta);
 
     for (;;) {
         struct pollfd p[2] = {{.fd = s.fan, .events = POLLIN}, {.fd = s.daemon ? s.sock : -1, .events = POLLIN}};
@@ -414,4 +473,79 @@ int ll_erofs_spawn(const char *meta_path, const char *data_path, const char *mou
     if (child == 0) supervise(meta_path, data_path, mountpoint, filled_path, sock);
     *pid = (int)child;
     return LL_OK;
+}
+
+/* The socket's number in the program ll_erofs_exec starts (after stdin, stdout, stderr). */
+#define EXEC_SOCK 3
+
+int ll_erofs_exec(const char *program, const char *meta_path, const char *data_path, const char *mountpoint,
+                  const char *filled_path, int sock, int *pid, char *err, size_t err_size) {
+    if (err && err_size) err[0] = 0;
+    if (!program || !meta_path || !data_path || !mountpoint || !filled_path || sock < 0 || !pid) return LL_ERR_ARG;
+    /* The socket goes to EXEC_SOCK (dup2 clears its close-on-exec); one already there is first moved
+     * out of the way, as dup2 onto itself would leave the flag set. */
+    int moved = -1, from = sock;
+    if (sock == EXEC_SOCK) {
+        if ((moved = fcntl(sock, F_DUPFD_CLOEXEC, EXEC_SOCK + 1)) < 0) {
+            ll__set_err(err, err_size, "dup: %s", strerror(errno));
+            return LL_ERR_MOUNT;
+        }
+        from = moved;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    int rc = posix_spawn_file_actions_init(&fa);
+    if (rc == 0) {
+        rc = posix_spawnattr_init(&attr);
+        if (rc != 0) posix_spawn_file_actions_destroy(&fa);
+    }
+    if (rc == 0) {
+        /* its own session: a terminal's SIGINT or the host's process group being killed passes it by */
+        sigset_t none;
+        sigemptyset(&none);
+        rc = posix_spawn_file_actions_adddup2(&fa, from, EXEC_SOCK);
+        if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
+        if (rc == 0) rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
+        char fdarg[16];
+        snprintf(fdarg, sizeof fdarg, "%d", EXEC_SOCK);
+        char *argv[] = {(char *)program, (char *)meta_path, (char *)data_path, (char *)mountpoint,
+                        (char *)filled_path, fdarg, NULL};
+        char *envp[] = {NULL};
+        pid_t child = -1;
+        if (rc == 0) rc = posix_spawn(&child, program, &fa, &attr, argv, envp);
+        if (rc == 0) *pid = (int)child;
+        posix_spawnattr_destroy(&attr);
+        posix_spawn_file_actions_destroy(&fa);
+    }
+    if (moved >= 0) close(moved);
+    if (rc != 0) {
+        ll__set_err(err, err_size, "starting %s: %s", program, strerror(rc));
+        return LL_ERR_MOUNT;
+    }
+    return LL_OK;
+}
+
+int ll_erofs_probe(const char *path, int *what) {
+    if (what) *what = 0;
+    if (!path) return EINVAL;
+    int fan = fanotify_init(FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC, O_RDONLY | O_CLOEXEC);
+    if (fan < 0) {
+        if (what) *what = 1;
+        return errno;
+    }
+    int rc = fanotify_mark(fan, FAN_MARK_ADD, FAN_PRE_ACCESS, AT_FDCWD, path) == 0 ? 0 : errno;
+    if (rc && what) *what = 2;
+    close(fan);   /* (the mark goes with the group) */
+    return rc;
+}
+
+int ll_erofs_supervisor_main(int argc, char **argv) {
+    char *end = NULL;
+    long sock = argc == 6 ? strtol(argv[5], &end, 10) : -1;
+    if (argc != 6 || !end || *end || sock < 0 || sock > 1 << 20) {
+        say("usage: %s META DATA MOUNTPOINT FILLED SOCKET-FD (started by ll_erofs_exec, not by hand)",
+            argc > 0 ? argv[0] : "lazylayer-erofsd");
+        return 2;
+    }
+    supervise(argv[1], argv[2], argv[3], argv[4], (int)sock);
 }

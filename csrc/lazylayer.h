@@ -1243,6 +1243,27 @@ typedef struct {
  * (fork failed; the reason in err).  Any thread. */
 LL_API int ll_erofs_spawn(const char *meta_path, const char *data_path, const char *mountpoint,
                           const char *filled_path, int sock, int *pid, char *err, size_t err_size);
+/* The same supervisor as a program of its own: `program` is lazylayer-erofsd
+ * (built with the library: its main() is ll_erofs_supervisor_main), started
+ * with posix_spawn(3) in a session of its own, `sock` its descriptor 3, an
+ * empty environment.  Unlike ll_erofs_spawn it copies nothing of the host:
+ * starting it costs no fork of the host's memory (milliseconds for a host of
+ * tens of MB, during which the host's threads cannot fault a page in), and it
+ * holds a few hundred KB instead of the host's pages as they were.  Same
+ * protocol, same return values (LL_ERR_MOUNT: the program could not be
+ * started).  Any thread. */
+LL_API int ll_erofs_exec(const char *program, const char *meta_path, const char *data_path, const char *mountpoint,
+                         const char *filled_path, int sock, int *pid, char *err, size_t err_size);
+/* Can this process supervise a data file at `path` (an existing file, on the
+ * file system the data file would be on)?  0 if it can; else an errno, and
+ * *what says which step failed: 1 fanotify_init of a pre-content group (not
+ * root, or Linux < 6.14), 2 the pre-content mark on `path` (EOPNOTSUPP: a file
+ * system without them, such as tmpfs).  Leaves no mark.  Any thread. */
+LL_API int ll_erofs_probe(const char *path, int *what);
+/* main() of lazylayer-erofsd: argv = program META DATA MOUNTPOINT FILLED SOCKET-FD.
+ * Returns 2 (usage, said on stderr) for bad arguments; otherwise supervises and
+ * exits, never returning. */
+LL_API int ll_erofs_supervisor_main(int argc, char **argv);
 
 /* cffi-end */
 

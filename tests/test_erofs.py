@@ -24,7 +24,7 @@ from servers import RegistryServer, wait_for
 from test_mount import Built, Mounted, cli, corrupt_copy
 
 from lazylayer import mount
-from lazylayer.core.erofs import BLOCK, ErofsLayout
+from lazylayer.core.erofs import BLOCK, ErofsLayout, supervisor_program
 from lazylayer.core.seekable import BlockCache
 from lazylayer.image import DiskCache, Image
 from lazylayer.mount import MountError
@@ -153,6 +153,86 @@ def test_the_data_file_counts_what_it_holds_and_is_pinned_while_mounted(built: B
         assert (mnt / "etc/passwd").read_bytes() == open(os.path.join(built.rootfs, "etc/passwd"), "rb").read()
     cache.trim(0)
     assert not os.path.exists(m.data_path) and not os.path.exists(m.meta_path)
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def test_the_supervisor_is_a_small_program_of_its_own(built: Built, tmp_path: Any) -> None:
+    program = supervisor_program()
+    assert program is not None, "setup.py builds lazylayer-erofsd beside the extension"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with ErofsMount(f"oci:{built.lazy}:v1", str(mnt), cache=DiskCache(tmp_path / "c")) as m:
+        assert (mnt / "etc/passwd").read_bytes() == open(os.path.join(built.rootfs, "etc/passwd"), "rb").read()
+        assert os.readlink(f"/proc/{m.pid}/exe") == os.path.realpath(program)
+        assert os.getsid(m.pid) == m.pid != os.getsid(0)  # (a session of its own: no terminal's signals)
+        rss_kb = int(_status(m.pid)["VmRSS"].split()[0])
+        mine_kb = int(_status(os.getpid())["VmRSS"].split()[0])
+        assert rss_kb < 8 << 10 < mine_kb, (rss_kb, mine_kb)  # nothing of this process copied
+        with open(f"/proc/{m.pid}/environ", "rb") as f:
+            assert f.read() == b""
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{m.pid}/fd"))
+        assert len(fds) <= 8, fds  # stdin/out/err, the socket, the group, the two pinned files
+    assert not _alive(m.pid)
+
+
+def test_without_the_program_the_supervisor_is_forked(built: Built, tmp_path: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import lazylayer.mount.erofs as erofs_mod
+
+    monkeypatch.setattr(erofs_mod, "supervisor_program", lambda: None)  # (an extension built without setup.py)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with ErofsMount(f"oci:{built.lazy}:v1", str(mnt), cache=DiskCache(tmp_path / "c")) as m:
+        assert os.readlink(f"/proc/{m.pid}/exe") == os.readlink("/proc/self/exe")
+        _same_as_umoci(str(mnt), built)
+    assert not _alive(m.pid)
+
+
+def test_a_damaged_metadata_image_is_built_again(built: Built, tmp_path: Any,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ref = f"oci:{built.lazy}:v1"
+    with ErofsMount(ref, str(mnt), cache=DiskCache(tmp_path / "c")) as m:
+        meta_path = m.meta_path
+    good = open(meta_path, "rb").read()
+    # one bit flipped in the root directory's inode (block 1), size and name unchanged: the supervisor
+    # finds it against the kept checksum before it mounts anything
+    bad = bytearray(good)
+    bad[4096 + 8] ^= 0x10
+    with open(meta_path, "r+b") as f:
+        f.write(bad)
+    with caplog.at_level("WARNING", logger="lazylayer"):
+        with ErofsMount(ref, str(mnt), cache=DiskCache(tmp_path / "c")) as m:
+            _same_as_umoci(str(mnt), built)
+    assert "does not match its checksum" in caplog.text and "building it again" in caplog.text
+    assert open(meta_path, "rb").read() == good
+    os.unlink(meta_path[:-len(".meta")] + ".sum")  # no checksum kept: built again, quietly
+    with ErofsMount(ref, str(mnt), cache=DiskCache(tmp_path / "c")) as m:
+        assert (mnt / "etc/passwd").read_bytes() == open(os.path.join(built.rootfs, "etc/passwd"), "rb").read()
+    assert open(meta_path, "rb").read() == good
+
+
+def test_a_bitmap_left_beside_an_evicted_data_file_is_not_taken_for_a_new_one(built: Built, tmp_path: Any) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ref, path = f"oci:{built.lazy}:v1", "big/large.bin"
+    want = open(os.path.join(built.rootfs, path), "rb").read()
+    with ErofsMount(ref, str(mnt), cache=DiskCache(tmp_path / "c")) as m:
+        assert (mnt / path).read_bytes() == want
+    assert os.path.exists(m.filled_path)
+    # The cache evicts its least recently used files one by one: the data file may go while the bitmap
+    # written after it stays; the next data file, as sparse and as big, then gets its inode number
+    # back (ext4 hands out the one just freed).
+    os.unlink(m.data_path)
+    # (Before the fix, this read zeros whenever the number came back: nearly always here.)
+    with ErofsMount(ref, str(mnt), cache=DiskCache(tmp_path / "c")) as m:
+        assert (mnt / path).read_bytes() == want  # fetched again, never the new file's holes
+        assert m.stats()["fill_events"] > 0
 
 
 def test_a_corrupt_frame_is_eio_never_data(built: Built, tmp_path: Any) -> None:

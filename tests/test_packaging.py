@@ -79,6 +79,9 @@ def test_the_wheel_holds_every_module_the_extension_and_py_typed(wheel: Path) ->
     native = [n for n in names if n.startswith("lazylayer/core/_native") and n.endswith(".so")]
     assert len(native) == 1, f"want one compiled lazylayer/core/_native*.so, got {native}"
     assert not [n for n in names if n.startswith("lazylayer/_native")], "an extension at the old path"
+    # the erofs backend's supervisor, a program beside the extension (setup.py), executable once installed
+    info = zipfile.ZipFile(wheel).getinfo("lazylayer/core/lazylayer-erofsd")
+    assert (info.external_attr >> 16) & 0o111 == 0o111, oct(info.external_attr >> 16)
     stale = sorted(f"lazylayer/{f}" for f in OLD_FILES if f"lazylayer/{f}" in names)
     assert not stale, f"modules from before the subpackages: {stale}"
     assert not [n for n in names if not n.startswith(("lazylayer/", "lazylayer-"))], "files outside the package"

@@ -9,13 +9,14 @@ the data file on demand.  docs/mount.md, "The erofs backend".
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple
 
 from ._lib import check, ffi, lib
 from .index import Index, _fail
 from .seekable import _owned
 
-__all__ = ["BLOCK", "VERSION", "ErofsLayout", "Extent", "meta_sum"]
+__all__ = ["BLOCK", "VERSION", "ErofsLayout", "Extent", "meta_sum", "supervisor_program"]
 
 BLOCK: int = lib.LL_EROFS_BLOCK
 VERSION: int = lib.LL_EROFS_VERSION  #: of the layout: part of the names a metadata image is kept under
@@ -28,6 +29,16 @@ def meta_sum(data: Any) -> int:
         return int(lib.ll_erofs_sum(buf, len(buf)))
     finally:
         ffi.release(buf)
+
+
+def supervisor_program() -> str | None:
+    """``lazylayer-erofsd``, the supervisor of an erofs mount as a program (``ll_erofs_exec``), where
+    setup.py builds it: beside the extension.  None if it is not there (an extension built some other
+    way): the supervisor is then forked (``ll_erofs_spawn``)."""
+    from . import _native  # type: ignore[attr-defined]
+
+    path = os.path.join(os.path.dirname(_native.__file__), "lazylayer-erofsd")
+    return path if os.access(path, os.X_OK) else None
 
 
 class Extent(NamedTuple):

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures
-import ctypes
 import errno
 import logging
-import mmap
 import os
 import re
 import socket
@@ -44,7 +42,7 @@ import time
 from typing import Any
 
 from ..core._lib import ffi, lib
-from ..core.erofs import BLOCK, VERSION, ErofsLayout, meta_sum
+from ..core.erofs import BLOCK, VERSION, ErofsLayout, meta_sum, supervisor_program
 from ..errors import MountError
 
 __all__ = ["BACKENDS", "ErofsMount", "FILL_WINDOW", "choose_backend", "is_erofs_mount", "unavailable"]
@@ -113,19 +111,21 @@ class ErofsMount:
         self._closing = False
         self._prefetcher: Any = None
         self._pins: list[Any] = []
-        self._reaper: threading.Thread | None = None
         self.ahead_done = threading.Event()  # set once the plan's (and with fill, every) window is filled
         self.ahead_done.set()
+        # what the serving thread starts once the mount is ready (_after_mount)
+        self._ahead = (prefetch, fill, fill_rate, readahead)
+        if self.image.disk is not None and (prefetch not in (None, False) or fill):
+            self.ahead_done.clear()
         try:
             self._start(workers)
-            self._start_prefetch(prefetch, fill, fill_rate, readahead)
         except BaseException:
             self._release()
             raise
 
     # -- start
 
-    def _start(self, workers: int) -> None:
+    def _start(self, workers: int, rebuild: bool = False) -> None:
         img = self.image
         cache = img.gzip_index_cache  # the disk cache (a local layout's too, whose frames are not kept)
         if cache is None:
@@ -141,26 +141,38 @@ class ErofsMount:
         os.makedirs(self.dir, exist_ok=True)
         name = os.path.join(self.dir, f"erofs-{digest[7:]}.v{VERSION}")
         self.meta_path, self.data_path, self.filled_path = name + ".meta", name + ".data", name + ".filled"
-        # The supervisor is forked first, on a thread (a fork of a big process takes milliseconds, and C
-        # releases the GIL), and waits for START while this thread readies the files.
+        # The supervisor starts first and waits for START while this thread readies the files: as
+        # lazylayer-erofsd (posix_spawn: ~0.5 ms, nothing of this process copied), or, where that program
+        # was not built, forked by C on a thread (a fork of a big process takes milliseconds; C releases
+        # the GIL).
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         spawned: dict[str, Any] = {}
         args = [p.encode() for p in (self.meta_path, self.data_path, self.mountpoint, self.filled_path)]
+        program = supervisor_program()
 
         def spawn() -> None:
             pid, err = ffi.new("int *"), ffi.new("char[]", lib.LL_ERR_MSG_SIZE)
-            rc = lib.ll_erofs_spawn(*args, theirs.fileno(), pid, err, lib.LL_ERR_MSG_SIZE)
+            if program:
+                rc = lib.ll_erofs_exec(program.encode(), *args, theirs.fileno(), pid, err, lib.LL_ERR_MSG_SIZE)
+            else:
+                rc = lib.ll_erofs_spawn(*args, theirs.fileno(), pid, err, lib.LL_ERR_MSG_SIZE)
             spawned.update(rc=rc, pid=pid[0], err=ffi.string(err).decode(errors="replace"))
 
-        forker = threading.Thread(target=spawn, name="lazylayer-erofs-spawn")
-        forker.start()
+        forker = None if program else threading.Thread(target=spawn, name="lazylayer-erofs-spawn")
+        spawn() if forker is None else forker.start()
         try:
-            self.data_size = self._meta(name + ".sum", bytes.fromhex(digest[7:39]))
+            self.data_size, meta_xxh3 = self._meta(name + ".sum", bytes.fromhex(digest[7:39]), rebuild)
             self._pins.append(cache.pin(self.meta_path))
             size = max(BLOCK, self.data_size)   # (an image without file data still needs a device)
             fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                if os.fstat(fd).st_size != size:
+                if os.fstat(fd).st_size != size:  # (a new one too: empty)
+                    # A bitmap left beside an earlier data file says nothing of this one, though it may have
+                    # its inode number (the cache evicts files one by one; ext4 hands out a freed number again).
+                    try:
+                        os.unlink(self.filled_path)
+                    except FileNotFoundError:
+                        pass
                     os.ftruncate(fd, 0)
                     os.ftruncate(fd, size)
                 self._pins.append(cache.pin(self.data_path))
@@ -168,20 +180,27 @@ class ErofsMount:
             finally:
                 os.close(fd)
         finally:
-            forker.join()
+            if forker is not None:
+                forker.join()
             theirs.close()
         if spawned["rc"] != lib.LL_OK:
             raise MountError(f"{self.mountpoint}: cannot start the EROFS supervisor: {spawned['err']}")
         self.pid = pid = spawned["pid"]
-        self._sock.send(_msg(lib.LL_EROFS_MSG_START, 0, 0, 0, size))
+        self._sock.send(_msg(lib.LL_EROFS_MSG_START, 0, 0, meta_xxh3, size))
         kind, _, status, _, held, _, text = _MSG.unpack(_recv(self._sock) or b"\0" * _MSG.size)
         if kind != lib.LL_EROFS_MSG_MOUNTED or status != 0:
             os.waitpid(pid, 0)
             self.pid = 0
             reason = text.rstrip(b"\0").decode(errors="replace") if kind else "the supervisor died"
+            if kind == lib.LL_EROFS_MSG_MOUNTED and status == errno.EBADMSG and not rebuild:
+                # the kept metadata image is damaged: built again, and a new supervisor started
+                log.warning("%s: %s: %s; building it again", self.mountpoint, self.meta_path, reason)
+                self._sock.close()
+                for pin in self._pins:
+                    pin.close()
+                self._pins.clear()
+                return self._start(workers, rebuild=True)
             raise MountError(f"{self.mountpoint}: cannot mount the EROFS image: {reason}")
-        self._reaper = threading.Thread(target=os.waitpid, args=(pid, 0), name="lazylayer-erofs-reap", daemon=True)
-        self._reaper.start()
         self._thread = threading.Thread(target=self._serve, args=(workers,), name="lazylayer-erofs", daemon=True)
         self._thread.start()
         log.info("%s: mounted %s as EROFS in %.1f ms (%d inodes, %.1f MB of file data, %.0f%% filled)",
@@ -197,33 +216,27 @@ class ErofsMount:
             raise MountError(f"{self.mountpoint}: no data file layout: {self._layout_error}")
         return self._layout
 
-    def _meta(self, sum_path: str, uuid: bytes) -> int:
-        """Make sure the metadata image on disk is this image's; the data file's size.  The one kept
-        before is used if its checksum holds (``.sum``: its size, its XXH3, the data file's size), and
-        the layout is then computed on a thread; else it is built (with the layout) and written, then
-        its checksum."""
-        index = self.image.index
-        try:
-            with open(sum_path, "rb") as f:
-                size, want, data_size = struct.unpack("<QQQ", f.read(24))
-            with open(self.meta_path, "rb") as f:
-                if os.fstat(f.fileno()).st_size == size and size > 0:
-                    # (populated at once: page faults one by one cost 20 ms for 8 MB in a fresh process)
-                    with mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                                   prot=mmap.PROT_READ) as mm:
-                        if meta_sum(mm) == want:
-                            self.data_size = data_size  # (before the thread compares with it)
-                            threading.Thread(target=self._compute_layout, name="lazylayer-erofs-layout",
-                                             daemon=True).start()
-                            return data_size
-        except (OSError, ValueError, struct.error):
-            pass
-        layout = self._layout = ErofsLayout(index, uuid=uuid)
+    def _meta(self, sum_path: str, uuid: bytes, rebuild: bool) -> tuple[int, int]:
+        """Make sure there is a metadata image for this image on disk; the data file's size and the
+        image's checksum.  The one kept before (``.sum``: its size, its XXH3, the data file's size) is
+        taken if its size holds (the supervisor checks its XXH3 before mounting it, while this process
+        readies the data file; the layout is then computed after the mount); else, or with
+        ``rebuild``, it is built (with the layout) and written, then its checksum."""
+        if not rebuild:
+            try:
+                with open(sum_path, "rb") as f:
+                    size, want, data_size = struct.unpack("<QQQ", f.read(24))
+                if os.stat(self.meta_path).st_size == size > 0:
+                    return data_size, want
+            except (OSError, ValueError, struct.error):
+                pass
+        layout = self._layout = ErofsLayout(self.image.index, uuid=uuid)
         self._layout_done.set()
         meta = layout.meta
+        want = meta_sum(meta)
         _write(self.meta_path, meta)
-        _write(sum_path, struct.pack("<QQQ", len(meta), meta_sum(meta), layout.data_size))
-        return layout.data_size
+        _write(sum_path, struct.pack("<QQQ", len(meta), want, layout.data_size))
+        return layout.data_size, want
 
     def _compute_layout(self) -> None:
         try:
@@ -268,31 +281,45 @@ class ErofsMount:
     # -- serving
 
     def _serve(self, workers: int) -> None:
-        # The fill pool is made here, not before the mount returns: its first use in a process imports
-        # concurrent.futures.thread (~3.5 ms of a fresh process's mount).
-        with self._windows_lock:
-            if self._closing or self._sock is None:
-                self._gone.set()  # (as when the socket closes under the loop below)
-                return
-            pool = self._pool = concurrent.futures.ThreadPoolExecutor(max(1, workers),
-                                                                      thread_name_prefix="lazylayer-erofs-fill")
+        sock, pool = self._sock, None
+        if sock is None:
+            self._gone.set()
+            return
+        self._after_mount()
+        gone = False
         while True:
             try:
-                msg, fds, _, _ = socket.recv_fds(self._sock, _MSG.size, 1)
+                msg, fds, _, _ = socket.recv_fds(sock, _MSG.size, 1)
             except OSError:
                 break
             if not msg:
                 break
             kind, ident, _, _, offset, length, _ = _MSG.unpack(msg)
             if kind == lib.LL_EROFS_MSG_GONE:
-                self._gone.set()
+                gone = True
                 break
-            if kind == lib.LL_EROFS_MSG_FILL and fds:
+            if kind == lib.LL_EROFS_MSG_FILL and fds and pool is None:
+                # The fill pool is made at the first fill, not before the mount is ready (a warm mount may
+                # never need it; its first use in a process imports concurrent.futures.thread).
+                with self._windows_lock:
+                    if not self._closing:
+                        pool = self._pool = concurrent.futures.ThreadPoolExecutor(
+                            max(1, workers), thread_name_prefix="lazylayer-erofs-fill")
+            if kind == lib.LL_EROFS_MSG_FILL and fds and pool is not None:
                 self.events += 1
                 pool.submit(self._fill, ident, fds[0], offset, length)
             else:
                 for fd in fds:
                     os.close(fd)
+        # Reap the supervisor: it is exiting if it said GONE or closed its end; if this process closed
+        # its own first, it may stay as long as a file in the mount is open, so a thread waits for it.
+        if gone or not self._closing:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+        else:
+            threading.Thread(target=os.waitpid, args=(self.pid, 0), name="lazylayer-erofs-reap", daemon=True).start()
         self._gone.set()
 
     def _fill(self, ident: int, fd: int, offset: int, length: int) -> None:
@@ -366,14 +393,16 @@ class ErofsMount:
 
     # -- filling ahead
 
-    def _start_prefetch(self, prefetch: Any, fill: bool, fill_rate: float | None, readahead: bool) -> None:
-        """Start the prefetcher (:func:`lazylayer.prefetch.start`) and the filling ahead, on a thread:
-        the mount does not wait for either (nor for their imports)."""
+    def _after_mount(self) -> None:
+        """What the mount does not wait for, done by the serving thread before it serves: the data
+        file's layout (when the metadata image was kept: fills wait for it), then the prefetcher
+        (:func:`lazylayer.prefetch.start`) and the filling ahead, on a thread of their own."""
+        if not self._layout_done.is_set():
+            self._compute_layout()
         if self.image.disk is None:
             return  # a local layout: nothing to fetch, and its files are read as they are asked for
-        wants_ahead = prefetch not in (None, False) or fill
-        if wants_ahead:
-            self.ahead_done.clear()
+        prefetch, fill, fill_rate, readahead = self._ahead
+        wants_ahead = not self.ahead_done.is_set()
 
         def run() -> None:
             try:
@@ -508,9 +537,7 @@ class ErofsMount:
                 self._send(_msg(lib.LL_EROFS_MSG_UNMOUNT))
             except OSError:
                 pass
-            gone = self._gone.wait(timeout)
-            if gone and self._reaper is not None:
-                self._reaper.join(timeout)  # (it lets go of its pins as it exits)
+            gone = self._gone.wait(timeout)  # (set once the supervisor has exited: its pins are let go)
         self._release()
         return gone
 
@@ -561,26 +588,23 @@ def unavailable(directory: str) -> str | None:
                 return "this kernel has no EROFS (CONFIG_EROFS_FS)"
     except OSError as exc:
         return f"cannot read /proc/filesystems: {exc}"
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
-    fan = libc.fanotify_init(0x08 | 0x01, os.O_RDONLY)  # FAN_CLASS_PRE_CONTENT | FAN_CLOEXEC
-    if fan < 0:
-        return f"fanotify_init: {os.strerror(ctypes.get_errno())} (pre-content events need Linux >= 6.14)"
     os.makedirs(directory, exist_ok=True)
     probe = os.path.join(directory, f".erofs-probe-{os.getpid()}-{threading.get_ident()}")
+    what = ffi.new("int *")
     try:
         open(probe, "wb").close()
-        if libc.fanotify_mark(fan, 0x01, 0x00100000, -100, probe.encode()) != 0:  # FAN_MARK_ADD, FAN_PRE_ACCESS
-            err = ctypes.get_errno()
-            hint = " (tmpfs refuses them: put the cache on ext4, xfs or btrfs)" if err == errno.EOPNOTSUPP else ""
-            return f"{directory}: no fanotify pre-content events here: {os.strerror(err)}{hint}"
-        return None
+        err = lib.ll_erofs_probe(probe.encode(), what)
     finally:
-        os.close(fan)
         try:
             os.unlink(probe)
         except OSError:
             pass
+    if err and what[0] == 1:
+        return f"fanotify_init: {os.strerror(err)} (pre-content events need Linux >= 6.14)"
+    if err:
+        hint = " (tmpfs refuses them: put the cache on ext4, xfs or btrfs)" if err == errno.EOPNOTSUPP else ""
+        return f"{directory}: no fanotify pre-content events here: {os.strerror(err)}{hint}"
+    return None
 
 
 BACKENDS = ("fuse", "erofs", "auto")

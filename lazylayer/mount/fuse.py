@@ -33,13 +33,15 @@ import dataclasses
 import logging
 import os
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import errors
 from ..core._lib import check, ffi, lib
 from ..core.index import ImageReader
 from ..core.seekable import _resolve_pool
-from .fetcher import Fetcher, FetcherSpec
+
+if TYPE_CHECKING:  # (imported when a FUSE mount starts: an erofs mount never needs the fetcher)
+    from .fetcher import Fetcher, FetcherSpec
 
 __all__ = ["Mount", "MountError", "FSNAME_PREFIX", "SUBTYPE", "CACHE_TIMEOUT"]
 
@@ -153,6 +155,7 @@ class Mount:
                  readahead: bool = True, verbose: int = 0, passthrough: bool = False, backend: str = "fuse",
                  fetcher: Fetcher | None = None, **image_options: Any) -> None:
         from ..image import Image
+        from .fetcher import Fetcher, FetcherSpec
 
         self.mountpoint = os.path.abspath(mountpoint)
         self._own = not isinstance(image, Image)
@@ -211,6 +214,8 @@ class Mount:
         if remote:
             cache = img.gzip_index_cache  # (the disk cache; a layout's too, for its gzip indexes)
             if self._fetcher is None:
+                from .fetcher import Fetcher
+
                 self._fetcher = Fetcher(connections)
             self._fetcher.send(dataclasses.replace(spec, reference=img.pinned(), registry=img.registry,
                                                    cache=cache.path if cache is not None else None,
