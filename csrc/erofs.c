@@ -43,9 +43,13 @@ struct ll_erofs {
     uint8_t *meta;
     size_t meta_size;
     uint64_t data_size;
-    uint64_t nfiles;          /* regular files with content, in data order (= inode order) */
+    uint64_t nfiles;          /* regular files with content, in data order (layout()) */
     uint64_t *file_ino, *file_off, *file_size;
+    uint32_t *file_of;        /* inode -> its place in those arrays (index ino - 1), NO_FILE if none */
+    uint64_t ninodes;
 };
+
+#define NO_FILE UINT32_MAX
 
 typedef struct {
     uint64_t pos;             /* of the record in the metadata image */
@@ -252,41 +256,100 @@ void ll_erofs_free(ll_erofs *e) {
     free(e->file_ino);
     free(e->file_off);
     free(e->file_size);
+    free(e->file_of);
     free(e);
 }
 
-/* The data file's layout: every regular file with content, in inode order, at the next
- * block boundary (build() starts with it; a layout_only build is this alone). */
-static int layout(const ll_index *idx, ll_erofs *e, char *err, size_t err_size) {
-    uint64_t n = ll_index_inodes(idx), cap = 0, data = 0;
-    for (uint64_t ino = 1; ino <= n; ino++) {
-        ll_stat st;
-        int rc = ll_index_stat(idx, ino, &st);
-        if (rc != LL_OK) return rc;
-        if (st.kind != LL_KIND_REG || st.size == 0) continue;
-        if (st.size > ((uint64_t)BLK << 31) || (data + st.size) / BLK > UINT32_MAX - 1) {
-            ll__set_err(err, err_size, "inode %llu: the data file would be over 16 TiB, or the file over what "
-                        "EROFS maps in one chunk", (unsigned long long)ino);
-            return LL_ERR_LIMIT;
-        }
-        if (e->nfiles == cap) {   /* (grown as it goes: one pass over the inodes) */
-            cap = cap ? cap * 2 : 1024;
-            uint64_t *a = realloc(e->file_ino, cap * sizeof *a);
-            if (a) e->file_ino = a;
-            uint64_t *b = realloc(e->file_off, cap * sizeof *b);
-            if (b) e->file_off = b;
-            uint64_t *c = realloc(e->file_size, cap * sizeof *c);
-            if (c) e->file_size = c;
-            if (!a || !b || !c) return LL_ERR_NOMEM;
-        }
-        e->file_ino[e->nfiles] = ino;
-        e->file_off[e->nfiles] = data;
-        e->file_size[e->nfiles] = st.size;
-        e->nfiles++;
-        data += align_up(st.size, BLK);
+/* Regular file st->ino (with content) next in the data file, at the next block boundary, unless it
+ * has its place already (a hard link met before). */
+static int place(ll_erofs *e, const ll_stat *st, uint64_t *cap, char *err, size_t err_size) {
+    uint64_t ino = st->ino;
+    if (st->kind != LL_KIND_REG || st->size == 0 || e->file_of[ino - 1] != NO_FILE) return LL_OK;
+    if (st->size > ((uint64_t)BLK << 31) || (e->data_size + st->size) / BLK > UINT32_MAX - 1) {
+        ll__set_err(err, err_size, "inode %llu: the data file would be over 16 TiB, or the file over what "
+                    "EROFS maps in one chunk", (unsigned long long)ino);
+        return LL_ERR_LIMIT;
     }
-    e->data_size = data;
+    if (e->nfiles == *cap) {   /* (grown as it goes) */
+        *cap = *cap ? *cap * 2 : 1024;
+        uint64_t *a = realloc(e->file_ino, *cap * sizeof *a);
+        if (a) e->file_ino = a;
+        uint64_t *b = realloc(e->file_off, *cap * sizeof *b);
+        if (b) e->file_off = b;
+        uint64_t *c = realloc(e->file_size, *cap * sizeof *c);
+        if (c) e->file_size = c;
+        if (!a || !b || !c) return LL_ERR_NOMEM;
+    }
+    e->file_of[ino - 1] = (uint32_t)e->nfiles;
+    e->file_ino[e->nfiles] = ino;
+    e->file_off[e->nfiles] = e->data_size;
+    e->file_size[e->nfiles] = st->size;
+    e->nfiles++;
+    e->data_size += align_up(st->size, BLK);
     return LL_OK;
+}
+
+/* The data file's layout: every regular file's content at a block-aligned offset, in the order a
+ * walk of the tree reads them (tar, cp -r, find: depth first, each directory's entries in name
+ * order, a subdirectory walked where its name comes), so that filling the data file from its start
+ * runs ahead of such a reader and a directory's files lie together whatever layer they came from;
+ * then any file no directory lists, in inode order.  A directory met twice (a hostile index) is
+ * walked once; the walk keeps one (directory, next entry) pair per level, at most one per inode.
+ * build() starts with it; a layout_only build is this alone. */
+static int layout(const ll_index *idx, ll_erofs *e, char *err, size_t err_size) {
+    uint64_t n = ll_index_inodes(idx), cap = 0;
+    if (n >= NO_FILE) {
+        ll__set_err(err, err_size, "%llu inodes: the EROFS view holds at most %u", (unsigned long long)n, NO_FILE - 1);
+        return LL_ERR_LIMIT;
+    }
+    typedef struct { uint64_t dir, pos; } level;
+    e->ninodes = n;
+    e->file_of = malloc((size_t)n * sizeof *e->file_of);
+    uint8_t *walked = calloc((size_t)(n + 7) / 8, 1);
+    level *stack = malloc((size_t)n * sizeof *stack);
+    int rc = e->file_of && walked && stack ? LL_OK : LL_ERR_NOMEM;
+    if (rc == LL_OK) memset(e->file_of, 0xff, (size_t)n * sizeof *e->file_of);
+    size_t depth = 0;
+    if (rc == LL_OK && LL_ROOT_INO <= n) {
+        stack[depth++] = (level){LL_ROOT_INO, 0};
+        walked[(LL_ROOT_INO - 1) >> 3] |= (uint8_t)(1u << ((LL_ROOT_INO - 1) & 7));
+    }
+#define WALKED(ino) (walked[((ino) - 1) >> 3] & (1u << (((ino) - 1) & 7)))
+    ll_dirent batch[64];
+    while (rc == LL_OK && depth > 0) {
+        level *top = &stack[depth - 1];
+        size_t got = 0, i = 0;
+        uint64_t count = 0, sub = 0;
+        if ((rc = ll_index_readdir(idx, top->dir, top->pos, batch, 64, &got, &count)) != LL_OK) break;
+        if (got == 0) {   /* this directory is done */
+            depth--;
+            continue;
+        }
+        while (i < got && !sub) {
+            const ll_dirent *d = &batch[i++];
+            uint64_t ino = d->st.ino;
+            if (ino == 0 || ino > n) {
+                rc = LL_ERR_FORMAT;
+                break;
+            }
+            if (d->st.kind == LL_KIND_REG) {
+                if ((rc = place(e, &d->st, &cap, err, err_size)) != LL_OK) break;
+            } else if (d->st.kind == LL_KIND_DIR && !WALKED(ino)) {
+                walked[(ino - 1) >> 3] |= (uint8_t)(1u << ((ino - 1) & 7));
+                sub = ino;   /* walked now; the rest of this directory after it */
+            }
+        }
+        top->pos += i;
+        if (rc == LL_OK && sub) stack[depth++] = (level){sub, 0};   /* (each directory once: depth <= n) */
+    }
+#undef WALKED
+    for (uint64_t ino = 1; rc == LL_OK && ino <= n; ino++) {
+        ll_stat st;
+        if ((rc = ll_index_stat(idx, ino, &st)) == LL_OK) rc = place(e, &st, &cap, err, err_size);
+    }
+    free(walked);
+    free(stack);
+    return rc;
 }
 
 static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *slots, char *err, size_t err_size) {
@@ -355,8 +418,8 @@ static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *sl
     if ((uint64_t)e->meta_size != blk * BLK) return LL_ERR_NOMEM;
     if (!(e->meta = calloc(1, e->meta_size))) return LL_ERR_NOMEM;
 
-    /* pass 2: write (regular files take their extents from the layout, in the same inode order) */
-    uint64_t file = 0;
+    /* pass 2: write (regular files take their extents from the layout) */
+    uint64_t placed = 0;
     for (uint64_t ino = 1; ino <= n; ino++) {
         ll_stat st;
         int rc = ll_index_stat(idx, ino, &st);
@@ -371,11 +434,13 @@ static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *sl
         if (s->layout == LAYOUT_CHUNK_BASED) {
             size = st.size;
             iu = (uint32_t)(s->chunkbits | CHUNK_FORMAT_INDEXES);
-            if (file >= e->nfiles || e->file_ino[file] != ino) return LL_ERR_STATE;
+            uint32_t file = e->file_of[ino - 1];
+            if (file == NO_FILE || e->file_ino[file] != ino) return LL_ERR_STATE;
             uint8_t *ci = e->meta + align_up(s->pos + INODE_SIZE + s->xsize, 8);
             put16(ci, 0);
             put16(ci + 2, 1);                    /* device 1: the data file */
-            ll__put_le32(ci + 4, (uint32_t)(e->file_off[file++] / BLK));
+            ll__put_le32(ci + 4, (uint32_t)(e->file_off[file] / BLK));
+            placed++;
         } else if (st.kind == LL_KIND_DIR) {
             size = s->dsize;
             iu = s->blkaddr;
@@ -397,7 +462,7 @@ static int build(const ll_index *idx, const uint8_t *uuid, ll_erofs *e, slot *sl
         }
         write_inode(rec, &st, s, icount, size, iu);
     }
-    if (file != e->nfiles) return LL_ERR_STATE;
+    if (placed != e->nfiles) return LL_ERR_STATE;
 
     /* superblock and device table */
     uint8_t *sb = e->meta + SB_OFFSET;
@@ -449,14 +514,8 @@ uint64_t ll_erofs_data_size(const ll_erofs *e) { return e ? e->data_size : 0; }
 
 int ll_erofs_file_offset(const ll_erofs *e, uint64_t ino, uint64_t *offset) {
     if (!e || !offset) return LL_ERR_ARG;
-    uint64_t lo = 0, hi = e->nfiles;
-    while (lo < hi) {
-        uint64_t mid = lo + (hi - lo) / 2;
-        if (e->file_ino[mid] < ino) lo = mid + 1;
-        else hi = mid;
-    }
-    if (lo == e->nfiles || e->file_ino[lo] != ino) return LL_ERR_NOTREG;
-    *offset = e->file_off[lo];
+    if (ino == 0 || ino > e->ninodes || e->file_of[ino - 1] == NO_FILE) return LL_ERR_NOTREG;
+    *offset = e->file_off[e->file_of[ino - 1]];
     return LL_OK;
 }
 

@@ -28,6 +28,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -379,6 +380,10 @@ static __attribute__((noreturn)) void supervise(const char *meta_path, const cha
                 strerror(errno));
         close(oom);
     }
+    /* Every read of the data file waits on this process until the file is complete, even for blocks
+     * filled long ago: it must not queue behind the host's filling (decoding, writing) for a core. */
+    if (setpriority(PRIO_PROCESS, 0, -10) != 0)
+        say("lazylayer erofs supervisor: cannot raise its priority (%s)", strerror(errno));
     /* The host started us first and readies the data file meanwhile; what does not wait for it is
      * done before its START: the group, and the checksum of the metadata image as it is now (the
      * host may still write a new one, which is then summed after START). */

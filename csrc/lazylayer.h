@@ -1163,7 +1163,7 @@ LL_API void ll_erofs_meta(const ll_erofs *e, const void **data, size_t *size);
 LL_API uint64_t ll_erofs_sum(const void *data, size_t size);
 /* The version of the layout ll_erofs_build writes: part of the name a host keeps
  * a metadata image under, so that an image from another version is never taken. */
-#define LL_EROFS_VERSION 1
+#define LL_EROFS_VERSION 2
 /* The data file's size in bytes (a multiple of LL_EROFS_BLOCK; what the
  * metadata image's device table says). */
 LL_API uint64_t ll_erofs_data_size(const ll_erofs *e);

@@ -94,6 +94,42 @@ def test_the_image_passes_fsck_erofs_and_lists_like_the_index(built: Built, tmp_
     assert "00010203-0405-0607-0809-0a0b0c0d0e0f" in dump.stdout and "chunked_file device_table" in dump.stdout
 
 
+def test_the_data_file_holds_files_in_the_order_a_tree_walk_reads_them(built: Built, tmp_path: Any) -> None:
+    """Depth first, each directory's entries by name (tar's, cp -r's order on an EROFS mount): filling
+    the data file from its start runs ahead of such a reader.  The image's fourth layer adds files to
+    directories of the first, which inode order (the layout before) put at the end."""
+    order: list[int] = []  # first-seen regular files with content, as tar -c would read them
+
+    def walk(d: str) -> None:
+        for name in sorted(os.listdir(d), key=os.fsencode):
+            p = os.path.join(d, name)
+            st = os.lstat(p)
+            if os.path.stat.S_ISDIR(st.st_mode):
+                walk(p)
+            elif os.path.stat.S_ISREG(st.st_mode) and st.st_size and st.st_ino not in seen:
+                seen.add(st.st_ino)
+                order.append(st.st_ino)
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    seen: set[int] = set()
+    with ErofsMount(f"oci:{built.lazy}:v1", str(mnt), cache=DiskCache(tmp_path / "c")) as m:
+        walk(str(mnt))
+        # the kernel's inode numbers are EROFS's (nids): back to the index's through the paths
+        offsets = []
+        by_nid = {}
+        for d, _, names in os.walk(mnt):
+            for n in names:
+                p = os.path.join(d, n)
+                st = os.lstat(p)
+                if os.path.stat.S_ISREG(st.st_mode) and st.st_size:
+                    node = m.image.tree.resolve("/" + os.path.relpath(p, mnt))
+                    by_nid[st.st_ino] = m.layout.file_offset(node.inode.ino)
+        offsets = [by_nid[nid] for nid in order]
+    assert len(offsets) > 10
+    assert offsets == sorted(offsets)
+
+
 def test_an_xattr_erofs_cannot_hold_is_a_limit_error(tmp_path: Any) -> None:
     tar = images.make_tar([images.reg("f", b"x")])
     info, data = images.reg("g", b"y")

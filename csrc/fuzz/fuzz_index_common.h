@@ -74,7 +74,7 @@ static inline void ll_fuzz_erofs(const ll_index *idx) {
     CHECK(size >= 2 * LL_EROFS_BLOCK && size % LL_EROFS_BLOCK == 0, "metadata image of %zu bytes", size);
     CHECK(meta[1024] == 0xE2 && meta[1025] == 0xE1 && meta[1026] == 0xF5 && meta[1027] == 0xE0, "EROFS magic");
     CHECK((meta[4096] & 1) == 1, "the root (nid 0) is an extended inode");
-    uint64_t data = ll_erofs_data_size(e), ino, fo, len, prev_end = 0;
+    uint64_t data = ll_erofs_data_size(e), ino, fo, len, held = 0;
     CHECK(data % LL_EROFS_BLOCK == 0, "data size %llu", (unsigned long long)data);
     for (uint64_t i = 1; i <= ll_index_inodes(idx); i++) {
         ll_stat st;
@@ -85,12 +85,14 @@ static inline void ll_fuzz_erofs(const ll_index *idx) {
             CHECK(rc == LL_ERR_NOTREG, "inode %llu: no data, yet an offset", (unsigned long long)i);
             continue;
         }
-        CHECK(rc == LL_OK && at % LL_EROFS_BLOCK == 0 && at >= prev_end && at + st.size <= data, "file extent");
-        prev_end = at + st.size;
+        /* (extents in walk order, not inode order: the data_at checks find any overlap, the sum any gap) */
+        CHECK(rc == LL_OK && at % LL_EROFS_BLOCK == 0 && at + st.size <= data, "file extent");
+        held += (st.size + LL_EROFS_BLOCK - 1) / LL_EROFS_BLOCK * LL_EROFS_BLOCK;
         CHECK(ll_erofs_data_at(e, at, &ino, &fo, &len) == LL_OK && ino == i && fo == 0 && len == st.size,
               "data_at the start");
         CHECK(ll_erofs_data_at(e, at + st.size - 1, &ino, &fo, &len) == LL_OK && ino == i && len == 1, "data_at the end");
     }
+    CHECK(held == data, "the files' extents tile the data file");
     CHECK(ll_erofs_data_at(e, data, &ino, &fo, &len) == LL_ERR_ARG, "data_at past the end");
     /* the layout alone is the same layout */
     ll_erofs *lo;

@@ -13,7 +13,7 @@ Pieces (docs/mount.md, "The erofs backend"):
 
 - the metadata image and the data file's layout come from C
   (:class:`lazylayer.core.erofs.ErofsLayout`), kept in the disk cache's files as
-  ``erofs-<manifest digest hex>.v1.meta`` (with its checksum, ``.sum``: a mount
+  ``erofs-<manifest digest hex>.v<N>.meta`` (with its checksum, ``.sum``: a mount
   of an image whose metadata image is intact only computes the layout), with the
   data file (``.data``) and the bitmap of its blocks filled at the last clean
   stop (``.filled``): counted against the cache's limit (the data file by the
@@ -444,6 +444,7 @@ class ErofsMount:
         lock = threading.Lock()
 
         def work() -> None:
+            _background()
             while not self._closing:
                 with lock:
                     run = next(it, None)
@@ -627,6 +628,15 @@ def is_erofs_mount(fstype: str, source: str) -> bool:
     in a disk cache, ``.../files/erofs-<64 hex>.v<N>.meta``)."""
     name = os.path.basename(source)
     return fstype == "erofs" and re.fullmatch(r"erofs-[0-9a-f]{64}\.v[0-9]+\.meta", name) is not None
+
+
+def _background() -> None:
+    """Lower this thread's CPU priority (nice 10): filling ahead must not keep a core from the readers,
+    nor from the supervisor they wait on."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except OSError:
+        pass
 
 
 def _recv(sock: socket.socket) -> bytes:
