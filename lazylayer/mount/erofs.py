@@ -285,7 +285,11 @@ class ErofsMount:
         if sock is None:
             self._gone.set()
             return
-        self._after_mount()
+        try:
+            self._after_mount()
+        except Exception as exc:  # (no thread for the prefetcher: the reads still get filled, below)
+            log.error("%s: prefetch, or filling ahead, not started: %s", self.mountpoint, exc)
+            self.ahead_done.set()
         gone = False
         while True:
             try:
