@@ -190,6 +190,30 @@ def test_read_ahead_fetches_the_newest_window_first_and_small_frames_do_not_doub
             pf.close()
 
 
+def test_reads_made_as_background_work_lead_no_read_ahead(programs: Programs, tmp_path: Any) -> None:
+    """The erofs backend fills its data file ahead (a plan's order, then everything) inside
+    remote.background(): those reads are not a reader to follow."""
+    from lazylayer import remote
+    from lazylayer.prefetch.prefetcher import Prefetcher
+
+    with Image(programs.ref, cache=DiskCache(tmp_path / "c")) as img:
+        node = img.tree.resolve("/data/big.bin")
+        layer = node.inode.layer
+        frames = img.layers[layer].toc.frames
+        at = next(i for i, f in enumerate(frames) if f.offset + f.size > node.inode.offset)
+        pf = Prefetcher(img, workers=1, request_bytes=4 * FRAME, neighbours=1)
+        try:
+            pf._start_threads = lambda: None  # type: ignore[method-assign]  # (nothing taken: see the queue)
+            with remote.background():
+                pf.on_read(layer, at, at)
+                pf.on_read(layer, at + 1, at + 1)
+            assert not pf._heap
+            pf.on_read(layer, at, at)  # the same read in the foreground
+            assert pf._heap
+        finally:
+            pf.close()
+
+
 def test_fill_fetches_every_frame(programs: Programs, tmp_path: Any) -> None:
     disk = DiskCache(tmp_path / "c")
     with prefetched(programs.ref, cache=disk, prefetch=None, fill=True) as img:

@@ -443,12 +443,18 @@ class ErofsMount:
         size = self.data_size
         # AHEAD_THREADS threads take runs of AHEAD_RUN windows in turn (in order, roughly): decoding
         # frames and writing the data file are both worth a core on this kind of machine.
+        from ..remote import background
+
         runs = [todo[i:i + AHEAD_RUN] for i in range(0, len(todo), AHEAD_RUN)]
         it = iter(runs)
         lock = threading.Lock()
 
         def work() -> None:
-            _background()
+            _lower_priority()
+            with background():  # (its fetches are background requests; its reads lead no read-ahead)
+                fill()
+
+        def fill() -> None:
             while not self._closing:
                 with lock:
                     run = next(it, None)
@@ -634,7 +640,7 @@ def is_erofs_mount(fstype: str, source: str) -> bool:
     return fstype == "erofs" and re.fullmatch(r"erofs-[0-9a-f]{64}\.v[0-9]+\.meta", name) is not None
 
 
-def _background() -> None:
+def _lower_priority() -> None:
     """Lower this thread's CPU priority (nice 10): filling ahead must not keep a core from the readers,
     nor from the supervisor they wait on."""
     try:

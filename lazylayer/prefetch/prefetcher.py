@@ -142,8 +142,10 @@ class Prefetcher:
         return total
 
     def on_read(self, layer: int, first: int, last: int) -> None:
-        """Tell the prefetcher a read needed frames ``first..last`` of ``layer`` (read-ahead's input)."""
-        if not self.readahead_enabled or self._closed:
+        """Tell the prefetcher a read needed frames ``first..last`` of ``layer`` (read-ahead's input).
+        Reads made as background work (:func:`lazylayer.remote.background`: the erofs backend filling
+        its data file ahead, in a plan's order) are not a reader to follow, and are ignored."""
+        if not self.readahead_enabled or self._closed or remote.in_background():
             return
         with self._ra_lock:
             self._readahead(layer, first, last)

@@ -294,6 +294,11 @@ def background() -> Iterator[None]:
         _BACKGROUND.reset(token)
 
 
+def in_background() -> bool:
+    """True inside a :func:`background` block on this thread."""
+    return _BACKGROUND.get()
+
+
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _REDIRECT_STATUS = {301, 302, 303, 307, 308}
