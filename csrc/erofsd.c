@@ -505,11 +505,11 @@ int ll_erofs_exec(const char *program, const char *meta_path, const char *data_p
         if (rc != 0) posix_spawn_file_actions_destroy(&fa);
     }
     if (rc == 0) {
-        /* its own session: a terminal's SIGINT or the host's process group being killed passes it by */
         sigset_t none;
         sigemptyset(&none);
         rc = posix_spawn_file_actions_adddup2(&fa, from, EXEC_SOCK);
         if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
+        /* its own session: a terminal's SIGINT or the host's process group being killed passes it by */
         if (rc == 0) rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
         char fdarg[16];
         snprintf(fdarg, sizeof fdarg, "%d", EXEC_SOCK);

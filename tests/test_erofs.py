@@ -98,34 +98,24 @@ def test_the_data_file_holds_files_in_the_order_a_tree_walk_reads_them(built: Bu
     """Depth first, each directory's entries by name (tar's, cp -r's order on an EROFS mount): filling
     the data file from its start runs ahead of such a reader.  The image's fourth layer adds files to
     directories of the first, which inode order (the layout before) put at the end."""
-    order: list[int] = []  # first-seen regular files with content, as tar -c would read them
-
-    def walk(d: str) -> None:
-        for name in sorted(os.listdir(d), key=os.fsencode):
-            p = os.path.join(d, name)
-            st = os.lstat(p)
-            if os.path.stat.S_ISDIR(st.st_mode):
-                walk(p)
-            elif os.path.stat.S_ISREG(st.st_mode) and st.st_size and st.st_ino not in seen:
-                seen.add(st.st_ino)
-                order.append(st.st_ino)
-
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    seen: set[int] = set()
     with ErofsMount(f"oci:{built.lazy}:v1", str(mnt), cache=DiskCache(tmp_path / "c")) as m:
-        walk(str(mnt))
-        # the kernel's inode numbers are EROFS's (nids): back to the index's through the paths
-        offsets = []
-        by_nid = {}
-        for d, _, names in os.walk(mnt):
-            for n in names:
-                p = os.path.join(d, n)
+        offsets: list[int] = []  # of first-seen regular files with content, as tar -c would read them
+        seen: set[int] = set()   # (the kernel's inode numbers: hard links once)
+
+        def walk(d: str) -> None:
+            for name in sorted(os.listdir(d), key=os.fsencode):
+                p = os.path.join(d, name)
                 st = os.lstat(p)
-                if os.path.stat.S_ISREG(st.st_mode) and st.st_size:
-                    node = m.image.tree.resolve("/" + os.path.relpath(p, mnt))
-                    by_nid[st.st_ino] = m.layout.file_offset(node.inode.ino)
-        offsets = [by_nid[nid] for nid in order]
+                if os.path.stat.S_ISDIR(st.st_mode):
+                    walk(p)
+                elif os.path.stat.S_ISREG(st.st_mode) and st.st_size and st.st_ino not in seen:
+                    seen.add(st.st_ino)
+                    node = m.image.tree.resolve("/" + os.path.relpath(p, mnt))  # (the index's inode)
+                    offsets.append(m.layout.file_offset(node.inode.ino))
+
+        walk(str(mnt))
     assert len(offsets) > 10
     assert offsets == sorted(offsets)
 
